@@ -1,0 +1,699 @@
+//! Kafka record batches (magic v2): parsing, validation and the few in-place edits the log makes.
+//!
+//! Layout of a batch (all integers big-endian); the CRC-32C covers `attributes` to the end:
+//!
+//! ```text
+//!  0 baseOffset i64 | 8 batchLength i32 | 12 partitionLeaderEpoch i32 | 16 magic i8 | 17 crc u32
+//! 21 attributes i16 | 23 lastOffsetDelta i32 | 27 baseTimestamp i64 | 35 maxTimestamp i64
+//! 43 producerId i64 | 51 producerEpoch i16 | 53 baseSequence i32 | 57 recordCount i32 | 61 records
+//! ```
+//!
+//! Nothing here panics on any input: bytes come from clients and from disk.
+
+use crate::limits::{BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD_BYTES};
+
+const OFFSET_BATCH_LENGTH: usize = 8;
+const OFFSET_LEADER_EPOCH: usize = 12;
+const OFFSET_MAGIC: usize = 16;
+const OFFSET_CRC: usize = 17;
+const OFFSET_ATTRIBUTES: usize = 21;
+
+/// Compression codec bits of `attributes`.
+const ATTR_COMPRESSION_MASK: i16 = 0x07;
+const ATTR_TRANSACTIONAL: i16 = 0x10;
+const ATTR_CONTROL: i16 = 0x20;
+
+/// `producerId` of a batch from a producer without idempotence.
+pub const NO_PRODUCER_ID: i64 = -1;
+/// `baseSequence` of a batch from a producer without idempotence.
+pub const NO_SEQUENCE: i32 = -1;
+
+/// The fixed-size header of a v2 record batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    /// Bytes after the `batchLength` field; the whole batch is `12 + batch_length` bytes.
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+/// Why a batch was rejected. Maps onto Kafka error codes in [`BatchError::error_code`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchError {
+    /// Fewer bytes than the header or than `batchLength` says.
+    Truncated { have: usize, need: usize },
+    /// `batchLength` is too small to hold a header, or negative.
+    BadLength(i32),
+    /// Only magic 2 (Kafka 0.11+) batches are supported.
+    UnsupportedMagic(i8),
+    /// The stored CRC-32C does not match the bytes.
+    BadCrc { stored: u32, computed: u32 },
+    /// `recordCount`, `lastOffsetDelta` and the records themselves disagree.
+    BadRecords(&'static str),
+    /// The batch is larger than `max.message.bytes`.
+    TooLarge { bytes: usize, max: u32 },
+    /// The request carried no batch at all.
+    Empty,
+}
+
+impl BatchError {
+    pub fn error_code(&self) -> crate::ErrorCode {
+        use crate::ErrorCode;
+        match self {
+            BatchError::Truncated { .. }
+            | BatchError::BadLength(_)
+            | BatchError::BadCrc { .. }
+            | BatchError::BadRecords(_)
+            | BatchError::Empty => ErrorCode::CorruptMessage,
+            BatchError::UnsupportedMagic(_) => ErrorCode::UnsupportedForMessageFormat,
+            BatchError::TooLarge { .. } => ErrorCode::MessageTooLarge,
+        }
+    }
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchError::Truncated { have, need } => {
+                write!(f, "record batch truncated: {have} bytes, need {need}")
+            }
+            BatchError::BadLength(n) => write!(f, "record batch length {n} is invalid"),
+            BatchError::UnsupportedMagic(m) => {
+                write!(f, "record batch magic {m} is not supported (only v2)")
+            }
+            BatchError::BadCrc { stored, computed } => write!(
+                f,
+                "record batch CRC mismatch: stored {stored:#010x}, computed {computed:#010x}"
+            ),
+            BatchError::BadRecords(why) => write!(f, "record batch records invalid: {why}"),
+            BatchError::TooLarge { bytes, max } => {
+                write!(
+                    f,
+                    "record batch of {bytes} bytes exceeds max.message.bytes {max}"
+                )
+            }
+            BatchError::Empty => write!(f, "no record batch in request"),
+        }
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+fn i16_at(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+fn i32_at(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl BatchHeader {
+    /// Parses the header at the start of `buf`. Checks only what the header alone can tell:
+    /// length sanity and magic. The CRC needs the whole batch ([`check_crc`]).
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        if buf.len() < BATCH_HEADER_BYTES {
+            return Err(BatchError::Truncated {
+                have: buf.len(),
+                need: BATCH_HEADER_BYTES,
+            });
+        }
+        let batch_length = i32_at(buf, OFFSET_BATCH_LENGTH);
+        if batch_length < (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES) as i32 {
+            return Err(BatchError::BadLength(batch_length));
+        }
+        let magic = buf[OFFSET_MAGIC] as i8;
+        if magic != 2 {
+            return Err(BatchError::UnsupportedMagic(magic));
+        }
+        let header = BatchHeader {
+            base_offset: i64_at(buf, 0),
+            batch_length,
+            partition_leader_epoch: i32_at(buf, OFFSET_LEADER_EPOCH),
+            magic,
+            crc: u32::from_be_bytes(buf[OFFSET_CRC..OFFSET_CRC + 4].try_into().expect("4 bytes")),
+            attributes: i16_at(buf, OFFSET_ATTRIBUTES),
+            last_offset_delta: i32_at(buf, 23),
+            base_timestamp: i64_at(buf, 27),
+            max_timestamp: i64_at(buf, 35),
+            producer_id: i64_at(buf, 43),
+            producer_epoch: i16_at(buf, 51),
+            base_sequence: i32_at(buf, 53),
+            record_count: i32_at(buf, 57),
+        };
+        Ok(header)
+    }
+
+    /// Total size of the batch on disk and on the wire.
+    pub fn total_bytes(&self) -> usize {
+        BATCH_LOG_OVERHEAD_BYTES + self.batch_length as usize
+    }
+
+    /// Offset of the last record in the batch.
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.last_offset_delta)
+    }
+
+    /// The offset after this batch.
+    pub fn next_offset(&self) -> i64 {
+        self.last_offset() + 1
+    }
+
+    pub fn compression(&self) -> u8 {
+        (self.attributes & ATTR_COMPRESSION_MASK) as u8
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & ATTR_TRANSACTIONAL != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & ATTR_CONTROL != 0
+    }
+
+    /// True when the producer asked for idempotent delivery of this batch.
+    pub fn is_idempotent(&self) -> bool {
+        self.producer_id >= 0 && self.base_sequence >= 0
+    }
+
+    /// Sequence number of the last record of the batch (sequences wrap at `i32::MAX`).
+    pub fn last_sequence(&self) -> i32 {
+        wrapping_sequence(self.base_sequence, self.last_offset_delta)
+    }
+}
+
+/// Kafka's sequence arithmetic: sequences wrap from `i32::MAX` to 0.
+pub fn wrapping_sequence(base: i32, delta: i32) -> i32 {
+    let sum = i64::from(base) + i64::from(delta);
+    (sum % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Checks the CRC-32C of one whole batch (`batch.len()` must be the batch's total size).
+pub fn check_crc(batch: &[u8], header: &BatchHeader) -> Result<(), BatchError> {
+    debug_assert_eq!(batch.len(), header.total_bytes());
+    let computed = crc32c::crc32c(&batch[OFFSET_ATTRIBUTES..]);
+    if computed == header.crc {
+        Ok(())
+    } else {
+        Err(BatchError::BadCrc {
+            stored: header.crc,
+            computed,
+        })
+    }
+}
+
+/// Overwrites the base offset of a batch. The CRC does not cover it, so the batch stays valid.
+pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
+    batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
+}
+
+/// Overwrites the partition leader epoch of a batch (not covered by the CRC either).
+pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
+    batch[OFFSET_LEADER_EPOCH..OFFSET_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
+}
+
+/// Splits `buf` into whole batches, checking each header and CRC. Returns the headers and the byte
+/// range of each batch. Used on produce input, where the whole buffer must be valid.
+pub fn split_batches(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, BatchError> {
+    let mut batches = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let header = BatchHeader::parse(&buf[at..])?;
+        let end = at
+            .checked_add(header.total_bytes())
+            .filter(|end| *end <= buf.len())
+            .ok_or(BatchError::Truncated {
+                have: buf.len() - at,
+                need: header.total_bytes(),
+            })?;
+        check_crc(&buf[at..end], &header)?;
+        batches.push((header, at..end));
+        at = end;
+    }
+    if batches.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    Ok(batches)
+}
+
+/// Validates a producer's batches as Kafka's `LogValidator` does for magic v2: every batch parses
+/// and passes its CRC, is at most `message_bytes_max`, and its record count agrees with
+/// `lastOffsetDelta`. Uncompressed batches are walked record by record (lengths and offset deltas
+/// `0..n` must agree with the header); compressed ones are checked at the header level, since core
+/// carries no codecs.
+pub fn validate_produce(
+    buf: &[u8],
+    message_bytes_max: u32,
+) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, BatchError> {
+    let batches = split_batches(buf)?;
+    for (header, range) in &batches {
+        if header.total_bytes() > message_bytes_max as usize {
+            return Err(BatchError::TooLarge {
+                bytes: header.total_bytes(),
+                max: message_bytes_max,
+            });
+        }
+        if header.record_count <= 0 {
+            return Err(BatchError::BadRecords(
+                "a produced batch must hold at least one record",
+            ));
+        }
+        if header.last_offset_delta != header.record_count - 1 {
+            return Err(BatchError::BadRecords(
+                "lastOffsetDelta does not match recordCount",
+            ));
+        }
+        if header.is_control() {
+            return Err(BatchError::BadRecords(
+                "producers may not send control batches",
+            ));
+        }
+        if header.compression() == 0 {
+            let mut expected_delta = 0i64;
+            for record in Records::new(&buf[range.clone()])? {
+                let record = record?;
+                if record.offset_delta != expected_delta {
+                    return Err(BatchError::BadRecords("record offset deltas are not 0..n"));
+                }
+                expected_delta += 1;
+            }
+            if expected_delta != i64::from(header.record_count) {
+                return Err(BatchError::BadRecords(
+                    "recordCount does not match the records",
+                ));
+            }
+        } else if header.compression() > 4 {
+            return Err(BatchError::BadRecords("unknown compression codec"));
+        }
+    }
+    Ok(batches)
+}
+
+/// One record of an uncompressed batch, borrowed from the batch bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub timestamp_delta: i64,
+    pub offset_delta: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
+}
+
+/// Iterator over the records of one uncompressed batch. Yields an error (and then stops) on the
+/// first malformed record.
+pub struct Records<'a> {
+    buf: &'a [u8],
+    at: usize,
+    left: i32,
+    failed: bool,
+}
+
+impl<'a> Records<'a> {
+    /// `batch` must be one whole batch; compressed batches are refused.
+    pub fn new(batch: &'a [u8]) -> Result<Records<'a>, BatchError> {
+        let header = BatchHeader::parse(batch)?;
+        if header.compression() != 0 {
+            return Err(BatchError::BadRecords("compressed batch"));
+        }
+        if batch.len() != header.total_bytes() {
+            return Err(BatchError::Truncated {
+                have: batch.len(),
+                need: header.total_bytes(),
+            });
+        }
+        if header.record_count < 0 {
+            return Err(BatchError::BadRecords("negative record count"));
+        }
+        Ok(Records {
+            buf: batch,
+            at: BATCH_HEADER_BYTES,
+            left: header.record_count,
+            failed: false,
+        })
+    }
+
+    fn record(&mut self) -> Result<Record<'a>, BatchError> {
+        let length = self.varint()?;
+        let length =
+            usize::try_from(length).map_err(|_| BatchError::BadRecords("negative length"))?;
+        let end = self
+            .at
+            .checked_add(length)
+            .filter(|end| *end <= self.buf.len())
+            .ok_or(BatchError::BadRecords("record overruns the batch"))?;
+        let _attributes = self.bytes(1)?;
+        let timestamp_delta = self.varint()?;
+        let offset_delta = self.varint()?;
+        let key = self.nullable_bytes()?;
+        let value = self.nullable_bytes()?;
+        let header_count = self.varint()?;
+        if header_count < 0 || header_count > length as i64 {
+            return Err(BatchError::BadRecords("invalid header count"));
+        }
+        let mut headers = Vec::with_capacity(header_count as usize);
+        for _ in 0..header_count {
+            let key = self
+                .nullable_bytes()?
+                .ok_or(BatchError::BadRecords("null header key"))?;
+            let value = self.nullable_bytes()?;
+            headers.push((key, value));
+        }
+        if self.at != end {
+            return Err(BatchError::BadRecords(
+                "record length does not match its fields",
+            ));
+        }
+        Ok(Record {
+            timestamp_delta,
+            offset_delta,
+            key,
+            value,
+            headers,
+        })
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], BatchError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.buf.len())
+            .ok_or(BatchError::BadRecords("field overruns the batch"))?;
+        let out = &self.buf[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn nullable_bytes(&mut self) -> Result<Option<&'a [u8]>, BatchError> {
+        let len = self.varint()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len).map_err(|_| BatchError::BadRecords("length too large"))?;
+        self.bytes(len).map(Some)
+    }
+
+    /// Zig-zag varint (Kafka's `varint`/`varlong`), at most 10 bytes.
+    fn varint(&mut self) -> Result<i64, BatchError> {
+        let mut raw: u64 = 0;
+        for i in 0..10 {
+            let byte = *self
+                .buf
+                .get(self.at)
+                .ok_or(BatchError::BadRecords("varint overruns"))?;
+            self.at += 1;
+            raw |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok((raw >> 1) as i64 ^ -((raw & 1) as i64));
+            }
+        }
+        Err(BatchError::BadRecords("varint longer than 10 bytes"))
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Record<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.left == 0 {
+            if self.at != self.buf.len() {
+                self.failed = true;
+                return Some(Err(BatchError::BadRecords("bytes after the last record")));
+            }
+            return None;
+        }
+        self.left -= 1;
+        let record = self.record();
+        self.failed = record.is_err();
+        Some(record)
+    }
+}
+
+/// Builds uncompressed v2 batches. Used by tests, benchmarks and the simulator's client; the broker
+/// itself never re-encodes a producer's batch.
+#[derive(Clone, Debug, Default)]
+pub struct BatchBuilder {
+    pub base_offset: i64,
+    pub partition_leader_epoch: i32,
+    pub base_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    records: Vec<u8>,
+    count: i32,
+    max_timestamp: i64,
+}
+
+/// One record to put in a batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewRecord {
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut raw = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        if raw < 0x80 {
+            out.push(raw as u8);
+            return;
+        }
+        out.push((raw as u8 & 0x7f) | 0x80);
+        raw >>= 7;
+    }
+}
+
+fn put_nullable(out: &mut Vec<u8>, bytes: &Option<Vec<u8>>) {
+    match bytes {
+        None => put_varint(out, -1),
+        Some(b) => {
+            put_varint(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+impl BatchBuilder {
+    /// A builder for a non-idempotent producer's batch whose first record has `base_timestamp`.
+    pub fn new(base_timestamp: i64) -> BatchBuilder {
+        BatchBuilder {
+            base_timestamp,
+            max_timestamp: base_timestamp,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: -1,
+            base_sequence: NO_SEQUENCE,
+            ..BatchBuilder::default()
+        }
+    }
+
+    pub fn idempotent(mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    pub fn push(&mut self, record: &NewRecord) -> &mut Self {
+        let mut body = Vec::with_capacity(16);
+        body.push(0); // Record attributes: unused in v2.
+        put_varint(&mut body, record.timestamp - self.base_timestamp);
+        put_varint(&mut body, i64::from(self.count));
+        put_nullable(&mut body, &record.key);
+        put_nullable(&mut body, &record.value);
+        put_varint(&mut body, record.headers.len() as i64);
+        for (key, value) in &record.headers {
+            put_nullable(&mut body, &Some(key.clone()));
+            put_nullable(&mut body, value);
+        }
+        put_varint(&mut self.records, body.len() as i64);
+        self.records.extend_from_slice(&body);
+        self.count += 1;
+        self.max_timestamp = self.max_timestamp.max(record.timestamp);
+        self
+    }
+
+    pub fn len(&self) -> i32 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Encodes the batch, CRC included.
+    pub fn build(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + self.records.len());
+        out.extend_from_slice(&self.base_offset.to_be_bytes());
+        let batch_length =
+            (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES + self.records.len()) as i32;
+        out.extend_from_slice(&batch_length.to_be_bytes());
+        out.extend_from_slice(&self.partition_leader_epoch.to_be_bytes());
+        out.push(2);
+        out.extend_from_slice(&[0; 4]); // CRC, filled in below.
+        out.extend_from_slice(&0i16.to_be_bytes());
+        out.extend_from_slice(&(self.count - 1).max(0).to_be_bytes());
+        out.extend_from_slice(&self.base_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.producer_id.to_be_bytes());
+        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
+        out.extend_from_slice(&self.base_sequence.to_be_bytes());
+        out.extend_from_slice(&self.count.to_be_bytes());
+        out.extend_from_slice(&self.records);
+        let crc = crc32c::crc32c(&out[OFFSET_ATTRIBUTES..]);
+        out[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        debug_assert_eq!(out.len(), BATCH_LOG_OVERHEAD_BYTES + batch_length as usize);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: u8) -> NewRecord {
+        NewRecord {
+            timestamp: 1_000 + i64::from(i),
+            key: Some(vec![b'k', i]),
+            value: if i % 3 == 0 {
+                None
+            } else {
+                Some(vec![i; i as usize])
+            },
+            headers: vec![(b"h".to_vec(), Some(vec![i])), (b"n".to_vec(), None)],
+        }
+    }
+
+    fn batch(n: u8) -> Vec<u8> {
+        let mut b = BatchBuilder::new(1_000);
+        for i in 0..n {
+            b.push(&record(i));
+        }
+        b.build()
+    }
+
+    #[test]
+    fn built_batch_round_trips_through_the_parser() {
+        let bytes = batch(5);
+        let batches = validate_produce(&bytes, 1 << 20).unwrap();
+        assert_eq!(batches.len(), 1);
+        let (header, range) = &batches[0];
+        assert_eq!(range.clone(), 0..bytes.len());
+        assert_eq!(header.record_count, 5);
+        assert_eq!(header.last_offset_delta, 4);
+        assert_eq!(header.max_timestamp, 1_004);
+        let records: Vec<_> = Records::new(&bytes).unwrap().map(Result::unwrap).collect();
+        assert_eq!(records.len(), 5);
+        for (i, r) in records.iter().enumerate() {
+            let expected = record(i as u8);
+            assert_eq!(r.offset_delta, i as i64);
+            assert_eq!(r.key, expected.key.as_deref());
+            assert_eq!(r.value, expected.value.as_deref());
+            assert_eq!(r.headers.len(), 2);
+            assert_eq!(r.headers[1], (&b"n"[..], None));
+        }
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_rejected() {
+        let bytes = batch(3);
+        for bit in 0..bytes.len() * 8 {
+            let mut bad = bytes.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let at = bit / 8;
+            // The base offset and leader epoch are outside the CRC by design.
+            if at < 8 || (12..16).contains(&at) {
+                continue;
+            }
+            assert!(
+                validate_produce(&bad, 1 << 20).is_err(),
+                "bit {bit} flip accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn size_limit_counts_the_whole_batch() {
+        let bytes = batch(4);
+        let err = validate_produce(&bytes, bytes.len() as u32 - 1).unwrap_err();
+        assert_eq!(
+            err,
+            BatchError::TooLarge {
+                bytes: bytes.len(),
+                max: bytes.len() as u32 - 1
+            }
+        );
+        assert_eq!(err.error_code(), crate::ErrorCode::MessageTooLarge);
+        assert!(validate_produce(&bytes, bytes.len() as u32).is_ok());
+    }
+
+    #[test]
+    fn a_short_or_empty_buffer_is_corrupt() {
+        let bytes = batch(2);
+        assert_eq!(validate_produce(&[], 1 << 20), Err(BatchError::Empty));
+        for len in 1..bytes.len() {
+            let err = validate_produce(&bytes[..len], 1 << 20).unwrap_err();
+            assert_eq!(
+                err.error_code(),
+                crate::ErrorCode::CorruptMessage,
+                "len {len}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rewriting_base_offset_keeps_the_crc_valid() {
+        let mut bytes = batch(2);
+        set_base_offset(&mut bytes, 77);
+        set_partition_leader_epoch(&mut bytes, 9);
+        let (header, _) = split_batches(&bytes).unwrap()[0];
+        assert_eq!((header.base_offset, header.partition_leader_epoch), (77, 9));
+        assert_eq!(header.last_offset(), 78);
+    }
+
+    #[test]
+    fn sequences_wrap_like_kafka() {
+        assert_eq!(wrapping_sequence(i32::MAX, 1), 0);
+        assert_eq!(wrapping_sequence(5, 4), 9);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..512)) {
+            let _ = validate_produce(&bytes, 1 << 20);
+            if let Ok(records) = Records::new(&bytes) {
+                for r in records.take(1000) { let _ = r; }
+            }
+        }
+
+        #[test]
+        fn mutated_valid_batches_never_panic(
+            n in 1u8..6,
+            edits in proptest::collection::vec((0usize..4096, proptest::arbitrary::any::<u8>()), 1..8),
+        ) {
+            let mut bytes = batch(n);
+            for (at, b) in edits {
+                let at = at % bytes.len();
+                bytes[at] = b;
+            }
+            // Fix the CRC so the record walker, not just the CRC, sees the damage.
+            let crc = crc32c::crc32c(&bytes[OFFSET_ATTRIBUTES..]);
+            bytes[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+            let _ = validate_produce(&bytes, 1 << 20);
+        }
+    }
+}

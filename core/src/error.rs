@@ -1,0 +1,52 @@
+//! Kafka error codes. Every error Sluice returns to a client is one of these, so each request's own
+//! error enum maps onto this one one-to-one (see `From` impls next to those enums).
+
+/// A Kafka protocol error code (the `error_code` INT16 of every response).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(i16)]
+pub enum ErrorCode {
+    None = 0,
+    OffsetOutOfRange = 1,
+    CorruptMessage = 2,
+    UnknownTopicOrPartition = 3,
+    InvalidFetchSize = 4,
+    LeaderNotAvailable = 5,
+    NotLeaderOrFollower = 6,
+    RequestTimedOut = 7,
+    MessageTooLarge = 10,
+    InvalidTopicException = 17,
+    RecordListTooLarge = 18,
+    NotEnoughReplicas = 19,
+    InvalidRequiredAcks = 21,
+    InvalidTimestamp = 32,
+    UnsupportedVersion = 35,
+    TopicAlreadyExists = 36,
+    InvalidPartitions = 37,
+    InvalidReplicationFactor = 38,
+    InvalidReplicaAssignment = 39,
+    InvalidRequest = 42,
+    UnsupportedForMessageFormat = 43,
+    OutOfOrderSequenceNumber = 45,
+    DuplicateSequenceNumber = 46,
+    InvalidProducerEpoch = 47,
+    InvalidConfig = 40,
+    ClusterAuthorizationFailed = 31,
+    TransactionalIdAuthorizationFailed = 53,
+    KafkaStorageError = 56,
+    UnknownProducerId = 59,
+    UnknownServerError = -1,
+    FencedLeaderEpoch = 74,
+    UnknownLeaderEpoch = 75,
+    InvalidRecord = 87,
+    UnknownTopicId = 100,
+}
+
+impl ErrorCode {
+    pub fn code(self) -> i16 {
+        self as i16
+    }
+
+    pub fn is_none(self) -> bool {
+        self == ErrorCode::None
+    }
+}

@@ -1,0 +1,16 @@
+//! Sluice core: the deterministic, sans-IO state machines that decide everything.
+//!
+//! Nothing in this crate reads a clock, draws randomness, spawns a thread or touches a file or a
+//! socket. Time comes in as `now_ms` arguments; storage effects go out as data
+//! ([`log::LogOp`]) and come back as inputs ([`log::PartitionLog::on_synced`]). The one place that
+//! calls storage, [`log::LogStore`], does so through the [`storage::Storage`] trait, which the node
+//! implements with files and tests implement in memory ([`storage::MemStorage`]).
+
+pub mod batch;
+mod error;
+pub mod limits;
+pub mod log;
+pub mod producer;
+pub mod storage;
+
+pub use error::ErrorCode;

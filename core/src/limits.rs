@@ -1,0 +1,39 @@
+//! Named limits and defaults, checked against each other at compile time.
+//!
+//! Kafka's own defaults are used wherever Kafka has one, so a client tuned for Kafka behaves the
+//! same here.
+
+/// Size of the v2 record batch header, including the 12 bytes of base offset and batch length.
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// The base offset and batch length fields that precede every batch ("log overhead" in Kafka).
+pub const BATCH_LOG_OVERHEAD_BYTES: usize = 12;
+
+/// `max.message.bytes`: the largest record batch a topic accepts (Kafka: 1 MiB + 12 bytes).
+pub const MESSAGE_BYTES_MAX_DEFAULT: u32 = 1024 * 1024 + BATCH_LOG_OVERHEAD_BYTES as u32;
+/// `segment.bytes`: a segment rolls when an append would take it past this size (Kafka: 1 GiB).
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
+/// The smallest segment size accepted (Kafka: 14 bytes; we require room for one full batch header).
+pub const SEGMENT_BYTES_MIN: u64 = BATCH_HEADER_BYTES as u64;
+/// Segments are addressed by `u32` byte positions in the index, so a segment must fit in one.
+pub const SEGMENT_BYTES_LIMIT: u64 = u32::MAX as u64;
+/// `segment.ms`: a segment rolls once its first batch is this old (Kafka: 7 days).
+pub const SEGMENT_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
+/// `retention.ms` (Kafka: 7 days).
+pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+/// `index.interval.bytes`: bytes appended between two entries of the sparse indexes (Kafka: 4096).
+pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
+/// Batches the recovery and read scanners skip at most to reach a target: an index entry is written
+/// at least every `index.interval.bytes`, and every batch is at least a header long.
+pub const SCAN_BATCHES_MAX: usize = 1 + INDEX_INTERVAL_BYTES_MAX as usize / BATCH_HEADER_BYTES;
+/// The largest `index.interval.bytes` accepted; bounds the scan above.
+pub const INDEX_INTERVAL_BYTES_MAX: u32 = 1024 * 1024;
+/// Idempotent producers: how many recent batches per producer are remembered for dedup (Kafka: 5,
+/// which is also the largest `max.in.flight.requests.per.connection` allowed with idempotence).
+pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+/// Bytes read per step while scanning a segment during recovery.
+pub const RECOVERY_READ_BYTES: u32 = 1024 * 1024;
+
+const _: () = assert!(SEGMENT_BYTES_MAX_DEFAULT <= SEGMENT_BYTES_LIMIT);
+const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT as u64 <= SEGMENT_BYTES_MAX_DEFAULT);
+const _: () = assert!(INDEX_INTERVAL_BYTES_DEFAULT <= INDEX_INTERVAL_BYTES_MAX);
+const _: () = assert!(RECOVERY_READ_BYTES as usize >= BATCH_HEADER_BYTES);

@@ -1,0 +1,255 @@
+//! Reads as small sans-IO state machines: the log plans a read, the shell performs the byte reads
+//! the cursor asks for (`next_io`) and feeds the results back (`feed`), until the cursor is done.
+//!
+//! A cursor first seeks: from the sparse index position it reads batch headers and skips batches
+//! that end before the target (at most [`SCAN_BATCHES_MAX`], since an index entry is written every
+//! `index.interval.bytes`). Then it reads the batches to return in one go and checks each one's
+//! CRC: a batch that fails its CRC is never returned.
+
+use bytes::Bytes;
+
+use crate::batch::{check_crc, BatchHeader, Records};
+use crate::limits::{BATCH_HEADER_BYTES, SCAN_BATCHES_MAX};
+
+use super::ReadError;
+
+/// What a cursor looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadTarget {
+    /// The batch holding this offset and the batches after it.
+    Offset(u64),
+    /// The first record with a timestamp at or after this one.
+    Timestamp(i64),
+}
+
+/// A byte range of a segment file the cursor needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadIo {
+    pub segment: u64,
+    pub position: u64,
+    pub len: u32,
+}
+
+/// Result of a timestamp search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimestampHit {
+    pub offset: u64,
+    pub timestamp: i64,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Reading the header at `position`; `skipped` batches so far.
+    Seek {
+        skipped: usize,
+    },
+    /// Reading `len` bytes of whole batches at `position`.
+    Fetch {
+        len: u32,
+    },
+    Done,
+}
+
+#[derive(Debug)]
+pub struct ReadCursor {
+    target: ReadTarget,
+    segment: u64,
+    position: u64,
+    /// Bytes of the segment that may be read (high watermark).
+    visible_end: u64,
+    max_bytes: u32,
+    state: State,
+    records: Bytes,
+    hit: Option<TimestampHit>,
+}
+
+impl ReadCursor {
+    pub(super) fn new(
+        target: ReadTarget,
+        segment: u64,
+        position: u64,
+        visible_end: u64,
+        max_bytes: u32,
+    ) -> Self {
+        let state = if position < visible_end {
+            State::Seek { skipped: 0 }
+        } else {
+            State::Done
+        };
+        ReadCursor {
+            target,
+            segment,
+            position,
+            visible_end,
+            max_bytes,
+            state,
+            records: Bytes::new(),
+            hit: None,
+        }
+    }
+
+    pub(super) fn empty() -> Self {
+        ReadCursor::new(ReadTarget::Offset(0), 0, 0, 0, 0)
+    }
+
+    /// The next read the shell must perform, or `None` when the cursor is done.
+    pub fn next_io(&self) -> Option<ReadIo> {
+        let len = match self.state {
+            State::Seek { .. } => BATCH_HEADER_BYTES as u32,
+            State::Fetch { len } => len,
+            State::Done => return None,
+        };
+        Some(ReadIo {
+            segment: self.segment,
+            position: self.position,
+            len,
+        })
+    }
+
+    /// Feeds the bytes read for the last `next_io`. A short read means the data the index or the
+    /// log promised is not there: the segment is damaged.
+    pub fn feed(&mut self, bytes: Bytes) -> Result<(), ReadError> {
+        let io = self.next_io().expect("feed after the cursor is done");
+        if bytes.len() < io.len as usize {
+            self.state = State::Done;
+            return Err(corrupt(
+                io,
+                format!("short read: {} of {} bytes", bytes.len(), io.len),
+            ));
+        }
+        match self.state {
+            State::Seek { skipped } => self.on_header(io, &bytes, skipped),
+            State::Fetch { .. } => self.on_batches(io, bytes),
+            State::Done => unreachable!("next_io returned Some"),
+        }
+    }
+
+    fn on_header(&mut self, io: ReadIo, bytes: &[u8], skipped: usize) -> Result<(), ReadError> {
+        let header = BatchHeader::parse(bytes).map_err(|e| {
+            self.state = State::Done;
+            corrupt(io, e.to_string())
+        })?;
+        let total = header.total_bytes() as u64;
+        if self.position + total > self.visible_end {
+            self.state = State::Done;
+            return Err(corrupt(
+                io,
+                "batch crosses the end of the readable data".into(),
+            ));
+        }
+        let skip = match self.target {
+            ReadTarget::Offset(offset) => header.last_offset() < offset as i64,
+            ReadTarget::Timestamp(ts) => header.max_timestamp < ts,
+        };
+        if !skip {
+            let len = match self.target {
+                ReadTarget::Offset(_) => {
+                    let available = self.visible_end - self.position;
+                    total.max(u64::from(self.max_bytes)).min(available)
+                }
+                ReadTarget::Timestamp(_) => total,
+            };
+            self.state = State::Fetch { len: len as u32 };
+            return Ok(());
+        }
+        self.position += total;
+        if self.position >= self.visible_end {
+            self.state = State::Done;
+        } else if matches!(self.target, ReadTarget::Offset(_)) && skipped > SCAN_BATCHES_MAX {
+            // The offset index promises the target within one index interval (at most
+            // SCAN_BATCHES_MAX + 1 batches); a longer scan means it is damaged. Timestamp scans
+            // are bounded by the segment instead, as in Kafka.
+            self.state = State::Done;
+            return Err(corrupt(
+                io,
+                "target not found within the index interval".into(),
+            ));
+        } else {
+            self.state = State::Seek {
+                skipped: skipped + 1,
+            };
+        }
+        Ok(())
+    }
+
+    fn on_batches(&mut self, io: ReadIo, bytes: Bytes) -> Result<(), ReadError> {
+        self.state = State::Done;
+        let mut end = 0usize;
+        while end < bytes.len() {
+            let rest = &bytes[end..];
+            let Ok(header) = BatchHeader::parse(rest) else {
+                break;
+            };
+            let total = header.total_bytes();
+            if total > rest.len() {
+                break;
+            }
+            if let Err(e) = check_crc(&rest[..total], &header) {
+                if end == 0 {
+                    return Err(corrupt(io, e.to_string()));
+                }
+                // Serve what came before; the next read starts at the bad batch and fails there.
+                break;
+            }
+            if end > 0 && end + total > self.max_bytes as usize {
+                break;
+            }
+            if let ReadTarget::Timestamp(ts) = self.target {
+                self.hit = Some(first_record_at_or_after(&rest[..total], &header, ts));
+                return Ok(());
+            }
+            end += total;
+        }
+        if end == 0 {
+            return Err(corrupt(io, "no whole batch at the read position".into()));
+        }
+        self.records = bytes.slice(..end);
+        Ok(())
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// The whole batches read (for an offset target); empty when there was nothing to read.
+    pub fn into_records(self) -> Bytes {
+        debug_assert!(self.is_done());
+        self.records
+    }
+
+    /// The record found (for a timestamp target).
+    pub fn into_timestamp_hit(self) -> Option<TimestampHit> {
+        debug_assert!(self.is_done());
+        self.hit
+    }
+}
+
+/// The first record of `batch` with a timestamp `>= ts` (the batch's max timestamp is). For a
+/// compressed batch, whose records core cannot read, the batch's first offset.
+fn first_record_at_or_after(batch: &[u8], header: &BatchHeader, ts: i64) -> TimestampHit {
+    let fallback = TimestampHit {
+        offset: header.base_offset as u64,
+        timestamp: header.max_timestamp,
+    };
+    let Ok(records) = Records::new(batch) else {
+        return fallback;
+    };
+    for record in records {
+        let Ok(record) = record else { return fallback };
+        let timestamp = header.base_timestamp.saturating_add(record.timestamp_delta);
+        if timestamp >= ts {
+            return TimestampHit {
+                offset: (header.base_offset + record.offset_delta) as u64,
+                timestamp,
+            };
+        }
+    }
+    fallback
+}
+
+fn corrupt(io: ReadIo, why: String) -> ReadError {
+    ReadError::Corrupt(format!(
+        "segment {} at byte {}: {why}",
+        io.segment, io.position
+    ))
+}

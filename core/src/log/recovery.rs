@@ -1,0 +1,431 @@
+//! Opening a partition log from storage, as a sans-IO state machine.
+//!
+//! The shell lists the partition directory (names and lengths) and reads the checkpoint; then it
+//! loops on [`Recovery::next_io`] / `feed_*` and finally calls [`Recovery::finish`], executing the
+//! repair ops it returns like any other [`LogOp`].
+//!
+//! What is checked:
+//! - Segments below the checkpoint's recovery point were sealed and fsynced with their indexes;
+//!   their index files are loaded and validated (CRC, order, bounds) and rebuilt by a scan if bad.
+//!   Their batches are still CRC-checked on every read.
+//! - Segments at or above the recovery point (the tail) are scanned batch by batch: header, CRC
+//!   and offset continuity. The first bad batch and everything after it is cut off (a torn or
+//!   corrupt tail), later segments are deleted, indexes are rebuilt, and idempotent-producer state
+//!   is replayed from the checkpoint's snapshot.
+//! - A missing, torn or corrupt checkpoint means a full scan from the first segment.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::read::ReadIo;
+use super::segment::{parse_log_file_name, Segment};
+use super::{LogConfig, LogOp, PartitionLog};
+use crate::batch::{check_crc, BatchHeader};
+use crate::limits::RECOVERY_READ_BYTES;
+use crate::producer::ProducerStateTable;
+
+/// The checkpoint file of a partition.
+pub const CHECKPOINT_FILE: &str = "checkpoint";
+/// Where a new checkpoint is written before it is renamed over the old one.
+pub const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
+const CHECKPOINT_MAGIC: u32 = 0x534c_4350; // "SLCP"
+
+/// The durable facts a partition keeps besides its segments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Every segment with a smaller base offset is sealed, fsynced, and has valid index files.
+    pub recovery_point: u64,
+    /// Idempotent-producer state as of `recovery_point`.
+    pub producers: ProducerStateTable,
+}
+
+impl Checkpoint {
+    pub(super) fn encode_raw(recovery_point: u64, producers: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + producers.len());
+        out.extend_from_slice(&CHECKPOINT_MAGIC.to_be_bytes());
+        out.extend_from_slice(&recovery_point.to_be_bytes());
+        out.extend_from_slice(producers);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut producers = Vec::new();
+        self.producers.encode(&mut producers);
+        Checkpoint::encode_raw(self.recovery_point, &producers)
+    }
+
+    /// `None` for anything but an intact checkpoint.
+    pub fn decode(bytes: &[u8]) -> Option<Checkpoint> {
+        if bytes.len() < 16 {
+            return None;
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body) != u32::from_be_bytes(crc.try_into().ok()?) {
+            return None;
+        }
+        if u32::from_be_bytes(body[0..4].try_into().ok()?) != CHECKPOINT_MAGIC {
+            return None;
+        }
+        let recovery_point = u64::from_be_bytes(body[4..12].try_into().ok()?);
+        let mut rest = &body[12..];
+        let producers = ProducerStateTable::decode(&mut rest)?;
+        rest.is_empty().then_some(Checkpoint {
+            recovery_point,
+            producers,
+        })
+    }
+}
+
+/// A read recovery needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryIo {
+    /// Read both index files of this segment whole (missing files as empty) and call
+    /// [`Recovery::feed_indexes`].
+    ReadIndexes { segment: u64 },
+    /// Read this range of a segment file and call [`Recovery::feed_segment`].
+    ReadSegment(ReadIo),
+}
+
+#[derive(Debug)]
+struct Scan {
+    segment: Segment,
+    file_len: u64,
+    /// Replay batches into producer state (tail segments only).
+    replay: bool,
+    /// Bytes the next read must cover at least (a batch longer than one read step).
+    want: u32,
+}
+
+#[derive(Debug)]
+pub struct Recovery {
+    config: LogConfig,
+    /// Segment files still to open: base offset and file length.
+    pending: VecDeque<(u64, u64)>,
+    /// Segments recovered so far, in order.
+    recovered: Vec<Segment>,
+    scanning: Option<Scan>,
+    waiting_indexes: Option<(u64, u64)>,
+    recovery_point: u64,
+    producers: ProducerStateTable,
+    snapshots: VecDeque<(u64, Vec<u8>)>,
+    repairs: Vec<LogOp>,
+    /// Segments whose index files must be (re)written after recovery.
+    rewrite_indexes: Vec<u64>,
+    /// The first segment that was scanned as part of the tail.
+    tail_start: Option<u64>,
+    stopped: bool,
+    dir_changed: bool,
+}
+
+impl Recovery {
+    /// `files` is the partition directory listing with each file's length; `checkpoint` the
+    /// checkpoint file's bytes if it exists.
+    pub fn new(config: LogConfig, files: &[(String, u64)], checkpoint: Option<&[u8]>) -> Recovery {
+        let segments: BTreeMap<u64, u64> = files
+            .iter()
+            .filter_map(|(name, len)| Some((parse_log_file_name(name)?, *len)))
+            .collect();
+        let mut repairs = Vec::new();
+        // Index files without a segment are leftovers of a deletion that did not finish.
+        for (name, _) in files {
+            let base = name
+                .strip_suffix(".index")
+                .or_else(|| name.strip_suffix(".timeindex"))
+                .and_then(|d| d.parse::<u64>().ok());
+            if let Some(base) = base {
+                if !segments.contains_key(&base) {
+                    repairs.push(LogOp::DeleteSegment { base_offset: base });
+                }
+            }
+        }
+        let checkpoint = checkpoint.and_then(Checkpoint::decode).filter(|c| {
+            // A recovery point must name a segment that exists; otherwise trust nothing.
+            c.recovery_point == 0 || segments.contains_key(&c.recovery_point)
+        });
+        let (recovery_point, producers) = match checkpoint {
+            Some(c) => (c.recovery_point, c.producers),
+            None => (0, ProducerStateTable::new()),
+        };
+        Recovery {
+            config,
+            pending: segments.into_iter().collect(),
+            recovered: Vec::new(),
+            scanning: None,
+            waiting_indexes: None,
+            recovery_point,
+            producers,
+            snapshots: VecDeque::new(),
+            dir_changed: !repairs.is_empty(),
+            repairs,
+            rewrite_indexes: Vec::new(),
+            tail_start: None,
+            stopped: false,
+        }
+    }
+
+    /// The next read to perform, or `None` when [`finish`](Self::finish) may be called.
+    pub fn next_io(&mut self) -> Option<RecoveryIo> {
+        loop {
+            if let Some(scan) = &self.scanning {
+                if scan.segment.size_bytes < scan.file_len {
+                    let left = scan.file_len - scan.segment.size_bytes;
+                    let len = left.min(u64::from(RECOVERY_READ_BYTES.max(scan.want))) as u32;
+                    return Some(RecoveryIo::ReadSegment(ReadIo {
+                        segment: scan.segment.base_offset,
+                        position: scan.segment.size_bytes,
+                        len,
+                    }));
+                }
+                self.end_scan();
+                continue;
+            }
+            if let Some((base, _)) = self.waiting_indexes {
+                return Some(RecoveryIo::ReadIndexes { segment: base });
+            }
+            let (base, len) = self.pending.pop_front()?;
+            if self.stopped
+                || self
+                    .recovered
+                    .last()
+                    .is_some_and(|prev| prev.next_offset != base)
+            {
+                // After a cut-off tail, or after a gap in the offsets, nothing later can be trusted.
+                self.stopped = true;
+                self.repairs
+                    .push(LogOp::DeleteSegment { base_offset: base });
+                self.dir_changed = true;
+                continue;
+            }
+            let is_last = self.pending.is_empty();
+            if base < self.recovery_point && !is_last {
+                self.waiting_indexes = Some((base, len));
+            } else {
+                self.start_scan(base, len, true);
+            }
+        }
+    }
+
+    fn start_scan(&mut self, base: u64, file_len: u64, tail: bool) {
+        if tail {
+            if self.tail_start.is_none() {
+                self.tail_start = Some(base);
+            } else {
+                let mut snapshot = Vec::new();
+                self.producers.encode(&mut snapshot);
+                self.snapshots.push_back((base, snapshot));
+            }
+        }
+        self.scanning = Some(Scan {
+            segment: Segment::new(base),
+            file_len,
+            replay: tail,
+            want: 0,
+        });
+    }
+
+    /// Feeds both index files of the segment named by the last `ReadIndexes`.
+    pub fn feed_indexes(&mut self, offset_index: &[u8], time_index: &[u8]) {
+        let (base, len) = self
+            .waiting_indexes
+            .take()
+            .expect("feed_indexes without ReadIndexes");
+        let next_base = self
+            .pending
+            .front()
+            .map(|(b, _)| *b)
+            .expect("a sealed segment has a successor");
+        match Segment::decode_indexes(base, len, offset_index, time_index) {
+            Some((offsets, times))
+                if offsets
+                    .last()
+                    .is_none_or(|e| base + u64::from(e.relative_offset) < next_base) =>
+            {
+                let mut segment = Segment::new(base);
+                segment.size_bytes = len;
+                segment.next_offset = if len == 0 { base } else { next_base };
+                if let Some(last) = times.last() {
+                    segment.max_timestamp = last.max_timestamp;
+                    segment.max_timestamp_relative = Some(last.relative_offset);
+                }
+                segment.offset_index = offsets;
+                segment.time_index = times;
+                segment.sealed = true;
+                self.recovered.push(segment);
+            }
+            _ => {
+                // Rebuild by scanning; producer state for this range comes from the checkpoint.
+                self.rewrite_indexes.push(base);
+                self.start_scan(base, len, false);
+            }
+        }
+    }
+
+    /// Feeds the bytes of the last `ReadSegment`.
+    pub fn feed_segment(&mut self, bytes: &[u8]) {
+        let interval = self.config.index_interval_bytes;
+        let scan = self
+            .scanning
+            .as_mut()
+            .expect("feed_segment without ReadSegment");
+        scan.want = 0;
+        let chunk_end = scan.segment.size_bytes + bytes.len() as u64;
+        let mut at = 0usize;
+        let mut bad = bytes.is_empty();
+        while at < bytes.len() {
+            let rest = &bytes[at..];
+            let header = match BatchHeader::parse(rest) {
+                Ok(h) => h,
+                // A header cut by the end of this read, with more file to come: read on.
+                Err(_)
+                    if rest.len() < crate::limits::BATCH_HEADER_BYTES
+                        && chunk_end < scan.file_len =>
+                {
+                    break
+                }
+                Err(_) => {
+                    bad = true;
+                    break;
+                }
+            };
+            let total = header.total_bytes();
+            if total > rest.len() {
+                let position = scan.segment.size_bytes;
+                if position + total as u64 > scan.file_len {
+                    bad = true; // Torn: the batch runs past the end of the file.
+                } else {
+                    scan.want = total as u32; // Read the whole batch next time.
+                }
+                break;
+            }
+            let continuous = header.base_offset == scan.segment.next_offset as i64;
+            if !continuous
+                || header.last_offset_delta < 0
+                || check_crc(&rest[..total], &header).is_err()
+            {
+                bad = true;
+                break;
+            }
+            scan.segment.on_batch(&header, interval, None);
+            if scan.replay {
+                self.producers.record(&header);
+            }
+            at += total;
+        }
+        if bad {
+            // Cut the segment at its last good batch; everything after it goes.
+            let base = scan.segment.base_offset;
+            let len = scan.segment.size_bytes;
+            self.repairs
+                .push(LogOp::TruncateSegment { segment: base, len });
+            scan.file_len = len;
+            self.stopped = true;
+        }
+    }
+
+    fn end_scan(&mut self) {
+        let scan = self.scanning.take().expect("scanning");
+        let mut segment = scan.segment;
+        if segment.is_empty() && !self.pending.is_empty() {
+            // An empty segment before others: the later ones cannot follow it (a gap); next_io
+            // deletes them and this one stays as the active segment.
+            self.stopped = true;
+        }
+        if !self.pending.is_empty() && !self.stopped {
+            segment.seal();
+            if !self.rewrite_indexes.contains(&segment.base_offset) {
+                self.rewrite_indexes.push(segment.base_offset);
+            }
+        }
+        self.recovered.push(segment);
+    }
+
+    /// Builds the recovered log. Returns it with the repairs to execute first (truncations,
+    /// deletions, rewritten indexes). The recovered tail is fsynced by the first group commit
+    /// before the high watermark moves past it, because a process crash can leave unsynced
+    /// bytes in the page cache that reads see but a power loss would not keep.
+    pub fn finish(mut self) -> (PartitionLog, Vec<LogOp>) {
+        assert!(
+            self.scanning.is_none() && self.waiting_indexes.is_none() && self.pending.is_empty()
+        );
+        if self.recovered.is_empty() {
+            let mut log = PartitionLog::create(self.config);
+            let mut ops = self.repairs;
+            while let Some(op) = log.poll_op() {
+                ops.push(op);
+            }
+            return (log, ops);
+        }
+        // If truncation emptied segments at the end, keep just one empty active segment.
+        while self.recovered.len() > 1 && self.recovered.last().is_some_and(Segment::is_empty) {
+            let empty = self.recovered.pop().expect("len > 1");
+            self.repairs.push(LogOp::DeleteSegment {
+                base_offset: empty.base_offset,
+            });
+            self.dir_changed = true;
+        }
+        if let Some(last) = self.recovered.last_mut() {
+            last.sealed = false;
+        }
+        let active_base = self
+            .recovered
+            .last()
+            .map(|s| s.base_offset)
+            .expect("non-empty");
+        let mut ops = self.repairs;
+        for segment in &self.recovered {
+            if segment.base_offset != active_base
+                && self.rewrite_indexes.contains(&segment.base_offset)
+            {
+                ops.push(LogOp::WriteIndexes {
+                    segment: segment.base_offset,
+                    offset_index: segment.encode_offset_index(),
+                    time_index: segment.encode_time_index(),
+                });
+            }
+        }
+        let tail_start = self.tail_start.unwrap_or(active_base).min(active_base);
+        let tail: Vec<u64> = self
+            .recovered
+            .iter()
+            .map(|s| s.base_offset)
+            .filter(|b| *b >= tail_start)
+            .collect();
+        let rewritten: Vec<u64> = self
+            .rewrite_indexes
+            .iter()
+            .copied()
+            .filter(|b| *b != active_base)
+            .collect();
+        let mut log = PartitionLog::from_parts(
+            self.config,
+            self.recovered,
+            self.producers,
+            self.recovery_point,
+        );
+        log.snapshots = self
+            .snapshots
+            .into_iter()
+            .filter(|(b, _)| *b > log.recovery_point)
+            .collect();
+        log.mark_recovered_tail(tail_start, &tail, &rewritten, self.dir_changed);
+        (log, ops)
+    }
+}
+
+impl PartitionLog {
+    /// After recovery: nothing from `tail_start` on is known to be durable until fsynced again.
+    fn mark_recovered_tail(&mut self, tail_start: u64, tail: &[u64], indexes: &[u64], dir: bool) {
+        let segment = self.segments.get(&tail_start).expect("tail segment exists");
+        self.durable = super::Position {
+            offset: segment.base_offset,
+            segment: segment.base_offset,
+            byte: 0,
+        };
+        self.high_watermark = self.durable.offset;
+        self.dirty_segments.extend(tail.iter().copied());
+        self.dirty_indexes.extend(indexes.iter().copied());
+        self.dirty_dir |= dir;
+        self.check_invariants();
+    }
+}

@@ -1,0 +1,252 @@
+//! Executes a partition log's effects against a [`Storage`]: the one place that turns [`LogOp`]s,
+//! [`SyncRequest`]s, read cursors and recovery reads into storage calls. The node runs it on the
+//! real file store, tests and the simulator on [`MemStorage`](crate::storage::MemStorage).
+//!
+//! Layout of a partition directory:
+//! `00000000000000000000.log` / `.index` / `.timeindex` per segment, and `checkpoint`.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::recovery::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE};
+use super::{
+    index_file_name, log_file_name, time_index_file_name, LogConfig, LogOp, PartitionLog,
+    ReadCursor, ReadError, Recovery, RecoveryIo, SyncRequest,
+};
+use crate::storage::{read_all, Storage, StorageFile};
+
+/// Open segment files of one partition.
+#[derive(Debug)]
+pub struct LogStore<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    segments: BTreeMap<u64, S::File>,
+}
+
+/// The file syncs of one group commit, detached so the shell can run them off its event loop.
+pub struct SyncJob<S: Storage> {
+    files: Vec<S::File>,
+    dir: Option<(S, PathBuf)>,
+}
+
+impl<S: Storage> SyncJob<S> {
+    /// Blocks until every file (then the directory) is durable.
+    pub fn run(self) -> io::Result<()> {
+        for file in &self.files {
+            file.sync()?;
+        }
+        if let Some((storage, dir)) = &self.dir {
+            storage.sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: Storage> LogStore<S> {
+    /// Opens (or creates) the partition in `dir`, recovering it as described in
+    /// [`recovery`](super::recovery), and applies the repairs recovery decided on.
+    pub fn open(
+        storage: S,
+        dir: PathBuf,
+        config: LogConfig,
+    ) -> io::Result<(PartitionLog, LogStore<S>)> {
+        storage.create_dir_all(&dir)?;
+        let mut listing = Vec::new();
+        let mut checkpoint = None;
+        for name in storage.list(&dir)? {
+            let path = dir.join(&name);
+            if name == CHECKPOINT_TMP_FILE {
+                storage.remove_file(&path)?;
+                continue;
+            }
+            let file = storage.open(&path, false)?;
+            if name == CHECKPOINT_FILE {
+                checkpoint = Some(read_all(&file)?);
+            }
+            listing.push((name, file.len()?));
+        }
+        let mut store = LogStore {
+            storage,
+            dir,
+            segments: BTreeMap::new(),
+        };
+        let mut recovery = Recovery::new(config, &listing, checkpoint.as_deref());
+        while let Some(io) = recovery.next_io() {
+            match io {
+                RecoveryIo::ReadIndexes { segment } => {
+                    let offsets = store.read_optional(&index_file_name(segment))?;
+                    let times = store.read_optional(&time_index_file_name(segment))?;
+                    recovery.feed_indexes(&offsets, &times);
+                }
+                RecoveryIo::ReadSegment(read) => {
+                    let bytes = store
+                        .segment(read.segment)?
+                        .read_at(read.position, read.len as usize)?;
+                    recovery.feed_segment(&bytes);
+                }
+            }
+        }
+        let (mut log, repairs) = recovery.finish();
+        for op in repairs {
+            store.apply(op)?;
+        }
+        while let Some(op) = log.poll_op() {
+            store.apply(op)?;
+        }
+        Ok((log, store))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn read_optional(&self, name: &str) -> io::Result<Vec<u8>> {
+        let path = self.dir.join(name);
+        if !self.storage.exists(&path) {
+            return Ok(Vec::new());
+        }
+        read_all(&self.storage.open(&path, false)?)
+    }
+
+    fn segment(&mut self, base: u64) -> io::Result<&S::File> {
+        if !self.segments.contains_key(&base) {
+            let file = self
+                .storage
+                .open(&self.dir.join(log_file_name(base)), false)?;
+            self.segments.insert(base, file);
+        }
+        Ok(&self.segments[&base])
+    }
+
+    fn write_whole(&self, name: &str, bytes: &[u8]) -> io::Result<S::File> {
+        let file = self.storage.open(&self.dir.join(name), true)?;
+        file.truncate(0)?;
+        file.append(bytes)?;
+        Ok(file)
+    }
+
+    /// Carries out one effect. An error means the log's storage can no longer be trusted: the
+    /// caller must call [`PartitionLog::on_storage_failed`] and reopen the partition.
+    pub fn apply(&mut self, op: LogOp) -> io::Result<()> {
+        match op {
+            LogOp::CreateSegment { base_offset } => {
+                let file = self
+                    .storage
+                    .open(&self.dir.join(log_file_name(base_offset)), true)?;
+                self.segments.insert(base_offset, file);
+            }
+            LogOp::Append {
+                segment,
+                position,
+                bytes,
+            } => {
+                let file = self.segment(segment)?;
+                debug_assert_eq!(file.len()?, position, "append at the wrong position");
+                file.append(&bytes)?;
+            }
+            LogOp::WriteIndexes {
+                segment,
+                offset_index,
+                time_index,
+            } => {
+                self.write_whole(&index_file_name(segment), &offset_index)?;
+                self.write_whole(&time_index_file_name(segment), &time_index)?;
+            }
+            LogOp::DeleteSegment { base_offset } => {
+                self.segments.remove(&base_offset);
+                for name in [
+                    log_file_name(base_offset),
+                    index_file_name(base_offset),
+                    time_index_file_name(base_offset),
+                ] {
+                    let path = self.dir.join(name);
+                    if self.storage.exists(&path) {
+                        self.storage.remove_file(&path)?;
+                    }
+                }
+            }
+            LogOp::TruncateSegment { segment, len } => {
+                self.segment(segment)?.truncate(len)?;
+            }
+            LogOp::WriteCheckpoint { bytes } => {
+                let tmp = self.write_whole(CHECKPOINT_TMP_FILE, &bytes)?;
+                tmp.sync()?;
+                self.storage.rename(
+                    &self.dir.join(CHECKPOINT_TMP_FILE),
+                    &self.dir.join(CHECKPOINT_FILE),
+                )?;
+                self.storage.sync_dir(&self.dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains and applies every pending op of `log`. On error the log is marked failed.
+    pub fn apply_all(&mut self, log: &mut PartitionLog) -> io::Result<()> {
+        while let Some(op) = log.poll_op() {
+            if let Err(e) = self.apply(op) {
+                log.on_storage_failed();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The file syncs `request` needs, ready to run anywhere.
+    pub fn sync_job(&mut self, request: &SyncRequest) -> io::Result<SyncJob<S>> {
+        let mut files = Vec::with_capacity(request.segments.len() + 2 * request.indexes.len());
+        for base in &request.segments {
+            files.push(self.segment(*base)?.clone());
+        }
+        for base in &request.indexes {
+            for name in [index_file_name(*base), time_index_file_name(*base)] {
+                files.push(self.storage.open(&self.dir.join(name), false)?);
+            }
+        }
+        let dir = request
+            .dir
+            .then(|| (self.storage.clone(), self.dir.clone()));
+        Ok(SyncJob { files, dir })
+    }
+
+    /// Runs `request` inline and reports it to `log` (tests, recovery, the simulator's
+    /// synchronous paths). A failure marks the log failed.
+    pub fn sync_now(&mut self, log: &mut PartitionLog, request: SyncRequest) -> io::Result<()> {
+        let result = self.sync_job(&request).and_then(SyncJob::run);
+        match result {
+            Ok(()) => {
+                log.on_synced(request);
+                self.apply_all(log)
+            }
+            Err(e) => {
+                log.on_storage_failed();
+                log.on_synced(request);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a read cursor to completion.
+    pub fn read(&mut self, cursor: &mut ReadCursor) -> Result<(), ReadError> {
+        while let Some(io) = cursor.next_io() {
+            let file = self
+                .segment(io.segment)
+                .map_err(|e| ReadError::Corrupt(e.to_string()))?;
+            let bytes = file
+                .read_at(io.position, io.len as usize)
+                .map_err(|e| ReadError::Corrupt(e.to_string()))?;
+            cursor.feed(Bytes::from(bytes))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the whole partition directory (topic deletion).
+    pub fn delete(self) -> io::Result<()> {
+        let parent = self.dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.storage.remove_dir_all(&self.dir)?;
+        self.storage.sync_dir(&parent)
+    }
+}

@@ -1,0 +1,186 @@
+//! Fetch: read committed batches (never above the high watermark), honouring `max_bytes`,
+//! `partition_max_bytes` and KIP-74's "at least one batch"; when fewer than `min_bytes` are
+//! available, park the request until data arrives or `max_wait_ms` passes (long poll).
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_request::FetchRequest;
+use kafka_protocol::messages::fetch_response::{
+    FetchResponse, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::ResponseKind;
+use sluice_core::log::ReadError;
+use sluice_core::storage::Storage;
+use sluice_core::ErrorCode;
+use tokio::sync::oneshot;
+use tokio::time::{Duration, Instant};
+
+use super::produce::LEADER_EPOCH;
+use super::{Broker, TopicPartition};
+
+pub(super) enum Outcome {
+    Now(FetchResponse),
+    Wait(PendingFetch),
+}
+
+pub(super) struct PendingFetch {
+    request: FetchRequest,
+    version: i16,
+    deadline: Instant,
+}
+
+pub struct FetchWaiter {
+    pending: PendingFetch,
+    reply: oneshot::Sender<ResponseKind>,
+    pub deadline: Instant,
+}
+
+impl FetchWaiter {
+    pub(super) fn new(pending: PendingFetch, reply: oneshot::Sender<ResponseKind>) -> FetchWaiter {
+        FetchWaiter {
+            deadline: pending.deadline,
+            pending,
+            reply,
+        }
+    }
+}
+
+/// What one pass over a fetch request produced.
+struct FetchResult {
+    response: FetchResponse,
+    bytes: usize,
+    errors: bool,
+}
+
+impl<S: Storage> Broker<S> {
+    pub(super) fn fetch(&mut self, request: FetchRequest, version: i16) -> Outcome {
+        let result = self.read_fetch(&request, version);
+        if request.max_wait_ms <= 0
+            || result.bytes >= request.min_bytes.max(0) as usize
+            || result.errors
+        {
+            return Outcome::Now(result.response);
+        }
+        let wait = Duration::from_millis(request.max_wait_ms as u64);
+        Outcome::Wait(PendingFetch {
+            request,
+            version,
+            deadline: Instant::now() + wait,
+        })
+    }
+
+    fn read_fetch(&mut self, request: &FetchRequest, version: i16) -> FetchResult {
+        let mut remaining = if version >= 3 {
+            request.max_bytes.max(0) as usize
+        } else {
+            usize::MAX
+        };
+        let mut bytes = 0usize;
+        let mut errors = false;
+        let mut response = FetchResponse::default();
+        for topic in &request.topics {
+            let name = if version >= 13 {
+                self.topic_ids.get(&topic.topic_id).cloned()
+            } else {
+                Some(topic.topic.0.to_string())
+            };
+            let mut topic_response = FetchableTopicResponse::default()
+                .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id);
+            for p in &topic.partitions {
+                let mut data = PartitionData::default()
+                    .with_partition_index(p.partition)
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1)
+                    .with_log_start_offset(-1)
+                    // An empty buffer, not null: librdkafka rejects a null record set.
+                    .with_records(Some(Bytes::new()));
+                let unknown = if version >= 13 {
+                    ErrorCode::UnknownTopicId
+                } else {
+                    ErrorCode::UnknownTopicOrPartition
+                };
+                let tp = name.as_ref().map(|n| TopicPartition {
+                    topic: n.clone(),
+                    partition: p.partition,
+                });
+                let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
+                match tp.and_then(|tp| self.partitions.get_mut(&tp).map(|part| (tp, part))) {
+                    None => data.error_code = unknown.code(),
+                    Some((tp, part)) => {
+                        data.high_watermark = part.log.high_watermark() as i64;
+                        data.last_stable_offset = data.high_watermark;
+                        data.log_start_offset = part.log.log_start_offset() as i64;
+                        let epoch = p.current_leader_epoch;
+                        if epoch >= 0 && epoch != LEADER_EPOCH {
+                            data.error_code = if epoch > LEADER_EPOCH {
+                                ErrorCode::UnknownLeaderEpoch.code()
+                            } else {
+                                ErrorCode::FencedLeaderEpoch.code()
+                            };
+                        } else if p.fetch_offset < 0 {
+                            data.error_code = ErrorCode::OffsetOutOfRange.code();
+                        } else if limit > 0 || bytes == 0 {
+                            let read = part
+                                .log
+                                .read(p.fetch_offset as u64, limit.min(u32::MAX as usize) as u32)
+                                .and_then(|mut cursor| {
+                                    part.store.read(&mut cursor)?;
+                                    Ok(cursor.into_records())
+                                });
+                            match read {
+                                // KIP-74: only the first non-empty partition may exceed the limit.
+                                Ok(records) if bytes > 0 && records.len() > limit => {}
+                                Ok(records) => {
+                                    bytes += records.len();
+                                    remaining = remaining.saturating_sub(records.len());
+                                    data.records = Some(records);
+                                }
+                                Err(e) => {
+                                    if let ReadError::Corrupt(why) = &e {
+                                        tracing::error!(%tp, offset = p.fetch_offset, "refusing to serve a damaged batch: {why}");
+                                    }
+                                    data.error_code = e.error_code().code();
+                                }
+                            }
+                        }
+                    }
+                }
+                errors |= data.error_code != 0;
+                topic_response.partitions.push(data);
+            }
+            response.responses.push(topic_response);
+        }
+        FetchResult {
+            response,
+            bytes,
+            errors,
+        }
+    }
+
+    /// Answers parked fetches that now have enough data, or whose wait is over.
+    pub(super) fn answer_fetch_waiters(&mut self, now: Instant) {
+        if self.fetch_waiters.is_empty() {
+            return;
+        }
+        let data_arrived = std::mem::take(&mut self.high_watermark_moved);
+        let waiters = std::mem::take(&mut self.fetch_waiters);
+        for waiter in waiters {
+            if waiter.reply.is_closed() {
+                continue; // The connection is gone.
+            }
+            let expired = now >= waiter.deadline;
+            if !expired && !data_arrived {
+                self.fetch_waiters.push(waiter);
+                continue;
+            }
+            let result = self.read_fetch(&waiter.pending.request, waiter.pending.version);
+            let enough =
+                result.bytes >= waiter.pending.request.min_bytes.max(0) as usize || result.errors;
+            if enough || expired {
+                let _ = waiter.reply.send(ResponseKind::Fetch(result.response));
+            } else {
+                self.fetch_waiters.push(waiter);
+            }
+        }
+    }
+}

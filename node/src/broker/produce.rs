@@ -1,0 +1,247 @@
+//! Produce: validate and append each partition's batches, then answer at once (acks=0/1) or once
+//! the high watermark covers every appended batch (acks=all).
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::produce_request::ProduceRequest;
+use kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::log::Appended;
+use sluice_core::storage::Storage;
+use sluice_core::ErrorCode;
+use tokio::sync::oneshot;
+use tokio::time::{Duration, Instant};
+
+use super::{now_ms, Broker, TopicPartition};
+
+/// Kafka has one leader epoch per partition; on a single node it is always 0 (with Raft it
+/// becomes the term).
+pub const LEADER_EPOCH: i32 = 0;
+
+pub(super) enum Outcome {
+    Now(ProduceResponse),
+    Wait(PendingProduce),
+}
+
+/// An acks=all response waiting for group commit.
+pub(super) struct PendingProduce {
+    response: ProduceResponse,
+    /// (partition, high watermark needed, index of the topic and partition in the response).
+    waits: Vec<(TopicPartition, u64, usize, usize)>,
+    deadline: Instant,
+}
+
+pub struct ProduceWaiter {
+    pending: PendingProduce,
+    reply: oneshot::Sender<ResponseKind>,
+    pub deadline: Instant,
+}
+
+impl ProduceWaiter {
+    pub(super) fn new(
+        pending: PendingProduce,
+        reply: oneshot::Sender<ResponseKind>,
+    ) -> ProduceWaiter {
+        ProduceWaiter {
+            deadline: pending.deadline,
+            pending,
+            reply,
+        }
+    }
+}
+
+impl<S: Storage> Broker<S> {
+    pub(super) fn produce(&mut self, request: ProduceRequest, version: i16) -> Outcome {
+        let acks = request.acks;
+        let now = now_ms();
+        let mut response = ProduceResponse::default();
+        let mut waits = Vec::new();
+        for (t, topic_data) in request.topic_data.into_iter().enumerate() {
+            let name = if version >= 13 {
+                self.topic_ids.get(&topic_data.topic_id).cloned()
+            } else {
+                Some(topic_data.name.0.to_string())
+            };
+            let mut topic_response = TopicProduceResponse::default()
+                .with_name(topic_data.name.clone())
+                .with_topic_id(topic_data.topic_id);
+            for (p, data) in topic_data.partition_data.into_iter().enumerate() {
+                let mut partition_response = PartitionProduceResponse::default()
+                    .with_index(data.index)
+                    .with_base_offset(-1)
+                    .with_log_append_time_ms(-1)
+                    .with_log_start_offset(-1);
+                let result = if !matches!(acks, -1..=1) {
+                    Err((
+                        ErrorCode::InvalidRequiredAcks,
+                        format!("acks must be -1, 0 or 1, not {acks}"),
+                    ))
+                } else if request.transactional_id.is_some() {
+                    Err((
+                        ErrorCode::InvalidRequest,
+                        "transactions are not supported yet".to_string(),
+                    ))
+                } else {
+                    match &name {
+                        None => Err((
+                            ErrorCode::UnknownTopicId,
+                            format!("unknown topic id {}", topic_data.topic_id),
+                        )),
+                        Some(name) => self.append(name, data.index, data.records, now),
+                    }
+                };
+                match result {
+                    Ok((appended, log_start_offset, high_watermark)) => {
+                        partition_response.base_offset = appended.base_offset as i64;
+                        partition_response.log_start_offset = log_start_offset as i64;
+                        let needed = appended.last_offset + 1;
+                        if acks == -1 && high_watermark < needed {
+                            let tp = TopicPartition {
+                                topic: name.clone().expect("appended"),
+                                partition: data.index,
+                            };
+                            waits.push((tp, needed, t, p));
+                        }
+                    }
+                    Err((code, message)) => {
+                        partition_response.error_code = code.code();
+                        if version >= 8 {
+                            partition_response.error_message = Some(StrBytes::from_string(message));
+                        }
+                    }
+                }
+                topic_response.partition_responses.push(partition_response);
+            }
+            response.responses.push(topic_response);
+        }
+        if waits.is_empty() {
+            return Outcome::Now(response);
+        }
+        let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0).max(1));
+        Outcome::Wait(PendingProduce {
+            response,
+            waits,
+            deadline: Instant::now() + timeout,
+        })
+    }
+
+    /// Appends one partition's records and applies the resulting storage ops.
+    fn append(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Option<Bytes>,
+        now: u64,
+    ) -> Result<(Appended, u64, u64), (ErrorCode, String)> {
+        let tp = TopicPartition {
+            topic: topic.to_string(),
+            partition,
+        };
+        let Some(part) = self.partitions.get_mut(&tp) else {
+            return Err((
+                ErrorCode::UnknownTopicOrPartition,
+                format!("unknown topic or partition {tp}"),
+            ));
+        };
+        let Some(records) = records else {
+            return Err((ErrorCode::CorruptMessage, "no records".to_string()));
+        };
+        // Usually the only reference to this buffer, so no copy; the log rewrites base offsets.
+        let records = records
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let appended = part.log.append(records, LEADER_EPOCH, now).map_err(|e| {
+            tracing::debug!(%tp, "produce rejected: {e}");
+            (e.error_code(), e.to_string())
+        })?;
+        if let Err(e) = part.store.apply_all(&mut part.log) {
+            tracing::error!(%tp, "append failed: {e}");
+            self.recover_partition(&tp);
+            return Err((ErrorCode::KafkaStorageError, format!("storage failed: {e}")));
+        }
+        self.dirty.insert(tp);
+        Ok((
+            appended,
+            part_log_start(self, topic, partition),
+            self.high_watermark(topic, partition),
+        ))
+    }
+
+    fn high_watermark(&self, topic: &str, partition: i32) -> u64 {
+        self.partitions
+            .get(&TopicPartition {
+                topic: topic.to_string(),
+                partition,
+            })
+            .map_or(0, |p| p.log.high_watermark())
+    }
+
+    /// Answers acks=all waiters whose batches are all committed, and times out the rest.
+    pub(super) fn answer_produce_waiters(&mut self, now: Instant) {
+        let waiters = std::mem::take(&mut self.produce_waiters);
+        for mut waiter in waiters {
+            let mut done = true;
+            for (tp, needed, _, _) in &waiter.pending.waits {
+                let committed = self
+                    .partitions
+                    .get(tp)
+                    .map(|p| p.log.high_watermark() >= *needed);
+                done &= committed != Some(false);
+            }
+            if done || now >= waiter.deadline {
+                for (tp, needed, t, p) in &waiter.pending.waits {
+                    let committed = self
+                        .partitions
+                        .get(tp)
+                        .map(|p| p.log.high_watermark() >= *needed);
+                    let code = match committed {
+                        Some(true) => continue,
+                        Some(false) => ErrorCode::RequestTimedOut,
+                        None => ErrorCode::UnknownTopicOrPartition,
+                    };
+                    let r = &mut waiter.pending.response.responses[*t].partition_responses[*p];
+                    r.error_code = code.code();
+                    r.base_offset = -1;
+                }
+                let _ = waiter
+                    .reply
+                    .send(ResponseKind::Produce(waiter.pending.response));
+            } else {
+                self.produce_waiters.push(waiter);
+            }
+        }
+    }
+
+    /// Fails the waiters of one partition (its storage failed or it was deleted).
+    pub(super) fn fail_produce_waiters(&mut self, tp: &TopicPartition, code: ErrorCode) {
+        for waiter in &mut self.produce_waiters {
+            let mut hit = false;
+            waiter.pending.waits.retain(|(wtp, _, t, p)| {
+                if wtp != tp {
+                    return true;
+                }
+                let r = &mut waiter.pending.response.responses[*t].partition_responses[*p];
+                r.error_code = code.code();
+                r.base_offset = -1;
+                hit = true;
+                false
+            });
+            if hit && waiter.pending.waits.is_empty() {
+                // Answered by the next answer_produce_waiters pass (nothing left to wait for).
+                waiter.deadline = Instant::now();
+            }
+        }
+    }
+}
+
+fn part_log_start<S: Storage>(broker: &Broker<S>, topic: &str, partition: i32) -> u64 {
+    broker
+        .partitions
+        .get(&TopicPartition {
+            topic: topic.to_string(),
+            partition,
+        })
+        .map_or(0, |p| p.log.log_start_offset())
+}

@@ -1,0 +1,246 @@
+//! Node configuration: defaults, a TOML file, environment variables and flags, in rising order of
+//! precedence. Every setting has a flag, an environment variable `SLUICE_<NAME>` and a TOML key
+//! `<name>` (snake case), and `sluice serve --help` lists them all with their defaults.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use sluice_core::limits;
+use sluice_core::log::LogConfig;
+
+/// Settings for `sluice serve`. Every field is optional here so that the TOML file can fill in
+/// what the command line leaves out; [`Config::resolve`] applies the defaults.
+#[derive(clap::Args, Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys in snake_case).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for Kafka clients [default: 127.0.0.1:9092].
+    #[arg(long, env = "SLUICE_LISTEN")]
+    pub listen: Option<String>,
+    /// host:port clients are told to connect to (Metadata) [default: the listen address].
+    #[arg(long, env = "SLUICE_ADVERTISED_LISTENER")]
+    pub advertised_listener: Option<String>,
+    /// Directory for all data [default: ./data].
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// This node's id (Kafka broker.id / node.id) [default: 0].
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// Create unknown topics when a client asks for their metadata [default: true].
+    #[arg(long, env = "SLUICE_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of an auto-created topic (num.partitions) [default: 1].
+    #[arg(long, env = "SLUICE_NUM_PARTITIONS")]
+    pub num_partitions: Option<i32>,
+    /// Largest request frame accepted; larger ones close the connection (socket.request.max.bytes)
+    /// [default: 104857600].
+    #[arg(long, env = "SLUICE_FRAME_BYTES_MAX")]
+    pub frame_bytes_max: Option<u32>,
+    /// Requests one connection may have in flight before the broker stops reading from it
+    /// (queued.max.requests) [default: 500].
+    #[arg(long, env = "SLUICE_REQUESTS_IN_FLIGHT_MAX")]
+    pub requests_in_flight_max: Option<usize>,
+    /// Group commit: 0 fsyncs a partition as soon as data arrives and no fsync is in flight
+    /// (appends arriving meanwhile share the next fsync); N > 0 fsyncs at most every N ms, trading
+    /// acks=all latency and consumer visibility for fewer fsyncs [default: 0].
+    #[arg(long, env = "SLUICE_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Default segment.bytes for topics [default: 1073741824].
+    #[arg(long, env = "SLUICE_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Default segment.ms for topics [default: 604800000].
+    #[arg(long, env = "SLUICE_SEGMENT_MS")]
+    pub segment_ms: Option<u64>,
+    /// Default retention.ms for topics; -1 keeps data forever [default: 604800000].
+    #[arg(long, env = "SLUICE_RETENTION_MS", allow_hyphen_values = true)]
+    pub retention_ms: Option<i64>,
+    /// Default retention.bytes per partition; -1 for no limit [default: -1].
+    #[arg(long, env = "SLUICE_RETENTION_BYTES", allow_hyphen_values = true)]
+    pub retention_bytes: Option<i64>,
+    /// Default max.message.bytes (largest record batch) [default: 1048588].
+    #[arg(long, env = "SLUICE_MESSAGE_BYTES_MAX")]
+    pub message_bytes_max: Option<u32>,
+    /// Default index.interval.bytes [default: 4096].
+    #[arg(long, env = "SLUICE_INDEX_INTERVAL_BYTES")]
+    pub index_interval_bytes: Option<u32>,
+    /// How often retention runs (log.retention.check.interval.ms) [default: 300000].
+    #[arg(long, env = "SLUICE_RETENTION_CHECK_INTERVAL_MS")]
+    pub retention_check_interval_ms: Option<u64>,
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub listen: String,
+    pub advertised_listener: String,
+    pub data_dir: PathBuf,
+    pub node_id: i32,
+    pub auto_create_topics: bool,
+    pub num_partitions: i32,
+    pub frame_bytes_max: u32,
+    pub requests_in_flight_max: usize,
+    pub flush_interval_ms: u64,
+    /// Defaults for topics that do not override them.
+    pub log: LogConfig,
+    pub retention_check_interval_ms: u64,
+}
+
+/// Kafka's `socket.request.max.bytes`.
+pub const FRAME_BYTES_MAX_DEFAULT: u32 = 100 * 1024 * 1024;
+/// Kafka's `queued.max.requests`.
+pub const REQUESTS_IN_FLIGHT_MAX_DEFAULT: usize = 500;
+/// Partitions a single topic may have.
+pub const PARTITIONS_PER_TOPIC_MAX: i32 = 10_000;
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::resolve(ServeArgs::default()).expect("defaults are valid")
+    }
+}
+
+impl Config {
+    /// Reads the TOML file named by `args.config` (if any) and applies defaults.
+    pub fn load(args: ServeArgs) -> Result<Config, String> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                toml::from_str::<ServeArgs>(&text)
+                    .map_err(|e| format!("invalid config file {}: {e}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        Config::resolve(args.overlay(file))
+    }
+
+    /// Applies defaults to whatever is unset and checks the result.
+    pub fn resolve(a: ServeArgs) -> Result<Config, String> {
+        let listen = a.listen.unwrap_or_else(|| "127.0.0.1:9092".to_string());
+        let log_defaults = LogConfig::default();
+        let config = Config {
+            advertised_listener: a.advertised_listener.unwrap_or_else(|| listen.clone()),
+            listen,
+            data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
+            node_id: a.node_id.unwrap_or(0),
+            auto_create_topics: a.auto_create_topics.unwrap_or(true),
+            num_partitions: a.num_partitions.unwrap_or(1),
+            frame_bytes_max: a.frame_bytes_max.unwrap_or(FRAME_BYTES_MAX_DEFAULT),
+            requests_in_flight_max: a
+                .requests_in_flight_max
+                .unwrap_or(REQUESTS_IN_FLIGHT_MAX_DEFAULT),
+            flush_interval_ms: a.flush_interval_ms.unwrap_or(0),
+            log: LogConfig {
+                segment_bytes_max: a.segment_bytes.unwrap_or(log_defaults.segment_bytes_max),
+                segment_ms: a.segment_ms.unwrap_or(log_defaults.segment_ms),
+                retention_ms: a.retention_ms.unwrap_or(log_defaults.retention_ms),
+                retention_bytes: a.retention_bytes.unwrap_or(log_defaults.retention_bytes),
+                index_interval_bytes: a
+                    .index_interval_bytes
+                    .unwrap_or(log_defaults.index_interval_bytes),
+                message_bytes_max: a
+                    .message_bytes_max
+                    .unwrap_or(limits::MESSAGE_BYTES_MAX_DEFAULT),
+            },
+            retention_check_interval_ms: a.retention_check_interval_ms.unwrap_or(300_000),
+        };
+        config.log.validate()?;
+        if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&config.num_partitions) {
+            return Err(format!(
+                "num_partitions must be in 1..={PARTITIONS_PER_TOPIC_MAX}"
+            ));
+        }
+        if config.frame_bytes_max < 1024 {
+            return Err("frame_bytes_max must be at least 1024".into());
+        }
+        if config.requests_in_flight_max == 0 {
+            return Err("requests_in_flight_max must be positive".into());
+        }
+        if config.retention_check_interval_ms == 0 {
+            return Err("retention_check_interval_ms must be positive".into());
+        }
+        split_host_port(&config.advertised_listener)?;
+        Ok(config)
+    }
+}
+
+impl ServeArgs {
+    /// Fields set here win over those of `file`.
+    fn overlay(self, file: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            listen: self.listen.or(file.listen),
+            advertised_listener: self.advertised_listener.or(file.advertised_listener),
+            data_dir: self.data_dir.or(file.data_dir),
+            node_id: self.node_id.or(file.node_id),
+            auto_create_topics: self.auto_create_topics.or(file.auto_create_topics),
+            num_partitions: self.num_partitions.or(file.num_partitions),
+            frame_bytes_max: self.frame_bytes_max.or(file.frame_bytes_max),
+            requests_in_flight_max: self.requests_in_flight_max.or(file.requests_in_flight_max),
+            flush_interval_ms: self.flush_interval_ms.or(file.flush_interval_ms),
+            segment_bytes: self.segment_bytes.or(file.segment_bytes),
+            segment_ms: self.segment_ms.or(file.segment_ms),
+            retention_ms: self.retention_ms.or(file.retention_ms),
+            retention_bytes: self.retention_bytes.or(file.retention_bytes),
+            message_bytes_max: self.message_bytes_max.or(file.message_bytes_max),
+            index_interval_bytes: self.index_interval_bytes.or(file.index_interval_bytes),
+            retention_check_interval_ms: self
+                .retention_check_interval_ms
+                .or(file.retention_check_interval_ms),
+        }
+    }
+}
+
+/// Splits `host:port` (IPv6 hosts in brackets).
+pub fn split_host_port(addr: &str) -> Result<(String, u16), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("{addr:?} has an invalid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{addr:?} has an empty host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::default();
+        assert_eq!(c.listen, "127.0.0.1:9092");
+        assert_eq!(c.advertised_listener, "127.0.0.1:9092");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.log.message_bytes_max, 1_048_588);
+        assert_eq!(c.frame_bytes_max, 104_857_600);
+    }
+
+    #[test]
+    fn command_line_wins_over_the_file_and_bad_values_are_refused() {
+        let file: ServeArgs =
+            toml::from_str("listen = \"127.0.0.1:1\"\nnum_partitions = 3\nretention_ms = -1")
+                .unwrap();
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:2".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(args.overlay(file)).unwrap();
+        assert_eq!(
+            (c.listen.as_str(), c.num_partitions, c.log.retention_ms),
+            ("127.0.0.1:2", 3, -1)
+        );
+        assert!(toml::from_str::<ServeArgs>("no_such_key = 1").is_err());
+        let bad = ServeArgs {
+            num_partitions: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve(bad).unwrap_err().contains("num_partitions"));
+    }
+}

@@ -1,0 +1,15 @@
+//! The sluice node: the thin shell that runs Sluice's core state machines on sockets and disk.
+//!
+//! Runs on tokio, or inside madsim when built with `RUSTFLAGS="--cfg madsim"` (tokio is
+//! `madsim-tokio`). Everything it does to disk goes through the core's
+//! [`Storage`](sluice_core::storage::Storage) trait: [`storage::FileStorage`] for real,
+//! [`MemStorage`](sluice_core::storage::MemStorage) under simulation.
+
+#[cfg(not(madsim))]
+pub mod bench;
+pub mod broker;
+pub mod config;
+pub mod metadata;
+pub mod server;
+pub mod storage;
+pub mod wire;

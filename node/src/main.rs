@@ -1,0 +1,92 @@
+//! `sluice`: a Kafka-compatible event log. `sluice` alone serves on 127.0.0.1:9092 with data in
+//! ./data; `sluice serve --help` lists every setting.
+
+use clap::{Parser, Subcommand};
+use sluice_node::config::{Config, ServeArgs};
+use sluice_node::storage::FileStorage;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: a Kafka-compatible distributed event log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a broker (the default when no command is given).
+    Serve(ServeArgs),
+    /// Load generators built on librdkafka (the rdkafka crate).
+    #[cfg(not(madsim))]
+    #[command(subcommand)]
+    Bench(sluice_node::bench::BenchCommand),
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args),
+        #[cfg(not(madsim))]
+        Command::Bench(cmd) => match sluice_node::bench::run(cmd) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(args: ServeArgs) -> std::process::ExitCode {
+    let config = match Config::load(args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let storage = FileStorage::new(&config.data_dir)?;
+        tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupted; every acknowledged acks=all record is already on disk");
+                Ok(())
+            }
+            result = sluice_node::server::serve(config, storage) => result,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Placeholder until issue [2/5]: the simulator lands here.
