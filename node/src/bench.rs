@@ -117,6 +117,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before retrying a send that found librdkafka's queue full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_micros(200);
 const CONSUMER_POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Consume mode gives up when every partition has sat at its end for this long, so asking for
+/// more records than the topic holds does not wait for the whole `--timeout-s`.
+const CONSUME_IDLE_AT_END_MAX: Duration = Duration::from_secs(10);
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// librdkafka warnings and errors printed per run; the rest are only counted.
 const CLIENT_LOG_LINES_MAX: u32 = 20;
@@ -626,10 +629,17 @@ fn consume(args: &BenchArgs) -> Result<(), String> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_s);
     let log = ClientLog::default();
-    // No group.id: assign mode needs no group coordinator, and nothing is committed.
+    // librdkafka's assign() wants a group.id, but assign mode never joins the group and nothing
+    // is committed, so the group coordinator is not needed.
     let consumer: BaseConsumer<BenchContext> = base_config(args)
+        .set("group.id", format!("sluice-bench-{}", std::process::id()))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.auto.offset.store", "false")
+        // Should retention have removed the start of a partition, read from its new start rather
+        // than librdkafka's default of jumping to the end.
+        .set("auto.offset.reset", "earliest")
+        // End-of-partition events tell a run that asked for more records than exist to stop.
+        .set("enable.partition.eof", "true")
         .create_with_context(BenchContext { log })
         .map_err(|e| format!("creating a consumer: {e}"))?;
     let metadata = fetch_metadata(consumer.client(), deadline)?;

@@ -5,9 +5,11 @@
 //! [`Storage`](sluice_core::storage::Storage) trait: [`storage::FileStorage`] for real,
 //! [`MemStorage`](sluice_core::storage::MemStorage) under simulation.
 
+mod alloc;
 #[cfg(not(madsim))]
 pub mod bench;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod metadata;
 pub mod server;

@@ -717,3 +717,6 @@ impl Segment {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

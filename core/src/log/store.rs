@@ -167,6 +167,8 @@ impl<S: Storage> LogStore<S> {
                         self.storage.remove_file(&path)?;
                     }
                 }
+                // Made durable at once, so the log start offset never moves back after a crash.
+                self.storage.sync_dir(&self.dir)?;
             }
             LogOp::TruncateSegment { segment, len } => {
                 self.segment(segment)?.truncate(len)?;

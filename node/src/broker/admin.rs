@@ -60,7 +60,7 @@ pub fn api_versions() -> ApiVersionsResponse {
     let api_keys = SERVED_APIS
         .iter()
         .map(|key| {
-            let range = key.valid_versions();
+            let range = crate::wire::supported_versions(*key);
             ApiVersion::default()
                 .with_api_key(*key as i16)
                 .with_min_version(range.min)

@@ -1,0 +1,615 @@
+//! The broker in-process over loopback TCP, spoken to through Sluice's own client: every API at
+//! every advertised version, the error codes clients expect, long polls, idempotence, crash
+//! recovery on the simulated store, and garbage on the wire.
+#![cfg(not(madsim))]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::{
+    DescribeConfigsRequest, DescribeConfigsResource,
+};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+use kafka_protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, DeleteTopicsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::batch::{self, BatchBuilder, NewRecord};
+use sluice_core::storage::{CrashMode, MemStorage};
+use sluice_node::broker::Broker;
+use sluice_node::client::Connection;
+use sluice_node::config::{Config, ServeArgs};
+use sluice_node::wire::supported_versions;
+use tokio::runtime::Runtime;
+use uuid::Uuid;
+
+/// A broker on its own runtime; dropping the runtime is a process crash.
+struct Node {
+    runtime: Option<Runtime>,
+    addr: String,
+    storage: MemStorage,
+    config: Config,
+}
+
+impl Node {
+    fn start(storage: MemStorage, args: ServeArgs) -> Node {
+        let config = Config::resolve(ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            ..args
+        })
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut config = config;
+        config.advertised_listener = addr.clone();
+        let broker = Broker::open(config.clone(), storage.clone()).unwrap();
+        runtime.spawn(sluice_node::server::run(config.clone(), broker, listener));
+        Node {
+            runtime: Some(runtime),
+            addr,
+            storage,
+            config,
+        }
+    }
+
+    /// Power loss: the process dies and unsynced bytes are gone; then the node restarts.
+    fn crash_and_restart(&mut self) {
+        self.runtime.take().unwrap().shutdown_background();
+        self.storage.crash(CrashMode::Clean);
+        let args = ServeArgs {
+            auto_create_topics: Some(self.config.auto_create_topics),
+            ..ServeArgs::default()
+        };
+        *self = Node::start(self.storage.clone(), args);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn client_runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn records(n: u8, tag: &str) -> Vec<u8> {
+    let mut b = BatchBuilder::new(1_700_000_000_000);
+    for i in 0..n {
+        b.push(&NewRecord {
+            timestamp: 1_700_000_000_000 + i64::from(i),
+            key: Some(format!("k{i}").into_bytes()),
+            value: Some(format!("{tag}-{i}").into_bytes()),
+            headers: vec![(b"h".to_vec(), Some(vec![i]))],
+        });
+    }
+    b.build()
+}
+
+fn produce_request(topic: &str, partition: i32, acks: i16, batch: Vec<u8>) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(Bytes::from(batch)))])])
+}
+
+fn fetch_request(topic: &str, topic_id: Uuid, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_topic_id(topic_id)
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1 << 20)
+                .with_current_leader_epoch(-1)
+                .with_last_fetched_epoch(-1)
+                .with_log_start_offset(-1)])])
+}
+
+async fn create_topic(c: &mut Connection, topic: &str, partitions: i32) -> Uuid {
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(5_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(name(topic))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)]);
+    let resp = c.call(&req, 7).await.unwrap();
+    assert_eq!(
+        resp.topics[0].error_code, 0,
+        "{:?}",
+        resp.topics[0].error_message
+    );
+    resp.topics[0].topic_id
+}
+
+#[test]
+fn api_versions_at_every_version_and_the_fallback_for_newer_ones() {
+    let node = Node::start(MemStorage::new(), ServeArgs::default());
+    client_runtime().block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        let range = supported_versions(ApiKey::ApiVersions);
+        for v in range.min..=range.max {
+            let resp = c.call(&ApiVersionsRequest::default(), v).await.unwrap();
+            assert_eq!(resp.error_code, 0);
+            let produce = resp
+                .api_keys
+                .iter()
+                .find(|k| k.api_key == ApiKey::Produce as i16)
+                .unwrap();
+            assert_eq!(
+                (produce.min_version, produce.max_version),
+                (
+                    supported_versions(ApiKey::Produce).min,
+                    supported_versions(ApiKey::Produce).max
+                )
+            );
+            assert!(resp
+                .api_keys
+                .iter()
+                .any(|k| k.api_key == ApiKey::InitProducerId as i16));
+        }
+        // Version 99: the v0 body with UNSUPPORTED_VERSION, and the connection stays usable.
+        let mut frame = vec![0u8; 4];
+        frame.extend_from_slice(&(ApiKey::ApiVersions as i16).to_be_bytes());
+        frame.extend_from_slice(&99i16.to_be_bytes());
+        frame.extend_from_slice(&77i32.to_be_bytes());
+        frame.extend_from_slice(&(-1i16).to_be_bytes());
+        let len = (frame.len() - 4) as i32;
+        frame[0..4].copy_from_slice(&len.to_be_bytes());
+        c.send_raw(&frame).await.unwrap();
+        let (correlation_id, body) = c.receive_raw().await.unwrap();
+        assert_eq!(correlation_id, 77);
+        assert_eq!(&body[0..2], &35i16.to_be_bytes());
+        let resp = c.call(&ApiVersionsRequest::default(), 0).await.unwrap();
+        assert_eq!(resp.error_code, 0);
+    });
+}
+
+#[test]
+fn every_version_of_every_served_api_round_trips() {
+    let node = Node::start(MemStorage::new(), ServeArgs::default());
+    client_runtime().block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        let topic_id = create_topic(&mut c, "versions", 1).await;
+        for v in supported_versions(ApiKey::Metadata).min..=supported_versions(ApiKey::Metadata).max
+        {
+            let topics = if v >= 10 {
+                vec![MetadataRequestTopic::default().with_name(Some(name("versions")))]
+            } else {
+                vec![MetadataRequestTopic::default().with_name(Some(name("versions")))]
+            };
+            let resp = c
+                .call(&MetadataRequest::default().with_topics(Some(topics)), v)
+                .await
+                .unwrap();
+            assert_eq!(resp.topics.len(), 1, "metadata v{v}");
+            assert_eq!(resp.topics[0].error_code, 0, "metadata v{v}");
+            assert_eq!(
+                resp.brokers[0].port.to_string(),
+                node.addr.rsplit(':').next().unwrap()
+            );
+        }
+        let mut expected_offset = 0i64;
+        for v in supported_versions(ApiKey::Produce).min..=supported_versions(ApiKey::Produce).max {
+            let mut req = produce_request("versions", 0, -1, records(3, &format!("v{v}")));
+            if v >= 13 {
+                req.topic_data[0].name = TopicName::default();
+                req.topic_data[0].topic_id = topic_id;
+            }
+            let resp = c.call(&req, v).await.unwrap();
+            let p = &resp.responses[0].partition_responses[0];
+            assert_eq!(
+                (p.error_code, p.base_offset),
+                (0, expected_offset),
+                "produce v{v}"
+            );
+            expected_offset += 3;
+        }
+        for v in supported_versions(ApiKey::Fetch).min..=supported_versions(ApiKey::Fetch).max {
+            let mut req = fetch_request("versions", topic_id, 0, 0);
+            if v >= 13 {
+                req.topics[0].topic = TopicName::default();
+            }
+            let resp = c.call(&req, v).await.unwrap();
+            let p = &resp.responses[0].partitions[0];
+            assert_eq!(p.error_code, 0, "fetch v{v}");
+            assert_eq!(p.high_watermark, expected_offset, "fetch v{v}");
+            let records = p.records.as_ref().unwrap();
+            let batches = batch::split_batches(records).unwrap();
+            assert_eq!(batches.len() as i64, expected_offset / 3, "fetch v{v}");
+        }
+        for v in supported_versions(ApiKey::ListOffsets).min
+            ..=supported_versions(ApiKey::ListOffsets).max
+        {
+            for (ts, expected) in [(-2, 0), (-1, expected_offset), (1_700_000_000_001, 1)] {
+                let req = ListOffsetsRequest::default()
+                    .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+                    .with_topics(vec![ListOffsetsTopic::default()
+                        .with_name(name("versions"))
+                        .with_partitions(vec![ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(ts)
+                            .with_current_leader_epoch(-1)])]);
+                let resp = c.call(&req, v).await.unwrap();
+                let p = &resp.topics[0].partitions[0];
+                assert_eq!(
+                    (p.error_code, p.offset),
+                    (0, expected),
+                    "list offsets v{v} ts {ts}"
+                );
+            }
+        }
+        for v in supported_versions(ApiKey::DescribeConfigs).min
+            ..=supported_versions(ApiKey::DescribeConfigs).max
+        {
+            let req = DescribeConfigsRequest::default().with_resources(vec![
+                DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("versions"))
+                    .with_configuration_keys(None),
+            ]);
+            let resp = c.call(&req, v).await.unwrap();
+            assert_eq!(resp.results[0].error_code, 0);
+            assert!(
+                resp.results[0]
+                    .configs
+                    .iter()
+                    .any(|c| c.name.as_str() == "retention.ms"),
+                "describe configs v{v}"
+            );
+        }
+        for v in supported_versions(ApiKey::InitProducerId).min
+            ..=supported_versions(ApiKey::InitProducerId).max
+        {
+            let resp = c
+                .call(
+                    &InitProducerIdRequest::default()
+                        .with_transactional_id(None)
+                        .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+                        .with_producer_epoch(-1),
+                    v,
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.error_code, 0, "init producer id v{v}");
+            assert!(resp.producer_id.0 >= 0);
+        }
+        for v in supported_versions(ApiKey::CreateTopics).min
+            ..=supported_versions(ApiKey::CreateTopics).max
+        {
+            let topic = format!("created-v{v}");
+            let req = CreateTopicsRequest::default()
+                .with_timeout_ms(1000)
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(name(&topic))
+                    .with_num_partitions(2)
+                    .with_replication_factor(-1)]);
+            let resp = c.call(&req, v).await.unwrap();
+            assert_eq!(resp.topics[0].error_code, 0, "create topics v{v}");
+        }
+        for v in supported_versions(ApiKey::DeleteTopics).min
+            ..=supported_versions(ApiKey::DeleteTopics).max
+        {
+            let topic = format!(
+                "created-v{}",
+                supported_versions(ApiKey::CreateTopics).min + v
+                    - supported_versions(ApiKey::DeleteTopics).min
+            );
+            let req = if v >= 6 {
+                DeleteTopicsRequest::default().with_topics(vec![
+                    DeleteTopicState::default().with_name(Some(name(&topic)))
+                ])
+            } else {
+                DeleteTopicsRequest::default().with_topic_names(vec![name(&topic)])
+            };
+            let resp = c.call(&req, v).await.unwrap();
+            assert_eq!(
+                resp.responses[0].error_code, 0,
+                "delete topics v{v} ({topic})"
+            );
+        }
+    });
+}
+
+#[test]
+fn clients_get_the_error_codes_they_expect() {
+    let node = Node::start(
+        MemStorage::new(),
+        ServeArgs {
+            auto_create_topics: Some(false),
+            message_bytes_max: Some(2000),
+            ..ServeArgs::default()
+        },
+    );
+    client_runtime().block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        let create = |topic: &str, partitions: i32, rf: i16| {
+            CreateTopicsRequest::default()
+                .with_timeout_ms(1000)
+                .with_topics(vec![CreatableTopic::default()
+                    .with_name(name(topic))
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(rf)])
+        };
+        let code = |r: kafka_protocol::messages::CreateTopicsResponse| r.topics[0].error_code;
+        assert_eq!(
+            code(c.call(&create("bad name!", 1, 1), 7).await.unwrap()),
+            17
+        );
+        assert_eq!(
+            code(c.call(&create(&"x".repeat(250), 1, 1), 7).await.unwrap()),
+            17
+        );
+        assert_eq!(code(c.call(&create("zero", 0, 1), 7).await.unwrap()), 37);
+        assert_eq!(code(c.call(&create("rf3", 1, 3), 7).await.unwrap()), 38);
+        assert_eq!(code(c.call(&create("ok", 1, 1), 7).await.unwrap()), 0);
+        assert_eq!(code(c.call(&create("ok", 1, 1), 7).await.unwrap()), 36);
+
+        let metadata = c
+            .call(
+                &MetadataRequest::default()
+                    .with_topics(Some(vec![
+                        MetadataRequestTopic::default().with_name(Some(name("missing")))
+                    ]))
+                    .with_allow_auto_topic_creation(true),
+                12,
+            )
+            .await
+            .unwrap();
+        assert_eq!(metadata.topics[0].error_code, 3, "auto-create is off");
+
+        let produce = |topic: &str, batch: Vec<u8>| produce_request(topic, 0, 1, batch);
+        let p = |r: kafka_protocol::messages::ProduceResponse| {
+            r.responses[0].partition_responses[0].error_code
+        };
+        assert_eq!(
+            p(c.call(&produce("missing", records(1, "a")), 9)
+                .await
+                .unwrap()),
+            3
+        );
+        let mut corrupt = records(2, "a");
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert_eq!(p(c.call(&produce("ok", corrupt), 9).await.unwrap()), 2);
+        let big = {
+            let mut b = BatchBuilder::new(0);
+            b.push(&NewRecord {
+                value: Some(vec![0; 3000]),
+                ..NewRecord::default()
+            });
+            b.build()
+        };
+        assert_eq!(p(c.call(&produce("ok", big), 9).await.unwrap()), 10);
+        let mut bad_acks = produce("ok", records(1, "a"));
+        bad_acks.acks = 2;
+        assert_eq!(p(c.call(&bad_acks, 9).await.unwrap()), 21);
+        assert_eq!(
+            p(c.call(&produce("ok", records(1, "a")), 9).await.unwrap()),
+            0
+        );
+
+        let f = c
+            .call(&fetch_request("ok", Uuid::nil(), 5, 0), 12)
+            .await
+            .unwrap();
+        assert_eq!(
+            f.responses[0].partitions[0].error_code, 1,
+            "fetch beyond the log end"
+        );
+        let f = c
+            .call(&fetch_request("missing", Uuid::nil(), 0, 0), 12)
+            .await
+            .unwrap();
+        assert_eq!(f.responses[0].partitions[0].error_code, 3);
+    });
+}
+
+#[test]
+fn idempotent_retries_get_their_original_offsets_and_gaps_are_refused() {
+    let node = Node::start(MemStorage::new(), ServeArgs::default());
+    client_runtime().block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        create_topic(&mut c, "idem", 1).await;
+        let init = c
+            .call(
+                &InitProducerIdRequest::default()
+                    .with_transactional_id(None)
+                    .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+                    .with_producer_epoch(-1),
+                4,
+            )
+            .await
+            .unwrap();
+        assert_eq!(init.error_code, 0);
+        let pid = init.producer_id.0;
+        let batch = |seq: i32, n: u8| {
+            let mut b = BatchBuilder::new(0).idempotent(pid, init.producer_epoch, seq);
+            for i in 0..n {
+                b.push(&NewRecord {
+                    value: Some(vec![i]),
+                    ..NewRecord::default()
+                });
+            }
+            b.build()
+        };
+        let send = |bytes: Vec<u8>| produce_request("idem", 0, -1, bytes);
+        let first = c.call(&send(batch(0, 3)), 9).await.unwrap().responses[0].partition_responses
+            [0]
+        .clone();
+        let second = c.call(&send(batch(3, 2)), 9).await.unwrap().responses[0].partition_responses
+            [0]
+        .clone();
+        let retry = c.call(&send(batch(0, 3)), 9).await.unwrap().responses[0].partition_responses
+            [0]
+        .clone();
+        assert_eq!((first.error_code, first.base_offset), (0, 0));
+        assert_eq!((second.error_code, second.base_offset), (0, 3));
+        assert_eq!(
+            (retry.error_code, retry.base_offset),
+            (0, 0),
+            "a retry is acknowledged with its original offset"
+        );
+        let gap = c.call(&send(batch(9, 1)), 9).await.unwrap().responses[0].partition_responses[0]
+            .clone();
+        assert_eq!(gap.error_code, 45);
+        let f = c
+            .call(&fetch_request("idem", Uuid::nil(), 0, 0), 12)
+            .await
+            .unwrap();
+        assert_eq!(
+            f.responses[0].partitions[0].high_watermark, 5,
+            "the retry wrote nothing"
+        );
+    });
+}
+
+#[test]
+fn a_long_poll_returns_when_data_arrives_and_acks_zero_gets_no_response() {
+    let node = Node::start(MemStorage::new(), ServeArgs::default());
+    client_runtime().block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        create_topic(&mut c, "poll", 1).await;
+        // A 30 s long poll: it must come back as soon as the record is committed.
+        let mut poller = Connection::connect(&node.addr).await.unwrap();
+        let id = poller
+            .send(&fetch_request("poll", Uuid::nil(), 0, 30_000), 12)
+            .await
+            .unwrap();
+        // acks=0: no response at all, so the next response on this connection is the metadata one.
+        c.send(&produce_request("poll", 0, 0, records(2, "zero")), 9)
+            .await
+            .unwrap();
+        let meta = c
+            .call(&MetadataRequest::default().with_topics(None), 12)
+            .await
+            .unwrap();
+        assert_eq!(meta.topics.len(), 1);
+        let (got, _) = tokio::time::timeout(Duration::from_secs(10), poller.receive_raw())
+            .await
+            .expect("long poll answered")
+            .unwrap();
+        assert_eq!(got, id);
+    });
+}
+
+#[test]
+fn acknowledged_records_survive_a_crash_and_unacknowledged_offsets_are_not_served() {
+    let mut node = Node::start(MemStorage::new(), ServeArgs::default());
+    let rt = client_runtime();
+    let acked: Vec<i64> = rt.block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        create_topic(&mut c, "durable", 1).await;
+        let mut offsets = Vec::new();
+        for i in 0..20 {
+            let resp = c
+                .call(
+                    &produce_request("durable", 0, -1, records(5, &format!("b{i}"))),
+                    9,
+                )
+                .await
+                .unwrap();
+            let p = &resp.responses[0].partition_responses[0];
+            assert_eq!(p.error_code, 0);
+            offsets.push(p.base_offset);
+        }
+        offsets
+    });
+    node.crash_and_restart();
+    rt.block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        let mut offset = 0;
+        let mut seen = Vec::new();
+        while seen.len() < acked.len() {
+            let f = c
+                .call(&fetch_request("durable", Uuid::nil(), offset, 1000), 12)
+                .await
+                .unwrap();
+            let p = &f.responses[0].partitions[0];
+            assert_eq!(p.error_code, 0);
+            for (h, _) in batch::split_batches(p.records.as_ref().unwrap()).unwrap() {
+                seen.push(h.base_offset);
+                offset = h.next_offset();
+            }
+        }
+        assert_eq!(
+            seen, acked,
+            "every acknowledged batch is back at its acknowledged offset"
+        );
+    });
+}
+
+#[test]
+fn garbage_on_one_connection_leaves_the_others_working() {
+    let node = Node::start(
+        MemStorage::new(),
+        ServeArgs {
+            frame_bytes_max: Some(1 << 20),
+            ..ServeArgs::default()
+        },
+    );
+    client_runtime().block_on(async {
+        let mut good = Connection::connect(&node.addr).await.unwrap();
+        create_topic(&mut good, "survivor", 1).await;
+        let garbage: Vec<Vec<u8>> = vec![
+            (2i32 << 20).to_be_bytes().to_vec(), // Longer than the frame limit.
+            (-5i32).to_be_bytes().to_vec(),      // Negative length.
+            [&12i32.to_be_bytes()[..], &[0xff; 12]].concat(), // Unknown API key.
+            [&3i32.to_be_bytes()[..], &[1, 2, 3]].concat(), // Too short for a header.
+            [&10i32.to_be_bytes()[..], &[0, 3, 0, 12, 0, 0, 0, 1, 0, 9]].concat(), // Metadata v12 with a bad client id.
+            (0..200u8).map(|i| i.wrapping_mul(37)).collect(),
+        ];
+        for g in garbage {
+            let mut bad = Connection::connect(&node.addr).await.unwrap();
+            bad.send_raw(&g).await.unwrap();
+            // The broker closes the connection (or waits for more bytes); either way the good
+            // connection keeps working.
+            let _ = tokio::time::timeout(Duration::from_millis(200), bad.receive_raw()).await;
+            let resp = good
+                .call(&produce_request("survivor", 0, -1, records(1, "ok")), 9)
+                .await
+                .unwrap();
+            assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+        }
+        let f = good
+            .call(&fetch_request("survivor", Uuid::nil(), 0, 0), 12)
+            .await
+            .unwrap();
+        assert_eq!(f.responses[0].partitions[0].high_watermark, 6);
+    });
+}
