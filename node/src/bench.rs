@@ -5,13 +5,13 @@
 //! of `--records` records of `--record-size` bytes, optionally paced to `--rate` records/s in total.
 //! Every record's latency (from enqueue to the delivery report) goes into a log-bucketed histogram.
 //! Consume mode assigns every partition of the topic from the beginning and reads until `--records`
-//! records have arrived.
+//! records have arrived, or until every partition has sat at its end for 10 s (the topic holds
+//! fewer records than asked for).
 //!
 //! Each run ends by itself: nothing waits past `--timeout-s`. The last line on stdout is one
 //! machine-readable `RESULT key=value ...` line; the exit status is an error when the run timed out
 //! or a record failed.
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,7 +63,8 @@ pub struct BenchArgs {
     /// Concurrent producer instances (each with its own connection and thread).
     #[arg(long, default_value_t = 1)]
     pub producers: usize,
-    /// Compression codec (`compression.type`).
+    /// Compression codec (`compression.type`); gzip and zstd need the rdkafka crate's `libz` and
+    /// `zstd` features.
     #[arg(long, default_value = "none", value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
     pub compression: String,
     /// Records sent and acknowledged before measuring starts; they are not counted.
@@ -117,6 +118,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before retrying a send that found librdkafka's queue full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_micros(200);
 const CONSUMER_POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// librdkafka `fetch.queue.backoff.ms` for consume mode (librdkafka's default is 1000).
+const CONSUMER_FETCH_QUEUE_BACKOFF_MS: u32 = 5;
 /// Consume mode gives up when every partition has sat at its end for this long, so asking for
 /// more records than the topic holds does not wait for the whole `--timeout-s`.
 const CONSUME_IDLE_AT_END_MAX: Duration = Duration::from_secs(10);
@@ -397,16 +400,13 @@ fn produce(args: &BenchArgs) -> Result<(), String> {
     );
     println!("latency (enqueue to ack): p50 {p50:.3} ms, p99 {p99:.3} ms, p999 {p999:.3} ms, max {max_ms:.3} ms");
     println!("errors: {errors} ({failed} failed deliveries, {send_errors} refused sends, status {status})");
-    let mut line = String::new();
-    let _ = write!(
-        line,
+    println!(
         "RESULT mode=produce status={status} records={delivered} errors={errors} elapsed_s={seconds:.3} \
          records_per_s={records_per_s:.0} mb_per_s={mb_per_s:.3} p50_ms={p50:.3} p99_ms={p99:.3} \
          p999_ms={p999:.3} max_ms={max_ms:.3} record_size={} producers={} partitions={partitions} acks={} \
          rate={} batch_size={} linger_ms={} compression={}",
         args.record_size, args.producers, args.acks, args.rate, args.batch_size, args.linger_ms, args.compression,
     );
-    println!("{line}");
 
     let first_error = stats
         .first_error
@@ -414,6 +414,9 @@ fn produce(args: &BenchArgs) -> Result<(), String> {
         .unwrap()
         .clone()
         .or_else(|| reports.iter().find_map(|r| r.first_error.clone()));
+    if let Some(error) = &first_error {
+        eprintln!("bench produce: first error: {error}");
+    }
     match status {
         "ok" => Ok(()),
         "timeout" => Err(format!(
@@ -541,8 +544,8 @@ fn ensure_topic(args: &BenchArgs, deadline: Instant, log: &ClientLog) -> Result<
     let admin: AdminClient<BenchContext> = base_config(args)
         .create_with_context(BenchContext { log: log.clone() })
         .map_err(|e| format!("creating an admin client: {e}"))?;
-    let existing =
-        fetch_metadata(admin.inner(), deadline).map(|m| topic_partitions(&m, &args.topic))?;
+    let existing = fetch_metadata(admin.inner(), &args.topic, deadline)
+        .map(|m| topic_partitions(&m, &args.topic))?;
     if let Some(Ok(partitions)) = existing {
         if partitions != args.partitions {
             eprintln!(
@@ -570,7 +573,7 @@ fn ensure_topic(args: &BenchArgs, deadline: Instant, log: &ClientLog) -> Result<
     }
     // A new topic may take a moment to show up with leaders everywhere.
     loop {
-        let metadata = fetch_metadata(admin.inner(), deadline)?;
+        let metadata = fetch_metadata(admin.inner(), &args.topic, deadline)?;
         if let Some(Ok(partitions)) = topic_partitions(&metadata, &args.topic) {
             return Ok(partitions);
         }
@@ -584,15 +587,19 @@ fn ensure_topic(args: &BenchArgs, deadline: Instant, log: &ClientLog) -> Result<
     }
 }
 
+/// Metadata for `topic` alone. The client must have `allow.auto.create.topics=false` (see
+/// `base_config`), or asking about a missing topic could create it with the broker's defaults.
 fn fetch_metadata<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
+    topic: &str,
     deadline: Instant,
 ) -> Result<Metadata, String> {
-    // All topics, not just ours: asking for one topic by name may auto-create it with the broker's
-    // default partition count.
+    // Not all topics (`None`): librdkafka 2.12 encodes the null topic array of an all-topics
+    // Metadata v9+ request in 4 bytes instead of 1 (librdkafka issue #5049), which a strict broker
+    // rejects.
     let timeout = REQUEST_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
     client
-        .fetch_metadata(None, timeout)
+        .fetch_metadata(Some(topic), timeout)
         .map_err(|e| format!("fetching metadata: {e}"))
 }
 
@@ -600,8 +607,13 @@ fn fetch_metadata<C: ClientContext>(
 /// topic or a partition without a leader); `Some(Ok(count))` when ready.
 fn topic_partitions(metadata: &Metadata, topic: &str) -> Option<Result<i32, ()>> {
     let found = metadata.topics().iter().find(|t| t.name() == topic)?;
-    let ready = found.error().is_none()
-        && !found.partitions().is_empty()
+    if let Some(error) = found.error() {
+        return match RDKafkaErrorCode::from(error) {
+            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => None,
+            _ => Some(Err(())),
+        };
+    }
+    let ready = !found.partitions().is_empty()
         && found
             .partitions()
             .iter()
@@ -617,7 +629,9 @@ fn base_config(args: &BenchArgs) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &args.bootstrap)
-        .set("client.id", "sluice-bench");
+        .set("client.id", "sluice-bench")
+        // Metadata requests about the topic must never create it; `ensure_topic` does that.
+        .set("allow.auto.create.topics", "false");
     config
 }
 
@@ -640,9 +654,16 @@ fn consume(args: &BenchArgs) -> Result<(), String> {
         .set("auto.offset.reset", "earliest")
         // End-of-partition events tell a run that asked for more records than exist to stop.
         .set("enable.partition.eof", "true")
+        // librdkafka stops fetching a partition whose local queue holds `queued.min.messages`
+        // (100,000) and by default retries only after 1 s, which caps a fast reader at about
+        // 100,000 records/s whatever the broker does; retry promptly instead.
+        .set(
+            "fetch.queue.backoff.ms",
+            CONSUMER_FETCH_QUEUE_BACKOFF_MS.to_string(),
+        )
         .create_with_context(BenchContext { log })
         .map_err(|e| format!("creating a consumer: {e}"))?;
-    let metadata = fetch_metadata(consumer.client(), deadline)?;
+    let metadata = fetch_metadata(consumer.client(), &args.topic, deadline)?;
     let partitions = match topic_partitions(&metadata, &args.topic) {
         Some(Ok(partitions)) => partitions,
         Some(Err(())) => {
@@ -672,6 +693,10 @@ fn consume(args: &BenchArgs) -> Result<(), String> {
     let mut last_record_at = read_start;
     let (mut records, mut bytes, mut errors) = (0u64, 0u64, 0u64);
     let mut first_error: Option<String> = None;
+    // Which partitions last reported their end, and since when all of them have.
+    let mut at_end = vec![false; partitions as usize];
+    let mut all_at_end_since: Option<Instant> = None;
+    let mut exhausted = false;
     let mut progress = Progress::new("consume", read_start);
     while records < args.records && Instant::now() < deadline {
         match consumer.poll(CONSUMER_POLL_TIMEOUT) {
@@ -680,12 +705,28 @@ fn consume(args: &BenchArgs) -> Result<(), String> {
                 bytes += message.payload().map_or(0, |p| p.len() as u64);
                 last_record_at = Instant::now();
                 first_record_at.get_or_insert(last_record_at);
+                if let Some(end) = at_end.get_mut(message.partition() as usize) {
+                    *end = false;
+                }
+                all_at_end_since = None;
+            }
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                if let Some(end) = at_end.get_mut(partition as usize) {
+                    *end = true;
+                }
+                if at_end.iter().all(|&end| end) {
+                    all_at_end_since.get_or_insert_with(Instant::now);
+                }
             }
             Some(Err(error)) => {
                 errors += 1;
                 first_error.get_or_insert_with(|| error.to_string());
             }
             None => {}
+        }
+        if all_at_end_since.is_some_and(|since| since.elapsed() >= CONSUME_IDLE_AT_END_MAX) {
+            exhausted = true;
+            break;
         }
         progress.tick(records, args.records);
     }
@@ -699,10 +740,12 @@ fn consume(args: &BenchArgs) -> Result<(), String> {
     let first_record_ms = first_record_at.map_or(f64::NAN, |t| {
         t.duration_since(read_start).as_secs_f64() * 1000.0
     });
-    let status = if records < args.records {
-        "timeout"
-    } else {
+    let status = if records >= args.records {
         "ok"
+    } else if exhausted {
+        "exhausted"
+    } else {
+        "timeout"
     };
     println!("consume: {records} records ({bytes} payload bytes) in {seconds:.3} s: {records_per_s:.0} records/s, {mb_per_s:.2} MB/s");
     println!(
@@ -718,6 +761,12 @@ fn consume(args: &BenchArgs) -> Result<(), String> {
     }
     match status {
         "ok" => Ok(()),
+        "exhausted" => Err(format!(
+            "the topic holds only {records} of the {} records asked for (every partition at its \
+             end for {} s)",
+            args.records,
+            CONSUME_IDLE_AT_END_MAX.as_secs()
+        )),
         _ => Err(format!(
             "timed out after {} s with {records} of {} records read",
             args.timeout_s, args.records
@@ -743,6 +792,10 @@ impl ClientLog {
         }
     }
     fn error(&self, error: &KafkaError, reason: &str) {
+        // Consume mode asks for end-of-partition events; they are progress, not trouble.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         self.print(format_args!("librdkafka error: {error}: {reason}"));
     }
     fn print(&self, line: std::fmt::Arguments<'_>) {

@@ -84,10 +84,12 @@ pub fn decode_request(mut frame: Bytes) -> Result<Request, DecodeError> {
     let body = RequestKind::decode(api_key, &mut frame, version)
         .map_err(|e| invalid(format!("bad {api_key:?} v{version} body: {e}")))?;
     if frame.has_remaining() {
-        return Err(invalid(format!(
-            "{} bytes after the {api_key:?} v{version} body",
+        // librdkafka 2.x sends stray zero bytes after some Metadata requests (its issue #5049);
+        // Kafka ignores trailing bytes, and so do we.
+        tracing::debug!(
+            "{} bytes after the {api_key:?} v{version} body ignored",
             frame.remaining()
-        )));
+        );
     }
     Ok(Request {
         api_key,
