@@ -11,6 +11,7 @@ mod error;
 pub mod limits;
 pub mod log;
 pub mod producer;
+pub mod rng;
 pub mod storage;
 
 pub use error::ErrorCode;

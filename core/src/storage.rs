@@ -36,6 +36,12 @@ pub trait Storage: Clone + Send + Sync + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes creations, removals and renames in `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// How long an fsync should take in simulated time (a slow-disk fault). Real storage takes
+    /// the time it takes and returns zero.
+    fn simulated_sync_latency(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// An open file. Clones refer to the same file.
@@ -74,6 +80,7 @@ struct MemState {
     durable_entries: BTreeMap<PathBuf, Arc<Mutex<MemFile>>>,
     dirs: std::collections::BTreeSet<PathBuf>,
     faults: Faults,
+    sync_latency: std::time::Duration,
     /// Writes not yet synced, in order, for tearing on crash: (file, offset of the write).
     unsynced_writes: Vec<(PathBuf, u64)>,
 }
@@ -183,6 +190,23 @@ impl MemStorage {
         true
     }
 
+    /// Makes every fsync take `latency` of simulated time (a slow disk).
+    pub fn set_sync_latency(&self, latency: std::time::Duration) {
+        lock(&self.state).sync_latency = latency;
+    }
+
+    /// Bytes of `path` that would survive a crash (0 if the file is not durably there).
+    pub fn durable_len(&self, path: &Path) -> u64 {
+        let state = lock(&self.state);
+        state.durable_entries.get(path).map_or(0, |f| lock(f).durable.len() as u64)
+    }
+
+    /// Reads a file's current bytes (triage and fault injection).
+    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        let state = lock(&self.state);
+        state.files.get(path).map(|f| lock(f).current.clone())
+    }
+
     /// Total bytes written but not yet durable, over all files.
     pub fn unsynced_bytes(&self) -> u64 {
         let state = lock(&self.state);
@@ -290,6 +314,10 @@ impl Storage for MemStorage {
         })?;
         state.files.insert(to.to_path_buf(), file);
         Ok(())
+    }
+
+    fn simulated_sync_latency(&self) -> std::time::Duration {
+        lock(&self.state).sync_latency
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -608,11 +608,11 @@ impl PartitionLog {
             offset < segment.next_offset,
             "offset below the high watermark lies in a segment"
         );
-        let start = segment.lookup_offset(offset);
+                let (start_offset, start) = segment.lookup_offset(offset);
         Ok(ReadCursor::new(
             ReadTarget::Offset(offset),
             segment.base_offset,
-            u64::from(start),
+            (start_offset, u64::from(start)),
             self.visible_end(segment),
             max_bytes,
         ))
@@ -630,11 +630,11 @@ impl PartitionLog {
             .take_while(|s| s.base_offset < self.high_watermark)
             .find(|s| s.max_timestamp >= timestamp)?;
         let from = segment.lookup_timestamp(timestamp);
-        let start = segment.lookup_offset(from);
+                let (start_offset, start) = segment.lookup_offset(from);
         Some(ReadCursor::new(
             ReadTarget::Timestamp(timestamp),
             segment.base_offset,
-            u64::from(start),
+            (start_offset, u64::from(start)),
             self.visible_end(segment),
             0,
         ))

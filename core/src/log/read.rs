@@ -55,6 +55,8 @@ pub struct ReadCursor {
     target: ReadTarget,
     segment: u64,
     position: u64,
+    /// The base offset the batch at `position` must have.
+    expected_offset: u64,
     /// Bytes of the segment that may be read (high watermark).
     visible_end: u64,
     max_bytes: u32,
@@ -64,13 +66,15 @@ pub struct ReadCursor {
 }
 
 impl ReadCursor {
+    /// `start` is an index entry: the base offset and byte position of a batch.
     pub(super) fn new(
         target: ReadTarget,
         segment: u64,
-        position: u64,
+        start: (u64, u64),
         visible_end: u64,
         max_bytes: u32,
     ) -> Self {
+        let (expected_offset, position) = start;
         let state = if position < visible_end {
             State::Seek { skipped: 0 }
         } else {
@@ -80,6 +84,7 @@ impl ReadCursor {
             target,
             segment,
             position,
+            expected_offset,
             visible_end,
             max_bytes,
             state,
@@ -89,7 +94,7 @@ impl ReadCursor {
     }
 
     pub(super) fn empty() -> Self {
-        ReadCursor::new(ReadTarget::Offset(0), 0, 0, 0, 0)
+        ReadCursor::new(ReadTarget::Offset(0), 0, (0, 0), 0, 0)
     }
 
     /// The next read the shell must perform, or `None` when the cursor is done.
@@ -130,6 +135,11 @@ impl ReadCursor {
             corrupt(io, e.to_string())
         })?;
         let total = header.total_bytes() as u64;
+        if header.base_offset != self.expected_offset as i64 {
+            self.state = State::Done;
+            let why = format!("batch has base offset {}, expected {}", header.base_offset, self.expected_offset);
+            return Err(corrupt(io, why));
+        }
         if self.position + total > self.visible_end {
             self.state = State::Done;
             return Err(corrupt(
@@ -153,6 +163,7 @@ impl ReadCursor {
             return Ok(());
         }
         self.position += total;
+        self.expected_offset = header.next_offset() as u64;
         if self.position >= self.visible_end {
             self.state = State::Done;
         } else if matches!(self.target, ReadTarget::Offset(_)) && skipped > SCAN_BATCHES_MAX {
@@ -184,7 +195,12 @@ impl ReadCursor {
             if total > rest.len() {
                 break;
             }
-            if let Err(e) = check_crc(&rest[..total], &header) {
+            let continuous = if header.base_offset == self.expected_offset as i64 {
+                Ok(())
+            } else {
+                Err(crate::batch::BatchError::BadRecords("base offset breaks the offset sequence"))
+            };
+            if let Err(e) = check_crc(&rest[..total], &header).and(continuous) {
                 if end == 0 {
                     return Err(corrupt(io, e.to_string()));
                 }
@@ -198,6 +214,7 @@ impl ReadCursor {
                 self.hit = Some(first_record_at_or_after(&rest[..total], &header, ts));
                 return Ok(());
             }
+            self.expected_offset = header.next_offset() as u64;
             end += total;
         }
         if end == 0 {

@@ -575,3 +575,25 @@ fn a_retry_of_an_older_batch_of_the_last_five_is_a_duplicate() {
         (0, 3, 0, true)
     );
 }
+
+#[test]
+fn a_flipped_bit_in_a_base_offset_is_caught_although_the_crc_does_not_cover_it() {
+    let mut h = Harness::new(small_config());
+    for _ in 0..30 {
+        h.append(2, 40, None);
+    }
+    h.sync();
+    let first = h.log.segments().next().unwrap().base_offset;
+    // Byte 7 is the lowest byte of the first batch's base offset.
+    assert!(h.storage.flip_bit(&h.dir.join(log_file_name(first)), 7 * 8));
+    for restart in [false, true] {
+        if restart {
+            h.storage.crash(CrashMode::Clean);
+            let (log, store) = LogStore::open(h.storage.clone(), h.dir.clone(), h.config.clone()).unwrap();
+            (h.log, h.store) = (log, store);
+        }
+        let mut cursor = h.log.read(0, 1000).unwrap();
+        let err = h.store.read(&mut cursor).unwrap_err();
+        assert_eq!(err.error_code(), ErrorCode::KafkaStorageError, "restart {restart}");
+    }
+}

@@ -348,6 +348,8 @@ impl<S: Storage> Broker<S> {
             };
             let tx = self.sync_tx.clone();
             let generation = part.generation;
+            #[cfg(madsim)]
+            let latency = self.storage.simulated_sync_latency();
             tokio::spawn(async move {
                 // fsync blocks for milliseconds: keep it off the event loop. The simulated store
                 // is in memory and madsim forbids blocking threads, so there it runs inline.
@@ -356,7 +358,10 @@ impl<S: Storage> Broker<S> {
                     .await
                     .unwrap_or_else(|e| Err(io::Error::other(format!("fsync task failed: {e}"))));
                 #[cfg(madsim)]
-                let result = job.run();
+                let result = {
+                    tokio::time::sleep(latency).await;
+                    job.run()
+                };
                 let _ = tx.send(SyncDone {
                     tp,
                     generation,
