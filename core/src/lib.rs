@@ -10,6 +10,7 @@ pub mod batch;
 mod error;
 pub mod limits;
 pub mod log;
+pub mod planted;
 pub mod producer;
 pub mod rng;
 pub mod storage;

@@ -81,8 +81,8 @@ struct MemState {
     dirs: std::collections::BTreeSet<PathBuf>,
     faults: Faults,
     sync_latency: std::time::Duration,
-    /// Writes not yet synced, in order, for tearing on crash: (file, offset of the write).
-    unsynced_writes: Vec<(PathBuf, u64)>,
+    /// Writes not yet synced, in order, for tearing on crash: (file, offset, length).
+    unsynced_writes: Vec<(PathBuf, u64, u64)>,
 }
 
 /// Injected faults. Each fires once, on the next matching operation.
@@ -99,8 +99,10 @@ pub enum CrashMode {
     /// Every unsynced byte is lost.
     Clean,
     /// The last unsynced write is partly persisted: its first `keep_bytes` bytes survive, the rest
-    /// of the file's unsynced tail is lost.
-    TearLastWrite { keep_bytes: u64 },
+    /// of the file's unsynced tail is lost. With `garbage`, the file keeps the whole length of that
+    /// write but the bytes after `keep_bytes` are stale garbage (the size reached the disk, the
+    /// data blocks did not): only a checksum can tell.
+    TearLastWrite { keep_bytes: u64, garbage: bool },
 }
 
 /// The simulated store. Cheap to clone; clones share state, so a "node" can be crashed and its
@@ -143,20 +145,26 @@ impl MemStorage {
         let mut state = lock(&self.state);
         let torn = match mode {
             CrashMode::Clean => None,
-            CrashMode::TearLastWrite { keep_bytes } => state
+            CrashMode::TearLastWrite {
+                keep_bytes,
+                garbage,
+            } => state
                 .unsynced_writes
                 .last()
                 .cloned()
-                .map(|(path, at)| (path, at, keep_bytes)),
+                .map(|(path, at, len)| (path, at, len, keep_bytes.min(len), garbage)),
         };
         let mut files = BTreeMap::new();
         for (path, file) in &state.durable_entries {
             let f = lock(file);
             let mut image = f.durable.clone();
-            if let Some((torn_path, at, keep)) = &torn {
+            if let Some((torn_path, at, len, keep, garbage)) = &torn {
                 if torn_path == path && *at as usize == image.len() {
                     let end = (*at + *keep).min(f.current.len() as u64) as usize;
                     image.extend_from_slice(&f.current[image.len()..end.max(image.len())]);
+                    if *garbage {
+                        image.extend(std::iter::repeat_n(0xA5, (*len - *keep) as usize));
+                    }
                 }
             }
             files.insert(
@@ -198,7 +206,10 @@ impl MemStorage {
     /// Bytes of `path` that would survive a crash (0 if the file is not durably there).
     pub fn durable_len(&self, path: &Path) -> u64 {
         let state = lock(&self.state);
-        state.durable_entries.get(path).map_or(0, |f| lock(f).durable.len() as u64)
+        state
+            .durable_entries
+            .get(path)
+            .map_or(0, |f| lock(f).durable.len() as u64)
     }
 
     /// Reads a file's current bytes (triage and fault injection).
@@ -367,7 +378,7 @@ impl StorageFile for MemFileHandle {
         };
         lock(&self.storage.state)
             .unsynced_writes
-            .push((self.path.clone(), at));
+            .push((self.path.clone(), at, bytes.len() as u64));
         Ok(())
     }
 
@@ -397,7 +408,7 @@ impl StorageFile for MemFileHandle {
         drop(f);
         lock(&self.storage.state)
             .unsynced_writes
-            .retain(|(p, _)| *p != self.path);
+            .retain(|(p, _, _)| *p != self.path);
         Ok(())
     }
 }
@@ -433,9 +444,19 @@ mod tests {
         a.append(b"0123").unwrap();
         a.sync().unwrap();
         a.append(b"4567").unwrap();
-        s.crash(CrashMode::TearLastWrite { keep_bytes: 2 });
+        s.crash(CrashMode::TearLastWrite {
+            keep_bytes: 2,
+            garbage: false,
+        });
         let a = s.open(Path::new("a"), false).unwrap();
         assert_eq!(read_all(&a).unwrap(), b"012345");
+        a.append(b"67").unwrap();
+        s.crash(CrashMode::TearLastWrite {
+            keep_bytes: 1,
+            garbage: true,
+        });
+        let a = s.open(Path::new("a"), false).unwrap();
+        assert_eq!(read_all(&a).unwrap(), b"0123456\xA5");
     }
 
     #[test]

@@ -596,7 +596,13 @@ impl PartitionLog {
                 log_end_offset: self.log_end_offset(),
             });
         }
-        if offset >= self.high_watermark {
+        let planted = crate::planted::active(crate::planted::Bug::FetchPastHighWatermark);
+        let readable_end = if planted {
+            self.log_end_offset()
+        } else {
+            self.high_watermark
+        };
+        if offset >= readable_end {
             return Ok(ReadCursor::empty());
         }
         let (_, segment) = self
@@ -608,7 +614,7 @@ impl PartitionLog {
             offset < segment.next_offset,
             "offset below the high watermark lies in a segment"
         );
-                let (start_offset, start) = segment.lookup_offset(offset);
+        let (start_offset, start) = segment.lookup_offset(offset);
         Ok(ReadCursor::new(
             ReadTarget::Offset(offset),
             segment.base_offset,
@@ -630,7 +636,7 @@ impl PartitionLog {
             .take_while(|s| s.base_offset < self.high_watermark)
             .find(|s| s.max_timestamp >= timestamp)?;
         let from = segment.lookup_timestamp(timestamp);
-                let (start_offset, start) = segment.lookup_offset(from);
+        let (start_offset, start) = segment.lookup_offset(from);
         Some(ReadCursor::new(
             ReadTarget::Timestamp(timestamp),
             segment.base_offset,
@@ -642,6 +648,9 @@ impl PartitionLog {
 
     /// Bytes of `segment` below the high watermark.
     fn visible_end(&self, segment: &Segment) -> u64 {
+        if crate::planted::active(crate::planted::Bug::FetchPastHighWatermark) {
+            return segment.size_bytes;
+        }
         use std::cmp::Ordering::*;
         match segment.base_offset.cmp(&self.durable.segment) {
             Less => segment.size_bytes,

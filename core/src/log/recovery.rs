@@ -299,10 +299,9 @@ impl Recovery {
                 break;
             }
             let continuous = header.base_offset == scan.segment.next_offset as i64;
-            if !continuous
-                || header.last_offset_delta < 0
-                || check_crc(&rest[..total], &header).is_err()
-            {
+            let skip_crc = crate::planted::active(crate::planted::Bug::SkipRecoveryCrc);
+            let crc_ok = skip_crc || check_crc(&rest[..total], &header).is_ok();
+            if !continuous || header.last_offset_delta < 0 || !crc_ok {
                 bad = true;
                 break;
             }
@@ -409,6 +408,12 @@ impl Recovery {
             .filter(|(b, _)| *b > log.recovery_point)
             .collect();
         log.mark_recovered_tail(tail_start, &tail, &rewritten, self.dir_changed);
+        if crate::planted::active(crate::planted::Bug::RecoveryOffByOne) {
+            let active = log.active_mut();
+            if active.next_offset > active.base_offset {
+                active.next_offset -= 1;
+            }
+        }
         (log, ops)
     }
 }

@@ -544,7 +544,7 @@ proptest! {
                 Step::Crash { tear } => {
                     let mode = match tear {
                         None => CrashMode::Clean,
-                        Some(keep_bytes) => CrashMode::TearLastWrite { keep_bytes: u64::from(keep_bytes) },
+                        Some(keep_bytes) => CrashMode::TearLastWrite { keep_bytes: u64::from(keep_bytes), garbage: keep_bytes % 2 == 1 },
                     };
                     // The producer's sequence must follow what survived.
                     h.crash(mode);
@@ -589,11 +589,16 @@ fn a_flipped_bit_in_a_base_offset_is_caught_although_the_crc_does_not_cover_it()
     for restart in [false, true] {
         if restart {
             h.storage.crash(CrashMode::Clean);
-            let (log, store) = LogStore::open(h.storage.clone(), h.dir.clone(), h.config.clone()).unwrap();
+            let (log, store) =
+                LogStore::open(h.storage.clone(), h.dir.clone(), h.config.clone()).unwrap();
             (h.log, h.store) = (log, store);
         }
         let mut cursor = h.log.read(0, 1000).unwrap();
         let err = h.store.read(&mut cursor).unwrap_err();
-        assert_eq!(err.error_code(), ErrorCode::KafkaStorageError, "restart {restart}");
+        assert_eq!(
+            err.error_code(),
+            ErrorCode::KafkaStorageError,
+            "restart {restart}"
+        );
     }
 }

@@ -97,7 +97,9 @@ impl<S: Storage> Broker<S> {
                         partition_response.base_offset = appended.base_offset as i64;
                         partition_response.log_start_offset = log_start_offset as i64;
                         let needed = appended.last_offset + 1;
-                        if acks == -1 && high_watermark < needed {
+                        let planted_early_ack =
+                            sluice_core::planted::active(sluice_core::planted::Bug::AckBeforeFsync);
+                        if acks == -1 && high_watermark < needed && !planted_early_ack {
                             let tp = TopicPartition {
                                 topic: name.clone().expect("appended"),
                                 partition: data.index,

@@ -1,0 +1,66 @@
+//! Planted bugs: deliberate defects behind a test-only switch, to show that the simulator's
+//! checkers catch the classes of bug they exist for (docs/simulation.md).
+//!
+//! Compiled in only with the `planted-bugs` feature (the simulator enables it); without it
+//! [`active`] is a constant `false` and every planted branch disappears. With it, at most one bug
+//! is active at a time, chosen per simulation run.
+
+/// The defects that can be planted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Bug {
+    /// The broker answers acks=all before the batch is fsynced.
+    AckBeforeFsync = 1,
+    /// Recovery does not check batch CRCs, so a torn write with garbage is kept.
+    SkipRecoveryCrc = 2,
+    /// After recovery the next offset is one too small, so the next batch overlaps the last.
+    RecoveryOffByOne = 3,
+    /// Fetch serves data up to the log end instead of the high watermark.
+    FetchPastHighWatermark = 4,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 4] = [
+        Bug::AckBeforeFsync,
+        Bug::SkipRecoveryCrc,
+        Bug::RecoveryOffByOne,
+        Bug::FetchPastHighWatermark,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::SkipRecoveryCrc => "skip-recovery-crc",
+            Bug::RecoveryOffByOne => "recovery-off-by-one",
+            Bug::FetchPastHighWatermark => "fetch-past-high-watermark",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Activates `bug` (or none) for everything in this process until changed.
+#[cfg(feature = "planted-bugs")]
+pub fn set(bug: Option<Bug>) {
+    ACTIVE.store(
+        bug.map_or(0, |b| b as u8),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+/// Whether `bug` is planted right now.
+#[cfg(feature = "planted-bugs")]
+pub fn active(bug: Bug) -> bool {
+    ACTIVE.load(std::sync::atomic::Ordering::SeqCst) == bug as u8
+}
+
+#[cfg(not(feature = "planted-bugs"))]
+#[inline(always)]
+pub const fn active(_bug: Bug) -> bool {
+    false
+}
