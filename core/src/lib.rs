@@ -7,7 +7,9 @@
 //! implements with files and tests implement in memory ([`storage::MemStorage`]).
 
 pub mod batch;
+pub mod checker;
 mod error;
+pub mod history;
 pub mod limits;
 pub mod log;
 pub mod planted;

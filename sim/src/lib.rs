@@ -1,1 +1,17 @@
-//! Placeholder until issue [2/5]: the simulator lands here.
+//! Deterministic simulation of Sluice (docs/simulation.md).
+//!
+//! One seed decides everything: the workload mix, the fault kinds, rates and timing, the broker's
+//! settings. The real `sluice-node` server runs on a madsim node over [`MemStorage`], clients on
+//! other nodes speak the Kafka protocol through Sluice's own client, a nemesis injects faults, and
+//! the Jepsen-style checkers of `sluice-core` judge the history.
+//!
+//! [`MemStorage`]: sluice_core::storage::MemStorage
+#![cfg(madsim)]
+
+pub mod cli;
+pub mod nemesis;
+pub mod params;
+pub mod run;
+pub mod timeline;
+pub mod trace;
+pub mod workload;

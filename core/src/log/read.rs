@@ -137,7 +137,10 @@ impl ReadCursor {
         let total = header.total_bytes() as u64;
         if header.base_offset != self.expected_offset as i64 {
             self.state = State::Done;
-            let why = format!("batch has base offset {}, expected {}", header.base_offset, self.expected_offset);
+            let why = format!(
+                "batch has base offset {}, expected {}",
+                header.base_offset, self.expected_offset
+            );
             return Err(corrupt(io, why));
         }
         if self.position + total > self.visible_end {
@@ -198,7 +201,9 @@ impl ReadCursor {
             let continuous = if header.base_offset == self.expected_offset as i64 {
                 Ok(())
             } else {
-                Err(crate::batch::BatchError::BadRecords("base offset breaks the offset sequence"))
+                Err(crate::batch::BatchError::BadRecords(
+                    "base offset breaks the offset sequence",
+                ))
             };
             if let Err(e) = check_crc(&rest[..total], &header).and(continuous) {
                 if end == 0 {

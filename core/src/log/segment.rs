@@ -112,13 +112,20 @@ impl Segment {
 
     /// The last indexed batch starting at or before `offset`: its base offset and byte position.
     pub fn lookup_offset(&self, offset: u64) -> (u64, u32) {
-        let relative = offset.saturating_sub(self.base_offset).min(u64::from(u32::MAX)) as u32;
-        let at = self.offset_index.partition_point(|e| e.relative_offset <= relative);
+        let relative = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
+        let at = self
+            .offset_index
+            .partition_point(|e| e.relative_offset <= relative);
         if at == 0 {
             (self.base_offset, 0)
         } else {
             let entry = self.offset_index[at - 1];
-            (self.base_offset + u64::from(entry.relative_offset), entry.position)
+            (
+                self.base_offset + u64::from(entry.relative_offset),
+                entry.position,
+            )
         }
     }
 

@@ -1,0 +1,389 @@
+//! One seeded run: build the simulated cluster, run the workload and the nemesis (safety phase),
+//! heal, check liveness, read everything back, and check the history.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use sluice_core::checker::{check, AnomalyKind, CheckReport};
+use sluice_core::history::{History, OpKind, Outcome};
+use sluice_core::planted::{self, Bug};
+use sluice_core::rng::Rng;
+use sluice_core::storage::MemStorage;
+use sluice_node::broker::Broker;
+use sluice_node::config::{Config, ServeArgs};
+
+use crate::nemesis::{Cluster, FaultSpan, MediaDamage, Nemesis};
+use crate::params::{Params, Scenario};
+use crate::trace::{hash, Trace};
+use crate::workload::{self, Recorded};
+
+/// How long the healed broker gets to serve produce and fetch again.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
+/// A run that has not finished after this much simulated time is stuck.
+pub const SIMULATED_TIME_LIMIT: Duration = Duration::from_secs(600);
+
+const BROKER_PORT: u16 = 9092;
+
+/// How a run ended. The process exit codes are distinct per kind (see `cli`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// The checkers found an anomaly (or data that could not be read back).
+    Correctness(String),
+    /// The healed broker did not serve produce and fetch within the bound.
+    Liveness(String),
+    /// A panic: an invariant assertion, or the simulation itself.
+    Crash(String),
+}
+
+impl Status {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Correctness(_) => "correctness",
+            Status::Liveness(_) => "liveness",
+            Status::Crash(_) => "crash",
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Status::Ok => 0,
+            Status::Correctness(_) => 1,
+            Status::Liveness(_) => 2,
+            Status::Crash(_) => 3,
+        }
+    }
+}
+
+/// Everything a run produced.
+pub struct RunOutcome {
+    pub params: Params,
+    pub planted: Option<Bug>,
+    pub status: Status,
+    pub simulated_ms: u64,
+    pub trace_jsonl: String,
+    pub trace_hash: u64,
+    pub history: History,
+    pub report: Option<CheckReport>,
+    pub spans: Vec<FaultSpan>,
+    /// Ops to highlight in the timeline.
+    pub offending_ops: Vec<usize>,
+    pub excused: u64,
+}
+
+/// Runs one seed on a fresh thread with its own madsim runtime.
+pub fn run_seed(seed: u64, scenario: Scenario, bug: Option<Bug>) -> RunOutcome {
+    std::thread::Builder::new()
+        .name(format!("sim-{seed}"))
+        .spawn(move || run_on_this_thread(seed, scenario, bug))
+        .expect("spawn simulation thread")
+        .join()
+        .expect("simulation thread")
+}
+
+fn run_on_this_thread(seed: u64, scenario: Scenario, bug: Option<Bug>) -> RunOutcome {
+    planted::set(bug);
+    let params = Params::from_seed(seed, scenario);
+    let mut runtime =
+        madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    runtime.set_time_limit(SIMULATED_TIME_LIMIT);
+    let run_params = params.clone();
+    let result =
+        std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulate(run_params))));
+    match result {
+        Ok(outcome) => RunOutcome {
+            planted: bug,
+            ..outcome
+        },
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic with a non-string payload".into());
+            RunOutcome {
+                params,
+                planted: bug,
+                status: Status::Crash(message),
+                simulated_ms: 0,
+                trace_jsonl: String::new(),
+                trace_hash: 0,
+                history: History::new(),
+                report: None,
+                spans: Vec::new(),
+                offending_ops: Vec::new(),
+                excused: 0,
+            }
+        }
+    }
+}
+
+fn broker_config(params: &Params, addr: SocketAddr) -> Config {
+    let args = ServeArgs {
+        listen: Some(addr.to_string()),
+        data_dir: Some("data".into()),
+        node_id: Some(0),
+        auto_create_topics: Some(false),
+        segment_bytes: Some(params.segment_bytes),
+        index_interval_bytes: Some(params.index_interval_bytes),
+        flush_interval_ms: Some(params.flush_interval_ms),
+        retention_ms: Some(-1),
+        retention_bytes: Some(-1),
+        ..ServeArgs::default()
+    };
+    Config::resolve(args).expect("simulation config is valid")
+}
+
+async fn simulate(params: Params) -> RunOutcome {
+    let trace = Trace::new();
+    let mut rng = Rng::new(params.seed);
+    let handle = madsim::runtime::Handle::current();
+    trace.record("setup", "params", params.summary());
+
+    let broker_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let broker_addr = SocketAddr::new(broker_ip, BROKER_PORT);
+    let storage = MemStorage::new();
+    let config = broker_config(&params, broker_addr);
+    let node_storage = storage.clone();
+    let node_trace = trace.clone();
+    let broker = handle
+        .create_node()
+        .name("broker")
+        .ip(broker_ip)
+        .init(move || {
+            let storage = node_storage.clone();
+            let config = config.clone();
+            let trace = node_trace.clone();
+            async move {
+                // Recovery must never fail on anything a crash or the nemesis can do to the disk.
+                let broker = Broker::open(config.clone(), storage).expect("broker recovery failed");
+                trace.record("broker", "started", "");
+                let listener = tokio::net::TcpListener::bind(config.listen.as_str())
+                    .await
+                    .expect("bind");
+                let _ = sluice_node::server::run(config, broker, listener).await;
+            }
+        })
+        .build();
+
+    let addr = broker_addr.to_string();
+    let mut client_nodes = Vec::new();
+    for i in 0..params.clients {
+        let node = handle
+            .create_node()
+            .name(format!("client-{i}"))
+            .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 1, i as u8 + 1)))
+            .build();
+        client_nodes.push(node);
+    }
+    let setup = handle
+        .create_node()
+        .name("setup")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)))
+        .build();
+    {
+        let (addr, trace, partitions) = (addr.clone(), trace.clone(), params.partitions);
+        setup
+            .spawn(async move { workload::create_topic(&addr, partitions, &trace).await })
+            .await
+            .expect("setup");
+    }
+
+    // Safety phase: workload and nemesis together.
+    let deadline_ms = trace.now_ms() + params.fault_phase_ms;
+    let mut tasks = Vec::new();
+    for (i, node) in client_nodes.iter().enumerate() {
+        let (addr, params, trace, client_rng) =
+            (addr.clone(), params.clone(), trace.clone(), rng.fork());
+        tasks.push(node.spawn(workload::run_client(
+            i as u32,
+            addr,
+            params,
+            client_rng,
+            trace,
+            deadline_ms,
+        )));
+    }
+    let cluster = Cluster {
+        handle: handle.clone(),
+        broker: broker.id(),
+        broker_addr,
+        clients: client_nodes.iter().map(|n| n.id()).collect(),
+        storage: storage.clone(),
+    };
+    let mut nemesis = Nemesis::new();
+    nemesis
+        .run(&cluster, &params, rng.fork(), &trace, deadline_ms)
+        .await;
+    let mut recorded: Vec<Recorded> = Vec::new();
+    for task in tasks {
+        recorded.extend(task.await.expect("client task"));
+    }
+    nemesis.heal(&cluster, &trace);
+
+    // Liveness phase, on the healed broker.
+    let probe = handle
+        .create_node()
+        .name("probe")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)))
+        .build();
+    let (liveness, probe_ops) = {
+        let (addr, trace, process) = (addr.clone(), trace.clone(), params.clients);
+        probe
+            .spawn(async move { workload::liveness(process, &addr, LIVENESS_BOUND, &trace).await })
+            .await
+            .expect("probe")
+    };
+    recorded.extend(probe_ops);
+    let final_read = {
+        let (addr, trace, partitions) = (addr.clone(), trace.clone(), params.partitions);
+        let process = params.clients + 1;
+        probe
+            .spawn(async move { workload::final_read(process, &addr, partitions, &trace).await })
+            .await
+            .expect("probe")
+    };
+    recorded.push(final_read);
+
+    let history = to_history(recorded);
+    let report = check(&history);
+    let (status, offending_ops, excused) =
+        judge(&params, &history, &report, &nemesis.damage, liveness);
+    trace.record("checker", status.name(), format!("{report}"));
+    let trace_jsonl = trace.to_jsonl();
+    RunOutcome {
+        simulated_ms: trace.now_ms(),
+        trace_hash: hash(&trace_jsonl),
+        trace_jsonl,
+        params,
+        planted: None,
+        status,
+        history,
+        report: Some(report),
+        spans: nemesis.spans,
+        offending_ops,
+        excused,
+    }
+}
+
+/// Merges the processes' operations into one history ordered by invocation (each process is
+/// sequential, so its own order is kept).
+fn to_history(mut recorded: Vec<Recorded>) -> History {
+    recorded.sort_by_key(|r| (r.invoke_ms, r.complete_ms, r.process));
+    let mut history = History::new();
+    for r in recorded {
+        history.push(r.process, r.kind, r.invoke_ms, r.complete_ms);
+    }
+    history
+}
+
+/// Offsets of `partition` that an operation involved.
+fn op_offsets(history: &History, op: usize, partition: i32) -> Vec<u64> {
+    match &history.ops[op].kind {
+        OpKind::Send {
+            key,
+            outcome: Outcome::Ok(offset),
+            ..
+        } if key.partition == partition => vec![*offset],
+        OpKind::Poll { reads, .. } | OpKind::FinalRead { reads, .. } => reads
+            .iter()
+            .filter(|(k, _)| k.partition == partition)
+            .flat_map(|(_, v)| v.iter().map(|(o, _)| *o))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The verdict. Anomalies explained by deliberate media damage (synced data the nemesis
+/// corrupted: on a single node there is no other copy) are excused, except those that would mean
+/// corrupted data was served.
+fn judge(
+    params: &Params,
+    history: &History,
+    report: &CheckReport,
+    damage: &[MediaDamage],
+    liveness: Result<u64, String>,
+) -> (Status, Vec<usize>, u64) {
+    let mut offending = Vec::new();
+    let mut excused = 0;
+    let mut unexplained = Vec::new();
+    for anomaly in &report.anomalies {
+        let serves_garbage = matches!(
+            anomaly.kind,
+            AnomalyKind::UnknownValue | AnomalyKind::AbortedRead
+        );
+        let damaged_from = damage
+            .iter()
+            .filter(|d| d.partition == anomaly.key.partition)
+            .map(|d| d.offset)
+            .min();
+        let explained = !serves_garbage
+            && damaged_from.is_some_and(|from| {
+                anomaly.ops.iter().any(|op| {
+                    op_offsets(history, *op, anomaly.key.partition)
+                        .iter()
+                        .any(|o| *o >= from)
+                })
+            });
+        if explained {
+            excused += 1;
+        } else {
+            offending.extend(anomaly.ops.iter().copied());
+            unexplained.push(anomaly.to_string());
+        }
+    }
+    // Counts beyond the kept anomalies are not excusable one by one; only excuse whole kinds
+    // when every kept one was excused and the kind was not truncated.
+    let truncated = report.anomaly_counts.iter().any(|(kind, count)| {
+        *count as usize > report.anomalies.iter().filter(|a| a.kind == *kind).count()
+    });
+    if !unexplained.is_empty() || (truncated && damage.is_empty()) {
+        let first = unexplained
+            .first()
+            .cloned()
+            .unwrap_or_else(|| format!("{report}"));
+        return (
+            Status::Correctness(format!("{} anomalies; first: {first}", unexplained.len())),
+            offending,
+            excused,
+        );
+    }
+    // Committed data must be readable to the end unless the nemesis damaged that partition.
+    if let Some(final_read) = history
+        .ops
+        .iter()
+        .rev()
+        .find(|op| matches!(op.kind, OpKind::FinalRead { .. }))
+    {
+        if let OpKind::FinalRead {
+            outcome: Outcome::Info(why),
+            ..
+        } = &final_read.kind
+        {
+            let all_damaged =
+                (0..params.partitions).all(|p| damage.iter().any(|d| d.partition == p));
+            if damage.is_empty() || !all_damaged {
+                let undamaged_problem = why.split("; ").any(|problem| {
+                    let partition = problem
+                        .strip_prefix("partition ")
+                        .and_then(|r| r.split(':').next())
+                        .and_then(|p| p.parse::<i32>().ok());
+                    partition.is_none_or(|p| !damage.iter().any(|d| d.partition == p))
+                });
+                if undamaged_problem {
+                    return (
+                        Status::Correctness(format!("final read incomplete: {why}")),
+                        vec![final_read.index],
+                        excused,
+                    );
+                }
+            }
+        }
+    }
+    if let Err(why) = liveness {
+        return (Status::Liveness(why), offending, excused);
+    }
+    (Status::Ok, offending, excused)
+}

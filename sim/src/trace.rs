@@ -1,0 +1,99 @@
+//! The event trace of a run: every operation, fault and node event with its simulated time. Its
+//! hash is what `--check-determinism` compares; its JSON lines are written for triage.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Simulated milliseconds since the run started.
+    pub t_ms: u64,
+    /// Who: `nemesis`, `client-2`, `broker`, `checker`.
+    pub source: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Shared by every task of a run.
+#[derive(Clone)]
+pub struct Trace {
+    events: Arc<Mutex<Vec<Event>>>,
+    start: Instant,
+}
+
+impl Trace {
+    pub fn new() -> Trace {
+        Trace {
+            events: Arc::new(Mutex::new(Vec::new())),
+            start: Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn record(&self, source: &str, kind: &str, detail: impl Into<String>) {
+        let event = Event {
+            t_ms: self.now_ms(),
+            source: source.to_string(),
+            kind: kind.to_string(),
+            detail: detail.into(),
+        };
+        self.events.lock().expect("trace lock").push(event);
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().expect("trace lock").clone()
+    }
+
+    pub fn to_jsonl(&self) -> String {
+        let mut out = String::new();
+        for e in self.events() {
+            out.push_str(&format!(
+                "{{\"t_ms\":{},\"source\":{},\"kind\":{},\"detail\":{}}}\n",
+                e.t_ms,
+                json_string(&e.source),
+                json_string(&e.kind),
+                json_string(&e.detail)
+            ));
+        }
+        out
+    }
+}
+
+impl Default for Trace {
+    fn default() -> Trace {
+        Trace::new()
+    }
+}
+
+/// FNV-1a, 64 bits: a stable hash of the whole trace text.
+pub fn hash(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

@@ -1,0 +1,586 @@
+//! Workload clients in the spirit of Jepsen's Kafka workload: each process sends unique values to
+//! random partitions (acks=all or acks=1), polls its assigned partitions in assign mode,
+//! sometimes reassigns and seeks to the beginning, and records every operation with its invoke
+//! and completion time and what it returned. At the end a fresh process reads every partition
+//! from the beginning.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::produce_request::{
+    PartitionProduceData, ProduceRequest, TopicProduceData,
+};
+use kafka_protocol::messages::{BrokerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::batch::{split_batches, BatchBuilder, NewRecord, Records};
+use sluice_core::history::{Acks, Key, OpKind, Outcome, Reads};
+use sluice_core::rng::Rng;
+use sluice_core::ErrorCode;
+use sluice_node::client::Connection;
+
+use crate::params::Params;
+use crate::trace::Trace;
+
+/// How long a client waits for any single response before calling the operation indeterminate.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client waits to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Fetch limits used by polls.
+const POLL_MAX_BYTES: i32 = 64 * 1024;
+const POLL_MAX_WAIT_MS: i32 = 100;
+
+pub const TOPIC: &str = "sim";
+
+/// One recorded operation of one process, before the run merges them into a `History`.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub process: u32,
+    pub kind: OpKind,
+    pub invoke_ms: u64,
+    pub complete_ms: u64,
+}
+
+pub fn key(partition: i32) -> Key {
+    Key::new(TOPIC, partition)
+}
+
+fn topic_name() -> TopicName {
+    TopicName(StrBytes::from_static_str(TOPIC))
+}
+
+/// A client's connection, re-established on demand.
+pub struct Client {
+    addr: String,
+    conn: Option<Connection>,
+}
+
+impl Client {
+    pub fn new(addr: &str) -> Client {
+        Client {
+            addr: addr.to_string(),
+            conn: None,
+        }
+    }
+
+    /// Sends one request and waits for its response, within [`REQUEST_TIMEOUT`]. Any failure
+    /// drops the connection (the next call reconnects).
+    pub async fn call<R: kafka_protocol::protocol::Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, String> {
+        if self.conn.is_none() {
+            let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.addr))
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| format!("connect: {e}"))?;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_mut().expect("connected above");
+        match tokio::time::timeout(REQUEST_TIMEOUT, conn.call(request, version)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(format!("connection: {e}"))
+            }
+            Err(_) => {
+                self.conn = None;
+                Err("request timed out".to_string())
+            }
+        }
+    }
+}
+
+/// Creates the workload topic, retrying until the broker answers.
+pub async fn create_topic(addr: &str, partitions: i32, trace: &Trace) {
+    let mut client = Client::new(addr);
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(5_000)
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name())
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)]);
+    loop {
+        match client.call(&request, 5).await {
+            Ok(r)
+                if r.topics[0].error_code == 0
+                    || r.topics[0].error_code == ErrorCode::TopicAlreadyExists.code() =>
+            {
+                trace.record(
+                    "setup",
+                    "topic-created",
+                    format!("{TOPIC} with {partitions} partitions"),
+                );
+                return;
+            }
+            Ok(r) => trace.record(
+                "setup",
+                "create-topic-error",
+                format!("error code {}", r.topics[0].error_code),
+            ),
+            Err(e) => trace.record("setup", "create-topic-error", e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn produce_request(partition: i32, acks: i16, value: u64, timestamp: i64) -> ProduceRequest {
+    let mut builder = BatchBuilder::new(timestamp);
+    builder.push(&NewRecord {
+        timestamp,
+        key: None,
+        value: Some(value.to_be_bytes().to_vec()),
+        headers: vec![],
+    });
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name())
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(Bytes::from(builder.build())))])])
+}
+
+fn fetch_request(cursors: &BTreeMap<i32, u64>, max_wait_ms: i32) -> FetchRequest {
+    let partitions = cursors
+        .iter()
+        .map(|(p, offset)| {
+            FetchPartition::default()
+                .with_partition(*p)
+                .with_fetch_offset(*offset as i64)
+                .with_partition_max_bytes(POLL_MAX_BYTES)
+                .with_current_leader_epoch(-1)
+                .with_last_fetched_epoch(-1)
+                .with_log_start_offset(-1)
+        })
+        .collect();
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(POLL_MAX_BYTES)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name())
+            .with_partitions(partitions)])
+}
+
+/// `(offset, value)` of every record at or after `from` in the fetched bytes.
+fn decode_values(records: &[u8], from: u64) -> Result<Vec<(u64, u64)>, String> {
+    let mut out = Vec::new();
+    if records.is_empty() {
+        return Ok(out);
+    }
+    let batches = split_batches(records).map_err(|e| format!("fetched batch invalid: {e}"))?;
+    for (header, range) in batches {
+        let records =
+            Records::new(&records[range]).map_err(|e| format!("fetched batch unreadable: {e}"))?;
+        for record in records {
+            let record = record.map_err(|e| format!("fetched record unreadable: {e}"))?;
+            let offset = (header.base_offset + record.offset_delta) as u64;
+            if offset < from {
+                continue;
+            }
+            let value = record
+                .value
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| {
+                    format!("record at offset {offset} has a value that no client sent")
+                })?;
+            out.push((offset, value));
+        }
+    }
+    Ok(out)
+}
+
+/// What a fetch of `cursors` returned.
+struct Fetched {
+    reads: Reads,
+    /// Partitions whose fetch offset was out of range.
+    out_of_range: Vec<i32>,
+    /// Per-partition error codes other than out-of-range.
+    errors: Vec<(i32, i16)>,
+    high_watermarks: BTreeMap<i32, u64>,
+}
+
+async fn fetch(
+    client: &mut Client,
+    cursors: &BTreeMap<i32, u64>,
+    max_wait_ms: i32,
+) -> Result<Fetched, String> {
+    let response = client
+        .call(&fetch_request(cursors, max_wait_ms), 12)
+        .await?;
+    let mut fetched = Fetched {
+        reads: Reads::new(),
+        out_of_range: Vec::new(),
+        errors: Vec::new(),
+        high_watermarks: BTreeMap::new(),
+    };
+    for topic in &response.responses {
+        for p in &topic.partitions {
+            let partition = p.partition_index;
+            let Some(cursor) = cursors.get(&partition) else {
+                continue;
+            };
+            match p.error_code {
+                0 => {
+                    fetched
+                        .high_watermarks
+                        .insert(partition, p.high_watermark.max(0) as u64);
+                    let values = decode_values(p.records.as_deref().unwrap_or(&[]), *cursor)?;
+                    if !values.is_empty() {
+                        fetched.reads.insert(key(partition), values);
+                    }
+                }
+                code if code == ErrorCode::OffsetOutOfRange.code() => {
+                    fetched.out_of_range.push(partition)
+                }
+                code => fetched.errors.push((partition, code)),
+            }
+        }
+    }
+    Ok(fetched)
+}
+
+/// One client process, until `deadline_ms` of simulated time.
+pub async fn run_client(
+    process: u32,
+    addr: String,
+    params: Params,
+    mut rng: Rng,
+    trace: Trace,
+    deadline_ms: u64,
+) -> Vec<Recorded> {
+    let source = format!("client-{process}");
+    let mut client = Client::new(&addr);
+    let mut ops = Vec::new();
+    let mut next_value: u64 = 0;
+    let all: Vec<i32> = (0..params.partitions).collect();
+    let mut cursors: BTreeMap<i32, u64> = all.iter().map(|p| (*p, 0)).collect();
+    let record = |ops: &mut Vec<Recorded>, kind: OpKind, invoke_ms: u64, trace: &Trace| {
+        let complete_ms = trace.now_ms();
+        trace.record(&source, "op", describe(&kind));
+        ops.push(Recorded {
+            process,
+            kind,
+            invoke_ms,
+            complete_ms,
+        });
+    };
+    while trace.now_ms() < deadline_ms {
+        let invoke_ms = trace.now_ms();
+        let roll = rng.below(1000) as u32;
+        if roll < params.send_per_mille {
+            let partition = *rng.pick(&all);
+            let all_acks = rng.chance(params.acks_all_per_mille);
+            let (acks, acks_code) = if all_acks {
+                (Acks::All, -1)
+            } else {
+                (Acks::One, 1)
+            };
+            // Unique per key across the run: the process in the high bits, a counter below.
+            let value = (u64::from(process) << 40) | next_value;
+            next_value += 1;
+            let timestamp = 1_700_000_000_000 + invoke_ms as i64;
+            let outcome = match client
+                .call(&produce_request(partition, acks_code, value, timestamp), 9)
+                .await
+            {
+                Ok(r) => {
+                    let p = &r.responses[0].partition_responses[0];
+                    match p.error_code {
+                        0 => Outcome::Ok(p.base_offset as u64),
+                        // Refused before anything was written: definitely not in the log.
+                        code if [2, 3, 10, 21].contains(&code) => {
+                            Outcome::Fail(format!("error code {code}"))
+                        }
+                        code => Outcome::Info(format!("error code {code}")),
+                    }
+                }
+                Err(e) => Outcome::Info(e),
+            };
+            record(
+                &mut ops,
+                OpKind::Send {
+                    key: key(partition),
+                    value,
+                    acks,
+                    outcome,
+                },
+                invoke_ms,
+                &trace,
+            );
+        } else if roll < params.send_per_mille + 60 {
+            // Reassign: a random non-empty subset of partitions, sometimes seeking to the start.
+            let mut keys: Vec<i32> = all.iter().copied().filter(|_| rng.chance(600)).collect();
+            if keys.is_empty() {
+                keys.push(*rng.pick(&all));
+            }
+            let seek = rng.chance(500);
+            cursors = keys
+                .iter()
+                .map(|p| {
+                    (
+                        *p,
+                        if seek {
+                            0
+                        } else {
+                            cursors.get(p).copied().unwrap_or(0)
+                        },
+                    )
+                })
+                .collect();
+            let kind = OpKind::Assign {
+                keys: keys.iter().map(|p| key(*p)).collect(),
+                seek_to_beginning: seek,
+                outcome: Outcome::Ok(()),
+            };
+            record(&mut ops, kind, invoke_ms, &trace);
+        } else {
+            let (reads, outcome, reset) = match fetch(&mut client, &cursors, POLL_MAX_WAIT_MS).await
+            {
+                Ok(fetched) => {
+                    for (k, values) in &fetched.reads {
+                        let last = values.last().expect("non-empty").0;
+                        cursors.insert(k.partition, last + 1);
+                    }
+                    let outcome = if fetched.errors.is_empty() {
+                        Outcome::Ok(())
+                    } else {
+                        Outcome::Info(format!("partition errors {:?}", fetched.errors))
+                    };
+                    (fetched.reads, outcome, !fetched.out_of_range.is_empty())
+                }
+                Err(e) => (Reads::new(), Outcome::Info(e), false),
+            };
+            record(&mut ops, OpKind::Poll { reads, outcome }, invoke_ms, &trace);
+            if reset {
+                // Out of range (the log lost unsynced records in a crash): like a consumer with
+                // auto.offset.reset=earliest, start over — an assignment change for the checker.
+                let invoke_ms = trace.now_ms();
+                let keys: Vec<i32> = cursors.keys().copied().collect();
+                cursors = keys.iter().map(|p| (*p, 0)).collect();
+                let kind = OpKind::Assign {
+                    keys: keys.iter().map(|p| key(*p)).collect(),
+                    seek_to_beginning: true,
+                    outcome: Outcome::Ok(()),
+                };
+                record(&mut ops, kind, invoke_ms, &trace);
+            }
+        }
+        let think = rng.between(params.think_ms.0, params.think_ms.1);
+        tokio::time::sleep(Duration::from_millis(think)).await;
+    }
+    ops
+}
+
+/// At the end: a fresh consumer reads every partition from the beginning up to its high
+/// watermark. Partitions that cannot be read (a damaged batch) stop early; the outcome says so.
+pub async fn final_read(process: u32, addr: &str, partitions: i32, trace: &Trace) -> Recorded {
+    let invoke_ms = trace.now_ms();
+    let mut client = Client::new(addr);
+    let mut reads = Reads::new();
+    let mut problems = Vec::new();
+    for partition in 0..partitions {
+        let mut cursor = 0u64;
+        let mut values = Vec::new();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            if attempts > 10_000 {
+                problems.push(format!(
+                    "partition {partition}: gave up after {attempts} fetches"
+                ));
+                break;
+            }
+            let cursors = BTreeMap::from([(partition, cursor)]);
+            match fetch(&mut client, &cursors, 0).await {
+                Ok(fetched) => {
+                    if let Some((_, code)) = fetched.errors.first() {
+                        problems.push(format!(
+                            "partition {partition}: error code {code} at offset {cursor}"
+                        ));
+                        break;
+                    }
+                    if !fetched.out_of_range.is_empty() {
+                        problems.push(format!(
+                            "partition {partition}: offset {cursor} out of range"
+                        ));
+                        break;
+                    }
+                    if let Some(read) = fetched.reads.get(&key(partition)) {
+                        cursor = read.last().expect("non-empty").0 + 1;
+                        values.extend_from_slice(read);
+                    }
+                    let hw = fetched
+                        .high_watermarks
+                        .get(&partition)
+                        .copied()
+                        .unwrap_or(0);
+                    if cursor >= hw || (fetched.reads.is_empty() && hw > cursor && attempts > 50) {
+                        if cursor < hw {
+                            problems.push(format!("partition {partition}: stuck at {cursor} below high watermark {hw}"));
+                        }
+                        break;
+                    }
+                }
+                Err(e) => {
+                    if attempts > 100 {
+                        problems.push(format!("partition {partition}: {e}"));
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        reads.insert(key(partition), values);
+    }
+    let outcome = if problems.is_empty() {
+        Outcome::Ok(())
+    } else {
+        Outcome::Info(problems.join("; "))
+    };
+    let kind = OpKind::FinalRead { reads, outcome };
+    trace.record("final-read", "op", describe(&kind));
+    Recorded {
+        process,
+        kind,
+        invoke_ms,
+        complete_ms: trace.now_ms(),
+    }
+}
+
+/// Liveness: once faults have stopped, a fresh client (process `process`) must be able to produce
+/// an acks=all record and read it back within `bound`. Its sends are part of the history.
+pub async fn liveness(
+    process: u32,
+    addr: &str,
+    bound: Duration,
+    trace: &Trace,
+) -> (Result<u64, String>, Vec<Recorded>) {
+    let start = trace.now_ms();
+    let mut client = Client::new(addr);
+    let mut ops = Vec::new();
+    let mut last_error = String::from("no attempt");
+    let mut attempt = 0u64;
+    while trace.now_ms() - start < bound.as_millis() as u64 {
+        attempt += 1;
+        let value = (u64::from(process) << 40) | attempt;
+        let invoke_ms = trace.now_ms();
+        let result = client
+            .call(&produce_request(0, -1, value, 1_700_000_000_000), 9)
+            .await;
+        let outcome = match &result {
+            Ok(r) if r.responses[0].partition_responses[0].error_code == 0 => {
+                Outcome::Ok(r.responses[0].partition_responses[0].base_offset as u64)
+            }
+            Ok(r) => Outcome::Info(format!(
+                "error code {}",
+                r.responses[0].partition_responses[0].error_code
+            )),
+            Err(e) => Outcome::Info(e.clone()),
+        };
+        let kind = OpKind::Send {
+            key: key(0),
+            value,
+            acks: Acks::All,
+            outcome: outcome.clone(),
+        };
+        trace.record("liveness", "op", describe(&kind));
+        ops.push(Recorded {
+            process,
+            kind,
+            invoke_ms,
+            complete_ms: trace.now_ms(),
+        });
+        match outcome {
+            Outcome::Ok(offset) => {
+                let cursors = BTreeMap::from([(0, offset)]);
+                match fetch(&mut client, &cursors, 500).await {
+                    Ok(f)
+                        if f.reads
+                            .get(&key(0))
+                            .is_some_and(|r| r.first() == Some(&(offset, value))) =>
+                    {
+                        let took = trace.now_ms() - start;
+                        trace.record(
+                            "liveness",
+                            "ok",
+                            format!("produced and fetched offset {offset} after {took} ms"),
+                        );
+                        return (Ok(took), ops);
+                    }
+                    Ok(_) => last_error = format!("fetch at {offset} did not return the record"),
+                    Err(e) => last_error = e,
+                }
+            }
+            Outcome::Info(why) | Outcome::Fail(why) => last_error = why,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (
+        Err(format!(
+            "no acks=all produce + fetch within {} ms: {last_error}",
+            bound.as_millis()
+        )),
+        ops,
+    )
+}
+
+/// One line per operation for the trace.
+pub fn describe(kind: &OpKind) -> String {
+    fn outcome<T: std::fmt::Debug>(o: &Outcome<T>) -> String {
+        match o {
+            Outcome::Ok(v) => format!("ok {v:?}"),
+            Outcome::Fail(why) => format!("fail ({why})"),
+            Outcome::Info(why) => format!("info ({why})"),
+        }
+    }
+    fn reads(r: &Reads) -> String {
+        r.iter()
+            .map(|(k, v)| {
+                let first = v.first().map_or(String::new(), |(o, _)| o.to_string());
+                let last = v.last().map_or(String::new(), |(o, _)| o.to_string());
+                format!("{}:{}[{first}..{last}]", k.partition, v.len())
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    match kind {
+        OpKind::Send {
+            key,
+            value,
+            acks,
+            outcome: o,
+        } => format!(
+            "send {key} value={value:#x} acks={} -> {}",
+            acks.name(),
+            outcome(o)
+        ),
+        OpKind::Poll {
+            reads: r,
+            outcome: o,
+        } => format!("poll {} -> {}", reads(r), outcome(o)),
+        OpKind::Assign {
+            keys,
+            seek_to_beginning,
+            ..
+        } => {
+            let keys: Vec<String> = keys.iter().map(|k| k.partition.to_string()).collect();
+            format!(
+                "assign [{}] seek_to_beginning={seek_to_beginning}",
+                keys.join(",")
+            )
+        }
+        OpKind::FinalRead {
+            reads: r,
+            outcome: o,
+        } => format!("final-read {} -> {}", reads(r), outcome(o)),
+    }
+}

@@ -1,0 +1,100 @@
+"""confluent-kafka (librdkafka 2.x bundled) producer, consumer and admin client against sluice."""
+
+import time
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from helpers import (OP_TIMEOUT_S, assert_rows_equal, consumer, expected_rows, produce_all, producer,
+                     read_partition, record, unique_topic)
+
+
+def admin(bootstrap):
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10000})
+
+
+def create_topic_error(bootstrap, name, partitions, replication=1):
+    """Runs CreateTopics for one topic; returns None on success or the KafkaError code."""
+    client = admin(bootstrap)  # must outlive the futures: destroying it fails them with _DESTROY
+    futures = client.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=replication)],
+        operation_timeout=10, request_timeout=OP_TIMEOUT_S)
+    assert set(futures) == {name}
+    try:
+        futures[name].result(timeout=OP_TIMEOUT_S)
+        return None
+    except KafkaException as e:
+        return e.args[0].code()
+
+
+def test_produce_1000_acks_all_and_read_back_in_assign_mode(broker):
+    topic = unique_topic("ck")
+    records = [record(i, "ck") for i in range(1000)]
+    p = producer(broker.bootstrap)  # acks=all; enable.idempotence left at its default
+    reports = produce_all(p, topic, records)
+
+    offsets = [o for _, o in reports]
+    assert offsets == list(range(1000)), f"delivery offsets are not 0..999 in send order: {offsets[:20]}..."
+
+    # Assign mode: no group coordinator needed; nothing is committed.
+    c = consumer(broker.bootstrap)
+    got = []
+    try:
+        c.assign([TopicPartition(topic, 0, -2)])  # OFFSET_BEGINNING
+        deadline = time.monotonic() + OP_TIMEOUT_S
+        while len(got) < len(records):
+            assert time.monotonic() < deadline, f"only {len(got)} of {len(records)} records read in time"
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                continue
+            got.append((msg.offset(), msg.key(), msg.value(), list(msg.headers() or [])))
+        lo, hi = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
+        assert (lo, hi) == (0, 1000)
+    finally:
+        c.close()
+    assert_rows_equal(got, expected_rows(records, reports))
+
+
+def test_idempotent_producer(broker):
+    topic = unique_topic("ck-idem")
+    records = [record(i, "idem") for i in range(300)]
+    p = producer(broker.bootstrap, **{"enable.idempotence": True, "max.in.flight.requests.per.connection": 5})
+    reports = produce_all(p, topic, records)
+    assert [o for _, o in reports] == list(range(300))
+    assert_rows_equal(read_partition(broker.bootstrap, topic, min_count=300), expected_rows(records, reports))
+
+
+def test_admin_create_topic_with_3_partitions_and_produce_to_each(broker):
+    topic = unique_topic("ck-admin")
+    assert create_topic_error(broker.bootstrap, topic, 3) is None
+
+    md = admin(broker.bootstrap).list_topics(topic=topic, timeout=OP_TIMEOUT_S)
+    assert md.topics[topic].error is None, md.topics[topic].error
+    assert sorted(md.topics[topic].partitions) == [0, 1, 2]
+    assert list(md.brokers) and all(b.host == "127.0.0.1" and b.port == broker.port for b in md.brokers.values())
+
+    # Creating it again is an error.
+    assert create_topic_error(broker.bootstrap, topic, 3) == KafkaError.TOPIC_ALREADY_EXISTS
+
+    p = producer(broker.bootstrap)
+    sent = {}
+    for part in range(3):
+        recs = [record(i, f"p{part}") for i in range(10 + part)]
+        reports = produce_all(p, topic, recs, partition=part)
+        assert reports == [(part, i) for i in range(len(recs))], reports
+        sent[part] = (recs, reports)
+    for part, (recs, reports) in sent.items():
+        got = read_partition(broker.bootstrap, topic, part, min_count=len(recs))
+        assert_rows_equal(got, expected_rows(recs, reports, partition=part))
+
+
+def test_admin_rejects_invalid_topics(broker):
+    for bad in ["bad name!", "x" * 300, "..", "."]:
+        assert create_topic_error(broker.bootstrap, bad, 1) == KafkaError.TOPIC_EXCEPTION, bad
+    good = unique_topic("ck-parts")
+    assert create_topic_error(broker.bootstrap, good, 0) == KafkaError.INVALID_PARTITIONS
+    md = admin(broker.bootstrap).list_topics(timeout=OP_TIMEOUT_S)
+    assert good not in md.topics and "bad name!" not in md.topics, sorted(md.topics)
