@@ -64,6 +64,8 @@ pub enum BatchError {
     TooLarge { bytes: usize, max: u32 },
     /// The request carried no batch at all.
     Empty,
+    /// More than one batch for one partition (Kafka accepts exactly one with magic v2).
+    MultipleBatches(usize),
 }
 
 impl BatchError {
@@ -76,6 +78,7 @@ impl BatchError {
             | BatchError::BadRecords(_)
             | BatchError::Empty => ErrorCode::CorruptMessage,
             BatchError::UnsupportedMagic(_) => ErrorCode::UnsupportedForMessageFormat,
+            BatchError::MultipleBatches(_) => ErrorCode::InvalidRecord,
             BatchError::TooLarge { .. } => ErrorCode::MessageTooLarge,
         }
     }
@@ -103,6 +106,12 @@ impl std::fmt::Display for BatchError {
                 )
             }
             BatchError::Empty => write!(f, "no record batch in request"),
+            BatchError::MultipleBatches(n) => {
+                write!(
+                    f,
+                    "{n} record batches for one partition; exactly one is accepted"
+                )
+            }
         }
     }
 }
@@ -247,57 +256,65 @@ pub fn split_batches(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usi
     Ok(batches)
 }
 
-/// Validates a producer's batches as Kafka's `LogValidator` does for magic v2: every batch parses
-/// and passes its CRC, is at most `message_bytes_max`, and its record count agrees with
-/// `lastOffsetDelta`. Uncompressed batches are walked record by record (lengths and offset deltas
-/// `0..n` must agree with the header); compressed ones are checked at the header level, since core
-/// carries no codecs.
-pub fn validate_produce(
-    buf: &[u8],
-    message_bytes_max: u32,
-) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, BatchError> {
-    let batches = split_batches(buf)?;
-    for (header, range) in &batches {
-        if header.total_bytes() > message_bytes_max as usize {
-            return Err(BatchError::TooLarge {
-                bytes: header.total_bytes(),
-                max: message_bytes_max,
-            });
-        }
-        if header.record_count <= 0 {
-            return Err(BatchError::BadRecords(
-                "a produced batch must hold at least one record",
-            ));
-        }
-        if header.last_offset_delta != header.record_count - 1 {
-            return Err(BatchError::BadRecords(
-                "lastOffsetDelta does not match recordCount",
-            ));
-        }
-        if header.is_control() {
-            return Err(BatchError::BadRecords(
-                "producers may not send control batches",
-            ));
-        }
-        if header.compression() == 0 {
-            let mut expected_delta = 0i64;
-            for record in Records::new(&buf[range.clone()])? {
-                let record = record?;
-                if record.offset_delta != expected_delta {
-                    return Err(BatchError::BadRecords("record offset deltas are not 0..n"));
-                }
-                expected_delta += 1;
-            }
-            if expected_delta != i64::from(header.record_count) {
-                return Err(BatchError::BadRecords(
-                    "recordCount does not match the records",
-                ));
-            }
-        } else if header.compression() > 4 {
-            return Err(BatchError::BadRecords("unknown compression codec"));
-        }
+/// Validates a producer's data for one partition as Kafka's `LogValidator` does for magic v2:
+/// exactly one batch (Kafka refuses more), which parses and passes its CRC, is at most
+/// `message_bytes_max`, and whose record count agrees with `lastOffsetDelta`. An uncompressed
+/// batch is walked record by record: lengths, offset deltas `0..n`, and `maxTimestamp` must agree
+/// with the records (timestamp lookups and retention trust it). Compressed batches are checked at
+/// the header level, since core carries no codecs.
+pub fn validate_produce(buf: &[u8], message_bytes_max: u32) -> Result<BatchHeader, BatchError> {
+    let mut batches = split_batches(buf)?;
+    if batches.len() != 1 {
+        return Err(BatchError::MultipleBatches(batches.len()));
     }
-    Ok(batches)
+    let (header, range) = batches.pop().expect("one batch");
+    if header.total_bytes() > message_bytes_max as usize {
+        return Err(BatchError::TooLarge {
+            bytes: header.total_bytes(),
+            max: message_bytes_max,
+        });
+    }
+    if header.record_count <= 0 {
+        return Err(BatchError::BadRecords(
+            "a produced batch must hold at least one record",
+        ));
+    }
+    if header.last_offset_delta != header.record_count - 1 {
+        return Err(BatchError::BadRecords(
+            "lastOffsetDelta does not match recordCount",
+        ));
+    }
+    if header.is_control() {
+        return Err(BatchError::BadRecords(
+            "producers may not send control batches",
+        ));
+    }
+    if header.compression() == 0 {
+        let mut expected_delta = 0i64;
+        let mut max_timestamp = i64::MIN;
+        for record in Records::new(&buf[range])? {
+            let record = record?;
+            if record.offset_delta != expected_delta {
+                return Err(BatchError::BadRecords("record offset deltas are not 0..n"));
+            }
+            max_timestamp =
+                max_timestamp.max(header.base_timestamp.saturating_add(record.timestamp_delta));
+            expected_delta += 1;
+        }
+        if expected_delta != i64::from(header.record_count) {
+            return Err(BatchError::BadRecords(
+                "recordCount does not match the records",
+            ));
+        }
+        if max_timestamp != header.max_timestamp {
+            return Err(BatchError::BadRecords(
+                "maxTimestamp does not match the records",
+            ));
+        }
+    } else if header.compression() > 4 {
+        return Err(BatchError::BadRecords("unknown compression codec"));
+    }
+    Ok(header)
 }
 
 /// One record of an uncompressed batch, borrowed from the batch bytes.
@@ -589,10 +606,8 @@ mod tests {
     #[test]
     fn built_batch_round_trips_through_the_parser() {
         let bytes = batch(5);
-        let batches = validate_produce(&bytes, 1 << 20).unwrap();
-        assert_eq!(batches.len(), 1);
-        let (header, range) = &batches[0];
-        assert_eq!(range.clone(), 0..bytes.len());
+        let header = validate_produce(&bytes, 1 << 20).unwrap();
+        assert_eq!(header.total_bytes(), bytes.len());
         assert_eq!(header.record_count, 5);
         assert_eq!(header.last_offset_delta, 4);
         assert_eq!(header.max_timestamp, 1_004);
@@ -695,5 +710,42 @@ mod tests {
             bytes[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
             let _ = validate_produce(&bytes, 1 << 20);
         }
+    }
+}
+
+#[cfg(test)]
+mod produce_rules {
+    use super::*;
+
+    fn one(value: &[u8], timestamp: i64) -> Vec<u8> {
+        let mut b = BatchBuilder::new(timestamp);
+        b.push(&NewRecord {
+            timestamp,
+            value: Some(value.to_vec()),
+            ..NewRecord::default()
+        });
+        b.build()
+    }
+
+    #[test]
+    fn two_batches_for_one_partition_are_refused_as_kafka_does() {
+        let two = [one(b"a", 1), one(b"b", 2)].concat();
+        let err = validate_produce(&two, 1 << 20).unwrap_err();
+        assert_eq!(err, BatchError::MultipleBatches(2));
+        assert_eq!(err.error_code(), crate::ErrorCode::InvalidRecord);
+    }
+
+    #[test]
+    fn a_max_timestamp_that_disagrees_with_the_records_is_refused() {
+        let mut bytes = one(b"a", 1_000);
+        bytes[35..43].copy_from_slice(&999i64.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[OFFSET_ATTRIBUTES..]);
+        bytes[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(
+            validate_produce(&bytes, 1 << 20),
+            Err(BatchError::BadRecords(
+                "maxTimestamp does not match the records"
+            ))
+        );
     }
 }

@@ -30,6 +30,10 @@ pub const INDEX_INTERVAL_BYTES_MAX: u32 = 1024 * 1024;
 /// Idempotent producers: how many recent batches per producer are remembered for dedup (Kafka: 5,
 /// which is also the largest `max.in.flight.requests.per.connection` allowed with idempotence).
 pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+/// Idempotent producers remembered per partition. Beyond it the producer whose last batch is
+/// oldest is forgotten (its retries are then treated as new); Kafka expires by time instead
+/// (`producer.id.expiration.ms`), which needs a clock in the log — this bound needs none.
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 /// Bytes read per step while scanning a segment during recovery.
 pub const RECOVERY_READ_BYTES: u32 = 1024 * 1024;
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::batch::{wrapping_sequence, BatchHeader};
-use crate::limits::PRODUCER_BATCHES_REMEMBERED;
+use crate::limits::{PRODUCERS_PER_PARTITION_MAX, PRODUCER_BATCHES_REMEMBERED};
 use crate::ErrorCode;
 
 /// Where one batch of an idempotent producer landed.
@@ -179,6 +179,15 @@ impl ProducerStateTable {
         entry.batches.push_back(meta);
         while entry.batches.len() > PRODUCER_BATCHES_REMEMBERED {
             entry.batches.pop_front();
+        }
+        if self.producers.len() > PRODUCERS_PER_PARTITION_MAX {
+            let oldest = self
+                .producers
+                .iter()
+                .min_by_key(|(id, e)| (e.batches.back().map_or(0, |b| b.last_offset), **id))
+                .map(|(id, _)| *id)
+                .expect("non-empty");
+            self.producers.remove(&oldest);
         }
     }
 

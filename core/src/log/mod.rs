@@ -329,9 +329,10 @@ impl PartitionLog {
         self.ops.pop_front()
     }
 
-    /// Validates and appends a producer's batches (one produce request's data for this partition).
-    /// Offsets are assigned by rewriting each batch's base offset. A retried idempotent batch is
-    /// recognised and answered with its original offsets without writing anything.
+    /// Validates and appends a producer's batch (one produce request's data for this partition;
+    /// Kafka accepts exactly one batch per partition). The offset is assigned by rewriting the
+    /// batch's base offset in place. A retried idempotent batch is recognised and answered with
+    /// its original offsets without writing anything.
     pub fn append(
         &mut self,
         mut records: BytesMut,
@@ -341,21 +342,13 @@ impl PartitionLog {
         if self.storage_failed {
             return Err(AppendError::StorageFailed);
         }
-        let batches = batch::validate_produce(&records, self.config.message_bytes_max)
+        let header = batch::validate_produce(&records, self.config.message_bytes_max)
             .map_err(AppendError::Batch)?;
-        // Check every idempotent batch before writing any, against the state as it will be when
-        // the earlier batches of this request are in.
-        let state_may_be_lost = self.log_start_offset() > 0;
-        let mut scratch: Option<ProducerStateTable> = None;
-        let mut next_offset = self.log_end_offset();
-        for (header, _) in &batches {
-            if !header.is_idempotent() {
-                next_offset += header.record_count as u64;
-                continue;
-            }
-            let table = scratch.as_ref().unwrap_or(&self.producers);
-            match table
-                .check(header, state_may_be_lost)
+        if header.is_idempotent() {
+            let state_may_be_lost = self.log_start_offset() > 0;
+            match self
+                .producers
+                .check(&header, state_may_be_lost)
                 .map_err(AppendError::Producer)?
             {
                 SequenceCheck::Duplicate(meta) => {
@@ -365,52 +358,40 @@ impl PartitionLog {
                         duplicate: true,
                     })
                 }
-                SequenceCheck::Append => {
-                    let mut assigned = *header;
-                    assigned.base_offset = next_offset as i64;
-                    scratch
-                        .get_or_insert_with(|| self.producers.clone())
-                        .record(&assigned);
-                    next_offset += header.record_count as u64;
-                }
+                SequenceCheck::Append => {}
             }
         }
-
-        let base_offset = self.log_end_offset();
-        for (header, range) in batches {
-            let bytes_len = header.total_bytes() as u64;
-            if self.should_roll(bytes_len, header.record_count as u64, now_ms) {
-                self.roll();
-            }
-            let offset = self.log_end_offset();
-            let mut assigned = header;
-            assigned.base_offset = offset as i64;
-            assigned.partition_leader_epoch = partition_leader_epoch;
-            let batch_bytes = &mut records[range.clone()];
-            batch::set_base_offset(batch_bytes, offset as i64);
-            batch::set_partition_leader_epoch(batch_bytes, partition_leader_epoch);
-            self.producers.record(&assigned);
-            let interval = self.config.index_interval_bytes;
-            let segment = self.active_mut();
-            let position = segment.size_bytes;
-            let base = segment.base_offset;
-            segment.on_batch(&assigned, interval, Some(now_ms));
-            self.dirty_segments.insert(base);
-            // Slicing a frozen buffer is zero-copy; the clone keeps the rest for later batches.
-            let frozen = records.clone().freeze().slice(range);
-            self.push_op(LogOp::Append {
-                segment: base,
-                position,
-                bytes: frozen,
-            });
+        if self.should_roll(
+            header.total_bytes() as u64,
+            header.record_count as u64,
+            now_ms,
+        ) {
+            self.roll();
         }
-        let last_offset = self.log_end_offset() - 1;
+        let offset = self.log_end_offset();
+        let mut assigned = header;
+        assigned.base_offset = offset as i64;
+        assigned.partition_leader_epoch = partition_leader_epoch;
+        batch::set_base_offset(&mut records, offset as i64);
+        batch::set_partition_leader_epoch(&mut records, partition_leader_epoch);
+        self.producers.record(&assigned);
+        let interval = self.config.index_interval_bytes;
+        let segment = self.active_mut();
+        let position = segment.size_bytes;
+        let base = segment.base_offset;
+        segment.on_batch(&assigned, interval, Some(now_ms));
+        self.dirty_segments.insert(base);
+        self.push_op(LogOp::Append {
+            segment: base,
+            position,
+            bytes: records.freeze(),
+        });
         if cfg!(debug_assertions) {
             self.check_invariants();
         }
         Ok(Appended {
-            base_offset,
-            last_offset,
+            base_offset: offset,
+            last_offset: assigned.last_offset() as u64,
             duplicate: false,
         })
     }
@@ -421,9 +402,15 @@ impl PartitionLog {
             return false;
         }
         let too_big = active.size_bytes + bytes > self.config.segment_bytes_max;
-        let too_old = active
-            .first_append_ms
-            .is_some_and(|first| now_ms.saturating_sub(first) >= self.config.segment_ms);
+        // After a restart the append time is gone; the first batch's timestamp (capped at now, so a
+        // clock far ahead cannot hold a segment open) stands in for it.
+        let first = active.first_append_ms.or_else(|| {
+            active
+                .first_timestamp
+                .map(|t| t.clamp(0, now_ms as i64) as u64)
+        });
+        let too_old =
+            first.is_some_and(|first| now_ms.saturating_sub(first) >= self.config.segment_ms);
         // Index entries hold offsets relative to the base as u32.
         let offsets_full = active.next_offset + records - active.base_offset > u64::from(u32::MAX);
         too_big || too_old || offsets_full
@@ -727,5 +714,7 @@ impl Segment {
     }
 }
 
+#[cfg(test)]
+mod review_tests;
 #[cfg(test)]
 mod tests;

@@ -95,6 +95,8 @@ struct Scan {
     replay: bool,
     /// Bytes the next read must cover at least (a batch longer than one read step).
     want: u32,
+    /// Bytes the last read asked for; a shorter answer means the file shrank.
+    requested: u64,
 }
 
 #[derive(Debug)]
@@ -167,10 +169,11 @@ impl Recovery {
     /// The next read to perform, or `None` when [`finish`](Self::finish) may be called.
     pub fn next_io(&mut self) -> Option<RecoveryIo> {
         loop {
-            if let Some(scan) = &self.scanning {
+            if let Some(scan) = &mut self.scanning {
                 if scan.segment.size_bytes < scan.file_len {
                     let left = scan.file_len - scan.segment.size_bytes;
                     let len = left.min(u64::from(RECOVERY_READ_BYTES.max(scan.want))) as u32;
+                    scan.requested = u64::from(len);
                     return Some(RecoveryIo::ReadSegment(ReadIo {
                         segment: scan.segment.base_offset,
                         position: scan.segment.size_bytes,
@@ -221,6 +224,7 @@ impl Recovery {
             file_len,
             replay: tail,
             want: 0,
+            requested: 0,
         });
     }
 
@@ -269,6 +273,11 @@ impl Recovery {
             .as_mut()
             .expect("feed_segment without ReadSegment");
         scan.want = 0;
+        if (bytes.len() as u64) < scan.requested {
+            // The file is shorter than listed (it shrank, or storage misbehaved): scan what is
+            // there, and let a cut-off batch count as torn.
+            scan.file_len = scan.segment.size_bytes + bytes.len() as u64;
+        }
         let chunk_end = scan.segment.size_bytes + bytes.len() as u64;
         let mut at = 0usize;
         let mut bad = bytes.is_empty();
@@ -311,8 +320,14 @@ impl Recovery {
             }
             at += total;
         }
-        if bad {
-            // Cut the segment at its last good batch; everything after it goes.
+        if bad && !scan.replay {
+            // Rebuilding the index of a sealed, durable segment: the damage is not a torn tail
+            // and cutting here would throw away every later segment. Index what is good; reads
+            // of the damaged batch fail their checks and are never served.
+            scan.segment.size_bytes = scan.file_len;
+        } else if bad {
+            // A torn or corrupt tail: cut the segment at its last good batch; everything after
+            // it goes.
             let base = scan.segment.base_offset;
             let len = scan.segment.size_bytes;
             self.repairs
@@ -325,6 +340,21 @@ impl Recovery {
     fn end_scan(&mut self) {
         let scan = self.scanning.take().expect("scanning");
         let mut segment = scan.segment;
+        if !scan.replay {
+            if segment.is_empty() && self.recovered.is_empty() {
+                // The oldest segment lost all its data: drop it, and the log starts at the next.
+                self.repairs.push(LogOp::DeleteSegment {
+                    base_offset: segment.base_offset,
+                });
+                self.rewrite_indexes.retain(|b| *b != segment.base_offset);
+                self.dir_changed = true;
+                return;
+            }
+            // A rebuilt sealed segment ends where the next one begins, whatever its damage.
+            if let (false, Some((next_base, _))) = (segment.is_empty(), self.pending.front()) {
+                segment.next_offset = segment.next_offset.max(*next_base);
+            }
+        }
         if segment.is_empty() && !self.pending.is_empty() {
             // An empty segment before others: the later ones cannot follow it (a gap); next_io
             // deletes them and this one stays as the active segment.
@@ -396,6 +426,9 @@ impl Recovery {
             .copied()
             .filter(|b| *b != active_base)
             .collect();
+        // Producer state may remember batches that did not survive (a cut tail, deleted segments).
+        let log_end = self.recovered.last().map_or(0, |s| s.next_offset);
+        self.producers.truncate(log_end);
         let mut log = PartitionLog::from_parts(
             self.config,
             self.recovered,

@@ -34,6 +34,9 @@ pub struct Segment {
     pub max_timestamp_relative: Option<u32>,
     /// When the first batch was appended (the shell's clock); drives `segment.ms` rolls.
     pub first_append_ms: Option<u64>,
+    /// The first batch's max timestamp: the segment's age after a restart, when the append
+    /// time is no longer known (Kafka rolls by it too).
+    pub first_timestamp: Option<i64>,
     pub offset_index: Vec<OffsetEntry>,
     pub time_index: Vec<TimeEntry>,
     /// Bytes appended since the last index entry.
@@ -53,6 +56,7 @@ impl Segment {
             max_timestamp: i64::MIN,
             max_timestamp_relative: None,
             first_append_ms: None,
+            first_timestamp: None,
             offset_index: Vec::new(),
             time_index: Vec::new(),
             bytes_since_index: 0,
@@ -107,6 +111,9 @@ impl Segment {
         }
         if self.first_append_ms.is_none() {
             self.first_append_ms = now_ms;
+        }
+        if self.first_timestamp.is_none() {
+            self.first_timestamp = Some(header.max_timestamp);
         }
     }
 
@@ -206,14 +213,12 @@ impl Segment {
                 w[0].relative_offset < w[1].relative_offset
                     && w[0].max_timestamp < w[1].max_timestamp
             });
-        let in_bounds = offsets
-            .iter()
-            .all(|e| u64::from(e.position) < size_bytes.max(1));
+        let in_bounds = offsets.iter().all(|e| u64::from(e.position) < size_bytes);
         let starts_at_zero = offsets
             .first()
             .is_none_or(|e| e.position == 0 && e.relative_offset == 0);
         let _ = base_offset;
-        (ordered && in_bounds && starts_at_zero && (size_bytes == 0 || !offsets.is_empty()))
+        (ordered && in_bounds && starts_at_zero && size_bytes > 0 && !offsets.is_empty())
             .then_some((offsets, times))
     }
 
