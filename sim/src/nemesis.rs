@@ -39,6 +39,8 @@ pub struct Cluster {
     pub broker_addr: SocketAddr,
     pub clients: Vec<NodeId>,
     pub storage: MemStorage,
+    /// The disk's normal fsync time (the seed's; a slow disk is slower).
+    pub sync_latency: Duration,
 }
 
 /// The network's normal latency (madsim's default).
@@ -117,10 +119,19 @@ impl Nemesis {
                     CrashMode::Clean
                 } else {
                     CrashMode::TearLastWrite {
-                        keep_bytes: rng.below(300),
+                        keep_bytes: rng.below(120),
                         garbage: rng.chance(500),
                     }
                 };
+                if kind == "torn-write" {
+                    // A tear needs a write in flight: wait (briefly) for one.
+                    for _ in 0..500 {
+                        if cluster.storage.unsynced_bytes() > 0 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
                 let unsynced = cluster.storage.unsynced_bytes();
                 handle.kill(cluster.broker);
                 cluster.storage.crash(mode);
@@ -155,7 +166,7 @@ impl Nemesis {
                 let latency = Duration::from_millis(rng.between(10, 200));
                 cluster.storage.set_sync_latency(latency);
                 tokio::time::sleep(Duration::from_millis(rng.between(200, 3_000))).await;
-                cluster.storage.set_sync_latency(Duration::ZERO);
+                cluster.storage.set_sync_latency(cluster.sync_latency);
                 format!("fsync takes {} ms", latency.as_millis())
             }
             "clog" => {
@@ -246,7 +257,7 @@ impl Nemesis {
             net.unclog_link(cluster.broker, *client);
         }
         net.update_config(|c| c.send_latency = default_latency());
-        cluster.storage.set_sync_latency(Duration::ZERO);
+        cluster.storage.set_sync_latency(cluster.sync_latency);
         cluster.storage.inject(Faults::default());
         if self.broker_down {
             cluster.handle.restart(cluster.broker);

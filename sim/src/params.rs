@@ -108,6 +108,8 @@ pub struct Params {
     pub segment_bytes: u64,
     pub index_interval_bytes: u32,
     pub flush_interval_ms: u64,
+    /// How long an fsync takes on this run's disk (the build machine's takes about 3 ms).
+    pub sync_latency_ms: u64,
 }
 
 impl Params {
@@ -166,12 +168,13 @@ impl Params {
             } else {
                 0
             },
+            sync_latency_ms: rng.between(1, 8),
         }
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "seed={} scenario={} partitions={} clients={} fault_phase_ms={} faults=[{}] segment_bytes={} flush_interval_ms={}",
+            "seed={} scenario={} partitions={} clients={} fault_phase_ms={} faults=[{}] segment_bytes={} flush_interval_ms={} sync_latency_ms={}",
             self.seed,
             self.scenario.name(),
             self.partitions,
@@ -180,6 +183,7 @@ impl Params {
             self.faults.names().join(","),
             self.segment_bytes,
             self.flush_interval_ms,
+            self.sync_latency_ms,
         )
     }
 }

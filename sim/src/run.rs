@@ -145,6 +145,8 @@ async fn simulate(params: Params) -> RunOutcome {
     let broker_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     let broker_addr = SocketAddr::new(broker_ip, BROKER_PORT);
     let storage = MemStorage::new();
+    let sync_latency = Duration::from_millis(params.sync_latency_ms);
+    storage.set_sync_latency(sync_latency);
     let config = broker_config(&params, broker_addr);
     let node_storage = storage.clone();
     let node_trace = trace.clone();
@@ -212,6 +214,7 @@ async fn simulate(params: Params) -> RunOutcome {
         broker_addr,
         clients: client_nodes.iter().map(|n| n.id()).collect(),
         storage: storage.clone(),
+        sync_latency,
     };
     let mut nemesis = Nemesis::new();
     nemesis

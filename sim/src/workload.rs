@@ -51,6 +51,14 @@ fn topic_name() -> TopicName {
     TopicName(StrBytes::from_static_str(TOPIC))
 }
 
+/// Why a call returned no response.
+pub enum CallError {
+    /// No connection could be made: the request was never sent.
+    NotSent(String),
+    /// Sent (or maybe sent) and then the connection failed or timed out.
+    Unknown(String),
+}
+
 /// A client's connection, re-established on demand.
 pub struct Client {
     addr: String,
@@ -72,11 +80,25 @@ impl Client {
         request: &R,
         version: i16,
     ) -> Result<R::Response, String> {
+        self.call_checked(request, version)
+            .await
+            .map_err(|e| match e {
+                CallError::NotSent(why) | CallError::Unknown(why) => why,
+            })
+    }
+
+    /// Like `call`, but tells a request that never left (no connection) from one whose fate is
+    /// unknown.
+    pub async fn call_checked<R: kafka_protocol::protocol::Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, CallError> {
         if self.conn.is_none() {
             let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.addr))
                 .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| format!("connect: {e}"))?;
+                .map_err(|_| CallError::NotSent("connect timed out".to_string()))?
+                .map_err(|e| CallError::NotSent(format!("connect: {e}")))?;
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected above");
@@ -84,11 +106,11 @@ impl Client {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
                 self.conn = None;
-                Err(format!("connection: {e}"))
+                Err(CallError::Unknown(format!("connection: {e}")))
             }
             Err(_) => {
                 self.conn = None;
-                Err("request timed out".to_string())
+                Err(CallError::Unknown("request timed out".to_string()))
             }
         }
     }
@@ -289,7 +311,7 @@ pub async fn run_client(
             next_value += 1;
             let timestamp = 1_700_000_000_000 + invoke_ms as i64;
             let outcome = match client
-                .call(&produce_request(partition, acks_code, value, timestamp), 9)
+                .call_checked(&produce_request(partition, acks_code, value, timestamp), 9)
                 .await
             {
                 Ok(r) => {
@@ -303,7 +325,8 @@ pub async fn run_client(
                         code => Outcome::Info(format!("error code {code}")),
                     }
                 }
-                Err(e) => Outcome::Info(e),
+                Err(CallError::NotSent(why)) => Outcome::Fail(why),
+                Err(CallError::Unknown(why)) => Outcome::Info(why),
             };
             record(
                 &mut ops,
