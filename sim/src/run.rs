@@ -232,10 +232,17 @@ async fn simulate(params: Params) -> RunOutcome {
         .name("probe")
         .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2)))
         .build();
+    // A partition whose synced data the nemesis damaged may refuse reads near the damage; probe
+    // an undamaged one when there is one.
+    let probe_partition = (0..params.partitions)
+        .find(|p| !nemesis.damage.iter().any(|d| d.partition == *p))
+        .unwrap_or(0);
     let (liveness, probe_ops) = {
         let (addr, trace, process) = (addr.clone(), trace.clone(), params.clients);
         probe
-            .spawn(async move { workload::liveness(process, &addr, LIVENESS_BOUND, &trace).await })
+            .spawn(async move {
+                workload::liveness(process, &addr, probe_partition, LIVENESS_BOUND, &trace).await
+            })
             .await
             .expect("probe")
     };

@@ -484,6 +484,7 @@ pub async fn final_read(process: u32, addr: &str, partitions: i32, trace: &Trace
 pub async fn liveness(
     process: u32,
     addr: &str,
+    partition: i32,
     bound: Duration,
     trace: &Trace,
 ) -> (Result<u64, String>, Vec<Recorded>) {
@@ -497,7 +498,7 @@ pub async fn liveness(
         let value = (u64::from(process) << 40) | attempt;
         let invoke_ms = trace.now_ms();
         let result = client
-            .call(&produce_request(0, -1, value, 1_700_000_000_000), 9)
+            .call(&produce_request(partition, -1, value, 1_700_000_000_000), 9)
             .await;
         let outcome = match &result {
             Ok(r) if r.responses[0].partition_responses[0].error_code == 0 => {
@@ -510,7 +511,7 @@ pub async fn liveness(
             Err(e) => Outcome::Info(e.clone()),
         };
         let kind = OpKind::Send {
-            key: key(0),
+            key: key(partition),
             value,
             acks: Acks::All,
             outcome: outcome.clone(),
@@ -524,11 +525,11 @@ pub async fn liveness(
         });
         match outcome {
             Outcome::Ok(offset) => {
-                let cursors = BTreeMap::from([(0, offset)]);
+                let cursors = BTreeMap::from([(partition, offset)]);
                 match fetch(&mut client, &cursors, 500).await {
                     Ok(f)
                         if f.reads
-                            .get(&key(0))
+                            .get(&key(partition))
                             .is_some_and(|r| r.first() == Some(&(offset, value))) =>
                     {
                         let took = trace.now_ms() - start;
