@@ -717,4 +717,6 @@ impl Segment {
 #[cfg(test)]
 mod review_tests;
 #[cfg(test)]
+mod testkit;
+#[cfg(test)]
 mod tests;

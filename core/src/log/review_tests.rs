@@ -10,46 +10,10 @@ use std::path::PathBuf;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
+use super::testkit::{batch, header, small_config};
 use super::*;
-use crate::batch::{BatchBuilder, BatchHeader, NewRecord};
+use crate::batch;
 use crate::storage::{CrashMode, Faults, MemStorage, Storage, StorageFile};
-
-fn small_config() -> LogConfig {
-    LogConfig {
-        segment_bytes_max: 700,
-        segment_ms: 10_000,
-        retention_ms: -1,
-        retention_bytes: -1,
-        index_interval_bytes: 150,
-        message_bytes_max: 1 << 20,
-    }
-}
-
-/// One batch; `producer` is (producer id, epoch, base sequence).
-fn batch(
-    records: u8,
-    value_len: usize,
-    timestamp: i64,
-    producer: Option<(i64, i16, i32)>,
-) -> Vec<u8> {
-    let mut b = BatchBuilder::new(timestamp);
-    if let Some((pid, epoch, seq)) = producer {
-        b = b.idempotent(pid, epoch, seq);
-    }
-    for i in 0..records {
-        b.push(&NewRecord {
-            timestamp: timestamp + i64::from(i),
-            key: Some(vec![i]),
-            value: Some(vec![b'v'; value_len]),
-            headers: vec![],
-        });
-    }
-    b.build()
-}
-
-fn header(b: &[u8]) -> BatchHeader {
-    BatchHeader::parse(b).unwrap()
-}
 
 /// Recomputes the CRC-32C of a batch after its CRC-covered bytes were edited.
 fn fix_crc(b: &mut [u8]) {

@@ -6,37 +6,10 @@ use std::path::PathBuf;
 use bytes::BytesMut;
 use proptest::prelude::*;
 
+use super::testkit::{batch, header, small_config};
 use super::*;
-use crate::batch::{BatchBuilder, BatchHeader, NewRecord};
+use crate::batch;
 use crate::storage::{CrashMode, Faults, MemStorage, Storage, StorageFile};
-
-/// Small segments and index intervals so a short run rolls, indexes and deletes a lot.
-fn small_config() -> LogConfig {
-    LogConfig {
-        segment_bytes_max: 700,
-        segment_ms: 10_000,
-        retention_ms: -1,
-        retention_bytes: -1,
-        index_interval_bytes: 150,
-        message_bytes_max: 1 << 20,
-    }
-}
-
-fn batch(records: u8, value_len: usize, timestamp: i64, producer: Option<(i64, i32)>) -> Vec<u8> {
-    let mut b = BatchBuilder::new(timestamp);
-    if let Some((pid, seq)) = producer {
-        b = b.idempotent(pid, 0, seq);
-    }
-    for i in 0..records {
-        b.push(&NewRecord {
-            timestamp: timestamp + i64::from(i),
-            key: Some(vec![i]),
-            value: Some(vec![b'v'; value_len]),
-            headers: vec![],
-        });
-    }
-    b.build()
-}
 
 /// A log under test plus the model.
 struct Harness {
@@ -50,10 +23,6 @@ struct Harness {
     now_ms: u64,
     /// Next sequence per idempotent producer id.
     sequences: BTreeMap<i64, i32>,
-}
-
-fn header(b: &[u8]) -> BatchHeader {
-    BatchHeader::parse(b).unwrap()
 }
 
 impl Harness {
@@ -76,7 +45,7 @@ impl Harness {
     }
 
     fn append(&mut self, records: u8, value_len: usize, producer: Option<i64>) -> Appended {
-        let producer = producer.map(|pid| (pid, *self.sequences.get(&pid).unwrap_or(&0)));
+        let producer = producer.map(|pid| (pid, 0, *self.sequences.get(&pid).unwrap_or(&0)));
         let bytes = batch(records, value_len, self.now_ms as i64, producer);
         let appended = self
             .log
@@ -88,7 +57,7 @@ impl Harness {
         let mut stored = bytes.clone();
         batch::set_base_offset(&mut stored, appended.base_offset as i64);
         self.batches.push(stored);
-        if let Some((pid, seq)) = producer {
+        if let Some((pid, _, seq)) = producer {
             self.sequences.insert(pid, seq + i32::from(records));
         }
         self.log.check_invariants();
@@ -310,7 +279,7 @@ fn a_crash_loses_only_unsynced_batches_and_recovery_rebuilds_producer_state() {
     assert!(appended.duplicate);
     assert_eq!(appended.base_offset, header(&last).base_offset as u64);
     // And a gap is refused.
-    let gap = batch(1, 1, 0, Some((7, 999)));
+    let gap = batch(1, 1, 0, Some((7, 0, 999)));
     let err = h
         .log
         .append(BytesMut::from(&gap[..]), 0, h.now_ms)
@@ -565,8 +534,8 @@ proptest! {
 #[test]
 fn a_retry_of_an_older_batch_of_the_last_five_is_a_duplicate() {
     let mut h = Harness::new(small_config());
-    let b0 = batch(3, 1, 0, Some((0, 0)));
-    let b1 = batch(2, 1, 0, Some((0, 3)));
+    let b0 = batch(3, 1, 0, Some((0, 0, 0)));
+    let b1 = batch(2, 1, 0, Some((0, 0, 3)));
     let a0 = h.log.append(BytesMut::from(&b0[..]), 0, 0).unwrap();
     let a1 = h.log.append(BytesMut::from(&b1[..]), 0, 0).unwrap();
     let a2 = h.log.append(BytesMut::from(&b0[..]), 0, 0).unwrap();

@@ -1,0 +1,42 @@
+//! Helpers shared by the log's test modules.
+
+use super::LogConfig;
+use crate::batch::{BatchBuilder, BatchHeader, NewRecord};
+
+/// Small segments and index intervals so a short run rolls, indexes and deletes a lot.
+pub fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 700,
+        segment_ms: 10_000,
+        retention_ms: -1,
+        retention_bytes: -1,
+        index_interval_bytes: 150,
+        message_bytes_max: 1 << 20,
+    }
+}
+
+/// One batch; `producer` is (producer id, epoch, base sequence).
+pub fn batch(
+    records: u8,
+    value_len: usize,
+    timestamp: i64,
+    producer: Option<(i64, i16, i32)>,
+) -> Vec<u8> {
+    let mut b = BatchBuilder::new(timestamp);
+    if let Some((pid, epoch, seq)) = producer {
+        b = b.idempotent(pid, epoch, seq);
+    }
+    for i in 0..records {
+        b.push(&NewRecord {
+            timestamp: timestamp + i64::from(i),
+            key: Some(vec![i]),
+            value: Some(vec![b'v'; value_len]),
+            headers: vec![],
+        });
+    }
+    b.build()
+}
+
+pub fn header(b: &[u8]) -> BatchHeader {
+    BatchHeader::parse(b).unwrap()
+}
