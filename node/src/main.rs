@@ -53,6 +53,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// SIGINT or SIGTERM (systemd's stop).
+async fn shutdown_signal() {
+    #[cfg(all(unix, not(madsim)))]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(all(unix, not(madsim))))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 fn serve(args: ServeArgs) -> std::process::ExitCode {
     let config = match Config::load(args) {
         Ok(config) => config,
@@ -75,8 +96,8 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
         let storage = FileStorage::new(&config.data_dir)?;
         tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("interrupted; every acknowledged acks=all record is already on disk");
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down; every acknowledged acks=all record is already on disk");
                 Ok(())
             }
             result = sluice_node::server::serve(config, storage) => result,

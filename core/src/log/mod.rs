@@ -386,7 +386,7 @@ impl PartitionLog {
             position,
             bytes: records.freeze(),
         });
-        if cfg!(debug_assertions) {
+        if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }
         Ok(Appended {
@@ -500,7 +500,7 @@ impl PartitionLog {
                 self.push_op(LogOp::WriteCheckpoint { bytes });
             }
         }
-        if cfg!(debug_assertions) {
+        if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }
     }
@@ -563,7 +563,7 @@ impl PartitionLog {
             self.dirty_dir = true;
             deleted += 1;
         }
-        if cfg!(debug_assertions) {
+        if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }
         deleted

@@ -24,6 +24,8 @@ pub struct LogStore<S: Storage> {
     storage: S,
     dir: PathBuf,
     segments: BTreeMap<u64, S::File>,
+    /// What recovery had to repair when the partition was opened, in words, for the shell to log.
+    repairs: Vec<String>,
 }
 
 /// The file syncs of one group commit, detached so the shell can run them off its event loop.
@@ -72,6 +74,7 @@ impl<S: Storage> LogStore<S> {
             storage,
             dir,
             segments: BTreeMap::new(),
+            repairs: Vec::new(),
         };
         let mut recovery = Recovery::new(config, &listing, checkpoint.as_deref());
         while let Some(io) = recovery.next_io() {
@@ -91,6 +94,15 @@ impl<S: Storage> LogStore<S> {
         }
         let (mut log, repairs) = recovery.finish();
         for op in repairs {
+            match &op {
+                LogOp::TruncateSegment { segment, len } => store
+                    .repairs
+                    .push(format!("segment {segment}: torn or corrupt tail cut at byte {len}")),
+                LogOp::DeleteSegment { base_offset } => store.repairs.push(format!(
+                    "segment {base_offset} removed (it followed a cut tail or a gap, was empty, or its deletion was interrupted)"
+                )),
+                _ => {}
+            }
             store.apply(op)?;
         }
         while let Some(op) = log.poll_op() {
@@ -101,6 +113,11 @@ impl<S: Storage> LogStore<S> {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Repairs recovery made when this partition was opened (cut tails, removed segments).
+    pub fn repairs(&self) -> &[String] {
+        &self.repairs
     }
 
     fn read_optional(&self, name: &str) -> io::Result<Vec<u8>> {

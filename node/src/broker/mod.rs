@@ -169,6 +169,9 @@ impl<S: Storage> Broker<S> {
             };
             let (log, store) =
                 LogStore::open(self.storage.clone(), partition_dir(&tp), log_config.clone())?;
+            for repair in store.repairs() {
+                tracing::warn!(%tp, "recovery: {repair}");
+            }
             self.dirty.insert(tp.clone());
             self.partitions.insert(
                 tp,
