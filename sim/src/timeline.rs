@@ -80,11 +80,12 @@ pub fn render(run: &RunOutcome, replay: &str) -> String {
     }
     for (row, process) in rows.iter().enumerate() {
         let y = 10.0 + row as f64 * ROW_PX;
-        let _ = write!(
-            svg,
-            "<text x='4' y='{:.1}'>process {process}</text>",
-            y + 12.0
-        );
+        let label = match process.checked_sub(run.params.clients) {
+            None => format!("client {process}"),
+            Some(0) => "liveness".to_string(),
+            Some(_) => "final read".to_string(),
+        };
+        let _ = write!(svg, "<text x='4' y='{:.1}'>{label}</text>", y + 12.0);
         for op in history.ops.iter().filter(|o| o.process == *process) {
             let (x0, x1) = (x(op.invoke_ms), x(op.complete_ms));
             let bad = offending.contains(&op.index);
@@ -117,7 +118,11 @@ pub fn render(run: &RunOutcome, replay: &str) -> String {
     }
     let status = match &run.status {
         crate::run::Status::Ok => "ok".to_string(),
-        other => format!("{}: {}", other.name(), escape(&format!("{other:?}"))),
+        crate::run::Status::Correctness(why)
+        | crate::run::Status::Liveness(why)
+        | crate::run::Status::Crash(why) => {
+            format!("{}: {}", run.status.name(), escape(why))
+        }
     };
     format!(
         "<!doctype html><html><head><meta charset='utf-8'><title>sluice sim seed {seed}</title>\
