@@ -14,6 +14,7 @@ pub mod limits;
 pub mod log;
 pub mod planted;
 pub mod producer;
+pub mod raft;
 pub mod rng;
 pub mod storage;
 

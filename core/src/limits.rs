@@ -41,3 +41,35 @@ const _: () = assert!(SEGMENT_BYTES_MAX_DEFAULT <= SEGMENT_BYTES_LIMIT);
 const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT as u64 <= SEGMENT_BYTES_MAX_DEFAULT);
 const _: () = assert!(INDEX_INTERVAL_BYTES_DEFAULT <= INDEX_INTERVAL_BYTES_MAX);
 const _: () = assert!(RECOVERY_READ_BYTES as usize >= BATCH_HEADER_BYTES);
+
+/// Raft: voters in one group at most. Commit and vote counting sort a fixed array this long, so
+/// they never allocate.
+pub const RAFT_VOTERS_MAX: usize = 9;
+/// Raft: append messages in flight to one follower at most (the pipelining window). The window
+/// is a fixed ring inside each follower's progress.
+pub const RAFT_INFLIGHT_APPENDS_MAX: usize = 16;
+/// Raft: entries in one append message at most (the default of `append_entries_max`).
+pub const RAFT_APPEND_ENTRIES_MAX: usize = 256;
+/// Raft default: payload bytes per append message (one entry is always sent, however large).
+pub const RAFT_APPEND_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
+/// Raft default: a leader refuses proposals while this many entries are uncommitted.
+pub const RAFT_UNCOMMITTED_ENTRIES_MAX_DEFAULT: u64 = 4096;
+/// Raft default: payload bytes of already-persisted entries kept in memory per group, so that
+/// followers that keep up are served without reading storage.
+pub const RAFT_ENTRY_CACHE_BYTES_MAX_DEFAULT: u64 = 256 * 1024;
+/// Raft default: payload bytes of committed entries handed out for applying in one `Ready`.
+pub const RAFT_APPLY_BYTES_MAX_DEFAULT: u64 = 4 * 1024 * 1024;
+/// Raft: messages waiting in one group (to be sent, or held until a sync) at most. Beyond it new
+/// messages are dropped, which Raft tolerates like any network loss.
+pub const RAFT_QUEUED_MESSAGES_MAX: usize = 1024;
+/// Raft default: the minimum election timeout in ticks; each timeout is drawn from
+/// `[election_ticks, 2 * election_ticks)`.
+pub const RAFT_ELECTION_TICKS_DEFAULT: u32 = 10;
+/// Raft default: ticks between a leader's heartbeats.
+pub const RAFT_HEARTBEAT_TICKS_DEFAULT: u32 = 2;
+
+const _: () = assert!(RAFT_VOTERS_MAX >= 1 && RAFT_VOTERS_MAX <= u8::MAX as usize);
+const _: () = assert!(RAFT_INFLIGHT_APPENDS_MAX >= 1 && RAFT_INFLIGHT_APPENDS_MAX <= 64);
+const _: () = assert!(RAFT_HEARTBEAT_TICKS_DEFAULT < RAFT_ELECTION_TICKS_DEFAULT);
+const _: () = assert!(RAFT_UNCOMMITTED_ENTRIES_MAX_DEFAULT >= RAFT_APPEND_ENTRIES_MAX as u64);
+const _: () = assert!(RAFT_QUEUED_MESSAGES_MAX >= 2 * RAFT_VOTERS_MAX);

@@ -90,8 +90,11 @@ fn run_on_this_thread(seed: u64, scenario: Scenario, bug: Option<Bug>) -> RunOut
         madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     runtime.set_time_limit(SIMULATED_TIME_LIMIT);
     let run_params = params.clone();
-    let result =
-        std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulate(run_params))));
+    let trace = Trace::new();
+    let run_trace = trace.clone();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(simulate(run_params, run_trace))
+    }));
     match result {
         Ok(outcome) => RunOutcome {
             planted: bug,
@@ -103,13 +106,17 @@ fn run_on_this_thread(seed: u64, scenario: Scenario, bug: Option<Bug>) -> RunOut
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panic with a non-string payload".into());
+            // The trace up to the panic is the triage material.
+            let events = trace.events();
+            let simulated_ms = events.last().map_or(0, |e| e.t_ms);
+            let trace_jsonl = trace.to_jsonl();
             RunOutcome {
                 params,
                 planted: bug,
                 status: Status::Crash(message),
-                simulated_ms: 0,
-                trace_jsonl: String::new(),
-                trace_hash: 0,
+                simulated_ms,
+                trace_hash: hash(&trace_jsonl),
+                trace_jsonl,
                 history: History::new(),
                 report: None,
                 spans: Vec::new(),
@@ -136,8 +143,7 @@ fn broker_config(params: &Params, addr: SocketAddr) -> Config {
     Config::resolve(args).expect("simulation config is valid")
 }
 
-async fn simulate(params: Params) -> RunOutcome {
-    let trace = Trace::new();
+async fn simulate(params: Params, trace: Trace) -> RunOutcome {
     let mut rng = Rng::new(params.seed);
     let handle = madsim::runtime::Handle::current();
     trace.record("setup", "params", params.summary());

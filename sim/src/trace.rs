@@ -19,19 +19,21 @@ pub struct Event {
 #[derive(Clone)]
 pub struct Trace {
     events: Arc<Mutex<Vec<Event>>>,
-    start: Instant,
+    /// Set by the first call inside the simulation (madsim's clock exists only there), so a
+    /// trace can be created outside and read after a panic.
+    start: Arc<std::sync::OnceLock<Instant>>,
 }
 
 impl Trace {
     pub fn new() -> Trace {
         Trace {
             events: Arc::new(Mutex::new(Vec::new())),
-            start: Instant::now(),
+            start: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
     pub fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.start.get_or_init(Instant::now).elapsed().as_millis() as u64
     }
 
     pub fn record(&self, source: &str, kind: &str, detail: impl Into<String>) {
@@ -41,11 +43,17 @@ impl Trace {
             kind: kind.to_string(),
             detail: detail.into(),
         };
-        self.events.lock().expect("trace lock").push(event);
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(event);
     }
 
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().expect("trace lock").clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn to_jsonl(&self) -> String {

@@ -1,0 +1,566 @@
+//! The Raft log as Raft keeps it: a compact index of the whole log ([`LogMeta`]: the snapshot
+//! boundary, runs of equal terms, the membership entries) plus payloads only for recent entries
+//! (a cache that always holds whatever is not yet durable). Older payloads are read back through
+//! the host's [`EntrySource`], so the log itself can live in the partition's segment files.
+//!
+//! The durability bookkeeping lives here too: every batch of storage work handed to the host is a
+//! numbered write, and `persisted_index` is the longest prefix known to be on disk exactly as it
+//! is in memory.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::types::{Entry, EntryKind, Membership, Snapshot, SnapshotMeta};
+
+/// Read access to the host's stored log.
+///
+/// Raft only asks for entries it knows to be durable (at or below the persisted index, above the
+/// log start), so a host may serve them from its synced files.
+pub trait EntrySource {
+    /// Appends entries `lo..=hi` to `out`, in order, stopping once their payloads reach
+    /// `max_bytes` (but always at least one). Returning fewer (even none, after an I/O error) is
+    /// allowed; Raft sends or applies what it got and asks again later.
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64, out: &mut Vec<Entry>);
+
+    /// The opaque state as of the log start boundary `index` (everything up to `index` applied),
+    /// for a follower that needs a snapshot. `None` if the host cannot produce it now; Raft asks
+    /// again later. A data partition, whose state is the log itself, returns empty bytes.
+    fn snapshot_data(&self, index: u64) -> Option<Bytes>;
+}
+
+/// Why [`LogMeta::push`] refused an entry (a host rebuilding the index from a damaged log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogMetaError {
+    /// The index is not the one after the last.
+    NotContiguous,
+    /// Terms never decrease along a log, and entries have terms of at least 1.
+    BadTerm,
+}
+
+/// A run of entries with one term: `(first index, term)`.
+type TermRun = (u64, u64);
+
+/// The shape of a log without its payloads: enough to check log matching at any index, to find
+/// the membership in force, and to rebuild a replica after a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogMeta {
+    /// Everything up to `snapshot.index` has been dropped.
+    snapshot: SnapshotMeta,
+    last_index: u64,
+    /// Cover `first_index()..=last_index` exactly; first indexes and terms strictly increase.
+    /// Terms change only with leaders, so this stays tiny however long the log.
+    term_runs: Vec<TermRun>,
+    /// Membership entries above the snapshot, by increasing index.
+    configs: Vec<(u64, Membership)>,
+}
+
+impl LogMeta {
+    /// An empty log starting after `snapshot` (for a new group: index 0, term 0, the initial
+    /// voters; for a replica that is yet to be added: index 0, term 0, no voters).
+    pub fn new(snapshot: SnapshotMeta) -> LogMeta {
+        LogMeta {
+            last_index: snapshot.index,
+            snapshot,
+            term_runs: Vec::new(),
+            configs: Vec::new(),
+        }
+    }
+
+    /// Adds the next entry: its index, its term and, for a membership entry, the voters it names.
+    /// Used by hosts rebuilding the index from their stored log after a restart.
+    pub fn push(
+        &mut self,
+        index: u64,
+        term: u64,
+        membership: Option<Membership>,
+    ) -> Result<(), LogMetaError> {
+        if index != self.last_index + 1 {
+            return Err(LogMetaError::NotContiguous);
+        }
+        if term == 0 || term < self.last_term() {
+            return Err(LogMetaError::BadTerm);
+        }
+        if self.term_runs.last().is_none_or(|run| run.1 != term) {
+            self.term_runs.push((index, term));
+        }
+        self.last_index = index;
+        if let Some(membership) = membership {
+            self.configs.push((index, membership));
+        }
+        Ok(())
+    }
+
+    pub fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    /// The first index still in the log (the log start offset).
+    pub fn first_index(&self) -> u64 {
+        self.snapshot.index + 1
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    pub fn last_term(&self) -> u64 {
+        self.term_runs
+            .last()
+            .map_or(self.snapshot.term, |run| run.1)
+    }
+
+    /// The term of the entry at `index`, known from the snapshot boundary to the last index.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        if index < self.snapshot.index || index > self.last_index {
+            return None;
+        }
+        if index == self.snapshot.index {
+            return Some(self.snapshot.term);
+        }
+        let after = self.term_runs.partition_point(|run| run.0 <= index);
+        Some(self.term_runs[after - 1].1)
+    }
+
+    /// The membership in force: the latest in the log, committed or not.
+    pub fn membership(&self) -> &Membership {
+        self.configs
+            .last()
+            .map_or(&self.snapshot.membership, |c| &c.1)
+    }
+
+    /// The index of the entry that set [`LogMeta::membership`] (the snapshot index if none does).
+    pub fn membership_index(&self) -> u64 {
+        self.configs.last().map_or(self.snapshot.index, |c| c.0)
+    }
+
+    /// The membership in force at `index` (at or after the snapshot boundary).
+    pub fn membership_at(&self, index: u64) -> &Membership {
+        let after = self.configs.partition_point(|c| c.0 <= index);
+        if after == 0 {
+            &self.snapshot.membership
+        } else {
+            &self.configs[after - 1].1
+        }
+    }
+
+    /// The largest index `<= index` whose term is `<= term`: where a log that disagrees at
+    /// `index` may agree with this one. `None` if that lies below the snapshot boundary, where
+    /// terms are no longer known.
+    pub fn find_conflict_by_term(&self, index: u64, term: u64) -> Option<u64> {
+        let mut at = index.min(self.last_index);
+        if at < self.snapshot.index {
+            return None;
+        }
+        for &(first, run_term) in self.term_runs.iter().rev() {
+            if first > at {
+                continue;
+            }
+            if run_term <= term {
+                return Some(at);
+            }
+            at = first - 1;
+        }
+        debug_assert!(at == self.snapshot.index);
+        (self.snapshot.term <= term).then_some(at)
+    }
+
+    /// Drops entries `index..`.
+    fn truncate_from(&mut self, index: u64) {
+        assert!(index > self.snapshot.index, "truncating into the snapshot");
+        assert!(index <= self.last_index + 1);
+        while self.term_runs.last().is_some_and(|run| run.0 >= index) {
+            self.term_runs.pop();
+        }
+        while self.configs.last().is_some_and(|c| c.0 >= index) {
+            self.configs.pop();
+        }
+        self.last_index = index - 1;
+    }
+
+    /// Moves the log start boundary to just after `index`.
+    fn compact_to(&mut self, index: u64) {
+        assert!(self.snapshot.index <= index && index <= self.last_index);
+        let term = self.term(index).expect("index in the log");
+        let membership = self.membership_at(index).clone();
+        if index == self.last_index {
+            self.term_runs.clear();
+        } else {
+            let containing = self.term_runs.partition_point(|run| run.0 <= index + 1) - 1;
+            self.term_runs.drain(..containing);
+            self.term_runs[0].0 = index + 1;
+        }
+        let kept = self.configs.partition_point(|c| c.0 <= index);
+        self.configs.drain(..kept);
+        self.snapshot = SnapshotMeta {
+            index,
+            term,
+            membership,
+        };
+    }
+
+    pub fn check_invariants(&self) {
+        assert!(self.last_index >= self.snapshot.index);
+        assert_eq!(
+            self.term_runs.is_empty(),
+            self.last_index == self.snapshot.index,
+            "term runs cover exactly the entries"
+        );
+        if let Some(first) = self.term_runs.first() {
+            assert_eq!(first.0, self.first_index());
+            assert!(first.1 >= self.snapshot.term.max(1), "terms never decrease");
+        }
+        for pair in self.term_runs.windows(2) {
+            assert!(pair[0].0 < pair[1].0 && pair[0].1 < pair[1].1);
+        }
+        if let Some(last) = self.term_runs.last() {
+            assert!(last.0 <= self.last_index);
+        }
+        for pair in self.configs.windows(2) {
+            assert!(pair[0].0 < pair[1].0);
+        }
+        for (index, _) in &self.configs {
+            assert!(*index > self.snapshot.index && *index <= self.last_index);
+        }
+    }
+}
+
+/// The log of one replica: [`LogMeta`], the entry cache and the durability bookkeeping.
+#[derive(Debug)]
+pub(super) struct RaftLog {
+    pub(super) meta: LogMeta,
+    /// Entries `cache_first()..=last_index`, contiguous. Holds at least every entry above the
+    /// persisted index (those may not be readable from storage yet).
+    cache: VecDeque<Entry>,
+    cache_bytes: u64,
+    /// Entries up to here have been handed to the host in a write.
+    written_index: u64,
+    /// The next write must first delete every stored entry from this index on.
+    truncate_from: Option<u64>,
+    /// The next write must first replace the stored log with this snapshot.
+    pending_snapshot: Option<Box<Snapshot>>,
+    /// The stored log, as of the last write known to be synced, equals this log up to here.
+    persisted_index: u64,
+    /// Writes handed out and not yet known to be synced: `(seq, last index once written)`. A
+    /// later truncation lowers the recorded index, since syncing that write then no longer makes
+    /// the truncated part durable as it is now.
+    unsynced: VecDeque<(u64, u64)>,
+    /// The sequence number of the last write handed out.
+    pub(super) seq_issued: u64,
+    /// The sequence number of the last write known to be synced.
+    pub(super) seq_persisted: u64,
+}
+
+/// A batch of storage work, in the order the host must apply it.
+#[derive(Debug, Default)]
+pub(super) struct WriteParts {
+    pub snapshot: Option<Box<Snapshot>>,
+    pub truncate_from: Option<u64>,
+    pub entries: Vec<Entry>,
+}
+
+impl RaftLog {
+    /// A log restored from storage: all of it is durable.
+    pub(super) fn new(meta: LogMeta) -> RaftLog {
+        let last = meta.last_index();
+        RaftLog {
+            meta,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            written_index: last,
+            truncate_from: None,
+            pending_snapshot: None,
+            persisted_index: last,
+            unsynced: VecDeque::new(),
+            seq_issued: 0,
+            seq_persisted: 0,
+        }
+    }
+
+    pub(super) fn persisted_index(&self) -> u64 {
+        self.persisted_index
+    }
+
+    pub(super) fn last_index(&self) -> u64 {
+        self.meta.last_index()
+    }
+
+    pub(super) fn last_term(&self) -> u64 {
+        self.meta.last_term()
+    }
+
+    fn cache_first(&self) -> u64 {
+        self.cache
+            .front()
+            .map_or(self.meta.last_index() + 1, |e| e.index)
+    }
+
+    /// Appends one entry after the last. The caller has validated it (index, term, payload).
+    pub(super) fn append(&mut self, entry: Entry) {
+        let membership = match entry.kind {
+            EntryKind::Membership => {
+                Some(Membership::decode(&entry.payload).expect("validated membership entry"))
+            }
+            EntryKind::Normal | EntryKind::Empty => None,
+        };
+        self.meta
+            .push(entry.index, entry.term, membership)
+            .expect("validated entry");
+        self.cache_bytes += entry.size_bytes();
+        self.cache.push_back(entry);
+    }
+
+    /// Drops entries `index..` (a follower's divergent suffix).
+    pub(super) fn truncate_from(&mut self, index: u64) {
+        self.meta.truncate_from(index);
+        while self.cache.back().is_some_and(|e| e.index >= index) {
+            let e = self.cache.pop_back().expect("non-empty");
+            self.cache_bytes -= e.size_bytes();
+        }
+        if index <= self.written_index {
+            self.truncate_from = Some(self.truncate_from.map_or(index, |t| t.min(index)));
+            self.written_index = index - 1;
+        }
+        self.clamp_durable(index - 1);
+    }
+
+    /// Replaces the whole log with a snapshot (a follower too far behind the leader's log start).
+    pub(super) fn install_snapshot(&mut self, snapshot: Snapshot) {
+        let index = snapshot.meta.index;
+        self.meta = LogMeta::new(snapshot.meta.clone());
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.truncate_from = None;
+        self.written_index = index;
+        self.pending_snapshot = Some(Box::new(snapshot));
+        self.clamp_durable(index);
+    }
+
+    /// The host dropped entries up to `index`, which are durable and applied.
+    pub(super) fn compact_to(&mut self, index: u64) {
+        assert!(
+            index <= self.persisted_index,
+            "compacting unpersisted entries"
+        );
+        self.meta.compact_to(index);
+        while self.cache.front().is_some_and(|e| e.index <= index) {
+            let e = self.cache.pop_front().expect("non-empty");
+            self.cache_bytes -= e.size_bytes();
+        }
+    }
+
+    /// Nothing stored may be trusted to equal this log beyond `index` until a later write syncs.
+    fn clamp_durable(&mut self, index: u64) {
+        self.persisted_index = self.persisted_index.min(index);
+        for (_, last) in self.unsynced.iter_mut() {
+            *last = (*last).min(index);
+        }
+    }
+
+    /// Whether the log has storage work not yet handed out.
+    pub(super) fn has_unwritten(&self) -> bool {
+        self.written_index < self.meta.last_index()
+            || self.truncate_from.is_some()
+            || self.pending_snapshot.is_some()
+    }
+
+    /// Hands out the pending storage work as write `seq`.
+    pub(super) fn take_write(&mut self, seq: u64) -> WriteParts {
+        assert_eq!(seq, self.seq_issued + 1);
+        self.seq_issued = seq;
+        let first = self.written_index + 1;
+        let entries: Vec<Entry> = self
+            .cache
+            .iter()
+            .skip_while(|e| e.index < first)
+            .cloned()
+            .collect();
+        debug_assert!(entries.first().is_none_or(|e| e.index == first));
+        self.written_index = self.meta.last_index();
+        self.unsynced.push_back((seq, self.meta.last_index()));
+        WriteParts {
+            snapshot: self.pending_snapshot.take(),
+            truncate_from: self.truncate_from.take(),
+            entries,
+        }
+    }
+
+    /// Write `seq` (and every one before it) is synced. Returns whether anything changed.
+    pub(super) fn on_persisted(&mut self, seq: u64) -> bool {
+        assert!(seq <= self.seq_issued, "persisted a write never handed out");
+        if seq <= self.seq_persisted {
+            return false;
+        }
+        self.seq_persisted = seq;
+        while self.unsynced.front().is_some_and(|w| w.0 <= seq) {
+            let (_, last) = self.unsynced.pop_front().expect("non-empty");
+            self.persisted_index = self.persisted_index.max(last);
+        }
+        true
+    }
+
+    /// Drops cached payloads that are durable, applied and either older than `keep_from` or
+    /// beyond the cache budget.
+    pub(super) fn evict(&mut self, applied: u64, keep_from: u64, budget_bytes: u64) {
+        let evictable = self.persisted_index.min(applied);
+        while let Some(front) = self.cache.front() {
+            if front.index > evictable
+                || (front.index >= keep_from && self.cache_bytes <= budget_bytes)
+            {
+                break;
+            }
+            self.cache_bytes -= front.size_bytes();
+            self.cache.pop_front();
+        }
+        if self.cache.is_empty() && self.cache.capacity() > 0 {
+            // An idle group holds no buffer.
+            self.cache = VecDeque::new();
+        }
+    }
+
+    /// Entries `lo..=hi` into `out`, at most `max_bytes` of them (at least one): from the cache,
+    /// or from storage for durable entries no longer cached. Returns how many were added.
+    pub(super) fn read(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: u64,
+        source: &impl EntrySource,
+        out: &mut Vec<Entry>,
+    ) -> usize {
+        assert!(lo >= self.meta.first_index() && lo <= hi && hi <= self.meta.last_index());
+        let start = out.len();
+        let mut bytes = 0;
+        let mut next = lo;
+        let cache_first = self.cache_first();
+        if lo < cache_first {
+            let end = hi.min(cache_first - 1);
+            assert!(end <= self.persisted_index, "uncached entries are durable");
+            source.entries(lo, end, max_bytes, out);
+            // The host's answer is input: keep only the part that is what we asked for.
+            let mut valid = start;
+            while valid < out.len() {
+                let e = &out[valid];
+                let expected = lo + (valid - start) as u64;
+                if e.index != expected || e.index > end || Some(e.term) != self.meta.term(e.index) {
+                    break;
+                }
+                valid += 1;
+            }
+            debug_assert_eq!(valid, out.len(), "entry source returned other entries");
+            out.truncate(valid);
+            bytes = out[start..].iter().map(Entry::size_bytes).sum();
+            next = lo + (out.len() - start) as u64;
+            if next <= end {
+                return out.len() - start;
+            }
+        }
+        if next <= hi {
+            let skip = (next - cache_first) as usize;
+            for e in self.cache.range(skip..=(hi - cache_first) as usize) {
+                if out.len() > start && bytes + e.size_bytes() > max_bytes {
+                    break;
+                }
+                bytes += e.size_bytes();
+                out.push(e.clone());
+            }
+        }
+        out.len() - start
+    }
+
+    pub(super) fn check_invariants(&self) {
+        self.meta.check_invariants();
+        let last = self.meta.last_index();
+        let snapshot_index = self.meta.snapshot().index;
+        assert!(self.persisted_index <= last, "persisted beyond the log");
+        assert!(self.written_index <= last);
+        assert!(
+            self.cache_first() <= self.persisted_index.max(snapshot_index) + 1,
+            "every entry that may not be durable is cached"
+        );
+        assert!(self.cache_first() >= self.meta.first_index());
+        let mut bytes = 0;
+        for (i, e) in self.cache.iter().enumerate() {
+            assert_eq!(
+                e.index,
+                self.cache_first() + i as u64,
+                "cache is contiguous"
+            );
+            assert_eq!(
+                Some(e.term),
+                self.meta.term(e.index),
+                "cache matches the index"
+            );
+            bytes += e.size_bytes();
+        }
+        assert_eq!(bytes, self.cache_bytes);
+        assert!(self.seq_persisted <= self.seq_issued);
+        let mut prev = self.seq_persisted;
+        for (seq, last_index) in &self.unsynced {
+            assert!(*seq > prev && *seq <= self.seq_issued);
+            assert!(*last_index <= last);
+            prev = *seq;
+        }
+        if let Some(t) = self.truncate_from {
+            assert!(t > self.written_index && t > snapshot_index);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(terms: &[u64]) -> LogMeta {
+        let mut m = LogMeta::new(SnapshotMeta::default());
+        for (i, t) in terms.iter().enumerate() {
+            m.push(i as u64 + 1, *t, None).unwrap();
+        }
+        m.check_invariants();
+        m
+    }
+
+    #[test]
+    fn terms_are_found_by_run() {
+        let m = meta(&[1, 1, 2, 2, 2, 5]);
+        assert_eq!(m.term(0), Some(0));
+        assert_eq!(m.term(2), Some(1));
+        assert_eq!(m.term(3), Some(2));
+        assert_eq!(m.term(6), Some(5));
+        assert_eq!(m.term(7), None);
+        assert_eq!(m.last_term(), 5);
+        assert_eq!(m.clone().push(8, 5, None), Err(LogMetaError::NotContiguous));
+        assert_eq!(m.clone().push(7, 4, None), Err(LogMetaError::BadTerm));
+    }
+
+    #[test]
+    fn conflict_search_skips_whole_terms() {
+        let m = meta(&[1, 1, 2, 2, 2, 5]);
+        assert_eq!(m.find_conflict_by_term(6, 4), Some(5));
+        assert_eq!(m.find_conflict_by_term(6, 5), Some(6));
+        assert_eq!(m.find_conflict_by_term(4, 1), Some(2));
+        assert_eq!(m.find_conflict_by_term(9, 9), Some(6));
+        assert_eq!(m.find_conflict_by_term(3, 0), Some(0));
+    }
+
+    #[test]
+    fn truncation_and_compaction_keep_the_index_exact() {
+        let mut m = meta(&[1, 1, 2, 2, 2, 5]);
+        m.configs.push((4, Membership::new([1, 2])));
+        m.truncate_from(6);
+        m.check_invariants();
+        assert_eq!(m.last_term(), 2);
+        m.compact_to(4);
+        m.check_invariants();
+        assert_eq!(m.snapshot().index, 4);
+        assert_eq!(m.snapshot().term, 2);
+        assert_eq!(m.snapshot().membership, Membership::new([1, 2]));
+        assert_eq!(m.term(5), Some(2));
+        assert_eq!(m.term(3), None);
+        assert_eq!(m.find_conflict_by_term(5, 1), None);
+        m.compact_to(5);
+        m.check_invariants();
+        assert_eq!(m.last_index(), 5);
+        assert_eq!(m.last_term(), 2);
+    }
+}

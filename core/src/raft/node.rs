@@ -1,0 +1,1437 @@
+//! One replica of one Raft group: the state machine behind [`Raft`].
+//!
+//! Inputs are method calls (`tick`, `step`, `propose`, `propose_membership_change`,
+//! `transfer_leadership`, `campaign`, `compact`, `on_persisted`); outputs leave as data through
+//! [`Raft::ready`]. Nothing here reads a clock, a file or a socket, and the only randomness is
+//! the election jitter drawn from the injected [`Rng`].
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::log::{EntrySource, LogMeta, RaftLog};
+use super::progress::{Progress, ProgressView};
+use super::types::*;
+use crate::limits::*;
+use crate::rng::Rng;
+
+/// Settings of one group's replica. Time is counted in ticks: the host calls [`Raft::tick`] at a
+/// fixed interval of its choosing (one timer for all groups), and every timeout is a number of
+/// those ticks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftConfig {
+    pub id: NodeId,
+    /// The minimum election timeout. Each timeout is drawn uniformly from
+    /// `[election_ticks, 2 * election_ticks)`; it is also the leader lease (vote requests are
+    /// ignored this long after hearing from a leader) and the check-quorum period.
+    pub election_ticks: u32,
+    /// A leader sends heartbeats this often.
+    pub heartbeat_ticks: u32,
+    /// Entries per append message at most.
+    pub append_entries_max: usize,
+    /// Payload bytes per append message at most (one entry is always sent).
+    pub append_bytes_max: u64,
+    /// Appends in flight to one follower at most.
+    pub inflight_appends_max: usize,
+    /// A leader refuses proposals while this many entries are uncommitted.
+    pub uncommitted_entries_max: u64,
+    /// Payload bytes of durable entries kept in memory.
+    pub entry_cache_bytes_max: u64,
+    /// Payload bytes of committed entries per [`Ready`].
+    pub apply_bytes_max: u64,
+}
+
+impl RaftConfig {
+    pub fn new(id: NodeId) -> RaftConfig {
+        RaftConfig {
+            id,
+            election_ticks: RAFT_ELECTION_TICKS_DEFAULT,
+            heartbeat_ticks: RAFT_HEARTBEAT_TICKS_DEFAULT,
+            append_entries_max: RAFT_APPEND_ENTRIES_MAX,
+            append_bytes_max: RAFT_APPEND_BYTES_MAX_DEFAULT,
+            inflight_appends_max: RAFT_INFLIGHT_APPENDS_MAX,
+            uncommitted_entries_max: RAFT_UNCOMMITTED_ENTRIES_MAX_DEFAULT,
+            entry_cache_bytes_max: RAFT_ENTRY_CACHE_BYTES_MAX_DEFAULT,
+            apply_bytes_max: RAFT_APPLY_BYTES_MAX_DEFAULT,
+        }
+    }
+
+    /// Checks ranges; the error names the offending setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err("heartbeat_ticks must be in 1..election_ticks".into());
+        }
+        if self.election_ticks > u32::MAX / 2 {
+            return Err("election_ticks is too large".into());
+        }
+        if !(1..=RAFT_APPEND_ENTRIES_MAX).contains(&self.append_entries_max) {
+            return Err(format!(
+                "append_entries_max must be in 1..={RAFT_APPEND_ENTRIES_MAX}"
+            ));
+        }
+        if !(1..=RAFT_INFLIGHT_APPENDS_MAX).contains(&self.inflight_appends_max) {
+            return Err(format!(
+                "inflight_appends_max must be in 1..={RAFT_INFLIGHT_APPENDS_MAX}"
+            ));
+        }
+        if self.uncommitted_entries_max < 2 {
+            return Err("uncommitted_entries_max must be at least 2".into());
+        }
+        if self.append_bytes_max == 0 || self.apply_bytes_max == 0 {
+            return Err("byte limits must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// What a replica is doing in its current term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    /// Asking whether it could win an election, without changing its term.
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// What a replica restarts from: its synced hard state and an index of its synced log.
+#[derive(Clone, Debug)]
+pub struct RaftState {
+    pub hard_state: HardState,
+    pub log: LogMeta,
+    /// The last index already applied to the host's state machine (clamped to the snapshot
+    /// boundary and the commit index). For a host that rebuilds its state from the snapshot,
+    /// the snapshot index.
+    pub applied: u64,
+}
+
+impl RaftState {
+    /// A member of a new group: empty log, the given voters (the same on every initial member).
+    pub fn bootstrap(membership: Membership) -> RaftState {
+        RaftState {
+            hard_state: HardState::default(),
+            log: LogMeta::new(SnapshotMeta {
+                index: 0,
+                term: 0,
+                membership,
+            }),
+            applied: 0,
+        }
+    }
+
+    /// A replica about to be added to an existing group: it knows no voters (so it never
+    /// campaigns) until the leader's log or snapshot tells it.
+    pub fn joining() -> RaftState {
+        RaftState::bootstrap(Membership::default())
+    }
+}
+
+/// Why a replica could not be rebuilt from its stored state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreError {
+    Config(String),
+    /// The stored term is below the term of a stored entry: the hard state is damaged or stale.
+    TermBelowLog {
+        term: u64,
+        last_term: u64,
+    },
+}
+
+/// Why [`Raft::compact`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactError {
+    /// Only entries already applied (hence committed and durable) may be dropped.
+    NotApplied { applied: u64 },
+}
+
+/// Storage work for the host, to be done in field order, then synced, then confirmed with
+/// [`Raft::on_persisted`]`(seq)`. Writes must be applied in `seq` order; confirming `seq`
+/// confirms every earlier write too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub seq: u64,
+    /// Replace the stored hard state.
+    pub hard_state: Option<HardState>,
+    /// Replace the whole stored log (and the state machine) with this snapshot.
+    pub snapshot: Option<Snapshot>,
+    /// Delete every stored entry from this index on.
+    pub truncate_from: Option<u64>,
+    /// Append these after the stored log's last entry.
+    pub entries: Vec<Entry>,
+}
+
+/// Everything a replica wants done, as data. Do the write (if any) first — it may install a
+/// snapshot the committed entries build on — then send the messages (they never depend on the
+/// write: messages that do are held back until [`Raft::on_persisted`] confirms it), then apply
+/// the committed entries in order.
+#[must_use]
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub write: Option<Write>,
+    pub messages: Vec<Message>,
+    /// Newly committed entries, in index order, each handed out exactly once.
+    pub committed: Vec<Entry>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.write.is_none() && self.messages.is_empty() && self.committed.is_empty()
+    }
+}
+
+/// A leadership transfer under way.
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    to: NodeId,
+    elapsed_ticks: u32,
+    timeout_now_sent: bool,
+}
+
+/// One replica of one Raft group.
+#[derive(Debug)]
+pub struct Raft {
+    config: RaftConfig,
+    rng: Rng,
+    role: Role,
+    term: u64,
+    vote: Option<NodeId>,
+    /// The leader of `term`, once heard from (or `id` when leading).
+    leader: Option<NodeId>,
+    log: RaftLog,
+    /// Never decreases; never above the durable prefix (or the snapshot boundary).
+    commit: u64,
+    /// An index known to be committed in this log (from a leader of this log), possibly not
+    /// yet durable here; `commit` follows it as the log becomes durable.
+    commit_hint: u64,
+    applied: u64,
+    /// Term or vote changed since the last write: the next write carries the hard state, and
+    /// messages that depend on them wait for it.
+    hard_state_dirty: bool,
+    /// The commit index changed since the last write (written along, never waited for).
+    commit_dirty: bool,
+    election_elapsed: u32,
+    /// This round's randomized election timeout, in `[election_ticks, 2 * election_ticks)`.
+    election_timeout: u32,
+    heartbeat_elapsed: u32,
+    heartbeat_due: bool,
+    /// Pre-candidate or candidate: the answers so far (voters only, once each).
+    votes: Vec<(NodeId, bool)>,
+    /// Leader: one entry per voter other than itself, sorted by id.
+    progress: Vec<Progress>,
+    /// Leader: the index of its term's first (empty) entry.
+    term_start_index: u64,
+    transfer: Option<Transfer>,
+    /// Messages to hand out with the next `Ready`.
+    outbox: Vec<Message>,
+    /// Messages held until write `.0` is synced: vote grants, append acknowledgements and the
+    /// candidate's own vote (addressed to itself).
+    held: VecDeque<(u64, Message)>,
+    /// Messages dropped because a queue was full (a host that does not drain `ready`).
+    messages_dropped: u64,
+}
+
+impl Raft {
+    /// A replica restored from its synced state (or bootstrapped: [`RaftState::bootstrap`]).
+    /// It starts as a follower with a fresh randomized election timeout.
+    pub fn new(config: RaftConfig, rng: Rng, state: RaftState) -> Result<Raft, RestoreError> {
+        config.validate().map_err(RestoreError::Config)?;
+        let RaftState {
+            hard_state,
+            log,
+            applied,
+        } = state;
+        if hard_state.term < log.last_term() {
+            return Err(RestoreError::TermBelowLog {
+                term: hard_state.term,
+                last_term: log.last_term(),
+            });
+        }
+        let snapshot_index = log.snapshot().index;
+        let commit = hard_state.commit.clamp(snapshot_index, log.last_index());
+        let mut raft = Raft {
+            rng,
+            role: Role::Follower,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            leader: None,
+            log: RaftLog::new(log),
+            commit,
+            commit_hint: commit,
+            applied: applied.clamp(snapshot_index, commit),
+            hard_state_dirty: false,
+            commit_dirty: false,
+            election_elapsed: 0,
+            election_timeout: config.election_ticks,
+            heartbeat_elapsed: 0,
+            heartbeat_due: false,
+            votes: Vec::new(),
+            progress: Vec::new(),
+            term_start_index: 0,
+            transfer: None,
+            outbox: Vec::new(),
+            held: VecDeque::new(),
+            messages_dropped: 0,
+            config,
+        };
+        raft.reset_election_timer();
+        raft.check_invariants();
+        Ok(raft)
+    }
+
+    // ---- Accessors -------------------------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    pub fn config(&self) -> &RaftConfig {
+        &self.config
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    pub fn vote(&self) -> Option<NodeId> {
+        self.vote
+    }
+
+    /// The leader of the current term, if known.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    /// The commit index: for a data partition, the high watermark.
+    pub fn commit_index(&self) -> u64 {
+        self.commit
+    }
+
+    /// The last index handed out in [`Ready::committed`] (or covered by a snapshot).
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// The end of the log prefix known to be durable here.
+    pub fn persisted_index(&self) -> u64 {
+        self.log.persisted_index()
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index()
+    }
+
+    pub fn last_term(&self) -> u64 {
+        self.log.last_term()
+    }
+
+    /// The log's shape: boundary, terms, memberships.
+    pub fn log(&self) -> &LogMeta {
+        &self.log.meta
+    }
+
+    /// The membership in force (the latest in the log, committed or not).
+    pub fn membership(&self) -> &Membership {
+        self.log.meta.membership()
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+        }
+    }
+
+    /// Leader: what it knows of follower `id`.
+    pub fn progress(&self, id: NodeId) -> Option<ProgressView> {
+        self.progress_index(id)
+            .map(|i| ProgressView::from(&self.progress[i]))
+    }
+
+    /// Messages dropped because a queue was full.
+    pub fn messages_dropped(&self) -> u64 {
+        self.messages_dropped
+    }
+
+    /// Messages held until a write is synced.
+    pub fn held_messages(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether this replica may campaign: it is a voter of its latest configuration, or of the
+    /// one before while the latest (which removes it) is not known to be committed. Without the
+    /// second case a leader removing itself could leave the group stuck: cut off before the
+    /// change commits, it steps down, and the remaining voters, still in the old configuration,
+    /// may need it (its log is the only complete one) to elect anyone.
+    pub fn is_promotable(&self) -> bool {
+        let meta = &self.log.meta;
+        let me = self.config.id;
+        meta.membership().contains(me)
+            || (meta.membership_index() > self.commit
+                && meta.membership_at(meta.membership_index() - 1).contains(me))
+    }
+
+    // ---- Inputs ----------------------------------------------------------------------------
+
+    /// One tick of the host's clock. On an idle follower this is a counter increment.
+    pub fn tick(&mut self) {
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.election_elapsed = self.election_elapsed.saturating_add(1);
+            if self.election_elapsed >= self.election_timeout && self.is_promotable() {
+                self.start_pre_vote();
+            }
+        }
+        self.debug_check();
+    }
+
+    /// A message from a peer. Malformed or misaddressed messages are dropped.
+    pub fn step(&mut self, msg: Message) {
+        if msg.to != self.config.id || msg.from == self.config.id {
+            return;
+        }
+        self.step_inner(msg);
+        self.debug_check();
+    }
+
+    /// Leader: appends a normal entry; returns its index. It is committed once
+    /// [`Raft::commit_index`] reaches that index with the entry still at the term it was
+    /// proposed in (`term()` now).
+    pub fn propose(&mut self, payload: Bytes) -> Result<u64, ProposeError> {
+        self.check_can_append().map_err(|e| match e {
+            AppendBlock::NotLeader => ProposeError::NotLeader {
+                leader: self.leader,
+            },
+            AppendBlock::Transfer => ProposeError::TransferInProgress,
+            AppendBlock::Full => ProposeError::TooManyUncommitted,
+        })?;
+        let index = self.append_entry(EntryKind::Normal, payload);
+        self.debug_check();
+        Ok(index)
+    }
+
+    /// Leader: appends a single-server membership change; returns its index. The new voter set
+    /// is in force at once (on every replica as soon as the entry reaches it). Only one change
+    /// may be uncommitted, and only after this leader has committed an entry of its own term.
+    pub fn propose_membership_change(
+        &mut self,
+        change: ConfChange,
+    ) -> Result<u64, ConfChangeError> {
+        self.check_can_append().map_err(|e| match e {
+            AppendBlock::NotLeader => ConfChangeError::NotLeader {
+                leader: self.leader,
+            },
+            AppendBlock::Transfer => ConfChangeError::TransferInProgress,
+            AppendBlock::Full => ConfChangeError::TooManyUncommitted,
+        })?;
+        if self.commit < self.term_start_index || self.log.meta.membership_index() > self.commit {
+            return Err(ConfChangeError::Pending);
+        }
+        let membership = self.log.meta.membership().apply(change)?;
+        let index = self.append_entry(EntryKind::Membership, membership.encode());
+        match change {
+            ConfChange::AddVoter(id) if id != self.config.id => {
+                // Probe from the change itself: the new voter learns of it first.
+                let mut progress = Progress::new(id, index, self.config.inflight_appends_max);
+                // A new voter counts as alive for its first check-quorum round.
+                progress.recent_active = true;
+                let at = self.progress.partition_point(|p| p.id < id);
+                self.progress.insert(at, progress);
+            }
+            ConfChange::AddVoter(_) => {}
+            ConfChange::RemoveVoter(id) => self.progress.retain(|p| p.id != id),
+        }
+        // The quorum changed; so may the commit index.
+        self.maybe_commit();
+        self.debug_check();
+        Ok(index)
+    }
+
+    /// Leader: hands leadership to voter `to` once it has the whole log (it is sent
+    /// `TimeoutNow`). Proposals are refused meanwhile; the attempt ends after an election
+    /// timeout.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if to == self.config.id {
+            return Ok(());
+        }
+        if !self.log.meta.membership().contains(to) {
+            return Err(TransferError::NotVoter);
+        }
+        self.transfer = Some(Transfer {
+            to,
+            elapsed_ticks: 0,
+            timeout_now_sent: false,
+        });
+        self.maybe_send_timeout_now();
+        self.debug_check();
+        Ok(())
+    }
+
+    /// Starts an election now. Unforced, it is what an election timeout does (pre-vote first,
+    /// so it fails without disruption if a leader is alive). Forced, it skips pre-vote and
+    /// asks voters to ignore their leader lease, as a leadership transfer does: use it for an
+    /// operator's "elect this replica" and in tests, never on a timer.
+    pub fn campaign(&mut self, force: bool) {
+        if self.role == Role::Leader || !self.is_promotable() {
+            return;
+        }
+        if force {
+            self.start_election(true);
+        } else {
+            self.start_pre_vote();
+        }
+        self.debug_check();
+    }
+
+    /// The host dropped the log prefix up to `index` (retention or compaction); `index` must be
+    /// applied. Returns the new boundary, which the host stores with its snapshot. Followers
+    /// that need dropped entries are sent a snapshot ([`EntrySource::snapshot_data`]).
+    pub fn compact(&mut self, index: u64) -> Result<SnapshotMeta, CompactError> {
+        if index > self.applied {
+            return Err(CompactError::NotApplied {
+                applied: self.applied,
+            });
+        }
+        if index > self.log.meta.snapshot().index {
+            self.log.compact_to(index);
+        }
+        self.debug_check();
+        Ok(self.log.meta.snapshot().clone())
+    }
+
+    /// Write `seq` (and every earlier one) is synced. Releases the messages that waited for it
+    /// and may advance the commit index.
+    pub fn on_persisted(&mut self, seq: u64) {
+        if !self.log.on_persisted(seq) {
+            return;
+        }
+        while self.held.front().is_some_and(|(need, _)| *need <= seq) {
+            let (_, msg) = self.held.pop_front().expect("non-empty");
+            if msg.to == self.config.id {
+                self.step_inner(msg);
+            } else {
+                self.push_outbox(msg);
+            }
+        }
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        } else {
+            self.advance_follower_commit();
+        }
+        self.debug_check();
+    }
+
+    // ---- Outputs ---------------------------------------------------------------------------
+
+    /// Whether [`Raft::ready`] has anything to hand out. Cheap; a host with many groups calls it
+    /// after each input.
+    pub fn has_ready(&self) -> bool {
+        !self.outbox.is_empty()
+            || self.pending_write()
+            || self.applied < self.commit
+            || (self.role == Role::Leader
+                && (self.heartbeat_due || (0..self.progress.len()).any(|i| self.has_work_for(i))))
+    }
+
+    /// Hands out everything there is to do: a storage write, messages, committed entries.
+    /// Entries no longer cached are read through `source`.
+    pub fn ready(&mut self, source: &impl EntrySource) -> Ready {
+        if self.role == Role::Leader {
+            self.send_leader_messages(source);
+        }
+        let mut ready = Ready::default();
+        if self.pending_write() {
+            let seq = self.log.seq_issued + 1;
+            let parts = self.log.take_write(seq);
+            let hard_state =
+                (self.hard_state_dirty || self.commit_dirty).then(|| self.hard_state());
+            self.hard_state_dirty = false;
+            self.commit_dirty = false;
+            ready.write = Some(Write {
+                seq,
+                hard_state,
+                snapshot: parts.snapshot.map(|s| *s),
+                truncate_from: parts.truncate_from,
+                entries: parts.entries,
+            });
+        }
+        ready.messages = std::mem::take(&mut self.outbox);
+        if self.applied < self.commit {
+            let n = self.log.read(
+                self.applied + 1,
+                self.commit,
+                self.config.apply_bytes_max,
+                source,
+                &mut ready.committed,
+            );
+            self.applied += n as u64;
+        }
+        self.evict_cache();
+        self.debug_check();
+        ready
+    }
+
+    // ---- Elections -------------------------------------------------------------------------
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let t = u64::from(self.config.election_ticks);
+        self.election_timeout = self.rng.between(t, 2 * t - 1) as u32;
+    }
+
+    /// Heard from a leader within the minimum election timeout: vote requests are ignored.
+    fn in_lease(&self) -> bool {
+        self.leader.is_some() && self.election_elapsed < self.config.election_ticks
+    }
+
+    fn start_pre_vote(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.transfer = None;
+        self.reset_election_timer();
+        self.votes.clear();
+        let body = MessageBody::PreVote {
+            last_index: self.log.last_index(),
+            last_term: self.log.last_term(),
+        };
+        self.send_to_voters(self.term + 1, body, false);
+        self.record_vote(self.config.id, true);
+    }
+
+    fn start_election(&mut self, transfer: bool) {
+        self.term += 1;
+        self.vote = Some(self.config.id);
+        self.hard_state_dirty = true;
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.transfer = None;
+        self.reset_election_timer();
+        self.votes.clear();
+        let body = MessageBody::Vote {
+            last_index: self.log.last_index(),
+            last_term: self.log.last_term(),
+            transfer,
+        };
+        self.send_to_voters(self.term, body, true);
+        // Our own vote counts only once it is durable, like anyone else's.
+        self.send_durable(self.config.id, MessageBody::VoteResponse { granted: true });
+    }
+
+    fn send_to_voters(&mut self, term: u64, body: MessageBody, durable: bool) {
+        let me = self.config.id;
+        let voters: [Option<NodeId>; RAFT_VOTERS_MAX] = {
+            let mut out = [None; RAFT_VOTERS_MAX];
+            for (slot, v) in out.iter_mut().zip(self.log.meta.membership().voters()) {
+                *slot = Some(*v);
+            }
+            out
+        };
+        for to in voters.into_iter().flatten().filter(|v| *v != me) {
+            if durable {
+                self.send_durable(to, body.clone());
+            } else {
+                self.send_now(to, term, body.clone());
+            }
+        }
+    }
+
+    fn handle_vote_request(&mut self, from: NodeId, term: u64, pre: bool, last: (u64, u64)) {
+        let (last_index, last_term) = last;
+        let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
+        let free = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
+        let granted = up_to_date && (free || (pre && term > self.term));
+        if pre {
+            // A grant echoes the term asked for, so the pre-candidate can tell rounds apart.
+            let term = if granted { term } else { self.term };
+            self.send_now(from, term, MessageBody::PreVoteResponse { granted });
+        } else if granted {
+            self.vote = Some(from);
+            self.hard_state_dirty = true;
+            self.election_elapsed = 0;
+            self.send_durable(from, MessageBody::VoteResponse { granted: true });
+        } else {
+            self.send_now(
+                from,
+                self.term,
+                MessageBody::VoteResponse { granted: false },
+            );
+        }
+    }
+
+    fn record_vote(&mut self, from: NodeId, granted: bool) {
+        let membership = self.log.meta.membership();
+        if !membership.contains(from) || self.votes.iter().any(|v| v.0 == from) {
+            return;
+        }
+        let (quorum, voters) = (membership.quorum(), membership.len());
+        self.votes.push((from, granted));
+        let yes = self.votes.iter().filter(|v| v.1).count();
+        let no = self.votes.len() - yes;
+        if yes >= quorum {
+            match self.role {
+                Role::PreCandidate => self.start_election(false),
+                Role::Candidate => self.become_leader(),
+                Role::Follower | Role::Leader => {
+                    unreachable!("votes are only counted by candidates")
+                }
+            }
+        } else if no > voters - quorum {
+            self.become_follower(self.term, None);
+        }
+    }
+
+    fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
+        assert!(term >= self.term);
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+            self.hard_state_dirty = true;
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.transfer = None;
+        self.heartbeat_due = false;
+        self.reset_election_timer();
+        // Free what only leaders and candidates use: an idle follower holds no buffers.
+        self.progress = Vec::new();
+        self.votes = Vec::new();
+    }
+
+    /// A leader of the current term spoke: follow it, and restart the election timer.
+    fn follow(&mut self, leader: NodeId) {
+        if self.role != Role::Follower {
+            self.become_follower(self.term, Some(leader));
+        }
+        self.leader = Some(leader);
+        self.election_elapsed = 0;
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate);
+        self.role = Role::Leader;
+        self.leader = Some(self.config.id);
+        self.votes = Vec::new();
+        self.transfer = None;
+        self.heartbeat_elapsed = 0;
+        self.election_elapsed = 0;
+        let next = self.log.last_index() + 1;
+        let me = self.config.id;
+        let window = self.config.inflight_appends_max;
+        self.progress = self
+            .log
+            .meta
+            .membership()
+            .voters()
+            .iter()
+            .filter(|v| **v != me)
+            .map(|v| Progress::new(*v, next, window))
+            .collect();
+        self.term_start_index = self.append_entry(EntryKind::Empty, Bytes::new());
+    }
+
+    // ---- Messages --------------------------------------------------------------------------
+
+    fn step_inner(&mut self, msg: Message) {
+        use MessageBody::*;
+        let Message {
+            from,
+            to: _,
+            term,
+            body,
+        } = msg;
+        if let PreVote { .. } | Vote { .. } = body {
+            let transfer = matches!(body, Vote { transfer: true, .. });
+            // While a leader is known to be alive, nobody may start a new term: this is what
+            // keeps a partitioned or removed replica from disrupting the group.
+            if term > self.term && !transfer && self.in_lease() {
+                return;
+            }
+        }
+        if term > self.term {
+            match body {
+                // Asks about a future term; changes nothing here.
+                PreVote { .. } => {}
+                // Echoes the term we asked about; checked below.
+                PreVoteResponse { granted: true } => {}
+                Append { .. } | Heartbeat { .. } | InstallSnapshot { .. } => {
+                    self.become_follower(term, Some(from))
+                }
+                _ => self.become_follower(term, None),
+            }
+        } else if term < self.term {
+            match body {
+                // A stale leader (or pre-candidate) learns the newer term from the answer and
+                // steps down. Without this a replica that moved to a higher term while cut off
+                // could never rejoin: check-quorum and the lease keep it from forcing the term up.
+                Append { .. } | Heartbeat { .. } | InstallSnapshot { .. } => {
+                    self.send_now(from, self.term, HeartbeatResponse)
+                }
+                PreVote { .. } => {
+                    self.send_now(from, self.term, PreVoteResponse { granted: false })
+                }
+                _ => {}
+            }
+            return;
+        }
+        match body {
+            PreVote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(from, term, true, (last_index, last_term)),
+            Vote {
+                last_index,
+                last_term,
+                ..
+            } => self.handle_vote_request(from, term, false, (last_index, last_term)),
+            PreVoteResponse { granted } => {
+                let asked = self.term + 1;
+                let current_round = if granted {
+                    term == asked
+                } else {
+                    term == self.term
+                };
+                if self.role == Role::PreCandidate && current_round {
+                    self.record_vote(from, granted);
+                }
+            }
+            VoteResponse { granted } => {
+                if self.role == Role::Candidate {
+                    self.record_vote(from, granted);
+                }
+            }
+            Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                if self.role != Role::Leader {
+                    self.follow(from);
+                    self.handle_append(from, term, prev_index, prev_term, entries, commit);
+                }
+            }
+            Heartbeat { commit } => {
+                if self.role != Role::Leader {
+                    self.follow(from);
+                    let known = commit.min(self.log.last_index());
+                    self.commit_hint = self.commit_hint.max(known);
+                    self.advance_follower_commit();
+                    self.send_now(from, self.term, HeartbeatResponse);
+                }
+            }
+            InstallSnapshot { snapshot } => {
+                if self.role != Role::Leader {
+                    self.follow(from);
+                    self.handle_snapshot(from, term, snapshot);
+                }
+            }
+            TimeoutNow => {
+                if self.role == Role::Follower && self.leader == Some(from) && self.is_promotable()
+                {
+                    self.start_election(true);
+                }
+            }
+            AppendAccepted { match_index } => self.handle_accepted(from, match_index),
+            AppendRejected {
+                prev_index,
+                hint_index,
+                hint_term,
+            } => self.handle_rejected(from, prev_index, hint_index, hint_term),
+            HeartbeatResponse => self.handle_heartbeat_response(from),
+        }
+    }
+
+    /// Whether an append from a leader at `term` is well formed: contiguous indexes after
+    /// `prev_index`, terms that never decrease and never exceed the leader's, decodable
+    /// membership payloads.
+    fn append_is_valid(term: u64, prev_index: u64, prev_term: u64, entries: &[Entry]) -> bool {
+        if prev_term > term {
+            return false;
+        }
+        let mut last_term = prev_term.max(1);
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != prev_index + 1 + i as u64 || e.term < last_term || e.term > term {
+                return false;
+            }
+            if e.kind == EntryKind::Membership && Membership::decode(&e.payload).is_none() {
+                return false;
+            }
+            last_term = e.term;
+        }
+        true
+    }
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        term: u64,
+        mut prev_index: u64,
+        mut prev_term: u64,
+        mut entries: Vec<Entry>,
+        commit: u64,
+    ) {
+        if !Self::append_is_valid(term, prev_index, prev_term, &entries) {
+            return;
+        }
+        let snapshot = self.log.meta.snapshot();
+        let (snapshot_index, snapshot_term) = (snapshot.index, snapshot.term);
+        if prev_index < snapshot_index {
+            // Entries up to the snapshot boundary are committed, hence the same as ours.
+            let skip = (snapshot_index - prev_index) as usize;
+            if entries.len() < skip {
+                self.send_durable(
+                    from,
+                    MessageBody::AppendAccepted {
+                        match_index: snapshot_index,
+                    },
+                );
+                return;
+            }
+            if entries[skip - 1].term != snapshot_term {
+                debug_assert!(false, "leader disagrees with a committed snapshot");
+                return;
+            }
+            prev_index = snapshot_index;
+            prev_term = snapshot_term;
+            entries.drain(..skip);
+        }
+        match self.log.meta.term(prev_index) {
+            None => {
+                let body = MessageBody::AppendRejected {
+                    prev_index,
+                    hint_index: self.log.last_index(),
+                    hint_term: self.log.last_term(),
+                };
+                self.send_now(from, self.term, body);
+                return;
+            }
+            Some(t) if t != prev_term => {
+                let hint_index = self
+                    .log
+                    .meta
+                    .find_conflict_by_term(prev_index, prev_term)
+                    .unwrap_or(snapshot_index);
+                let hint_term = self.log.meta.term(hint_index).expect("hint is in the log");
+                let body = MessageBody::AppendRejected {
+                    prev_index,
+                    hint_index,
+                    hint_term,
+                };
+                self.send_now(from, self.term, body);
+                return;
+            }
+            Some(_) => {}
+        }
+        let last_new = prev_index + entries.len() as u64;
+        let last = self.log.last_index();
+        let mut first_new = entries.len();
+        for (i, e) in entries.iter().enumerate() {
+            if e.index > last {
+                first_new = i;
+                break;
+            }
+            if self.log.meta.term(e.index) != Some(e.term) {
+                if e.index <= self.commit {
+                    // A committed entry never changes; a leader that says otherwise is broken.
+                    assert!(
+                        !cfg!(any(debug_assertions, madsim)),
+                        "leader {from} conflicts with committed entry {}",
+                        e.index
+                    );
+                    return;
+                }
+                self.log.truncate_from(e.index);
+                first_new = i;
+                break;
+            }
+        }
+        for e in entries.drain(first_new..) {
+            self.log.append(e);
+        }
+        self.commit_hint = self.commit_hint.max(commit.min(last_new));
+        self.advance_follower_commit();
+        self.send_durable(
+            from,
+            MessageBody::AppendAccepted {
+                match_index: last_new,
+            },
+        );
+    }
+
+    fn handle_snapshot(&mut self, from: NodeId, term: u64, snapshot: Snapshot) {
+        let meta = &snapshot.meta;
+        if meta.term > term || meta.membership.len() > RAFT_VOTERS_MAX {
+            return;
+        }
+        if meta.index <= self.commit {
+            self.send_durable(
+                from,
+                MessageBody::AppendAccepted {
+                    match_index: self.commit,
+                },
+            );
+            return;
+        }
+        if self.log.meta.term(meta.index) == Some(meta.term) {
+            // We hold the snapshot's last entry, hence everything before it.
+            let index = meta.index;
+            self.commit_hint = self.commit_hint.max(index);
+            self.advance_follower_commit();
+            self.send_durable(from, MessageBody::AppendAccepted { match_index: index });
+            return;
+        }
+        let index = meta.index;
+        self.log.install_snapshot(snapshot);
+        self.set_commit(index);
+        self.commit_hint = self.commit_hint.max(index);
+        // The host installs the snapshot (from the write) before applying anything after it.
+        self.applied = index;
+        self.send_durable(from, MessageBody::AppendAccepted { match_index: index });
+    }
+
+    // ---- Leader ----------------------------------------------------------------------------
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if let Some(transfer) = &mut self.transfer {
+            transfer.elapsed_ticks += 1;
+            if transfer.elapsed_ticks >= self.config.election_ticks {
+                self.transfer = None;
+            }
+        }
+        if self.election_elapsed >= self.config.election_ticks {
+            self.election_elapsed = 0;
+            if !self.quorum_recently_active() {
+                // Check-quorum: a leader cut off from a majority stops acting as one.
+                self.become_follower(self.term, None);
+                return;
+            }
+        }
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.heartbeat_due = true;
+        }
+    }
+
+    /// Whether a majority (counting this leader if it is a voter) was heard from since the last
+    /// call; starts the next round.
+    fn quorum_recently_active(&mut self) -> bool {
+        let membership = self.log.meta.membership();
+        let mut active = usize::from(membership.contains(self.config.id));
+        for p in self.progress.iter_mut() {
+            active += usize::from(p.recent_active);
+            p.recent_active = false;
+        }
+        active >= self.log.meta.membership().quorum()
+    }
+
+    fn progress_index(&self, id: NodeId) -> Option<usize> {
+        self.progress.binary_search_by_key(&id, |p| p.id).ok()
+    }
+
+    fn check_can_append(&self) -> Result<(), AppendBlock> {
+        if self.role != Role::Leader {
+            return Err(AppendBlock::NotLeader);
+        }
+        if self.transfer.is_some() {
+            return Err(AppendBlock::Transfer);
+        }
+        if self.log.last_index() - self.commit >= self.config.uncommitted_entries_max {
+            return Err(AppendBlock::Full);
+        }
+        Ok(())
+    }
+
+    fn append_entry(&mut self, kind: EntryKind, payload: Bytes) -> u64 {
+        assert_eq!(self.role, Role::Leader);
+        let index = self.log.last_index() + 1;
+        self.log.append(Entry {
+            index,
+            term: self.term,
+            kind,
+            payload,
+        });
+        index
+    }
+
+    /// Commits the largest index a quorum of the current voters holds durably, if this leader
+    /// wrote it (Raft §5.4.2: counting replicas never commits an earlier term's entry).
+    fn maybe_commit(&mut self) {
+        let membership = self.log.meta.membership();
+        let mut matched = [0u64; RAFT_VOTERS_MAX];
+        for (slot, voter) in matched.iter_mut().zip(membership.voters()) {
+            *slot = if *voter == self.config.id {
+                self.log.persisted_index()
+            } else {
+                self.progress_index(*voter)
+                    .map_or(0, |i| self.progress[i].match_index)
+            };
+        }
+        let n = membership.len();
+        let quorum = membership.quorum();
+        matched[..n].sort_unstable_by(|a, b| b.cmp(a));
+        // Never beyond what this leader holds durably itself: the commit index is the
+        // partition's high watermark, and the leader serves reads below it from synced data.
+        let index = matched[quorum - 1].min(self.log.persisted_index());
+        if index > self.commit && self.log.meta.term(index) == Some(self.term) {
+            self.set_commit(index);
+            let membership = self.log.meta.membership();
+            if !membership.contains(self.config.id)
+                && self.commit >= self.log.meta.membership_index()
+            {
+                // Our removal is committed: hand over to the most up-to-date voter at once
+                // (instead of leaving the group leaderless for an election timeout), then stop.
+                if let Some(best) = self.progress.iter().max_by_key(|p| p.match_index) {
+                    let to = best.id;
+                    self.send_now(to, self.term, MessageBody::TimeoutNow);
+                }
+                self.become_follower(self.term, None);
+            }
+        }
+    }
+
+    fn set_commit(&mut self, index: u64) {
+        assert!(index >= self.commit, "commit index moved backwards");
+        self.commit = index;
+        self.commit_dirty = true;
+    }
+
+    fn advance_follower_commit(&mut self) {
+        let durable = self.commit_hint.min(self.log.persisted_index());
+        if durable > self.commit {
+            self.set_commit(durable);
+        }
+    }
+
+    fn handle_accepted(&mut self, from: NodeId, match_index: u64) {
+        if self.role != Role::Leader || match_index > self.log.last_index() {
+            return;
+        }
+        let Some(i) = self.progress_index(from) else {
+            return;
+        };
+        self.progress[i].recent_active = true;
+        if self.progress[i].on_accepted(match_index) {
+            self.maybe_send_timeout_now();
+            self.maybe_commit();
+        }
+    }
+
+    fn handle_rejected(&mut self, from: NodeId, prev_index: u64, hint_index: u64, hint_term: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(i) = self.progress_index(from) else {
+            return;
+        };
+        let snapshot_index = self.log.meta.snapshot().index;
+        let pr = &mut self.progress[i];
+        pr.recent_active = true;
+        use super::progress::ProgressState::*;
+        let answers_last_send = match pr.state {
+            Replicate => prev_index > pr.match_index,
+            Probe => prev_index + 1 == pr.next_index,
+            Snapshot { .. } => false,
+        };
+        if !answers_last_send || prev_index == 0 {
+            return;
+        }
+        // Skip back past every entry the follower cannot hold: the hint names its last entry
+        // that might match ours.
+        let next = match self
+            .log
+            .meta
+            .find_conflict_by_term(hint_index.min(prev_index - 1), hint_term)
+        {
+            Some(j) => j + 1,
+            // Below our log start: the follower needs the snapshot.
+            None => snapshot_index,
+        };
+        pr.become_probe(next.min(prev_index).max(1));
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(i) = self.progress_index(from) else {
+            return;
+        };
+        let resend_after = (self.config.election_ticks / self.config.heartbeat_ticks).max(1);
+        let last = self.log.last_index();
+        let pr = &mut self.progress[i];
+        pr.recent_active = true;
+        pr.on_heartbeat_answered(last, resend_after);
+    }
+
+    fn maybe_send_timeout_now(&mut self) {
+        let Some(transfer) = self.transfer else {
+            return;
+        };
+        if transfer.timeout_now_sent {
+            return;
+        }
+        let caught_up = self
+            .progress_index(transfer.to)
+            .is_some_and(|i| self.progress[i].match_index == self.log.last_index());
+        if caught_up {
+            self.send_now(transfer.to, self.term, MessageBody::TimeoutNow);
+            if let Some(t) = &mut self.transfer {
+                t.timeout_now_sent = true;
+            }
+        }
+    }
+
+    /// Whether follower `i` has something to be sent now.
+    fn has_work_for(&self, i: usize) -> bool {
+        let pr = &self.progress[i];
+        let sendable =
+            !pr.is_paused() && (pr.next_index <= self.log.last_index() || pr.want_empty_append);
+        sendable || pr.commit_sent < self.commit.min(pr.match_index)
+    }
+
+    fn send_leader_messages(&mut self, source: &impl EntrySource) {
+        let heartbeat = std::mem::take(&mut self.heartbeat_due);
+        for i in 0..self.progress.len() {
+            let mut sent = false;
+            // Pipelining: keep sending while there are entries and room in the window.
+            while self.send_append(i, source) {
+                sent = true;
+                let pr = &self.progress[i];
+                if pr.next_index > self.log.last_index()
+                    || pr.state != super::progress::ProgressState::Replicate
+                {
+                    break;
+                }
+            }
+            let pr = &mut self.progress[i];
+            let known = self.commit.min(pr.match_index);
+            if heartbeat || (!sent && pr.commit_sent < known) {
+                pr.commit_sent = pr.commit_sent.max(known);
+                let to = pr.id;
+                self.send_now(to, self.term, MessageBody::Heartbeat { commit: known });
+            }
+        }
+    }
+
+    /// Sends follower `i` one append (or the snapshot) if it needs one and may get one now.
+    fn send_append(&mut self, i: usize, source: &impl EntrySource) -> bool {
+        let last = self.log.last_index();
+        let pr = &self.progress[i];
+        if pr.is_paused() || (pr.next_index > last && !pr.want_empty_append) {
+            return false;
+        }
+        let next = pr.next_index;
+        let prev_index = next - 1;
+        let Some(prev_term) = self.log.meta.term(prev_index) else {
+            return self.send_snapshot(i, source);
+        };
+        let mut entries = Vec::new();
+        if next <= last {
+            let hi = last.min(next + self.config.append_entries_max as u64 - 1);
+            if self
+                .log
+                .read(next, hi, self.config.append_bytes_max, source, &mut entries)
+                == 0
+            {
+                // Storage did not answer; the next `ready` tries again.
+                return false;
+            }
+        }
+        let commit = self.commit;
+        let pr = &mut self.progress[i];
+        pr.on_sent(entries.last().map(|e| e.index));
+        pr.commit_sent = pr
+            .commit_sent
+            .max(commit.min(prev_index + entries.len() as u64));
+        let to = pr.id;
+        let body = MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        };
+        self.send_now(to, self.term, body);
+        true
+    }
+
+    fn send_snapshot(&mut self, i: usize, source: &impl EntrySource) -> bool {
+        let meta = self.log.meta.snapshot().clone();
+        let Some(data) = source.snapshot_data(meta.index) else {
+            return false;
+        };
+        let index = meta.index;
+        self.progress[i].become_snapshot(index);
+        let to = self.progress[i].id;
+        let snapshot = Snapshot { meta, data };
+        self.send_now(to, self.term, MessageBody::InstallSnapshot { snapshot });
+        true
+    }
+
+    // ---- Output queues ---------------------------------------------------------------------
+
+    fn pending_write(&self) -> bool {
+        self.hard_state_dirty || self.log.has_unwritten()
+    }
+
+    fn push_outbox(&mut self, msg: Message) {
+        if self.outbox.len() >= RAFT_QUEUED_MESSAGES_MAX {
+            self.messages_dropped += 1;
+            return;
+        }
+        self.outbox.push(msg);
+    }
+
+    fn send_now(&mut self, to: NodeId, term: u64, body: MessageBody) {
+        let msg = Message {
+            from: self.config.id,
+            to,
+            term,
+            body,
+        };
+        self.push_outbox(msg);
+    }
+
+    /// Sends once everything written or to be written so far is synced: the message speaks
+    /// for this replica's current term, vote and log.
+    fn send_durable(&mut self, to: NodeId, body: MessageBody) {
+        let need = self.log.seq_issued + u64::from(self.pending_write());
+        let msg = Message {
+            from: self.config.id,
+            to,
+            term: self.term,
+            body,
+        };
+        if need <= self.log.seq_persisted {
+            assert_ne!(to, self.config.id, "a message to self is always held");
+            self.push_outbox(msg);
+            return;
+        }
+        // A newer acknowledgement to the same leader supersedes one still held.
+        if let Some((held_need, held)) = self.held.back_mut() {
+            if let (
+                MessageBody::AppendAccepted { match_index: old },
+                MessageBody::AppendAccepted { match_index: new },
+            ) = (&held.body, &msg.body)
+            {
+                if held.to == msg.to && held.term == msg.term && new >= old {
+                    *held_need = need;
+                    *held = msg;
+                    return;
+                }
+            }
+        }
+        if self.held.len() >= RAFT_QUEUED_MESSAGES_MAX {
+            self.messages_dropped += 1;
+            return;
+        }
+        self.held.push_back((need, msg));
+    }
+
+    fn evict_cache(&mut self) {
+        // A leader keeps what some follower still lacks (within the budget); others keep
+        // nothing they have applied.
+        let keep_from = if self.role == Role::Leader {
+            self.progress
+                .iter()
+                .map(|p| p.match_index + 1)
+                .min()
+                .unwrap_or(u64::MAX)
+        } else {
+            u64::MAX
+        };
+        self.log
+            .evict(self.applied, keep_from, self.config.entry_cache_bytes_max);
+    }
+
+    // ---- Invariants ------------------------------------------------------------------------
+
+    fn debug_check(&self) {
+        if cfg!(any(debug_assertions, madsim)) {
+            self.check_invariants();
+        }
+    }
+
+    pub fn check_invariants(&self) {
+        self.log.check_invariants();
+        let meta = &self.log.meta;
+        let me = self.config.id;
+        let snapshot_index = meta.snapshot().index;
+        assert!(
+            self.term >= meta.last_term(),
+            "an entry's term is above ours"
+        );
+        assert!(self.commit <= meta.last_index(), "committed beyond the log");
+        assert!(self.commit >= snapshot_index, "the snapshot is committed");
+        assert!(
+            self.commit <= self.log.persisted_index().max(snapshot_index),
+            "committed entries are durable here"
+        );
+        assert!(self.applied >= snapshot_index && self.applied <= self.commit);
+        assert!(self.election_timeout >= self.config.election_ticks);
+        assert!(self.election_timeout < 2 * self.config.election_ticks);
+        match self.role {
+            Role::Leader => {
+                assert_eq!(self.vote, Some(me), "a leader voted for itself");
+                assert_eq!(self.leader, Some(me));
+                assert!(self.votes.is_empty());
+                let others = meta.membership().voters().iter().filter(|v| **v != me);
+                assert!(
+                    others.eq(self.progress.iter().map(|p| &p.id)),
+                    "progress tracks exactly the other voters"
+                );
+                for p in &self.progress {
+                    p.check_invariants(meta.last_index());
+                }
+                if self.term_start_index > snapshot_index {
+                    assert_eq!(
+                        meta.term(self.term_start_index),
+                        Some(self.term),
+                        "the leader's first entry is of its term"
+                    );
+                }
+            }
+            Role::Candidate => {
+                assert_eq!(self.vote, Some(me), "a candidate voted for itself");
+                assert!(self.progress.is_empty() && self.leader.is_none());
+            }
+            Role::PreCandidate | Role::Follower => {
+                assert!(self.progress.is_empty());
+                assert_ne!(self.leader, Some(me));
+                assert!(self.transfer.is_none());
+            }
+        }
+        assert!(self.votes.len() <= RAFT_VOTERS_MAX);
+        assert!(self.outbox.len() <= RAFT_QUEUED_MESSAGES_MAX);
+        assert!(self.held.len() <= RAFT_QUEUED_MESSAGES_MAX);
+        let mut need = self.log.seq_persisted;
+        for (n, _) in &self.held {
+            assert!(*n > self.log.seq_persisted, "a releasable message is held");
+            assert!(*n >= need, "held messages are in write order");
+            assert!(*n <= self.log.seq_issued + 1);
+            need = *n;
+        }
+    }
+}
+
+/// Why a leader cannot append now.
+enum AppendBlock {
+    NotLeader,
+    Transfer,
+    Full,
+}

@@ -1,0 +1,336 @@
+//! The data Raft exchanges with its host and its peers: entries, hard state, membership,
+//! snapshots, messages and the errors of the requests a host can make.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::limits::RAFT_VOTERS_MAX;
+use crate::ErrorCode;
+
+/// A replica's identity within a group. Ids are chosen by the host; 0 is a valid id.
+pub type NodeId = u64;
+
+/// What must survive a crash besides the log: the current term, the vote cast in it and (as an
+/// optimisation only) the commit index. Term and vote are synced before any message that depends
+/// on them leaves (see [`super::Raft::on_persisted`]); the commit index may lag on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: u64,
+    pub vote: Option<NodeId>,
+    pub commit: u64,
+}
+
+/// What an entry carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EntryKind {
+    /// An opaque payload: a record batch for a data partition, metadata records for the
+    /// metadata group.
+    Normal,
+    /// A new voter set, encoded with [`Membership::encode`]. It takes effect on every replica as
+    /// soon as it is in the replica's log, committed or not.
+    Membership,
+    /// The empty entry a new leader appends at the start of its term, so that it can commit
+    /// entries of earlier terms (Raft §5.4.2) without waiting for a client.
+    Empty,
+}
+
+/// One log entry. `(index, term)` identifies an entry and, by the log matching property, the
+/// whole log prefix up to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub index: u64,
+    pub term: u64,
+    pub kind: EntryKind,
+    pub payload: Bytes,
+}
+
+impl Entry {
+    /// The bytes this entry counts for in message and cache budgets.
+    pub fn size_bytes(&self) -> u64 {
+        // A small fixed overhead, so that many empty entries still count.
+        self.payload.len() as u64 + 16
+    }
+}
+
+/// The voter set of a group: sorted, without duplicates, at most [`RAFT_VOTERS_MAX`] ids.
+/// An empty set is the configuration of a replica that has not been added to a group yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    voters: Vec<NodeId>,
+}
+
+impl Membership {
+    /// A voter set from any list of ids (sorted and deduplicated here).
+    ///
+    /// # Panics
+    /// If there are more than [`RAFT_VOTERS_MAX`] distinct ids: group sizes are configuration,
+    /// checked by the host before it creates a group.
+    pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Membership {
+        let mut voters: Vec<NodeId> = voters.into_iter().collect();
+        voters.sort_unstable();
+        voters.dedup();
+        assert!(voters.len() <= RAFT_VOTERS_MAX, "too many voters");
+        Membership { voters }
+    }
+
+    pub fn voters(&self) -> &[NodeId] {
+        &self.voters
+    }
+
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.binary_search(&id).is_ok()
+    }
+
+    pub fn len(&self) -> usize {
+        self.voters.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.voters.is_empty()
+    }
+
+    /// Votes (or acknowledgements) needed for a decision: a strict majority.
+    pub fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    /// The voter set after a single-server change, or why the change is not allowed.
+    pub fn apply(&self, change: ConfChange) -> Result<Membership, ConfChangeError> {
+        let mut voters = self.voters.clone();
+        match change {
+            ConfChange::AddVoter(id) => {
+                let Err(at) = voters.binary_search(&id) else {
+                    return Err(ConfChangeError::AlreadyVoter);
+                };
+                if voters.len() == RAFT_VOTERS_MAX {
+                    return Err(ConfChangeError::TooManyVoters);
+                }
+                voters.insert(at, id);
+            }
+            ConfChange::RemoveVoter(id) => {
+                let Ok(at) = voters.binary_search(&id) else {
+                    return Err(ConfChangeError::NotVoter);
+                };
+                if voters.len() == 1 {
+                    return Err(ConfChangeError::LastVoter);
+                }
+                voters.remove(at);
+            }
+        }
+        Ok(Membership { voters })
+    }
+
+    /// The payload of an [`EntryKind::Membership`] entry: a u32 count, then each id as a u64,
+    /// all big-endian.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(4 + 8 * self.voters.len());
+        out.put_u32(self.voters.len() as u32);
+        for id in &self.voters {
+            out.put_u64(*id);
+        }
+        out.freeze()
+    }
+
+    /// Decodes [`Membership::encode`]'s output; `None` for anything else (sorted, unique, at most
+    /// [`RAFT_VOTERS_MAX`] ids, no trailing bytes), so a peer's bad payload never panics.
+    pub fn decode(mut bytes: &[u8]) -> Option<Membership> {
+        if bytes.len() < 4 {
+            return None;
+        }
+        let count = bytes.get_u32() as usize;
+        if count > RAFT_VOTERS_MAX || bytes.len() != count * 8 {
+            return None;
+        }
+        let voters: Vec<NodeId> = (0..count).map(|_| bytes.get_u64()).collect();
+        if voters.windows(2).any(|w| w[0] >= w[1]) {
+            return None;
+        }
+        Some(Membership { voters })
+    }
+}
+
+/// A single-server membership change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfChange {
+    AddVoter(NodeId),
+    RemoveVoter(NodeId),
+}
+
+/// The log start boundary: everything up to `index` has been dropped from the log (retention,
+/// compaction or an installed snapshot), and `term` and `membership` are what the log held there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    pub index: u64,
+    pub term: u64,
+    pub membership: Membership,
+}
+
+/// A snapshot sent to a follower whose next entry the leader no longer has. `data` is opaque and
+/// provided by the host ([`super::EntrySource::snapshot_data`]); for a data partition, whose
+/// state is the log itself, it may be empty (the follower simply starts its log after `index`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub meta: SnapshotMeta,
+    pub data: Bytes,
+}
+
+/// A message between two replicas of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The sender's term, except in a granted pre-vote response, which echoes the term asked for.
+    pub term: u64,
+    pub body: MessageBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageBody {
+    /// "Would you vote for me at `term`?" — asked without changing any state (pre-vote).
+    PreVote {
+        last_index: u64,
+        last_term: u64,
+    },
+    PreVoteResponse {
+        granted: bool,
+    },
+    /// A real vote request. `transfer` marks an election started by a leadership transfer (or
+    /// forced by the host), which replicas grant even if they heard from a leader recently.
+    Vote {
+        last_index: u64,
+        last_term: u64,
+        transfer: bool,
+    },
+    VoteResponse {
+        granted: bool,
+    },
+    /// Entries `prev_index + 1 ..`, to follow the entry `(prev_index, prev_term)`.
+    Append {
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+    },
+    /// The follower's log now matches the leader's up to `match_index` (durably).
+    AppendAccepted {
+        match_index: u64,
+    },
+    /// The follower does not hold `prev_index` with the term asked for. The hint lets the leader
+    /// skip back a whole term at a time: the follower's largest index `<= prev_index` whose term
+    /// is `<= prev_term` (or its last index, if that is smaller), with that entry's term.
+    AppendRejected {
+        prev_index: u64,
+        hint_index: u64,
+        hint_term: u64,
+    },
+    /// Leader liveness; `commit` is at most what the follower is known to hold.
+    Heartbeat {
+        commit: u64,
+    },
+    HeartbeatResponse,
+    /// The leadership transfer target should start an election now.
+    TimeoutNow,
+    InstallSnapshot {
+        snapshot: Snapshot,
+    },
+}
+
+/// Why a proposal was not appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Only the leader appends; `leader` is the replica believed to lead, if known.
+    NotLeader { leader: Option<NodeId> },
+    /// Leadership is being handed over; retry at the new leader.
+    TransferInProgress,
+    /// The leader holds `uncommitted_entries_max` entries that are not committed yet: the
+    /// followers are behind, so new work waits (back-pressure).
+    TooManyUncommitted,
+}
+
+impl ProposeError {
+    /// The Kafka error a produce request gets for this.
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            ProposeError::NotLeader { .. } | ProposeError::TransferInProgress => {
+                ErrorCode::NotLeaderOrFollower
+            }
+            ProposeError::TooManyUncommitted => ErrorCode::NotEnoughReplicas,
+        }
+    }
+}
+
+/// Why a membership change was not appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfChangeError {
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    TransferInProgress,
+    /// An earlier change is not committed yet, or this leader has not yet committed an entry of
+    /// its own term (without that rule single-server changes are unsafe; Ongaro, raft-dev 2015).
+    Pending,
+    AlreadyVoter,
+    NotVoter,
+    /// A group keeps at least one voter.
+    LastVoter,
+    TooManyVoters,
+    /// The leader holds `uncommitted_entries_max` uncommitted entries.
+    TooManyUncommitted,
+}
+
+/// Why a leadership transfer did not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferError {
+    NotLeader {
+        leader: Option<NodeId>,
+    },
+    /// The target is not a voter of the current configuration.
+    NotVoter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_encoding_round_trips_and_rejects_garbage() {
+        let m = Membership::new([5, 1, 3, 3]);
+        assert_eq!(m.voters(), &[1, 3, 5]);
+        assert_eq!(m.quorum(), 2);
+        assert_eq!(Membership::decode(&m.encode()), Some(m.clone()));
+        assert_eq!(Membership::decode(&[]), None);
+        assert_eq!(Membership::decode(&m.encode()[..10]), None);
+        let mut unsorted = BytesMut::new();
+        unsorted.put_u32(2);
+        unsorted.put_u64(3);
+        unsorted.put_u64(1);
+        assert_eq!(Membership::decode(&unsorted), None);
+        let mut huge = BytesMut::new();
+        huge.put_u32(u32::MAX);
+        assert_eq!(Membership::decode(&huge), None);
+    }
+
+    #[test]
+    fn single_server_changes() {
+        let m = Membership::new([1, 2, 3]);
+        assert_eq!(
+            m.apply(ConfChange::AddVoter(4)).unwrap().voters(),
+            &[1, 2, 3, 4]
+        );
+        assert_eq!(
+            m.apply(ConfChange::RemoveVoter(2)).unwrap().voters(),
+            &[1, 3]
+        );
+        assert_eq!(
+            m.apply(ConfChange::AddVoter(2)),
+            Err(ConfChangeError::AlreadyVoter)
+        );
+        assert_eq!(
+            m.apply(ConfChange::RemoveVoter(9)),
+            Err(ConfChangeError::NotVoter)
+        );
+        assert_eq!(
+            Membership::new([1]).apply(ConfChange::RemoveVoter(1)),
+            Err(ConfChangeError::LastVoter)
+        );
+    }
+}
