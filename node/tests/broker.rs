@@ -208,8 +208,11 @@ fn every_version_of_every_served_api_round_trips() {
         let topic_id = create_topic(&mut c, "versions", 1).await;
         for v in supported_versions(ApiKey::Metadata).min..=supported_versions(ApiKey::Metadata).max
         {
+            // From v10 a topic may be named by its id alone.
             let topics = if v >= 10 {
-                vec![MetadataRequestTopic::default().with_name(Some(name("versions")))]
+                vec![MetadataRequestTopic::default()
+                    .with_name(None)
+                    .with_topic_id(topic_id)]
             } else {
                 vec![MetadataRequestTopic::default().with_name(Some(name("versions")))]
             };
@@ -219,6 +222,12 @@ fn every_version_of_every_served_api_round_trips() {
                 .unwrap();
             assert_eq!(resp.topics.len(), 1, "metadata v{v}");
             assert_eq!(resp.topics[0].error_code, 0, "metadata v{v}");
+            assert_eq!(
+                resp.topics[0].name.as_ref().map(|n| n.0.as_str()),
+                Some("versions"),
+                "metadata v{v}"
+            );
+            assert_eq!(resp.topics[0].partitions.len(), 1, "metadata v{v}");
             assert_eq!(
                 resp.brokers[0].port.to_string(),
                 node.addr.rsplit(':').next().unwrap()

@@ -37,6 +37,9 @@ use super::{Broker, TopicPartition, SERVED_APIS};
 use crate::config::{split_host_port, PARTITIONS_PER_TOPIC_MAX};
 use crate::metadata::{describe_topic_config, topic_log_config, validate_topic_name};
 
+/// A config as DescribeConfigs reports it: name, value, source.
+type ConfigEntry = (String, String, i8);
+
 /// ListOffsets special timestamps.
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
@@ -329,7 +332,7 @@ impl<S: Storage> Broker<S> {
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
             let name = resource.resource_name.to_string();
-            let entries: Result<Vec<(String, String, i8)>, (ErrorCode, String)> = match resource
+            let entries: Result<Vec<ConfigEntry>, (ErrorCode, String)> = match resource
                 .resource_type
             {
                 RESOURCE_TOPIC => match self.topics.get(&name) {
@@ -387,7 +390,7 @@ impl<S: Storage> Broker<S> {
         response
     }
 
-    fn broker_configs(&self) -> Vec<(String, String, i8)> {
+    fn broker_configs(&self) -> Vec<ConfigEntry> {
         let c = &self.config;
         [
             (
