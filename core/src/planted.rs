@@ -17,14 +17,17 @@ pub enum Bug {
     RecoveryOffByOne = 3,
     /// Fetch serves data up to the log end instead of the high watermark.
     FetchPastHighWatermark = 4,
+    /// A retried idempotent batch is appended again instead of answered with its offsets.
+    IdempotenceOff = 5,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
         Bug::FetchPastHighWatermark,
+        Bug::IdempotenceOff,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +36,7 @@ impl Bug {
             Bug::SkipRecoveryCrc => "skip-recovery-crc",
             Bug::RecoveryOffByOne => "recovery-off-by-one",
             Bug::FetchPastHighWatermark => "fetch-past-high-watermark",
+            Bug::IdempotenceOff => "idempotence-off",
         }
     }
 

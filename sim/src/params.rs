@@ -102,6 +102,8 @@ pub struct Params {
     pub acks_all_per_mille: u32,
     /// Share of operations that are sends (the rest are polls and reassignments).
     pub send_per_mille: u32,
+    /// Chance that a client process is an idempotent producer that retries (the rest send once).
+    pub idempotent_per_mille: u32,
     pub faults: FaultMix,
     /// Mean time between faults.
     pub fault_interval_ms: (u64, u64),
@@ -169,6 +171,8 @@ impl Params {
                 0
             },
             sync_latency_ms: rng.between(1, 8),
+            // Drawn last, so adding it left earlier seeds' other parameters as they were.
+            idempotent_per_mille: rng.between(0, 1000) as u32,
         }
     }
 

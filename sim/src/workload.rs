@@ -10,10 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
-use kafka_protocol::messages::{BrokerId, TopicName};
+use kafka_protocol::messages::{BrokerId, ProducerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::batch::{split_batches, BatchBuilder, NewRecord, Records};
 use sluice_core::history::{Acks, Key, OpKind, Outcome, Reads};
@@ -150,7 +151,21 @@ pub async fn create_topic(addr: &str, partitions: i32, trace: &Trace) {
 }
 
 fn produce_request(partition: i32, acks: i16, value: u64, timestamp: i64) -> ProduceRequest {
+    produce_request_as(partition, acks, value, timestamp, None)
+}
+
+/// A produce request; `idempotent` is (producer id, epoch, sequence).
+fn produce_request_as(
+    partition: i32,
+    acks: i16,
+    value: u64,
+    timestamp: i64,
+    idempotent: Option<(i64, i16, i32)>,
+) -> ProduceRequest {
     let mut builder = BatchBuilder::new(timestamp);
+    if let Some((producer_id, epoch, sequence)) = idempotent {
+        builder = builder.idempotent(producer_id, epoch, sequence);
+    }
     builder.push(&NewRecord {
         timestamp,
         key: None,
@@ -220,6 +235,138 @@ fn decode_values(records: &[u8], from: u64) -> Result<Vec<(u64, u64)>, String> {
     Ok(out)
 }
 
+/// Sends once; the outcome as the checker should see it.
+async fn send_once(
+    client: &mut Client,
+    partition: i32,
+    acks: i16,
+    value: u64,
+    timestamp: i64,
+) -> Outcome<u64> {
+    match client
+        .call_checked(&produce_request(partition, acks, value, timestamp), 9)
+        .await
+    {
+        Ok(r) => {
+            let p = &r.responses[0].partition_responses[0];
+            match p.error_code {
+                0 => Outcome::Ok(p.base_offset as u64),
+                // Refused before anything was written: definitely not in the log.
+                code if [2, 3, 10, 21].contains(&code) => {
+                    Outcome::Fail(format!("error code {code}"))
+                }
+                code => Outcome::Info(format!("error code {code}")),
+            }
+        }
+        Err(CallError::NotSent(why)) => Outcome::Fail(why),
+        Err(CallError::Unknown(why)) => Outcome::Info(why),
+    }
+}
+
+/// Attempts per send of an idempotent producer (the first try and its retries).
+const IDEMPOTENT_ATTEMPTS_MAX: u32 = 6;
+
+/// An idempotent producer's identity and per-partition sequence numbers.
+#[derive(Default)]
+struct IdempotentProducer {
+    id: Option<(i64, i16)>,
+    sequences: BTreeMap<i32, i32>,
+}
+
+impl IdempotentProducer {
+    /// Sends `value`, retrying the identical batch while its fate is unknown. The broker must
+    /// answer a retry of a batch it already has with the original offset.
+    async fn send(
+        &mut self,
+        client: &mut Client,
+        partition: i32,
+        acks: i16,
+        value: u64,
+        timestamp: i64,
+    ) -> Outcome<u64> {
+        let (producer_id, epoch) = match self.id {
+            Some(id) => id,
+            None => {
+                let request = InitProducerIdRequest::default()
+                    .with_transactional_id(None)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1);
+                match client.call_checked(&request, 4).await {
+                    Ok(r) if r.error_code == 0 => {
+                        let id = (r.producer_id.0, r.producer_epoch);
+                        self.id = Some(id);
+                        self.sequences.clear();
+                        id
+                    }
+                    Ok(r) => {
+                        return Outcome::Fail(format!("InitProducerId error code {}", r.error_code))
+                    }
+                    Err(CallError::NotSent(why) | CallError::Unknown(why)) => {
+                        return Outcome::Fail(format!("InitProducerId: {why}"))
+                    }
+                }
+            }
+        };
+        let sequence = *self.sequences.get(&partition).unwrap_or(&0);
+        let request = produce_request_as(
+            partition,
+            acks,
+            value,
+            timestamp,
+            Some((producer_id, epoch, sequence)),
+        );
+        let mut maybe_sent = false;
+        let mut last = String::new();
+        for attempt in 0..IDEMPOTENT_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+            }
+            match client.call_checked(&request, 9).await {
+                Ok(r) => {
+                    let p = &r.responses[0].partition_responses[0];
+                    match p.error_code {
+                        0 => {
+                            self.sequences.insert(partition, sequence.wrapping_add(1));
+                            return Outcome::Ok(p.base_offset as u64);
+                        }
+                        code if [2, 3, 10, 21].contains(&code) && !maybe_sent => {
+                            return Outcome::Fail(format!("error code {code}"));
+                        }
+                        // The sequence no longer fits what the broker has (an acks=1 batch lost
+                        // in a crash, say): start over as a new producer. This value's fate is
+                        // unknown if an earlier attempt may have landed.
+                        45 | 47 | 59 => {
+                            self.id = None;
+                            let why = format!("error code {}, producer reset", p.error_code);
+                            return if maybe_sent {
+                                Outcome::Info(why)
+                            } else {
+                                Outcome::Fail(why)
+                            };
+                        }
+                        code => {
+                            maybe_sent = true;
+                            last = format!("error code {code}");
+                        }
+                    }
+                }
+                Err(CallError::NotSent(why)) => last = why,
+                Err(CallError::Unknown(why)) => {
+                    maybe_sent = true;
+                    last = why;
+                }
+            }
+        }
+        // Gave up: the next value must not reuse this sequence, so start over as a new producer.
+        self.id = None;
+        if maybe_sent {
+            Outcome::Info(format!("{last} after {IDEMPOTENT_ATTEMPTS_MAX} attempts"))
+        } else {
+            Outcome::Fail(format!("{last} after {IDEMPOTENT_ATTEMPTS_MAX} attempts"))
+        }
+    }
+}
+
 /// What a fetch of `cursors` returned.
 struct Fetched {
     reads: Reads,
@@ -285,6 +432,11 @@ pub async fn run_client(
     let mut next_value: u64 = 0;
     let all: Vec<i32> = (0..params.partitions).collect();
     let mut cursors: BTreeMap<i32, u64> = all.iter().map(|p| (*p, 0)).collect();
+    // Some processes are idempotent producers that retry indeterminate sends, as Kafka
+    // clients do: the broker must recognise every retry, even across crashes.
+    let mut idempotence = rng
+        .chance(params.idempotent_per_mille)
+        .then(IdempotentProducer::default);
     let record = |ops: &mut Vec<Recorded>, kind: OpKind, invoke_ms: u64, trace: &Trace| {
         let complete_ms = trace.now_ms();
         trace.record(&source, "op", describe(&kind));
@@ -310,23 +462,13 @@ pub async fn run_client(
             let value = (u64::from(process) << 40) | next_value;
             next_value += 1;
             let timestamp = 1_700_000_000_000 + invoke_ms as i64;
-            let outcome = match client
-                .call_checked(&produce_request(partition, acks_code, value, timestamp), 9)
-                .await
-            {
-                Ok(r) => {
-                    let p = &r.responses[0].partition_responses[0];
-                    match p.error_code {
-                        0 => Outcome::Ok(p.base_offset as u64),
-                        // Refused before anything was written: definitely not in the log.
-                        code if [2, 3, 10, 21].contains(&code) => {
-                            Outcome::Fail(format!("error code {code}"))
-                        }
-                        code => Outcome::Info(format!("error code {code}")),
-                    }
+            let outcome = match idempotence.as_mut() {
+                None => send_once(&mut client, partition, acks_code, value, timestamp).await,
+                Some(producer) => {
+                    producer
+                        .send(&mut client, partition, acks_code, value, timestamp)
+                        .await
                 }
-                Err(CallError::NotSent(why)) => Outcome::Fail(why),
-                Err(CallError::Unknown(why)) => Outcome::Info(why),
             };
             record(
                 &mut ops,

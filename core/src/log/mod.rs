@@ -351,6 +351,8 @@ impl PartitionLog {
                 .check(&header, state_may_be_lost)
                 .map_err(AppendError::Producer)?
             {
+                SequenceCheck::Duplicate(_)
+                    if crate::planted::active(crate::planted::Bug::IdempotenceOff) => {}
                 SequenceCheck::Duplicate(meta) => {
                     return Ok(Appended {
                         base_offset: meta.first_offset,
