@@ -82,6 +82,8 @@ impl LogMeta {
             return Err(LogMetaError::BadTerm);
         }
         if self.term_runs.last().is_none_or(|run| run.1 != term) {
+            // Terms change rarely: grow exactly, so an idle group holds one run, not four.
+            self.term_runs.reserve_exact(1);
             self.term_runs.push((index, term));
         }
         self.last_index = index;
@@ -412,9 +414,12 @@ impl RaftLog {
             self.cache_bytes -= front.size_bytes();
             self.cache.pop_front();
         }
+        // An idle group holds no buffers.
         if self.cache.is_empty() && self.cache.capacity() > 0 {
-            // An idle group holds no buffer.
             self.cache = VecDeque::new();
+        }
+        if self.unsynced.is_empty() && self.unsynced.capacity() > 0 {
+            self.unsynced = VecDeque::new();
         }
     }
 

@@ -581,6 +581,10 @@ impl Raft {
             self.applied += n as u64;
         }
         self.evict_cache();
+        if self.held.is_empty() && self.held.capacity() > 0 {
+            // An idle group holds no buffer.
+            self.held = VecDeque::new();
+        }
         self.debug_check();
         ready
     }
@@ -731,15 +735,16 @@ impl Raft {
         let next = self.log.last_index() + 1;
         let me = self.config.id;
         let window = self.config.inflight_appends_max;
-        self.progress = self
-            .log
-            .meta
-            .membership()
-            .voters()
-            .iter()
-            .filter(|v| **v != me)
-            .map(|v| Progress::new(*v, next, window))
-            .collect();
+        let voters = self.log.meta.membership().voters();
+        let followers = voters.iter().filter(|v| **v != me).count();
+        let mut progress = Vec::with_capacity(followers);
+        progress.extend(
+            voters
+                .iter()
+                .filter(|v| **v != me)
+                .map(|v| Progress::new(*v, next, window)),
+        );
+        self.progress = progress;
         self.term_start_index = self.append_entry(EntryKind::Empty, Bytes::new());
     }
 
@@ -947,11 +952,9 @@ impl Raft {
             if self.log.meta.term(e.index) != Some(e.term) {
                 if e.index <= self.commit {
                     // A committed entry never changes; a leader that says otherwise is broken.
-                    assert!(
-                        !cfg!(any(debug_assertions, madsim)),
-                        "leader {from} conflicts with committed entry {}",
-                        e.index
-                    );
+                    if cfg!(any(debug_assertions, madsim)) {
+                        panic!("leader {from} conflicts with committed entry {}", e.index);
+                    }
                     return;
                 }
                 self.log.truncate_from(e.index);
@@ -1142,6 +1145,8 @@ impl Raft {
         let snapshot_index = self.log.meta.snapshot().index;
         let pr = &mut self.progress[i];
         pr.recent_active = true;
+        // Whatever commit index the rejected append carried was not learned; tell it again.
+        pr.commit_sent = 0;
         use super::progress::ProgressState::*;
         let answers_last_send = match pr.state {
             Replicate => prev_index > pr.match_index,
@@ -1249,7 +1254,8 @@ impl Raft {
                 .read(next, hi, self.config.append_bytes_max, source, &mut entries)
                 == 0
             {
-                // Storage did not answer; the next `ready` tries again.
+                // Storage did not answer; retry after the next heartbeat.
+                self.progress[i].pause_until_heartbeat();
                 return false;
             }
         }
@@ -1273,6 +1279,7 @@ impl Raft {
     fn send_snapshot(&mut self, i: usize, source: &impl EntrySource) -> bool {
         let meta = self.log.meta.snapshot().clone();
         let Some(data) = source.snapshot_data(meta.index) else {
+            self.progress[i].pause_until_heartbeat();
             return false;
         };
         let index = meta.index;

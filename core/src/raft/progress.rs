@@ -146,6 +146,15 @@ impl Progress {
         self.inflight.clear();
     }
 
+    /// Storage could not provide what this follower needs: wait for the next heartbeat answer
+    /// before trying again (instead of asking on every `ready`).
+    pub fn pause_until_heartbeat(&mut self) {
+        let next = self.next_index;
+        self.become_probe(next);
+        self.probe_sent = true;
+        self.want_empty_append = false;
+    }
+
     /// An append of entries up to `last_index` was sent (`None`: an append without entries).
     pub fn on_sent(&mut self, last_index: Option<u64>) {
         self.want_empty_append = false;

@@ -1,5 +1,7 @@
 //! Tests of the Raft state machine: unit tests per handler, named scenarios on the cluster
-//! harness, and property tests over random schedules.
+//! harness, property tests over random schedules, and the cost of idle groups.
 
+mod idle;
 mod properties;
 mod scenarios;
+mod unit;

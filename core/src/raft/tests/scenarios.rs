@@ -540,3 +540,38 @@ fn crash_before_sync_loses_unacknowledged_entries_only() {
     c.settle();
     assert!(c.raft(follower).commit_index() >= p);
 }
+
+/// Pipelined load on a network that reorders everything: after each batch, with no tick (so no
+/// heartbeat) to help, every replica has committed and applied the whole batch. (Found by the
+/// benchmark: a rejected empty append had counted as telling the follower the commit index.)
+#[test]
+fn pipelined_load_commits_everywhere_without_heartbeats() {
+    for seed in 0..4 {
+        let mut options = ClusterOptions::calm(3);
+        options.inflight_appends_max = 2 + seed as usize;
+        options.append_entries_max = 4;
+        let mut c = Cluster::new(options, seed);
+        elect(&mut c, 0, nothing);
+        let mut rng = crate::rng::Rng::new(seed);
+        for _ in 0..300 {
+            let count = rng.between(1, 24);
+            let last = if rng.chance(500) {
+                // One at a time: an append per proposal, pipelined.
+                (0..count).map(|_| c.propose(0).unwrap().0).last().unwrap()
+            } else {
+                // All, then one `ready`: shared appends.
+                let payloads = (0..count).map(|i| bytes::Bytes::from(vec![i as u8; 8]));
+                c.propose_all(0, payloads).unwrap()
+            };
+            c.settle();
+            for id in c.ids() {
+                assert_eq!(c.raft(id).applied_index(), last, "seed {seed} replica {id}");
+            }
+            if rng.chance(50) {
+                for id in c.ids() {
+                    c.compact(id, last);
+                }
+            }
+        }
+    }
+}
