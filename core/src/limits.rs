@@ -34,6 +34,9 @@ pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
 /// oldest is forgotten (its retries are then treated as new); Kafka expires by time instead
 /// (`producer.id.expiration.ms`), which needs a clock in the log — this bound needs none.
 pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
+/// Raft indexes are Kafka offsets (INT64 on the wire): anything at or above this is refused as
+/// malformed, so index arithmetic (`last + 1`) never overflows.
+pub const RAFT_INDEX_LIMIT: u64 = i64::MAX as u64;
 /// Bytes read per step while scanning a segment during recovery.
 pub const RECOVERY_READ_BYTES: u32 = 1024 * 1024;
 

@@ -247,7 +247,13 @@ impl Raft {
             });
         }
         let snapshot_index = log.snapshot().index;
-        let commit = hard_state.commit.clamp(snapshot_index, log.last_index());
+        // Entries the host has applied were committed, even if the commit index on disk lags
+        // (a follower learns commits from heartbeats without writing them): start from the later
+        // of the two, so nothing already applied is handed out again.
+        let commit = hard_state
+            .commit
+            .max(applied)
+            .clamp(snapshot_index, log.last_index());
         let mut raft = Raft {
             rng,
             role: Role::Follower,
@@ -867,6 +873,11 @@ impl Raft {
         if prev_term > term {
             return false;
         }
+        // Indexes are Kafka offsets: they stay below i64::MAX, so `+ 1` never overflows.
+        let fits = |i: u64| i < RAFT_INDEX_LIMIT;
+        if !fits(prev_index) || !fits(prev_index.saturating_add(entries.len() as u64)) {
+            return false;
+        }
         let mut last_term = prev_term.max(1);
         for (i, e) in entries.iter().enumerate() {
             if e.index != prev_index + 1 + i as u64 || e.term < last_term || e.term > term {
@@ -907,7 +918,8 @@ impl Raft {
                 return;
             }
             if entries[skip - 1].term != snapshot_term {
-                debug_assert!(false, "leader disagrees with a committed snapshot");
+                // Impossible from a correct leader; peer input never panics a replica: drop it.
+                self.messages_dropped += 1;
                 return;
             }
             prev_index = snapshot_index;
@@ -951,10 +963,10 @@ impl Raft {
             }
             if self.log.meta.term(e.index) != Some(e.term) {
                 if e.index <= self.commit {
-                    // A committed entry never changes; a leader that says otherwise is broken.
-                    if cfg!(any(debug_assertions, madsim)) {
-                        panic!("leader {from} conflicts with committed entry {}", e.index);
-                    }
+                    // A committed entry never changes; a leader that says otherwise is broken
+                    // (or the message is forged). Peer input never panics a replica: drop it.
+                    // The cluster checkers catch a committed entry changing anywhere.
+                    self.messages_dropped += 1;
                     return;
                 }
                 self.log.truncate_from(e.index);
@@ -977,7 +989,11 @@ impl Raft {
 
     fn handle_snapshot(&mut self, from: NodeId, term: u64, snapshot: Snapshot) {
         let meta = &snapshot.meta;
-        if meta.term > term || meta.membership.len() > RAFT_VOTERS_MAX {
+        if meta.term > term
+            || meta.membership.len() > RAFT_VOTERS_MAX
+            || meta.index >= RAFT_INDEX_LIMIT
+        {
+            self.messages_dropped += 1;
             return;
         }
         if meta.index <= self.commit {

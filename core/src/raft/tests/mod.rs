@@ -3,5 +3,6 @@
 
 mod idle;
 mod properties;
+mod review;
 mod scenarios;
 mod unit;
