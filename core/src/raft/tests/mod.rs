@@ -6,3 +6,29 @@ mod properties;
 mod review;
 mod scenarios;
 mod unit;
+
+use bytes::Bytes;
+
+use crate::raft::*;
+
+/// Entries served from a vector (index 1 first).
+#[derive(Default)]
+pub(super) struct VecSource(pub(super) Vec<Entry>);
+
+impl EntrySource for VecSource {
+    fn entries(&self, lo: u64, hi: u64, _max_bytes: u64, out: &mut Vec<Entry>) {
+        out.extend(self.0[lo as usize - 1..hi as usize].iter().cloned());
+    }
+
+    fn snapshot_data(&self, _index: u64) -> Option<Bytes> {
+        Some(Bytes::new())
+    }
+}
+
+pub(super) fn config(id: NodeId) -> RaftConfig {
+    RaftConfig {
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        ..RaftConfig::new(id)
+    }
+}

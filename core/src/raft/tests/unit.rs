@@ -5,27 +5,7 @@ use bytes::Bytes;
 use crate::raft::*;
 use crate::rng::Rng;
 
-/// Entries served from a vector (index 1 first).
-#[derive(Default)]
-struct VecSource(Vec<Entry>);
-
-impl EntrySource for VecSource {
-    fn entries(&self, lo: u64, hi: u64, _max_bytes: u64, out: &mut Vec<Entry>) {
-        out.extend(self.0[lo as usize - 1..hi as usize].iter().cloned());
-    }
-
-    fn snapshot_data(&self, _index: u64) -> Option<Bytes> {
-        Some(Bytes::new())
-    }
-}
-
-fn config(id: NodeId) -> RaftConfig {
-    RaftConfig {
-        election_ticks: 10,
-        heartbeat_ticks: 2,
-        ..RaftConfig::new(id)
-    }
-}
+use super::{config, VecSource};
 
 fn replica(id: NodeId, voters: &[NodeId]) -> Raft {
     let state = RaftState::bootstrap(Membership::new(voters.iter().copied()));
