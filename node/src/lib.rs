@@ -12,6 +12,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod metadata;
+pub mod rpc;
 pub mod server;
 pub mod storage;
 pub mod wire;
