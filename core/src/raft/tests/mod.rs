@@ -32,3 +32,21 @@ pub(super) fn config(id: NodeId) -> RaftConfig {
         ..RaftConfig::new(id)
     }
 }
+
+pub(super) fn entry(index: u64, term: u64) -> Entry {
+    Entry {
+        index,
+        term,
+        kind: EntryKind::Normal,
+        payload: Bytes::from(vec![index as u8; 4]),
+    }
+}
+
+pub(super) fn msg(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
+    Message {
+        from,
+        to,
+        term,
+        body,
+    }
+}

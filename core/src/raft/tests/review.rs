@@ -8,25 +8,7 @@ use bytes::Bytes;
 use crate::raft::*;
 use crate::rng::Rng;
 
-use super::{config, VecSource};
-
-fn entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        kind: EntryKind::Normal,
-        payload: Bytes::from(vec![index as u8; 4]),
-    }
-}
-
-fn msg(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body,
-    }
-}
+use super::{config, entry, msg, VecSource};
 
 fn follower(id: NodeId, voters: &[NodeId], term: u64) -> Raft {
     let mut state = RaftState::bootstrap(Membership::new(voters.iter().copied()));

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use crate::raft::*;
 use crate::rng::Rng;
 
-use super::{config, VecSource};
+use super::{config, entry, msg, VecSource};
 
 fn replica(id: NodeId, voters: &[NodeId]) -> Raft {
     let state = RaftState::bootstrap(Membership::new(voters.iter().copied()));
@@ -26,24 +26,6 @@ fn replica_with_log(id: NodeId, voters: &[NodeId], terms: &[u64], term: u64) -> 
         Raft::new(config(id), Rng::new(id), state).unwrap(),
         VecSource(entries),
     )
-}
-
-fn entry(index: u64, term: u64) -> Entry {
-    Entry {
-        index,
-        term,
-        kind: EntryKind::Normal,
-        payload: Bytes::from(vec![index as u8; 4]),
-    }
-}
-
-fn msg(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body,
-    }
 }
 
 /// `ready` with nothing cached needed.
