@@ -235,6 +235,12 @@ fn decode_values(records: &[u8], from: u64) -> Result<Vec<(u64, u64)>, String> {
     Ok(out)
 }
 
+/// Produce error codes that mean the batch was refused before anything was written: corrupt
+/// message, unknown topic or partition, message too large, invalid acks.
+fn refused_before_write(code: i16) -> bool {
+    [2, 3, 10, 21].contains(&code)
+}
+
 /// Sends once; the outcome as the checker should see it.
 async fn send_once(
     client: &mut Client,
@@ -252,9 +258,7 @@ async fn send_once(
             match p.error_code {
                 0 => Outcome::Ok(p.base_offset as u64),
                 // Refused before anything was written: definitely not in the log.
-                code if [2, 3, 10, 21].contains(&code) => {
-                    Outcome::Fail(format!("error code {code}"))
-                }
+                code if refused_before_write(code) => Outcome::Fail(format!("error code {code}")),
                 code => Outcome::Info(format!("error code {code}")),
             }
         }
@@ -329,7 +333,7 @@ impl IdempotentProducer {
                             self.sequences.insert(partition, sequence.wrapping_add(1));
                             return Outcome::Ok(p.base_offset as u64);
                         }
-                        code if [2, 3, 10, 21].contains(&code) && !maybe_sent => {
+                        code if refused_before_write(code) && !maybe_sent => {
                             return Outcome::Fail(format!("error code {code}"));
                         }
                         // The sequence no longer fits what the broker has (an acks=1 batch lost

@@ -163,21 +163,10 @@ impl<S: Storage> Broker<S> {
             self.recover_partition(&tp);
             return Err((ErrorCode::KafkaStorageError, format!("storage failed: {e}")));
         }
+        let (log_start_offset, high_watermark) =
+            (part.log.log_start_offset(), part.log.high_watermark());
         self.dirty.insert(tp);
-        Ok((
-            appended,
-            part_log_start(self, topic, partition),
-            self.high_watermark(topic, partition),
-        ))
-    }
-
-    fn high_watermark(&self, topic: &str, partition: i32) -> u64 {
-        self.partitions
-            .get(&TopicPartition {
-                topic: topic.to_string(),
-                partition,
-            })
-            .map_or(0, |p| p.log.high_watermark())
+        Ok((appended, log_start_offset, high_watermark))
     }
 
     /// Answers acks=all waiters whose batches are all committed, and times out the rest.
@@ -236,14 +225,4 @@ impl<S: Storage> Broker<S> {
             }
         }
     }
-}
-
-fn part_log_start<S: Storage>(broker: &Broker<S>, topic: &str, partition: i32) -> u64 {
-    broker
-        .partitions
-        .get(&TopicPartition {
-            topic: topic.to_string(),
-            partition,
-        })
-        .map_or(0, |p| p.log.log_start_offset())
 }
