@@ -2,6 +2,7 @@
 //! precedence. Every setting has a flag, an environment variable `SLUICE_<NAME>` and a TOML key
 //! `<name>` (snake case), and `sluice serve --help` lists them all with their defaults.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -69,6 +70,24 @@ pub struct ServeArgs {
     /// How often retention runs (log.retention.check.interval.ms) [default: 300000].
     #[arg(long, env = "SLUICE_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// Every node of the cluster as `id@host:rpc_port`, this node included, comma separated
+    /// (the same list on every node). Unset or empty: a single node that needs no peers.
+    #[arg(long, env = "SLUICE_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Address to listen on for node-to-node RPC [default: this node's address in `peers`].
+    #[arg(long, env = "SLUICE_RPC_LISTEN")]
+    pub rpc_listen: Option<String>,
+    /// Replication factor of topics created without one (default.replication.factor)
+    /// [default: 3, or the cluster size if smaller].
+    #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR")]
+    pub default_replication_factor: Option<i16>,
+    /// Raft's clock: every timeout below is a whole number of ticks [default: 50].
+    #[arg(long, env = "SLUICE_RAFT_TICK_MS")]
+    pub raft_tick_ms: Option<u64>,
+    /// A follower that hears nothing from its leader for this long (randomised up to twice it)
+    /// starts an election [default: 1000].
+    #[arg(long, env = "SLUICE_ELECTION_TIMEOUT_MS")]
+    pub election_timeout_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -86,6 +105,16 @@ pub struct Config {
     /// Defaults for topics that do not override them.
     pub log: LogConfig,
     pub retention_check_interval_ms: u64,
+    /// The cluster's nodes by id with their RPC addresses; empty for a single node.
+    pub peers: BTreeMap<u64, String>,
+    pub rpc_listen: Option<String>,
+    /// The metadata quorum's voters: every node (this node alone when `peers` is empty). Raft
+    /// learners are not implemented, so a node that is not a voter could not follow the metadata
+    /// log; a cluster therefore has at most [`limits::RAFT_VOTERS_MAX`] nodes for now.
+    pub controllers: Vec<u64>,
+    pub default_replication_factor: i16,
+    pub raft_tick_ms: u64,
+    pub election_timeout_ms: u64,
 }
 
 /// Kafka's `socket.request.max.bytes`.
@@ -119,12 +148,35 @@ impl Config {
     /// Applies defaults to whatever is unset and checks the result.
     pub fn resolve(a: ServeArgs) -> Result<Config, String> {
         let listen = a.listen.unwrap_or_else(|| "127.0.0.1:9092".to_string());
+        let node_id = a.node_id.unwrap_or(0);
+        let peers = parse_peers(a.peers.as_deref().unwrap_or(&[]))?;
+        if !peers.is_empty() && !peers.contains_key(&(node_id as u64)) {
+            return Err(format!(
+                "node_id {node_id} is not in peers ({})",
+                peers.keys().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if peers.len() > limits::RAFT_VOTERS_MAX {
+            return Err(format!(
+                "a cluster has at most {} nodes for now (every node is a metadata voter)",
+                limits::RAFT_VOTERS_MAX
+            ));
+        }
+        let controllers = if peers.is_empty() {
+            vec![node_id as u64]
+        } else {
+            peers.keys().copied().collect()
+        };
+        let rpc_listen = a
+            .rpc_listen
+            .or_else(|| peers.get(&(node_id as u64)).cloned());
+        let nodes = peers.len().max(1);
         let log_defaults = LogConfig::default();
         let config = Config {
             advertised_listener: a.advertised_listener.unwrap_or_else(|| listen.clone()),
             listen,
             data_dir: a.data_dir.unwrap_or_else(|| PathBuf::from("./data")),
-            node_id: a.node_id.unwrap_or(0),
+            node_id,
             auto_create_topics: a.auto_create_topics.unwrap_or(true),
             num_partitions: a.num_partitions.unwrap_or(1),
             frame_bytes_max: a.frame_bytes_max.unwrap_or(FRAME_BYTES_MAX_DEFAULT),
@@ -145,7 +197,27 @@ impl Config {
                     .unwrap_or(limits::MESSAGE_BYTES_MAX_DEFAULT),
             },
             retention_check_interval_ms: a.retention_check_interval_ms.unwrap_or(300_000),
+            default_replication_factor: a
+                .default_replication_factor
+                .unwrap_or(3.min(nodes as i16)),
+            raft_tick_ms: a.raft_tick_ms.unwrap_or(50),
+            election_timeout_ms: a.election_timeout_ms.unwrap_or(1000),
+            peers,
+            rpc_listen,
+            controllers,
         };
+        if config.node_id < 0 {
+            return Err("node_id must not be negative".into());
+        }
+        if config.default_replication_factor < 1 {
+            return Err("default_replication_factor must be positive".into());
+        }
+        if config.raft_tick_ms == 0 || config.raft_tick_ms > 10_000 {
+            return Err("raft_tick_ms must be in 1..=10000".into());
+        }
+        if config.election_timeout_ms < 2 * config.raft_tick_ms {
+            return Err("election_timeout_ms must be at least two raft ticks".into());
+        }
         config.log.validate()?;
         if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&config.num_partitions) {
             return Err(format!(
@@ -189,8 +261,40 @@ impl ServeArgs {
             retention_check_interval_ms: self
                 .retention_check_interval_ms
                 .or(file.retention_check_interval_ms),
+            peers: self.peers.or(file.peers),
+            rpc_listen: self.rpc_listen.or(file.rpc_listen),
+            default_replication_factor: self
+                .default_replication_factor
+                .or(file.default_replication_factor),
+            raft_tick_ms: self.raft_tick_ms.or(file.raft_tick_ms),
+            election_timeout_ms: self.election_timeout_ms.or(file.election_timeout_ms),
         }
     }
+}
+
+/// Parses `id@host:port` entries; ids must be unique.
+fn parse_peers(entries: &[String]) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for entry in entries {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let (id, addr) = entry
+            .split_once('@')
+            .ok_or_else(|| format!("peer {entry:?} is not id@host:port"))?;
+        let id: u64 = id
+            .parse()
+            .map_err(|_| format!("peer {entry:?} has an invalid node id"))?;
+        if id > i32::MAX as u64 {
+            return Err(format!("peer {entry:?}: node ids are Kafka broker ids (i32)"));
+        }
+        split_host_port(addr)?;
+        if peers.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node id {id} appears twice in peers"));
+        }
+    }
+    Ok(peers)
 }
 
 /// Splits `host:port` (IPv6 hosts in brackets).
@@ -242,5 +346,35 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(Config::resolve(bad).unwrap_err().contains("num_partitions"));
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let single = Config::default();
+        assert!(single.peers.is_empty());
+        assert_eq!(single.controllers, vec![0]);
+        assert_eq!(single.default_replication_factor, 1);
+
+        let file: ServeArgs = toml::from_str(
+            "node_id = 2\npeers = [\"1@10.0.0.1:9093\", \"2@10.0.0.2:9093\", \"3@10.0.0.3:9093\"]",
+        )
+        .unwrap();
+        let c = Config::resolve(file).unwrap();
+        assert_eq!(c.controllers, vec![1, 2, 3]);
+        assert_eq!(c.rpc_listen.as_deref(), Some("10.0.0.2:9093"));
+        assert_eq!(c.default_replication_factor, 3);
+
+        let outsider = ServeArgs {
+            node_id: Some(4),
+            peers: Some(vec!["1@a:1".into(), "2@b:1".into()]),
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve(outsider).unwrap_err().contains("not in peers"));
+        let twice = ServeArgs {
+            node_id: Some(1),
+            peers: Some(vec!["1@a:1".into(), "1@b:1".into()]),
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve(twice).unwrap_err().contains("twice"));
     }
 }

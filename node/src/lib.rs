@@ -10,6 +10,8 @@ mod alloc;
 pub mod bench;
 pub mod broker;
 pub mod client;
+#[cfg(not(madsim))]
+pub mod cluster;
 pub mod config;
 pub mod metadata;
 pub mod rpc;

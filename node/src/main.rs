@@ -24,6 +24,9 @@ enum Command {
     #[cfg(not(madsim))]
     #[command(subcommand)]
     Bench(sluice_node::bench::BenchCommand),
+    /// Start a local cluster of `sluice serve` processes on 127.0.0.1 for development.
+    #[cfg(not(madsim))]
+    Cluster(sluice_node::cluster::ClusterArgs),
 }
 
 fn init_logging() {
@@ -42,6 +45,8 @@ fn main() -> std::process::ExitCode {
     init_logging();
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
+        #[cfg(not(madsim))]
+        Command::Cluster(args) => sluice_node::cluster::run(args),
         #[cfg(not(madsim))]
         Command::Bench(cmd) => match sluice_node::bench::run(cmd) {
             Ok(()) => std::process::ExitCode::SUCCESS,
