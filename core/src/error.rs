@@ -37,8 +37,11 @@ pub enum ErrorCode {
     UnknownServerError = -1,
     FencedLeaderEpoch = 74,
     UnknownLeaderEpoch = 75,
+    StaleBrokerEpoch = 77,
     InvalidRecord = 87,
     UnknownTopicId = 100,
+    DuplicateBrokerRegistration = 101,
+    BrokerIdNotRegistered = 102,
 }
 
 impl ErrorCode {

@@ -12,6 +12,7 @@ mod error;
 pub mod history;
 pub mod limits;
 pub mod log;
+pub mod metadata;
 pub mod planted;
 pub mod producer;
 pub mod raft;

@@ -76,3 +76,19 @@ const _: () = assert!(RAFT_INFLIGHT_APPENDS_MAX >= 1 && RAFT_INFLIGHT_APPENDS_MA
 const _: () = assert!(RAFT_HEARTBEAT_TICKS_DEFAULT < RAFT_ELECTION_TICKS_DEFAULT);
 const _: () = assert!(RAFT_UNCOMMITTED_ENTRIES_MAX_DEFAULT >= RAFT_APPEND_ENTRIES_MAX as u64);
 const _: () = assert!(RAFT_QUEUED_MESSAGES_MAX >= 2 * RAFT_VOTERS_MAX);
+
+/// Metadata: partitions of one topic at most (also the node's `num_partitions` bound).
+pub const TOPIC_PARTITIONS_MAX: usize = 10_000;
+/// Metadata: replicas of one partition at most. Every partition is a Raft group, so its replica
+/// set is a voter set.
+pub const TOPIC_REPLICAS_MAX: usize = RAFT_VOTERS_MAX;
+/// Metadata: config overrides of one topic at most (there are far fewer known topic configs).
+pub const TOPIC_CONFIGS_MAX: usize = 64;
+/// Metadata: bytes of any string in a metadata record (host, rack, config name or value).
+/// Topic names are shorter still (249, Kafka's limit).
+pub const METADATA_STRING_BYTES_MAX: usize = 1024;
+
+const _: () = assert!(TOPIC_PARTITIONS_MAX <= i32::MAX as usize);
+const _: () = assert!(TOPIC_REPLICAS_MAX <= u8::MAX as usize);
+const _: () = assert!(TOPIC_CONFIGS_MAX <= u16::MAX as usize);
+const _: () = assert!(METADATA_STRING_BYTES_MAX <= u16::MAX as usize);
