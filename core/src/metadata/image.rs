@@ -65,6 +65,10 @@ pub struct MetadataImage {
     topic_ids: BTreeMap<String, TopicId>,
     /// The offset of the last record applied; offsets only grow.
     last_applied_offset: Option<u64>,
+    /// Producer ids below this are allocated (0 until the first block).
+    producer_id_end: i64,
+    /// Set once, by the first controller.
+    cluster_id: Option<[u8; 16]>,
 }
 
 impl MetadataImage {
@@ -75,6 +79,15 @@ impl MetadataImage {
 
     pub fn last_applied_offset(&self) -> Option<u64> {
         self.last_applied_offset
+    }
+
+    /// Producer ids below this have been handed out in blocks.
+    pub fn producer_id_end(&self) -> i64 {
+        self.producer_id_end
+    }
+
+    pub fn cluster_id(&self) -> Option<[u8; 16]> {
+        self.cluster_id
     }
 
     pub fn broker(&self, node_id: BrokerId) -> Option<&BrokerRegistration> {
@@ -234,6 +247,23 @@ impl MetadataImage {
                 Changed
             }
             MetadataRecord::NoOp => Changed,
+            MetadataRecord::AllocateProducerIds { node_id, end } => {
+                if !self.brokers.contains_key(node_id) {
+                    return Ignored("unknown broker");
+                }
+                if *end <= self.producer_id_end {
+                    return Ignored("block already allocated");
+                }
+                self.producer_id_end = *end;
+                Changed
+            }
+            MetadataRecord::SetClusterId { cluster_id } => {
+                if self.cluster_id.is_some() {
+                    return Ignored("cluster id already set");
+                }
+                self.cluster_id = Some(*cluster_id);
+                Changed
+            }
         }
     }
 
@@ -319,6 +349,14 @@ impl MetadataImage {
                 body.put_u64(offset);
             }
         }
+        body.put_i64(self.producer_id_end);
+        match self.cluster_id {
+            None => body.put_u8(0),
+            Some(id) => {
+                body.put_u8(1);
+                body.put_slice(&id);
+            }
+        }
         put_count(&mut body, self.brokers.len());
         for b in self.brokers.values() {
             body.put_i32(b.node_id);
@@ -355,6 +393,10 @@ impl MetadataImage {
         let mut image = MetadataImage::new();
         if r.bool()? {
             image.last_applied_offset = Some(r.u64()?);
+        }
+        image.producer_id_end = r.u64()? as i64;
+        if r.bool()? {
+            image.cluster_id = Some(r.array()?);
         }
         // A broker takes at least 4 + 8 + 2 + 2 + 1 + 1 bytes.
         let brokers = r.count(18, usize::MAX, "broker count")?;

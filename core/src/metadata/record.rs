@@ -70,6 +70,16 @@ pub enum MetadataRecord {
     },
     /// Nothing; a controller writes one to commit its term or to test the log.
     NoOp,
+    /// Producer ids below `end` are taken: the controller hands them out in blocks (Kafka's
+    /// AllocateProducerIds), so ids stay unique across brokers and controller failovers.
+    AllocateProducerIds {
+        node_id: BrokerId,
+        end: i64,
+    },
+    /// The cluster's id, chosen by the first controller; later ones are ignored.
+    SetClusterId {
+        cluster_id: [u8; 16],
+    },
 }
 
 const KIND_REGISTER_BROKER: u8 = 1;
@@ -80,6 +90,8 @@ const KIND_DELETE_TOPIC: u8 = 5;
 const KIND_ALTER_TOPIC_CONFIG: u8 = 6;
 const KIND_CREATE_PARTITIONS: u8 = 7;
 const KIND_NO_OP: u8 = 8;
+const KIND_ALLOCATE_PRODUCER_IDS: u8 = 9;
+const KIND_SET_CLUSTER_ID: u8 = 10;
 
 /// The smallest encodings, for checking counts against the bytes left.
 const PAIR_BYTES_MIN: usize = 4;
@@ -153,6 +165,15 @@ impl MetadataRecord {
                 put_assignments(out, new);
             }
             MetadataRecord::NoOp => out.put_u8(KIND_NO_OP),
+            MetadataRecord::AllocateProducerIds { node_id, end } => {
+                out.put_u8(KIND_ALLOCATE_PRODUCER_IDS);
+                out.put_i32(*node_id);
+                out.put_i64(*end);
+            }
+            MetadataRecord::SetClusterId { cluster_id } => {
+                out.put_u8(KIND_SET_CLUSTER_ID);
+                out.put_slice(cluster_id);
+            }
         }
     }
 
@@ -205,6 +226,13 @@ impl MetadataRecord {
                 new: read_assignments(&mut r)?,
             },
             KIND_NO_OP => MetadataRecord::NoOp,
+            KIND_ALLOCATE_PRODUCER_IDS => MetadataRecord::AllocateProducerIds {
+                node_id: r.i32()?,
+                end: r.u64()? as i64,
+            },
+            KIND_SET_CLUSTER_ID => MetadataRecord::SetClusterId {
+                cluster_id: r.array()?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
