@@ -289,7 +289,12 @@ pub fn leader_epoch_start_batch(base_offset: i64, epoch: i32, timestamp_ms: i64)
 }
 
 /// The control batch of a Raft membership entry carrying `payload`.
-pub fn membership_batch(base_offset: i64, epoch: i32, payload: &[u8], timestamp_ms: i64) -> Vec<u8> {
+pub fn membership_batch(
+    base_offset: i64,
+    epoch: i32,
+    payload: &[u8],
+    timestamp_ms: i64,
+) -> Vec<u8> {
     control_batch(
         base_offset,
         epoch,
@@ -779,7 +784,10 @@ mod tests {
         assert!(header.is_control() && !header.is_idempotent());
         assert_eq!((header.base_offset, header.partition_leader_epoch), (41, 7));
         assert_eq!((header.record_count, header.last_offset_delta), (1, 0));
-        assert_eq!(control_type_of(&start), Some(CONTROL_TYPE_LEADER_EPOCH_START));
+        assert_eq!(
+            control_type_of(&start),
+            Some(CONTROL_TYPE_LEADER_EPOCH_START)
+        );
         assert_eq!(control_value(&start), Some(&[0, 0, 0, 0, 0, 7][..]));
         let members = membership_batch(42, 7, b"voters 1 2 3", 1_001);
         assert_eq!(control_type_of(&members), Some(CONTROL_TYPE_MEMBERSHIP));
@@ -794,7 +802,10 @@ mod tests {
         let mut bytes = batch(3);
         stamp(&mut bytes, 1_000, 12);
         let header = validate_produce(&bytes, 1 << 20).unwrap();
-        assert_eq!((header.base_offset, header.partition_leader_epoch), (1_000, 12));
+        assert_eq!(
+            (header.base_offset, header.partition_leader_epoch),
+            (1_000, 12)
+        );
     }
 
     #[test]

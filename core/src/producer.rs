@@ -225,7 +225,10 @@ impl ProducerStateTable {
         }
         if let Some((id, entry)) = undo.evicted {
             let clash = self.producers.insert(id, entry);
-            assert!(clash.is_none(), "an evicted producer came back before its undo");
+            assert!(
+                clash.is_none(),
+                "an evicted producer came back before its undo"
+            );
         }
     }
 
@@ -415,7 +418,10 @@ mod tests {
         for undo in undos.into_iter().rev() {
             t.undo(undo);
         }
-        assert_eq!(t, before, "the fifth-oldest batch evicted by the first record is back");
+        assert_eq!(
+            t, before,
+            "the fifth-oldest batch evicted by the first record is back"
+        );
         t.check_invariants();
     }
 }

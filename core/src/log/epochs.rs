@@ -46,11 +46,19 @@ impl LeaderEpochCache {
 
     /// Notes a batch of `epoch` starting at `offset`, the log's end. A new epoch gets an entry.
     pub fn assign(&mut self, epoch: i32, offset: u64) {
-        assert!(self.accepts(epoch), "epoch {epoch} after {:?}", self.latest_epoch());
+        assert!(
+            self.accepts(epoch),
+            "epoch {epoch} after {:?}",
+            self.latest_epoch()
+        );
         assert!(self.entries.last().is_none_or(|e| e.start_offset <= offset));
         if self.latest_epoch() != Some(epoch) {
             // An entry without data (retention moved it to an empty log's end) gives way.
-            if self.entries.last().is_some_and(|e| e.start_offset == offset) {
+            if self
+                .entries
+                .last()
+                .is_some_and(|e| e.start_offset == offset)
+            {
                 self.entries.pop();
             }
             self.entries.push(EpochStart {
@@ -62,7 +70,11 @@ impl LeaderEpochCache {
 
     /// The log was truncated: forget every epoch that starts at or after `end_offset`.
     pub fn truncate_from_end(&mut self, end_offset: u64) {
-        while self.entries.last().is_some_and(|e| e.start_offset >= end_offset) {
+        while self
+            .entries
+            .last()
+            .is_some_and(|e| e.start_offset >= end_offset)
+        {
             self.entries.pop();
         }
     }
@@ -176,7 +188,11 @@ mod tests {
         let c = cache(&[(2, 10), (5, 20), (6, 35)]);
         let end = 50;
         assert_eq!(c.end_offset_for(6, end), (6, 50), "latest: the log end");
-        assert_eq!(c.end_offset_for(5, end), (5, 35), "exact: the next epoch's start");
+        assert_eq!(
+            c.end_offset_for(5, end),
+            (5, 35),
+            "exact: the next epoch's start"
+        );
         assert_eq!(c.end_offset_for(3, end), (2, 20), "a gap: the floor epoch");
         assert_eq!(c.end_offset_for(4, end), (2, 20));
         assert_eq!(c.end_offset_for(1, end), (1, 10), "below the earliest");
@@ -192,9 +208,17 @@ mod tests {
         c.truncate_from_end(20);
         assert_eq!(c, cache(&[(1, 0), (2, 10)]));
         c.truncate_from_end(15);
-        assert_eq!(c, cache(&[(1, 0), (2, 10)]), "the run of epoch 2 only shrinks");
+        assert_eq!(
+            c,
+            cache(&[(1, 0), (2, 10)]),
+            "the run of epoch 2 only shrinks"
+        );
         c.truncate_from_start(12);
-        assert_eq!(c, cache(&[(2, 12)]), "the entry covering the new start stays");
+        assert_eq!(
+            c,
+            cache(&[(2, 12)]),
+            "the entry covering the new start stays"
+        );
         c.truncate_from_start(5);
         assert_eq!(c, cache(&[(2, 12)]));
         c.truncate_from_end(12);

@@ -23,8 +23,8 @@ use bytes::{Bytes, BytesMut};
 
 pub use epochs::{EpochStart, LeaderEpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use read::{ReadCursor, ReadIo, ReadTarget, StoredBatch, TimestampHit};
-pub use replicated::{ProduceCheck, ReplicaAppendError, ReplicaAppended, TruncateError};
 pub use recovery::{Checkpoint, Recovery, RecoveryIo, CHECKPOINT_FILE};
+pub use replicated::{ProduceCheck, ReplicaAppendError, ReplicaAppended, TruncateError};
 pub use segment::{
     index_file_name, log_file_name, parse_log_file_name, time_index_file_name, OffsetEntry,
     Segment, SegmentMark, TimeEntry,
@@ -166,7 +166,10 @@ pub enum AppendError {
     Batch(BatchError),
     Producer(ProducerError),
     /// The leader epoch is older than the log's latest (a deposed leader).
-    FencedLeaderEpoch { latest: i32, received: i32 },
+    FencedLeaderEpoch {
+        latest: i32,
+        received: i32,
+    },
     /// Storage failed earlier; the log accepts nothing until recovered from disk.
     StorageFailed,
 }
@@ -188,7 +191,10 @@ impl std::fmt::Display for AppendError {
             AppendError::Batch(e) => e.fmt(f),
             AppendError::Producer(e) => e.fmt(f),
             AppendError::FencedLeaderEpoch { latest, received } => {
-                write!(f, "leader epoch {received} is older than the log's {latest}")
+                write!(
+                    f,
+                    "leader epoch {received} is older than the log's {latest}"
+                )
             }
             AppendError::StorageFailed => {
                 write!(f, "the log's storage failed; it must be recovered")
@@ -573,8 +579,14 @@ impl PartitionLog {
     /// The high watermark moves to `position` (at or below the synced end); undo records below
     /// it are dropped, since nothing committed is ever truncated.
     fn set_committed(&mut self, position: Position) {
-        assert!(position.offset >= self.high_watermark.offset, "high watermark moved back");
-        assert!(position.offset <= self.durable.offset, "high watermark past the synced end");
+        assert!(
+            position.offset >= self.high_watermark.offset,
+            "high watermark moved back"
+        );
+        assert!(
+            position.offset <= self.durable.offset,
+            "high watermark past the synced end"
+        );
         self.high_watermark = position;
         while self
             .undo
@@ -582,7 +594,10 @@ impl PartitionLog {
             .is_some_and(|u| u.at.offset < position.offset)
         {
             let undo = self.undo.pop_front().expect("front exists");
-            assert!(undo.next_offset <= position.offset, "high watermark inside a batch");
+            assert!(
+                undo.next_offset <= position.offset,
+                "high watermark inside a batch"
+            );
         }
     }
 
@@ -786,10 +801,19 @@ impl PartitionLog {
             self.durable.offset <= self.trusted.offset,
             "durable data is always trusted"
         );
-        assert!(hw <= self.durable.offset, "high watermark past the synced end");
-        assert!(hw >= self.log_start_offset(), "high watermark below the log start");
+        assert!(
+            hw <= self.durable.offset,
+            "high watermark past the synced end"
+        );
+        assert!(
+            hw >= self.log_start_offset(),
+            "high watermark below the log start"
+        );
         if !self.replicated {
-            assert_eq!(hw, self.durable.offset, "single node: committed means synced");
+            assert_eq!(
+                hw, self.durable.offset,
+                "single node: committed means synced"
+            );
         }
         assert!(
             self.recovery_point <= hw || self.recovery_point <= self.log_start_offset(),
@@ -803,7 +827,11 @@ impl PartitionLog {
             expected = undo.next_offset;
         }
         if !crate::planted::active(crate::planted::Bug::RecoveryOffByOne) {
-            assert_eq!(expected, self.log_end_offset(), "undo records must reach the log end");
+            assert_eq!(
+                expected,
+                self.log_end_offset(),
+                "undo records must reach the log end"
+            );
         }
         self.epochs
             .check_invariants(self.log_start_offset(), self.log_end_offset());
@@ -846,6 +874,8 @@ impl Segment {
     }
 }
 
+#[cfg(test)]
+mod replicated_tests;
 #[cfg(test)]
 mod review_tests;
 #[cfg(test)]

@@ -51,9 +51,15 @@ pub enum ReplicaAppendError {
     /// Framing, CRC or record counts are wrong.
     Batch(BatchError),
     /// A batch does not start at the log end (or right after the previous batch).
-    NotContiguous { expected: u64, received: i64 },
+    NotContiguous {
+        expected: u64,
+        received: i64,
+    },
     /// A batch's epoch is negative or below the log's latest.
-    EpochDecreased { latest: i32, received: i32 },
+    EpochDecreased {
+        latest: i32,
+        received: i32,
+    },
     StorageFailed,
 }
 
@@ -78,10 +84,18 @@ impl std::fmt::Display for ReplicaAppendError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TruncateError {
     /// Committed data is never truncated (a Raft bug if it is asked for).
-    BelowHighWatermark { offset: u64, committed: u64 },
+    BelowHighWatermark {
+        offset: u64,
+        committed: u64,
+    },
     /// The offset is inside a batch.
-    NotBatchBoundary { offset: u64 },
-    BeyondLogEnd { offset: u64, log_end_offset: u64 },
+    NotBatchBoundary {
+        offset: u64,
+    },
+    BeyondLogEnd {
+        offset: u64,
+        log_end_offset: u64,
+    },
     StorageFailed,
 }
 
@@ -122,7 +136,10 @@ impl PartitionLog {
         } else {
             // The largest batch boundary at or below `end`: normally `end` itself.
             let at = self.undo.partition_point(|u| u.at.offset <= end);
-            assert!(at > 0, "end is above the high watermark, so a batch starts below it");
+            assert!(
+                at > 0,
+                "end is above the high watermark, so a batch starts below it"
+            );
             self.undo[at - 1].at
         };
         self.set_committed(position);
@@ -181,8 +198,7 @@ impl PartitionLog {
                     received: header.base_offset,
                 });
             }
-            if header.last_offset_delta < 0 || header.record_count != header.last_offset_delta + 1
-            {
+            if header.last_offset_delta < 0 || header.record_count != header.last_offset_delta + 1 {
                 return Err(ReplicaAppendError::Batch(BatchError::BadRecords(
                     "lastOffsetDelta does not match recordCount",
                 )));
@@ -290,12 +306,15 @@ impl PartitionLog {
         self.durable = Self::clamp_position(self.durable, cut);
         self.trusted = Self::clamp_position(self.trusted, cut);
         if self.sync_in_flight {
-            let lowest = self
-                .cut_during_sync
-                .map_or(cut, |c| if c.offset <= cut.offset { c } else { cut });
+            let lowest =
+                self.cut_during_sync
+                    .map_or(cut, |c| if c.offset <= cut.offset { c } else { cut });
             self.cut_during_sync = Some(lowest);
         }
-        assert!(self.recovery_point <= offset, "truncation below the checkpoint");
+        assert!(
+            self.recovery_point <= offset,
+            "truncation below the checkpoint"
+        );
         if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }

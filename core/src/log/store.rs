@@ -228,7 +228,9 @@ impl<S: Storage> LogStore<S> {
         }
         for base in &request.indexes {
             for name in [index_file_name(*base), time_index_file_name(*base)] {
-                files.extend(skip_deleted(self.storage.open(&self.dir.join(name), false))?);
+                files.extend(skip_deleted(
+                    self.storage.open(&self.dir.join(name), false),
+                )?);
             }
         }
         let dir = request
