@@ -232,6 +232,99 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[OFFSET_LEADER_EPOCH..OFFSET_LEADER_EPOCH + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Stamps a batch with the offset and epoch (Raft term) the log gives it. Neither field is
+/// covered by the CRC (it starts at `attributes`), so the batch stays valid; the leader calls this
+/// before proposing a producer's batch, and a follower stores the stamped bytes as they are.
+pub fn stamp(batch: &mut [u8], base_offset: i64, partition_leader_epoch: i32) {
+    set_base_offset(batch, base_offset);
+    set_partition_leader_epoch(batch, partition_leader_epoch);
+}
+
+/// Control record type (Sluice-private, above Kafka's own 0..=6) of the batch that opens a
+/// leader epoch: Raft's term-start entry. Its value is version i16 0 and the epoch i32.
+pub const CONTROL_TYPE_LEADER_EPOCH_START: i16 = 100;
+/// Control record type of a Raft membership entry; its value is the opaque payload.
+pub const CONTROL_TYPE_MEMBERSHIP: i16 = 101;
+
+/// A control batch (attributes bit 5) of one record whose key is version 0 and `control_type`,
+/// as Kafka's transaction markers are: it occupies one offset and consumers skip it. Producer id,
+/// epoch and sequence are "none", so it never touches idempotent-producer state.
+pub fn control_batch(
+    base_offset: i64,
+    partition_leader_epoch: i32,
+    control_type: i16,
+    value: &[u8],
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&control_type.to_be_bytes());
+    let mut b = BatchBuilder::new(timestamp_ms);
+    b.base_offset = base_offset;
+    b.partition_leader_epoch = partition_leader_epoch;
+    b.control = true;
+    b.push(&NewRecord {
+        timestamp: timestamp_ms,
+        key: Some(key),
+        value: Some(value.to_vec()),
+        headers: Vec::new(),
+    });
+    let out = b.build();
+    debug_assert_eq!(control_type_of(&out), Some(control_type));
+    out
+}
+
+/// The control batch that opens `epoch` (Raft's first entry of a term) at `base_offset`.
+pub fn leader_epoch_start_batch(base_offset: i64, epoch: i32, timestamp_ms: i64) -> Vec<u8> {
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&epoch.to_be_bytes());
+    control_batch(
+        base_offset,
+        epoch,
+        CONTROL_TYPE_LEADER_EPOCH_START,
+        &value,
+        timestamp_ms,
+    )
+}
+
+/// The control batch of a Raft membership entry carrying `payload`.
+pub fn membership_batch(
+    base_offset: i64,
+    epoch: i32,
+    payload: &[u8],
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    control_batch(
+        base_offset,
+        epoch,
+        CONTROL_TYPE_MEMBERSHIP,
+        payload,
+        timestamp_ms,
+    )
+}
+
+/// The control type of one whole batch: `None` unless it is an uncompressed control batch whose
+/// first record has a well-formed control key (version i16, type i16).
+pub fn control_type_of(batch: &[u8]) -> Option<i16> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if !header.is_control() {
+        return None;
+    }
+    let record = Records::new(batch).ok()?.next()?.ok()?;
+    let key = record.key?;
+    if key.len() < 4 {
+        return None;
+    }
+    Some(i16::from_be_bytes([key[2], key[3]]))
+}
+
+/// The value of the first record of a control batch (the payload of a membership entry).
+pub fn control_value(batch: &[u8]) -> Option<&[u8]> {
+    control_type_of(batch)?;
+    Records::new(batch).ok()?.next()?.ok()?.value
+}
+
 /// Splits `buf` into whole batches, checking each header and CRC. Returns the headers and the byte
 /// range of each batch. Used on produce input, where the whole buffer must be valid.
 pub fn split_batches(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, BatchError> {
@@ -469,6 +562,8 @@ pub struct BatchBuilder {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub base_sequence: i32,
+    /// Sets the control bit of `attributes` (see [`control_batch`]).
+    pub control: bool,
     records: Vec<u8>,
     count: i32,
     max_timestamp: i64,
@@ -562,7 +657,8 @@ impl BatchBuilder {
         out.extend_from_slice(&self.partition_leader_epoch.to_be_bytes());
         out.push(2);
         out.extend_from_slice(&[0; 4]); // CRC, filled in below.
-        out.extend_from_slice(&0i16.to_be_bytes());
+        let attributes = if self.control { ATTR_CONTROL } else { 0 };
+        out.extend_from_slice(&attributes.to_be_bytes());
         out.extend_from_slice(&(self.count - 1).max(0).to_be_bytes());
         out.extend_from_slice(&self.base_timestamp.to_be_bytes());
         out.extend_from_slice(&self.max_timestamp.to_be_bytes());
@@ -678,6 +774,38 @@ mod tests {
         let (header, _) = split_batches(&bytes).unwrap()[0];
         assert_eq!((header.base_offset, header.partition_leader_epoch), (77, 9));
         assert_eq!(header.last_offset(), 78);
+    }
+
+    #[test]
+    fn control_batches_parse_with_the_ordinary_parser_and_are_recognised() {
+        let start = leader_epoch_start_batch(41, 7, 1_000);
+        let (header, range) = split_batches(&start).unwrap()[0].clone();
+        assert_eq!(range, 0..start.len());
+        assert!(header.is_control() && !header.is_idempotent());
+        assert_eq!((header.base_offset, header.partition_leader_epoch), (41, 7));
+        assert_eq!((header.record_count, header.last_offset_delta), (1, 0));
+        assert_eq!(
+            control_type_of(&start),
+            Some(CONTROL_TYPE_LEADER_EPOCH_START)
+        );
+        assert_eq!(control_value(&start), Some(&[0, 0, 0, 0, 0, 7][..]));
+        let members = membership_batch(42, 7, b"voters 1 2 3", 1_001);
+        assert_eq!(control_type_of(&members), Some(CONTROL_TYPE_MEMBERSHIP));
+        assert_eq!(control_value(&members), Some(&b"voters 1 2 3"[..]));
+        // A producer may not send one, and an ordinary batch is not one.
+        assert!(validate_produce(&members, 1 << 20).is_err());
+        assert_eq!(control_type_of(&batch(2)), None);
+    }
+
+    #[test]
+    fn stamping_sets_offset_and_epoch_outside_the_crc() {
+        let mut bytes = batch(3);
+        stamp(&mut bytes, 1_000, 12);
+        let header = validate_produce(&bytes, 1 << 20).unwrap();
+        assert_eq!(
+            (header.base_offset, header.partition_leader_epoch),
+            (1_000, 12)
+        );
     }
 
     #[test]

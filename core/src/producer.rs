@@ -71,6 +71,17 @@ impl std::fmt::Display for ProducerError {
     }
 }
 
+/// How to take back one [`ProducerStateTable::record`]: the log keeps one per batch above the
+/// high watermark, so truncating an uncommitted suffix restores the table exactly as it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerUndo {
+    producer_id: i64,
+    /// The producer's entry before the batch; `None` if it was unknown.
+    previous: Option<ProducerEntry>,
+    /// A producer forgotten to keep the table bounded, with its entry.
+    evicted: Option<(i64, ProducerEntry)>,
+}
+
 /// Producer ids to their recent batches. A `BTreeMap`, so snapshots are byte-identical for the
 /// same state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -152,11 +163,13 @@ impl ProducerStateTable {
     }
 
     /// Records a batch that is now in the log (offsets assigned). Also used when replaying the
-    /// log during recovery, where no check is made: the log is the truth.
-    pub fn record(&mut self, header: &BatchHeader) {
+    /// log during recovery and on followers, where no check is made: the log is the truth.
+    /// Returns how to undo it (`None` for a batch without idempotence, which changes nothing).
+    pub fn record(&mut self, header: &BatchHeader) -> Option<ProducerUndo> {
         if !header.is_idempotent() {
-            return;
+            return None;
         }
+        let previous = self.producers.get(&header.producer_id).cloned();
         debug_assert!(header.base_offset >= 0);
         let meta = BatchMeta {
             first_sequence: header.base_sequence,
@@ -180,6 +193,7 @@ impl ProducerStateTable {
         while entry.batches.len() > PRODUCER_BATCHES_REMEMBERED {
             entry.batches.pop_front();
         }
+        let mut evicted = None;
         if self.producers.len() > PRODUCERS_PER_PARTITION_MAX {
             let oldest = self
                 .producers
@@ -187,7 +201,34 @@ impl ProducerStateTable {
                 .min_by_key(|(id, e)| (e.batches.back().map_or(0, |b| b.last_offset), **id))
                 .map(|(id, _)| *id)
                 .expect("non-empty");
-            self.producers.remove(&oldest);
+            // The batch just recorded is the newest, so it is never the one evicted.
+            assert_ne!(oldest, header.producer_id);
+            evicted = self.producers.remove(&oldest).map(|e| (oldest, e));
+        }
+        Some(ProducerUndo {
+            producer_id: header.producer_id,
+            previous,
+            evicted,
+        })
+    }
+
+    /// Takes back a `record`; undos must be applied newest first.
+    pub fn undo(&mut self, undo: ProducerUndo) {
+        match undo.previous {
+            Some(entry) => {
+                self.producers.insert(undo.producer_id, entry);
+            }
+            None => {
+                let removed = self.producers.remove(&undo.producer_id);
+                assert!(removed.is_some(), "undo of a producer never recorded");
+            }
+        }
+        if let Some((id, entry)) = undo.evicted {
+            let clash = self.producers.insert(id, entry);
+            assert!(
+                clash.is_none(),
+                "an evicted producer came back before its undo"
+            );
         }
     }
 
@@ -358,5 +399,29 @@ mod tests {
         assert_eq!(t.get(9).unwrap().batches.back().unwrap().last_offset, 5);
         t.truncate(0);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn undo_restores_the_table_exactly_newest_first() {
+        let mut t = ProducerStateTable::new();
+        for i in 0..7 {
+            t.record(&header(1, 0, i, 1, i64::from(i)));
+        }
+        let before = t.clone();
+        let undos = [
+            t.record(&header(1, 0, 7, 2, 7)).unwrap(),
+            t.record(&header(2, 0, 0, 1, 9)).unwrap(),
+            t.record(&header(1, 1, 0, 1, 10)).unwrap(),
+        ];
+        assert!(t.record(&header(-1, 0, -1, 1, 11)).is_none());
+        assert_ne!(t, before);
+        for undo in undos.into_iter().rev() {
+            t.undo(undo);
+        }
+        assert_eq!(
+            t, before,
+            "the fifth-oldest batch evicted by the first record is back"
+        );
+        t.check_invariants();
     }
 }

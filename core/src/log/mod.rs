@@ -5,12 +5,15 @@
 //! [`LogOp`]s drained with `poll_op`, which the shell executes in order against its storage, and
 //! [`SyncRequest`]s. Nothing here touches a file or a clock.
 //!
-//! Durability: the high watermark is the end of the prefix known to be fsynced (single node; with
-//! replication it becomes the Raft commit index). Reads never go past it, and the shell releases an
-//! acks=all reply only once the high watermark covers the batch.
+//! Durability: in single-node mode the high watermark is the end of the prefix known to be
+//! fsynced. In replicated mode (see [`replicated`]) the host sets it from the Raft commit index,
+//! never past the synced end. Reads never go past it, and the shell releases an acks=all reply only
+//! once the high watermark covers the batch.
 
+mod epochs;
 mod read;
 mod recovery;
+mod replicated;
 mod segment;
 mod store;
 
@@ -18,17 +21,19 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
-pub use read::{ReadCursor, ReadIo, ReadTarget, TimestampHit};
+pub use epochs::{EpochStart, LeaderEpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
+pub use read::{ReadCursor, ReadIo, ReadTarget, StoredBatch, TimestampHit};
 pub use recovery::{Checkpoint, Recovery, RecoveryIo, CHECKPOINT_FILE};
+pub use replicated::{ProduceCheck, ReplicaAppendError, ReplicaAppended, TruncateError};
 pub use segment::{
     index_file_name, log_file_name, parse_log_file_name, time_index_file_name, OffsetEntry,
-    Segment, TimeEntry,
+    Segment, SegmentMark, TimeEntry,
 };
 pub use store::{LogStore, SyncJob};
 
-use crate::batch::{self, BatchError};
+use crate::batch::{self, BatchError, BatchHeader};
 use crate::limits::*;
-use crate::producer::{ProducerError, ProducerStateTable, SequenceCheck};
+use crate::producer::{ProducerError, ProducerStateTable, ProducerUndo};
 use crate::ErrorCode;
 
 /// Per-topic log settings (Kafka topic config names in the doc comments).
@@ -106,7 +111,8 @@ pub enum LogOp {
     },
     /// Remove a segment's files.
     DeleteSegment { base_offset: u64 },
-    /// Cut a segment file to `len` bytes (recovery of a torn or corrupt tail).
+    /// Cut a segment file to `len` bytes (recovery of a torn or corrupt tail, or a truncation of
+    /// the uncommitted suffix).
     TruncateSegment { segment: u64, len: u64 },
     /// Durably and atomically replace the partition checkpoint (write a temporary file, fsync it,
     /// rename it over the old one, fsync the directory).
@@ -136,6 +142,16 @@ struct Position {
     byte: u64,
 }
 
+/// How to take back one batch: where it started, and the state it changed.
+#[derive(Clone, Debug)]
+struct Undo {
+    at: Position,
+    next_offset: u64,
+    /// Its segment just before it.
+    mark: SegmentMark,
+    producer: Option<ProducerUndo>,
+}
+
 /// Result of a successful append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -149,6 +165,11 @@ pub struct Appended {
 pub enum AppendError {
     Batch(BatchError),
     Producer(ProducerError),
+    /// The leader epoch is older than the log's latest (a deposed leader).
+    FencedLeaderEpoch {
+        latest: i32,
+        received: i32,
+    },
     /// Storage failed earlier; the log accepts nothing until recovered from disk.
     StorageFailed,
 }
@@ -158,6 +179,7 @@ impl AppendError {
         match self {
             AppendError::Batch(e) => e.error_code(),
             AppendError::Producer(e) => e.error_code(),
+            AppendError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
             AppendError::StorageFailed => ErrorCode::KafkaStorageError,
         }
     }
@@ -168,6 +190,12 @@ impl std::fmt::Display for AppendError {
         match self {
             AppendError::Batch(e) => e.fmt(f),
             AppendError::Producer(e) => e.fmt(f),
+            AppendError::FencedLeaderEpoch { latest, received } => {
+                write!(
+                    f,
+                    "leader epoch {received} is older than the log's {latest}"
+                )
+            }
             AppendError::StorageFailed => {
                 write!(f, "the log's storage failed; it must be recovered")
             }
@@ -209,7 +237,24 @@ pub struct PartitionLog {
     /// on disk at recovery (whichever is later). Everything after it was written by this run
     /// and never confirmed by an fsync.
     trusted: Position,
-    high_watermark: u64,
+    /// Reads stop here. Single node: always `durable`. Replicated: set by the host from the Raft
+    /// commit index, never past `durable`, never backwards (Raft never truncates what is
+    /// committed).
+    high_watermark: Position,
+    /// Whether the high watermark comes from outside (Raft) rather than from group commits.
+    replicated: bool,
+    /// Replicated mode: the Raft commit index as an offset; the high watermark follows it as far
+    /// as the synced end allows. Never decreases.
+    commit_target: u64,
+    /// Where each leader epoch starts.
+    epochs: LeaderEpochCache,
+    /// One record per batch in `[high watermark, log end)`, oldest first: how to take it back
+    /// when Raft truncates the uncommitted suffix. Bounded by what is appended and not yet
+    /// committed (Raft bounds a leader's uncommitted entries; recovery adds the replayed tail).
+    undo: VecDeque<Undo>,
+    /// The lowest truncation point since the sync in flight was requested: that sync makes
+    /// nothing at or past it durable.
+    cut_during_sync: Option<Position>,
     ops: VecDeque<LogOp>,
     dirty_segments: BTreeSet<u64>,
     dirty_indexes: BTreeSet<u64>,
@@ -218,8 +263,8 @@ pub struct PartitionLog {
     producers: ProducerStateTable,
     /// The checkpoint on disk says every segment below this is sealed and durable.
     recovery_point: u64,
-    /// Producer state as of each segment base created since the last checkpoint; a checkpoint
-    /// can move to such a base once it is durable.
+    /// The checkpoint (producer state and epochs) as of each segment base created since the last
+    /// one was written; the checkpoint moves to such a base once it is durable and committed.
     snapshots: VecDeque<(u64, Vec<u8>)>,
     storage_failed: bool,
 }
@@ -254,7 +299,12 @@ impl PartitionLog {
             segments: segments.into_iter().map(|s| (s.base_offset, s)).collect(),
             durable,
             trusted: durable,
-            high_watermark: durable.offset,
+            high_watermark: durable,
+            replicated: false,
+            commit_target: 0,
+            epochs: LeaderEpochCache::new(),
+            undo: VecDeque::new(),
+            cut_during_sync: None,
             ops: VecDeque::new(),
             dirty_segments: BTreeSet::new(),
             dirty_indexes: BTreeSet::new(),
@@ -290,9 +340,21 @@ impl PartitionLog {
         self.active().next_offset
     }
 
-    /// The end of the committed (fsynced) prefix; reads stop here.
+    /// The end of the committed prefix (fsynced, or in replicated mode committed by Raft); reads
+    /// stop here.
     pub fn high_watermark(&self) -> u64 {
-        self.high_watermark
+        self.high_watermark.offset
+    }
+
+    /// Where each leader epoch starts, oldest first (the first one covers the log start): the
+    /// term runs Raft rebuilds its index from at a restart.
+    pub fn epoch_runs(&self) -> &[EpochStart] {
+        self.epochs.entries()
+    }
+
+    /// Kafka's OffsetForLeaderEpoch for this replica: see [`LeaderEpochCache::end_offset_for`].
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        self.epochs.end_offset_for(epoch, self.log_end_offset())
     }
 
     pub fn size_bytes(&self) -> u64 {
@@ -344,50 +406,21 @@ impl PartitionLog {
         }
         let header = batch::validate_produce(&records, self.config.message_bytes_max)
             .map_err(AppendError::Batch)?;
-        if header.is_idempotent() {
-            let state_may_be_lost = self.log_start_offset() > 0;
-            match self
-                .producers
-                .check(&header, state_may_be_lost)
-                .map_err(AppendError::Producer)?
-            {
-                SequenceCheck::Duplicate(_)
-                    if crate::planted::active(crate::planted::Bug::IdempotenceOff) => {}
-                SequenceCheck::Duplicate(meta) => {
-                    return Ok(Appended {
-                        base_offset: meta.first_offset,
-                        last_offset: meta.last_offset,
-                        duplicate: true,
-                    })
-                }
-                SequenceCheck::Append => {}
-            }
+        if let ProduceCheck::Duplicate(appended) = self.check_produce(&header)? {
+            return Ok(appended);
         }
-        if self.should_roll(
-            header.total_bytes() as u64,
-            header.record_count as u64,
-            now_ms,
-        ) {
-            self.roll();
+        if partition_leader_epoch >= 0 && !self.epochs.accepts(partition_leader_epoch) {
+            return Err(AppendError::FencedLeaderEpoch {
+                latest: self.epochs.latest_epoch().unwrap_or(UNDEFINED_EPOCH),
+                received: partition_leader_epoch,
+            });
         }
         let offset = self.log_end_offset();
         let mut assigned = header;
         assigned.base_offset = offset as i64;
         assigned.partition_leader_epoch = partition_leader_epoch;
-        batch::set_base_offset(&mut records, offset as i64);
-        batch::set_partition_leader_epoch(&mut records, partition_leader_epoch);
-        self.producers.record(&assigned);
-        let interval = self.config.index_interval_bytes;
-        let segment = self.active_mut();
-        let position = segment.size_bytes;
-        let base = segment.base_offset;
-        segment.on_batch(&assigned, interval, Some(now_ms));
-        self.dirty_segments.insert(base);
-        self.push_op(LogOp::Append {
-            segment: base,
-            position,
-            bytes: records.freeze(),
-        });
+        batch::stamp(&mut records, offset as i64, partition_leader_epoch);
+        self.write_batch(&assigned, records.freeze(), now_ms);
         if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }
@@ -396,6 +429,46 @@ impl PartitionLog {
             last_offset: assigned.last_offset() as u64,
             duplicate: false,
         })
+    }
+
+    /// Appends one whole, checked batch whose base offset is the log end: rolls if due, updates
+    /// producer state and the epoch cache, keeps its undo record, and emits the write.
+    fn write_batch(&mut self, header: &BatchHeader, bytes: Bytes, now_ms: u64) {
+        assert_eq!(header.base_offset as u64, self.log_end_offset());
+        assert_eq!(bytes.len(), header.total_bytes());
+        if self.should_roll(
+            header.total_bytes() as u64,
+            header.record_count as u64,
+            now_ms,
+        ) {
+            self.roll();
+        }
+        let producer = self.producers.record(header);
+        if header.partition_leader_epoch >= 0 {
+            self.epochs
+                .assign(header.partition_leader_epoch, header.base_offset as u64);
+        }
+        let interval = self.config.index_interval_bytes;
+        let segment = self.active_mut();
+        let at = Position {
+            offset: segment.next_offset,
+            segment: segment.base_offset,
+            byte: segment.size_bytes,
+        };
+        let mark = segment.mark();
+        segment.on_batch(header, interval, Some(now_ms));
+        self.undo.push_back(Undo {
+            at,
+            next_offset: header.next_offset() as u64,
+            mark,
+            producer,
+        });
+        self.dirty_segments.insert(at.segment);
+        self.push_op(LogOp::Append {
+            segment: at.segment,
+            position: at.byte,
+            bytes,
+        });
     }
 
     fn should_roll(&self, bytes: u64, records: u64, now_ms: u64) -> bool {
@@ -435,8 +508,7 @@ impl PartitionLog {
         self.segments.insert(next, Segment::new(next));
         self.push_op(LogOp::CreateSegment { base_offset: next });
         self.dirty_dir = true;
-        let mut snapshot = Vec::new();
-        self.producers.encode(&mut snapshot);
+        let snapshot = Checkpoint::encode_parts(next, &self.producers, &self.epochs);
         self.snapshots.push_back((next, snapshot));
     }
 
@@ -475,19 +547,65 @@ impl PartitionLog {
     pub fn on_synced(&mut self, request: SyncRequest) {
         assert!(self.sync_in_flight, "on_synced without a sync in flight");
         self.sync_in_flight = false;
+        let cut = self.cut_during_sync.take();
         if self.storage_failed {
             return;
         }
+        // A truncation while the sync ran: what it covered past the cut is gone, and what was
+        // appended there since is not covered.
+        let covered = match cut {
+            Some(cut) if cut.offset < request.position.offset => cut,
+            _ => request.position,
+        };
         assert!(
-            request.position >= self.durable,
+            covered.offset >= self.durable.offset,
             "durability moved backwards"
         );
-        self.durable = request.position;
-        self.trusted = self.trusted.max(request.position);
-        self.high_watermark = self.durable.offset;
-        // Every segment before the one active at request time is now sealed with durable data
-        // and indexes, so the checkpoint may move to that segment's base.
-        let point = request.position.segment;
+        self.durable = covered;
+        if covered.offset >= self.trusted.offset {
+            self.trusted = covered;
+        }
+        if self.replicated {
+            self.follow_commit();
+        } else {
+            self.set_committed(self.durable);
+            self.advance_checkpoint();
+        }
+        if cfg!(any(debug_assertions, madsim)) {
+            self.check_invariants();
+        }
+    }
+
+    /// The high watermark moves to `position` (at or below the synced end); undo records below
+    /// it are dropped, since nothing committed is ever truncated.
+    fn set_committed(&mut self, position: Position) {
+        assert!(
+            position.offset >= self.high_watermark.offset,
+            "high watermark moved back"
+        );
+        assert!(
+            position.offset <= self.durable.offset,
+            "high watermark past the synced end"
+        );
+        self.high_watermark = position;
+        while self
+            .undo
+            .front()
+            .is_some_and(|u| u.at.offset < position.offset)
+        {
+            let undo = self.undo.pop_front().expect("front exists");
+            assert!(
+                undo.next_offset <= position.offset,
+                "high watermark inside a batch"
+            );
+        }
+    }
+
+    /// Moves the checkpoint to the latest segment base that is durable (every segment before the
+    /// durable point's segment is sealed with durable data and indexes) and committed (so no
+    /// truncation can ever go below the checkpoint and invalidate its snapshot).
+    fn advance_checkpoint(&mut self) {
+        let point = self.durable.segment.min(self.high_watermark.offset);
         let mut snapshot = None;
         while let Some((base, _)) = self.snapshots.front() {
             if *base > point {
@@ -495,15 +613,11 @@ impl PartitionLog {
             }
             snapshot = self.snapshots.pop_front();
         }
-        if let Some((base, producers)) = snapshot {
+        if let Some((base, bytes)) = snapshot {
             if base > self.recovery_point && self.segments.contains_key(&base) {
                 self.recovery_point = base;
-                let bytes = Checkpoint::encode_raw(base, &producers);
                 self.push_op(LogOp::WriteCheckpoint { bytes });
             }
-        }
-        if cfg!(any(debug_assertions, madsim)) {
-            self.check_invariants();
         }
     }
 
@@ -544,7 +658,7 @@ impl PartitionLog {
                 break;
             };
             // Only committed data goes, and never the segment the durable point is in.
-            if oldest.next_offset > self.high_watermark
+            if oldest.next_offset > self.high_watermark.offset
                 || oldest.base_offset >= self.durable.segment
             {
                 break;
@@ -565,6 +679,7 @@ impl PartitionLog {
             self.dirty_dir = true;
             deleted += 1;
         }
+        self.epochs.truncate_from_start(self.log_start_offset());
         if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }
@@ -589,9 +704,21 @@ impl PartitionLog {
         let readable_end = if planted {
             self.log_end_offset()
         } else {
-            self.high_watermark
+            self.high_watermark.offset
         };
-        if offset >= readable_end {
+        self.plan_read(offset, max_bytes, readable_end, self.high_watermark)
+    }
+
+    /// Plans a read of whole batches from the one holding `offset` up to `end` (whose position
+    /// is `end_position`).
+    fn plan_read(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        end: u64,
+        end_position: Position,
+    ) -> Result<ReadCursor, ReadError> {
+        if offset >= end {
             return Ok(ReadCursor::empty());
         }
         let (_, segment) = self
@@ -608,7 +735,7 @@ impl PartitionLog {
             ReadTarget::Offset(offset),
             segment.base_offset,
             (start_offset, u64::from(start)),
-            self.visible_end(segment),
+            Self::visible_end(segment, end_position),
             max_bytes,
         ))
     }
@@ -622,7 +749,7 @@ impl PartitionLog {
         let segment = self
             .segments
             .values()
-            .take_while(|s| s.base_offset < self.high_watermark)
+            .take_while(|s| s.base_offset < self.high_watermark.offset)
             .find(|s| s.max_timestamp >= timestamp)?;
         let from = segment.lookup_timestamp(timestamp);
         let (start_offset, start) = segment.lookup_offset(from);
@@ -630,20 +757,20 @@ impl PartitionLog {
             ReadTarget::Timestamp(timestamp),
             segment.base_offset,
             (start_offset, u64::from(start)),
-            self.visible_end(segment),
+            Self::visible_end(segment, self.high_watermark),
             0,
         ))
     }
 
-    /// Bytes of `segment` below the high watermark.
-    fn visible_end(&self, segment: &Segment) -> u64 {
+    /// Bytes of `segment` below `end` (the high watermark, or the synced end for Raft).
+    fn visible_end(segment: &Segment, end: Position) -> u64 {
         if crate::planted::active(crate::planted::Bug::FetchPastHighWatermark) {
             return segment.size_bytes;
         }
         use std::cmp::Ordering::*;
-        match segment.base_offset.cmp(&self.durable.segment) {
+        match segment.base_offset.cmp(&end.segment) {
             Less => segment.size_bytes,
-            Equal => self.durable.byte,
+            Equal => end.byte,
             Greater => 0,
         }
     }
@@ -668,15 +795,46 @@ impl PartitionLog {
             );
             expected_base = Some(segment.next_offset);
         }
+        let hw = self.high_watermark.offset;
+        assert!(hw <= self.log_end_offset(), "high watermark above log end");
         assert!(
-            self.high_watermark <= self.log_end_offset(),
-            "high watermark above log end"
-        );
-        assert!(
-            self.durable <= self.trusted,
+            self.durable.offset <= self.trusted.offset,
             "durable data is always trusted"
         );
-        assert_eq!(self.high_watermark, self.durable.offset);
+        assert!(
+            hw <= self.durable.offset,
+            "high watermark past the synced end"
+        );
+        assert!(
+            hw >= self.log_start_offset(),
+            "high watermark below the log start"
+        );
+        if !self.replicated {
+            assert_eq!(
+                hw, self.durable.offset,
+                "single node: committed means synced"
+            );
+        }
+        assert!(
+            self.recovery_point <= hw || self.recovery_point <= self.log_start_offset(),
+            "the checkpoint passed the high watermark"
+        );
+        // The undo records cover exactly [high watermark, log end), batch by batch.
+        let mut expected = hw;
+        for undo in &self.undo {
+            assert_eq!(undo.at.offset, expected, "undo records must be contiguous");
+            assert!(undo.next_offset > undo.at.offset);
+            expected = undo.next_offset;
+        }
+        if !crate::planted::active(crate::planted::Bug::RecoveryOffByOne) {
+            assert_eq!(
+                expected,
+                self.log_end_offset(),
+                "undo records must reach the log end"
+            );
+        }
+        self.epochs
+            .check_invariants(self.log_start_offset(), self.log_end_offset());
         if self.durable.offset > self.log_start_offset() {
             let seg = self
                 .segments
@@ -716,6 +874,8 @@ impl Segment {
     }
 }
 
+#[cfg(test)]
+mod replicated_tests;
 #[cfg(test)]
 mod review_tests;
 #[cfg(test)]

@@ -13,6 +13,18 @@ use crate::limits::{BATCH_HEADER_BYTES, SCAN_BATCHES_MAX};
 
 use super::ReadError;
 
+/// One whole, CRC-checked batch of a read, with what Raft needs to know of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBatch {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// `partitionLeaderEpoch`: the Raft term.
+    pub epoch: i32,
+    /// For a control batch, its control type (see `batch::control_type_of`).
+    pub control_type: Option<i16>,
+    pub bytes: Bytes,
+}
+
 /// What a cursor looks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadTarget {
@@ -237,6 +249,28 @@ impl ReadCursor {
     pub fn into_records(self) -> Bytes {
         debug_assert!(self.is_done());
         self.records
+    }
+
+    /// The whole batches read (for an offset target), one by one.
+    pub fn into_batches(self) -> Vec<StoredBatch> {
+        let records = self.into_records();
+        let mut out = Vec::new();
+        let mut at = 0;
+        // Every batch here passed its header and CRC checks in `on_batches`.
+        while let Ok(header) = BatchHeader::parse(&records[at..]) {
+            let end = at + header.total_bytes();
+            let bytes = records.slice(at..end);
+            out.push(StoredBatch {
+                base_offset: header.base_offset as u64,
+                last_offset: header.last_offset() as u64,
+                epoch: header.partition_leader_epoch,
+                control_type: crate::batch::control_type_of(&bytes),
+                bytes,
+            });
+            at = end;
+        }
+        debug_assert_eq!(at, records.len());
+        out
     }
 
     /// The record found (for a timestamp target).

@@ -16,9 +16,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::epochs::LeaderEpochCache;
 use super::read::ReadIo;
 use super::segment::{parse_log_file_name, Segment};
-use super::{LogConfig, LogOp, PartitionLog};
+use super::{LogConfig, LogOp, PartitionLog, Position, Undo};
 use crate::batch::{check_crc, BatchHeader};
 use crate::limits::RECOVERY_READ_BYTES;
 use crate::producer::ProducerStateTable;
@@ -27,7 +28,9 @@ use crate::producer::ProducerStateTable;
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 /// Where a new checkpoint is written before it is renamed over the old one.
 pub const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
-const CHECKPOINT_MAGIC: u32 = 0x534c_4350; // "SLCP"
+/// "SLC2": version 2 added the leader-epoch cache. A version 1 checkpoint ("SLCP") does not
+/// decode, which costs one full scan after an upgrade and never a wrong epoch cache.
+const CHECKPOINT_MAGIC: u32 = 0x534c_4332;
 
 /// The durable facts a partition keeps besides its segments.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,23 +39,28 @@ pub struct Checkpoint {
     pub recovery_point: u64,
     /// Idempotent-producer state as of `recovery_point`.
     pub producers: ProducerStateTable,
+    /// The leader epochs that start before `recovery_point`.
+    pub epochs: LeaderEpochCache,
 }
 
 impl Checkpoint {
-    pub(super) fn encode_raw(recovery_point: u64, producers: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + producers.len());
+    pub(super) fn encode_parts(
+        recovery_point: u64,
+        producers: &ProducerStateTable,
+        epochs: &LeaderEpochCache,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&CHECKPOINT_MAGIC.to_be_bytes());
         out.extend_from_slice(&recovery_point.to_be_bytes());
-        out.extend_from_slice(producers);
+        producers.encode(&mut out);
+        epochs.encode(&mut out);
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut producers = Vec::new();
-        self.producers.encode(&mut producers);
-        Checkpoint::encode_raw(self.recovery_point, &producers)
+        Checkpoint::encode_parts(self.recovery_point, &self.producers, &self.epochs)
     }
 
     /// `None` for anything but an intact checkpoint.
@@ -70,9 +78,11 @@ impl Checkpoint {
         let recovery_point = u64::from_be_bytes(body[4..12].try_into().ok()?);
         let mut rest = &body[12..];
         let producers = ProducerStateTable::decode(&mut rest)?;
+        let epochs = LeaderEpochCache::decode(&mut rest)?;
         rest.is_empty().then_some(Checkpoint {
             recovery_point,
             producers,
+            epochs,
         })
     }
 }
@@ -110,6 +120,9 @@ pub struct Recovery {
     waiting_indexes: Option<(u64, u64)>,
     recovery_point: u64,
     producers: ProducerStateTable,
+    epochs: LeaderEpochCache,
+    /// Undo records of the replayed tail (see `PartitionLog::undo`).
+    undo: VecDeque<Undo>,
     snapshots: VecDeque<(u64, Vec<u8>)>,
     repairs: Vec<LogOp>,
     /// Segments whose index files must be (re)written after recovery.
@@ -145,9 +158,9 @@ impl Recovery {
             // A recovery point must name a segment that exists; otherwise trust nothing.
             c.recovery_point == 0 || segments.contains_key(&c.recovery_point)
         });
-        let (recovery_point, producers) = match checkpoint {
-            Some(c) => (c.recovery_point, c.producers),
-            None => (0, ProducerStateTable::new()),
+        let (recovery_point, producers, epochs) = match checkpoint {
+            Some(c) => (c.recovery_point, c.producers, c.epochs),
+            None => (0, ProducerStateTable::new(), LeaderEpochCache::new()),
         };
         Recovery {
             config,
@@ -157,6 +170,8 @@ impl Recovery {
             waiting_indexes: None,
             recovery_point,
             producers,
+            epochs,
+            undo: VecDeque::new(),
             snapshots: VecDeque::new(),
             dir_changed: !repairs.is_empty(),
             repairs,
@@ -214,8 +229,7 @@ impl Recovery {
             if self.tail_start.is_none() {
                 self.tail_start = Some(base);
             } else {
-                let mut snapshot = Vec::new();
-                self.producers.encode(&mut snapshot);
+                let snapshot = Checkpoint::encode_parts(base, &self.producers, &self.epochs);
                 self.snapshots.push_back((base, snapshot));
             }
         }
@@ -310,13 +324,31 @@ impl Recovery {
             let continuous = header.base_offset == scan.segment.next_offset as i64;
             let skip_crc = crate::planted::active(crate::planted::Bug::SkipRecoveryCrc);
             let crc_ok = skip_crc || check_crc(&rest[..total], &header).is_ok();
-            if !continuous || header.last_offset_delta < 0 || !crc_ok {
+            // An epoch is outside the CRC: one that goes backwards is damage, like a bad CRC.
+            let epoch = header.partition_leader_epoch;
+            let epoch_ok = !scan.replay || epoch < 0 || self.epochs.accepts(epoch);
+            if !continuous || header.last_offset_delta < 0 || !crc_ok || !epoch_ok {
                 bad = true;
                 break;
             }
+            let start = Position {
+                offset: scan.segment.next_offset,
+                segment: scan.segment.base_offset,
+                byte: scan.segment.size_bytes,
+            };
+            let mark = scan.segment.mark();
             scan.segment.on_batch(&header, interval, None);
             if scan.replay {
-                self.producers.record(&header);
+                let producer = self.producers.record(&header);
+                if epoch >= 0 {
+                    self.epochs.assign(epoch, start.offset);
+                }
+                self.undo.push_back(Undo {
+                    at: start,
+                    next_offset: header.next_offset() as u64,
+                    mark,
+                    producer,
+                });
             }
             at += total;
         }
@@ -429,12 +461,20 @@ impl Recovery {
             let empty = Checkpoint {
                 recovery_point: 0,
                 producers: ProducerStateTable::new(),
+                epochs: LeaderEpochCache::new(),
             };
             ops.push(LogOp::WriteCheckpoint {
                 bytes: empty.encode(),
             });
         }
-        let tail_start = self.tail_start.unwrap_or(active_base).min(active_base);
+        // The recovered tail: the segments scanned and replayed. If none survived (trailing
+        // segments emptied by a cut and removed), the log ends in segments that were sealed
+        // below the checkpoint, which are durable.
+        let log_end = self.recovered.last().map_or(0, |s| s.next_offset);
+        let tail_start = self
+            .tail_start
+            .filter(|t| self.recovered.iter().any(|s| s.base_offset == *t))
+            .unwrap_or(log_end);
         let tail: Vec<u64> = self
             .recovered
             .iter()
@@ -448,8 +488,11 @@ impl Recovery {
             .filter(|b| *b != active_base)
             .collect();
         // Producer state may remember batches that did not survive (a cut tail, deleted segments).
-        let log_end = self.recovered.last().map_or(0, |s| s.next_offset);
         self.producers.truncate(log_end);
+        let log_start = self.recovered.first().map_or(0, |s| s.base_offset);
+        self.epochs.truncate_from_end(log_end);
+        self.epochs.truncate_from_start(log_start);
+        self.undo.retain(|u| u.at.offset >= tail_start);
         let mut log = PartitionLog::from_parts(
             self.config,
             self.recovered,
@@ -461,6 +504,8 @@ impl Recovery {
             .into_iter()
             .filter(|(b, _)| *b > log.recovery_point)
             .collect();
+        log.epochs = self.epochs;
+        log.undo = self.undo;
         log.mark_recovered_tail(tail_start, &tail, &rewritten, self.dir_changed);
         if crate::planted::active(crate::planted::Bug::RecoveryOffByOne) {
             let active = log.active_mut();
@@ -474,14 +519,19 @@ impl Recovery {
 
 impl PartitionLog {
     /// After recovery: nothing from `tail_start` on is known to be durable until fsynced again.
+    /// It is not known to be committed either, so the high watermark starts there in both modes
+    /// (the checkpoint never passes the high watermark, so that is at most the old one).
     fn mark_recovered_tail(&mut self, tail_start: u64, tail: &[u64], indexes: &[u64], dir: bool) {
-        let segment = self.segments.get(&tail_start).expect("tail segment exists");
-        self.durable = super::Position {
-            offset: segment.base_offset,
-            segment: segment.base_offset,
-            byte: 0,
-        };
-        self.high_watermark = self.durable.offset;
+        if tail_start < self.log_end_offset() {
+            let segment = self.segments.get(&tail_start).expect("tail segment exists");
+            self.durable = super::Position {
+                offset: segment.base_offset,
+                segment: segment.base_offset,
+                byte: 0,
+            };
+        }
+        self.trusted = self.trusted.max(self.durable);
+        self.high_watermark = self.durable;
         self.dirty_segments.extend(tail.iter().copied());
         self.dirty_indexes.extend(indexes.iter().copied());
         self.dirty_dir |= dir;

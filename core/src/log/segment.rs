@@ -44,6 +44,21 @@ pub struct Segment {
     pub sealed: bool,
 }
 
+/// A segment's in-memory state just before one batch was appended: what truncating back to that
+/// batch restores. Index entries are only ever appended, so their counts are enough.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentMark {
+    next_offset: u64,
+    size_bytes: u64,
+    max_timestamp: i64,
+    max_timestamp_relative: Option<u32>,
+    first_append_ms: Option<u64>,
+    first_timestamp: Option<i64>,
+    offset_index_len: usize,
+    time_index_len: usize,
+    bytes_since_index: u64,
+}
+
 const INDEX_MAGIC: u32 = 0x534c_4958; // "SLIX"
 const TIME_INDEX_MAGIC: u32 = 0x534c_5458; // "SLTX"
 
@@ -115,6 +130,38 @@ impl Segment {
         if self.first_timestamp.is_none() {
             self.first_timestamp = Some(header.max_timestamp);
         }
+    }
+
+    pub fn mark(&self) -> SegmentMark {
+        SegmentMark {
+            next_offset: self.next_offset,
+            size_bytes: self.size_bytes,
+            max_timestamp: self.max_timestamp,
+            max_timestamp_relative: self.max_timestamp_relative,
+            first_append_ms: self.first_append_ms,
+            first_timestamp: self.first_timestamp,
+            offset_index_len: self.offset_index.len(),
+            time_index_len: self.time_index.len(),
+            bytes_since_index: self.bytes_since_index,
+        }
+    }
+
+    /// Truncation: back to the state at `mark` (taken from this segment), which makes it the
+    /// active segment again. The final time-index entry sealing added goes with it.
+    pub fn rewind(&mut self, mark: SegmentMark) {
+        assert!(mark.next_offset >= self.base_offset && mark.next_offset <= self.next_offset);
+        assert!(mark.size_bytes <= self.size_bytes);
+        assert!(mark.offset_index_len <= self.offset_index.len());
+        self.next_offset = mark.next_offset;
+        self.size_bytes = mark.size_bytes;
+        self.max_timestamp = mark.max_timestamp;
+        self.max_timestamp_relative = mark.max_timestamp_relative;
+        self.first_append_ms = mark.first_append_ms;
+        self.first_timestamp = mark.first_timestamp;
+        self.offset_index.truncate(mark.offset_index_len);
+        self.time_index.truncate(mark.time_index_len);
+        self.bytes_since_index = mark.bytes_since_index;
+        self.sealed = false;
     }
 
     /// The last indexed batch starting at or before `offset`: its base offset and byte position.

@@ -217,12 +217,20 @@ impl<S: Storage> LogStore<S> {
     /// The file syncs `request` needs, ready to run anywhere.
     pub fn sync_job(&mut self, request: &SyncRequest) -> io::Result<SyncJob<S>> {
         let mut files = Vec::with_capacity(request.segments.len() + 2 * request.indexes.len());
+        // A truncation may have deleted a segment after the request was made: nothing to sync.
+        let skip_deleted = |r: io::Result<S::File>| match r {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
         for base in &request.segments {
-            files.push(self.segment(*base)?.clone());
+            files.extend(skip_deleted(self.segment(*base).cloned())?);
         }
         for base in &request.indexes {
             for name in [index_file_name(*base), time_index_file_name(*base)] {
-                files.push(self.storage.open(&self.dir.join(name), false)?);
+                files.extend(skip_deleted(
+                    self.storage.open(&self.dir.join(name), false),
+                )?);
             }
         }
         let dir = request

@@ -1,0 +1,731 @@
+//! The partition log in replicated mode: a Raft replica's storage on `MemStorage`, with a model
+//! (the list of batches the replica should hold) and exact expectations for producer state and
+//! the leader-epoch cache, rebuilt from the model's batches.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::testkit::{batch, header, small_config};
+use super::*;
+use crate::batch::{self, CONTROL_TYPE_LEADER_EPOCH_START, CONTROL_TYPE_MEMBERSHIP};
+use crate::storage::{CrashMode, MemStorage};
+
+/// One replica: the log, its store, and every batch it should hold (stamped), oldest first.
+struct Replica {
+    storage: MemStorage,
+    dir: PathBuf,
+    config: LogConfig,
+    log: PartitionLog,
+    store: LogStore<MemStorage>,
+    now_ms: u64,
+    batches: Vec<Vec<u8>>,
+    /// Every batch ever kept below the log start too (retention), for producer-state replay.
+    deleted: Vec<Vec<u8>>,
+}
+
+impl Replica {
+    fn new(config: LogConfig) -> Replica {
+        let storage = MemStorage::new();
+        let dir = PathBuf::from("topic-0");
+        let (mut log, store) =
+            LogStore::open(storage.clone(), dir.clone(), config.clone()).unwrap();
+        log.set_replicated();
+        let mut r = Replica {
+            storage,
+            dir,
+            config,
+            log,
+            store,
+            now_ms: 1_000_000,
+            batches: Vec::new(),
+            deleted: Vec::new(),
+        };
+        r.sync();
+        r
+    }
+
+    fn apply(&mut self) {
+        self.store.apply_all(&mut self.log).unwrap();
+        self.log.check_invariants();
+    }
+
+    fn sync(&mut self) {
+        if let Some(request) = self.log.poll_sync() {
+            self.store.sync_now(&mut self.log, request).unwrap();
+        }
+        self.log.check_invariants();
+    }
+
+    /// A producer's batch as the leader stamps it: offset at the log end, `epoch`.
+    fn stamped(&self, records: u8, producer: Option<(i64, i16, i32)>, epoch: i32) -> Vec<u8> {
+        let mut b = batch(records, 20, self.now_ms as i64, producer);
+        batch::stamp(&mut b, self.log.log_end_offset() as i64, epoch);
+        b
+    }
+
+    fn append(&mut self, bytes: Vec<u8>) -> ReplicaAppended {
+        let appended = self
+            .log
+            .append_replicated(Bytes::from(bytes.clone()), self.now_ms)
+            .unwrap();
+        self.apply();
+        for (_, range) in batch::split_batches(&bytes).unwrap() {
+            self.batches.push(bytes[range].to_vec());
+        }
+        appended
+    }
+
+    fn truncate(&mut self, offset: u64) {
+        self.log.truncate_suffix(offset).unwrap();
+        self.apply();
+        self.batches
+            .retain(|b| (header(b).base_offset as u64) < offset);
+    }
+
+    fn commit(&mut self, offset: u64) {
+        self.log.set_high_watermark(offset);
+        self.apply();
+    }
+
+    fn reopen(&mut self) {
+        let (mut log, store) =
+            LogStore::open(self.storage.clone(), self.dir.clone(), self.config.clone()).unwrap();
+        log.set_replicated();
+        self.log = log;
+        self.store = store;
+        self.log.check_invariants();
+        let end = self.log.log_end_offset();
+        self.batches
+            .retain(|b| header(b).next_offset() as u64 <= end);
+        assert_eq!(
+            self.batches
+                .last()
+                .map_or(self.log.log_start_offset(), |b| header(b).next_offset()
+                    as u64),
+            end,
+            "recovered log ends inside a batch"
+        );
+    }
+
+    fn crash(&mut self, mode: CrashMode) {
+        self.storage.crash(mode);
+        self.reopen();
+    }
+
+    fn retention(&mut self) {
+        self.log.enforce_retention(self.now_ms);
+        self.apply();
+        let start = self.log.log_start_offset();
+        let (gone, kept): (Vec<_>, Vec<_>) = self
+            .batches
+            .drain(..)
+            .partition(|b| (header(b).base_offset as u64) < start);
+        self.deleted.extend(gone);
+        self.batches = kept;
+    }
+
+    /// Raft's read: every durable batch from `offset`, as the log stores it.
+    fn read_durable(&mut self, offset: u64) -> Vec<StoredBatch> {
+        let mut out = Vec::new();
+        let mut at = offset;
+        loop {
+            let mut cursor = self.log.read_durable(at, 300).unwrap();
+            self.store.read(&mut cursor).unwrap();
+            let got = cursor.into_batches();
+            let Some(last) = got.last() else { break };
+            at = last.last_offset + 1;
+            out.extend(got);
+        }
+        out
+    }
+
+    /// What a consumer sees: committed batches only.
+    fn read_committed(&mut self) -> Vec<Vec<u8>> {
+        let mut offset = self.log.log_start_offset();
+        let mut out = Vec::new();
+        while offset < self.log.high_watermark() {
+            let mut cursor = self.log.read(offset, 1 << 20).unwrap();
+            self.store.read(&mut cursor).unwrap();
+            for b in cursor.into_batches() {
+                assert!(
+                    b.last_offset < self.log.high_watermark(),
+                    "read past the HW"
+                );
+                offset = b.last_offset + 1;
+                out.push(b.bytes.to_vec());
+            }
+        }
+        out
+    }
+
+    /// The log equals the model: contents, producer state and epoch cache as a fresh replay of
+    /// the model's batches would give them.
+    fn check(&mut self) {
+        let hw = self.log.high_watermark();
+        let committed: Vec<Vec<u8>> = self
+            .batches
+            .iter()
+            .filter(|b| (header(b).next_offset() as u64) <= hw)
+            .cloned()
+            .collect();
+        assert!(
+            self.read_committed() == committed,
+            "committed contents differ"
+        );
+        let mut producers = ProducerStateTable::new();
+        let mut epochs = LeaderEpochCache::new();
+        for b in self.deleted.iter().chain(&self.batches) {
+            let h = header(b);
+            producers.record(&h);
+            epochs.assign(h.partition_leader_epoch, h.base_offset as u64);
+        }
+        epochs.truncate_from_start(self.log.log_start_offset());
+        assert_eq!(
+            self.log.producers(),
+            &producers,
+            "producer state differs from a replay"
+        );
+        assert_eq!(
+            self.log.epoch_runs(),
+            epochs.entries(),
+            "epoch cache differs"
+        );
+    }
+}
+
+fn config() -> LogConfig {
+    small_config()
+}
+
+#[test]
+fn replicated_batches_append_at_the_log_end_and_mirror_producer_state() {
+    let mut leader = Replica::new(config());
+    let mut follower = Replica::new(config());
+    let start = batch::leader_epoch_start_batch(0, 1, 5);
+    leader.append(start.clone());
+    for seq in 0..4 {
+        let b = leader.stamped(2, Some((7, 0, seq * 2)), 1);
+        leader.append(b);
+    }
+    // The follower gets them all in one message.
+    let all: Vec<u8> = leader.batches.concat();
+    let appended = follower.append(all);
+    assert_eq!(
+        (appended.base_offset, appended.last_offset, appended.batches),
+        (0, 8, 5)
+    );
+    assert_eq!(follower.log.producers(), leader.log.producers());
+    assert_eq!(
+        follower.log.epoch_runs(),
+        &[EpochStart {
+            epoch: 1,
+            start_offset: 0
+        }]
+    );
+    // Each batch became one Append op at the right place: the store wrote them byte for byte.
+    follower.sync();
+    let read: Vec<Vec<u8>> = follower
+        .read_durable(0)
+        .into_iter()
+        .map(|b| b.bytes.to_vec())
+        .collect();
+    assert_eq!(read, leader.batches);
+    follower.check();
+}
+
+#[test]
+fn replicated_appends_refuse_gaps_bad_crcs_and_older_epochs_and_write_nothing() {
+    let mut r = Replica::new(config());
+    r.append(r.stamped(2, None, 3));
+    let ops_before = r.log.log_end_offset();
+    let mut gap = batch(1, 5, 0, None);
+    batch::stamp(&mut gap, 5, 3);
+    assert_eq!(
+        r.log.append_replicated(Bytes::from(gap), 0),
+        Err(ReplicaAppendError::NotContiguous {
+            expected: 2,
+            received: 5
+        })
+    );
+    let mut bad = r.stamped(1, None, 3);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(matches!(
+        r.log.append_replicated(Bytes::from(bad), 0),
+        Err(ReplicaAppendError::Batch(BatchError::BadCrc { .. }))
+    ));
+    let old = r.stamped(1, None, 2);
+    assert_eq!(
+        r.log.append_replicated(Bytes::from(old), 0),
+        Err(ReplicaAppendError::EpochDecreased {
+            latest: 3,
+            received: 2
+        })
+    );
+    // A good batch followed by a bad one: neither is written.
+    let good = r.stamped(1, None, 3);
+    let mut second = batch(1, 5, 0, None);
+    batch::stamp(&mut second, 3, 1);
+    assert!(r
+        .log
+        .append_replicated(Bytes::from([good, second].concat()), 0)
+        .is_err());
+    assert_eq!(r.log.log_end_offset(), ops_before);
+    assert!(r.log.poll_op().is_none(), "a refused append emitted ops");
+    r.sync();
+    r.check();
+}
+
+#[test]
+fn the_leader_checks_before_proposing_and_sees_uncommitted_duplicates() {
+    let mut r = Replica::new(config());
+    let raw = batch(3, 10, 0, Some((9, 0, 0)));
+    let header = batch::validate_produce(&raw, 1 << 20).unwrap();
+    assert_eq!(r.log.check_produce(&header), Ok(ProduceCheck::Append));
+    let mut stamped = raw.clone();
+    batch::stamp(&mut stamped, r.log.log_end_offset() as i64, 1);
+    r.append(stamped);
+    assert_eq!(r.log.high_watermark(), 0, "nothing committed yet");
+    // A retry while the batch is still uncommitted is a duplicate with its offsets.
+    assert_eq!(
+        r.log.check_produce(&header),
+        Ok(ProduceCheck::Duplicate(Appended {
+            base_offset: 0,
+            last_offset: 2,
+            duplicate: true
+        }))
+    );
+    let gap = batch::validate_produce(&batch(1, 1, 0, Some((9, 0, 7))), 1 << 20).unwrap();
+    assert_eq!(
+        r.log.check_produce(&gap).unwrap_err().error_code(),
+        ErrorCode::OutOfOrderSequenceNumber
+    );
+    assert_eq!(r.log.log_end_offset(), 3, "checking appends nothing");
+}
+
+#[test]
+fn the_high_watermark_follows_the_commit_index_but_never_passes_the_synced_end() {
+    let mut r = Replica::new(config());
+    for _ in 0..3 {
+        r.append(r.stamped(2, None, 1));
+    }
+    r.commit(4);
+    assert_eq!(r.log.high_watermark(), 0, "not synced yet");
+    r.sync();
+    assert_eq!(
+        r.log.high_watermark(),
+        4,
+        "the sync let it catch up with the commit index"
+    );
+    assert!(
+        r.read_committed().len() == 2,
+        "reads stop at the high watermark"
+    );
+    r.commit(3);
+    assert_eq!(r.log.high_watermark(), 4, "never backwards");
+    r.commit(100);
+    assert_eq!(r.log.high_watermark(), 6, "clamped to the synced end");
+    r.append(r.stamped(1, None, 1));
+    assert_eq!(r.log.high_watermark(), 6);
+    r.sync();
+    assert_eq!(
+        r.log.high_watermark(),
+        7,
+        "a commit index ahead of the log is followed later"
+    );
+    r.check();
+}
+
+#[test]
+fn truncation_below_the_high_watermark_or_inside_a_batch_is_refused() {
+    let mut r = Replica::new(config());
+    for _ in 0..4 {
+        r.append(r.stamped(2, None, 1));
+    }
+    r.sync();
+    r.commit(4);
+    assert_eq!(
+        r.log.truncate_suffix(2),
+        Err(TruncateError::BelowHighWatermark {
+            offset: 2,
+            committed: 4
+        })
+    );
+    assert_eq!(
+        r.log.truncate_suffix(5),
+        Err(TruncateError::NotBatchBoundary { offset: 5 })
+    );
+    assert_eq!(
+        r.log.truncate_suffix(9),
+        Err(TruncateError::BeyondLogEnd {
+            offset: 9,
+            log_end_offset: 8
+        })
+    );
+    assert_eq!(
+        r.log.truncate_suffix(8),
+        Ok(()),
+        "at the log end: nothing to do"
+    );
+    r.truncate(4);
+    assert_eq!(r.log.log_end_offset(), 4);
+    r.check();
+}
+
+#[test]
+fn a_truncated_batch_retried_is_new_again_and_producer_state_is_exactly_rolled_back() {
+    let mut r = Replica::new(config());
+    // Enough batches of one producer that the table forgot the oldest; truncation must bring
+    // them back, not just drop the newest.
+    for seq in 0..8 {
+        r.append(r.stamped(1, Some((5, 0, seq)), 1));
+    }
+    r.sync();
+    r.commit(3);
+    let table_at_3 = {
+        let mut t = ProducerStateTable::new();
+        for b in &r.batches[..3] {
+            t.record(&header(b));
+        }
+        t
+    };
+    r.truncate(3);
+    assert_eq!(r.log.producers(), &table_at_3);
+    // The producer's retry of seq 3 (truncated, never committed) is new data again...
+    let retry = batch::validate_produce(&batch(1, 20, 0, Some((5, 0, 3))), 1 << 20).unwrap();
+    assert_eq!(r.log.check_produce(&retry), Ok(ProduceCheck::Append));
+    // ...while a retry of seq 2 (committed) is still a duplicate.
+    let old = batch::validate_produce(&batch(1, 20, 0, Some((5, 0, 2))), 1 << 20).unwrap();
+    assert!(matches!(
+        r.log.check_produce(&old),
+        Ok(ProduceCheck::Duplicate(_))
+    ));
+    // A new leader's epoch-bumped producer also rolls back to the old epoch.
+    r.append(r.stamped(1, Some((5, 1, 0)), 2));
+    r.truncate(3);
+    assert_eq!(r.log.producers(), &table_at_3);
+    r.check();
+}
+
+#[test]
+fn truncation_across_segments_deletes_later_ones_and_reopens_the_cut_one() {
+    let mut r = Replica::new(config());
+    for i in 0..30u8 {
+        r.append(r.stamped(2, Some((1, 0, i32::from(i) * 2)), 1 + i32::from(i / 10)));
+    }
+    r.sync();
+    let bases: Vec<u64> = r.log.segments().map(|s| s.base_offset).collect();
+    assert!(bases.len() > 4, "small segments rolled");
+    // Cut in the middle of the second segment, then at a segment base.
+    let cut = bases[1] + 2;
+    r.commit(bases[1]);
+    r.truncate(cut);
+    assert_eq!(r.log.segments().count(), 2);
+    assert_eq!(
+        r.log.epoch_runs().last().unwrap().epoch,
+        header(r.batches.last().unwrap()).partition_leader_epoch
+    );
+    // The reopened segment takes appends and rolls again.
+    for i in 0..10 {
+        r.append(r.stamped(1, None, 4 + i / 5));
+    }
+    r.sync();
+    r.check();
+    let base = r.log.segments().last().unwrap().base_offset;
+    r.truncate(base);
+    assert_eq!(r.log.log_end_offset(), base);
+    r.sync();
+    r.check();
+    r.crash(CrashMode::Clean);
+    r.sync();
+    r.check();
+}
+
+#[test]
+fn truncation_below_synced_data_is_not_durable_until_the_next_sync() {
+    for mode in [
+        CrashMode::Clean,
+        CrashMode::TearLastWrite {
+            keep_bytes: 30,
+            garbage: false,
+        },
+        CrashMode::TearLastWrite {
+            keep_bytes: 30,
+            garbage: true,
+        },
+    ] {
+        let mut r = Replica::new(config());
+        for seq in 0..6 {
+            r.append(r.stamped(2, Some((3, 0, seq * 2)), 1));
+        }
+        r.sync();
+        r.commit(4);
+        assert_eq!(r.log.high_watermark(), 4);
+        // Raft truncates synced but uncommitted data and appends a new leader's entries.
+        r.truncate(6);
+        let start = batch::leader_epoch_start_batch(6, 2, 0);
+        r.append(start);
+        r.append(r.stamped(3, Some((3, 0, 6)), 2));
+        let end = r.log.log_end_offset();
+        // Raft may read only what is durable: nothing past the cut yet.
+        assert_eq!(r.read_durable(4).last().map(|b| b.last_offset), Some(5));
+        r.crash(mode);
+        assert_eq!(
+            r.log.log_end_offset(),
+            6,
+            "{mode:?}: unsynced batches after the cut are gone"
+        );
+        r.sync();
+        r.check();
+        // Again, synced this time.
+        r.append(batch::leader_epoch_start_batch(6, 2, 0));
+        r.append(r.stamped(3, Some((3, 0, 6)), 2));
+        r.sync();
+        assert_eq!(r.log.log_end_offset(), end);
+        r.crash(mode);
+        assert_eq!(r.log.log_end_offset(), end);
+        r.sync();
+        r.check();
+        assert_eq!(
+            r.log.epoch_runs(),
+            &[
+                EpochStart {
+                    epoch: 1,
+                    start_offset: 0
+                },
+                EpochStart {
+                    epoch: 2,
+                    start_offset: 6
+                }
+            ]
+        );
+    }
+}
+
+#[test]
+fn a_sync_in_flight_during_a_truncation_does_not_vouch_for_what_replaced_the_cut() {
+    let mut r = Replica::new(config());
+    for _ in 0..4 {
+        r.append(r.stamped(2, None, 1));
+    }
+    let request = r.log.poll_sync().unwrap();
+    r.truncate(2);
+    r.append(r.stamped(3, None, 2));
+    r.store.sync_now(&mut r.log, request).unwrap();
+    r.commit(5);
+    assert_eq!(
+        r.log.high_watermark(),
+        2,
+        "only the prefix before the cut was covered"
+    );
+    r.sync();
+    assert_eq!(r.log.high_watermark(), 5);
+    r.check();
+}
+
+#[test]
+fn the_epoch_cache_survives_retention_and_recovery() {
+    let mut c = config();
+    c.retention_bytes = 1500;
+    let mut r = Replica::new(c);
+    for i in 0..40 {
+        let epoch = 1 + i / 8;
+        if i % 8 == 0 {
+            r.append(batch::leader_epoch_start_batch(
+                r.log.log_end_offset() as i64,
+                epoch,
+                0,
+            ));
+        }
+        r.append(r.stamped(2, None, epoch));
+    }
+    r.sync();
+    r.commit(r.log.log_end_offset());
+    r.retention();
+    let start = r.log.log_start_offset();
+    assert!(start > 0);
+    let runs = r.log.epoch_runs().to_vec();
+    assert_eq!(
+        runs[0].start_offset, start,
+        "the first run covers the log start"
+    );
+    assert!(runs.len() >= 2);
+    r.check();
+    // OffsetForLeaderEpoch: below the earliest, an exact epoch, the latest.
+    assert_eq!(r.log.end_offset_for_epoch(0), (0, start as i64));
+    assert_eq!(
+        r.log.end_offset_for_epoch(runs[0].epoch),
+        (runs[0].epoch, runs[1].start_offset as i64)
+    );
+    let latest = runs.last().unwrap().epoch;
+    assert_eq!(
+        r.log.end_offset_for_epoch(latest),
+        (latest, r.log.log_end_offset() as i64)
+    );
+    assert_eq!(r.log.end_offset_for_epoch(latest + 1), (-1, -1));
+    // The checkpoint carries the epochs below it; recovery replays the rest.
+    for mode in [
+        CrashMode::Clean,
+        CrashMode::TearLastWrite {
+            keep_bytes: 10,
+            garbage: true,
+        },
+    ] {
+        r.append(r.stamped(1, None, latest + 1));
+        r.crash(mode);
+        r.sync();
+        r.check();
+    }
+    // A full scan (no checkpoint) rebuilds the same cache.
+    let before = r.log.epoch_runs().to_vec();
+    let checkpoint = r.dir.join(CHECKPOINT_FILE);
+    assert!(r.storage.flip_bit(&checkpoint, 40));
+    r.reopen();
+    assert_eq!(r.log.epoch_runs(), &before[..]);
+}
+
+#[test]
+fn raft_reads_whole_batches_with_epochs_and_control_types() {
+    let mut r = Replica::new(config());
+    r.append(batch::leader_epoch_start_batch(0, 4, 0));
+    r.append(r.stamped(3, None, 4));
+    r.append(batch::membership_batch(4, 4, b"1,2,3", 0));
+    r.append(r.stamped(1, None, 4));
+    assert!(r.read_durable(0).is_empty(), "nothing durable yet");
+    r.sync();
+    let got = r.read_durable(0);
+    let summary: Vec<_> = got
+        .iter()
+        .map(|b| (b.base_offset, b.last_offset, b.epoch, b.control_type))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (0, 0, 4, Some(CONTROL_TYPE_LEADER_EPOCH_START)),
+            (1, 3, 4, None),
+            (4, 4, 4, Some(CONTROL_TYPE_MEMBERSHIP)),
+            (5, 5, 4, None),
+        ]
+    );
+    assert_eq!(batch::control_value(&got[2].bytes), Some(&b"1,2,3"[..]));
+    assert_eq!(
+        r.read_committed().len(),
+        0,
+        "consumers see nothing uncommitted"
+    );
+    // From the middle: the batch holding the offset comes first.
+    assert_eq!(r.read_durable(2)[0].base_offset, 1);
+}
+
+#[test]
+fn single_node_mode_is_unchanged_and_refuses_an_external_high_watermark() {
+    let (mut log, _store) =
+        LogStore::open(MemStorage::new(), PathBuf::from("t-0"), config()).unwrap();
+    assert!(!log.is_replicated());
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| log.set_high_watermark(0)));
+    assert!(result.is_err());
+}
+
+// ------------------------------------------------------------------------------------------------
+// The model test: a replica driven through appends by several leaders (epochs), commits,
+// truncations of the uncommitted suffix, syncs, retention and crashes.
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Step {
+    Append { records: u8, pid: Option<i64> },
+    NewEpoch,
+    Sync,
+    Commit { pick: u16 },
+    Truncate { pick: u16 },
+    Retention { advance_ms: u16 },
+    Crash { tear: Option<(u16, bool)> },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        8 => (1u8..4, proptest::option::of(1i64..3)).prop_map(|(records, pid)| Step::Append { records, pid }),
+        1 => Just(Step::NewEpoch),
+        3 => Just(Step::Sync),
+        2 => any::<u16>().prop_map(|pick| Step::Commit { pick }),
+        2 => any::<u16>().prop_map(|pick| Step::Truncate { pick }),
+        1 => (0u16..3000).prop_map(|advance_ms| Step::Retention { advance_ms }),
+        1 => proptest::option::of((0u16..200, any::<bool>())).prop_map(|tear| Step::Crash { tear }),
+    ]
+}
+
+/// The next sequence of producer `pid` as the log knows it (what the leader would accept).
+fn next_sequence(log: &PartitionLog, pid: i64) -> i32 {
+    log.producers()
+        .get(pid)
+        .and_then(|e| e.batches.back())
+        .map_or(0, |b| b.last_sequence + 1)
+}
+
+proptest! {
+    #[test]
+    fn a_replica_matches_the_model_through_truncations_and_crashes(
+        steps in proptest::collection::vec(step(), 1..70),
+        retention in any::<bool>(),
+    ) {
+        let mut c = config();
+        if retention {
+            c.retention_bytes = 1500;
+            c.retention_ms = 20_000;
+        }
+        let mut r = Replica::new(c);
+        let mut epoch = 1;
+        for step in steps {
+            match step {
+                Step::Append { records, pid } => {
+                    let producer = pid.map(|pid| (pid, 0, next_sequence(&r.log, pid)));
+                    let epoch = epoch.max(r.log.epoch_runs().last().map_or(0, |e| e.epoch));
+                    r.append(r.stamped(records, producer, epoch));
+                }
+                Step::NewEpoch => {
+                    epoch = epoch.max(r.log.epoch_runs().last().map_or(0, |e| e.epoch)) + 1;
+                    r.append(batch::leader_epoch_start_batch(r.log.log_end_offset() as i64, epoch, r.now_ms as i64));
+                }
+                Step::Sync => r.sync(),
+                Step::Commit { pick } => {
+                    // Raft commits some batch boundary in the log (possibly not yet synced).
+                    let bounds: Vec<u64> = r.batches.iter().map(|b| header(b).next_offset() as u64).collect();
+                    if !bounds.is_empty() {
+                        r.commit(bounds[usize::from(pick) % bounds.len()]);
+                    }
+                }
+                Step::Truncate { pick } => {
+                    let hw = r.log.high_watermark();
+                    let cuts: Vec<u64> = r.batches.iter().map(|b| header(b).base_offset as u64).filter(|o| *o >= hw).collect();
+                    if !cuts.is_empty() {
+                        let cut = cuts[usize::from(pick) % cuts.len()];
+                        // Raft's commit index never passes an entry it may still truncate.
+                        if r.log.truncate_suffix(cut).is_ok() {
+                            r.apply();
+                            r.batches.retain(|b| (header(b).base_offset as u64) < cut);
+                        }
+                    }
+                }
+                Step::Retention { advance_ms } => {
+                    r.now_ms += u64::from(advance_ms);
+                    r.retention();
+                }
+                Step::Crash { tear } => {
+                    let hw = r.log.high_watermark();
+                    let mode = match tear {
+                        None => CrashMode::Clean,
+                        Some((keep_bytes, garbage)) => CrashMode::TearLastWrite { keep_bytes: u64::from(keep_bytes), garbage },
+                    };
+                    r.crash(mode);
+                    prop_assert!(r.log.log_end_offset() >= hw, "a crash lost committed data");
+                }
+            }
+            r.log.check_invariants();
+        }
+        r.sync();
+        r.check();
+    }
+}
