@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use crate::limits::RAFT_ENTRY_SPAN_MAX;
 use crate::raft::*;
 use crate::rng::Rng;
 
@@ -18,7 +19,7 @@ fn replica_with_log(id: NodeId, voters: &[NodeId], terms: &[u64], term: u64) -> 
     let mut entries = Vec::new();
     for (i, t) in terms.iter().enumerate() {
         let index = i as u64 + 1;
-        state.log.push(index, *t, None).unwrap();
+        state.log.push(index, index, *t, None).unwrap();
         entries.push(entry(index, *t));
     }
     state.hard_state.term = term;
@@ -186,7 +187,7 @@ fn candidate_counts_its_own_vote_only_once_synced() {
     assert_eq!(r.commit_index(), 0);
     r.on_persisted(rd.write.unwrap().seq);
     assert_eq!(r.commit_index(), 1);
-    let index = r.propose(Bytes::from_static(b"x")).unwrap();
+    let (index, _) = r.propose(Bytes::from_static(b"x"), 1).unwrap();
     let rd = ready(&mut r);
     assert_eq!(rd.committed.len(), 1, "the empty entry");
     r.on_persisted(rd.write.unwrap().seq);
@@ -478,7 +479,7 @@ fn proposals_are_refused_with_a_reason() {
     let mut f = replica(2, &[1, 2, 3]);
     f.step(msg(1, 2, 1, MessageBody::Heartbeat { commit: 0 }));
     assert_eq!(
-        f.propose(Bytes::new()),
+        f.propose(Bytes::new(), 1),
         Err(ProposeError::NotLeader { leader: Some(1) })
     );
     assert_eq!(
@@ -495,10 +496,16 @@ fn proposals_are_refused_with_a_reason() {
     )
     .unwrap();
     make_leader(&mut r);
-    r.propose(Bytes::new()).unwrap();
-    r.propose(Bytes::new()).unwrap();
+    assert_eq!(r.propose(Bytes::new(), 0), Err(ProposeError::BadSpan));
     assert_eq!(
-        r.propose(Bytes::new()),
+        r.propose(Bytes::new(), RAFT_ENTRY_SPAN_MAX + 1),
+        Err(ProposeError::BadSpan)
+    );
+    // The limit counts entries, not indexes: a batch of a million records is one entry.
+    assert_eq!(r.propose(Bytes::new(), 1_000_000), Ok((2, 1_000_001)));
+    r.propose(Bytes::new(), 1).unwrap();
+    assert_eq!(
+        r.propose(Bytes::new(), 1),
         Err(ProposeError::TooManyUncommitted)
     );
     r.transfer_leadership(2).unwrap();
@@ -564,7 +571,7 @@ fn election_timeouts_are_drawn_from_the_injected_rng() {
 #[test]
 fn restore_checks_the_stored_state() {
     let mut state = RaftState::bootstrap(Membership::new([1, 2, 3]));
-    state.log.push(1, 3, None).unwrap();
+    state.log.push(1, 1, 3, None).unwrap();
     state.hard_state = HardState {
         term: 2,
         vote: None,
@@ -599,7 +606,7 @@ fn compaction_needs_applied_entries_and_moves_the_log_start() {
     let source = VecSource::default();
     let _ = drain_synced(&mut r, &source);
     for _ in 0..4 {
-        r.propose(Bytes::new()).unwrap();
+        r.propose(Bytes::new(), 1).unwrap();
     }
     assert_eq!(r.compact(3), Err(CompactError::NotApplied { applied: 1 }));
     let _ = drain_synced(&mut r, &source);
