@@ -52,7 +52,10 @@ pub fn chain(prev: u64, entry: &Entry) -> u64 {
         EntryKind::Empty => 3,
     };
     mix(
-        mix(mix(mix(mix(prev, entry.index), entry.last), entry.term), kind),
+        mix(
+            mix(mix(mix(prev, entry.index), entry.last), entry.term),
+            kind,
+        ),
         hash_bytes(&entry.payload[..entry.payload.len().min(64)]) ^ entry.payload.len() as u64,
     )
 }
@@ -115,10 +118,9 @@ impl StoredLog {
     /// last index.
     pub fn end_at_or_before(&self, index: u64) -> u64 {
         match self.position(index) {
-            Some(at) if self.entries[at].last != index => {
-                at.checked_sub(1)
-                    .map_or(self.snapshot.index, |before| self.entries[before].last)
-            }
+            Some(at) if self.entries[at].last != index => at
+                .checked_sub(1)
+                .map_or(self.snapshot.index, |before| self.entries[before].last),
             _ => index,
         }
     }
@@ -155,20 +157,14 @@ impl StoredLog {
         }
     }
 
-    /// Drops entries up to `index` (retention), keeping the chain there as the snapshot data.
-    fn compact_to(&mut self, meta: &SnapshotMeta) {
-        if meta.index <= self.snapshot.index {
+    /// Drops entries up to `meta.index` (retention), keeping `chain`, the chain hash there, as
+    /// the snapshot data. A log that does not hold that state there is left alone: it is the
+    /// synced log of a replica whose installed snapshot is not synced yet, which may lack the
+    /// boundary or hold a divergent suffix across it; syncing the snapshot replaces it.
+    fn compact_to(&mut self, meta: &SnapshotMeta, chain: u64) {
+        if meta.index <= self.snapshot.index || self.chain_at(meta.index) != Some(chain) {
             return;
         }
-        let Some(chain) = self.chain_at(meta.index) else {
-            // The boundary is an installed snapshot whose write is not synced yet; syncing it
-            // moves this log's boundary.
-            assert!(
-                meta.index > self.last_index(),
-                "compacting held entries, or inside an entry"
-            );
-            return;
-        };
         let drop = self.entries.partition_point(|e| e.last <= meta.index);
         self.entries.drain(..drop);
         self.chains.drain(..drop);
@@ -302,7 +298,10 @@ impl EntrySource for SimStorage {
             log.last_index()
         );
         let from = log.position(lo).expect("in range");
-        assert_eq!(log.entries[from].index, lo, "raft read from inside an entry");
+        assert_eq!(
+            log.entries[from].index, lo,
+            "raft read from inside an entry"
+        );
         let mut bytes = 0;
         for e in &log.entries[from..] {
             if e.last > hi || (bytes > 0 && bytes + e.size_bytes() > max_bytes) {
@@ -387,8 +386,7 @@ impl Checker {
                 }
             ),
             None => {
-                self.stored
-                    .insert((term, entry.index), (entry.last, chain));
+                self.stored.insert((term, entry.index), (entry.last, chain));
             }
         }
     }
@@ -1070,8 +1068,14 @@ impl Cluster {
             .current
             .end_at_or_before(index.min(raft.applied_index()));
         let meta = raft.compact(index).expect("applied");
-        r.storage.synced.compact_to(&meta);
-        r.storage.current.compact_to(&meta);
+        // The log as Raft has it holds the boundary (or is the snapshot installed there).
+        let chain = r
+            .storage
+            .current
+            .chain_at(meta.index)
+            .expect("compaction at an entry end");
+        r.storage.current.compact_to(&meta, chain);
+        r.storage.synced.compact_to(&meta, chain);
         self.stats.compactions += 1;
         self.drain(id);
     }
@@ -1480,7 +1484,8 @@ mod tests {
 
     use super::*;
 
-    fn log_with(entries: &[(u64, u64, u8)]) -> StoredLog {
+    /// A log of `(index, last, term, payload byte)` entries.
+    fn log_with(entries: &[(u64, u64, u64, u8)]) -> StoredLog {
         let mut log = StoredLog::bootstrap(Membership::new([1]));
         let write = Write {
             seq: 1,
@@ -1489,9 +1494,9 @@ mod tests {
             truncate_from: None,
             entries: entries
                 .iter()
-                .map(|(index, term, byte)| Entry {
+                .map(|(index, last, term, byte)| Entry {
                     index: *index,
-                    last: *index,
+                    last: *last,
                     term: *term,
                     kind: EntryKind::Normal,
                     payload: Bytes::from(vec![*byte]),
@@ -1514,8 +1519,8 @@ mod tests {
     #[should_panic(expected = "log matching")]
     fn same_index_and_term_after_different_prefixes_is_caught() {
         let mut c = Checker::new();
-        let a = log_with(&[(1, 1, 0xa), (2, 2, 0)]);
-        let b = log_with(&[(1, 1, 0xb), (2, 2, 0)]);
+        let a = log_with(&[(1, 1, 1, 0xa), (2, 2, 2, 0)]);
+        let b = log_with(&[(1, 1, 1, 0xb), (2, 2, 2, 0)]);
         for log in [&a, &b] {
             for e in &log.entries {
                 c.on_stored(1, e, log.chain_at(e.index).unwrap());
@@ -1524,25 +1529,45 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "with other bounds")]
+    fn same_term_entries_with_other_bounds_are_caught() {
+        let mut c = Checker::new();
+        let a = log_with(&[(1, 3, 1, 0)]);
+        let b = log_with(&[(1, 2, 1, 0), (3, 3, 1, 0)]);
+        for log in [&a, &b] {
+            for e in &log.entries {
+                c.on_stored(1, e, log.chain_at(e.last).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "inside an entry")]
+    fn a_commit_inside_an_entry_is_caught() {
+        let mut c = Checker::new();
+        c.on_committed(1, 1, 2, &log_with(&[(1, 3, 1, 0)]));
+    }
+
+    #[test]
     #[should_panic(expected = "state-machine safety")]
     fn a_committed_entry_that_changes_is_caught() {
         let mut c = Checker::new();
-        c.on_committed(1, 1, 2, &log_with(&[(1, 1, 0), (2, 1, 1)]));
-        c.on_committed(2, 2, 2, &log_with(&[(1, 1, 0), (2, 2, 1)]));
+        c.on_committed(1, 1, 2, &log_with(&[(1, 1, 1, 0), (2, 2, 1, 1)]));
+        c.on_committed(2, 2, 2, &log_with(&[(1, 1, 1, 0), (2, 2, 2, 1)]));
     }
 
     #[test]
     #[should_panic(expected = "leader completeness")]
     fn a_leader_missing_a_committed_entry_is_caught() {
         let mut c = Checker::new();
-        c.on_committed(1, 1, 2, &log_with(&[(1, 1, 0), (2, 1, 1)]));
-        c.check_leader_complete(2, 2, &log_with(&[(1, 1, 0)]));
+        c.on_committed(1, 1, 2, &log_with(&[(1, 1, 1, 0), (2, 2, 1, 1)]));
+        c.check_leader_complete(2, 2, &log_with(&[(1, 1, 1, 0)]));
     }
 
     #[test]
     #[should_panic(expected = "durability")]
     fn an_acknowledgement_beyond_the_synced_log_is_caught() {
-        let mut log = log_with(&[(1, 1, 0)]);
+        let mut log = log_with(&[(1, 1, 1, 0)]);
         log.hard_state.term = 1;
         let ack = Message {
             from: 1,
