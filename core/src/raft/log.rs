@@ -224,7 +224,10 @@ impl LogMeta {
             || index == self.last_index
             || (index > self.snapshot.index
                 && index < self.last_index
-                && self.term_runs.binary_search_by_key(&(index + 1), |run| run.0).is_ok())
+                && self
+                    .term_runs
+                    .binary_search_by_key(&(index + 1), |run| run.0)
+                    .is_ok())
     }
 
     /// The largest index `<= index` known to end an entry: `index` itself if it ends its term
@@ -295,7 +298,10 @@ impl LogMeta {
 
     pub fn check_invariants(&self) {
         assert!(self.last_index >= self.snapshot.index);
-        assert!(self.last_index < RAFT_INDEX_LIMIT, "indexes stay below the limit");
+        assert!(
+            self.last_index < RAFT_INDEX_LIMIT,
+            "indexes stay below the limit"
+        );
         assert_eq!(
             self.term_runs.is_empty(),
             self.last_index == self.snapshot.index,
@@ -443,7 +449,11 @@ impl RaftLog {
     /// Drops entries `index..` (a follower's divergent suffix). `index` is the first index of an
     /// entry; the caller knows this by log matching, and the cache checks it where it can.
     pub(super) fn truncate_from(&mut self, index: u64) {
-        assert_ne!(self.is_end(index - 1), Some(false), "truncating inside an entry");
+        assert_ne!(
+            self.is_end(index - 1),
+            Some(false),
+            "truncating inside an entry"
+        );
         self.meta.truncate_from(index);
         while self.cache.back().is_some_and(|e| e.index >= index) {
             let e = self.cache.pop_back().expect("non-empty");
@@ -475,7 +485,11 @@ impl RaftLog {
             index <= self.persisted_index,
             "compacting unpersisted entries"
         );
-        assert_ne!(self.is_end(index), Some(false), "compacting inside an entry");
+        assert_ne!(
+            self.is_end(index),
+            Some(false),
+            "compacting inside an entry"
+        );
         self.meta.compact_to(index);
         while self.cache.front().is_some_and(|e| e.last <= index) {
             let e = self.cache.pop_front().expect("non-empty");
@@ -648,7 +662,10 @@ impl RaftLog {
         assert_eq!(next, last + 1, "the cache reaches the last index");
         assert_eq!(bytes, self.cache_bytes);
         // Durability is tracked in whole entries.
-        assert_ne!(self.is_end(self.persisted_index.max(snapshot_index)), Some(false));
+        assert_ne!(
+            self.is_end(self.persisted_index.max(snapshot_index)),
+            Some(false)
+        );
         assert_ne!(self.is_end(self.written_index), Some(false));
         assert!(self.seq_persisted <= self.seq_issued);
         let mut prev = self.seq_persisted;
@@ -701,6 +718,104 @@ mod tests {
         assert_eq!(m.find_conflict_by_term(4, 1), Some(2));
         assert_eq!(m.find_conflict_by_term(9, 9), Some(6));
         assert_eq!(m.find_conflict_by_term(3, 0), Some(0));
+    }
+
+    /// A log after the snapshot `(10, term 2)`: entries 11..=14 (term 2), 15 (term 4), the
+    /// membership entry 16 (term 4), 17..=20 (term 4).
+    fn snapshot_10() -> SnapshotMeta {
+        SnapshotMeta {
+            index: 10,
+            term: 2,
+            membership: Membership::new([1, 2, 3]),
+        }
+    }
+
+    #[test]
+    fn from_runs_rebuilds_what_pushes_build() {
+        let config = || vec![(16, Membership::new([1, 2]))];
+        let meta = LogMeta::from_runs(snapshot_10(), vec![(11, 2), (15, 4)], 20, config()).unwrap();
+        let mut pushed = LogMeta::new(snapshot_10());
+        pushed.push(11, 14, 2, None).unwrap();
+        pushed.push(15, 15, 4, None).unwrap();
+        pushed
+            .push(16, 16, 4, Some(Membership::new([1, 2])))
+            .unwrap();
+        pushed.push(17, 20, 4, None).unwrap();
+        assert_eq!(meta, pushed);
+        assert_eq!(
+            (meta.term(14), meta.term(15), meta.term(20)),
+            (Some(2), Some(4), Some(4))
+        );
+        assert_eq!(meta.membership_at(15), &Membership::new([1, 2, 3]));
+        assert_eq!(meta.membership(), &Membership::new([1, 2]));
+        // Known entry ends: the snapshot, the run ends, the last index. Not 12 or 17, which
+        // only the entries themselves could tell.
+        let known: Vec<u64> = (10..=20).filter(|i| meta.is_known_end(*i)).collect();
+        assert_eq!(known, vec![10, 14, 20]);
+        assert_eq!(meta.known_end_at_or_before(13), 10);
+        assert_eq!(meta.known_end_at_or_before(17), 14);
+        assert_eq!(meta.known_end_at_or_before(14), 14);
+        // An empty log after the snapshot.
+        let empty = LogMeta::from_runs(snapshot_10(), vec![], 10, vec![]).unwrap();
+        assert_eq!(empty, LogMeta::new(snapshot_10()));
+    }
+
+    #[test]
+    fn from_runs_refuses_a_damaged_index() {
+        use LogMetaError::*;
+        let from = |runs: Vec<(u64, u64)>, last: u64, configs: Vec<(u64, Membership)>| {
+            LogMeta::from_runs(snapshot_10(), runs, last, configs)
+        };
+        let m = || Membership::new([1]);
+        // Runs must start right after the snapshot, strictly increase, and lie in the log.
+        assert_eq!(from(vec![(12, 2)], 20, vec![]), Err(NotContiguous));
+        assert_eq!(from(vec![(11, 2), (11, 3)], 20, vec![]), Err(NotContiguous));
+        assert_eq!(from(vec![(11, 2), (21, 3)], 20, vec![]), Err(NotContiguous));
+        assert_eq!(from(vec![(11, 3), (9, 4)], 20, vec![]), Err(NotContiguous));
+        // Entries need a run; no entries, no runs; the log never ends before its start.
+        assert_eq!(from(vec![], 20, vec![]), Err(NotContiguous));
+        assert_eq!(from(vec![(11, 2)], 10, vec![]), Err(NotContiguous));
+        assert_eq!(from(vec![], 9, vec![]), Err(NotContiguous));
+        // Terms strictly increase from run to run, from at least the snapshot's (and 1).
+        assert_eq!(from(vec![(11, 3), (15, 3)], 20, vec![]), Err(BadTerm));
+        assert_eq!(from(vec![(11, 4), (15, 3)], 20, vec![]), Err(BadTerm));
+        assert_eq!(from(vec![(11, 1)], 20, vec![]), Err(BadTerm));
+        let zero = LogMeta::from_runs(SnapshotMeta::default(), vec![(1, 0)], 5, vec![]);
+        assert_eq!(zero, Err(BadTerm));
+        // Membership entries inside the log, by increasing index.
+        assert_eq!(from(vec![(11, 2)], 20, vec![(10, m())]), Err(BadMembership));
+        assert_eq!(from(vec![(11, 2)], 20, vec![(21, m())]), Err(BadMembership));
+        assert_eq!(
+            from(vec![(11, 2)], 20, vec![(15, m()), (15, m())]),
+            Err(BadMembership)
+        );
+        // Indexes stay below the limit.
+        assert_eq!(from(vec![(11, 2)], RAFT_INDEX_LIMIT, vec![]), Err(BadSpan));
+    }
+
+    #[test]
+    fn push_refuses_bad_spans() {
+        let mut m = LogMeta::new(SnapshotMeta::default());
+        assert_eq!(m.push(1, 0, 1, None), Err(LogMetaError::BadSpan));
+        assert_eq!(
+            m.push(1, RAFT_ENTRY_SPAN_MAX + 1, 1, None),
+            Err(LogMetaError::BadSpan)
+        );
+        assert_eq!(
+            m.push(1, 2, 1, Some(Membership::new([1]))),
+            Err(LogMetaError::BadSpan)
+        );
+        assert_eq!(m.push(1, RAFT_ENTRY_SPAN_MAX, 1, None), Ok(()));
+        assert_eq!(m.last_index(), RAFT_ENTRY_SPAN_MAX);
+        let last = RAFT_INDEX_LIMIT - 1;
+        let mut m =
+            LogMeta::from_runs(SnapshotMeta::default(), vec![(1, 1)], last - 1, vec![]).unwrap();
+        assert_eq!(m.push(last, last, 1, None), Ok(()));
+        assert_eq!(
+            m.push(last + 1, last + 1, 1, None),
+            Err(LogMetaError::BadSpan)
+        );
+        m.check_invariants();
     }
 
     #[test]

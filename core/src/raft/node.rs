@@ -1486,8 +1486,16 @@ impl Raft {
         );
         assert!(self.applied >= snapshot_index && self.applied <= self.commit);
         // Commit and apply move by whole entries.
-        assert_ne!(self.log.is_end(self.commit), Some(false), "commit inside an entry");
-        assert_ne!(self.log.is_end(self.applied), Some(false), "applied inside an entry");
+        assert_ne!(
+            self.log.is_end(self.commit),
+            Some(false),
+            "commit inside an entry"
+        );
+        assert_ne!(
+            self.log.is_end(self.applied),
+            Some(false),
+            "applied inside an entry"
+        );
         assert!(self.election_timeout >= self.config.election_ticks);
         assert!(self.election_timeout < 2 * self.config.election_ticks);
         match self.role {
