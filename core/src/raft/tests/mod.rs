@@ -2,6 +2,8 @@
 //! harness, property tests over random schedules, and the cost of idle groups.
 
 mod idle;
+#[cfg(feature = "planted-bugs")]
+mod planted;
 mod properties;
 mod review;
 mod scenarios;
