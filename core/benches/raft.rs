@@ -32,7 +32,7 @@ fn commit_throughput(c: &mut Criterion) {
                 let mut proposed = 0u64;
                 b.iter(|| {
                     let last = cluster
-                        .propose_all(0, std::iter::repeat_n(payload.clone(), batch))
+                        .propose_all(0, std::iter::repeat_n((payload.clone(), 1), batch))
                         .unwrap();
                     cluster.settle();
                     assert!(
@@ -122,6 +122,7 @@ fn step_cost(c: &mut Criterion) {
                     prev_term: u64::from(index > 1),
                     entries: vec![Entry {
                         index,
+                        last: index,
                         term: 1,
                         kind: EntryKind::Normal,
                         payload: payload.clone(),
@@ -153,7 +154,7 @@ fn step_cost(c: &mut Criterion) {
         b.iter_custom(|iterations| {
             let mut timed = Duration::ZERO;
             for _ in 0..iterations {
-                let index = l.propose(payload.clone()).unwrap();
+                let (_, index) = l.propose(payload.clone(), 1).unwrap();
                 drain(&mut l);
                 let ack = Message {
                     from: 2,

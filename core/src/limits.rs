@@ -37,6 +37,10 @@ pub const PRODUCERS_PER_PARTITION_MAX: usize = 10_000;
 /// Raft indexes are Kafka offsets (INT64 on the wire): anything at or above this is refused as
 /// malformed, so index arithmetic (`last + 1`) never overflows.
 pub const RAFT_INDEX_LIMIT: u64 = i64::MAX as u64;
+/// Raft: indexes one entry occupies at most. A record batch is one entry spanning its offsets,
+/// and Kafka's `lastOffsetDelta` is an i32, so a batch holds at most `i32::MAX + 1` offsets.
+/// Entries claiming more are refused as malformed.
+pub const RAFT_ENTRY_SPAN_MAX: u64 = i32::MAX as u64 + 1;
 /// Bytes read per step while scanning a segment during recovery.
 pub const RECOVERY_READ_BYTES: u32 = 1024 * 1024;
 
@@ -44,6 +48,7 @@ const _: () = assert!(SEGMENT_BYTES_MAX_DEFAULT <= SEGMENT_BYTES_LIMIT);
 const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT as u64 <= SEGMENT_BYTES_MAX_DEFAULT);
 const _: () = assert!(INDEX_INTERVAL_BYTES_DEFAULT <= INDEX_INTERVAL_BYTES_MAX);
 const _: () = assert!(RECOVERY_READ_BYTES as usize >= BATCH_HEADER_BYTES);
+const _: () = assert!(RAFT_ENTRY_SPAN_MAX >= 1 && RAFT_ENTRY_SPAN_MAX < RAFT_INDEX_LIMIT);
 
 /// Raft: voters in one group at most. Commit and vote counting sort a fixed array this long, so
 /// they never allocate.

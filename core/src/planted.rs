@@ -19,15 +19,24 @@ pub enum Bug {
     FetchPastHighWatermark = 4,
     /// A retried idempotent batch is appended again instead of answered with its offsets.
     IdempotenceOff = 5,
+    /// A Raft leader commits by counting replicas even when the entry is of an earlier term
+    /// (the Figure 8 current-term check is gone). Caught by the Raft cluster harness
+    /// (`raft::tests::planted`), not by the broker simulator, which does not run Raft yet.
+    CommitOldTerm = 6,
+    /// A Raft follower whose log conflicts with the leader's keeps its divergent suffix (no
+    /// truncation) and acknowledges the append anyway. Caught by the Raft cluster harness.
+    NoDivergentTruncation = 7,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
         Bug::FetchPastHighWatermark,
         Bug::IdempotenceOff,
+        Bug::CommitOldTerm,
+        Bug::NoDivergentTruncation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +46,8 @@ impl Bug {
             Bug::RecoveryOffByOne => "recovery-off-by-one",
             Bug::FetchPastHighWatermark => "fetch-past-high-watermark",
             Bug::IdempotenceOff => "idempotence-off",
+            Bug::CommitOldTerm => "commit-old-term",
+            Bug::NoDivergentTruncation => "no-divergent-truncation",
         }
     }
 

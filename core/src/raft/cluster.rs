@@ -42,8 +42,9 @@ fn hash_bytes(bytes: &[u8]) -> u64 {
 }
 
 /// The hash chain through `entry`, given the chain through the entry before it. It covers the
-/// payload's length and first 64 bytes (the harness's payloads are unique 8-byte counters; the
-/// cap keeps large payloads in the benchmark from measuring the hash).
+/// entry's bounds, term and kind, and the payload's length and first 64 bytes (the harness's
+/// payloads are unique 8-byte counters; the cap keeps large payloads in the benchmark from
+/// measuring the hash).
 pub fn chain(prev: u64, entry: &Entry) -> u64 {
     let kind = match entry.kind {
         EntryKind::Normal => 1,
@@ -51,7 +52,10 @@ pub fn chain(prev: u64, entry: &Entry) -> u64 {
         EntryKind::Empty => 3,
     };
     mix(
-        mix(mix(mix(prev, entry.index), entry.term), kind),
+        mix(
+            mix(mix(mix(prev, entry.index), entry.last), entry.term),
+            kind,
+        ),
         hash_bytes(&entry.payload[..entry.payload.len().min(64)]) ^ entry.payload.len() as u64,
     )
 }
@@ -59,7 +63,9 @@ pub fn chain(prev: u64, entry: &Entry) -> u64 {
 // ---- Storage -------------------------------------------------------------------------------
 
 /// One replica's stored state: hard state, snapshot boundary (with the chain hash there as its
-/// data) and the entries after it, each with the chain hash through it.
+/// data) and the entries after it, each with the chain hash through it. Entries keep their
+/// spans: the state only exists between entries (a batch applies whole), so chain hashes are
+/// defined at entry ends and at the snapshot boundary.
 #[derive(Clone, Debug, Default)]
 pub struct StoredLog {
     pub hard_state: HardState,
@@ -82,25 +88,41 @@ impl StoredLog {
     }
 
     pub fn last_index(&self) -> u64 {
-        self.snapshot.index + self.entries.len() as u64
+        self.entries.last().map_or(self.snapshot.index, |e| e.last)
     }
 
-    /// The chain hash through `index`, if the log holds it (or it is the snapshot boundary).
+    /// The position in `entries` of the entry holding `index`.
+    fn position(&self, index: u64) -> Option<usize> {
+        if index <= self.snapshot.index || index > self.last_index() {
+            return None;
+        }
+        Some(self.entries.partition_point(|e| e.last < index))
+    }
+
+    /// The chain hash through `index`, if the log holds it and an entry ends there (or it is the
+    /// snapshot boundary).
     pub fn chain_at(&self, index: u64) -> Option<u64> {
         if index == self.snapshot.index {
             return Some(self.snapshot_chain);
         }
-        if index < self.snapshot.index || index > self.last_index() {
-            return None;
-        }
-        Some(self.chains[(index - self.snapshot.index - 1) as usize])
+        let at = self.position(index)?;
+        (self.entries[at].last == index).then(|| self.chains[at])
     }
 
+    /// The entry holding `index`.
     pub fn entry(&self, index: u64) -> Option<&Entry> {
-        if index <= self.snapshot.index {
-            return None;
+        self.position(index).map(|at| &self.entries[at])
+    }
+
+    /// The largest entry end (or the snapshot boundary) at or below `index`, which is at most the
+    /// last index.
+    pub fn end_at_or_before(&self, index: u64) -> u64 {
+        match self.position(index) {
+            Some(at) if self.entries[at].last != index => at
+                .checked_sub(1)
+                .map_or(self.snapshot.index, |before| self.entries[before].last),
+            _ => index,
         }
-        self.entries.get((index - self.snapshot.index - 1) as usize)
     }
 
     /// Applies one write; calls `on_entry(entry, chain)` for every appended entry.
@@ -116,12 +138,17 @@ impl StoredLog {
         }
         if let Some(from) = write.truncate_from {
             assert!(from > self.snapshot.index, "truncating into the snapshot");
-            let keep = (from - self.snapshot.index - 1) as usize;
+            let keep = self.entries.partition_point(|e| e.index < from);
+            assert!(
+                self.entries.get(keep).is_none_or(|e| e.index == from),
+                "truncating inside an entry"
+            );
             self.entries.truncate(keep);
             self.chains.truncate(keep);
         }
         for e in &write.entries {
             assert_eq!(e.index, self.last_index() + 1, "write leaves a gap");
+            assert!(e.bounds_are_valid(), "malformed entry written");
             let prev = self.chain_at(e.index - 1).expect("previous entry");
             let c = chain(prev, e);
             on_entry(e, c);
@@ -130,33 +157,43 @@ impl StoredLog {
         }
     }
 
-    /// Drops entries up to `index` (retention), keeping the chain there as the snapshot data.
-    fn compact_to(&mut self, meta: &SnapshotMeta) {
-        if meta.index <= self.snapshot.index {
+    /// Drops entries up to `meta.index` (retention), keeping `chain`, the chain hash there, as
+    /// the snapshot data. A log that does not hold that state there is left alone: it is the
+    /// synced log of a replica whose installed snapshot is not synced yet, which may lack the
+    /// boundary or hold a divergent suffix across it; syncing the snapshot replaces it.
+    fn compact_to(&mut self, meta: &SnapshotMeta, chain: u64) {
+        if meta.index <= self.snapshot.index || self.chain_at(meta.index) != Some(chain) {
             return;
         }
-        let Some(chain) = self.chain_at(meta.index) else {
-            // The boundary is an installed snapshot whose write is not synced yet; syncing it
-            // moves this log's boundary.
-            assert!(meta.index > self.last_index(), "compacting held entries");
-            return;
-        };
-        let drop = (meta.index - self.snapshot.index) as usize;
+        let drop = self.entries.partition_point(|e| e.last <= meta.index);
         self.entries.drain(..drop);
         self.chains.drain(..drop);
         self.snapshot = meta.clone();
         self.snapshot_chain = chain;
     }
 
-    /// The index a restarted replica is rebuilt from.
+    /// The index a restarted replica is rebuilt from: from the term runs, as a host with a
+    /// leader-epoch cache does, checked against the entry-by-entry rebuild.
     fn log_meta(&self) -> LogMeta {
-        let mut meta = LogMeta::new(self.snapshot.clone());
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut configs = Vec::new();
+        let mut pushed = LogMeta::new(self.snapshot.clone());
         for e in &self.entries {
+            if runs.last().is_none_or(|run| run.1 != e.term) {
+                runs.push((e.index, e.term));
+            }
             let membership = (e.kind == EntryKind::Membership)
                 .then(|| Membership::decode(&e.payload).expect("stored membership"));
-            meta.push(e.index, e.term, membership)
+            if let Some(m) = &membership {
+                configs.push((e.index, m.clone()));
+            }
+            pushed
+                .push(e.index, e.last, e.term, membership)
                 .expect("stored log is well formed");
         }
+        let meta = LogMeta::from_runs(self.snapshot.clone(), runs, self.last_index(), configs)
+            .expect("stored log is well formed");
+        assert_eq!(meta, pushed, "both rebuilds agree");
         meta
     }
 }
@@ -260,10 +297,14 @@ impl EntrySource for SimStorage {
             log.snapshot.index + 1,
             log.last_index()
         );
+        let from = log.position(lo).expect("in range");
+        assert_eq!(
+            log.entries[from].index, lo,
+            "raft read from inside an entry"
+        );
         let mut bytes = 0;
-        for index in lo..=hi {
-            let e = log.entry(index).expect("in range");
-            if bytes > 0 && bytes + e.size_bytes() > max_bytes {
+        for e in &log.entries[from..] {
+            if e.last > hi || (bytes > 0 && bytes + e.size_bytes() > max_bytes) {
                 break;
             }
             bytes += e.size_bytes();
@@ -286,12 +327,14 @@ impl EntrySource for SimStorage {
 pub struct Checker {
     /// Election safety: the one leader of each term.
     leaders: BTreeMap<u64, NodeId>,
-    /// Log matching: the chain hash through every `(index, term)` ever stored anywhere. Equal
-    /// chains mean equal prefixes.
-    stored: BTreeMap<(u64, u64), u64>,
-    /// State-machine safety: the chain hash through every committed index, `committed[i]` for
-    /// index `i` (index 0 is the empty log).
-    committed: Vec<u64>,
+    /// Log matching: every entry ever stored anywhere, by `(term, first index)`: its last index
+    /// and the chain hash through it. Only the leader of a term creates its entries, once per
+    /// index, so two entries of one term that overlap must be the same entry after the same
+    /// prefix (equal chains mean equal prefixes): checked per index, entry boundaries included.
+    stored: BTreeMap<(u64, u64), (u64, u64)>,
+    /// State-machine safety: `(last index, chain hash through it)` of every committed entry, by
+    /// index, after `(0, 0)` for the empty log. Commit indexes are entry ends.
+    committed: Vec<(u64, u64)>,
     /// Leader completeness: for each term, the largest index some replica in that term saw
     /// committed (so it was committed in that term or before).
     committed_by_term: BTreeMap<u64, u64>,
@@ -300,61 +343,88 @@ pub struct Checker {
 impl Checker {
     pub fn new() -> Checker {
         Checker {
-            committed: vec![0],
+            committed: vec![(0, 0)],
             ..Checker::default()
         }
     }
 
     /// The highest index known committed.
     pub fn commit_index(&self) -> u64 {
-        self.committed.len() as u64 - 1
+        self.committed.last().expect("the empty log").0
     }
 
     pub fn leaders(&self) -> &BTreeMap<u64, NodeId> {
         &self.leaders
     }
 
+    /// The chain hash through `index`, if it is committed and a committed entry ends there.
     pub fn committed_chain(&self, index: u64) -> Option<u64> {
-        self.committed.get(index as usize).copied()
+        let at = self.committed.binary_search_by_key(&index, |c| c.0).ok()?;
+        Some(self.committed[at].1)
     }
 
     fn on_stored(&mut self, id: NodeId, entry: &Entry, chain: u64) {
-        let seen = *self
+        let term = entry.term;
+        // Entries of one term seen so far do not overlap, so only the last one starting at or
+        // before this entry's end can overlap it.
+        let overlapping = self
             .stored
-            .entry((entry.index, entry.term))
-            .or_insert(chain);
-        assert_eq!(
-            seen, chain,
-            "log matching: replica {id} stored entry {} of term {} after a different prefix",
-            entry.index, entry.term
-        );
+            .range((term, 0)..=(term, entry.last))
+            .next_back()
+            .filter(|(_, (last, _))| *last >= entry.index);
+        match overlapping {
+            Some((&(_, first), &(last, seen))) => assert!(
+                (first, last, seen) == (entry.index, entry.last, chain),
+                "log matching: replica {id} stored entry {}..={} of term {term}, but \
+                 {first}..={last} of that term was stored {}",
+                entry.index,
+                entry.last,
+                if (first, last) == (entry.index, entry.last) {
+                    "after a different prefix"
+                } else {
+                    "with other bounds"
+                }
+            ),
+            None => {
+                self.stored.insert((term, entry.index), (entry.last, chain));
+            }
+        }
     }
 
     /// A replica's commit index is `commit` (in `term`), and its log's chain there is `chain`.
     fn on_committed(&mut self, id: NodeId, term: u64, commit: u64, log: &StoredLog) {
+        assert!(
+            log.entry(commit).is_none_or(|e| e.last == commit),
+            "state-machine safety: replica {id} committed {commit}, inside an entry"
+        );
         let known = self.commit_index();
         if commit <= known {
             let chain = log.chain_at(commit).expect("committed entries are stored");
             assert_eq!(
-                chain, self.committed[commit as usize],
+                Some(chain),
+                self.committed_chain(commit),
                 "state-machine safety: replica {id} committed a different entry {commit}"
             );
         } else {
             // Extend the committed chain from this replica's log (it holds everything above
             // the last known commit: its snapshot is at most that).
-            for index in known + 1..=commit {
-                let chain = log.chain_at(index).unwrap_or_else(|| {
-                    panic!("replica {id} committed {index} but does not hold it")
-                });
-                if index == known + 1 {
-                    let prev = log.chain_at(known).expect("prefix held");
-                    assert_eq!(
-                        prev, self.committed[known as usize],
-                        "state-machine safety: replica {id}'s committed prefix differs"
-                    );
+            assert_eq!(
+                log.chain_at(known),
+                self.committed_chain(known),
+                "state-machine safety: replica {id}'s committed prefix differs"
+            );
+            let from = log.entries.partition_point(|e| e.last <= known);
+            for (e, chain) in log.entries[from..].iter().zip(&log.chains[from..]) {
+                if e.last > commit {
+                    break;
                 }
-                self.committed.push(chain);
+                self.committed.push((e.last, *chain));
             }
+            assert_eq!(
+                self.commit_index(),
+                commit,
+                "replica {id} committed {commit} but does not hold it"
+            );
         }
         let floor = self.committed_by_term.entry(term).or_insert(0);
         *floor = (*floor).max(commit);
@@ -363,8 +433,8 @@ impl Checker {
     /// A replica applied the state `chain` at `index` (an entry or a snapshot).
     fn on_applied(&self, id: NodeId, index: u64, chain: u64) {
         assert_eq!(
-            self.committed.get(index as usize),
-            Some(&chain),
+            self.committed_chain(index),
+            Some(chain),
             "state-machine safety: replica {id} applied a state at {index} that was not committed"
         );
     }
@@ -537,6 +607,8 @@ pub struct ClusterOptions {
     pub inflight_appends_max: usize,
     pub entry_cache_bytes_max: u64,
     pub uncommitted_entries_max: u64,
+    /// Proposals occupy `1..=span_max` indexes (records of a batch), mostly at most 4.
+    pub span_max: u64,
     pub network: NetworkFaults,
     /// Sync every write as soon as it is handed out (scenario tests); otherwise syncs happen at
     /// random points and at the end of each tick.
@@ -573,6 +645,7 @@ impl ClusterOptions {
             inflight_appends_max: 8,
             entry_cache_bytes_max: 64 * 1024,
             uncommitted_entries_max: 1024,
+            span_max: 1,
             network: NetworkFaults::default(),
             sync_immediately: true,
             sync_now_per_mille: 1000,
@@ -644,6 +717,7 @@ impl ClusterOptions {
             inflight_appends_max: rng.between(1, 4) as usize,
             entry_cache_bytes_max: rng.between(0, 400),
             uncommitted_entries_max: rng.between(4, 64),
+            span_max: *rng.pick(&[1, 4, 4, 100]),
             network: NetworkFaults {
                 drop_per_mille: *rng.pick(&[0, 10, 50, 200]) as u32,
                 duplicate_per_mille: *rng.pick(&[0, 10, 100]) as u32,
@@ -902,35 +976,47 @@ impl Cluster {
         self.drain(id);
     }
 
-    /// Proposes a fresh payload at `id`; returns its index and term if `id` accepted it.
+    /// A proposal's span: `1..=span_max`, mostly at most 4 (no draw when it is always 1, so
+    /// scenarios with single-index entries see the same randomness as before ranges).
+    pub fn random_span(&mut self) -> u64 {
+        match self.options.span_max {
+            1 => 1,
+            max if max > 4 && self.rng.chance(900) => self.rng.between(1, 4),
+            max => self.rng.between(1, max),
+        }
+    }
+
+    /// Proposes a fresh payload with a random span at `id`; returns the entry's last index and
+    /// its term if `id` accepted it.
     pub fn propose(&mut self, id: NodeId) -> Option<(u64, u64)> {
         self.next_payload += 1;
         let payload = Bytes::copy_from_slice(&self.next_payload.to_be_bytes());
-        self.propose_bytes(id, payload)
+        let span = self.random_span();
+        self.propose_bytes(id, payload, span)
     }
 
-    pub fn propose_bytes(&mut self, id: NodeId, payload: Bytes) -> Option<(u64, u64)> {
+    pub fn propose_bytes(&mut self, id: NodeId, payload: Bytes, span: u64) -> Option<(u64, u64)> {
         let raft = self.replicas[id as usize].raft.as_mut()?;
-        let index = raft.propose(payload).ok()?;
+        let (_, last) = raft.propose(payload, span).ok()?;
         let term = raft.term();
         self.stats.proposals += 1;
-        self.trace = mix(self.trace, index);
+        self.trace = mix(self.trace, last);
         self.drain(id);
-        Some((index, term))
+        Some((last, term))
     }
 
-    /// Proposes every payload at `id`, then hands out the effects once (as a host does with
-    /// everything that arrived in one loop iteration, so they travel in shared appends).
+    /// Proposes every `(payload, span)` at `id`, then hands out the effects once (as a host does
+    /// with everything that arrived in one loop iteration, so they travel in shared appends).
     /// Returns the last index, if `id` accepted them all.
     pub fn propose_all(
         &mut self,
         id: NodeId,
-        payloads: impl IntoIterator<Item = Bytes>,
+        proposals: impl IntoIterator<Item = (Bytes, u64)>,
     ) -> Option<u64> {
         let raft = self.replicas[id as usize].raft.as_mut()?;
         let mut last = None;
-        for payload in payloads {
-            last = Some(raft.propose(payload).ok()?);
+        for (payload, span) in proposals {
+            last = Some(raft.propose(payload, span).ok()?.1);
             self.stats.proposals += 1;
         }
         self.drain(id);
@@ -970,16 +1056,26 @@ impl Cluster {
         }
     }
 
-    /// Drops `id`'s log up to `index` (at most what it applied), as retention would.
+    /// Drops `id`'s log up to `index` (at most what it applied, and back to an entry end), as
+    /// retention would: it deletes whole batches.
     pub fn compact(&mut self, id: NodeId, index: u64) {
         let r = &mut self.replicas[id as usize];
         let Some(raft) = r.raft.as_mut() else {
             return;
         };
-        let index = index.min(raft.applied_index());
+        let index = r
+            .storage
+            .current
+            .end_at_or_before(index.min(raft.applied_index()));
         let meta = raft.compact(index).expect("applied");
-        r.storage.synced.compact_to(&meta);
-        r.storage.current.compact_to(&meta);
+        // The log as Raft has it holds the boundary (or is the snapshot installed there).
+        let chain = r
+            .storage
+            .current
+            .chain_at(meta.index)
+            .expect("compaction at an entry end");
+        r.storage.current.compact_to(&meta, chain);
+        r.storage.synced.compact_to(&meta, chain);
         self.stats.compactions += 1;
         self.drain(id);
     }
@@ -1203,7 +1299,7 @@ impl Cluster {
                     "Append prev ({prev_index}, {prev_term}) entries {:?} commit {commit}",
                     entries
                         .iter()
-                        .map(|e| (e.index, e.term))
+                        .map(|e| (e.index, e.last, e.term))
                         .collect::<Vec<_>>()
                 ),
                 other => format!("{other:?}"),
@@ -1319,10 +1415,10 @@ impl Cluster {
             let r = &mut self.replicas[id as usize];
             for e in &ready.committed {
                 assert_eq!(e.index, r.applied_index + 1, "entries applied in order");
-                r.applied_index = e.index;
+                r.applied_index = e.last;
                 r.applied_chain = chain(r.applied_chain, e);
                 if self.options.checks {
-                    self.checker.on_applied(id, e.index, r.applied_chain);
+                    self.checker.on_applied(id, e.last, r.applied_chain);
                 }
             }
         }
@@ -1388,7 +1484,8 @@ mod tests {
 
     use super::*;
 
-    fn log_with(entries: &[(u64, u64, u8)]) -> StoredLog {
+    /// A log of `(index, last, term, payload byte)` entries.
+    fn log_with(entries: &[(u64, u64, u64, u8)]) -> StoredLog {
         let mut log = StoredLog::bootstrap(Membership::new([1]));
         let write = Write {
             seq: 1,
@@ -1397,8 +1494,9 @@ mod tests {
             truncate_from: None,
             entries: entries
                 .iter()
-                .map(|(index, term, byte)| Entry {
+                .map(|(index, last, term, byte)| Entry {
                     index: *index,
+                    last: *last,
                     term: *term,
                     kind: EntryKind::Normal,
                     payload: Bytes::from(vec![*byte]),
@@ -1421,8 +1519,8 @@ mod tests {
     #[should_panic(expected = "log matching")]
     fn same_index_and_term_after_different_prefixes_is_caught() {
         let mut c = Checker::new();
-        let a = log_with(&[(1, 1, 0xa), (2, 2, 0)]);
-        let b = log_with(&[(1, 1, 0xb), (2, 2, 0)]);
+        let a = log_with(&[(1, 1, 1, 0xa), (2, 2, 2, 0)]);
+        let b = log_with(&[(1, 1, 1, 0xb), (2, 2, 2, 0)]);
         for log in [&a, &b] {
             for e in &log.entries {
                 c.on_stored(1, e, log.chain_at(e.index).unwrap());
@@ -1431,25 +1529,45 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "with other bounds")]
+    fn same_term_entries_with_other_bounds_are_caught() {
+        let mut c = Checker::new();
+        let a = log_with(&[(1, 3, 1, 0)]);
+        let b = log_with(&[(1, 2, 1, 0), (3, 3, 1, 0)]);
+        for log in [&a, &b] {
+            for e in &log.entries {
+                c.on_stored(1, e, log.chain_at(e.last).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "inside an entry")]
+    fn a_commit_inside_an_entry_is_caught() {
+        let mut c = Checker::new();
+        c.on_committed(1, 1, 2, &log_with(&[(1, 3, 1, 0)]));
+    }
+
+    #[test]
     #[should_panic(expected = "state-machine safety")]
     fn a_committed_entry_that_changes_is_caught() {
         let mut c = Checker::new();
-        c.on_committed(1, 1, 2, &log_with(&[(1, 1, 0), (2, 1, 1)]));
-        c.on_committed(2, 2, 2, &log_with(&[(1, 1, 0), (2, 2, 1)]));
+        c.on_committed(1, 1, 2, &log_with(&[(1, 1, 1, 0), (2, 2, 1, 1)]));
+        c.on_committed(2, 2, 2, &log_with(&[(1, 1, 1, 0), (2, 2, 2, 1)]));
     }
 
     #[test]
     #[should_panic(expected = "leader completeness")]
     fn a_leader_missing_a_committed_entry_is_caught() {
         let mut c = Checker::new();
-        c.on_committed(1, 1, 2, &log_with(&[(1, 1, 0), (2, 1, 1)]));
-        c.check_leader_complete(2, 2, &log_with(&[(1, 1, 0)]));
+        c.on_committed(1, 1, 2, &log_with(&[(1, 1, 1, 0), (2, 2, 1, 1)]));
+        c.check_leader_complete(2, 2, &log_with(&[(1, 1, 1, 0)]));
     }
 
     #[test]
     #[should_panic(expected = "durability")]
     fn an_acknowledgement_beyond_the_synced_log_is_caught() {
-        let mut log = log_with(&[(1, 1, 0)]);
+        let mut log = log_with(&[(1, 1, 1, 0)]);
         log.hard_state.term = 1;
         let ack = Message {
             from: 1,

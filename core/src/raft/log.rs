@@ -12,15 +12,18 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::types::{Entry, EntryKind, Membership, Snapshot, SnapshotMeta};
+use crate::limits::{RAFT_ENTRY_SPAN_MAX, RAFT_INDEX_LIMIT};
 
 /// Read access to the host's stored log.
 ///
 /// Raft only asks for entries it knows to be durable (at or below the persisted index, above the
 /// log start), so a host may serve them from its synced files.
 pub trait EntrySource {
-    /// Appends entries `lo..=hi` to `out`, in order, stopping once their payloads reach
-    /// `max_bytes` (but always at least one). Returning fewer (even none, after an I/O error) is
-    /// allowed; Raft sends or applies what it got and asks again later.
+    /// Appends to `out`, in order, the whole entries that start at `lo` or later and end at `hi`
+    /// or earlier, stopping once their payloads reach `max_bytes` (but always at least one).
+    /// `lo` is always the first index of an entry (a batch's base offset + 1). Returning fewer
+    /// (even none, after an I/O error) is allowed; Raft sends or applies what it got and asks
+    /// again later.
     fn entries(&self, lo: u64, hi: u64, max_bytes: u64, out: &mut Vec<Entry>);
 
     /// The opaque state as of the log start boundary `index` (everything up to `index` applied),
@@ -29,13 +32,21 @@ pub trait EntrySource {
     fn snapshot_data(&self, index: u64) -> Option<Bytes>;
 }
 
-/// Why [`LogMeta::push`] refused an entry (a host rebuilding the index from a damaged log).
+/// Why [`LogMeta::push`] or [`LogMeta::from_runs`] refused (a host rebuilding the index from a
+/// damaged log).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogMetaError {
-    /// The index is not the one after the last.
+    /// An entry does not start right after the last one, or term runs do not start at the log
+    /// start, do not strictly increase, or start beyond the last index.
     NotContiguous,
-    /// Terms never decrease along a log, and entries have terms of at least 1.
+    /// Terms never decrease along a log (strictly increase from run to run), never fall below
+    /// the snapshot's, and entries have terms of at least 1.
     BadTerm,
+    /// An entry ends before it starts, spans more than [`RAFT_ENTRY_SPAN_MAX`] indexes, reaches
+    /// [`RAFT_INDEX_LIMIT`], or is a membership entry spanning more than one index.
+    BadSpan,
+    /// Membership entries lie outside the log or are not in increasing index order.
+    BadMembership,
 }
 
 /// A run of entries with one term: `(first index, term)`.
@@ -43,13 +54,19 @@ type TermRun = (u64, u64);
 
 /// The shape of a log without its payloads: enough to check log matching at any index, to find
 /// the membership in force, and to rebuild a replica after a restart.
+///
+/// It does not know where every entry starts and ends (that would cost memory per batch). The
+/// indexes it does know to be the last index of an entry ([`LogMeta::is_known_end`]) are the
+/// snapshot boundary, the last index, and the end of every term run; see "Ranged entries" in
+/// docs/raft.md for why those are enough.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogMeta {
     /// Everything up to `snapshot.index` has been dropped.
     snapshot: SnapshotMeta,
     last_index: u64,
     /// Cover `first_index()..=last_index` exactly; first indexes and terms strictly increase.
-    /// Terms change only with leaders, so this stays tiny however long the log.
+    /// Terms change only with leaders, so this stays tiny however long the log. An entry never
+    /// straddles two runs (it has one term), so every run ends where an entry ends.
     term_runs: Vec<TermRun>,
     /// Membership entries above the snapshot, by increasing index.
     configs: Vec<(u64, Membership)>,
@@ -67,16 +84,69 @@ impl LogMeta {
         }
     }
 
-    /// Adds the next entry: its index, its term and, for a membership entry, the voters it names.
-    /// Used by hosts rebuilding the index from their stored log after a restart.
+    /// Rebuilds the index of a stored log without visiting its entries: the log starts after
+    /// `snapshot` and ends at `last_index`; `runs` are `(first index, term)` of each run of equal
+    /// terms, by increasing index (a Kafka leader-epoch cache of `(epoch, start offset)` pairs is
+    /// exactly this, with `start offset + 1` as the first index); `configs` are the membership
+    /// entries after the snapshot, by index. Everything is validated, since it comes from disk.
+    pub fn from_runs(
+        snapshot: SnapshotMeta,
+        runs: Vec<(u64, u64)>,
+        last_index: u64,
+        configs: Vec<(u64, Membership)>,
+    ) -> Result<LogMeta, LogMetaError> {
+        if snapshot.index >= RAFT_INDEX_LIMIT || last_index >= RAFT_INDEX_LIMIT {
+            return Err(LogMetaError::BadSpan);
+        }
+        if last_index < snapshot.index
+            || runs.is_empty() != (last_index == snapshot.index)
+            || runs.first().is_some_and(|run| run.0 != snapshot.index + 1)
+            || runs.last().is_some_and(|run| run.0 > last_index)
+            || runs.windows(2).any(|pair| pair[0].0 >= pair[1].0)
+        {
+            return Err(LogMetaError::NotContiguous);
+        }
+        if runs.first().is_some_and(|run| run.1 < snapshot.term.max(1))
+            || runs.windows(2).any(|pair| pair[0].1 >= pair[1].1)
+        {
+            return Err(LogMetaError::BadTerm);
+        }
+        if configs
+            .iter()
+            .any(|c| c.0 <= snapshot.index || c.0 > last_index)
+            || configs.windows(2).any(|pair| pair[0].0 >= pair[1].0)
+        {
+            return Err(LogMetaError::BadMembership);
+        }
+        let meta = LogMeta {
+            snapshot,
+            last_index,
+            term_runs: runs,
+            configs,
+        };
+        meta.check_invariants();
+        Ok(meta)
+    }
+
+    /// Adds the next entry: its first and last index, its term and, for a membership entry,
+    /// the voters it names. Used by hosts rebuilding the index entry by entry after a restart
+    /// (see [`LogMeta::from_runs`] for the cheaper way).
     pub fn push(
         &mut self,
         index: u64,
+        last: u64,
         term: u64,
         membership: Option<Membership>,
     ) -> Result<(), LogMetaError> {
         if index != self.last_index + 1 {
             return Err(LogMetaError::NotContiguous);
+        }
+        if last < index
+            || last >= RAFT_INDEX_LIMIT
+            || last - index >= RAFT_ENTRY_SPAN_MAX
+            || (membership.is_some() && last != index)
+        {
+            return Err(LogMetaError::BadSpan);
         }
         if term == 0 || term < self.last_term() {
             return Err(LogMetaError::BadTerm);
@@ -86,7 +156,7 @@ impl LogMeta {
             self.term_runs.reserve_exact(1);
             self.term_runs.push((index, term));
         }
-        self.last_index = index;
+        self.last_index = last;
         if let Some(membership) = membership {
             self.configs.push((index, membership));
         }
@@ -146,6 +216,31 @@ impl LogMeta {
         }
     }
 
+    /// Whether `index` is known to be the last index of an entry (or the snapshot boundary):
+    /// the snapshot index, the last index, or the end of a term run. `false` means "not known",
+    /// not "not an end".
+    pub fn is_known_end(&self, index: u64) -> bool {
+        index == self.snapshot.index
+            || index == self.last_index
+            || (index > self.snapshot.index
+                && index < self.last_index
+                && self
+                    .term_runs
+                    .binary_search_by_key(&(index + 1), |run| run.0)
+                    .is_ok())
+    }
+
+    /// The largest index `<= index` known to end an entry: `index` itself if it ends its term
+    /// run, else the end of the run before (or the snapshot boundary). `index` is in the log.
+    pub fn known_end_at_or_before(&self, index: u64) -> u64 {
+        assert!(index >= self.snapshot.index && index <= self.last_index);
+        if self.is_known_end(index) {
+            return index;
+        }
+        let after = self.term_runs.partition_point(|run| run.0 <= index);
+        self.term_runs[after - 1].0 - 1
+    }
+
     /// The largest index `<= index` whose term is `<= term`: where a log that disagrees at
     /// `index` may agree with this one. `None` if that lies below the snapshot boundary, where
     /// terms are no longer known.
@@ -203,6 +298,10 @@ impl LogMeta {
 
     pub fn check_invariants(&self) {
         assert!(self.last_index >= self.snapshot.index);
+        assert!(
+            self.last_index < RAFT_INDEX_LIMIT,
+            "indexes stay below the limit"
+        );
         assert_eq!(
             self.term_runs.is_empty(),
             self.last_index == self.snapshot.index,
@@ -231,8 +330,10 @@ impl LogMeta {
 #[derive(Debug)]
 pub(super) struct RaftLog {
     pub(super) meta: LogMeta,
-    /// Entries `cache_first()..=last_index`, contiguous. Holds at least every entry above the
-    /// persisted index (those may not be readable from storage yet).
+    /// Whole entries `cache_first()..=last_index`, contiguous. Holds at least every entry above
+    /// the persisted index (those may not be readable from storage yet) and every entry
+    /// appended since the restart that is not applied yet (so a leader can count the
+    /// uncommitted entries of its term).
     cache: VecDeque<Entry>,
     cache_bytes: u64,
     /// Entries up to here have been handed to the host in a write.
@@ -297,7 +398,40 @@ impl RaftLog {
             .map_or(self.meta.last_index() + 1, |e| e.index)
     }
 
-    /// Appends one entry after the last. The caller has validated it (index, term, payload).
+    /// Whether `index` is known to be the last index of an entry: `Some(true)` if it is,
+    /// `Some(false)` if the cache shows it inside an entry, `None` if nothing here tells.
+    pub(super) fn is_end(&self, index: u64) -> Option<bool> {
+        if self.meta.is_known_end(index) || index + 1 == self.cache_first() {
+            return Some(true);
+        }
+        if index < self.cache_first() || index > self.meta.last_index() {
+            return None;
+        }
+        let at = self.cache.partition_point(|e| e.last < index);
+        Some(self.cache[at].last == index)
+    }
+
+    /// The largest index `<= index` known to end an entry (`index` itself if it does): the
+    /// cache knows every boundary it covers, the term runs know theirs.
+    pub(super) fn known_end_at_or_before(&self, index: u64) -> u64 {
+        if self.is_end(index) == Some(true) {
+            return index;
+        }
+        let from_runs = self.meta.known_end_at_or_before(index);
+        let cached = self.cache.partition_point(|e| e.last <= index);
+        match cached {
+            0 => from_runs,
+            n => from_runs.max(self.cache[n - 1].last),
+        }
+    }
+
+    /// Entries in the cache that start above `index`. For a leader and its commit index: every
+    /// uncommitted entry appended since the restart, which includes all of its own term's.
+    pub(super) fn cached_entries_after(&self, index: u64) -> u64 {
+        (self.cache.len() - self.cache.partition_point(|e| e.index <= index)) as u64
+    }
+
+    /// Appends one entry after the last. The caller has validated it (bounds, term, payload).
     pub(super) fn append(&mut self, entry: Entry) {
         let membership = match entry.kind {
             EntryKind::Membership => {
@@ -306,14 +440,20 @@ impl RaftLog {
             EntryKind::Normal | EntryKind::Empty => None,
         };
         self.meta
-            .push(entry.index, entry.term, membership)
+            .push(entry.index, entry.last, entry.term, membership)
             .expect("validated entry");
         self.cache_bytes += entry.size_bytes();
         self.cache.push_back(entry);
     }
 
-    /// Drops entries `index..` (a follower's divergent suffix).
+    /// Drops entries `index..` (a follower's divergent suffix). `index` is the first index of an
+    /// entry; the caller knows this by log matching, and the cache checks it where it can.
     pub(super) fn truncate_from(&mut self, index: u64) {
+        assert_ne!(
+            self.is_end(index - 1),
+            Some(false),
+            "truncating inside an entry"
+        );
         self.meta.truncate_from(index);
         while self.cache.back().is_some_and(|e| e.index >= index) {
             let e = self.cache.pop_back().expect("non-empty");
@@ -338,14 +478,20 @@ impl RaftLog {
         self.clamp_durable(index);
     }
 
-    /// The host dropped entries up to `index`, which are durable and applied.
+    /// The host dropped entries up to `index`, which are durable and applied, and `index` ends
+    /// an entry.
     pub(super) fn compact_to(&mut self, index: u64) {
         assert!(
             index <= self.persisted_index,
             "compacting unpersisted entries"
         );
+        assert_ne!(
+            self.is_end(index),
+            Some(false),
+            "compacting inside an entry"
+        );
         self.meta.compact_to(index);
-        while self.cache.front().is_some_and(|e| e.index <= index) {
+        while self.cache.front().is_some_and(|e| e.last <= index) {
             let e = self.cache.pop_front().expect("non-empty");
             self.cache_bytes -= e.size_bytes();
         }
@@ -406,7 +552,7 @@ impl RaftLog {
     pub(super) fn evict(&mut self, applied: u64, keep_from: u64, budget_bytes: u64) {
         let evictable = self.persisted_index.min(applied);
         while let Some(front) = self.cache.front() {
-            if front.index > evictable
+            if front.last > evictable
                 || (front.index >= keep_from && self.cache_bytes <= budget_bytes)
             {
                 break;
@@ -423,17 +569,22 @@ impl RaftLog {
         }
     }
 
-    /// Entries `lo..=hi` into `out`, at most `max_bytes` of them (at least one): from the cache,
-    /// or from storage for durable entries no longer cached. Returns how many were added.
+    /// Whole entries from `lo` (an entry's first index) to at most `hi` (an entry's last index)
+    /// into `out`: at most `max_entries` of them and `max_bytes` of payload (but at least one),
+    /// from the cache, or from storage for durable entries no longer cached. Returns how many
+    /// were added.
     pub(super) fn read(
         &self,
         lo: u64,
         hi: u64,
+        max_entries: usize,
         max_bytes: u64,
         source: &impl EntrySource,
         out: &mut Vec<Entry>,
     ) -> usize {
         assert!(lo >= self.meta.first_index() && lo <= hi && hi <= self.meta.last_index());
+        assert!(max_entries >= 1);
+        debug_assert_ne!(self.is_end(lo - 1), Some(false), "reads start at an entry");
         let start = out.len();
         let mut bytes = 0;
         let mut next = lo;
@@ -442,28 +593,38 @@ impl RaftLog {
             let end = hi.min(cache_first - 1);
             assert!(end <= self.persisted_index, "uncached entries are durable");
             source.entries(lo, end, max_bytes, out);
-            // The host's answer is input: keep only the part that is what we asked for.
+            // The host's answer is input: keep only the part that is what we asked for (whole
+            // entries, contiguous from `lo`, with the terms this log has there).
             let mut valid = start;
             while valid < out.len() {
                 let e = &out[valid];
-                let expected = lo + (valid - start) as u64;
-                if e.index != expected || e.index > end || Some(e.term) != self.meta.term(e.index) {
+                let fits = e.index == next
+                    && e.bounds_are_valid()
+                    && e.last <= end
+                    && Some(e.term) == self.meta.term(e.index)
+                    && Some(e.term) == self.meta.term(e.last);
+                if !fits {
                     break;
                 }
+                next = e.last + 1;
                 valid += 1;
             }
             debug_assert_eq!(valid, out.len(), "entry source returned other entries");
-            out.truncate(valid);
+            out.truncate(valid.min(start + max_entries));
+            next = out[start..].last().map_or(lo, |e| e.last + 1);
             bytes = out[start..].iter().map(Entry::size_bytes).sum();
-            next = lo + (out.len() - start) as u64;
-            if next <= end {
+            if next <= end || out.len() - start == max_entries {
                 return out.len() - start;
             }
         }
         if next <= hi {
-            let skip = (next - cache_first) as usize;
-            for e in self.cache.range(skip..=(hi - cache_first) as usize) {
-                if out.len() > start && bytes + e.size_bytes() > max_bytes {
+            let skip = self.cache.partition_point(|e| e.index < next);
+            assert_eq!(self.cache[skip].index, next, "reads start at an entry");
+            for e in self.cache.range(skip..) {
+                if e.last > hi
+                    || out.len() - start == max_entries
+                    || (out.len() > start && bytes + e.size_bytes() > max_bytes)
+                {
                     break;
                 }
                 bytes += e.size_bytes();
@@ -485,25 +646,33 @@ impl RaftLog {
         );
         assert!(self.cache_first() >= self.meta.first_index());
         let mut bytes = 0;
-        for (i, e) in self.cache.iter().enumerate() {
+        let mut next = self.cache_first();
+        for e in &self.cache {
+            assert!(e.bounds_are_valid());
+            assert_eq!(e.index, next, "cache is contiguous");
+            // Both ends in the term run of the entry's term: no entry straddles two runs.
             assert_eq!(
-                e.index,
-                self.cache_first() + i as u64,
-                "cache is contiguous"
-            );
-            assert_eq!(
-                Some(e.term),
-                self.meta.term(e.index),
+                (Some(e.term), Some(e.term)),
+                (self.meta.term(e.index), self.meta.term(e.last)),
                 "cache matches the index"
             );
+            next = e.last + 1;
             bytes += e.size_bytes();
         }
+        assert_eq!(next, last + 1, "the cache reaches the last index");
         assert_eq!(bytes, self.cache_bytes);
+        // Durability is tracked in whole entries.
+        assert_ne!(
+            self.is_end(self.persisted_index.max(snapshot_index)),
+            Some(false)
+        );
+        assert_ne!(self.is_end(self.written_index), Some(false));
         assert!(self.seq_persisted <= self.seq_issued);
         let mut prev = self.seq_persisted;
         for (seq, last_index) in &self.unsynced {
             assert!(*seq > prev && *seq <= self.seq_issued);
             assert!(*last_index <= last);
+            assert_ne!(self.is_end(*last_index), Some(false));
             prev = *seq;
         }
         if let Some(t) = self.truncate_from {
@@ -519,7 +688,7 @@ mod tests {
     fn meta(terms: &[u64]) -> LogMeta {
         let mut m = LogMeta::new(SnapshotMeta::default());
         for (i, t) in terms.iter().enumerate() {
-            m.push(i as u64 + 1, *t, None).unwrap();
+            m.push(i as u64 + 1, i as u64 + 1, *t, None).unwrap();
         }
         m.check_invariants();
         m
@@ -534,8 +703,11 @@ mod tests {
         assert_eq!(m.term(6), Some(5));
         assert_eq!(m.term(7), None);
         assert_eq!(m.last_term(), 5);
-        assert_eq!(m.clone().push(8, 5, None), Err(LogMetaError::NotContiguous));
-        assert_eq!(m.clone().push(7, 4, None), Err(LogMetaError::BadTerm));
+        assert_eq!(
+            m.clone().push(8, 8, 5, None),
+            Err(LogMetaError::NotContiguous)
+        );
+        assert_eq!(m.clone().push(7, 7, 4, None), Err(LogMetaError::BadTerm));
     }
 
     #[test]
@@ -546,6 +718,104 @@ mod tests {
         assert_eq!(m.find_conflict_by_term(4, 1), Some(2));
         assert_eq!(m.find_conflict_by_term(9, 9), Some(6));
         assert_eq!(m.find_conflict_by_term(3, 0), Some(0));
+    }
+
+    /// A log after the snapshot `(10, term 2)`: entries 11..=14 (term 2), 15 (term 4), the
+    /// membership entry 16 (term 4), 17..=20 (term 4).
+    fn snapshot_10() -> SnapshotMeta {
+        SnapshotMeta {
+            index: 10,
+            term: 2,
+            membership: Membership::new([1, 2, 3]),
+        }
+    }
+
+    #[test]
+    fn from_runs_rebuilds_what_pushes_build() {
+        let config = || vec![(16, Membership::new([1, 2]))];
+        let meta = LogMeta::from_runs(snapshot_10(), vec![(11, 2), (15, 4)], 20, config()).unwrap();
+        let mut pushed = LogMeta::new(snapshot_10());
+        pushed.push(11, 14, 2, None).unwrap();
+        pushed.push(15, 15, 4, None).unwrap();
+        pushed
+            .push(16, 16, 4, Some(Membership::new([1, 2])))
+            .unwrap();
+        pushed.push(17, 20, 4, None).unwrap();
+        assert_eq!(meta, pushed);
+        assert_eq!(
+            (meta.term(14), meta.term(15), meta.term(20)),
+            (Some(2), Some(4), Some(4))
+        );
+        assert_eq!(meta.membership_at(15), &Membership::new([1, 2, 3]));
+        assert_eq!(meta.membership(), &Membership::new([1, 2]));
+        // Known entry ends: the snapshot, the run ends, the last index. Not 12 or 17, which
+        // only the entries themselves could tell.
+        let known: Vec<u64> = (10..=20).filter(|i| meta.is_known_end(*i)).collect();
+        assert_eq!(known, vec![10, 14, 20]);
+        assert_eq!(meta.known_end_at_or_before(13), 10);
+        assert_eq!(meta.known_end_at_or_before(17), 14);
+        assert_eq!(meta.known_end_at_or_before(14), 14);
+        // An empty log after the snapshot.
+        let empty = LogMeta::from_runs(snapshot_10(), vec![], 10, vec![]).unwrap();
+        assert_eq!(empty, LogMeta::new(snapshot_10()));
+    }
+
+    #[test]
+    fn from_runs_refuses_a_damaged_index() {
+        use LogMetaError::*;
+        let from = |runs: Vec<(u64, u64)>, last: u64, configs: Vec<(u64, Membership)>| {
+            LogMeta::from_runs(snapshot_10(), runs, last, configs)
+        };
+        let m = || Membership::new([1]);
+        // Runs must start right after the snapshot, strictly increase, and lie in the log.
+        assert_eq!(from(vec![(12, 2)], 20, vec![]), Err(NotContiguous));
+        assert_eq!(from(vec![(11, 2), (11, 3)], 20, vec![]), Err(NotContiguous));
+        assert_eq!(from(vec![(11, 2), (21, 3)], 20, vec![]), Err(NotContiguous));
+        assert_eq!(from(vec![(11, 3), (9, 4)], 20, vec![]), Err(NotContiguous));
+        // Entries need a run; no entries, no runs; the log never ends before its start.
+        assert_eq!(from(vec![], 20, vec![]), Err(NotContiguous));
+        assert_eq!(from(vec![(11, 2)], 10, vec![]), Err(NotContiguous));
+        assert_eq!(from(vec![], 9, vec![]), Err(NotContiguous));
+        // Terms strictly increase from run to run, from at least the snapshot's (and 1).
+        assert_eq!(from(vec![(11, 3), (15, 3)], 20, vec![]), Err(BadTerm));
+        assert_eq!(from(vec![(11, 4), (15, 3)], 20, vec![]), Err(BadTerm));
+        assert_eq!(from(vec![(11, 1)], 20, vec![]), Err(BadTerm));
+        let zero = LogMeta::from_runs(SnapshotMeta::default(), vec![(1, 0)], 5, vec![]);
+        assert_eq!(zero, Err(BadTerm));
+        // Membership entries inside the log, by increasing index.
+        assert_eq!(from(vec![(11, 2)], 20, vec![(10, m())]), Err(BadMembership));
+        assert_eq!(from(vec![(11, 2)], 20, vec![(21, m())]), Err(BadMembership));
+        assert_eq!(
+            from(vec![(11, 2)], 20, vec![(15, m()), (15, m())]),
+            Err(BadMembership)
+        );
+        // Indexes stay below the limit.
+        assert_eq!(from(vec![(11, 2)], RAFT_INDEX_LIMIT, vec![]), Err(BadSpan));
+    }
+
+    #[test]
+    fn push_refuses_bad_spans() {
+        let mut m = LogMeta::new(SnapshotMeta::default());
+        assert_eq!(m.push(1, 0, 1, None), Err(LogMetaError::BadSpan));
+        assert_eq!(
+            m.push(1, RAFT_ENTRY_SPAN_MAX + 1, 1, None),
+            Err(LogMetaError::BadSpan)
+        );
+        assert_eq!(
+            m.push(1, 2, 1, Some(Membership::new([1]))),
+            Err(LogMetaError::BadSpan)
+        );
+        assert_eq!(m.push(1, RAFT_ENTRY_SPAN_MAX, 1, None), Ok(()));
+        assert_eq!(m.last_index(), RAFT_ENTRY_SPAN_MAX);
+        let last = RAFT_INDEX_LIMIT - 1;
+        let mut m =
+            LogMeta::from_runs(SnapshotMeta::default(), vec![(1, 1)], last - 1, vec![]).unwrap();
+        assert_eq!(m.push(last, last, 1, None), Ok(()));
+        assert_eq!(
+            m.push(last + 1, last + 1, 1, None),
+            Err(LogMetaError::BadSpan)
+        );
+        m.check_invariants();
     }
 
     #[test]

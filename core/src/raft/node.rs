@@ -142,6 +142,8 @@ pub enum RestoreError {
 pub enum CompactError {
     /// Only entries already applied (hence committed and durable) may be dropped.
     NotApplied { applied: u64 },
+    /// The index lies inside an entry: a log is only ever cut between entries.
+    NotEntryEnd,
 }
 
 /// Storage work for the host, to be done in field order, then synced, then confirmed with
@@ -409,10 +411,11 @@ impl Raft {
         self.debug_check();
     }
 
-    /// Leader: appends a normal entry; returns its index. It is committed once
-    /// [`Raft::commit_index`] reaches that index with the entry still at the term it was
+    /// Leader: appends a normal entry occupying `span` indexes (a record batch of `span`
+    /// records); returns its first and last index. It is committed once
+    /// [`Raft::commit_index`] reaches the last index with the entry still at the term it was
     /// proposed in (`term()` now).
-    pub fn propose(&mut self, payload: Bytes) -> Result<u64, ProposeError> {
+    pub fn propose(&mut self, payload: Bytes, span: u64) -> Result<(u64, u64), ProposeError> {
         self.check_can_append().map_err(|e| match e {
             AppendBlock::NotLeader => ProposeError::NotLeader {
                 leader: self.leader,
@@ -420,9 +423,17 @@ impl Raft {
             AppendBlock::Transfer => ProposeError::TransferInProgress,
             AppendBlock::Full => ProposeError::TooManyUncommitted,
         })?;
-        let index = self.append_entry(EntryKind::Normal, payload);
+        if span == 0 || span > RAFT_ENTRY_SPAN_MAX {
+            return Err(ProposeError::BadSpan);
+        }
+        // The last index is `last_index + span`, which must stay below the limit (no overflow:
+        // both terms are below 2^63).
+        if self.log.last_index() + span >= RAFT_INDEX_LIMIT {
+            return Err(ProposeError::IndexLimit);
+        }
+        let bounds = self.append_entry(EntryKind::Normal, payload, span);
         self.debug_check();
-        Ok(index)
+        Ok(bounds)
     }
 
     /// Leader: appends a single-server membership change; returns its index. The new voter set
@@ -443,7 +454,7 @@ impl Raft {
             return Err(ConfChangeError::Pending);
         }
         let membership = self.log.meta.membership().apply(change)?;
-        let index = self.append_entry(EntryKind::Membership, membership.encode());
+        let (index, _) = self.append_entry(EntryKind::Membership, membership.encode(), 1);
         match change {
             ConfChange::AddVoter(id) if id != self.config.id => {
                 // Probe from the change itself: the new voter learns of it first.
@@ -504,13 +515,18 @@ impl Raft {
     }
 
     /// The host dropped the log prefix up to `index` (retention or compaction); `index` must be
-    /// applied. Returns the new boundary, which the host stores with its snapshot. Followers
-    /// that need dropped entries are sent a snapshot ([`EntrySource::snapshot_data`]).
+    /// applied and the last index of an entry (retention drops whole batches). Returns the new
+    /// boundary, which the host stores with its snapshot. Followers that need dropped entries
+    /// are sent a snapshot ([`EntrySource::snapshot_data`]).
     pub fn compact(&mut self, index: u64) -> Result<SnapshotMeta, CompactError> {
         if index > self.applied {
             return Err(CompactError::NotApplied {
                 applied: self.applied,
             });
+        }
+        // Only refutable where the cache covers `index`; elsewhere the host's word is taken.
+        if index > self.log.meta.snapshot().index && self.log.is_end(index) == Some(false) {
+            return Err(CompactError::NotEntryEnd);
         }
         if index > self.log.meta.snapshot().index {
             self.log.compact_to(index);
@@ -577,14 +593,17 @@ impl Raft {
         }
         ready.messages = std::mem::take(&mut self.outbox);
         if self.applied < self.commit {
-            let n = self.log.read(
+            self.log.read(
                 self.applied + 1,
                 self.commit,
+                usize::MAX,
                 self.config.apply_bytes_max,
                 source,
                 &mut ready.committed,
             );
-            self.applied += n as u64;
+            if let Some(e) = ready.committed.last() {
+                self.applied = e.last;
+            }
         }
         self.evict_cache();
         if self.held.is_empty() && self.held.capacity() > 0 {
@@ -751,7 +770,7 @@ impl Raft {
                 .map(|v| Progress::new(*v, next, window)),
         );
         self.progress = progress;
-        self.term_start_index = self.append_entry(EntryKind::Empty, Bytes::new());
+        self.term_start_index = self.append_entry(EntryKind::Empty, Bytes::new(), 1).0;
     }
 
     // ---- Messages --------------------------------------------------------------------------
@@ -861,31 +880,32 @@ impl Raft {
                 prev_index,
                 hint_index,
                 hint_term,
-            } => self.handle_rejected(from, prev_index, hint_index, hint_term),
+                hint_is_end,
+            } => self.handle_rejected(from, prev_index, (hint_index, hint_term, hint_is_end)),
             HeartbeatResponse => self.handle_heartbeat_response(from),
         }
     }
 
-    /// Whether an append from a leader at `term` is well formed: contiguous indexes after
-    /// `prev_index`, terms that never decrease and never exceed the leader's, decodable
-    /// membership payloads.
+    /// Whether an append from a leader at `term` is well formed: whole entries with valid bounds
+    /// ([`Entry::bounds_are_valid`]: a span of 1 to `RAFT_ENTRY_SPAN_MAX` indexes, exactly 1 for
+    /// control entries, below `RAFT_INDEX_LIMIT`), each starting right after the one before and
+    /// the first right after `prev_index`, terms that never decrease and never exceed the
+    /// leader's, decodable membership payloads.
     fn append_is_valid(term: u64, prev_index: u64, prev_term: u64, entries: &[Entry]) -> bool {
-        if prev_term > term {
-            return false;
-        }
         // Indexes are Kafka offsets: they stay below i64::MAX, so `+ 1` never overflows.
-        let fits = |i: u64| i < RAFT_INDEX_LIMIT;
-        if !fits(prev_index) || !fits(prev_index.saturating_add(entries.len() as u64)) {
+        if prev_term > term || prev_index >= RAFT_INDEX_LIMIT {
             return false;
         }
+        let mut next = prev_index + 1;
         let mut last_term = prev_term.max(1);
-        for (i, e) in entries.iter().enumerate() {
-            if e.index != prev_index + 1 + i as u64 || e.term < last_term || e.term > term {
+        for e in entries {
+            if e.index != next || !e.bounds_are_valid() || e.term < last_term || e.term > term {
                 return false;
             }
             if e.kind == EntryKind::Membership && Membership::decode(&e.payload).is_none() {
                 return false;
             }
+            next = e.last + 1;
             last_term = e.term;
         }
         true
@@ -906,25 +926,29 @@ impl Raft {
         let snapshot = self.log.meta.snapshot();
         let (snapshot_index, snapshot_term) = (snapshot.index, snapshot.term);
         if prev_index < snapshot_index {
-            // Entries up to the snapshot boundary are committed, hence the same as ours.
-            let skip = (snapshot_index - prev_index) as usize;
-            if entries.len() < skip {
-                self.send_durable(
-                    from,
-                    MessageBody::AppendAccepted {
-                        match_index: snapshot_index,
-                    },
-                );
-                return;
-            }
-            if entries[skip - 1].term != snapshot_term {
-                // Impossible from a correct leader; peer input never panics a replica: drop it.
-                self.messages_dropped += 1;
-                return;
+            // Entries up to the snapshot boundary are committed, hence the same as ours: one of
+            // those sent, if they reach that far, ends exactly at the boundary, with its term.
+            let below = entries.partition_point(|e| e.last < snapshot_index);
+            match entries.get(below) {
+                None => {
+                    self.send_durable(
+                        from,
+                        MessageBody::AppendAccepted {
+                            match_index: snapshot_index,
+                        },
+                    );
+                    return;
+                }
+                Some(e) if e.last != snapshot_index || e.term != snapshot_term => {
+                    // Impossible from a correct leader; peer input never panics a replica.
+                    self.messages_dropped += 1;
+                    return;
+                }
+                Some(_) => {}
             }
             prev_index = snapshot_index;
             prev_term = snapshot_term;
-            entries.drain(..skip);
+            entries.drain(..=below);
         }
         match self.log.meta.term(prev_index) {
             None => {
@@ -932,6 +956,7 @@ impl Raft {
                     prev_index,
                     hint_index: self.log.last_index(),
                     hint_term: self.log.last_term(),
+                    hint_is_end: true,
                 };
                 self.send_now(from, self.term, body);
                 return;
@@ -947,13 +972,25 @@ impl Raft {
                     prev_index,
                     hint_index,
                     hint_term,
+                    hint_is_end: self.log.is_end(hint_index) == Some(true),
                 };
                 self.send_now(from, self.term, body);
                 return;
             }
             Some(_) => {}
         }
-        let last_new = prev_index + entries.len() as u64;
+        // From here on every index compared is an entry end in both logs. `prev_index` ends an
+        // entry in the leader's log, and we hold the same term there, so by log matching we hold
+        // the same entry there (or it is our snapshot boundary). Likewise each entry below that
+        // we already hold with its term is the same entry, ending where the leader's does. So
+        // the first conflicting entry starts right after a shared entry end: cutting there cuts
+        // between entries in our log too. A leader contradicting that is broken or the message
+        // forged; peer input never panics a replica, so such a message is dropped.
+        if self.log.is_end(prev_index) == Some(false) {
+            self.messages_dropped += 1;
+            return;
+        }
+        let last_new = entries.last().map_or(prev_index, |e| e.last);
         let last = self.log.last_index();
         let mut first_new = entries.len();
         for (i, e) in entries.iter().enumerate() {
@@ -961,18 +998,28 @@ impl Raft {
                 first_new = i;
                 break;
             }
-            if self.log.meta.term(e.index) != Some(e.term) {
-                if e.index <= self.commit {
-                    // A committed entry never changes; a leader that says otherwise is broken
-                    // (or the message is forged). Peer input never panics a replica: drop it.
-                    // The cluster checkers catch a committed entry changing anywhere.
+            if self.log.meta.term(e.index) == Some(e.term) {
+                if e.last > last || self.log.is_end(e.last) == Some(false) {
                     self.messages_dropped += 1;
                     return;
                 }
-                self.log.truncate_from(e.index);
-                first_new = i;
+                continue;
+            }
+            if e.index <= self.commit {
+                // A committed entry never changes; a leader that says otherwise is broken
+                // (or the message is forged). Peer input never panics a replica: drop it.
+                // The cluster checkers catch a committed entry changing anywhere.
+                self.messages_dropped += 1;
+                return;
+            }
+            if crate::planted::active(crate::planted::Bug::NoDivergentTruncation) {
+                // Planted: keep the divergent suffix, append nothing, and acknowledge anyway.
                 break;
             }
+            debug_assert_ne!(self.log.is_end(e.index - 1), Some(false));
+            self.log.truncate_from(e.index);
+            first_new = i;
+            break;
         }
         for e in entries.drain(first_new..) {
             self.log.append(e);
@@ -1070,22 +1117,30 @@ impl Raft {
         if self.transfer.is_some() {
             return Err(AppendBlock::Transfer);
         }
-        if self.log.last_index() - self.commit >= self.config.uncommitted_entries_max {
+        // Entries, not indexes: one batch may span many indexes. The cache holds every entry
+        // this leader appended until it is applied; uncommitted entries of earlier terms from
+        // before a restart are not counted (they are few, and reading storage to count them is
+        // not worth it).
+        if self.log.cached_entries_after(self.commit) >= self.config.uncommitted_entries_max {
             return Err(AppendBlock::Full);
         }
         Ok(())
     }
 
-    fn append_entry(&mut self, kind: EntryKind, payload: Bytes) -> u64 {
+    /// Appends an entry of `span` indexes (checked by the caller); returns its bounds.
+    fn append_entry(&mut self, kind: EntryKind, payload: Bytes, span: u64) -> (u64, u64) {
         assert_eq!(self.role, Role::Leader);
+        assert!(span >= 1);
         let index = self.log.last_index() + 1;
+        let last = index + span - 1;
         self.log.append(Entry {
             index,
+            last,
             term: self.term,
             kind,
             payload,
         });
-        index
+        (index, last)
     }
 
     /// Commits the largest index a quorum of the current voters holds durably, if this leader
@@ -1106,8 +1161,11 @@ impl Raft {
         matched[..n].sort_unstable_by(|a, b| b.cmp(a));
         // Never beyond what this leader holds durably itself: the commit index is the
         // partition's high watermark, and the leader serves reads below it from synced data.
+        // Match indexes and the persisted index are entry ends, so the commit index is one too.
         let index = matched[quorum - 1].min(self.log.persisted_index());
-        if index > self.commit && self.log.meta.term(index) == Some(self.term) {
+        let own_term = self.log.meta.term(index) == Some(self.term)
+            || crate::planted::active(crate::planted::Bug::CommitOldTerm);
+        if index > self.commit && own_term {
             self.set_commit(index);
             let membership = self.log.meta.membership();
             if !membership.contains(self.config.id)
@@ -1151,39 +1209,60 @@ impl Raft {
         }
     }
 
-    fn handle_rejected(&mut self, from: NodeId, prev_index: u64, hint_index: u64, hint_term: u64) {
+    /// `hint` is the rejection's `(hint_index, hint_term, hint_is_end)`.
+    fn handle_rejected(&mut self, from: NodeId, prev_index: u64, hint: (u64, u64, bool)) {
         if self.role != Role::Leader {
             return;
         }
         let Some(i) = self.progress_index(from) else {
             return;
         };
-        let snapshot_index = self.log.meta.snapshot().index;
-        let pr = &mut self.progress[i];
-        pr.recent_active = true;
-        // Whatever commit index the rejected append carried was not learned; tell it again.
-        pr.commit_sent = 0;
+        let pr = &self.progress[i];
         use super::progress::ProgressState::*;
         let answers_last_send = match pr.state {
             Replicate => prev_index > pr.match_index,
             Probe => prev_index + 1 == pr.next_index,
             Snapshot { .. } => false,
         };
+        let pr = &mut self.progress[i];
+        pr.recent_active = true;
+        // Whatever commit index the rejected append carried was not learned; tell it again.
+        pr.commit_sent = 0;
         if !answers_last_send || prev_index == 0 {
             return;
         }
-        // Skip back past every entry the follower cannot hold: the hint names its last entry
-        // that might match ours.
-        let next = match self
+        let next = self.resume_after_rejection(prev_index, hint);
+        self.progress[i].become_probe(next.min(prev_index).max(1));
+    }
+
+    /// The next index to send a follower that rejected an append after `prev_index`. It skips
+    /// back past every index the follower cannot hold (the hint names its last index that might
+    /// match ours), to just after an index that ends an entry in this log: the next append's
+    /// `prev_index` must be an entry end, or the follower could not tell a match from a
+    /// coincidence and a divergent entry could survive half-cut. See "Ranged entries" in
+    /// docs/raft.md.
+    fn resume_after_rejection(&self, prev_index: u64, hint: (u64, u64, bool)) -> u64 {
+        let (hint_index, hint_term, hint_is_end) = hint;
+        let Some(j) = self
             .log
             .meta
             .find_conflict_by_term(hint_index.min(prev_index - 1), hint_term)
-        {
-            Some(j) => j + 1,
-            // Below our log start: the follower needs the snapshot.
-            None => snapshot_index,
+        else {
+            // Below our log start: the next append finds no term there and sends the snapshot.
+            return self.log.meta.snapshot().index;
         };
-        pr.become_probe(next.min(prev_index).max(1));
+        // Log matching: the follower holds `hint_term` at `hint_index`, where one of its
+        // entries ends; if this log holds that term there, it holds the same entry.
+        let ends_by_hint =
+            j == hint_index && hint_is_end && self.log.meta.term(j) == Some(hint_term);
+        if ends_by_hint {
+            return j + 1;
+        }
+        // Otherwise fall back to the nearest earlier index known to end an entry (the end of
+        // the term run before, the snapshot boundary, or a cached entry's end). Entries the
+        // follower already holds with the same term are acknowledged without truncation, so
+        // this only costs re-sending them.
+        self.log.known_end_at_or_before(j) + 1
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId) {
@@ -1264,10 +1343,11 @@ impl Raft {
         };
         let mut entries = Vec::new();
         if next <= last {
-            let hi = last.min(next + self.config.append_entries_max as u64 - 1);
+            let (max_entries, max_bytes) =
+                (self.config.append_entries_max, self.config.append_bytes_max);
             if self
                 .log
-                .read(next, hi, self.config.append_bytes_max, source, &mut entries)
+                .read(next, last, max_entries, max_bytes, source, &mut entries)
                 == 0
             {
                 // Storage did not answer; retry after the next heartbeat.
@@ -1276,11 +1356,10 @@ impl Raft {
             }
         }
         let commit = self.commit;
+        let sent_to = entries.last().map_or(prev_index, |e| e.last);
         let pr = &mut self.progress[i];
-        pr.on_sent(entries.last().map(|e| e.index));
-        pr.commit_sent = pr
-            .commit_sent
-            .max(commit.min(prev_index + entries.len() as u64));
+        pr.on_sent(entries.last().map(|e| e.last));
+        pr.commit_sent = pr.commit_sent.max(commit.min(sent_to));
         let to = pr.id;
         let body = MessageBody::Append {
             prev_index,
@@ -1406,6 +1485,17 @@ impl Raft {
             "committed entries are durable here"
         );
         assert!(self.applied >= snapshot_index && self.applied <= self.commit);
+        // Commit and apply move by whole entries.
+        assert_ne!(
+            self.log.is_end(self.commit),
+            Some(false),
+            "commit inside an entry"
+        );
+        assert_ne!(
+            self.log.is_end(self.applied),
+            Some(false),
+            "applied inside an entry"
+        );
         assert!(self.election_timeout >= self.config.election_ticks);
         assert!(self.election_timeout < 2 * self.config.election_ticks);
         match self.role {
@@ -1420,6 +1510,12 @@ impl Raft {
                 );
                 for p in &self.progress {
                     p.check_invariants(meta.last_index());
+                    // Appends resume after an entry end (or below the log start, which sends
+                    // the snapshot), and acknowledgements are of entry ends.
+                    assert_ne!(self.log.is_end(p.match_index), Some(false));
+                    if p.next_index > snapshot_index {
+                        assert_ne!(self.log.is_end(p.next_index - 1), Some(false));
+                    }
                 }
                 if self.term_start_index > snapshot_index {
                     assert_eq!(

@@ -3,7 +3,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::limits::RAFT_VOTERS_MAX;
+use crate::limits::{RAFT_ENTRY_SPAN_MAX, RAFT_INDEX_LIMIT, RAFT_VOTERS_MAX};
 use crate::ErrorCode;
 
 /// A replica's identity within a group. Ids are chosen by the host; 0 is a valid id.
@@ -33,11 +33,20 @@ pub enum EntryKind {
     Empty,
 }
 
-/// One log entry. `(index, term)` identifies an entry and, by the log matching property, the
-/// whole log prefix up to it.
+/// One log entry, occupying the indexes `index..=last`. A data partition's record batch with
+/// offsets `base..=last_offset` is one entry at `base + 1 ..= last_offset + 1` (index 0 means
+/// "nothing", so indexes are offsets plus one), and its `partitionLeaderEpoch` is the term.
+/// [`EntryKind::Empty`] and [`EntryKind::Membership`] entries occupy exactly one index.
+///
+/// `(index, term)` identifies an entry and, by the log matching property, the whole log prefix up
+/// to it: only the leader of `term` creates entries of that term, one per index, so two logs
+/// holding `term` at any index `i` hold the same entry around `i` (same bounds, same payload)
+/// and the same entries before it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub index: u64,
+    /// The entry's last index: `last >= index`.
+    pub last: u64,
     pub term: u64,
     pub kind: EntryKind,
     pub payload: Bytes,
@@ -48,6 +57,23 @@ impl Entry {
     pub fn size_bytes(&self) -> u64 {
         // A small fixed overhead, so that many empty entries still count.
         self.payload.len() as u64 + 16
+    }
+
+    /// How many indexes the entry occupies (the records of a batch). Callers have checked
+    /// `last >= index`.
+    pub fn span(&self) -> u64 {
+        self.last - self.index + 1
+    }
+
+    /// Whether the bounds are well formed: `index..=last` within [`RAFT_ENTRY_SPAN_MAX`]
+    /// indexes, below [`RAFT_INDEX_LIMIT`] (so `last + 1` never overflows), and exactly one index
+    /// for the control kinds. Peer and storage input is checked with this before it is used.
+    pub fn bounds_are_valid(&self) -> bool {
+        self.index >= 1
+            && self.last >= self.index
+            && self.last < RAFT_INDEX_LIMIT
+            && self.last - self.index < RAFT_ENTRY_SPAN_MAX
+            && (self.kind == EntryKind::Normal || self.last == self.index)
     }
 }
 
@@ -217,10 +243,13 @@ pub enum MessageBody {
     /// The follower does not hold `prev_index` with the term asked for. The hint lets the leader
     /// skip back a whole term at a time: the follower's largest index `<= prev_index` whose term
     /// is `<= prev_term` (or its last index, if that is smaller), with that entry's term.
+    /// `hint_is_end` says whether the follower knows `hint_index` to be the last index of an
+    /// entry in its log (it does not always: see "Ranged entries" in docs/raft.md).
     AppendRejected {
         prev_index: u64,
         hint_index: u64,
         hint_term: u64,
+        hint_is_end: bool,
     },
     /// Leader liveness; `commit` is at most what the follower is known to hold.
     Heartbeat {
@@ -244,6 +273,11 @@ pub enum ProposeError {
     /// The leader holds `uncommitted_entries_max` entries that are not committed yet: the
     /// followers are behind, so new work waits (back-pressure).
     TooManyUncommitted,
+    /// The span is 0 or above [`RAFT_ENTRY_SPAN_MAX`] (a batch's `lastOffsetDelta` is an i32).
+    BadSpan,
+    /// The entry would end at or beyond [`RAFT_INDEX_LIMIT`] (the largest Kafka offset): the
+    /// log can take no more.
+    IndexLimit,
 }
 
 impl ProposeError {
@@ -254,6 +288,8 @@ impl ProposeError {
                 ErrorCode::NotLeaderOrFollower
             }
             ProposeError::TooManyUncommitted => ErrorCode::NotEnoughReplicas,
+            ProposeError::BadSpan => ErrorCode::InvalidRecord,
+            ProposeError::IndexLimit => ErrorCode::UnknownServerError,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! harness, property tests over random schedules, and the cost of idle groups.
 
 mod idle;
+#[cfg(feature = "planted-bugs")]
+mod planted;
 mod properties;
 mod review;
 mod scenarios;
@@ -11,13 +13,14 @@ use bytes::Bytes;
 
 use crate::raft::*;
 
-/// Entries served from a vector (index 1 first).
+/// Entries served from a vector (the log's entries in order, the first starting at index 1).
 #[derive(Default)]
 pub(super) struct VecSource(pub(super) Vec<Entry>);
 
 impl EntrySource for VecSource {
     fn entries(&self, lo: u64, hi: u64, _max_bytes: u64, out: &mut Vec<Entry>) {
-        out.extend(self.0[lo as usize - 1..hi as usize].iter().cloned());
+        let whole = self.0.iter().filter(|e| e.index >= lo && e.last <= hi);
+        out.extend(whole.cloned());
     }
 
     fn snapshot_data(&self, _index: u64) -> Option<Bytes> {
@@ -33,9 +36,16 @@ pub(super) fn config(id: NodeId) -> RaftConfig {
     }
 }
 
+/// A normal entry occupying one index.
 pub(super) fn entry(index: u64, term: u64) -> Entry {
+    ranged(index, index, term)
+}
+
+/// A normal entry occupying `index..=last` (a batch of `last - index + 1` records).
+pub(super) fn ranged(index: u64, last: u64, term: u64) -> Entry {
     Entry {
         index,
+        last,
         term,
         kind: EntryKind::Normal,
         payload: Bytes::from(vec![index as u8; 4]),

@@ -155,7 +155,7 @@ fn review_restart_never_hands_out_already_applied_entries_again() {
         membership: Membership::new([1, 2]),
     });
     for e in &source.0 {
-        log.push(e.index, e.term, None).unwrap();
+        log.push(e.index, e.last, e.term, None).unwrap();
     }
     let mut r = Raft::new(
         config(1),

@@ -544,12 +544,14 @@ fn crash_before_sync_loses_unacknowledged_entries_only() {
 /// Pipelined load on a network that reorders everything: after each batch, with no tick (so no
 /// heartbeat) to help, every replica has committed and applied the whole batch. (Found by the
 /// benchmark: a rejected empty append had counted as telling the follower the commit index.)
+/// Entries span 1 to 8 indexes.
 #[test]
 fn pipelined_load_commits_everywhere_without_heartbeats() {
     for seed in 0..4 {
         let mut options = ClusterOptions::calm(3);
         options.inflight_appends_max = 2 + seed as usize;
         options.append_entries_max = 4;
+        options.span_max = 8;
         let mut c = Cluster::new(options, seed);
         elect(&mut c, 0, nothing);
         let mut rng = crate::rng::Rng::new(seed);
@@ -560,7 +562,9 @@ fn pipelined_load_commits_everywhere_without_heartbeats() {
                 (0..count).map(|_| c.propose(0).unwrap().0).last().unwrap()
             } else {
                 // All, then one `ready`: shared appends.
-                let payloads = (0..count).map(|i| bytes::Bytes::from(vec![i as u8; 8]));
+                let payloads: Vec<_> = (0..count)
+                    .map(|i| (bytes::Bytes::from(vec![i as u8; 8]), rng.between(1, 8)))
+                    .collect();
                 c.propose_all(0, payloads).unwrap()
             };
             c.settle();

@@ -2,30 +2,86 @@
 
 use bytes::Bytes;
 
+use crate::limits::RAFT_ENTRY_SPAN_MAX;
 use crate::raft::*;
 use crate::rng::Rng;
 
-use super::{config, entry, msg, VecSource};
+use super::{config, entry, msg, ranged, VecSource};
 
 fn replica(id: NodeId, voters: &[NodeId]) -> Raft {
     let state = RaftState::bootstrap(Membership::new(voters.iter().copied()));
     Raft::new(config(id), Rng::new(id + 100), state).unwrap()
 }
 
-/// A replica whose log holds entries with these terms (durable), at `term`.
+/// A replica whose log holds entries with these terms, one index each (durable), at `term`.
 fn replica_with_log(id: NodeId, voters: &[NodeId], terms: &[u64], term: u64) -> (Raft, VecSource) {
+    let entries = terms
+        .iter()
+        .enumerate()
+        .map(|(i, t)| entry(i as u64 + 1, *t))
+        .collect();
+    replica_with_entries(id, voters, entries, term)
+}
+
+/// A replica whose log holds `entries` (durable, restored as after a restart: nothing cached,
+/// so only the term runs tell where entries end), at `term`.
+fn replica_with_entries(
+    id: NodeId,
+    voters: &[NodeId],
+    entries: Vec<Entry>,
+    term: u64,
+) -> (Raft, VecSource) {
     let mut state = RaftState::bootstrap(Membership::new(voters.iter().copied()));
-    let mut entries = Vec::new();
-    for (i, t) in terms.iter().enumerate() {
-        let index = i as u64 + 1;
-        state.log.push(index, *t, None).unwrap();
-        entries.push(entry(index, *t));
+    for e in &entries {
+        state.log.push(e.index, e.last, e.term, None).unwrap();
     }
     state.hard_state.term = term;
     (
         Raft::new(config(id), Rng::new(id), state).unwrap(),
         VecSource(entries),
     )
+}
+
+/// Runs appends from `leader` to `follower` (id 2) and their answers until the leader has
+/// nothing more to send it; returns the appends sent and the follower's writes.
+fn replicate(
+    leader: &mut Raft,
+    leader_log: &VecSource,
+    follower: &mut Raft,
+    follower_log: &VecSource,
+) -> (Vec<Message>, Vec<Write>) {
+    let mut appends = Vec::new();
+    let mut writes = Vec::new();
+    for _ in 0..10 {
+        let to_follower: Vec<Message> = drain_synced(leader, leader_log)
+            .into_iter()
+            .filter(|m| m.to == 2 && matches!(m.body, MessageBody::Append { .. }))
+            .collect();
+        if to_follower.is_empty() {
+            break;
+        }
+        for m in to_follower {
+            appends.push(m.clone());
+            follower.step(m);
+            while follower.has_ready() {
+                let rd = follower.ready(follower_log);
+                if let Some(w) = rd.write {
+                    follower.on_persisted(w.seq);
+                    writes.push(w);
+                }
+                for answer in rd.messages {
+                    leader.step(answer);
+                }
+            }
+        }
+    }
+    (appends, writes)
+}
+
+/// The `(index, last, term)` of every entry `writes` appended, in order.
+fn written_bounds(writes: &[Write]) -> Vec<(u64, u64, u64)> {
+    let entries = writes.iter().flat_map(|w| &w.entries);
+    entries.map(|e| (e.index, e.last, e.term)).collect()
 }
 
 /// `ready` with nothing cached needed.
@@ -186,7 +242,7 @@ fn candidate_counts_its_own_vote_only_once_synced() {
     assert_eq!(r.commit_index(), 0);
     r.on_persisted(rd.write.unwrap().seq);
     assert_eq!(r.commit_index(), 1);
-    let index = r.propose(Bytes::from_static(b"x")).unwrap();
+    let (index, _) = r.propose(Bytes::from_static(b"x"), 1).unwrap();
     let rd = ready(&mut r);
     assert_eq!(rd.committed.len(), 1, "the empty entry");
     r.on_persisted(rd.write.unwrap().seq);
@@ -398,6 +454,106 @@ fn rejection_hints_skip_whole_terms() {
     assert_eq!(leader.progress(2).unwrap().match_index, leader.last_index());
 }
 
+/// The follower's last index is inside one of the leader's entries, and the leader holds an
+/// older term there: the point the hint names (index 3) is not provably an entry end in the
+/// leader's log (its cache is empty after the restart, and 3 is inside the term run 1..=6), so
+/// resuming right after it would send an append whose `prev_index` is mid-entry. The leader
+/// falls back to the end of the term run before (the empty log, index 0) and resends entry 1,
+/// which the follower acknowledges without truncating.
+#[test]
+fn a_rejection_hint_inside_a_leader_entry_falls_back_to_a_known_end() {
+    let leader_entries = vec![ranged(1, 1, 1), ranged(2, 6, 1), ranged(7, 7, 3)];
+    let (mut leader, leader_log) = replica_with_entries(1, &[1, 2, 3], leader_entries, 3);
+    let (mut follower, follower_log) =
+        replica_with_entries(2, &[1, 2, 3], vec![ranged(1, 1, 1), ranged(2, 3, 2)], 3);
+    // Its empty entry of term 4, at index 8, is the leader's only cached entry.
+    make_leader(&mut leader);
+    assert_eq!(leader.term(), 4);
+    let (appends, writes) = replicate(&mut leader, &leader_log, &mut follower, &follower_log);
+    let prevs: Vec<u64> = appends
+        .iter()
+        .map(|m| match m.body {
+            MessageBody::Append { prev_index, .. } => prev_index,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        prevs,
+        vec![7, 0],
+        "resumed at the empty log, not inside entry 2..=6"
+    );
+    assert_eq!(
+        writes.iter().find_map(|w| w.truncate_from),
+        Some(2),
+        "entry 1 (same term) kept, the divergent 2..=3 cut at its start"
+    );
+    assert_eq!(
+        written_bounds(&writes),
+        vec![(2, 6, 1), (7, 7, 3), (8, 8, 4)]
+    );
+    assert_eq!(follower.last_index(), 8);
+    assert_eq!(leader.progress(2).unwrap().match_index, 8);
+    assert_eq!(follower.log().term(3), Some(1));
+}
+
+/// A divergent suffix cut where the leader's and the follower's entries start at different
+/// indexes: the follower's 3..=8 (term 2) against the leader's 3..=4 and 5..=8 (term 3). The
+/// leader's first `prev_index` (4) is an entry end in its log but inside the follower's entry;
+/// the follower rejects (other term there), says its hint is not a known end, and the leader
+/// resumes after the shared entry 1..=2. The cut is at 3, the start of the follower's entry,
+/// never at 5.
+#[test]
+fn a_divergent_suffix_with_other_entry_boundaries_is_cut_at_an_entry_start() {
+    let leader_entries = vec![ranged(1, 2, 1), ranged(3, 4, 3), ranged(5, 8, 3)];
+    let (mut leader, leader_log) = replica_with_entries(1, &[1, 2, 3], leader_entries, 3);
+    let follower_entries = vec![ranged(1, 2, 1), ranged(3, 8, 2)];
+    let (mut follower, follower_log) = replica_with_entries(2, &[1, 2, 3], follower_entries, 3);
+    make_leader(&mut leader);
+    let term = leader.term();
+    // Skip the first probe's rejection: probe from 5, as if the follower were thought to match
+    // up to 4, to see the hint from inside the follower's entry.
+    follower.step(msg(
+        1,
+        2,
+        term,
+        MessageBody::Append {
+            prev_index: 4,
+            prev_term: 3,
+            entries: vec![ranged(5, 8, 3)],
+            commit: 0,
+        },
+    ));
+    let rd = follower.ready(&follower_log);
+    assert_eq!(
+        rd.messages,
+        vec![msg(
+            2,
+            1,
+            term,
+            MessageBody::AppendRejected {
+                prev_index: 4,
+                hint_index: 4,
+                hint_term: 2,
+                hint_is_end: false
+            }
+        )]
+    );
+    let (appends, writes) = replicate(&mut leader, &leader_log, &mut follower, &follower_log);
+    assert_eq!(
+        appends.len(),
+        2,
+        "one rejection, then the rest: {appends:?}"
+    );
+    let cuts: Vec<u64> = writes.iter().filter_map(|w| w.truncate_from).collect();
+    assert_eq!(cuts, vec![3]);
+    assert_eq!(
+        written_bounds(&writes),
+        vec![(3, 4, 3), (5, 8, 3), (9, 9, term)]
+    );
+    assert_eq!(follower.last_index(), leader.last_index());
+    assert_eq!(leader.progress(2).unwrap().match_index, leader.last_index());
+}
+
 #[test]
 fn a_conflicting_suffix_is_truncated_and_rewritten() {
     let (mut f, _) = replica_with_log(2, &[1, 2, 3], &[1, 1, 2, 2], 3);
@@ -465,7 +621,51 @@ fn malformed_messages_are_dropped() {
         },
     );
     let misaddressed = msg(1, 3, 1, MessageBody::Heartbeat { commit: 0 });
-    for m in [gap, future_term, bad_membership, misaddressed] {
+    let append = |prev_index: u64, entries: Vec<Entry>| {
+        msg(
+            1,
+            2,
+            1,
+            MessageBody::Append {
+                prev_index,
+                prev_term: 0,
+                entries,
+                commit: 0,
+            },
+        )
+    };
+    let control = |kind: EntryKind, payload: Bytes| Entry {
+        kind,
+        payload,
+        ..ranged(1, 2, 1)
+    };
+    let spans = [
+        // Ends before it starts.
+        append(0, vec![ranged(2, 1, 1)]),
+        // Index 0 is "nothing".
+        append(0, vec![ranged(0, 0, 1)]),
+        // One index beyond the largest batch (lastOffsetDelta is an i32).
+        append(0, vec![ranged(1, RAFT_ENTRY_SPAN_MAX + 1, 1)]),
+        // Reaches the index limit (and would overflow `last + 1` at u64::MAX).
+        append(0, vec![ranged(1, u64::MAX, 1)]),
+        append(0, vec![ranged(1, crate::limits::RAFT_INDEX_LIMIT, 1)]),
+        // A gap between two ranged entries, and an overlap.
+        append(0, vec![ranged(1, 3, 1), ranged(5, 5, 1)]),
+        append(0, vec![ranged(1, 3, 1), ranged(3, 5, 1)]),
+        // Control entries occupy exactly one index.
+        append(0, vec![control(EntryKind::Empty, Bytes::new())]),
+        append(
+            0,
+            vec![control(
+                EntryKind::Membership,
+                Membership::new([1, 2, 3]).encode(),
+            )],
+        ),
+    ];
+    for m in [gap, future_term, bad_membership, misaddressed]
+        .into_iter()
+        .chain(spans)
+    {
         f.step(m);
         assert_eq!(f.last_index(), 0);
         let rd = ready(&mut f);
@@ -478,7 +678,7 @@ fn proposals_are_refused_with_a_reason() {
     let mut f = replica(2, &[1, 2, 3]);
     f.step(msg(1, 2, 1, MessageBody::Heartbeat { commit: 0 }));
     assert_eq!(
-        f.propose(Bytes::new()),
+        f.propose(Bytes::new(), 1),
         Err(ProposeError::NotLeader { leader: Some(1) })
     );
     assert_eq!(
@@ -495,10 +695,16 @@ fn proposals_are_refused_with_a_reason() {
     )
     .unwrap();
     make_leader(&mut r);
-    r.propose(Bytes::new()).unwrap();
-    r.propose(Bytes::new()).unwrap();
+    assert_eq!(r.propose(Bytes::new(), 0), Err(ProposeError::BadSpan));
     assert_eq!(
-        r.propose(Bytes::new()),
+        r.propose(Bytes::new(), RAFT_ENTRY_SPAN_MAX + 1),
+        Err(ProposeError::BadSpan)
+    );
+    // The limit counts entries, not indexes: a batch of a million records is one entry.
+    assert_eq!(r.propose(Bytes::new(), 1_000_000), Ok((2, 1_000_001)));
+    r.propose(Bytes::new(), 1).unwrap();
+    assert_eq!(
+        r.propose(Bytes::new(), 1),
         Err(ProposeError::TooManyUncommitted)
     );
     r.transfer_leadership(2).unwrap();
@@ -564,7 +770,7 @@ fn election_timeouts_are_drawn_from_the_injected_rng() {
 #[test]
 fn restore_checks_the_stored_state() {
     let mut state = RaftState::bootstrap(Membership::new([1, 2, 3]));
-    state.log.push(1, 3, None).unwrap();
+    state.log.push(1, 1, 3, None).unwrap();
     state.hard_state = HardState {
         term: 2,
         vote: None,
@@ -599,7 +805,7 @@ fn compaction_needs_applied_entries_and_moves_the_log_start() {
     let source = VecSource::default();
     let _ = drain_synced(&mut r, &source);
     for _ in 0..4 {
-        r.propose(Bytes::new()).unwrap();
+        r.propose(Bytes::new(), 1).unwrap();
     }
     assert_eq!(r.compact(3), Err(CompactError::NotApplied { applied: 1 }));
     let _ = drain_synced(&mut r, &source);
@@ -608,4 +814,23 @@ fn compaction_needs_applied_entries_and_moves_the_log_start() {
     assert_eq!((meta.index, meta.term), (3, 1));
     assert_eq!(r.log().first_index(), 4);
     assert_eq!(r.compact(2).unwrap().index, 3, "never backwards");
+
+    // Where the cache shows an entry's inside, compaction is refused: logs are cut between
+    // entries. (A leader keeps what a follower still lacks cached.)
+    let mut r = replica(1, &[1, 2, 3]);
+    make_leader(&mut r);
+    let _ = drain_synced(&mut r, &source);
+    assert_eq!(r.propose(Bytes::new(), 3), Ok((2, 4)));
+    let _ = drain_synced(&mut r, &source);
+    let term = r.term();
+    r.step(msg(
+        2,
+        1,
+        term,
+        MessageBody::AppendAccepted { match_index: 4 },
+    ));
+    let _ = drain_synced(&mut r, &source);
+    assert_eq!(r.applied_index(), 4);
+    assert_eq!(r.compact(3), Err(CompactError::NotEntryEnd));
+    assert_eq!(r.compact(4).unwrap().index, 4);
 }
