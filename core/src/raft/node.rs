@@ -39,6 +39,10 @@ pub struct RaftConfig {
     pub entry_cache_bytes_max: u64,
     /// Payload bytes of committed entries per [`Ready`].
     pub apply_bytes_max: u64,
+    /// Whether [`Ready::committed`] hands out committed entries. A data partition, whose state
+    /// is the log itself, has nothing to apply: with `false` the applied index simply follows
+    /// the commit index and no entry is read back.
+    pub apply_entries: bool,
 }
 
 impl RaftConfig {
@@ -53,6 +57,7 @@ impl RaftConfig {
             uncommitted_entries_max: RAFT_UNCOMMITTED_ENTRIES_MAX_DEFAULT,
             entry_cache_bytes_max: RAFT_ENTRY_CACHE_BYTES_MAX_DEFAULT,
             apply_bytes_max: RAFT_APPLY_BYTES_MAX_DEFAULT,
+            apply_entries: true,
         }
     }
 
@@ -592,7 +597,9 @@ impl Raft {
             });
         }
         ready.messages = std::mem::take(&mut self.outbox);
-        if self.applied < self.commit {
+        if self.applied < self.commit && !self.config.apply_entries {
+            self.applied = self.commit;
+        } else if self.applied < self.commit {
             self.log.read(
                 self.applied + 1,
                 self.commit,
@@ -1221,7 +1228,7 @@ impl Raft {
         use super::progress::ProgressState::*;
         let answers_last_send = match pr.state {
             Replicate => prev_index > pr.match_index,
-            Probe => prev_index + 1 == pr.next_index,
+            Probe => prev_index.checked_add(1) == Some(pr.next_index),
             Snapshot { .. } => false,
         };
         let pr = &mut self.progress[i];
