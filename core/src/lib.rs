@@ -16,6 +16,7 @@ pub mod metadata;
 pub mod planted;
 pub mod producer;
 pub mod raft;
+pub mod replica;
 pub mod rng;
 pub mod storage;
 

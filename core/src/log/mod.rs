@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::{Bytes, BytesMut};
 
 pub use epochs::{EpochStart, LeaderEpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
-pub use read::{ReadCursor, ReadIo, ReadTarget, StoredBatch, TimestampHit};
+pub use read::{ReadCursor, ReadIo, ReadTarget, SegmentReader, StoredBatch, TimestampHit};
 pub use recovery::{Checkpoint, Recovery, RecoveryIo, CHECKPOINT_FILE};
 pub use replicated::{ProduceCheck, ReplicaAppendError, ReplicaAppended, TruncateError};
 pub use segment::{
@@ -879,6 +879,6 @@ mod replicated_tests;
 #[cfg(test)]
 mod review_tests;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,11 @@ pub struct StoredBatch {
     pub bytes: Bytes,
 }
 
+/// The shell's side of a read: the bytes of a segment file range a cursor asks for.
+pub trait SegmentReader {
+    fn read_at(&self, io: ReadIo) -> Result<Bytes, ReadError>;
+}
+
 /// What a cursor looks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadTarget {

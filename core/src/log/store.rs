@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::recovery::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE};
-use super::{
+use super::{ReadIo, SegmentReader, 
     index_file_name, log_file_name, time_index_file_name, LogConfig, LogOp, PartitionLog,
     ReadCursor, ReadError, Recovery, RecoveryIo, SyncRequest,
 };
@@ -256,6 +256,17 @@ impl<S: Storage> LogStore<S> {
         }
     }
 
+    /// Reads one range a cursor asked for.
+    pub fn read_io(&mut self, io: ReadIo) -> Result<Bytes, ReadError> {
+        let file = self
+            .segment(io.segment)
+            .map_err(|e| ReadError::Corrupt(e.to_string()))?;
+        let bytes = file
+            .read_at(io.position, io.len as usize)
+            .map_err(|e| ReadError::Corrupt(e.to_string()))?;
+        Ok(Bytes::from(bytes))
+    }
+
     /// Runs a read cursor to completion.
     pub fn read(&mut self, cursor: &mut ReadCursor) -> Result<(), ReadError> {
         while let Some(io) = cursor.next_io() {
@@ -275,5 +286,13 @@ impl<S: Storage> LogStore<S> {
         let parent = self.dir.parent().map(Path::to_path_buf).unwrap_or_default();
         self.storage.remove_dir_all(&self.dir)?;
         self.storage.sync_dir(&parent)
+    }
+}
+
+/// A store behind a `RefCell` reads for a [`crate::replica::Replica`], which plans reads while the
+/// host holds the store.
+impl<S: Storage> SegmentReader for std::cell::RefCell<LogStore<S>> {
+    fn read_at(&self, io: ReadIo) -> Result<Bytes, ReadError> {
+        self.borrow_mut().read_io(io)
     }
 }

@@ -1,0 +1,546 @@
+//! One replica of a partition: Raft running over the partition log, which *is* the Raft log.
+//!
+//! **Mapping.** Raft index = Kafka offset + 1 (index 0 is "nothing"). A record batch with offsets
+//! `base..=last` is one entry over indexes `base + 1 ..= last + 1`; its `partitionLeaderEpoch` is
+//! the entry's term. Raft's term-start entry and membership entries are stored as one-record
+//! Kafka control batches ([`batch::leader_epoch_start_batch`], [`batch::membership_batch`]),
+//! which Kafka clients skip. The high watermark is the commit index (`commit` indexes = the
+//! offsets below `commit`), and never passes the synced end.
+//!
+//! **Flow.** Every input (`produce`, `step`, `tick`, `on_synced`, `hard_state_persisted`) drives
+//! Raft until it has nothing ready, executing each Raft write against the partition log at once:
+//! a truncation becomes [`PartitionLog::truncate_suffix`], entries become
+//! [`PartitionLog::append_replicated`]. The storage effects of both leave as the log's `LogOp`s
+//! (drained by the host with [`Replica::poll_op`]) and its group commits ([`Replica::poll_sync`]).
+//! Messages leave through [`Replica::take_messages`].
+//!
+//! **Durability.** Raft is told a write is persisted (`on_persisted(seq)`) only when every write
+//! up to `seq` is on disk: its log changes covered by a completed sync, and its hard state
+//! written by the host. The host must durably write the hard state handed out by
+//! [`Replica::take_hard_state`] before calling [`Replica::hard_state_persisted`]; until then no
+//! write is confirmed, so no vote or acknowledgement that depends on it can leave.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{self, CONTROL_TYPE_LEADER_EPOCH_START, CONTROL_TYPE_MEMBERSHIP};
+use crate::log::{LogOp, PartitionLog, ProduceCheck, SegmentReader, StoredBatch, SyncRequest};
+use crate::raft::{
+    Entry, EntryKind, EntrySource, HardState, LogMeta, Membership, Message, Raft, RaftConfig,
+    RaftState, Ready, Role, SnapshotMeta,
+};
+use crate::rng::Rng;
+use crate::ErrorCode;
+
+/// Kafka's timestamp of a record without one.
+const NO_TIMESTAMP: i64 = -1;
+
+/// A batch the leader accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proposed {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    /// The term (leader epoch) it was proposed in: it is committed once the high watermark passes
+    /// `last_offset` while the log still holds this term at `base_offset`.
+    pub term: u64,
+    /// A retry of a batch already in the log: nothing new was proposed.
+    pub duplicate: bool,
+}
+
+/// A group commit handed to the host, with the last Raft write it covers.
+#[derive(Debug)]
+pub struct ReplicaSync {
+    pub request: SyncRequest,
+    seq: u64,
+}
+
+/// Why a replica could not be opened from its stored state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenError(pub String);
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    raft: Raft,
+    log: PartitionLog,
+    /// Seqs of Raft writes that changed the log and are not yet covered by a completed sync.
+    unsynced: VecDeque<u64>,
+    /// The last Raft write executed against the log.
+    written_seq: u64,
+    /// The last seq reported to Raft as persisted.
+    persisted_seq: u64,
+    /// A term or vote the host must make durable (see the module docs).
+    hard_state: Option<HardState>,
+    /// The last hard state handed out (its term and vote are durable or about to be).
+    stored_hard_state: HardState,
+    messages: Vec<Message>,
+    /// Committed entries for a host that applies them (the metadata group).
+    committed: Vec<Entry>,
+    /// An installed snapshot: the host must restart the log empty at this offset.
+    reset_to: Option<u64>,
+    /// Record timestamps of control batches and segment ages use this.
+    now_ms: u64,
+    storage_failed: bool,
+}
+
+impl Replica {
+    /// A replica over a recovered `log` (switched to replicated mode here) and the hard state the
+    /// host stored. `voters` is the group's membership (the partition's replicas). `applied` is
+    /// the last index the host's state machine holds: the log start for a host that replays the
+    /// log (the metadata group), ignored when `config.apply_entries` is false.
+    pub fn open(
+        config: RaftConfig,
+        rng: Rng,
+        hard_state: HardState,
+        mut log: PartitionLog,
+        voters: Membership,
+        applied: u64,
+        now_ms: u64,
+    ) -> Result<Replica, OpenError> {
+        log.set_replicated();
+        let meta = log_meta(&log, voters)?;
+        let applied = if config.apply_entries {
+            applied.max(meta.snapshot().index)
+        } else {
+            hard_state.commit.min(meta.last_index())
+        };
+        let hard_state = HardState {
+            commit: hard_state.commit.min(meta.last_index()),
+            ..hard_state
+        };
+        let state = RaftState {
+            hard_state,
+            log: meta,
+            applied,
+        };
+        let raft = Raft::new(config, rng, state).map_err(|e| OpenError(format!("{e:?}")))?;
+        let mut replica = Replica {
+            raft,
+            log,
+            unsynced: VecDeque::new(),
+            written_seq: 0,
+            persisted_seq: 0,
+            hard_state: None,
+            stored_hard_state: hard_state,
+            messages: Vec::new(),
+            committed: Vec::new(),
+            reset_to: None,
+            now_ms,
+            storage_failed: false,
+        };
+        replica.log.set_high_watermark(replica.raft.commit_index());
+        Ok(replica)
+    }
+
+    // ---- Inputs ----------------------------------------------------------------------------
+
+    /// Leader: validates a producer's batch, answers a retried idempotent batch with its
+    /// original offsets, and proposes anything new (stamped with its offsets and the term).
+    pub fn produce(
+        &mut self,
+        mut records: BytesMut,
+        now_ms: u64,
+        reader: &impl SegmentReader,
+    ) -> Result<Proposed, ErrorCode> {
+        self.now_ms = now_ms;
+        if self.storage_failed {
+            return Err(ErrorCode::KafkaStorageError);
+        }
+        if !self.raft.is_leader() {
+            return Err(ErrorCode::NotLeaderOrFollower);
+        }
+        let header = batch::validate_produce(&records, self.log.config().message_bytes_max)
+            .map_err(|e| e.error_code())?;
+        let term = self.raft.term();
+        match self.log.check_produce(&header).map_err(|e| e.error_code())? {
+            ProduceCheck::Duplicate(appended) => {
+                let term = self
+                    .term_at(appended.base_offset)
+                    .unwrap_or(self.raft.term());
+                return Ok(Proposed {
+                    base_offset: appended.base_offset,
+                    last_offset: appended.last_offset,
+                    term,
+                    duplicate: true,
+                });
+            }
+            ProduceCheck::Append => {}
+        }
+        // Raft appends at the next index in the current term; stamp the batch to match before
+        // it goes into Raft's cache and to the followers.
+        let first = self.raft.last_index() + 1;
+        let Ok(epoch) = i32::try_from(term) else {
+            return Err(ErrorCode::UnknownServerError);
+        };
+        batch::stamp(&mut records, (first - 1) as i64, epoch);
+        let span = u64::from(header.last_offset_delta as u32) + 1;
+        let (index, last) = self
+            .raft
+            .propose(records.freeze(), span)
+            .map_err(|e| e.error_code())?;
+        assert_eq!(index, first, "Raft appends at the next index");
+        self.drive(reader);
+        Ok(Proposed {
+            base_offset: index - 1,
+            last_offset: last - 1,
+            term,
+            duplicate: false,
+        })
+    }
+
+    /// A message from a peer replica.
+    pub fn step(&mut self, msg: Message, now_ms: u64, reader: &impl SegmentReader) {
+        self.now_ms = now_ms;
+        self.raft.step(msg);
+        self.drive(reader);
+    }
+
+    /// One tick of the host's Raft clock.
+    pub fn tick(&mut self, now_ms: u64, reader: &impl SegmentReader) {
+        self.now_ms = now_ms;
+        self.raft.tick();
+        self.drive(reader);
+    }
+
+    /// Starts an election now (see [`Raft::campaign`]).
+    pub fn campaign(&mut self, force: bool, reader: &impl SegmentReader) {
+        self.raft.campaign(force);
+        self.drive(reader);
+    }
+
+    /// The host made the hard state from [`Replica::take_hard_state`] durable.
+    pub fn hard_state_persisted(&mut self, reader: &impl SegmentReader) {
+        self.drive(reader);
+    }
+
+    /// The group commit `sync` completed.
+    pub fn on_synced(&mut self, sync: ReplicaSync, reader: &impl SegmentReader) {
+        self.log.on_synced(sync.request);
+        while self.unsynced.front().is_some_and(|s| *s <= sync.seq) {
+            self.unsynced.pop_front();
+        }
+        self.drive(reader);
+    }
+
+    /// Storage failed (a write or an fsync): the log accepts nothing more; the host reopens the
+    /// partition from disk (after `log.failure_cut()`), which restarts this replica.
+    pub fn on_storage_failed(&mut self) {
+        self.storage_failed = true;
+        self.log.on_storage_failed();
+    }
+
+    // ---- Outputs ---------------------------------------------------------------------------
+
+    /// The next storage effect of the log, in order.
+    pub fn poll_op(&mut self) -> Option<LogOp> {
+        self.log.poll_op()
+    }
+
+    /// Starts a group commit if the log has anything unsynced and none is in flight.
+    pub fn poll_sync(&mut self) -> Option<ReplicaSync> {
+        let request = self.log.poll_sync()?;
+        Some(ReplicaSync {
+            request,
+            seq: self.written_seq,
+        })
+    }
+
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.messages)
+    }
+
+    /// A term or vote to make durable before [`Replica::hard_state_persisted`].
+    pub fn take_hard_state(&mut self) -> Option<HardState> {
+        self.hard_state.take().inspect(|hs| self.stored_hard_state = *hs)
+    }
+
+    /// Committed entries, for a host that applies them (`apply_entries`).
+    pub fn take_committed(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.committed)
+    }
+
+    /// A snapshot was installed: the host must drop the whole log and start it empty at this
+    /// offset (every replica holds the data below it; this one lagged behind retention).
+    pub fn take_reset(&mut self) -> Option<u64> {
+        self.reset_to.take()
+    }
+
+    // ---- State -----------------------------------------------------------------------------
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn log(&self) -> &PartitionLog {
+        &self.log
+    }
+
+    pub fn log_mut(&mut self) -> &mut PartitionLog {
+        &mut self.log
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.role() == Role::Leader
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.leader()
+    }
+
+    /// The current term: Kafka's leader epoch.
+    pub fn term(&self) -> u64 {
+        self.raft.term()
+    }
+
+    pub fn high_watermark(&self) -> u64 {
+        self.log.high_watermark()
+    }
+
+    pub fn storage_failed(&self) -> bool {
+        self.storage_failed
+    }
+
+    /// The term of the batch holding `offset`, while it is in the log.
+    pub fn term_at(&self, offset: u64) -> Option<u64> {
+        self.raft.log().term(offset.checked_add(1)?)
+    }
+
+    /// Whether the batch proposed as `proposed` is committed: the high watermark passed it and
+    /// the log still holds it (same term at its base offset). `Some(false)` means it was cut
+    /// by a new leader and will never commit.
+    pub fn is_committed(&self, proposed: &Proposed) -> Option<bool> {
+        match self.term_at(proposed.base_offset) {
+            Some(term) if term != proposed.term => Some(false),
+            None if proposed.base_offset >= self.log.log_end_offset() => Some(false),
+            _ if self.log.high_watermark() > proposed.last_offset => Some(true),
+            _ => None,
+        }
+    }
+
+    pub fn check_invariants(&self) {
+        self.raft.check_invariants();
+        self.log.check_invariants();
+        if !self.storage_failed && self.reset_to.is_none() {
+            assert_eq!(
+                self.raft.last_index(),
+                self.log.log_end_offset(),
+                "the Raft log and the partition log end together"
+            );
+        }
+        assert!(self.log.high_watermark() <= self.raft.commit_index().max(self.log.log_start_offset()));
+        assert!(self.persisted_seq <= self.written_seq);
+    }
+
+    // ---- Internals -------------------------------------------------------------------------
+
+    /// Runs Raft until it has nothing ready, executing its writes against the log.
+    fn drive(&mut self, reader: &impl SegmentReader) {
+        loop {
+            if self.raft.has_ready() {
+                let source = LogSource {
+                    log: &self.log,
+                    reader,
+                };
+                let ready = self.raft.ready(&source);
+                self.execute(ready);
+                continue;
+            }
+            // Every write up to `durable` has its log changes synced; none has a hard state
+            // still waiting for the host.
+            let durable = self
+                .unsynced
+                .front()
+                .map_or(self.written_seq, |first| first - 1);
+            if self.hard_state.is_none() && durable > self.persisted_seq && !self.storage_failed {
+                self.persisted_seq = durable;
+                self.raft.on_persisted(durable);
+                continue;
+            }
+            break;
+        }
+        if !self.storage_failed && self.reset_to.is_none() {
+            self.log.set_high_watermark(self.raft.commit_index());
+        }
+        if cfg!(any(debug_assertions, madsim)) {
+            self.check_invariants();
+        }
+    }
+
+    fn execute(&mut self, ready: Ready) {
+        if let Some(write) = ready.write {
+            self.written_seq = write.seq;
+            if let Some(hs) = write.hard_state {
+                if (hs.term, hs.vote) != (self.stored_hard_state.term, self.stored_hard_state.vote)
+                {
+                    self.hard_state = Some(hs);
+                } else {
+                    // The commit index alone is an optimisation on disk; it rides along with
+                    // the next term or vote change.
+                    self.stored_hard_state.commit = hs.commit;
+                }
+            }
+            let mut changed_log = false;
+            if let Some(snapshot) = write.snapshot {
+                self.reset_to = Some(snapshot.meta.index);
+                changed_log = true;
+            }
+            if let Some(from) = write.truncate_from {
+                changed_log = true;
+                if !self.storage_failed && self.reset_to.is_none() {
+                    self.log
+                        .truncate_suffix(from - 1)
+                        .unwrap_or_else(|e| panic!("Raft truncation at index {from}: {e:?}"));
+                }
+            }
+            for entry in write.entries {
+                changed_log = true;
+                if self.storage_failed || self.reset_to.is_some() {
+                    continue;
+                }
+                let bytes = self.entry_bytes(&entry);
+                if let Err(e) = self.log.append_replicated(bytes, self.now_ms) {
+                    // The leader stamped and checked this batch and Raft checked the entry's
+                    // bounds; a refusal here is a broken invariant or a storage failure.
+                    if matches!(e, crate::log::ReplicaAppendError::StorageFailed) {
+                        self.storage_failed = true;
+                    } else {
+                        panic!("entry {}..={} refused by the log: {e:?}", entry.index, entry.last);
+                    }
+                }
+            }
+            if changed_log {
+                self.unsynced.push_back(write.seq);
+            }
+        }
+        self.messages.extend(ready.messages);
+        if self.raft.config().apply_entries {
+            self.committed.extend(ready.committed);
+        }
+    }
+
+    /// The stored form of an entry: the batch itself, or a control batch for Raft's own entries.
+    /// Every replica builds the control batches itself, so they must not depend on anything
+    /// local (a clock): their timestamp is Kafka's "no timestamp", and replicas stay
+    /// byte-identical.
+    fn entry_bytes(&self, entry: &Entry) -> Bytes {
+        let offset = (entry.index - 1) as i64;
+        let epoch = entry.term as i32;
+        match entry.kind {
+            EntryKind::Normal => entry.payload.clone(),
+            EntryKind::Empty => {
+                Bytes::from(batch::leader_epoch_start_batch(offset, epoch, NO_TIMESTAMP))
+            }
+            EntryKind::Membership => Bytes::from(batch::membership_batch(
+                offset,
+                epoch,
+                &entry.payload,
+                NO_TIMESTAMP,
+            )),
+        }
+    }
+}
+
+/// Raft's view of the stored log: whole batches up to the synced end, read through the host.
+struct LogSource<'a, R> {
+    log: &'a PartitionLog,
+    reader: &'a R,
+}
+
+impl<R: SegmentReader> EntrySource for LogSource<'_, R> {
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64, out: &mut Vec<Entry>) {
+        let Ok(mut cursor) = self.log.read_durable(lo - 1, max_bytes.min(u64::from(u32::MAX)) as u32)
+        else {
+            return;
+        };
+        while let Some(io) = cursor.next_io() {
+            let Ok(bytes) = self.reader.read_at(io) else {
+                return;
+            };
+            if cursor.feed(bytes).is_err() {
+                return;
+            }
+        }
+        for batch in cursor.into_batches() {
+            if batch.base_offset + 1 < lo {
+                continue;
+            }
+            if batch.last_offset + 1 > hi {
+                break;
+            }
+            out.push(entry_of(batch));
+        }
+    }
+
+    fn snapshot_data(&self, _index: u64) -> Option<Bytes> {
+        // A partition's state is its log: a follower behind the log start restarts its log
+        // there, with no other state.
+        Some(Bytes::new())
+    }
+}
+
+/// Raft's entry for a batch read back from the log.
+pub fn entry_of(batch: StoredBatch) -> Entry {
+    let (kind, payload) = match batch.control_type {
+        Some(CONTROL_TYPE_LEADER_EPOCH_START) => (EntryKind::Empty, Bytes::new()),
+        Some(CONTROL_TYPE_MEMBERSHIP) => (
+            EntryKind::Membership,
+            batch::control_value(&batch.bytes)
+                .map(Bytes::copy_from_slice)
+                .unwrap_or_default(),
+        ),
+        _ => (EntryKind::Normal, batch.bytes),
+    };
+    Entry {
+        index: batch.base_offset + 1,
+        last: batch.last_offset + 1,
+        term: batch.epoch.max(0) as u64,
+        kind,
+        payload,
+    }
+}
+
+/// Raft's index of a recovered log: its term runs come from the log's leader-epoch cache.
+///
+/// The snapshot boundary is the log start. Its term is the epoch covering the log start, which
+/// is exact when the log is empty and otherwise at least the true term of the dropped entry
+/// before it; everything below the log start is committed and identical on every replica, so
+/// the boundary term only decides whether a follower is sent a snapshot or an append there.
+fn log_meta(log: &PartitionLog, voters: Membership) -> Result<LogMeta, OpenError> {
+    let start = log.log_start_offset();
+    let end = log.log_end_offset();
+    let epochs = log.epoch_runs();
+    let boundary_term = epochs
+        .iter()
+        .take_while(|e| e.start_offset <= start)
+        .last()
+        .map_or(0, |e| e.epoch.max(0) as u64);
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for e in epochs {
+        let first = e.start_offset.max(start) + 1;
+        if first > end {
+            continue;
+        }
+        let term = e.epoch.max(0) as u64;
+        match runs.last_mut() {
+            // A run the log start cut into nothing is replaced by the next one.
+            Some(last) if last.0 == first => *last = (first, term),
+            _ => runs.push((first, term)),
+        }
+    }
+    let snapshot = SnapshotMeta {
+        index: start,
+        term: if start == 0 { 0 } else { boundary_term },
+        membership: voters,
+    };
+    LogMeta::from_runs(snapshot, runs, end, Vec::new())
+        .map_err(|e| OpenError(format!("the log's epochs do not form a Raft log: {e:?}")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,333 @@
+//! A three-replica partition on in-memory storage: the partition log as the Raft log, end to end
+//! through storage (every op applied, every sync run, crashes losing unsynced bytes).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use bytes::BytesMut;
+
+use super::*;
+use crate::log::testkit::{batch, small_config};
+use crate::log::LogStore;
+use crate::raft::{HardState, Membership, Message, RaftConfig};
+use crate::storage::{CrashMode, MemStorage};
+
+struct Node {
+    storage: MemStorage,
+    store: RefCell<LogStore<MemStorage>>,
+    replica: Replica,
+    /// The hard state as durably stored.
+    hard_state: HardState,
+}
+
+struct Group {
+    nodes: Vec<Option<Node>>,
+    storages: Vec<MemStorage>,
+    stored_hard_states: Vec<HardState>,
+    network: VecDeque<Message>,
+    /// Links cut in both directions.
+    isolated: Vec<bool>,
+    now_ms: u64,
+}
+
+fn raft_config(id: u64) -> RaftConfig {
+    RaftConfig {
+        apply_entries: false,
+        ..RaftConfig::new(id)
+    }
+}
+
+fn open(id: u64, storage: &MemStorage, hard_state: HardState) -> Node {
+    let (log, store) =
+        LogStore::open(storage.clone(), PathBuf::from("p"), small_config()).expect("open");
+    let replica = Replica::open(
+        raft_config(id),
+        Rng::new(id + 1),
+        hard_state,
+        log,
+        Membership::new([0, 1, 2]),
+        0,
+        0,
+    )
+    .expect("replica");
+    Node {
+        storage: storage.clone(),
+        store: RefCell::new(store),
+        replica,
+        hard_state,
+    }
+}
+
+impl Group {
+    fn new() -> Group {
+        let storages: Vec<MemStorage> = (0..3).map(|_| MemStorage::new()).collect();
+        let nodes = (0..3)
+            .map(|id| Some(open(id, &storages[id as usize], HardState::default())))
+            .collect();
+        Group {
+            nodes,
+            storages,
+            stored_hard_states: vec![HardState::default(); 3],
+            network: VecDeque::new(),
+            isolated: vec![false; 3],
+            now_ms: 1_000,
+        }
+    }
+
+    /// Executes everything a node's replica asked for: ops, hard state, syncs, messages.
+    fn flush(&mut self, id: usize) {
+        let Some(node) = self.nodes[id].as_mut() else {
+            return;
+        };
+        loop {
+            while let Some(op) = node.replica.poll_op() {
+                node.store.borrow_mut().apply(op).expect("apply");
+            }
+            if let Some(hs) = node.replica.take_hard_state() {
+                node.hard_state = hs;
+                self.stored_hard_states[id] = hs;
+                node.replica.hard_state_persisted(&node.store);
+                continue;
+            }
+            if let Some(sync) = node.replica.poll_sync() {
+                let job = node.store.borrow_mut().sync_job(&sync.request).expect("job");
+                job.run().expect("sync");
+                node.replica.on_synced(sync, &node.store);
+                continue;
+            }
+            break;
+        }
+        let _ = &node.storage;
+        self.network.extend(node.replica.take_messages());
+    }
+
+    fn deliver_all(&mut self) {
+        for _ in 0..100_000 {
+            for id in 0..3 {
+                self.flush(id);
+            }
+            let Some(msg) = self.network.pop_front() else {
+                return;
+            };
+            let (from, to) = (msg.from as usize, msg.to as usize);
+            if self.isolated[from] || self.isolated[to] {
+                continue;
+            }
+            if let Some(node) = self.nodes[to].as_mut() {
+                node.replica.step(msg, self.now_ms, &node.store);
+            }
+        }
+        panic!("messages never settled");
+    }
+
+    fn tick(&mut self, n: u32) {
+        for _ in 0..n {
+            self.now_ms += 10;
+            for node in self.nodes.iter_mut().flatten() {
+                node.replica.tick(self.now_ms, &node.store);
+            }
+            self.deliver_all();
+        }
+    }
+
+    fn leader(&self) -> Option<usize> {
+        let leaders: Vec<usize> = (0..3)
+            .filter(|&i| {
+                !self.isolated[i] && self.nodes[i].as_ref().is_some_and(|n| n.replica.is_leader())
+            })
+            .collect();
+        leaders.first().copied()
+    }
+
+    fn elect(&mut self) -> usize {
+        for _ in 0..200 {
+            if let Some(l) = self.leader() {
+                return l;
+            }
+            self.tick(1);
+        }
+        panic!("no leader elected");
+    }
+
+    fn produce(&mut self, id: usize, bytes: Vec<u8>) -> Result<Proposed, ErrorCode> {
+        let node = self.nodes[id].as_mut().expect("up");
+        let result = node
+            .replica
+            .produce(BytesMut::from(&bytes[..]), self.now_ms, &node.store);
+        self.deliver_all();
+        result
+    }
+
+    fn crash(&mut self, id: usize) {
+        self.nodes[id] = None;
+        self.storages[id].crash(CrashMode::Clean);
+        self.network.retain(|m| m.from as usize != id && m.to as usize != id);
+    }
+
+    fn restart(&mut self, id: usize) {
+        self.nodes[id] = Some(open(id as u64, &self.storages[id], self.stored_hard_states[id]));
+        self.deliver_all();
+    }
+
+    /// Every batch of a node's log up to its high watermark, as stored bytes.
+    fn committed_batches(&self, id: usize) -> Vec<(u64, i32, Bytes)> {
+        let node = self.nodes[id].as_ref().expect("up");
+        let log = node.replica.log();
+        let mut out = Vec::new();
+        let mut offset = log.log_start_offset();
+        while offset < log.high_watermark() {
+            let mut cursor = log.read(offset, 1 << 20).expect("read");
+            node.store.borrow_mut().read(&mut cursor).expect("read");
+            let batches = cursor.into_batches();
+            assert!(!batches.is_empty());
+            for b in batches {
+                if b.base_offset >= log.high_watermark() {
+                    break;
+                }
+                offset = b.last_offset + 1;
+                out.push((b.base_offset, b.epoch, b.bytes));
+            }
+        }
+        out
+    }
+
+    /// Replica agreement: the committed prefixes are byte-identical wherever they overlap.
+    fn assert_agreement(&self) {
+        let logs: Vec<_> = (0..3)
+            .filter(|&i| self.nodes[i].is_some())
+            .map(|i| self.committed_batches(i))
+            .collect();
+        for pair in logs.windows(2) {
+            let n = pair[0].len().min(pair[1].len());
+            assert_eq!(pair[0][..n], pair[1][..n], "committed prefixes differ");
+        }
+        for node in self.nodes.iter().flatten() {
+            node.replica.check_invariants();
+        }
+    }
+}
+
+#[test]
+fn batches_commit_on_a_majority_and_logs_agree_byte_for_byte() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    let mut expected = Vec::new();
+    for i in 0..40u8 {
+        let p = g
+            .produce(leader, batch(1 + i % 5, 20, 1_000 + i64::from(i), None))
+            .expect("produce");
+        assert!(!p.duplicate);
+        expected.push(p);
+    }
+    g.tick(2);
+    let node = g.nodes[leader].as_ref().unwrap();
+    for p in &expected {
+        assert_eq!(node.replica.is_committed(p), Some(true), "{p:?}");
+    }
+    // Offsets are contiguous batches: the term-start control batch, then the producers'.
+    let batches = g.committed_batches(leader);
+    assert_eq!(batches[0].0, 0, "the log starts with the term's control batch");
+    assert_eq!(batches.len(), 41);
+    assert!(batches.iter().all(|b| i64::from(b.1) == node.replica.term() as i64));
+    let hw = node.replica.high_watermark();
+    assert_eq!(hw, expected.last().unwrap().last_offset + 1);
+    for id in 0..3 {
+        assert_eq!(g.nodes[id].as_ref().unwrap().replica.high_watermark(), hw);
+    }
+    g.assert_agreement();
+}
+
+#[test]
+fn a_follower_refuses_produce_with_not_leader() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    let follower = (leader + 1) % 3;
+    assert_eq!(
+        g.produce(follower, batch(1, 5, 0, None)),
+        Err(ErrorCode::NotLeaderOrFollower)
+    );
+}
+
+#[test]
+fn an_isolated_leaders_suffix_is_cut_and_the_new_leaders_log_wins() {
+    let mut g = Group::new();
+    let old = g.elect();
+    for i in 0..5 {
+        g.produce(old, batch(2, 10, i, None)).unwrap();
+    }
+    // Cut the leader off; its new proposals never reach a majority.
+    g.isolated[old] = true;
+    let mut lost = Vec::new();
+    for i in 0..5 {
+        lost.push(g.produce(old, batch(3, 10, 100 + i, None)).unwrap());
+    }
+    let new = g.elect();
+    assert_ne!(new, old);
+    let mut kept = Vec::new();
+    for i in 0..5 {
+        kept.push(g.produce(new, batch(1, 10, 200 + i, None)).unwrap());
+    }
+    // The old leader returns: it steps down and its divergent suffix is truncated.
+    g.isolated[old] = false;
+    g.tick(30);
+    let old_node = g.nodes[old].as_ref().unwrap();
+    assert!(!old_node.replica.is_leader());
+    for p in &lost {
+        assert_eq!(old_node.replica.is_committed(p), Some(false), "{p:?}");
+    }
+    for p in &kept {
+        assert_eq!(old_node.replica.is_committed(p), Some(true), "{p:?}");
+    }
+    g.assert_agreement();
+}
+
+#[test]
+fn a_crashed_replica_recovers_its_raft_state_from_the_log_and_catches_up() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    for i in 0..10 {
+        g.produce(leader, batch(2, 30, i, None)).unwrap();
+    }
+    let follower = (leader + 1) % 3;
+    g.crash(follower);
+    for i in 0..10 {
+        g.produce(leader, batch(2, 30, 100 + i, None)).unwrap();
+    }
+    g.restart(follower);
+    g.tick(5);
+    let hw = g.nodes[leader].as_ref().unwrap().replica.high_watermark();
+    assert_eq!(g.nodes[follower].as_ref().unwrap().replica.high_watermark(), hw);
+    // And the leader itself crashing loses nothing committed.
+    g.crash(leader);
+    let new = g.elect();
+    g.produce(new, batch(1, 5, 500, None)).unwrap();
+    g.restart(leader);
+    g.tick(5);
+    assert!(g.nodes[leader].as_ref().unwrap().replica.high_watermark() > hw);
+    g.assert_agreement();
+}
+
+#[test]
+fn idempotent_producer_state_survives_a_failover() {
+    let mut g = Group::new();
+    let old = g.elect();
+    let first = g.produce(old, batch(3, 10, 0, Some((7, 0, 0)))).unwrap();
+    g.tick(2);
+    g.crash(old);
+    let new = g.elect();
+    assert_ne!(new, old);
+    // The producer retries the batch at the new leader: recognised, same offsets, nothing new.
+    let retry = g.produce(new, batch(3, 10, 0, Some((7, 0, 0)))).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        (retry.base_offset, retry.last_offset),
+        (first.base_offset, first.last_offset)
+    );
+    let next = g.produce(new, batch(1, 10, 0, Some((7, 0, 3)))).unwrap();
+    assert!(!next.duplicate);
+    assert_eq!(
+        g.produce(new, batch(1, 10, 0, Some((7, 0, 9)))),
+        Err(ErrorCode::OutOfOrderSequenceNumber)
+    );
+}
