@@ -110,8 +110,13 @@ impl Replica {
         } else {
             hard_state.commit.min(meta.last_index())
         };
+        // The log's recovered high watermark was a commit index once (it only ever moves to
+        // one), and the stored commit index may lag: take the larger.
         let hard_state = HardState {
-            commit: hard_state.commit.min(meta.last_index()),
+            commit: hard_state
+                .commit
+                .max(log.high_watermark())
+                .min(meta.last_index()),
             ..hard_state
         };
         let state = RaftState {
