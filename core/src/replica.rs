@@ -233,6 +233,20 @@ impl Replica {
         self.drive(reader);
     }
 
+    /// Retention: deletes whole committed segments past `retention.ms` / `retention.bytes` and
+    /// moves Raft's log start with them. Returns how many segments went.
+    pub fn enforce_retention(&mut self, now_ms: u64) -> usize {
+        let deleted = self.log.enforce_retention(now_ms);
+        if deleted > 0 {
+            // The log start is a batch boundary below the high watermark, so applied and an
+            // entry end; a refusal would only leave Raft believing in entries it cannot read.
+            if let Err(e) = self.raft.compact(self.log.log_start_offset()) {
+                debug_assert!(false, "compaction to the log start refused: {e:?}");
+            }
+        }
+        deleted
+    }
+
     /// Storage failed (a write or an fsync): the log accepts nothing more; the host reopens the
     /// partition from disk (after `log.failure_cut()`), which restarts this replica.
     pub fn on_storage_failed(&mut self) {
