@@ -214,6 +214,11 @@ fn decode_values(records: &[u8], from: u64) -> Result<Vec<(u64, u64)>, String> {
     }
     let batches = split_batches(records).map_err(|e| format!("fetched batch invalid: {e}"))?;
     for (header, range) in batches {
+        // Control batches (a leader's term start) carry no client records; Kafka clients skip
+        // them too.
+        if header.is_control() {
+            continue;
+        }
         let records =
             Records::new(&records[range]).map_err(|e| format!("fetched batch unreadable: {e}"))?;
         for record in records {
