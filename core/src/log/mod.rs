@@ -409,6 +409,15 @@ impl PartitionLog {
         if let ProduceCheck::Duplicate(appended) = self.check_produce(&header)? {
             return Ok(appended);
         }
+        // A single-node log has no leader changes; a stored epoch above the broker's can only
+        // come from damage to that field (the CRC does not cover it). Keep epochs monotonic
+        // instead of refusing every later produce.
+        let partition_leader_epoch = match self.epochs.latest_epoch() {
+            Some(latest) if !self.replicated && partition_leader_epoch >= 0 => {
+                partition_leader_epoch.max(latest)
+            }
+            _ => partition_leader_epoch,
+        };
         if partition_leader_epoch >= 0 && !self.epochs.accepts(partition_leader_epoch) {
             return Err(AppendError::FencedLeaderEpoch {
                 latest: self.epochs.latest_epoch().unwrap_or(UNDEFINED_EPOCH),
