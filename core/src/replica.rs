@@ -84,9 +84,8 @@ pub struct Replica {
     committed: Vec<Entry>,
     /// An installed snapshot: the host must restart the log empty at this offset.
     reset_to: Option<u64>,
-    /// Record timestamps of control batches and segment ages use this.
+    /// Segment ages (rolling by `segment.ms`) use this.
     now_ms: u64,
-    storage_failed: bool,
 }
 
 impl Replica {
@@ -105,11 +104,6 @@ impl Replica {
     ) -> Result<Replica, OpenError> {
         log.set_replicated();
         let meta = log_meta(&log, voters)?;
-        let applied = if config.apply_entries {
-            applied.max(meta.snapshot().index)
-        } else {
-            hard_state.commit.min(meta.last_index())
-        };
         // The log's recovered high watermark was a commit index once (it only ever moves to
         // one), and the stored commit index may lag: take the larger.
         let hard_state = HardState {
@@ -118,6 +112,11 @@ impl Replica {
                 .max(log.high_watermark())
                 .min(meta.last_index()),
             ..hard_state
+        };
+        let applied = if config.apply_entries {
+            applied.max(meta.snapshot().index)
+        } else {
+            hard_state.commit
         };
         let state = RaftState {
             hard_state,
@@ -137,7 +136,6 @@ impl Replica {
             committed: Vec::new(),
             reset_to: None,
             now_ms,
-            storage_failed: false,
         };
         replica.log.set_high_watermark(replica.raft.commit_index());
         Ok(replica)
@@ -154,7 +152,7 @@ impl Replica {
         reader: &impl SegmentReader,
     ) -> Result<Proposed, ErrorCode> {
         self.now_ms = now_ms;
-        if self.storage_failed {
+        if self.storage_failed() {
             return Err(ErrorCode::KafkaStorageError);
         }
         if !self.raft.is_leader() {
@@ -163,7 +161,11 @@ impl Replica {
         let header = batch::validate_produce(&records, self.log.config().message_bytes_max)
             .map_err(|e| e.error_code())?;
         let term = self.raft.term();
-        match self.log.check_produce(&header).map_err(|e| e.error_code())? {
+        match self
+            .log
+            .check_produce(&header)
+            .map_err(|e| e.error_code())?
+        {
             ProduceCheck::Duplicate(appended) => {
                 let term = self
                     .term_at(appended.base_offset)
@@ -250,7 +252,6 @@ impl Replica {
     /// Storage failed (a write or an fsync): the log accepts nothing more; the host reopens the
     /// partition from disk (after `log.failure_cut()`), which restarts this replica.
     pub fn on_storage_failed(&mut self) {
-        self.storage_failed = true;
         self.log.on_storage_failed();
     }
 
@@ -276,7 +277,9 @@ impl Replica {
 
     /// A term or vote to make durable before [`Replica::hard_state_persisted`].
     pub fn take_hard_state(&mut self) -> Option<HardState> {
-        self.hard_state.take().inspect(|hs| self.stored_hard_state = *hs)
+        self.hard_state
+            .take()
+            .inspect(|hs| self.stored_hard_state = *hs)
     }
 
     /// Committed entries, for a host that applies them (`apply_entries`).
@@ -322,7 +325,7 @@ impl Replica {
     }
 
     pub fn storage_failed(&self) -> bool {
-        self.storage_failed
+        self.log.storage_failed()
     }
 
     /// The term of the batch holding `offset`, while it is in the log.
@@ -345,14 +348,16 @@ impl Replica {
     pub fn check_invariants(&self) {
         self.raft.check_invariants();
         self.log.check_invariants();
-        if !self.storage_failed && self.reset_to.is_none() {
+        if !self.storage_failed() && self.reset_to.is_none() {
             assert_eq!(
                 self.raft.last_index(),
                 self.log.log_end_offset(),
                 "the Raft log and the partition log end together"
             );
         }
-        assert!(self.log.high_watermark() <= self.raft.commit_index().max(self.log.log_start_offset()));
+        assert!(
+            self.log.high_watermark() <= self.raft.commit_index().max(self.log.log_start_offset())
+        );
         assert!(self.persisted_seq <= self.written_seq);
     }
 
@@ -376,14 +381,14 @@ impl Replica {
                 .unsynced
                 .front()
                 .map_or(self.written_seq, |first| first - 1);
-            if self.hard_state.is_none() && durable > self.persisted_seq && !self.storage_failed {
+            if self.hard_state.is_none() && durable > self.persisted_seq && !self.storage_failed() {
                 self.persisted_seq = durable;
                 self.raft.on_persisted(durable);
                 continue;
             }
             break;
         }
-        if !self.storage_failed && self.reset_to.is_none() {
+        if !self.storage_failed() && self.reset_to.is_none() {
             self.log.set_high_watermark(self.raft.commit_index());
         }
         if cfg!(any(debug_assertions, madsim)) {
@@ -411,7 +416,7 @@ impl Replica {
             }
             if let Some(from) = write.truncate_from {
                 changed_log = true;
-                if !self.storage_failed && self.reset_to.is_none() {
+                if !self.storage_failed() && self.reset_to.is_none() {
                     self.log
                         .truncate_suffix(from - 1)
                         .unwrap_or_else(|e| panic!("Raft truncation at index {from}: {e:?}"));
@@ -419,17 +424,20 @@ impl Replica {
             }
             for entry in write.entries {
                 changed_log = true;
-                if self.storage_failed || self.reset_to.is_some() {
+                if self.storage_failed() || self.reset_to.is_some() {
                     continue;
                 }
-                let bytes = self.entry_bytes(&entry);
-                if let Err(e) = self.log.append_replicated(bytes, self.now_ms) {
+                let bytes = entry_bytes(&entry);
+                match self.log.append_replicated(bytes, self.now_ms) {
+                    // The log has marked itself failed; the host reopens the partition.
+                    Ok(_) | Err(crate::log::ReplicaAppendError::StorageFailed) => {}
                     // The leader stamped and checked this batch and Raft checked the entry's
-                    // bounds; a refusal here is a broken invariant or a storage failure.
-                    if matches!(e, crate::log::ReplicaAppendError::StorageFailed) {
-                        self.storage_failed = true;
-                    } else {
-                        panic!("entry {}..={} refused by the log: {e:?}", entry.index, entry.last);
+                    // bounds: a refusal here is a broken invariant.
+                    Err(e) => {
+                        panic!(
+                            "entry {}..={} refused by the log: {e:?}",
+                            entry.index, entry.last
+                        )
                     }
                 }
             }
@@ -442,26 +450,26 @@ impl Replica {
             self.committed.extend(ready.committed);
         }
     }
+}
 
-    /// The stored form of an entry: the batch itself, or a control batch for Raft's own entries.
-    /// Every replica builds the control batches itself, so they must not depend on anything
-    /// local (a clock): their timestamp is Kafka's "no timestamp", and replicas stay
-    /// byte-identical.
-    fn entry_bytes(&self, entry: &Entry) -> Bytes {
-        let offset = (entry.index - 1) as i64;
-        let epoch = entry.term as i32;
-        match entry.kind {
-            EntryKind::Normal => entry.payload.clone(),
-            EntryKind::Empty => {
-                Bytes::from(batch::leader_epoch_start_batch(offset, epoch, NO_TIMESTAMP))
-            }
-            EntryKind::Membership => Bytes::from(batch::membership_batch(
-                offset,
-                epoch,
-                &entry.payload,
-                NO_TIMESTAMP,
-            )),
+/// The stored form of an entry: the batch itself, or a control batch for Raft's own entries.
+/// Every replica builds the control batches itself, so they must not depend on anything
+/// local (a clock): their timestamp is Kafka's "no timestamp", and replicas stay
+/// byte-identical.
+fn entry_bytes(entry: &Entry) -> Bytes {
+    let offset = (entry.index - 1) as i64;
+    let epoch = entry.term as i32;
+    match entry.kind {
+        EntryKind::Normal => entry.payload.clone(),
+        EntryKind::Empty => {
+            Bytes::from(batch::leader_epoch_start_batch(offset, epoch, NO_TIMESTAMP))
         }
+        EntryKind::Membership => Bytes::from(batch::membership_batch(
+            offset,
+            epoch,
+            &entry.payload,
+            NO_TIMESTAMP,
+        )),
     }
 }
 
@@ -473,17 +481,15 @@ struct LogSource<'a, R> {
 
 impl<R: SegmentReader> EntrySource for LogSource<'_, R> {
     fn entries(&self, lo: u64, hi: u64, max_bytes: u64, out: &mut Vec<Entry>) {
-        let Ok(mut cursor) = self.log.read_durable(lo - 1, max_bytes.min(u64::from(u32::MAX)) as u32)
+        let Ok(mut cursor) = self
+            .log
+            .read_durable(lo - 1, max_bytes.min(u64::from(u32::MAX)) as u32)
         else {
             return;
         };
-        while let Some(io) = cursor.next_io() {
-            let Ok(bytes) = self.reader.read_at(io) else {
-                return;
-            };
-            if cursor.feed(bytes).is_err() {
-                return;
-            }
+        // Returning fewer entries (none, after an I/O error) is allowed: Raft asks again.
+        if cursor.run(self.reader).is_err() {
+            return;
         }
         for batch in cursor.into_batches() {
             if batch.base_offset + 1 < lo {

@@ -166,8 +166,14 @@ extern "C" fn on_signal(_: libc::c_int) {
 fn install_signal_flag() -> &'static std::sync::atomic::AtomicBool {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGINT, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
     &STOP
 }
@@ -188,9 +194,17 @@ mod tests {
         let nodes = layout(&args).unwrap();
         assert_eq!(
             nodes[2],
-            (3, "127.0.0.1:9094".to_string(), "127.0.0.1:19094".to_string())
+            (
+                3,
+                "127.0.0.1:9094".to_string(),
+                "127.0.0.1:19094".to_string()
+            )
         );
-        assert!(layout(&ClusterArgs { nodes: 0, ..args.clone() }).is_err());
+        assert!(layout(&ClusterArgs {
+            nodes: 0,
+            ..args.clone()
+        })
+        .is_err());
         assert!(layout(&ClusterArgs {
             base_port: u16::MAX,
             ..args

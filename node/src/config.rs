@@ -153,7 +153,11 @@ impl Config {
         if !peers.is_empty() && !peers.contains_key(&(node_id as u64)) {
             return Err(format!(
                 "node_id {node_id} is not in peers ({})",
-                peers.keys().map(u64::to_string).collect::<Vec<_>>().join(", ")
+                peers
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         if peers.len() > limits::RAFT_VOTERS_MAX {
@@ -197,9 +201,7 @@ impl Config {
                     .unwrap_or(limits::MESSAGE_BYTES_MAX_DEFAULT),
             },
             retention_check_interval_ms: a.retention_check_interval_ms.unwrap_or(300_000),
-            default_replication_factor: a
-                .default_replication_factor
-                .unwrap_or(3.min(nodes as i16)),
+            default_replication_factor: a.default_replication_factor.unwrap_or(3.min(nodes as i16)),
             raft_tick_ms: a.raft_tick_ms.unwrap_or(50),
             election_timeout_ms: a.election_timeout_ms.unwrap_or(1000),
             peers,
@@ -287,7 +289,9 @@ fn parse_peers(entries: &[String]) -> Result<BTreeMap<u64, String>, String> {
             .parse()
             .map_err(|_| format!("peer {entry:?} has an invalid node id"))?;
         if id > i32::MAX as u64 {
-            return Err(format!("peer {entry:?}: node ids are Kafka broker ids (i32)"));
+            return Err(format!(
+                "peer {entry:?}: node ids are Kafka broker ids (i32)"
+            ));
         }
         split_host_port(addr)?;
         if peers.insert(id, addr.to_string()).is_some() {
@@ -369,7 +373,9 @@ mod tests {
             peers: Some(vec!["1@a:1".into(), "2@b:1".into()]),
             ..ServeArgs::default()
         };
-        assert!(Config::resolve(outsider).unwrap_err().contains("not in peers"));
+        assert!(Config::resolve(outsider)
+            .unwrap_err()
+            .contains("not in peers"));
         let twice = ServeArgs {
             node_id: Some(1),
             peers: Some(vec!["1@a:1".into(), "1@b:1".into()]),

@@ -409,6 +409,15 @@ impl PartitionLog {
         if let ProduceCheck::Duplicate(appended) = self.check_produce(&header)? {
             return Ok(appended);
         }
+        // A single-node log has no leader changes; a stored epoch above the broker's can only
+        // come from damage to that field (the CRC does not cover it). Keep epochs monotonic
+        // instead of refusing every later produce.
+        let partition_leader_epoch = match self.epochs.latest_epoch() {
+            Some(latest) if !self.replicated && partition_leader_epoch >= 0 => {
+                partition_leader_epoch.max(latest)
+            }
+            _ => partition_leader_epoch,
+        };
         if partition_leader_epoch >= 0 && !self.epochs.accepts(partition_leader_epoch) {
             return Err(AppendError::FencedLeaderEpoch {
                 latest: self.epochs.latest_epoch().unwrap_or(UNDEFINED_EPOCH),
@@ -686,11 +695,8 @@ impl PartitionLog {
         deleted
     }
 
-    /// Plans a read of whole batches starting with the one that holds `offset`, at most
-    /// `max_bytes` (but always at least one whole batch, as Kafka does since KIP-74), never past
-    /// the high watermark. `offset == high watermark` gives an empty read; offsets beyond the log
-    /// end or below its start are out of range.
-    pub fn read(&self, offset: u64, max_bytes: u32) -> Result<ReadCursor, ReadError> {
+    /// Storage is healthy and `offset` lies within `log start ..= log end`.
+    fn check_readable(&self, offset: u64) -> Result<(), ReadError> {
         if self.storage_failed {
             return Err(ReadError::StorageFailed);
         }
@@ -700,6 +706,15 @@ impl PartitionLog {
                 log_end_offset: self.log_end_offset(),
             });
         }
+        Ok(())
+    }
+
+    /// Plans a read of whole batches starting with the one that holds `offset`, at most
+    /// `max_bytes` (but always at least one whole batch, as Kafka does since KIP-74), never past
+    /// the high watermark. `offset == high watermark` gives an empty read; offsets beyond the log
+    /// end or below its start are out of range.
+    pub fn read(&self, offset: u64, max_bytes: u32) -> Result<ReadCursor, ReadError> {
+        self.check_readable(offset)?;
         let planted = crate::planted::active(crate::planted::Bug::FetchPastHighWatermark);
         let readable_end = if planted {
             self.log_end_offset()

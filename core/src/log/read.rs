@@ -246,6 +246,14 @@ impl ReadCursor {
         Ok(())
     }
 
+    /// Reads everything the cursor asks for through `reader`, to completion.
+    pub fn run(&mut self, reader: &impl SegmentReader) -> Result<(), ReadError> {
+        while let Some(io) = self.next_io() {
+            self.feed(reader.read_at(io)?)?;
+        }
+        Ok(())
+    }
+
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Done)
     }

@@ -334,15 +334,7 @@ impl PartitionLog {
     /// entries it knows are durable but not yet committed. Split the result with
     /// [`ReadCursor::into_batches`].
     pub fn read_durable(&self, offset: u64, max_bytes: u32) -> Result<ReadCursor, ReadError> {
-        if self.storage_failed {
-            return Err(ReadError::StorageFailed);
-        }
-        if offset < self.log_start_offset() || offset > self.log_end_offset() {
-            return Err(ReadError::OffsetOutOfRange {
-                log_start_offset: self.log_start_offset(),
-                log_end_offset: self.log_end_offset(),
-            });
-        }
+        self.check_readable(offset)?;
         self.plan_read(offset, max_bytes, self.durable.offset, self.durable)
     }
 }

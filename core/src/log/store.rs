@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::recovery::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE};
-use super::{ReadIo, SegmentReader, 
+use super::{
     index_file_name, log_file_name, time_index_file_name, LogConfig, LogOp, PartitionLog,
-    ReadCursor, ReadError, Recovery, RecoveryIo, SyncRequest,
+    ReadCursor, ReadError, ReadIo, Recovery, RecoveryIo, SegmentReader, SyncRequest,
 };
 use crate::storage::{read_all, Storage, StorageFile};
 
@@ -270,13 +270,8 @@ impl<S: Storage> LogStore<S> {
     /// Runs a read cursor to completion.
     pub fn read(&mut self, cursor: &mut ReadCursor) -> Result<(), ReadError> {
         while let Some(io) = cursor.next_io() {
-            let file = self
-                .segment(io.segment)
-                .map_err(|e| ReadError::Corrupt(e.to_string()))?;
-            let bytes = file
-                .read_at(io.position, io.len as usize)
-                .map_err(|e| ReadError::Corrupt(e.to_string()))?;
-            cursor.feed(Bytes::from(bytes))?;
+            let bytes = self.read_io(io)?;
+            cursor.feed(bytes)?;
         }
         Ok(())
     }

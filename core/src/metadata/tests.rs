@@ -151,7 +151,8 @@ fn record() -> impl Strategy<Value = MetadataRecord> {
         (topic_id(), proptest::collection::vec(assignment(), 0..3))
             .prop_map(|(topic_id, new)| MetadataRecord::CreatePartitions { topic_id, new }),
         Just(MetadataRecord::NoOp),
-        (0..4i32, 0..5000i64).prop_map(|(node_id, end)| MetadataRecord::AllocateProducerIds { node_id, end }),
+        (0..4i32, 0..5000i64)
+            .prop_map(|(node_id, end)| MetadataRecord::AllocateProducerIds { node_id, end }),
         any::<[u8; 16]>().prop_map(|cluster_id| MetadataRecord::SetClusterId { cluster_id }),
     ]
 }

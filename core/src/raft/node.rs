@@ -599,7 +599,8 @@ impl Raft {
         ready.messages = std::mem::take(&mut self.outbox);
         if self.applied < self.commit && !self.config.apply_entries {
             self.applied = self.commit;
-        } else if self.applied < self.commit {
+        }
+        if self.applied < self.commit {
             self.log.read(
                 self.applied + 1,
                 self.commit,

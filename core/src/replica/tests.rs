@@ -91,7 +91,11 @@ impl Group {
                 continue;
             }
             if let Some(sync) = node.replica.poll_sync() {
-                let job = node.store.borrow_mut().sync_job(&sync.request).expect("job");
+                let job = node
+                    .store
+                    .borrow_mut()
+                    .sync_job(&sync.request)
+                    .expect("job");
                 job.run().expect("sync");
                 node.replica.on_synced(sync, &node.store);
                 continue;
@@ -134,7 +138,10 @@ impl Group {
     fn leader(&self) -> Option<usize> {
         let leaders: Vec<usize> = (0..3)
             .filter(|&i| {
-                !self.isolated[i] && self.nodes[i].as_ref().is_some_and(|n| n.replica.is_leader())
+                !self.isolated[i]
+                    && self.nodes[i]
+                        .as_ref()
+                        .is_some_and(|n| n.replica.is_leader())
             })
             .collect();
         leaders.first().copied()
@@ -162,11 +169,16 @@ impl Group {
     fn crash(&mut self, id: usize) {
         self.nodes[id] = None;
         self.storages[id].crash(CrashMode::Clean);
-        self.network.retain(|m| m.from as usize != id && m.to as usize != id);
+        self.network
+            .retain(|m| m.from as usize != id && m.to as usize != id);
     }
 
     fn restart(&mut self, id: usize) {
-        self.nodes[id] = Some(open(id as u64, &self.storages[id], self.stored_hard_states[id]));
+        self.nodes[id] = Some(open(
+            id as u64,
+            &self.storages[id],
+            self.stored_hard_states[id],
+        ));
         self.deliver_all();
     }
 
@@ -227,9 +239,14 @@ fn batches_commit_on_a_majority_and_logs_agree_byte_for_byte() {
     }
     // Offsets are contiguous batches: the term-start control batch, then the producers'.
     let batches = g.committed_batches(leader);
-    assert_eq!(batches[0].0, 0, "the log starts with the term's control batch");
+    assert_eq!(
+        batches[0].0, 0,
+        "the log starts with the term's control batch"
+    );
     assert_eq!(batches.len(), 41);
-    assert!(batches.iter().all(|b| i64::from(b.1) == node.replica.term() as i64));
+    assert!(batches
+        .iter()
+        .all(|b| i64::from(b.1) == node.replica.term() as i64));
     let hw = node.replica.high_watermark();
     assert_eq!(hw, expected.last().unwrap().last_offset + 1);
     for id in 0..3 {
@@ -297,7 +314,10 @@ fn a_crashed_replica_recovers_its_raft_state_from_the_log_and_catches_up() {
     g.restart(follower);
     g.tick(5);
     let hw = g.nodes[leader].as_ref().unwrap().replica.high_watermark();
-    assert_eq!(g.nodes[follower].as_ref().unwrap().replica.high_watermark(), hw);
+    assert_eq!(
+        g.nodes[follower].as_ref().unwrap().replica.high_watermark(),
+        hw
+    );
     // And the leader itself crashing loses nothing committed.
     g.crash(leader);
     let new = g.elect();
