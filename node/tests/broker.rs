@@ -263,7 +263,11 @@ fn every_version_of_every_served_api_round_trips() {
             assert_eq!(p.high_watermark, expected_offset, "fetch v{v}");
             let records = p.records.as_ref().unwrap();
             let batches = batch::split_batches(records).unwrap();
-            assert_eq!(batches.len() as i64, 1 + (expected_offset - start) / 3, "fetch v{v}");
+            assert_eq!(
+                batches.len() as i64,
+                1 + (expected_offset - start) / 3,
+                "fetch v{v}"
+            );
             assert!(batches[0].0.is_control(), "fetch v{v}");
         }
         for v in supported_versions(ApiKey::ListOffsets).min

@@ -30,7 +30,10 @@ pub fn load<S: Storage>(storage: &S, dir: &Path) -> io::Result<HardState> {
         // A replica that forgot its vote could vote twice in one term: refuse to guess.
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{} is damaged; the replica cannot safely restart", path.display()),
+            format!(
+                "{} is damaged; the replica cannot safely restart",
+                path.display()
+            ),
         )
     })
 }
@@ -65,7 +68,8 @@ fn decode(bytes: &[u8]) -> Option<HardState> {
     if crc32c::crc32c(&bytes[..BYTES - 4]) != crc {
         return None;
     }
-    let word = |i: usize| u64::from_be_bytes(bytes[4 + 8 * i..12 + 8 * i].try_into().expect("8 bytes"));
+    let word =
+        |i: usize| u64::from_be_bytes(bytes[4 + 8 * i..12 + 8 * i].try_into().expect("8 bytes"));
     let vote = word(1);
     Some(HardState {
         term: word(0),
@@ -95,6 +99,11 @@ mod tests {
         assert_eq!(load(&storage, dir).unwrap(), hs);
         assert!(storage.flip_bit(&dir.join(FILE), 70));
         assert!(load(&storage, dir).is_err());
-        assert_eq!(decode(&encode(HardState { vote: None, ..hs })).unwrap().vote, None);
+        assert_eq!(
+            decode(&encode(HardState { vote: None, ..hs }))
+                .unwrap()
+                .vote,
+            None
+        );
     }
 }
