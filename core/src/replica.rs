@@ -498,6 +498,17 @@ impl<R: SegmentReader> EntrySource for LogSource<'_, R> {
             if batch.last_offset + 1 > hi {
                 break;
             }
+            // The epoch cache is the authority on terms (the batch's epoch field is outside its
+            // CRC, and a flipped bit there must not reach a follower as a different term).
+            let mut batch = batch;
+            if let Some(epoch) = self.log.epoch_at(batch.base_offset) {
+                if epoch != batch.epoch {
+                    let mut bytes = BytesMut::from(&batch.bytes[..]);
+                    batch::set_partition_leader_epoch(&mut bytes, epoch);
+                    batch.bytes = bytes.freeze();
+                    batch.epoch = epoch;
+                }
+            }
             out.push(entry_of(batch));
         }
     }

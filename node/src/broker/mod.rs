@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use sluice_core::log::{LogConfig, LogStore};
-use sluice_core::raft::{Membership, RaftConfig};
+use sluice_core::raft::{HardState, Membership, RaftConfig};
 use sluice_core::replica::{Replica, ReplicaSync};
 use sluice_core::rng::Rng;
 use sluice_core::storage::Storage;
@@ -202,11 +202,16 @@ impl<S: Storage> Broker<S> {
         log_config: LogConfig,
         generation: u64,
     ) -> io::Result<PartitionState<S>> {
-        let (log, store) = LogStore::open(self.storage.clone(), dir.clone(), log_config)?;
+        let hard_state = hard_state::load(&self.storage, &dir)?;
+        // No batch can be of a term the replica never durably adopted: a higher epoch is damage.
+        // (No stored hard state at all: a new partition, or one written before replication.)
+        let epoch_max = (hard_state != HardState::default())
+            .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
+        let (log, store) =
+            LogStore::open_bounded(self.storage.clone(), dir.clone(), log_config, epoch_max)?;
         for repair in store.repairs() {
             tracing::warn!(%tp, "recovery: {repair}");
         }
-        let hard_state = hard_state::load(&self.storage, &dir)?;
         let me = self.config.node_id as u64;
         let raft_config = RaftConfig {
             apply_entries: false,
