@@ -235,6 +235,20 @@ impl Replica {
         self.drive(reader);
     }
 
+    /// Retention: deletes whole committed segments past `retention.ms` / `retention.bytes` and
+    /// moves Raft's log start with them. Returns how many segments went.
+    pub fn enforce_retention(&mut self, now_ms: u64) -> usize {
+        let deleted = self.log.enforce_retention(now_ms);
+        if deleted > 0 {
+            // The log start is a batch boundary below the high watermark, so applied and an
+            // entry end; a refusal would only leave Raft believing in entries it cannot read.
+            if let Err(e) = self.raft.compact(self.log.log_start_offset()) {
+                debug_assert!(false, "compaction to the log start refused: {e:?}");
+            }
+        }
+        deleted
+    }
+
     /// Storage failed (a write or an fsync): the log accepts nothing more; the host reopens the
     /// partition from disk (after `log.failure_cut()`), which restarts this replica.
     pub fn on_storage_failed(&mut self) {
@@ -483,6 +497,17 @@ impl<R: SegmentReader> EntrySource for LogSource<'_, R> {
             }
             if batch.last_offset + 1 > hi {
                 break;
+            }
+            // The epoch cache is the authority on terms (the batch's epoch field is outside its
+            // CRC, and a flipped bit there must not reach a follower as a different term).
+            let mut batch = batch;
+            if let Some(epoch) = self.log.epoch_at(batch.base_offset) {
+                if epoch != batch.epoch {
+                    let mut bytes = BytesMut::from(&batch.bytes[..]);
+                    batch::set_partition_leader_epoch(&mut bytes, epoch);
+                    batch.bytes = bytes.freeze();
+                    batch.epoch = epoch;
+                }
             }
             out.push(entry_of(batch));
         }

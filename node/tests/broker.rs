@@ -233,7 +233,10 @@ fn every_version_of_every_served_api_round_trips() {
                 node.addr.rsplit(':').next().unwrap()
             );
         }
-        let mut expected_offset = 0i64;
+        // A new partition's log starts with its leader's term-start control batch (one offset,
+        // skipped by clients): the first records land after it.
+        let start = 1i64;
+        let mut expected_offset = start;
         for v in supported_versions(ApiKey::Produce).min..=supported_versions(ApiKey::Produce).max {
             let mut req = produce_request("versions", 0, -1, records(3, &format!("v{v}")));
             if v >= 13 {
@@ -260,12 +263,21 @@ fn every_version_of_every_served_api_round_trips() {
             assert_eq!(p.high_watermark, expected_offset, "fetch v{v}");
             let records = p.records.as_ref().unwrap();
             let batches = batch::split_batches(records).unwrap();
-            assert_eq!(batches.len() as i64, expected_offset / 3, "fetch v{v}");
+            assert_eq!(
+                batches.len() as i64,
+                1 + (expected_offset - start) / 3,
+                "fetch v{v}"
+            );
+            assert!(batches[0].0.is_control(), "fetch v{v}");
         }
         for v in supported_versions(ApiKey::ListOffsets).min
             ..=supported_versions(ApiKey::ListOffsets).max
         {
-            for (ts, expected) in [(-2, 0), (-1, expected_offset), (1_700_000_000_001, 1)] {
+            for (ts, expected) in [
+                (-2, 0),
+                (-1, expected_offset),
+                (1_700_000_000_001, start + 1),
+            ] {
                 let req = ListOffsetsRequest::default()
                     .with_replica_id(kafka_protocol::messages::BrokerId(-1))
                     .with_topics(vec![ListOffsetsTopic::default()
@@ -487,11 +499,12 @@ fn idempotent_retries_get_their_original_offsets_and_gaps_are_refused() {
         let retry = c.call(&send(batch(0, 3)), 9).await.unwrap().responses[0].partition_responses
             [0]
         .clone();
-        assert_eq!((first.error_code, first.base_offset), (0, 0));
-        assert_eq!((second.error_code, second.base_offset), (0, 3));
+        let base = first.base_offset;
+        assert_eq!(first.error_code, 0);
+        assert_eq!((second.error_code, second.base_offset), (0, base + 3));
         assert_eq!(
             (retry.error_code, retry.base_offset),
-            (0, 0),
+            (0, base),
             "a retry is acknowledged with its original offset"
         );
         let gap = c.call(&send(batch(9, 1)), 9).await.unwrap().responses[0].partition_responses[0]
@@ -502,7 +515,8 @@ fn idempotent_retries_get_their_original_offsets_and_gaps_are_refused() {
             .await
             .unwrap();
         assert_eq!(
-            f.responses[0].partitions[0].high_watermark, 5,
+            f.responses[0].partitions[0].high_watermark,
+            base + 5,
             "the retry wrote nothing"
         );
     });
@@ -572,7 +586,11 @@ fn acknowledged_records_survive_a_crash_and_unacknowledged_offsets_are_not_serve
             let p = &f.responses[0].partitions[0];
             assert_eq!(p.error_code, 0);
             for (h, _) in batch::split_batches(p.records.as_ref().unwrap()).unwrap() {
-                seen.push(h.base_offset);
+                // Term-start control batches (one per leader term, so one per restart) are
+                // not records.
+                if !h.is_control() {
+                    seen.push(h.base_offset);
+                }
                 offset = h.next_offset();
             }
         }
@@ -619,6 +637,7 @@ fn garbage_on_one_connection_leaves_the_others_working() {
             .call(&fetch_request("survivor", Uuid::nil(), 0, 0), 12)
             .await
             .unwrap();
-        assert_eq!(f.responses[0].partitions[0].high_watermark, 6);
+        // Six records after the term-start control batch at offset 0.
+        assert_eq!(f.responses[0].partitions[0].high_watermark, 1 + 6);
     });
 }

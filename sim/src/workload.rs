@@ -207,13 +207,23 @@ fn fetch_request(cursors: &BTreeMap<i32, u64>, max_wait_ms: i32) -> FetchRequest
 }
 
 /// `(offset, value)` of every record at or after `from` in the fetched bytes.
-fn decode_values(records: &[u8], from: u64) -> Result<Vec<(u64, u64)>, String> {
+/// The `(offset, value)` pairs at or above `from`, and the offset after the last batch (data or
+/// control) in the response, where the next fetch continues.
+fn decode_values(records: &[u8], from: u64) -> Result<(Vec<(u64, u64)>, Option<u64>), String> {
     let mut out = Vec::new();
     if records.is_empty() {
-        return Ok(out);
+        return Ok((out, None));
     }
     let batches = split_batches(records).map_err(|e| format!("fetched batch invalid: {e}"))?;
+    let next = batches
+        .last()
+        .map(|(header, _)| header.next_offset().max(0) as u64);
     for (header, range) in batches {
+        // Control batches (a leader's term start) carry no client records; Kafka clients skip
+        // them too.
+        if header.is_control() {
+            continue;
+        }
         let records =
             Records::new(&records[range]).map_err(|e| format!("fetched batch unreadable: {e}"))?;
         for record in records {
@@ -232,7 +242,7 @@ fn decode_values(records: &[u8], from: u64) -> Result<Vec<(u64, u64)>, String> {
             out.push((offset, value));
         }
     }
-    Ok(out)
+    Ok((out, next))
 }
 
 /// Produce error codes that mean the batch was refused before anything was written: corrupt
@@ -379,6 +389,9 @@ struct Fetched {
     /// Per-partition error codes other than out-of-range.
     errors: Vec<(i32, i16)>,
     high_watermarks: BTreeMap<i32, u64>,
+    /// Where each partition's next fetch continues: past the last batch returned, control
+    /// batches included (a log may end in one).
+    next_offsets: BTreeMap<i32, u64>,
 }
 
 async fn fetch(
@@ -394,6 +407,7 @@ async fn fetch(
         out_of_range: Vec::new(),
         errors: Vec::new(),
         high_watermarks: BTreeMap::new(),
+        next_offsets: BTreeMap::new(),
     };
     for topic in &response.responses {
         for p in &topic.partitions {
@@ -406,7 +420,11 @@ async fn fetch(
                     fetched
                         .high_watermarks
                         .insert(partition, p.high_watermark.max(0) as u64);
-                    let values = decode_values(p.records.as_deref().unwrap_or(&[]), *cursor)?;
+                    let (values, next) =
+                        decode_values(p.records.as_deref().unwrap_or(&[]), *cursor)?;
+                    if let Some(next) = next {
+                        fetched.next_offsets.insert(partition, next);
+                    }
                     if !values.is_empty() {
                         fetched.reads.insert(key(partition), values);
                     }
@@ -515,9 +533,12 @@ pub async fn run_client(
             let (reads, outcome, reset) = match fetch(&mut client, &cursors, POLL_MAX_WAIT_MS).await
             {
                 Ok(fetched) => {
-                    for (k, values) in &fetched.reads {
-                        let last = values.last().expect("non-empty").0;
-                        cursors.insert(k.partition, last + 1);
+                    // Past the last batch returned, like a Kafka consumer, which also steps over
+                    // control batches.
+                    for (partition, next) in &fetched.next_offsets {
+                        if let Some(cursor) = cursors.get_mut(partition) {
+                            *cursor = (*cursor).max(*next);
+                        }
                     }
                     let outcome = if fetched.errors.is_empty() {
                         Outcome::Ok(())
@@ -584,15 +605,19 @@ pub async fn final_read(process: u32, addr: &str, partitions: i32, trace: &Trace
                         break;
                     }
                     if let Some(read) = fetched.reads.get(&key(partition)) {
-                        cursor = read.last().expect("non-empty").0 + 1;
                         values.extend_from_slice(read);
+                    }
+                    if let Some(next) = fetched.next_offsets.get(&partition) {
+                        cursor = cursor.max(*next);
                     }
                     let hw = fetched
                         .high_watermarks
                         .get(&partition)
                         .copied()
                         .unwrap_or(0);
-                    if cursor >= hw || (fetched.reads.is_empty() && hw > cursor && attempts > 50) {
+                    if cursor >= hw
+                        || (fetched.next_offsets.is_empty() && hw > cursor && attempts > 50)
+                    {
                         if cursor < hw {
                             problems.push(format!("partition {partition}: stuck at {cursor} below high watermark {hw}"));
                         }

@@ -5,7 +5,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from helpers import (OP_TIMEOUT_S, assert_rows_equal, consumer, expected_rows, produce_all, producer,
+from helpers import (FIRST_OFFSET, OP_TIMEOUT_S, assert_rows_equal, consumer, expected_rows, produce_all, producer,
                      read_partition, record, unique_topic)
 
 
@@ -34,7 +34,8 @@ def test_produce_1000_acks_all_and_read_back_in_assign_mode(broker):
     reports = produce_all(p, topic, records)
 
     offsets = [o for _, o in reports]
-    assert offsets == list(range(1000)), f"delivery offsets are not 0..999 in send order: {offsets[:20]}..."
+    want = list(range(FIRST_OFFSET, FIRST_OFFSET + 1000))
+    assert offsets == want, f"delivery offsets are not consecutive in send order: {offsets[:20]}..."
 
     # Assign mode: no group coordinator needed; nothing is committed.
     c = consumer(broker.bootstrap)
@@ -52,7 +53,7 @@ def test_produce_1000_acks_all_and_read_back_in_assign_mode(broker):
                 continue
             got.append((msg.offset(), msg.key(), msg.value(), list(msg.headers() or [])))
         lo, hi = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10, cached=False)
-        assert (lo, hi) == (0, 1000)
+        assert (lo, hi) == (0, FIRST_OFFSET + 1000)
     finally:
         c.close()
     assert_rows_equal(got, expected_rows(records, reports))
@@ -63,7 +64,7 @@ def test_idempotent_producer(broker):
     records = [record(i, "idem") for i in range(300)]
     p = producer(broker.bootstrap, **{"enable.idempotence": True, "max.in.flight.requests.per.connection": 5})
     reports = produce_all(p, topic, records)
-    assert [o for _, o in reports] == list(range(300))
+    assert [o for _, o in reports] == list(range(FIRST_OFFSET, FIRST_OFFSET + 300))
     assert_rows_equal(read_partition(broker.bootstrap, topic, min_count=300), expected_rows(records, reports))
 
 
@@ -84,7 +85,7 @@ def test_admin_create_topic_with_3_partitions_and_produce_to_each(broker):
     for part in range(3):
         recs = [record(i, f"p{part}") for i in range(10 + part)]
         reports = produce_all(p, topic, recs, partition=part)
-        assert reports == [(part, i) for i in range(len(recs))], reports
+        assert reports == [(part, FIRST_OFFSET + i) for i in range(len(recs))], reports
         sent[part] = (recs, reports)
     for part, (recs, reports) in sent.items():
         got = read_partition(broker.bootstrap, topic, part, min_count=len(recs))

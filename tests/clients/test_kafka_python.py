@@ -4,7 +4,7 @@ import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from helpers import assert_rows_equal, record, unique_topic
+from helpers import FIRST_OFFSET, assert_rows_equal, record, unique_topic
 
 TIMEOUT_S = 30
 
@@ -59,9 +59,9 @@ def read_all(bootstrap, topic, partition=0):
 def check(bootstrap, topic, records, metas):
     assert [(t, p) for t, p, _ in metas] == [(topic, 0)] * len(records)
     offsets = [o for _, _, o in metas]
-    assert offsets == list(range(len(records))), offsets[:20]
+    assert offsets == list(range(FIRST_OFFSET, FIRST_OFFSET + len(records))), offsets[:20]
     end, rows = read_all(bootstrap, topic)
-    assert end == len(records)
+    assert end == FIRST_OFFSET + len(records)
     want = [(o, k, v, list(h)) for o, (k, v, h) in zip(offsets, records)]
     assert_rows_equal(rows, want)
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from helpers import unique_topic
+from helpers import FIRST_OFFSET, unique_topic
 
 KCAT = shutil.which("kcat")
 pytestmark = pytest.mark.skipif(KCAT is None, reason="kcat is not installed (apt-get install kcat)")
@@ -52,9 +52,9 @@ def test_kcat_produce_consume_keys_values_headers_offsets(broker):
     produce(broker.bootstrap, topic, second, h2, acks="all")
 
     want = []
-    for offset, (k, v) in enumerate(first + second):
-        hdrs = h1 if offset < len(first) else h2
-        want.append(f"{topic}|0|{offset}|{k}|{v}|" + ",".join(f"{n}={x}" for n, x in hdrs))
+    for i, (k, v) in enumerate(first + second):
+        hdrs = h1 if i < len(first) else h2
+        want.append(f"{topic}|0|{FIRST_OFFSET + i}|{k}|{v}|" + ",".join(f"{n}={x}" for n, x in hdrs))
     got = consume(broker.bootstrap, topic)
     assert got == want
 
@@ -80,7 +80,7 @@ def test_kcat_idempotent_producer(broker):
             "-H", "mode=idempotent", *BOUNDS]
     proc = kcat(*args, stdin="".join(f"{k}:{v}\n" for k, v in lines))
     assert "fail" not in proc.stderr.lower(), proc.stderr
-    want = [f"{topic}|0|{o}|{k}|{v}|mode=idempotent" for o, (k, v) in enumerate(lines)]
+    want = [f"{topic}|0|{o}|{k}|{v}|mode=idempotent" for o, (k, v) in enumerate(lines, FIRST_OFFSET)]
     assert consume(broker.bootstrap, topic) == want
 
 
@@ -95,5 +95,5 @@ def test_kcat_compressed_batches_round_trip(broker, codec):
                 stdin="".join(f"{k}:{v}\n" for k, v in lines))
     assert "fail" not in proc.stderr.lower(), proc.stderr
     got = consume(broker.bootstrap, topic)
-    want = [f"{topic}|0|{offset}|{k}|{v}|" for offset, (k, v) in enumerate(lines)]
+    want = [f"{topic}|0|{offset}|{k}|{v}|" for offset, (k, v) in enumerate(lines, FIRST_OFFSET)]
     assert got == want

@@ -352,6 +352,14 @@ impl PartitionLog {
         self.epochs.entries()
     }
 
+    /// The leader epoch of the batch holding `offset`, from the leader-epoch cache (which is
+    /// checked at recovery; a batch's own epoch field is outside its CRC).
+    pub fn epoch_at(&self, offset: u64) -> Option<i32> {
+        let runs = self.epochs.entries();
+        let i = runs.partition_point(|e| e.start_offset <= offset);
+        i.checked_sub(1).map(|i| runs[i].epoch)
+    }
+
     /// Kafka's OffsetForLeaderEpoch for this replica: see [`LeaderEpochCache::end_offset_for`].
     pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
         self.epochs.end_offset_for(epoch, self.log_end_offset())

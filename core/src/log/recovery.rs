@@ -131,6 +131,7 @@ pub struct Recovery {
     tail_start: Option<u64>,
     stopped: bool,
     dir_changed: bool,
+    epoch_max: Option<i32>,
 }
 
 impl Recovery {
@@ -178,7 +179,16 @@ impl Recovery {
             rewrite_indexes: Vec::new(),
             tail_start: None,
             stopped: false,
+            epoch_max: None,
         }
+    }
+
+    /// Epochs above `max` are damage: a Raft replica never stores a batch of a term it has not
+    /// durably adopted, so the host passes its stored term. The epoch field is outside the
+    /// batch CRC; without this bound a flipped bit could raise it undetected.
+    pub fn with_epoch_max(mut self, max: i32) -> Recovery {
+        self.epoch_max = Some(max);
+        self
     }
 
     /// The next read to perform, or `None` when [`finish`](Self::finish) may be called.
@@ -326,7 +336,9 @@ impl Recovery {
             let crc_ok = skip_crc || check_crc(&rest[..total], &header).is_ok();
             // An epoch is outside the CRC: one that goes backwards is damage, like a bad CRC.
             let epoch = header.partition_leader_epoch;
-            let epoch_ok = !scan.replay || epoch < 0 || self.epochs.accepts(epoch);
+            let epoch_ok = !scan.replay
+                || epoch < 0
+                || (self.epochs.accepts(epoch) && self.epoch_max.is_none_or(|max| epoch <= max));
             if !continuous || header.last_offset_delta < 0 || !crc_ok || !epoch_ok {
                 bad = true;
                 break;

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use super::testkit::{batch, header, small_config};
 use super::*;
 use crate::batch::{self, CONTROL_TYPE_LEADER_EPOCH_START, CONTROL_TYPE_MEMBERSHIP};
-use crate::storage::{CrashMode, MemStorage};
+use crate::storage::{CrashMode, MemStorage, Storage, StorageFile};
 
 /// One replica: the log, its store, and every batch it should hold (stamped), oldest first.
 struct Replica {
@@ -584,6 +584,43 @@ fn the_epoch_cache_survives_retention_and_recovery() {
     assert!(r.storage.flip_bit(&checkpoint, 40));
     r.reopen();
     assert_eq!(r.log.epoch_runs(), &before[..]);
+}
+
+/// Sim seed 35: the leader epoch is outside a batch's CRC, so a flipped bit can raise it. A
+/// Raft replica never stores a batch of a term above its stored one, so recovery bounded by that
+/// term cuts the batch as damage instead of handing Raft a log whose last term is above its own.
+#[test]
+fn recovery_bounded_by_the_stored_term_cuts_a_raised_epoch() {
+    let mut r = Replica::new(config());
+    r.append(batch::leader_epoch_start_batch(0, 1, -1));
+    r.append(r.stamped(2, None, 1));
+    r.append(batch::leader_epoch_start_batch(3, 2, -1));
+    let last = r.stamped(3, None, 2);
+    let last_len = last.len() as u64;
+    r.append(last);
+    r.sync();
+    assert_eq!(r.log.epoch_at(0), Some(1));
+    assert_eq!(r.log.epoch_at(2), Some(1));
+    assert_eq!(r.log.epoch_at(3), Some(2));
+    assert_eq!(r.log.epoch_at(6), Some(2));
+    let segment = r.dir.join(segment::log_file_name(0));
+    let len = r.storage.open(&segment, false).unwrap().len().unwrap();
+    // Bit 1 of the epoch's most significant byte (batch byte 12): epoch 2 becomes 0x0200_0002.
+    assert!(r.storage.flip_bit(&segment, (len - last_len + 12) * 8 + 1));
+
+    // Unbounded (single-node) recovery cannot tell: the epoch still increases.
+    let (log, _) = LogStore::open(r.storage.clone(), r.dir.clone(), r.config.clone()).unwrap();
+    assert_eq!(log.log_end_offset(), 7);
+    assert_eq!(log.epoch_runs().last().unwrap().epoch, 0x0200_0002);
+
+    let (mut log, store) =
+        LogStore::open_bounded(r.storage.clone(), r.dir.clone(), r.config.clone(), Some(2))
+            .unwrap();
+    log.set_replicated();
+    assert_eq!(log.log_end_offset(), 4, "the damaged batch is cut");
+    assert_eq!(log.epoch_runs().last().unwrap().epoch, 2);
+    assert!(!store.repairs().is_empty(), "the cut is reported");
+    log.check_invariants();
 }
 
 #[test]

@@ -55,6 +55,17 @@ impl<S: Storage> LogStore<S> {
         dir: PathBuf,
         config: LogConfig,
     ) -> io::Result<(PartitionLog, LogStore<S>)> {
+        LogStore::open_bounded(storage, dir, config, None)
+    }
+
+    /// [`LogStore::open`] for a Raft replica: a batch whose leader epoch is above `epoch_max`
+    /// (the replica's stored term) is treated as damage, like a bad CRC.
+    pub fn open_bounded(
+        storage: S,
+        dir: PathBuf,
+        config: LogConfig,
+        epoch_max: Option<i32>,
+    ) -> io::Result<(PartitionLog, LogStore<S>)> {
         storage.create_dir_all(&dir)?;
         let mut listing = Vec::new();
         let mut checkpoint = None;
@@ -77,6 +88,9 @@ impl<S: Storage> LogStore<S> {
             repairs: Vec::new(),
         };
         let mut recovery = Recovery::new(config, &listing, checkpoint.as_deref());
+        if let Some(max) = epoch_max {
+            recovery = recovery.with_epoch_max(max);
+        }
         while let Some(io) = recovery.next_io() {
             match io {
                 RecoveryIo::ReadIndexes { segment } => {

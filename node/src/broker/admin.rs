@@ -32,7 +32,6 @@ use sluice_core::storage::Storage;
 use sluice_core::ErrorCode;
 use uuid::Uuid;
 
-use super::produce::LEADER_EPOCH;
 use super::{Broker, TopicPartition, SERVED_APIS};
 use crate::config::{split_host_port, PARTITIONS_PER_TOPIC_MAX};
 use crate::metadata::{describe_topic_config, topic_log_config, validate_topic_name};
@@ -143,10 +142,18 @@ impl<S: Storage> Broker<S> {
             topic.is_internal = false;
             topic.partitions = (0..state.partitions)
                 .map(|p| {
+                    let tp = TopicPartition {
+                        topic: name.clone(),
+                        partition: p,
+                    };
+                    let epoch = self
+                        .partitions
+                        .get(&tp)
+                        .map_or(0, |part| part.replica.term() as i32);
                     MetadataResponsePartition::default()
                         .with_partition_index(p)
                         .with_leader_id(BrokerId(node_id))
-                        .with_leader_epoch(LEADER_EPOCH)
+                        .with_leader_epoch(epoch)
                         .with_replica_nodes(vec![BrokerId(node_id)])
                         .with_isr_nodes(vec![BrokerId(node_id)])
                 })
@@ -441,9 +448,9 @@ impl<S: Storage> Broker<S> {
                     None => r.error_code = ErrorCode::UnknownTopicOrPartition.code(),
                     Some(part) => {
                         if version >= 4 {
-                            r.leader_epoch = LEADER_EPOCH;
+                            r.leader_epoch = part.replica.term() as i32;
                         }
-                        let log = &part.log;
+                        let log = part.replica.log();
                         match p.timestamp {
                             LATEST => r.offset = log.high_watermark() as i64,
                             EARLIEST | EARLIEST_LOCAL | LATEST_TIERED => {
@@ -461,6 +468,7 @@ impl<S: Storage> Broker<S> {
                                 let found = target.and_then(|ts| log.offset_for_timestamp(ts)).map(
                                     |mut cursor| {
                                         part.store
+                                            .borrow_mut()
                                             .read(&mut cursor)
                                             .map(|()| cursor.into_timestamp_hit())
                                     },

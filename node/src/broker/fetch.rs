@@ -14,7 +14,6 @@ use sluice_core::ErrorCode;
 use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
 
-use super::produce::LEADER_EPOCH;
 use super::{Broker, TopicPartition};
 
 pub(super) enum Outcome {
@@ -107,12 +106,16 @@ impl<S: Storage> Broker<S> {
                 match tp.and_then(|tp| self.partitions.get_mut(&tp).map(|part| (tp, part))) {
                     None => data.error_code = unknown.code(),
                     Some((tp, part)) => {
-                        data.high_watermark = part.log.high_watermark() as i64;
+                        let log = part.replica.log();
+                        data.high_watermark = log.high_watermark() as i64;
                         data.last_stable_offset = data.high_watermark;
-                        data.log_start_offset = part.log.log_start_offset() as i64;
+                        data.log_start_offset = log.log_start_offset() as i64;
                         let epoch = p.current_leader_epoch;
-                        if epoch >= 0 && epoch != LEADER_EPOCH {
-                            data.error_code = if epoch > LEADER_EPOCH {
+                        let leader_epoch = part.replica.term() as i32;
+                        if !part.replica.is_leader() {
+                            data.error_code = ErrorCode::NotLeaderOrFollower.code();
+                        } else if epoch >= 0 && epoch != leader_epoch {
+                            data.error_code = if epoch > leader_epoch {
                                 ErrorCode::UnknownLeaderEpoch.code()
                             } else {
                                 ErrorCode::FencedLeaderEpoch.code()
@@ -120,11 +123,10 @@ impl<S: Storage> Broker<S> {
                         } else if p.fetch_offset < 0 {
                             data.error_code = ErrorCode::OffsetOutOfRange.code();
                         } else if limit > 0 || bytes == 0 {
-                            let read = part
-                                .log
+                            let read = log
                                 .read(p.fetch_offset as u64, limit.min(u32::MAX as usize) as u32)
                                 .and_then(|mut cursor| {
-                                    part.store.read(&mut cursor)?;
+                                    part.store.borrow_mut().read(&mut cursor)?;
                                     Ok(cursor.into_records())
                                 });
                             match read {

@@ -11,8 +11,10 @@
 
 mod admin;
 mod fetch;
+mod hard_state;
 mod produce;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
@@ -20,7 +22,10 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
-use sluice_core::log::{LogConfig, LogStore, PartitionLog, SyncRequest};
+use sluice_core::log::{LogConfig, LogStore};
+use sluice_core::raft::{HardState, Membership, RaftConfig};
+use sluice_core::replica::{Replica, ReplicaSync};
+use sluice_core::rng::Rng;
 use sluice_core::storage::Storage;
 use sluice_core::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
@@ -60,8 +65,11 @@ struct TopicState {
 }
 
 struct PartitionState<S: Storage> {
-    log: PartitionLog,
-    store: LogStore<S>,
+    /// Raft over the partition log. Single node: a group of one voter, which elects itself at
+    /// once and commits on its own fsync.
+    replica: Replica,
+    /// Behind a `RefCell` so the replica can read through it while the broker holds both.
+    store: RefCell<LogStore<S>>,
     /// Bumped when the partition is reopened, so a late fsync result of the old instance is
     /// recognised and ignored.
     generation: u64,
@@ -71,7 +79,7 @@ struct PartitionState<S: Storage> {
 struct SyncDone {
     tp: TopicPartition,
     generation: u64,
-    request: SyncRequest,
+    request: ReplicaSync,
     result: io::Result<()>,
 }
 
@@ -167,21 +175,10 @@ impl<S: Storage> Broker<S> {
                 topic: topic.name.clone(),
                 partition,
             };
-            let (log, store) =
-                LogStore::open(self.storage.clone(), partition_dir(&tp), log_config.clone())?;
-            for repair in store.repairs() {
-                tracing::warn!(%tp, "recovery: {repair}");
-            }
-            self.dirty.insert(tp.clone());
-            self.partitions.insert(
-                tp,
-                PartitionState {
-                    log,
-                    store,
-                    generation: 0,
-                    last_sync_start: None,
-                },
-            );
+            let part = self.open_partition(&tp, partition_dir(&tp), log_config.clone(), 0)?;
+            self.partitions.insert(tp.clone(), part);
+            self.flush_partition(&tp)?;
+            self.dirty.insert(tp);
         }
         self.topic_ids.insert(id, topic.name.clone());
         self.topics.insert(
@@ -194,6 +191,73 @@ impl<S: Storage> Broker<S> {
             },
         );
         Ok(())
+    }
+
+    /// Recovers a partition's log and hard state and starts its replica. A single-node group
+    /// elects itself at once.
+    fn open_partition(
+        &mut self,
+        tp: &TopicPartition,
+        dir: PathBuf,
+        log_config: LogConfig,
+        generation: u64,
+    ) -> io::Result<PartitionState<S>> {
+        let hard_state = hard_state::load(&self.storage, &dir)?;
+        // No batch can be of a term the replica never durably adopted: a higher epoch is damage.
+        // (No stored hard state at all: a new partition, or one written before replication.)
+        let epoch_max = (hard_state != HardState::default())
+            .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
+        let (log, store) =
+            LogStore::open_bounded(self.storage.clone(), dir.clone(), log_config, epoch_max)?;
+        for repair in store.repairs() {
+            tracing::warn!(%tp, "recovery: {repair}");
+        }
+        let me = self.config.node_id as u64;
+        let raft_config = RaftConfig {
+            apply_entries: false,
+            ..RaftConfig::new(me)
+        };
+        let rng = Rng::new(splitmix(&mut self.rng));
+        let replica = Replica::open(
+            raft_config,
+            rng,
+            hard_state,
+            log,
+            Membership::new([me]),
+            0,
+            now_ms(),
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{tp}: {e}")))?;
+        let store = RefCell::new(store);
+        let mut part = PartitionState {
+            replica,
+            store,
+            generation,
+            last_sync_start: None,
+        };
+        part.replica.campaign(true, &part.store);
+        Ok(part)
+    }
+
+    /// Executes what a partition's replica asked for: storage ops, and the hard state (written
+    /// durably here, before anything that depends on it can leave). Group commits are started
+    /// separately ([`Broker::start_syncs`]).
+    fn flush_partition(&mut self, tp: &TopicPartition) -> io::Result<()> {
+        let Some(part) = self.partitions.get_mut(tp) else {
+            return Ok(());
+        };
+        loop {
+            while let Some(op) = part.replica.poll_op() {
+                part.store.borrow_mut().apply(op)?;
+            }
+            if let Some(hs) = part.replica.take_hard_state() {
+                let dir = part.store.borrow().dir().to_path_buf();
+                hard_state::store(&self.storage, &dir, hs)?;
+                part.replica.hard_state_persisted(&part.store);
+                continue;
+            }
+            return Ok(());
+        }
     }
 
     fn new_topic_id(&mut self) -> Uuid {
@@ -331,12 +395,13 @@ impl<S: Storage> Broker<S> {
                 self.dirty.insert(tp);
                 continue;
             }
-            let Some(request) = part.log.poll_sync() else {
+            let Some(request) = part.replica.poll_sync() else {
                 // Either nothing to sync, or one is in flight; its completion re-marks us dirty.
                 continue;
             };
             part.last_sync_start = Some(now);
-            let job = match part.store.sync_job(&request) {
+            let job = part.store.borrow_mut().sync_job(&request.request);
+            let job = match job {
                 Ok(job) => job,
                 Err(e) => {
                     let done = SyncDone {
@@ -390,23 +455,21 @@ impl<S: Storage> Broker<S> {
         }
         match result {
             Ok(()) => {
-                let before = part.log.high_watermark();
-                part.log.on_synced(request);
-                self.high_watermark_moved |= part.log.high_watermark() > before;
-                if let Err(e) = part.store.apply_all(&mut part.log) {
+                let before = part.replica.high_watermark();
+                part.replica.on_synced(request, &part.store);
+                self.high_watermark_moved |= part.replica.high_watermark() > before;
+                if let Err(e) = self.flush_partition(&tp) {
                     tracing::error!(%tp, "checkpoint write failed: {e}");
                     self.recover_partition(&tp);
                     return;
                 }
                 // Appends made while this fsync ran need the next one.
-                if part.log.high_watermark() < part.log.log_end_offset() {
-                    self.dirty.insert(tp);
-                }
+                self.dirty.insert(tp);
             }
             Err(e) => {
                 tracing::error!(%tp, "fsync failed: {e}; dropping unsynced data and reopening the partition");
-                part.log.on_storage_failed();
-                part.log.on_synced(request);
+                part.replica.on_storage_failed();
+                part.replica.log_mut().on_synced(request.request);
                 self.recover_partition(&tp);
             }
         }
@@ -420,29 +483,25 @@ impl<S: Storage> Broker<S> {
             return;
         };
         let log_config = topic.log_config.clone();
-        let Some(mut part) = self.partitions.remove(tp) else {
+        let Some(part) = self.partitions.remove(tp) else {
             return;
         };
-        for op in part.log.failure_cut() {
-            if let Err(e) = part.store.apply(op) {
+        for op in part.replica.log().failure_cut() {
+            if let Err(e) = part.store.borrow_mut().apply(op) {
                 tracing::error!(%tp, "cutting the unsynced tail failed: {e}");
             }
         }
         let generation = part.generation + 1;
-        let dir = part.store.dir().to_path_buf();
+        let dir = part.store.borrow().dir().to_path_buf();
         drop(part);
-        match LogStore::open(self.storage.clone(), dir, log_config) {
-            Ok((log, store)) => {
-                tracing::warn!(%tp, log_end_offset = log.log_end_offset(), "partition reopened after a storage failure");
-                self.partitions.insert(
-                    tp.clone(),
-                    PartitionState {
-                        log,
-                        store,
-                        generation,
-                        last_sync_start: None,
-                    },
-                );
+        match self.open_partition(tp, dir, log_config, generation) {
+            Ok(part) => {
+                tracing::warn!(%tp, log_end_offset = part.replica.log().log_end_offset(), "partition reopened after a storage failure");
+                self.partitions.insert(tp.clone(), part);
+                if let Err(e) = self.flush_partition(tp) {
+                    tracing::error!(%tp, "partition could not be reopened: {e}; it stays offline");
+                    self.partitions.remove(tp);
+                }
                 self.dirty.insert(tp.clone());
             }
             Err(e) => {
@@ -456,16 +515,16 @@ impl<S: Storage> Broker<S> {
         let now = now_ms();
         let mut failed = Vec::new();
         for (tp, part) in &mut self.partitions {
-            if part.log.enforce_retention(now) > 0 {
-                tracing::info!(%tp, log_start_offset = part.log.log_start_offset(), "retention deleted segments");
+            if part.replica.enforce_retention(now) > 0 {
+                tracing::info!(%tp, log_start_offset = part.replica.log().log_start_offset(), "retention deleted segments");
                 self.dirty.insert(tp.clone());
-                if part.store.apply_all(&mut part.log).is_err() {
-                    failed.push(tp.clone());
-                }
+                failed.push(tp.clone());
             }
         }
         for tp in failed {
-            self.recover_partition(&tp);
+            if self.flush_partition(&tp).is_err() {
+                self.recover_partition(&tp);
+            }
         }
     }
 
@@ -508,7 +567,7 @@ impl<S: Storage> Broker<S> {
             };
             self.dirty.remove(&tp);
             if let Some(part) = self.partitions.remove(&tp) {
-                part.store.delete()?;
+                part.store.into_inner().delete()?;
             }
             self.fail_produce_waiters(&tp, ErrorCode::UnknownTopicOrPartition);
         }

@@ -8,17 +8,13 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::messages::ResponseKind;
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::log::Appended;
+use sluice_core::replica::Proposed;
 use sluice_core::storage::Storage;
 use sluice_core::ErrorCode;
 use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
 
 use super::{now_ms, Broker, TopicPartition};
-
-/// Kafka has one leader epoch per partition; on a single node it is always 0 (with Raft it
-/// becomes the term).
-pub const LEADER_EPOCH: i32 = 0;
 
 pub(super) enum Outcome {
     Now(ProduceResponse),
@@ -28,8 +24,8 @@ pub(super) enum Outcome {
 /// An acks=all response waiting for group commit.
 pub(super) struct PendingProduce {
     response: ProduceResponse,
-    /// (partition, high watermark needed, index of the topic and partition in the response).
-    waits: Vec<(TopicPartition, u64, usize, usize)>,
+    /// (partition, the proposed batch, index of the topic and partition in the response).
+    waits: Vec<(TopicPartition, Proposed, usize, usize)>,
     deadline: Instant,
 }
 
@@ -93,18 +89,17 @@ impl<S: Storage> Broker<S> {
                     }
                 };
                 match result {
-                    Ok((appended, log_start_offset, high_watermark)) => {
+                    Ok((appended, log_start_offset, committed)) => {
                         partition_response.base_offset = appended.base_offset as i64;
                         partition_response.log_start_offset = log_start_offset as i64;
-                        let needed = appended.last_offset + 1;
                         let planted_early_ack =
                             sluice_core::planted::active(sluice_core::planted::Bug::AckBeforeFsync);
-                        if acks == -1 && high_watermark < needed && !planted_early_ack {
+                        if acks == -1 && !committed && !planted_early_ack {
                             let tp = TopicPartition {
                                 topic: name.clone().expect("appended"),
                                 partition: data.index,
                             };
-                            waits.push((tp, needed, t, p));
+                            waits.push((tp, appended, t, p));
                         }
                     }
                     Err((code, message)) => {
@@ -136,7 +131,7 @@ impl<S: Storage> Broker<S> {
         partition: i32,
         records: Option<Bytes>,
         now: u64,
-    ) -> Result<(Appended, u64, u64), (ErrorCode, String)> {
+    ) -> Result<(Proposed, u64, bool), (ErrorCode, String)> {
         let tp = TopicPartition {
             topic: topic.to_string(),
             partition,
@@ -154,19 +149,23 @@ impl<S: Storage> Broker<S> {
         let records = records
             .try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        let appended = part.log.append(records, LEADER_EPOCH, now).map_err(|e| {
-            tracing::debug!(%tp, "produce rejected: {e}");
-            (e.error_code(), e.to_string())
-        })?;
-        if let Err(e) = part.store.apply_all(&mut part.log) {
+        let appended = part
+            .replica
+            .produce(records, now, &part.store)
+            .map_err(|code| {
+                tracing::debug!(%tp, "produce rejected: {code:?}");
+                (code, format!("{code:?}"))
+            })?;
+        if let Err(e) = self.flush_partition(&tp) {
             tracing::error!(%tp, "append failed: {e}");
             self.recover_partition(&tp);
             return Err((ErrorCode::KafkaStorageError, format!("storage failed: {e}")));
         }
-        let (log_start_offset, high_watermark) =
-            (part.log.log_start_offset(), part.log.high_watermark());
+        let part = &self.partitions[&tp];
+        let log_start_offset = part.replica.log().log_start_offset();
+        let committed = part.replica.is_committed(&appended) == Some(true);
         self.dirty.insert(tp);
-        Ok((appended, log_start_offset, high_watermark))
+        Ok((appended, log_start_offset, committed))
     }
 
     /// Answers acks=all waiters whose batches are all committed, and times out the rest.
@@ -174,22 +173,25 @@ impl<S: Storage> Broker<S> {
         let waiters = std::mem::take(&mut self.produce_waiters);
         for mut waiter in waiters {
             let mut done = true;
-            for (tp, needed, _, _) in &waiter.pending.waits {
+            for (tp, proposed, _, _) in &waiter.pending.waits {
                 let committed = self
                     .partitions
                     .get(tp)
-                    .map(|p| p.log.high_watermark() >= *needed);
-                done &= committed != Some(false);
+                    .map(|p| p.replica.is_committed(proposed));
+                // Waiting only while the batch may still commit.
+                done &= !matches!(committed, Some(None));
             }
             if done || now >= waiter.deadline {
-                for (tp, needed, t, p) in &waiter.pending.waits {
+                for (tp, proposed, t, p) in &waiter.pending.waits {
                     let committed = self
                         .partitions
                         .get(tp)
-                        .map(|p| p.log.high_watermark() >= *needed);
+                        .map(|p| p.replica.is_committed(proposed));
                     let code = match committed {
-                        Some(true) => continue,
-                        Some(false) => ErrorCode::RequestTimedOut,
+                        Some(Some(true)) => continue,
+                        Some(None) => ErrorCode::RequestTimedOut,
+                        // Cut by a new leader: never committed, so the producer may retry.
+                        Some(Some(false)) => ErrorCode::NotLeaderOrFollower,
                         None => ErrorCode::UnknownTopicOrPartition,
                     };
                     let r = &mut waiter.pending.response.responses[*t].partition_responses[*p];
