@@ -249,6 +249,12 @@ impl Replica {
         deleted
     }
 
+    /// Hands out what Raft has ready without a new input: after [`Replica::open`], the
+    /// committed entries a host that replays the log (`apply_entries`) applies first.
+    pub fn poll(&mut self, reader: &impl SegmentReader) {
+        self.drive(reader);
+    }
+
     /// Storage failed (a write or an fsync): the log accepts nothing more; the host reopens the
     /// partition from disk (after `log.failure_cut()`), which restarts this replica.
     pub fn on_storage_failed(&mut self) {

@@ -103,8 +103,18 @@ impl<S: Storage> Broker<S> {
                     partition: p.partition,
                 });
                 let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
+                let missing = match &tp {
+                    Some(tp) if !self.partitions.contains_key(tp) => {
+                        Some(match self.missing_partition_error(tp) {
+                            ErrorCode::UnknownTopicOrPartition => unknown,
+                            code => code,
+                        })
+                    }
+                    Some(_) => None,
+                    None => Some(unknown),
+                };
                 match tp.and_then(|tp| self.partitions.get_mut(&tp).map(|part| (tp, part))) {
-                    None => data.error_code = unknown.code(),
+                    None => data.error_code = missing.unwrap_or(unknown).code(),
                     Some((tp, part)) => {
                         let log = part.replica.log();
                         data.high_watermark = log.high_watermark() as i64;
