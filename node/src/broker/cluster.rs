@@ -570,8 +570,11 @@ impl<S: Storage> Broker<S> {
         }
         let instant = Instant::now();
         self.calls.retain(|_, call| call.deadline > instant);
-        if self.ticks % HEARTBEAT_TICKS == 1 {
+        // Until registered and unfenced, every tick: a starting broker serves no client before.
+        if self.ticks % HEARTBEAT_TICKS == 1 || !self.is_ready() {
             self.heartbeat();
+        }
+        if self.ticks % HEARTBEAT_TICKS == 1 {
             self.announce_leadership();
         }
     }
