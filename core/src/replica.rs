@@ -378,6 +378,12 @@ impl Replica {
                     reader,
                 };
                 let ready = self.raft.ready(&source);
+                if ready.is_empty() {
+                    // Raft has work it could not do: entries it needs (to apply or to send)
+                    // did not read back (an I/O error, a damaged batch). It tries again on the
+                    // next input; spinning here would stall the host (sim seed 39).
+                    break;
+                }
                 self.execute(ready);
                 continue;
             }
