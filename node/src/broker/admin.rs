@@ -32,12 +32,15 @@ use sluice_core::storage::Storage;
 use sluice_core::ErrorCode;
 use uuid::Uuid;
 
-use super::{Broker, TopicPartition, SERVED_APIS};
+use super::{leader_epoch, Broker, TopicPartition, SERVED_APIS};
 use crate::config::{split_host_port, PARTITIONS_PER_TOPIC_MAX};
 use crate::metadata::{describe_topic_config, topic_log_config, validate_topic_name};
 
 /// A config as DescribeConfigs reports it: name, value, source.
 type ConfigEntry = (String, String, i8);
+
+/// The `replica_id` of Kafka's debugging consumer, which ListOffsets also serves from followers.
+const DEBUGGING_REPLICA_ID: i32 = -2;
 
 /// ListOffsets special timestamps.
 const LATEST: i64 = -1;
@@ -149,7 +152,7 @@ impl<S: Storage> Broker<S> {
                     let epoch = self
                         .partitions
                         .get(&tp)
-                        .map_or(0, |part| part.replica.term() as i32);
+                        .map_or(0, |part| leader_epoch::leader_epoch(&part.replica));
                     MetadataResponsePartition::default()
                         .with_partition_index(p)
                         .with_leader_id(BrokerId(node_id))
@@ -444,11 +447,24 @@ impl<S: Storage> Broker<S> {
                     topic: topic.name.0.to_string(),
                     partition: p.partition_index,
                 };
-                match self.partitions.get_mut(&tp) {
-                    None => r.error_code = ErrorCode::UnknownTopicOrPartition.code(),
-                    Some(part) => {
+                // Kafka serves ListOffsets from the leader only, except to its debugging tool;
+                // the current leader epoch (v4+; -1 below) fences clients with stale metadata.
+                let require_leader = request.replica_id.0 != DEBUGGING_REPLICA_ID;
+                let checked = self
+                    .partitions
+                    .get_mut(&tp)
+                    .ok_or(ErrorCode::UnknownTopicOrPartition)
+                    .and_then(|part| {
+                        let epoch = leader_epoch::leader_epoch(&part.replica);
+                        let is_leader = part.replica.is_leader() || !require_leader;
+                        leader_epoch::check_leader(epoch, is_leader, p.current_leader_epoch)
+                            .map(|()| (part, epoch))
+                    });
+                match checked {
+                    Err(code) => r.error_code = code.code(),
+                    Ok((part, epoch)) => {
                         if version >= 4 {
-                            r.leader_epoch = part.replica.term() as i32;
+                            r.leader_epoch = epoch;
                         }
                         let log = part.replica.log();
                         match p.timestamp {

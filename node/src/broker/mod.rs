@@ -12,6 +12,7 @@
 mod admin;
 mod fetch;
 mod hard_state;
+mod leader_epoch;
 mod produce;
 
 use std::cell::RefCell;
@@ -329,6 +330,9 @@ impl<S: Storage> Broker<S> {
             RequestKind::ListOffsets(req) => {
                 ResponseKind::ListOffsets(self.list_offsets(req, version))
             }
+            RequestKind::OffsetForLeaderEpoch(req) => {
+                ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(req))
+            }
             RequestKind::InitProducerId(req) => {
                 ResponseKind::InitProducerId(self.init_producer_id(req))
             }
@@ -617,4 +621,5 @@ pub const SERVED_APIS: &[ApiKey] = &[
     ApiKey::DeleteTopics,
     ApiKey::InitProducerId,
     ApiKey::DescribeConfigs,
+    ApiKey::OffsetForLeaderEpoch,
 ];
