@@ -39,12 +39,15 @@ use std::collections::BTreeSet;
 use tokio::time::{Duration, Instant};
 
 use super::cluster::{Reply, TicketOwner};
-use super::{now_ms, splitmix, Broker, TopicPartition, SERVED_APIS};
+use super::{leader_epoch, now_ms, splitmix, Broker, TopicPartition, SERVED_APIS};
 use crate::metadata::{describe_topic_config, validate_topic_name};
 use crate::peer::ControllerRequest;
 
 /// A config as DescribeConfigs reports it: name, value, source.
 type ConfigEntry = (String, String, i8);
+
+/// The `replica_id` of Kafka's debugging consumer, which ListOffsets also serves from followers.
+const DEBUGGING_REPLICA_ID: i32 = -2;
 
 /// ListOffsets special timestamps.
 const LATEST: i64 = -1;
@@ -185,7 +188,7 @@ impl<S: Storage> Broker<S> {
                     match leader {
                         Some((term, leader)) if live.contains(&(leader as i32)) => {
                             partition.leader_id = BrokerId(leader as i32);
-                            partition.leader_epoch = term as i32;
+                            partition.leader_epoch = i32::try_from(term).unwrap_or(i32::MAX);
                         }
                         _ => {
                             partition.error_code = ErrorCode::LeaderNotAvailable.code();
@@ -635,11 +638,25 @@ impl<S: Storage> Broker<S> {
                     topic: topic.name.0.to_string(),
                     partition: p.partition_index,
                 };
-                match self.partitions.get_mut(&tp) {
-                    None => r.error_code = self.missing_partition_error(&tp).code(),
-                    Some(part) => {
+                // Kafka serves ListOffsets from the leader only, except to its debugging tool;
+                // the current leader epoch (v4+; -1 below) fences clients with stale metadata.
+                let require_leader = request.replica_id.0 != DEBUGGING_REPLICA_ID;
+                let missing = self.missing_partition_error(&tp);
+                let checked = self
+                    .partitions
+                    .get_mut(&tp)
+                    .ok_or(missing)
+                    .and_then(|part| {
+                        let epoch = leader_epoch::leader_epoch(&part.replica);
+                        let is_leader = part.replica.is_leader() || !require_leader;
+                        leader_epoch::check_leader(epoch, is_leader, p.current_leader_epoch)
+                            .map(|()| (part, epoch))
+                    });
+                match checked {
+                    Err(code) => r.error_code = code.code(),
+                    Ok((part, epoch)) => {
                         if version >= 4 {
-                            r.leader_epoch = part.replica.term() as i32;
+                            r.leader_epoch = epoch;
                         }
                         let log = part.replica.log();
                         match p.timestamp {

@@ -13,6 +13,7 @@ mod admin;
 mod cluster;
 mod fetch;
 mod hard_state;
+mod leader_epoch;
 mod produce;
 
 use std::cell::RefCell;
@@ -382,6 +383,9 @@ impl<S: Storage> Broker<S> {
             RequestKind::ListOffsets(req) => {
                 ResponseKind::ListOffsets(self.list_offsets(req, version))
             }
+            RequestKind::OffsetForLeaderEpoch(req) => {
+                ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(req))
+            }
             RequestKind::InitProducerId(req) => {
                 self.init_producer_id(req, reply);
                 return;
@@ -651,4 +655,5 @@ pub const SERVED_APIS: &[ApiKey] = &[
     ApiKey::DeleteTopics,
     ApiKey::InitProducerId,
     ApiKey::DescribeConfigs,
+    ApiKey::OffsetForLeaderEpoch,
 ];
