@@ -378,14 +378,16 @@ impl Replica {
                     reader,
                 };
                 let ready = self.raft.ready(&source);
-                if ready.is_empty() {
-                    // Raft has work it could not do: entries it needs (to apply or to send)
-                    // did not read back (an I/O error, a damaged batch). It tries again on the
-                    // next input; spinning here would stall the host (sim seed 39).
-                    break;
-                }
+                // Raft stays ready while committed entries wait to be read back, but the log
+                // only serves synced data: a restarted replica whose recovered tail is not yet
+                // synced again (or a failed read) gets nothing until the next sync. Without
+                // this check that was an endless loop (metadata quorum, `apply_entries`; sim
+                // seed 39 hung the same way on a damaged batch).
+                let idle = ready.is_empty();
                 self.execute(ready);
-                continue;
+                if !idle {
+                    continue;
+                }
             }
             // Every write up to `durable` has its log changes synced; none has a hard state
             // still waiting for the host.

@@ -832,15 +832,16 @@ impl MetadataQuorum {
                 break;
             }
             let p = self.pending.pop_front().expect("front exists");
+            let Some(ticket) = p.ticket else {
+                continue;
+            };
             let result = match p.batch {
                 Some(batch) if batch == this => self.outcome(&p.request, Some(&applied)),
                 // Another entry took its place: it was cut by a new leader.
                 Some(_) => Err(ErrorCode::NotController),
                 None => self.outcome(&p.request, None),
             };
-            if let Some(ticket) = p.ticket {
-                self.completions.push((ticket, result));
-            }
+            self.completions.push((ticket, result));
         }
     }
 
@@ -961,7 +962,7 @@ impl MetadataQuorum {
                     Err(ErrorCode::UnknownServerError)
                 }
             }
-            Request::Internal => Err(ErrorCode::None),
+            Request::Internal => unreachable!("nobody waits for the controller's own records"),
         }
     }
 }
