@@ -378,8 +378,16 @@ impl Replica {
                     reader,
                 };
                 let ready = self.raft.ready(&source);
+                let idle = ready.is_empty();
                 self.execute(ready);
-                continue;
+                if !idle {
+                    continue;
+                }
+                // Raft has work it cannot do yet: the entries it must read (to apply or to send)
+                // are past the log's synced end, as after a restart, when the recovered tail
+                // counts as durable to Raft but is read only once synced again. Raft asks again
+                // on the next input (the sync's completion, a message, a tick); asking again here
+                // would spin forever.
             }
             // Every write up to `durable` has its log changes synced; none has a hard state
             // still waiting for the host.
