@@ -253,16 +253,6 @@ impl<S: Storage> LogStore<S> {
         Ok(SyncJob { files, dir })
     }
 
-    /// Makes everything recovery kept durable at once. A Raft replica counts its whole recovered
-    /// log as persisted (it may vote and acknowledge on it), but after a process kill the tail
-    /// may still be only in the OS page cache, which a later power loss would take.
-    pub fn sync_recovered(&mut self, log: &mut PartitionLog) -> io::Result<()> {
-        match log.poll_sync() {
-            Some(request) => self.sync_now(log, request),
-            None => Ok(()),
-        }
-    }
-
     /// Runs `request` inline and reports it to `log` (tests, recovery, the simulator's
     /// synchronous paths). A failure marks the log failed.
     pub fn sync_now(&mut self, log: &mut PartitionLog, request: SyncRequest) -> io::Result<()> {

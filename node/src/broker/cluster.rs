@@ -95,13 +95,12 @@ impl<S: Storage> Broker<S> {
         let hard_state = hard_state::load(storage, &dir)?;
         let epoch_max = (hard_state != HardState::default())
             .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
-        let (mut log, mut store) = LogStore::open_bounded(
+        let (log, store) = LogStore::open_bounded(
             storage.clone(),
             dir,
             metadata_log_config(&config.log),
             epoch_max,
         )?;
-        store.sync_recovered(&mut log)?;
         for repair in store.repairs() {
             tracing::warn!(%tp, "recovery: {repair}");
         }

@@ -238,9 +238,8 @@ impl<S: Storage> Broker<S> {
         // (No stored hard state at all: a new partition, or one written before replication.)
         let epoch_max = (hard_state != HardState::default())
             .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
-        let (mut log, mut store) =
+        let (log, store) =
             LogStore::open_bounded(self.storage.clone(), dir.clone(), log_config, epoch_max)?;
-        store.sync_recovered(&mut log)?;
         for repair in store.repairs() {
             tracing::warn!(%tp, "recovery: {repair}");
         }
