@@ -470,7 +470,14 @@ impl MetadataQuorum {
             port,
             rack: rack.map(str::to_string),
         };
-        let last = active.last_heartbeat_ms.get(&node_id).copied();
+        // Another incarnation of this controller's own node is certainly a finished run of
+        // this process: it re-registers at once instead of waiting out the old session.
+        let own = u64::try_from(node_id).is_ok_and(|id| id == self.config.raft.id);
+        let last = if own {
+            None
+        } else {
+            active.last_heartbeat_ms.get(&node_id).copied()
+        };
         let mut record =
             controller::register_broker(&active.image, &request, last, now_ms, session_timeout_ms)?;
         if record.is_none() {
