@@ -30,6 +30,8 @@ pub enum ErrorCode {
     DuplicateSequenceNumber = 46,
     InvalidProducerEpoch = 47,
     InvalidConfig = 40,
+    /// The node is not the active controller (the metadata quorum's caught-up leader).
+    NotController = 41,
     ClusterAuthorizationFailed = 31,
     TransactionalIdAuthorizationFailed = 53,
     KafkaStorageError = 56,

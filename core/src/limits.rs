@@ -97,3 +97,16 @@ const _: () = assert!(TOPIC_PARTITIONS_MAX <= i32::MAX as usize);
 const _: () = assert!(TOPIC_REPLICAS_MAX <= u8::MAX as usize);
 const _: () = assert!(TOPIC_CONFIGS_MAX <= u16::MAX as usize);
 const _: () = assert!(METADATA_STRING_BYTES_MAX <= u16::MAX as usize);
+
+/// Metadata quorum: controller requests waiting for their records to commit, plus answers not
+/// yet taken by the host, at most. Beyond it requests are refused (`REQUEST_TIMED_OUT`, which
+/// clients retry) rather than queued without bound.
+pub const METADATA_REQUESTS_IN_FLIGHT_MAX: usize = 4096;
+/// Metadata quorum default: a broker that has not heartbeated for this long is fenced.
+pub const BROKER_SESSION_TIMEOUT_MS_DEFAULT: u64 = 6_000;
+/// Metadata quorum default: producer ids handed out per AllocateProducerIds (Kafka: 1000).
+pub const PRODUCER_ID_BLOCK_SIZE_DEFAULT: i64 = 1_000;
+
+const _: () =
+    assert!(METADATA_REQUESTS_IN_FLIGHT_MAX as u64 <= RAFT_UNCOMMITTED_ENTRIES_MAX_DEFAULT);
+const _: () = assert!(PRODUCER_ID_BLOCK_SIZE_DEFAULT > 0);

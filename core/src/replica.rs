@@ -249,6 +249,12 @@ impl Replica {
         deleted
     }
 
+    /// Hands out what Raft has ready without a new input: after [`Replica::open`], the
+    /// committed entries a host that replays the log (`apply_entries`) applies first.
+    pub fn poll(&mut self, reader: &impl SegmentReader) {
+        self.drive(reader);
+    }
+
     /// Storage failed (a write or an fsync): the log accepts nothing more; the host reopens the
     /// partition from disk (after `log.failure_cut()`), which restarts this replica.
     pub fn on_storage_failed(&mut self) {
@@ -372,8 +378,16 @@ impl Replica {
                     reader,
                 };
                 let ready = self.raft.ready(&source);
+                // Raft stays ready while committed entries wait to be read back, but the log
+                // only serves synced data: a restarted replica whose recovered tail is not yet
+                // synced again (or a failed read) gets nothing until the next sync. Without
+                // this check that was an endless loop (metadata quorum, `apply_entries`; sim
+                // seed 39 hung the same way on a damaged batch).
+                let idle = ready.is_empty();
                 self.execute(ready);
-                continue;
+                if !idle {
+                    continue;
+                }
             }
             // Every write up to `durable` has its log changes synced; none has a hard state
             // still waiting for the host.

@@ -14,6 +14,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod metadata;
+pub mod peer;
 pub mod rpc;
 pub mod server;
 pub mod storage;

@@ -5,6 +5,7 @@
 //! closes that connection only (and is logged); at most `requests_in_flight_max` requests wait
 //! for answers before the connection stops reading.
 
+use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::SocketAddr;
 
@@ -17,14 +18,17 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::{Broker, Envelope, SERVED_APIS};
 use crate::config::Config;
+use crate::rpc::Transport;
 use crate::wire::{api_versions_too_new, decode_request, encode_response, DecodeError};
 
 /// Requests queued from all connections to the broker task.
 const BROKER_QUEUE_MAX: usize = 4096;
 
-/// Opens the data directory, binds the listener, and serves until the process ends.
+/// Opens the data directory, connects to the peers, binds the listener, and serves until the
+/// process ends.
 pub async fn serve<S: Storage>(config: Config, storage: S) -> io::Result<()> {
-    let broker = Broker::open(config.clone(), storage)?;
+    let mut broker = Broker::open(config.clone(), storage)?;
+    connect_peers(&config, &mut broker).await?;
     let listener = TcpListener::bind(&config.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "sluice is serving Kafka clients");
     run(config, broker, listener).await
@@ -37,7 +41,15 @@ pub async fn run<S: Storage>(
     listener: TcpListener,
 ) -> io::Result<()> {
     let (tx, rx) = mpsc::channel(BROKER_QUEUE_MAX);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let mut broker = broker;
+    broker.notify_ready(ready_tx);
     tokio::spawn(broker.run(rx));
+    // Like a Kafka broker, serve clients only once registered with the controller (clients
+    // connecting earlier wait in the listen backlog).
+    if ready_rx.await.is_err() {
+        return Err(io::Error::other("the broker stopped before it was ready"));
+    }
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -56,6 +68,43 @@ pub async fn run<S: Storage>(
             }
         });
     }
+}
+
+/// Starts the node-to-node transport when the cluster has more than this node.
+pub async fn connect_peers<S: Storage>(config: &Config, broker: &mut Broker<S>) -> io::Result<()> {
+    if config.peers.len() <= 1 {
+        return Ok(());
+    }
+    let me = config.node_id as u64;
+    let listen = config
+        .rpc_listen
+        .as_deref()
+        .ok_or_else(|| io::Error::other("rpc_listen is not set"))?;
+    let addr = resolve(listen).await?;
+    let rpc_config = crate::rpc::Config {
+        seed: std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish(),
+        ..crate::rpc::Config::default()
+    };
+    let (transport, inbox) = Transport::bind(me, addr, rpc_config).await?;
+    for (id, peer) in &config.peers {
+        if *id != me {
+            transport.set_peer(*id, resolve(peer).await?);
+        }
+    }
+    broker.attach_peers(transport, inbox);
+    Ok(())
+}
+
+async fn resolve(addr: &str) -> io::Result<SocketAddr> {
+    if let Ok(addr) = addr.parse() {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::other(format!("{addr}: no address")))
 }
 
 /// A response slot, in request order.

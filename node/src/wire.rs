@@ -47,6 +47,7 @@ pub fn supported_versions(api_key: ApiKey) -> VersionRange {
         ApiKey::DeleteTopics => both::<DeleteTopicsRequest>(),
         ApiKey::InitProducerId => both::<InitProducerIdRequest>(),
         ApiKey::DescribeConfigs => both::<DescribeConfigsRequest>(),
+        ApiKey::OffsetForLeaderEpoch => both::<OffsetForLeaderEpochRequest>(),
         other => other.valid_versions(),
     };
     typed.intersect(&api_key.valid_versions())

@@ -17,6 +17,10 @@ use kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
 };
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::EpochEndOffset;
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
@@ -640,4 +644,259 @@ fn garbage_on_one_connection_leaves_the_others_working() {
         // Six records after the term-start control batch at offset 0.
         assert_eq!(f.responses[0].partitions[0].high_watermark, 1 + 6);
     });
+}
+
+/// One OffsetForLeaderEpoch question: (topic, partition, current leader epoch, epoch asked for).
+type EpochQuestion<'a> = (&'a str, i32, i32, i32);
+
+async fn offset_for_leader_epoch(
+    c: &mut Connection,
+    version: i16,
+    questions: &[EpochQuestion<'_>],
+) -> Vec<EpochEndOffset> {
+    let topics = questions
+        .iter()
+        .map(|&(topic, partition, current, epoch)| {
+            OffsetForLeaderTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![OffsetForLeaderPartition::default()
+                    .with_partition(partition)
+                    .with_current_leader_epoch(current)
+                    .with_leader_epoch(epoch)])
+        })
+        .collect();
+    let req = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(topics);
+    let resp = c.call(&req, version).await.unwrap();
+    assert_eq!(resp.topics.len(), questions.len());
+    resp.topics
+        .into_iter()
+        .zip(questions)
+        .map(|(t, q)| {
+            assert_eq!(t.topic.0.as_str(), q.0);
+            assert_eq!(t.partitions.len(), 1);
+            t.partitions.into_iter().next().unwrap()
+        })
+        .collect()
+}
+
+/// (error code, leader epoch, end offset) of an answer.
+fn epoch_answer(r: &EpochEndOffset) -> (i16, i32, i64) {
+    (r.error_code, r.leader_epoch, r.end_offset)
+}
+
+/// The partition's leader epoch as Metadata reports it.
+async fn current_epoch(c: &mut Connection, topic: &str) -> i32 {
+    let meta = c
+        .call(
+            &MetadataRequest::default().with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(name(topic)))
+            ])),
+            12,
+        )
+        .await
+        .unwrap();
+    meta.topics[0].partitions[0].leader_epoch
+}
+
+/// Appends `n` acks=all batches to partition 0 and returns the log end offset after them.
+async fn produce_acked(c: &mut Connection, topic: &str, n: usize) -> i64 {
+    let mut end = -1;
+    for i in 0..n {
+        let resp = c
+            .call(
+                &produce_request(topic, 0, -1, records(2, &format!("r{i}"))),
+                9,
+            )
+            .await
+            .unwrap();
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 0);
+        end = p.base_offset + 2;
+    }
+    end
+}
+
+#[test]
+fn offset_for_leader_epoch_answers_for_every_term_a_partition_went_through() {
+    // Every start of a single-voter partition is a new Raft term, i.e. a new leader epoch, whose
+    // term-start control batch sits at the log end the previous term left.
+    let mut node = Node::start(MemStorage::new(), ServeArgs::default());
+    let rt = client_runtime();
+    let mut term_ends = Vec::new(); // (epoch, the log end offset when it ended)
+    rt.block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        create_topic(&mut c, "epochs", 1).await;
+        let epoch = current_epoch(&mut c, "epochs").await;
+        term_ends.push((epoch, produce_acked(&mut c, "epochs", 3).await));
+    });
+    for _ in 0..2 {
+        node.crash_and_restart();
+        rt.block_on(async {
+            let mut c = Connection::connect(&node.addr).await.unwrap();
+            let epoch = current_epoch(&mut c, "epochs").await;
+            assert_eq!(
+                epoch,
+                term_ends.last().unwrap().0 + 1,
+                "a restart is a new term"
+            );
+            term_ends.push((epoch, produce_acked(&mut c, "epochs", 2).await));
+        });
+    }
+    let [(first, first_end), (second, second_end), (current, log_end)] = term_ends[..] else {
+        unreachable!()
+    };
+    assert!(first >= 1, "so that an epoch below every epoch exists");
+    rt.block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        let range = supported_versions(ApiKey::OffsetForLeaderEpoch);
+        assert_eq!((range.min, range.max), (2, 4));
+        for v in range.min..=range.max {
+            let ask = |epoch: i32| ("epochs", 0, -1, epoch);
+            let answers = offset_for_leader_epoch(
+                &mut c,
+                v,
+                &[
+                    ask(current),
+                    ask(second),
+                    ask(first),
+                    ask(first - 1),
+                    ask(current + 1),
+                    ask(-1),
+                ],
+            )
+            .await;
+            let answers: Vec<_> = answers.iter().map(epoch_answer).collect();
+            assert_eq!(
+                answers,
+                vec![
+                    // The current epoch ends at the log end.
+                    (0, current, log_end),
+                    // An older epoch ends where the next one started.
+                    (0, second, second_end),
+                    (0, first, first_end),
+                    // Below every epoch: itself and the first epoch's start (the log start).
+                    (0, first - 1, 0),
+                    // Above every epoch: Kafka's UNDEFINED_EPOCH(_OFFSET), with no error.
+                    (0, -1, -1),
+                    (0, -1, -1),
+                ],
+                "OffsetForLeaderEpoch v{v}"
+            );
+        }
+    });
+}
+
+#[test]
+fn leader_epoch_fencing_and_unknown_partitions_in_offset_for_leader_epoch_fetch_and_list_offsets() {
+    let mut node = Node::start(MemStorage::new(), ServeArgs::default());
+    let rt = client_runtime();
+    rt.block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        create_topic(&mut c, "fenced", 2).await;
+        produce_acked(&mut c, "fenced", 1).await;
+    });
+    // A second term, so that an older epoch exists.
+    node.crash_and_restart();
+    rt.block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        let api_versions = c.call(&ApiVersionsRequest::default(), 3).await.unwrap();
+        assert!(api_versions
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::OffsetForLeaderEpoch as i16
+                && (k.min_version, k.max_version) == (2, 4)));
+        let epoch = current_epoch(&mut c, "fenced").await;
+        let log_end = produce_acked(&mut c, "fenced", 1).await;
+        assert!(epoch >= 1);
+        for v in 2..=4 {
+            let answers = offset_for_leader_epoch(
+                &mut c,
+                v,
+                &[
+                    ("fenced", 0, epoch, epoch),
+                    ("fenced", 0, epoch - 1, epoch),
+                    ("fenced", 0, epoch + 1, epoch),
+                    ("fenced", 5, epoch, epoch),
+                    ("missing", 0, -1, epoch),
+                ],
+            )
+            .await;
+            let answers: Vec<_> = answers.iter().map(epoch_answer).collect();
+            assert_eq!(
+                answers,
+                vec![
+                    (0, epoch, log_end),
+                    (74, -1, -1), // FENCED_LEADER_EPOCH: the client's metadata is stale.
+                    (75, -1, -1), // UNKNOWN_LEADER_EPOCH: the client is ahead of this replica.
+                    (3, -1, -1),  // UNKNOWN_TOPIC_OR_PARTITION
+                    (3, -1, -1),
+                ],
+                "OffsetForLeaderEpoch v{v}"
+            );
+        }
+
+        // Fetch carries the current leader epoch from v9.
+        let fetch = supported_versions(ApiKey::Fetch);
+        let topic_id = metadata_topic_id(&mut c, "fenced").await;
+        for v in 9.max(fetch.min)..=fetch.max {
+            for (current, code) in [(-1, 0), (epoch, 0), (epoch - 1, 74), (epoch + 1, 75)] {
+                let mut req = fetch_request("fenced", Uuid::nil(), 0, 0);
+                req.topics[0].partitions[0].current_leader_epoch = current;
+                if v >= 13 {
+                    req.topics[0].topic = TopicName::default();
+                    req.topics[0].topic_id = topic_id;
+                }
+                let resp = c.call(&req, v).await.unwrap();
+                let p = &resp.responses[0].partitions[0];
+                assert_eq!(p.error_code, code, "fetch v{v} with epoch {current}");
+                let expected_hw = if code == 0 { log_end } else { -1 };
+                assert_eq!(p.high_watermark, expected_hw, "fetch v{v}");
+            }
+        }
+
+        // ListOffsets carries it from v4, and reports the leader epoch only when it answers.
+        let list = supported_versions(ApiKey::ListOffsets);
+        for v in list.min..=list.max {
+            for (current, code) in [(-1, 0), (epoch, 0), (epoch - 1, 74), (epoch + 1, 75)] {
+                if v < 4 && current != -1 {
+                    continue;
+                }
+                let req = ListOffsetsRequest::default()
+                    .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+                    .with_topics(vec![ListOffsetsTopic::default()
+                        .with_name(name("fenced"))
+                        .with_partitions(vec![ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(-1)
+                            .with_current_leader_epoch(current)])]);
+                let resp = c.call(&req, v).await.unwrap();
+                let p = &resp.topics[0].partitions[0];
+                let expected = if code == 0 {
+                    (0, log_end, if v >= 4 { epoch } else { -1 })
+                } else {
+                    (code, -1, -1)
+                };
+                assert_eq!(
+                    (p.error_code, p.offset, p.leader_epoch),
+                    expected,
+                    "list offsets v{v} with epoch {current}"
+                );
+            }
+        }
+    });
+}
+
+async fn metadata_topic_id(c: &mut Connection, topic: &str) -> Uuid {
+    let meta = c
+        .call(
+            &MetadataRequest::default().with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(name(topic)))
+            ])),
+            12,
+        )
+        .await
+        .unwrap();
+    meta.topics[0].topic_id
 }

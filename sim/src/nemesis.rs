@@ -15,6 +15,9 @@ use sluice_core::storage::{CrashMode, Faults, MemStorage};
 use crate::params::Params;
 use crate::trace::Trace;
 
+/// The metadata quorum's log directory in a node's data directory.
+const METADATA_DIR: &str = "__cluster_metadata-0";
+
 /// A fault with a time span, for the timeline.
 #[derive(Clone, Debug)]
 pub struct FaultSpan {
@@ -203,14 +206,18 @@ impl Nemesis {
         }
     }
 
-    /// Flips a bit inside the synced part of a random segment file.
+    /// Flips a bit inside the synced part of a random data segment file. The metadata log is
+    /// spared: on one node it is the cluster's only copy of its metadata (topics, ids), and
+    /// losing it loses every topic, which no checker could excuse record by record.
     fn flip_bit(&mut self, cluster: &Cluster, rng: &mut Rng) -> String {
         let logs: Vec<PathBuf> = cluster
             .storage
             .paths()
             .into_iter()
             .filter(|p| {
-                p.extension().is_some_and(|e| e == "log") && cluster.storage.durable_len(p) > 0
+                p.extension().is_some_and(|e| e == "log")
+                    && !p.starts_with(METADATA_DIR)
+                    && cluster.storage.durable_len(p) > 0
             })
             .collect();
         if logs.is_empty() {

@@ -1,5 +1,7 @@
 """Shared helpers for the real-client tests (confluent-kafka side and small utilities)."""
 
+import socket
+import struct
 import time
 import uuid
 
@@ -147,3 +149,78 @@ def roundtrip(bootstrap: str, tag: str = "ping"):
     assert reports == [(0, FIRST_OFFSET)], reports
     assert_rows_equal(read_partition(bootstrap, topic, min_count=1), expected_rows(recs, reports))
     return topic
+
+
+# -- a raw Metadata request to one broker ---------------------------------------------------
+# Client libraries send Metadata to whichever broker they like; asking one particular node what
+# it believes (a rejoined node, say) takes a request of our own: Metadata v1, non-flexible.
+
+def _read_exact(sock, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, fmt: str):
+        size = struct.calcsize(fmt)
+        values = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += size
+        return values[0] if len(values) == 1 else values
+
+    def string(self):
+        n = self.take(">h")
+        if n < 0:
+            return None
+        s = self.data[self.pos:self.pos + n].decode()
+        self.pos += n
+        return s
+
+    def array(self, item):
+        return [item() for _ in range(self.take(">i"))]
+
+
+def node_metadata(host: str, port: int, topics, timeout: float = 5.0) -> dict:
+    """Metadata v1 asked of the broker at host:port alone. Returns {"brokers": {id: (host, port)},
+    "controller": id, "topics": {name: {"error": code, "partitions": {index: {"error", "leader",
+    "replicas", "isr"}}}}}."""
+    client_id = b"sluice-test-metadata"
+    body = struct.pack(">hhih", 3, 1, 7, len(client_id)) + client_id
+    body += struct.pack(">i", len(topics))
+    for t in topics:
+        name = t.encode()
+        body += struct.pack(">h", len(name)) + name
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        s.sendall(struct.pack(">i", len(body)) + body)
+        size = struct.unpack(">i", _read_exact(s, 4))[0]
+        r = _Reader(_read_exact(s, size))
+    assert r.take(">i") == 7, "correlation id"
+    brokers = {}
+    for _ in range(r.take(">i")):
+        node_id = r.take(">i")
+        bhost = r.string()
+        bport = r.take(">i")
+        r.string()  # rack
+        brokers[node_id] = (bhost, bport)
+    controller = r.take(">i")
+    out_topics = {}
+    for _ in range(r.take(">i")):
+        error = r.take(">h")
+        name = r.string()
+        r.take(">?")  # is_internal
+        partitions = {}
+        for _ in range(r.take(">i")):
+            perror, index, leader = r.take(">hii")
+            replicas = r.array(lambda: r.take(">i"))
+            isr = r.array(lambda: r.take(">i"))
+            partitions[index] = {"error": perror, "leader": leader, "replicas": replicas, "isr": isr}
+        out_topics[name] = {"error": error, "partitions": partitions}
+    return {"brokers": brokers, "controller": controller, "topics": out_topics}

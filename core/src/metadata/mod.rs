@@ -11,12 +11,15 @@
 //!   `encode`/`decode`.
 //! - [`controller`]: the decisions (Kafka validation and error codes) and broker liveness.
 //! - [`placement`]: balanced, rack-aware, seeded replica placement.
+//! - [`MetadataQuorum`]: one node's member of the metadata Raft group: replica, image and (on
+//!   the leader) the controller.
 //! - [`topic_config`]: topic name and config rules shared with the broker.
 
 mod codec;
 pub mod controller;
 mod image;
 pub mod placement;
+mod quorum;
 mod record;
 pub mod topic_config;
 
@@ -29,6 +32,9 @@ pub use controller::{
 };
 pub use image::{Applied, BrokerRegistration, MetadataImage, Topic, IMAGE_VERSION};
 pub use placement::place_replicas;
+pub use quorum::{
+    ApplyError, ControllerError, MetadataQuorum, Outcome, QuorumConfig, Ticket, METADATA_TOPIC,
+};
 pub use record::{BrokerId, MetadataRecord, PartitionAssignment, TopicId, RECORD_VERSION};
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub type NodeId = u64;
 /// What must survive a crash besides the log: the current term, the vote cast in it and (as an
 /// optimisation only) the commit index. Term and vote are synced before any message that depends
 /// on them leaves (see [`super::Raft::on_persisted`]); the commit index may lag on disk.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardState {
     pub term: u64,
@@ -20,6 +21,7 @@ pub struct HardState {
 }
 
 /// What an entry carries.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum EntryKind {
     /// An opaque payload: a record batch for a data partition, metadata records for the
@@ -42,6 +44,7 @@ pub enum EntryKind {
 /// to it: only the leader of `term` creates entries of that term, one per index, so two logs
 /// holding `term` at any index `i` hold the same entry around `i` (same bounds, same payload)
 /// and the same entries before it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub index: u64,
@@ -79,6 +82,14 @@ impl Entry {
 
 /// The voter set of a group: sorted, without duplicates, at most [`RAFT_VOTERS_MAX`] ids.
 /// An empty set is the configuration of a replica that has not been added to a group yet.
+// Deserialized through `Vec<NodeId>` and `TryFrom`, so a peer's bad voter list (unsorted,
+// repeated, too long) is refused like `Membership::decode` refuses it, instead of breaking the
+// invariants `new` asserts.
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(try_from = "Vec<NodeId>", into = "Vec<NodeId>")
+)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Membership {
     voters: Vec<NodeId>,
@@ -174,6 +185,28 @@ impl Membership {
     }
 }
 
+#[cfg(feature = "serde")]
+impl TryFrom<Vec<NodeId>> for Membership {
+    type Error = &'static str;
+
+    fn try_from(voters: Vec<NodeId>) -> Result<Membership, &'static str> {
+        if voters.len() > RAFT_VOTERS_MAX {
+            return Err("too many voters");
+        }
+        if voters.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("voters not sorted and unique");
+        }
+        Ok(Membership { voters })
+    }
+}
+
+#[cfg(feature = "serde")]
+impl From<Membership> for Vec<NodeId> {
+    fn from(membership: Membership) -> Vec<NodeId> {
+        membership.voters
+    }
+}
+
 /// A single-server membership change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfChange {
@@ -183,6 +216,7 @@ pub enum ConfChange {
 
 /// The log start boundary: everything up to `index` has been dropped from the log (retention,
 /// compaction or an installed snapshot), and `term` and `membership` are what the log held there.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotMeta {
     pub index: u64,
@@ -193,6 +227,7 @@ pub struct SnapshotMeta {
 /// A snapshot sent to a follower whose next entry the leader no longer has. `data` is opaque and
 /// provided by the host ([`super::EntrySource::snapshot_data`]); for a data partition, whose
 /// state is the log itself, it may be empty (the follower simply starts its log after `index`).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub meta: SnapshotMeta,
@@ -200,6 +235,7 @@ pub struct Snapshot {
 }
 
 /// A message between two replicas of one group.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     pub from: NodeId,
@@ -209,6 +245,7 @@ pub struct Message {
     pub body: MessageBody,
 }
 
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MessageBody {
     /// "Would you vote for me at `term`?" — asked without changing any state (pre-vote).
@@ -343,6 +380,155 @@ mod tests {
         let mut huge = BytesMut::new();
         huge.put_u32(u32::MAX);
         assert_eq!(Membership::decode(&huge), None);
+    }
+
+    /// Which variant a body is; the match is exhaustive, so a new variant fails to compile
+    /// here until the round-trip test below covers it.
+    #[cfg(feature = "serde")]
+    fn variant(body: &MessageBody) -> usize {
+        match body {
+            MessageBody::PreVote { .. } => 0,
+            MessageBody::PreVoteResponse { .. } => 1,
+            MessageBody::Vote { .. } => 2,
+            MessageBody::VoteResponse { .. } => 3,
+            MessageBody::Append { .. } => 4,
+            MessageBody::AppendAccepted { .. } => 5,
+            MessageBody::AppendRejected { .. } => 6,
+            MessageBody::Heartbeat { .. } => 7,
+            MessageBody::HeartbeatResponse => 8,
+            MessageBody::TimeoutNow => 9,
+            MessageBody::InstallSnapshot { .. } => 10,
+        }
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn messages_of_every_variant_round_trip_through_bincode() {
+        let entry = |index, last, term, kind, payload: &'static [u8]| Entry {
+            index,
+            last,
+            term,
+            kind,
+            payload: Bytes::from_static(payload),
+        };
+        let snapshot = |index, data: &'static [u8]| Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term: 4,
+                membership: Membership::new([0, 2, 7]),
+            },
+            data: Bytes::from_static(data),
+        };
+        let bodies = vec![
+            MessageBody::PreVote {
+                last_index: 0,
+                last_term: 0,
+            },
+            MessageBody::PreVote {
+                last_index: u64::MAX,
+                last_term: 9,
+            },
+            MessageBody::PreVoteResponse { granted: true },
+            MessageBody::PreVoteResponse { granted: false },
+            MessageBody::Vote {
+                last_index: 17,
+                last_term: 3,
+                transfer: false,
+            },
+            MessageBody::Vote {
+                last_index: 1,
+                last_term: 1,
+                transfer: true,
+            },
+            MessageBody::VoteResponse { granted: true },
+            MessageBody::VoteResponse { granted: false },
+            MessageBody::Append {
+                prev_index: 0,
+                prev_term: 0,
+                entries: vec![],
+                commit: 0,
+            },
+            MessageBody::Append {
+                prev_index: 10,
+                prev_term: 2,
+                entries: vec![
+                    entry(11, 11, 3, EntryKind::Empty, b""),
+                    entry(12, 15, 3, EntryKind::Normal, b"a batch of four records"),
+                    entry(
+                        16,
+                        16,
+                        3,
+                        EntryKind::Membership,
+                        b"\0\0\0\x01\0\0\0\0\0\0\0\x05",
+                    ),
+                    entry(17, 17, 3, EntryKind::Normal, &[0xff; 300]),
+                ],
+                commit: 12,
+            },
+            MessageBody::AppendAccepted { match_index: 42 },
+            MessageBody::AppendRejected {
+                prev_index: 9,
+                hint_index: 7,
+                hint_term: 2,
+                hint_is_end: false,
+            },
+            MessageBody::AppendRejected {
+                prev_index: 1,
+                hint_index: 0,
+                hint_term: 0,
+                hint_is_end: true,
+            },
+            MessageBody::Heartbeat { commit: 5 },
+            MessageBody::HeartbeatResponse,
+            MessageBody::TimeoutNow,
+            MessageBody::InstallSnapshot {
+                snapshot: snapshot(100, b""),
+            },
+            MessageBody::InstallSnapshot {
+                snapshot: snapshot(7, b"image bytes"),
+            },
+        ];
+        let mut seen = [false; 11];
+        for (i, body) in bodies.into_iter().enumerate() {
+            seen[variant(&body)] = true;
+            let msg = Message {
+                from: i as u64,
+                to: u64::MAX - i as u64,
+                term: 3 + i as u64,
+                body,
+            };
+            let bytes = bincode::serialize(&msg).expect("serialize");
+            let back: Message = bincode::deserialize(&bytes).expect("deserialize");
+            assert_eq!(back, msg);
+            assert_eq!(bincode::serialize(&back).unwrap(), bytes, "stable encoding");
+        }
+        assert!(seen.iter().all(|s| *s), "every variant covered: {seen:?}");
+        let hs = HardState {
+            term: 8,
+            vote: Some(2),
+            commit: 30,
+        };
+        let back: HardState = bincode::deserialize(&bincode::serialize(&hs).unwrap()).unwrap();
+        assert_eq!(back, hs);
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn a_bad_voter_list_is_refused_on_deserialize() {
+        let good = Membership::new([1, 3]);
+        let back: Membership = bincode::deserialize(&bincode::serialize(&good).unwrap()).unwrap();
+        assert_eq!(back, good);
+        for bad in [
+            vec![3u64, 1],
+            vec![2, 2],
+            (0..=RAFT_VOTERS_MAX as u64).collect(),
+        ] {
+            let bytes = bincode::serialize(&bad).unwrap();
+            assert!(
+                bincode::deserialize::<Membership>(&bytes).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -351,3 +351,69 @@ fn idempotent_producer_state_survives_a_failover() {
         Err(ErrorCode::OutOfOrderSequenceNumber)
     );
 }
+
+/// A restarted replica whose state machine replays the log (the metadata quorum) must not spin
+/// when its recovered tail is durable to Raft but not yet readable (not synced again): applying
+/// waits for the sync. Found with three real nodes (tests/clients/test_failover.py): the
+/// restarted node's broker task looped in `drive` forever and the node never served again.
+#[test]
+fn a_restarted_replica_applies_its_recovered_tail_once_it_is_synced_again() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    for i in 0..5 {
+        g.produce(leader, batch(2, 30, i, None)).unwrap();
+    }
+    let follower = (leader + 1) % 3;
+    let commit = g.nodes[follower]
+        .as_ref()
+        .unwrap()
+        .replica
+        .raft()
+        .commit_index();
+    assert!(commit > 0);
+    g.crash(follower);
+    let storage = g.storages[follower].clone();
+    let (log, store) =
+        LogStore::open(storage.clone(), PathBuf::from("p"), small_config()).expect("open");
+    let mut replica = Replica::open(
+        RaftConfig {
+            apply_entries: true,
+            ..RaftConfig::new(follower as u64)
+        },
+        Rng::new(7),
+        // The stored commit index is ahead of what the restarted log can read yet.
+        HardState {
+            commit,
+            ..g.stored_hard_states[follower]
+        },
+        log,
+        Membership::new([0, 1, 2]),
+        0,
+        g.now_ms,
+    )
+    .expect("replica");
+    let store = RefCell::new(store);
+    // Before the recovered tail is synced: returns (it used to loop forever), applies at most
+    // what lies before the tail.
+    replica.tick(g.now_ms + 10, &store);
+    let mut applied = replica.take_committed();
+    assert!(applied.last().map_or(0, |e| e.last) < commit, "{applied:?}");
+    // Once synced, the next input applies everything committed.
+    while let Some(op) = replica.poll_op() {
+        store.borrow_mut().apply(op).expect("apply");
+    }
+    let sync = replica
+        .poll_sync()
+        .expect("the recovered tail needs a sync");
+    store
+        .borrow_mut()
+        .sync_job(&sync.request)
+        .expect("job")
+        .run()
+        .expect("sync");
+    replica.on_synced(sync, &store);
+    replica.tick(g.now_ms + 20, &store);
+    applied.extend(replica.take_committed());
+    assert_eq!(applied.last().map(|e| e.last), Some(commit), "{applied:?}");
+    assert_eq!(applied.first().map(|e| e.index), Some(1));
+}

@@ -1,8 +1,6 @@
 //! Metadata and administration: ApiVersions, Metadata (with auto topic creation), CreateTopics,
 //! DeleteTopics, DescribeConfigs, ListOffsets and InitProducerId.
 
-use std::collections::BTreeMap;
-
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
 use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
 use kafka_protocol::messages::create_topics_response::{
@@ -32,12 +30,24 @@ use sluice_core::storage::Storage;
 use sluice_core::ErrorCode;
 use uuid::Uuid;
 
-use super::{Broker, TopicPartition, SERVED_APIS};
-use crate::config::{split_host_port, PARTITIONS_PER_TOPIC_MAX};
-use crate::metadata::{describe_topic_config, topic_log_config, validate_topic_name};
+use kafka_protocol::messages::ResponseKind;
+use sluice_core::metadata::controller;
+use sluice_core::metadata::{CreateTopicRequest, TopicDefaults, TopicRef};
+use sluice_core::metadata::{Outcome as QuorumOutcome, Ticket};
+use sluice_core::rng::Rng;
+use std::collections::BTreeSet;
+use tokio::time::{Duration, Instant};
+
+use super::cluster::{Reply, TicketOwner};
+use super::{leader_epoch, now_ms, splitmix, Broker, TopicPartition, SERVED_APIS};
+use crate::metadata::{describe_topic_config, validate_topic_name};
+use crate::peer::ControllerRequest;
 
 /// A config as DescribeConfigs reports it: name, value, source.
 type ConfigEntry = (String, String, i8);
+
+/// The `replica_id` of Kafka's debugging consumer, which ListOffsets also serves from followers.
+const DEBUGGING_REPLICA_ID: i32 = -2;
 
 /// ListOffsets special timestamps.
 const LATEST: i64 = -1;
@@ -74,17 +84,26 @@ pub fn api_versions() -> ApiVersionsResponse {
 
 impl<S: Storage> Broker<S> {
     pub(super) fn metadata(&mut self, request: MetadataRequest, version: i16) -> MetadataResponse {
-        let (host, port) =
-            split_host_port(&self.config.advertised_listener).expect("validated at start");
-        let node_id = self.config.node_id;
-        let broker = MetadataResponseBroker::default()
-            .with_node_id(BrokerId(node_id))
-            .with_host(str_bytes(host))
-            .with_port(i32::from(port));
+        let image = self.meta.quorum.image();
+        let brokers: Vec<MetadataResponseBroker> = image
+            .live_brokers()
+            .map(|b| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(b.node_id))
+                    .with_host(str_bytes(b.host.clone()))
+                    .with_port(i32::from(b.port))
+                    .with_rack(b.rack.clone().map(str_bytes))
+            })
+            .collect();
+        let live: BTreeSet<i32> = image.live_brokers().map(|b| b.node_id).collect();
+        let cluster_id = image
+            .cluster_id()
+            .map(|id| Uuid::from_bytes(id).to_string());
+        let controller = self.meta.quorum.leader().map_or(-1, |l| l as i32);
         let mut response = MetadataResponse::default()
-            .with_brokers(vec![broker])
-            .with_cluster_id(Some(str_bytes(self.meta.cluster_id.clone())))
-            .with_controller_id(BrokerId(node_id));
+            .with_brokers(brokers)
+            .with_cluster_id(cluster_id.map(str_bytes))
+            .with_controller_id(BrokerId(controller));
         // v0: an empty list means all topics; v1+: null means all topics.
         let wanted: Option<Vec<(Option<String>, Uuid)>> = match request.topics {
             None => None,
@@ -128,34 +147,56 @@ impl<S: Storage> Broker<S> {
                     response.topics.push(topic);
                     continue;
                 }
-                if let Err(e) =
-                    self.create_topic(&name, self.config.num_partitions, BTreeMap::new())
-                {
-                    tracing::error!(topic = name, "auto-creating topic failed: {e}");
-                    topic.error_code = ErrorCode::KafkaStorageError.code();
-                    response.topics.push(topic);
-                    continue;
-                }
+                // As Kafka does: ask the controller, answer LEADER_NOT_AVAILABLE, and let the
+                // client ask again.
+                self.auto_create_topic(&name);
+                topic.error_code = ErrorCode::LeaderNotAvailable.code();
+                response.topics.push(topic);
+                continue;
             }
             let state = &self.topics[&name];
             topic.topic_id = state.id;
             topic.is_internal = false;
-            topic.partitions = (0..state.partitions)
-                .map(|p| {
+            let topic_id = *state.id.as_bytes();
+            topic.partitions = state
+                .assignments
+                .iter()
+                .enumerate()
+                .map(|(p, replicas)| {
                     let tp = TopicPartition {
                         topic: name.clone(),
-                        partition: p,
+                        partition: p as i32,
                     };
-                    let epoch = self
-                        .partitions
-                        .get(&tp)
-                        .map_or(0, |part| part.replica.term() as i32);
-                    MetadataResponsePartition::default()
-                        .with_partition_index(p)
-                        .with_leader_id(BrokerId(node_id))
-                        .with_leader_epoch(epoch)
-                        .with_replica_nodes(vec![BrokerId(node_id)])
-                        .with_isr_nodes(vec![BrokerId(node_id)])
+                    let leader = self.leader_of(&tp, topic_id);
+                    let mut partition = MetadataResponsePartition::default()
+                        .with_partition_index(p as i32)
+                        .with_replica_nodes(replicas.iter().map(|r| BrokerId(*r)).collect())
+                        .with_isr_nodes(
+                            replicas
+                                .iter()
+                                .filter(|r| live.contains(r))
+                                .map(|r| BrokerId(*r))
+                                .collect(),
+                        )
+                        .with_offline_replicas(
+                            replicas
+                                .iter()
+                                .filter(|r| !live.contains(r))
+                                .map(|r| BrokerId(*r))
+                                .collect(),
+                        );
+                    match leader {
+                        Some((term, leader)) if live.contains(&(leader as i32)) => {
+                            partition.leader_id = BrokerId(leader as i32);
+                            partition.leader_epoch = i32::try_from(term).unwrap_or(i32::MAX);
+                        }
+                        _ => {
+                            partition.error_code = ErrorCode::LeaderNotAvailable.code();
+                            partition.leader_id = BrokerId(-1);
+                            partition.leader_epoch = -1;
+                        }
+                    }
+                    partition
                 })
                 .collect();
             response.topics.push(topic);
@@ -163,97 +204,87 @@ impl<S: Storage> Broker<S> {
         response
     }
 
+    /// Asks the controller to create `name` with the defaults, once per topic at a time.
+    pub(super) fn auto_create_topic(&mut self, name: &str) {
+        let asked = self.calls.values().any(
+            |c| matches!(&c.request, ControllerRequest::CreateTopic { name: n, .. } if n == name),
+        );
+        if !asked {
+            tracing::info!(topic = name, "auto-creating topic");
+            self.call_controller(ControllerRequest::CreateTopic {
+                name: name.to_string(),
+                num_partitions: -1,
+                replication_factor: -1,
+            });
+        }
+    }
+
     pub(super) fn create_topics(
         &mut self,
         request: CreateTopicsRequest,
         version: i16,
-    ) -> CreateTopicsResponse {
+        reply: Option<Reply>,
+    ) {
         let mut response = CreateTopicsResponse::default();
-        for t in request.topics {
+        let mut tickets = Vec::new();
+        let is_controller = self.meta.quorum.is_active();
+        let now = now_ms();
+        for (index, t) in request.topics.into_iter().enumerate() {
             let name = t.name.0.to_string();
             let mut result = CreatableTopicResult::default().with_name(t.name.clone());
-            let configs: BTreeMap<String, String> = t
-                .configs
-                .iter()
-                .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
-                .collect();
-            let partitions = if !t.assignments.is_empty() {
-                t.assignments.len() as i32
-            } else if t.num_partitions == -1 {
-                self.config.num_partitions
-            } else {
-                t.num_partitions
-            };
-            let outcome: Result<(), (ErrorCode, String)> = (|| {
-                validate_topic_name(&name).map_err(|e| (ErrorCode::InvalidTopicException, e))?;
-                if self.topics.contains_key(&name) {
-                    return Err((
-                        ErrorCode::TopicAlreadyExists,
-                        format!("topic {name:?} already exists"),
-                    ));
-                }
-                if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
-                    return Err((ErrorCode::InvalidPartitions, format!("number of partitions must be in 1..={PARTITIONS_PER_TOPIC_MAX}, got {partitions}")));
-                }
-                if !(t.replication_factor == -1 || t.replication_factor == 1)
-                    && t.assignments.is_empty()
-                {
-                    return Err((
-                        ErrorCode::InvalidReplicationFactor,
-                        format!(
-                            "replication factor {} is larger than the 1 available broker",
-                            t.replication_factor
-                        ),
-                    ));
-                }
-                if t.assignments
+            let create = CreateTopicRequest {
+                name: name.clone(),
+                num_partitions: if t.assignments.is_empty() {
+                    t.num_partitions
+                } else {
+                    -1
+                },
+                replication_factor: if t.assignments.is_empty() {
+                    t.replication_factor
+                } else {
+                    -1
+                },
+                assignment: (!t.assignments.is_empty()).then(|| {
+                    t.assignments
+                        .iter()
+                        .map(|a| {
+                            (
+                                a.partition_index,
+                                a.broker_ids.iter().map(|b| b.0).collect(),
+                            )
+                        })
+                        .collect()
+                }),
+                configs: t
+                    .configs
                     .iter()
-                    .any(|a| a.broker_ids.iter().map(|b| b.0).ne([self.config.node_id]))
-                {
-                    return Err((
-                        ErrorCode::InvalidReplicaAssignment,
-                        format!(
-                            "replicas may only be assigned to broker {}",
-                            self.config.node_id
-                        ),
-                    ));
-                }
-                topic_log_config(&self.config.log, &configs)?;
-                if request.validate_only {
-                    return Ok(());
-                }
-                let id = self
-                    .create_topic(&name, partitions, configs.clone())
-                    .map_err(|e| {
-                        (
-                            ErrorCode::KafkaStorageError,
-                            format!("creating the topic failed: {e}"),
-                        )
-                    })?;
-                result.topic_id = id;
-                Ok(())
-            })();
+                    .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
+                    .collect(),
+            };
+            let outcome: Result<Option<Ticket>, (ErrorCode, String)> = if !is_controller {
+                Err((
+                    ErrorCode::NotController,
+                    "this node is not the active controller".to_string(),
+                ))
+            } else if request.validate_only {
+                let defaults = self.topic_defaults();
+                let mut rng = Rng::new(splitmix(&mut self.rng));
+                controller::create_topic(self.meta.quorum.image(), &create, &defaults, &mut rng)
+                    .map(|_| None)
+                    .map_err(|e| (e.code(), e.message().to_string()))
+            } else {
+                let meta = &mut self.meta;
+                meta.quorum
+                    .create_topic(&create, now, &meta.store)
+                    .map(Some)
+                    .map_err(|e| (e.code, e.message))
+            };
             match outcome {
-                Ok(()) => {
+                Ok(Some(ticket)) => tickets.push((ticket, index)),
+                Ok(None) => {
                     if version >= 5 {
-                        result.num_partitions = partitions;
-                        result.replication_factor = 1;
-                        let described = describe_topic_config(&self.config.log, &configs);
-                        result.configs = Some(
-                            described
-                                .into_iter()
-                                .map(|(name, value, is_override)| {
-                                    CreatableTopicConfigs::default()
-                                        .with_name(str_bytes(name))
-                                        .with_value(Some(str_bytes(value)))
-                                        .with_config_source(if is_override {
-                                            SOURCE_TOPIC
-                                        } else {
-                                            SOURCE_DEFAULT
-                                        })
-                                })
-                                .collect(),
-                        );
+                        result.num_partitions = create.num_partitions;
+                        result.replication_factor = create.replication_factor;
                     }
                 }
                 Err((code, message)) => {
@@ -270,14 +301,161 @@ impl<S: Storage> Broker<S> {
             }
             response.topics.push(result);
         }
-        response
+        let timeout = admin_timeout(request.timeout_ms);
+        self.wait_for_admin(
+            AdminResponse::Create(response, version),
+            tickets,
+            reply,
+            timeout,
+        );
+        self.after_metadata_input();
+    }
+
+    fn topic_defaults(&self) -> TopicDefaults {
+        TopicDefaults {
+            num_partitions: self.config.num_partitions,
+            replication_factor: self.config.default_replication_factor,
+            log: self.config.log.clone(),
+        }
+    }
+
+    /// Answers at once if nothing was proposed; otherwise once every ticket is answered.
+    fn wait_for_admin(
+        &mut self,
+        response: AdminResponse,
+        tickets: Vec<(Ticket, usize)>,
+        reply: Option<Reply>,
+        timeout: Duration,
+    ) {
+        let id = self.next_admin_waiter;
+        self.next_admin_waiter += 1;
+        let waiter = AdminWaiter {
+            response,
+            outstanding: tickets.iter().map(|(_, i)| *i).collect(),
+            reply,
+            deadline: Instant::now() + timeout,
+        };
+        for (ticket, index) in tickets {
+            self.ticket_owners
+                .insert(ticket, TicketOwner::Admin { waiter: id, index });
+        }
+        if waiter.outstanding.is_empty() {
+            waiter.send();
+        } else {
+            self.admin_waiters.insert(id, waiter);
+        }
+    }
+
+    /// A ticket of an admin request was answered by the quorum.
+    pub(super) fn on_admin_result(
+        &mut self,
+        waiter: u64,
+        index: usize,
+        result: Result<QuorumOutcome, ErrorCode>,
+    ) {
+        let Some(w) = self.admin_waiters.get_mut(&waiter) else {
+            return;
+        };
+        w.outstanding.remove(&index);
+        let image = self.meta.quorum.image();
+        match &mut w.response {
+            AdminResponse::Create(response, version) => {
+                let r = &mut response.topics[index];
+                match result {
+                    Ok(QuorumOutcome::TopicCreated { topic_id, .. }) => {
+                        r.topic_id = Uuid::from_bytes(topic_id);
+                        if *version >= 5 {
+                            if let Some(topic) = image.topic(&topic_id) {
+                                r.num_partitions = topic.partitions.len() as i32;
+                                r.replication_factor = topic.replication_factor() as i16;
+                                r.configs = Some(
+                                    describe_topic_config(&self.config.log, &topic.configs)
+                                        .into_iter()
+                                        .map(|(name, value, is_override)| {
+                                            CreatableTopicConfigs::default()
+                                                .with_name(str_bytes(name))
+                                                .with_value(Some(str_bytes(value)))
+                                                .with_config_source(if is_override {
+                                                    SOURCE_TOPIC
+                                                } else {
+                                                    SOURCE_DEFAULT
+                                                })
+                                        })
+                                        .collect(),
+                                );
+                            }
+                        }
+                    }
+                    Ok(other) => {
+                        tracing::error!(?other, "unexpected answer to a topic creation");
+                        r.error_code = ErrorCode::UnknownServerError.code();
+                    }
+                    Err(code) => {
+                        r.error_code = code.code();
+                        if *version >= 1 {
+                            r.error_message = Some(str_bytes(format!("{code:?}")));
+                        }
+                    }
+                }
+            }
+            AdminResponse::Delete(response, version) => {
+                let r = &mut response.responses[index];
+                if let Err(code) = result {
+                    r.error_code = code.code();
+                    if *version >= 5 {
+                        r.error_message = Some(str_bytes(format!("{code:?}")));
+                    }
+                }
+            }
+        }
+        if w.outstanding.is_empty() {
+            if let Some(w) = self.admin_waiters.remove(&waiter) {
+                w.send();
+            }
+        }
+    }
+
+    /// Admin requests past their timeout: REQUEST_TIMED_OUT for what is still open (the
+    /// change may still happen, as in Kafka).
+    pub(super) fn expire_admin_waiters(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .admin_waiters
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let Some(mut w) = self.admin_waiters.remove(&id) else {
+                continue;
+            };
+            let code = ErrorCode::RequestTimedOut.code();
+            for index in std::mem::take(&mut w.outstanding) {
+                match &mut w.response {
+                    AdminResponse::Create(r, _) => r.topics[index].error_code = code,
+                    AdminResponse::Delete(r, _) => r.responses[index].error_code = code,
+                }
+            }
+            w.send();
+        }
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.producer_id_waiters)
+            .into_iter()
+            .partition(|w| w.deadline <= now);
+        self.producer_id_waiters = waiting;
+        for w in due {
+            let response = InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+                .with_error_code(ErrorCode::RequestTimedOut.code());
+            let _ = w.reply.send(ResponseKind::InitProducerId(response));
+        }
     }
 
     pub(super) fn delete_topics(
         &mut self,
         request: DeleteTopicsRequest,
         version: i16,
-    ) -> DeleteTopicsResponse {
+        reply: Option<Reply>,
+    ) {
         let wanted: Vec<(Option<String>, Uuid)> = if version >= 6 {
             request
                 .topics
@@ -291,24 +469,30 @@ impl<S: Storage> Broker<S> {
                 .map(|n| (Some(n.0.to_string()), Uuid::nil()))
                 .collect()
         };
+        let is_controller = self.meta.quorum.is_active();
+        let now = now_ms();
         let mut response = DeleteTopicsResponse::default();
-        for (name, id) in wanted {
+        let mut tickets = Vec::new();
+        for (index, (name, id)) in wanted.into_iter().enumerate() {
             let mut result = DeletableTopicResult::default()
                 .with_name(name.clone().map(|n| TopicName(str_bytes(n))))
                 .with_topic_id(id);
             let resolved = name.clone().or_else(|| self.topic_ids.get(&id).cloned());
             let outcome = match resolved {
+                _ if !is_controller => Err((
+                    ErrorCode::NotController,
+                    "this node is not the active controller".to_string(),
+                )),
                 Some(n) if self.topics.contains_key(&n) => {
+                    let topic_id = self.topics[&n].id;
                     if version >= 6 {
-                        result.topic_id = self.topics[&n].id;
+                        result.topic_id = topic_id;
                         result.name = Some(TopicName(str_bytes(n.clone())));
                     }
-                    self.delete_topic(&n).map_err(|e| {
-                        (
-                            ErrorCode::KafkaStorageError,
-                            format!("deleting failed: {e}"),
-                        )
-                    })
+                    let meta = &mut self.meta;
+                    meta.quorum
+                        .delete_topic(TopicRef::Id(*topic_id.as_bytes()), now, &meta.store)
+                        .map_err(|e| (e.code, e.message))
                 }
                 _ if name.is_none() => {
                     Err((ErrorCode::UnknownTopicId, format!("unknown topic id {id}")))
@@ -318,15 +502,25 @@ impl<S: Storage> Broker<S> {
                     "unknown topic".to_string(),
                 )),
             };
-            if let Err((code, message)) = outcome {
-                result.error_code = code.code();
-                if version >= 5 {
-                    result.error_message = Some(str_bytes(message));
+            match outcome {
+                Ok(ticket) => tickets.push((ticket, index)),
+                Err((code, message)) => {
+                    result.error_code = code.code();
+                    if version >= 5 {
+                        result.error_message = Some(str_bytes(message));
+                    }
                 }
             }
             response.responses.push(result);
         }
-        response
+        let timeout = admin_timeout(request.timeout_ms);
+        self.wait_for_admin(
+            AdminResponse::Delete(response, version),
+            tickets,
+            reply,
+            timeout,
+        );
+        self.after_metadata_input();
     }
 
     pub(super) fn describe_configs(
@@ -444,11 +638,25 @@ impl<S: Storage> Broker<S> {
                     topic: topic.name.0.to_string(),
                     partition: p.partition_index,
                 };
-                match self.partitions.get_mut(&tp) {
-                    None => r.error_code = ErrorCode::UnknownTopicOrPartition.code(),
-                    Some(part) => {
+                // Kafka serves ListOffsets from the leader only, except to its debugging tool;
+                // the current leader epoch (v4+; -1 below) fences clients with stale metadata.
+                let require_leader = request.replica_id.0 != DEBUGGING_REPLICA_ID;
+                let missing = self.missing_partition_error(&tp);
+                let checked = self
+                    .partitions
+                    .get_mut(&tp)
+                    .ok_or(missing)
+                    .and_then(|part| {
+                        let epoch = leader_epoch::leader_epoch(&part.replica);
+                        let is_leader = part.replica.is_leader() || !require_leader;
+                        leader_epoch::check_leader(epoch, is_leader, p.current_leader_epoch)
+                            .map(|()| (part, epoch))
+                    });
+                match checked {
+                    Err(code) => r.error_code = code.code(),
+                    Ok((part, epoch)) => {
                         if version >= 4 {
-                            r.leader_epoch = part.replica.term() as i32;
+                            r.leader_epoch = epoch;
                         }
                         let log = part.replica.log();
                         match p.timestamp {
@@ -502,7 +710,11 @@ impl<S: Storage> Broker<S> {
     pub(super) fn init_producer_id(
         &mut self,
         request: InitProducerIdRequest,
-    ) -> InitProducerIdResponse {
+        reply: Option<Reply>,
+    ) {
+        let Some(reply) = reply else {
+            return;
+        };
         let mut response = InitProducerIdResponse::default()
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
@@ -511,31 +723,103 @@ impl<S: Storage> Broker<S> {
             tracing::warn!(
                 "InitProducerId with a transactional id: transactions are not supported yet"
             );
-            return response;
+            let _ = reply.send(ResponseKind::InitProducerId(response));
+            return;
         }
-        // KIP-360: an idempotent producer may ask to bump its epoch after an error.
+        // KIP-360: an idempotent producer may ask to bump its epoch after an error. Any id the
+        // cluster handed out is known by the image's allocation watermark.
         if request.producer_id.0 >= 0
             && request.producer_epoch >= 0
             && request.producer_epoch < i16::MAX - 1
         {
-            if request.producer_id.0 < self.next_producer_id {
+            if request.producer_id.0 < self.meta.quorum.image().producer_id_end() {
                 response.producer_id = request.producer_id;
                 response.producer_epoch = request.producer_epoch + 1;
-                return response;
+            } else {
+                response.error_code = ErrorCode::InvalidProducerEpoch.code();
             }
-            response.error_code = ErrorCode::InvalidProducerEpoch.code();
-            return response;
+            let _ = reply.send(ResponseKind::InitProducerId(response));
+            return;
         }
-        match self.allocate_producer_id() {
-            Ok(id) => {
-                response.producer_id = ProducerId(id);
-                response.producer_epoch = 0;
+        self.producer_id_waiters.push(ProducerIdWaiter {
+            reply,
+            deadline: Instant::now() + PRODUCER_ID_WAIT,
+        });
+        self.answer_producer_id_waiters();
+    }
+
+    /// Hands out producer ids from the blocks the controller gave this node, asking for another
+    /// block when they run out.
+    pub(super) fn answer_producer_id_waiters(&mut self) {
+        while !self.producer_id_waiters.is_empty() {
+            let Some((first, end)) = self.producer_ids.first_mut() else {
+                break;
+            };
+            let id = *first;
+            *first += 1;
+            if *first >= *end {
+                self.producer_ids.remove(0);
             }
-            Err(e) => {
-                tracing::error!("allocating a producer id failed: {e}");
-                response.error_code = ErrorCode::KafkaStorageError.code();
-            }
+            let w = self.producer_id_waiters.remove(0);
+            let response = InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(0);
+            let _ = w.reply.send(ResponseKind::InitProducerId(response));
         }
-        response
+        let asked = self
+            .calls
+            .values()
+            .any(|c| matches!(c.request, ControllerRequest::AllocateProducerIds { .. }));
+        if !self.producer_id_waiters.is_empty() && !asked {
+            self.call_controller(ControllerRequest::AllocateProducerIds {
+                node_id: self.config.node_id,
+            });
+        }
+    }
+}
+
+/// How long an admin request waits for its records to commit. Kafka's ZooKeeper-era brokers
+/// read a timeout of 0 as "answer once the change is written, without waiting for it to spread",
+/// which here is the commit itself; so 0 (or less) waits like the default.
+fn admin_timeout(timeout_ms: i32) -> Duration {
+    let ms = if timeout_ms <= 0 {
+        30_000
+    } else {
+        timeout_ms.min(600_000)
+    };
+    Duration::from_millis(ms as u64)
+}
+
+/// How long an InitProducerId waits for a block of ids before a retriable error.
+const PRODUCER_ID_WAIT: Duration = Duration::from_secs(5);
+
+pub(super) struct ProducerIdWaiter {
+    reply: Reply,
+    pub deadline: Instant,
+}
+
+pub(super) enum AdminResponse {
+    Create(CreateTopicsResponse, i16),
+    Delete(DeleteTopicsResponse, i16),
+}
+
+/// A CreateTopics or DeleteTopics request waiting for its records to commit.
+pub(super) struct AdminWaiter {
+    response: AdminResponse,
+    /// Indexes of the topics still waiting.
+    outstanding: BTreeSet<usize>,
+    reply: Option<Reply>,
+    pub deadline: Instant,
+}
+
+impl AdminWaiter {
+    fn send(self) {
+        let Some(reply) = self.reply else {
+            return;
+        };
+        let _ = reply.send(match self.response {
+            AdminResponse::Create(r, _) => ResponseKind::CreateTopics(r),
+            AdminResponse::Delete(r, _) => ResponseKind::DeleteTopics(r),
+        });
     }
 }

@@ -14,7 +14,7 @@ use sluice_core::ErrorCode;
 use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
 
-use super::{Broker, TopicPartition};
+use super::{leader_epoch, Broker, TopicPartition};
 
 pub(super) enum Outcome {
     Now(FetchResponse),
@@ -103,23 +103,31 @@ impl<S: Storage> Broker<S> {
                     partition: p.partition,
                 });
                 let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
+                let missing = match &tp {
+                    Some(tp) if !self.partitions.contains_key(tp) => {
+                        Some(match self.missing_partition_error(tp) {
+                            ErrorCode::UnknownTopicOrPartition => unknown,
+                            code => code,
+                        })
+                    }
+                    Some(_) => None,
+                    None => Some(unknown),
+                };
                 match tp.and_then(|tp| self.partitions.get_mut(&tp).map(|part| (tp, part))) {
-                    None => data.error_code = unknown.code(),
+                    None => data.error_code = missing.unwrap_or(unknown).code(),
                     Some((tp, part)) => {
+                        // Fencing (current leader epoch, v9+; -1 below) before leadership, as
+                        // Kafka does; a refused partition reports no offsets.
+                        let checked =
+                            leader_epoch::check_replica(&part.replica, p.current_leader_epoch);
                         let log = part.replica.log();
-                        data.high_watermark = log.high_watermark() as i64;
-                        data.last_stable_offset = data.high_watermark;
-                        data.log_start_offset = log.log_start_offset() as i64;
-                        let epoch = p.current_leader_epoch;
-                        let leader_epoch = part.replica.term() as i32;
-                        if !part.replica.is_leader() {
-                            data.error_code = ErrorCode::NotLeaderOrFollower.code();
-                        } else if epoch >= 0 && epoch != leader_epoch {
-                            data.error_code = if epoch > leader_epoch {
-                                ErrorCode::UnknownLeaderEpoch.code()
-                            } else {
-                                ErrorCode::FencedLeaderEpoch.code()
-                            };
+                        if checked.is_ok() {
+                            data.high_watermark = log.high_watermark() as i64;
+                            data.last_stable_offset = data.high_watermark;
+                            data.log_start_offset = log.log_start_offset() as i64;
+                        }
+                        if let Err(code) = checked {
+                            data.error_code = code.code();
                         } else if p.fetch_offset < 0 {
                             data.error_code = ErrorCode::OffsetOutOfRange.code();
                         } else if limit > 0 || bytes == 0 {

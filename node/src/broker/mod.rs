@@ -10,8 +10,10 @@
 //! acks=0 gets no answer. Fetch never returns data above the high watermark.
 
 mod admin;
+mod cluster;
 mod fetch;
 mod hard_state;
+mod leader_epoch;
 mod produce;
 
 use std::cell::RefCell;
@@ -33,8 +35,12 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::metadata::{topic_log_config, Metadata, TopicMeta};
+use crate::peer::{GroupId, PeerMessage};
+use crate::rpc::{Inbox, Transport};
 use crate::wire::Request;
+use cluster::{ControllerCall, MetaGroup, Peers, TicketOwner};
+use sluice_core::metadata::Ticket;
+use sluice_core::metadata::TopicId;
 
 pub use fetch::FetchWaiter;
 pub use produce::ProduceWaiter;
@@ -62,6 +68,8 @@ struct TopicState {
     partitions: i32,
     configs: BTreeMap<String, String>,
     log_config: LogConfig,
+    /// Each partition's replicas, preferred leader first.
+    assignments: Vec<Vec<i32>>,
 }
 
 struct PartitionState<S: Storage> {
@@ -74,6 +82,8 @@ struct PartitionState<S: Storage> {
     /// recognised and ignored.
     generation: u64,
     last_sync_start: Option<Instant>,
+    /// Whether it led at the last look (a new leadership is announced to the peers).
+    was_leader: bool,
 }
 
 struct SyncDone {
@@ -86,13 +96,36 @@ struct SyncDone {
 pub struct Broker<S: Storage> {
     config: Config,
     storage: S,
-    meta: Metadata,
+    /// This node's member of the metadata quorum; topics and partitions follow its image.
+    meta: MetaGroup<S>,
+    /// The quorum's applied end when the partitions were last reconciled with the image.
+    applied_metadata_end: u64,
+    peers: Option<Peers>,
+    /// Drawn at each start: tells the controller this is a new run of the broker.
+    incarnation: u64,
     topics: BTreeMap<String, TopicState>,
     topic_ids: BTreeMap<Uuid, String>,
     partitions: BTreeMap<TopicPartition, PartitionState<S>>,
     /// Partitions with appends not yet covered by a started fsync.
     dirty: BTreeSet<TopicPartition>,
-    next_producer_id: i64,
+    /// Raft groups of the hosted partitions, for routing peers' messages.
+    group_of: BTreeMap<GroupId, TopicPartition>,
+    /// Partition leaders announced by peers: (topic id, partition) -> (term, leader).
+    leaders: BTreeMap<(TopicId, i32), (u64, u64)>,
+    /// Quorum requests this node (as controller) waits on, and who asked.
+    ticket_owners: BTreeMap<Ticket, TicketOwner>,
+    /// Controller requests this node made, by call id.
+    calls: BTreeMap<u64, ControllerCall>,
+    next_call_id: u64,
+    ticks: u64,
+    next_tick: Instant,
+    /// Producer id blocks from the controller: `[first, end)` ranges, the current one first.
+    producer_ids: Vec<(i64, i64)>,
+    producer_id_waiters: Vec<admin::ProducerIdWaiter>,
+    admin_waiters: BTreeMap<u64, admin::AdminWaiter>,
+    next_admin_waiter: u64,
+    /// Told once this node is registered and unfenced (it may serve clients).
+    ready: Option<oneshot::Sender<()>>,
     produce_waiters: Vec<ProduceWaiter>,
     fetch_waiters: Vec<FetchWaiter>,
     sync_tx: mpsc::UnboundedSender<SyncDone>,
@@ -117,36 +150,51 @@ fn partition_dir(tp: &TopicPartition) -> PathBuf {
 }
 
 impl<S: Storage> Broker<S> {
-    /// Opens the data directory: loads metadata and recovers every partition.
+    /// Opens the data directory: the metadata log first (its image names the partitions this
+    /// node hosts), then every partition it assigns here.
     pub fn open(config: Config, storage: S) -> io::Result<Broker<S>> {
         let mut rng = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish()
             | 1;
-        let fresh = Metadata::load(&storage)?.is_none();
-        let meta = match Metadata::load(&storage)? {
-            Some(meta) => meta,
-            None => Metadata {
-                cluster_id: random_uuid(&mut rng).to_string(),
-                producer_id_reserved_end: 0,
-                topics: Vec::new(),
-            },
-        };
-        if fresh {
-            meta.save(&storage)?;
+        if storage.exists(std::path::Path::new(crate::metadata::LEGACY_METADATA_FILE)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "this data directory was written by an older Sluice (it has {}); its topics \
+                     would have to be re-created: start with an empty data directory",
+                    crate::metadata::LEGACY_METADATA_FILE
+                ),
+            ));
         }
+        let meta = Self::open_metadata(&config, &storage, &mut rng, 0)?;
         let (sync_tx, sync_rx) = mpsc::unbounded_channel();
+        let incarnation = splitmix(&mut rng);
+        let now = Instant::now();
         let mut broker = Broker {
-            next_producer_id: meta.producer_id_reserved_end,
-            next_retention: Instant::now()
-                + Duration::from_millis(config.retention_check_interval_ms),
+            next_retention: now + Duration::from_millis(config.retention_check_interval_ms),
+            next_tick: now,
             config,
             storage,
-            meta: meta.clone(),
+            meta,
+            applied_metadata_end: 0,
+            peers: None,
+            incarnation,
             topics: BTreeMap::new(),
             topic_ids: BTreeMap::new(),
             partitions: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            group_of: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            ticket_owners: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            next_call_id: 0,
+            ticks: 0,
+            producer_ids: Vec::new(),
+            producer_id_waiters: Vec::new(),
+            admin_waiters: BTreeMap::new(),
+            next_admin_waiter: 0,
+            ready: None,
             produce_waiters: Vec::new(),
             fetch_waiters: Vec::new(),
             sync_tx,
@@ -154,43 +202,25 @@ impl<S: Storage> Broker<S> {
             high_watermark_moved: false,
             rng,
         };
-        for topic in &meta.topics {
-            broker.open_topic(topic)?;
-        }
-        tracing::info!(topics = broker.topics.len(), partitions = broker.partitions.len(), cluster_id = %broker.meta.cluster_id, "data directory opened");
+        broker.after_metadata_input();
+        tracing::info!(
+            metadata_end = broker.meta.quorum.replica().log().log_end_offset(),
+            topics = broker.topics.len(),
+            partitions = broker.partitions.len(),
+            "data directory opened"
+        );
         Ok(broker)
     }
 
-    fn open_topic(&mut self, topic: &TopicMeta) -> io::Result<()> {
-        let log_config = topic_log_config(&self.config.log, &topic.configs).map_err(|(_, e)| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("topic {}: {e}", topic.name),
-            )
-        })?;
-        let id = Uuid::parse_str(&topic.id)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        for partition in 0..topic.partitions {
-            let tp = TopicPartition {
-                topic: topic.name.clone(),
-                partition,
-            };
-            let part = self.open_partition(&tp, partition_dir(&tp), log_config.clone(), 0)?;
-            self.partitions.insert(tp.clone(), part);
-            self.flush_partition(&tp)?;
-            self.dirty.insert(tp);
-        }
-        self.topic_ids.insert(id, topic.name.clone());
-        self.topics.insert(
-            topic.name.clone(),
-            TopicState {
-                id,
-                partitions: topic.partitions,
-                configs: topic.configs.clone(),
-                log_config,
-            },
-        );
-        Ok(())
+    /// Connects the broker to its peers (a node of a multi-node cluster).
+    pub fn attach_peers(&mut self, transport: Transport<PeerMessage>, inbox: Inbox<PeerMessage>) {
+        self.peers = Some(Peers { transport, inbox });
+    }
+
+    /// `ready` is told once this node is registered and unfenced: the listener should accept
+    /// clients only then, as a Kafka broker serves only once it is RUNNING.
+    pub fn notify_ready(&mut self, ready: oneshot::Sender<()>) {
+        self.ready = Some(ready);
     }
 
     /// Recovers a partition's log and hard state and starts its replica. A single-node group
@@ -201,6 +231,7 @@ impl<S: Storage> Broker<S> {
         dir: PathBuf,
         log_config: LogConfig,
         generation: u64,
+        voters: impl IntoIterator<Item = u64>,
     ) -> io::Result<PartitionState<S>> {
         let hard_state = hard_state::load(&self.storage, &dir)?;
         // No batch can be of a term the replica never durably adopted: a higher epoch is damage.
@@ -215,27 +246,26 @@ impl<S: Storage> Broker<S> {
         let me = self.config.node_id as u64;
         let raft_config = RaftConfig {
             apply_entries: false,
+            election_ticks: cluster::election_ticks(&self.config),
             ..RaftConfig::new(me)
         };
+        let voters = Membership::new(voters);
+        let alone = voters.voters() == [me];
         let rng = Rng::new(splitmix(&mut self.rng));
-        let replica = Replica::open(
-            raft_config,
-            rng,
-            hard_state,
-            log,
-            Membership::new([me]),
-            0,
-            now_ms(),
-        )
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{tp}: {e}")))?;
+        let replica = Replica::open(raft_config, rng, hard_state, log, voters, 0, now_ms())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{tp}: {e}")))?;
         let store = RefCell::new(store);
         let mut part = PartitionState {
             replica,
             store,
             generation,
             last_sync_start: None,
+            was_leader: false,
         };
-        part.replica.campaign(true, &part.store);
+        if alone {
+            // A group of one needs no election timeout.
+            part.replica.campaign(true, &part.store);
+        }
         Ok(part)
     }
 
@@ -260,26 +290,37 @@ impl<S: Storage> Broker<S> {
         }
     }
 
-    fn new_topic_id(&mut self) -> Uuid {
-        loop {
-            let id = random_uuid(&mut self.rng);
-            if !id.is_nil() && !self.topic_ids.contains_key(&id) {
-                return id;
-            }
-        }
-    }
-
     pub fn config(&self) -> &Config {
         &self.config
     }
 
     /// Runs until every sender of `requests` is gone.
     pub async fn run(mut self, mut requests: mpsc::Receiver<Envelope>) {
+        let mut inbox = self
+            .peers
+            .as_mut()
+            .map(|p| std::mem::replace(&mut p.inbox, mpsc::channel(1).1));
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
                 biased;
                 Some(done) = self.sync_rx.recv() => self.on_sync_done(done),
+                Some((from, msg)) = async {
+                    match inbox.as_mut() {
+                        Some(inbox) => inbox.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.on_peer_message(from, msg);
+                    if let Some(inbox) = inbox.as_mut() {
+                        for _ in 1..REQUESTS_PER_STEP_MAX {
+                            match inbox.try_recv() {
+                                Ok((from, msg)) => self.on_peer_message(from, msg),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
                 envelope = requests.recv() => {
                     let Some(envelope) = envelope else { break };
                     self.handle(envelope);
@@ -298,7 +339,13 @@ impl<S: Storage> Broker<S> {
     }
 
     fn next_deadline(&self) -> Instant {
-        let mut deadline = self.next_retention;
+        let mut deadline = self.next_retention.min(self.next_tick);
+        for w in &self.producer_id_waiters {
+            deadline = deadline.min(w.deadline);
+        }
+        for w in self.admin_waiters.values() {
+            deadline = deadline.min(w.deadline);
+        }
         for w in &self.produce_waiters {
             deadline = deadline.min(w.deadline);
         }
@@ -323,10 +370,12 @@ impl<S: Storage> Broker<S> {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(admin::api_versions()),
             RequestKind::Metadata(req) => ResponseKind::Metadata(self.metadata(req, version)),
             RequestKind::CreateTopics(req) => {
-                ResponseKind::CreateTopics(self.create_topics(req, version))
+                self.create_topics(req, version, reply);
+                return;
             }
             RequestKind::DeleteTopics(req) => {
-                ResponseKind::DeleteTopics(self.delete_topics(req, version))
+                self.delete_topics(req, version, reply);
+                return;
             }
             RequestKind::DescribeConfigs(req) => {
                 ResponseKind::DescribeConfigs(self.describe_configs(req))
@@ -334,8 +383,12 @@ impl<S: Storage> Broker<S> {
             RequestKind::ListOffsets(req) => {
                 ResponseKind::ListOffsets(self.list_offsets(req, version))
             }
+            RequestKind::OffsetForLeaderEpoch(req) => {
+                ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(req))
+            }
             RequestKind::InitProducerId(req) => {
-                ResponseKind::InitProducerId(self.init_producer_id(req))
+                self.init_producer_id(req, reply);
+                return;
             }
             RequestKind::Produce(req) => match self.produce(req, version) {
                 produce::Outcome::Now(resp) => ResponseKind::Produce(resp),
@@ -371,6 +424,17 @@ impl<S: Storage> Broker<S> {
     /// After each batch of inputs: start group commits, answer waiters, run retention.
     fn after_step(&mut self) {
         let now = Instant::now();
+        if now >= self.next_tick {
+            self.next_tick = now + Duration::from_millis(self.config.raft_tick_ms.max(1));
+            self.on_tick();
+        }
+        if self.ready.is_some() && self.is_ready() {
+            tracing::info!(
+                node_id = self.config.node_id,
+                "registered with the controller; serving clients"
+            );
+            let _ = self.ready.take().map(|r| r.send(()));
+        }
         if now >= self.next_retention {
             self.next_retention =
                 now + Duration::from_millis(self.config.retention_check_interval_ms);
@@ -379,11 +443,15 @@ impl<S: Storage> Broker<S> {
         self.start_syncs(now);
         self.answer_produce_waiters(now);
         self.answer_fetch_waiters(now);
+        self.expire_admin_waiters(now);
     }
 
     fn start_syncs(&mut self, now: Instant) {
         let interval = Duration::from_millis(self.config.flush_interval_ms);
-        let dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        if dirty.remove(&cluster::metadata_tp()) {
+            self.start_metadata_sync(now);
+        }
         for tp in dirty {
             let Some(part) = self.partitions.get_mut(&tp) else {
                 continue;
@@ -401,43 +469,53 @@ impl<S: Storage> Broker<S> {
             };
             part.last_sync_start = Some(now);
             let job = part.store.borrow_mut().sync_job(&request.request);
-            let job = match job {
-                Ok(job) => job,
-                Err(e) => {
-                    let done = SyncDone {
-                        tp,
-                        generation: part.generation,
-                        request,
-                        result: Err(e),
-                    };
-                    self.on_sync_done(done);
-                    continue;
-                }
-            };
-            let tx = self.sync_tx.clone();
             let generation = part.generation;
-            #[cfg(madsim)]
-            let latency = self.storage.simulated_sync_latency();
-            tokio::spawn(async move {
-                // fsync blocks for milliseconds: keep it off the event loop. The simulated store
-                // is in memory and madsim forbids blocking threads, so there it runs inline.
-                #[cfg(not(madsim))]
-                let result = tokio::task::spawn_blocking(move || job.run())
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(format!("fsync task failed: {e}"))));
-                #[cfg(madsim)]
-                let result = {
-                    tokio::time::sleep(latency).await;
-                    job.run()
-                };
-                let _ = tx.send(SyncDone {
+            self.spawn_sync(tp, generation, request, job);
+        }
+    }
+
+    /// Runs a group commit off the event loop; its result comes back as a [`SyncDone`].
+    fn spawn_sync(
+        &mut self,
+        tp: TopicPartition,
+        generation: u64,
+        request: ReplicaSync,
+        job: io::Result<sluice_core::log::SyncJob<S>>,
+    ) {
+        let job = match job {
+            Ok(job) => job,
+            Err(e) => {
+                self.on_sync_done(SyncDone {
                     tp,
                     generation,
                     request,
-                    result,
+                    result: Err(e),
                 });
+                return;
+            }
+        };
+        let tx = self.sync_tx.clone();
+        #[cfg(madsim)]
+        let latency = self.storage.simulated_sync_latency();
+        tokio::spawn(async move {
+            // fsync blocks for milliseconds: keep it off the event loop. The simulated store
+            // is in memory and madsim forbids blocking threads, so there it runs inline.
+            #[cfg(not(madsim))]
+            let result = tokio::task::spawn_blocking(move || job.run())
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(format!("fsync task failed: {e}"))));
+            #[cfg(madsim)]
+            let result = {
+                tokio::time::sleep(latency).await;
+                job.run()
+            };
+            let _ = tx.send(SyncDone {
+                tp,
+                generation,
+                request,
+                result,
             });
-        }
+        });
     }
 
     fn on_sync_done(&mut self, done: SyncDone) {
@@ -447,6 +525,10 @@ impl<S: Storage> Broker<S> {
             request,
             result,
         } = done;
+        if tp == cluster::metadata_tp() {
+            self.on_metadata_sync_done(generation, request, result);
+            return;
+        }
         let Some(part) = self.partitions.get_mut(&tp) else {
             return;
         };
@@ -458,13 +540,8 @@ impl<S: Storage> Broker<S> {
                 let before = part.replica.high_watermark();
                 part.replica.on_synced(request, &part.store);
                 self.high_watermark_moved |= part.replica.high_watermark() > before;
-                if let Err(e) = self.flush_partition(&tp) {
-                    tracing::error!(%tp, "checkpoint write failed: {e}");
-                    self.recover_partition(&tp);
-                    return;
-                }
                 // Appends made while this fsync ran need the next one.
-                self.dirty.insert(tp);
+                self.after_partition_input(&tp);
             }
             Err(e) => {
                 tracing::error!(%tp, "fsync failed: {e}; dropping unsynced data and reopening the partition");
@@ -483,6 +560,11 @@ impl<S: Storage> Broker<S> {
             return;
         };
         let log_config = topic.log_config.clone();
+        let voters: Vec<u64> = topic
+            .assignments
+            .get(tp.partition as usize)
+            .map(|r| r.iter().map(|b| *b as u64).collect())
+            .unwrap_or_default();
         let Some(part) = self.partitions.remove(tp) else {
             return;
         };
@@ -494,7 +576,7 @@ impl<S: Storage> Broker<S> {
         let generation = part.generation + 1;
         let dir = part.store.borrow().dir().to_path_buf();
         drop(part);
-        match self.open_partition(tp, dir, log_config, generation) {
+        match self.open_partition(tp, dir, log_config, generation, voters) {
             Ok(part) => {
                 tracing::warn!(%tp, log_end_offset = part.replica.log().log_end_offset(), "partition reopened after a storage failure");
                 self.partitions.insert(tp.clone(), part);
@@ -527,66 +609,17 @@ impl<S: Storage> Broker<S> {
             }
         }
     }
+}
 
-    /// Creates a topic durably (metadata first, then the partition directories).
-    fn create_topic(
-        &mut self,
-        name: &str,
-        partitions: i32,
-        configs: BTreeMap<String, String>,
-    ) -> io::Result<Uuid> {
-        let id = self.new_topic_id();
-        let topic = TopicMeta {
-            name: name.to_string(),
-            id: id.to_string(),
-            partitions,
-            configs,
-        };
-        let mut meta = self.meta.clone();
-        meta.topics.push(topic.clone());
-        meta.save(&self.storage)?;
-        self.meta = meta;
-        self.open_topic(&topic)?;
-        tracing::info!(topic = name, partitions, %id, "topic created");
-        Ok(id)
-    }
-
-    fn delete_topic(&mut self, name: &str) -> io::Result<()> {
-        let mut meta = self.meta.clone();
-        meta.topics.retain(|t| t.name != name);
-        meta.save(&self.storage)?;
-        self.meta = meta;
-        let Some(topic) = self.topics.remove(name) else {
-            return Ok(());
-        };
-        self.topic_ids.remove(&topic.id);
-        for partition in 0..topic.partitions {
-            let tp = TopicPartition {
-                topic: name.to_string(),
-                partition,
-            };
-            self.dirty.remove(&tp);
-            if let Some(part) = self.partitions.remove(&tp) {
-                part.store.into_inner().delete()?;
-            }
-            self.fail_produce_waiters(&tp, ErrorCode::UnknownTopicOrPartition);
+impl<S: Storage> Broker<S> {
+    /// The error for a partition this broker does not host: NOT_LEADER_OR_FOLLOWER if it
+    /// exists (another broker leads it; the client refreshes its metadata), else
+    /// UNKNOWN_TOPIC_OR_PARTITION.
+    fn missing_partition_error(&self, tp: &TopicPartition) -> ErrorCode {
+        match self.topics.get(&tp.topic) {
+            Some(t) if (0..t.partitions).contains(&tp.partition) => ErrorCode::NotLeaderOrFollower,
+            _ => ErrorCode::UnknownTopicOrPartition,
         }
-        tracing::info!(topic = name, "topic deleted");
-        Ok(())
-    }
-
-    /// Reserves producer ids durably in blocks, then hands them out from memory.
-    fn allocate_producer_id(&mut self) -> io::Result<i64> {
-        if self.next_producer_id >= self.meta.producer_id_reserved_end {
-            let mut meta = self.meta.clone();
-            meta.producer_id_reserved_end =
-                self.next_producer_id + crate::metadata::PRODUCER_ID_BLOCK;
-            meta.save(&self.storage)?;
-            self.meta = meta;
-        }
-        let id = self.next_producer_id;
-        self.next_producer_id += 1;
-        Ok(id)
     }
 }
 
@@ -622,4 +655,5 @@ pub const SERVED_APIS: &[ApiKey] = &[
     ApiKey::DeleteTopics,
     ApiKey::InitProducerId,
     ApiKey::DescribeConfigs,
+    ApiKey::OffsetForLeaderEpoch,
 ];

@@ -137,10 +137,8 @@ impl<S: Storage> Broker<S> {
             partition,
         };
         let Some(part) = self.partitions.get_mut(&tp) else {
-            return Err((
-                ErrorCode::UnknownTopicOrPartition,
-                format!("unknown topic or partition {tp}"),
-            ));
+            let code = self.missing_partition_error(&tp);
+            return Err((code, format!("{tp}: {code:?} on this broker")));
         };
         let Some(records) = records else {
             return Err((ErrorCode::CorruptMessage, "no records".to_string()));

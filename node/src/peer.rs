@@ -1,0 +1,154 @@
+//! What nodes say to each other over [`crate::rpc::Transport`]: Raft messages of every group,
+//! requests to the active controller and their answers, and partition leadership.
+//!
+//! Every message is small and self-contained; the transport may drop any of them (Raft and the
+//! periodic senders below retry by design), so nothing here depends on delivery.
+
+use serde::{Deserialize, Serialize};
+use sluice_core::metadata::TopicId;
+use sluice_core::raft::Message;
+
+/// A Raft group: the metadata quorum, or one partition (by topic id, which survives renames and
+/// tells a re-created topic from the deleted one of the same name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum GroupId {
+    Metadata,
+    Partition { topic_id: TopicId, partition: i32 },
+}
+
+/// A request only the active controller can decide. Nodes that are not the controller send
+/// these to the node they believe leads the metadata quorum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerRequest {
+    /// "I am alive": registers the broker (a new incarnation re-registers it) and keeps it
+    /// unfenced. Sent every heartbeat interval.
+    Heartbeat {
+        node_id: i32,
+        incarnation: u64,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    },
+    /// A topic created on a client's behalf (auto-creation on Metadata or Produce).
+    CreateTopic {
+        name: String,
+        num_partitions: i32,
+        replication_factor: i16,
+    },
+    /// The next block of producer ids for this node's InitProducerId answers.
+    AllocateProducerIds { node_id: i32 },
+}
+
+/// The controller's answer to a [`ControllerRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControllerReply {
+    /// The request's records are committed (a heartbeat's or a topic's; the requester learns the
+    /// rest from the metadata log).
+    Done,
+    /// Producer ids `first..end` belong to the requester.
+    ProducerIds { first: i64, end: i64 },
+    /// Refused, with a Kafka error code (NOT_CONTROLLER: ask the new controller).
+    Error { code: i16 },
+}
+
+/// One partition's leader as the sender knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leadership {
+    pub topic_id: TopicId,
+    pub partition: i32,
+    pub term: u64,
+    pub leader: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// A Raft message of `group`. Its `from` must be the sending node; anything else is dropped.
+    Raft {
+        group: GroupId,
+        msg: Message,
+    },
+    /// To the active controller; answered with [`PeerMessage::ControllerReply`] and the same id.
+    Controller {
+        id: u64,
+        request: ControllerRequest,
+    },
+    ControllerReply {
+        id: u64,
+        reply: ControllerReply,
+    },
+    /// The partitions the sender leads, sent to every node periodically and whenever it wins an
+    /// election, so every broker can answer Metadata with each partition's leader.
+    Leaders(Vec<Leadership>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bincode::Options;
+    use sluice_core::raft::MessageBody;
+
+    fn options() -> impl Options {
+        bincode::DefaultOptions::new()
+    }
+
+    #[test]
+    fn every_message_kind_round_trips_through_bincode() {
+        let messages = vec![
+            PeerMessage::Raft {
+                group: GroupId::Partition {
+                    topic_id: [7; 16],
+                    partition: 3,
+                },
+                msg: Message {
+                    from: 1,
+                    to: 2,
+                    term: 9,
+                    body: MessageBody::PreVote {
+                        last_index: 10,
+                        last_term: 8,
+                    },
+                },
+            },
+            PeerMessage::Controller {
+                id: 5,
+                request: ControllerRequest::Heartbeat {
+                    node_id: 2,
+                    incarnation: 77,
+                    host: "10.0.0.2".into(),
+                    port: 9092,
+                    rack: Some("a".into()),
+                },
+            },
+            PeerMessage::Controller {
+                id: 6,
+                request: ControllerRequest::CreateTopic {
+                    name: "t".into(),
+                    num_partitions: -1,
+                    replication_factor: -1,
+                },
+            },
+            PeerMessage::ControllerReply {
+                id: 6,
+                reply: ControllerReply::ProducerIds {
+                    first: 1000,
+                    end: 2000,
+                },
+            },
+            PeerMessage::ControllerReply {
+                id: 7,
+                reply: ControllerReply::Error { code: 41 },
+            },
+            PeerMessage::Leaders(vec![Leadership {
+                topic_id: [1; 16],
+                partition: 0,
+                term: 4,
+                leader: 3,
+            }]),
+        ];
+        for m in messages {
+            let bytes = options().serialize(&m).unwrap();
+            let back: PeerMessage = options().deserialize(&bytes).unwrap();
+            assert_eq!(back, m);
+        }
+    }
+}
