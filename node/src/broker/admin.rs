@@ -32,13 +32,13 @@ use uuid::Uuid;
 
 use kafka_protocol::messages::ResponseKind;
 use sluice_core::metadata::controller;
-use sluice_core::metadata::{CreateTopicRequest, TopicDefaults, TopicRef};
+use sluice_core::metadata::{CreateTopicRequest, TopicRef};
 use sluice_core::metadata::{Outcome as QuorumOutcome, Ticket};
 use sluice_core::rng::Rng;
 use std::collections::BTreeSet;
 use tokio::time::{Duration, Instant};
 
-use super::cluster::{Reply, TicketOwner};
+use super::cluster::{self, Reply, TicketOwner};
 use super::{leader_epoch, now_ms, splitmix, Broker, TopicPartition, SERVED_APIS};
 use crate::metadata::{describe_topic_config, validate_topic_name};
 use crate::peer::ControllerRequest;
@@ -206,9 +206,8 @@ impl<S: Storage> Broker<S> {
 
     /// Asks the controller to create `name` with the defaults, once per topic at a time.
     pub(super) fn auto_create_topic(&mut self, name: &str) {
-        let asked = self.calls.values().any(
-            |c| matches!(&c.request, ControllerRequest::CreateTopic { name: n, .. } if n == name),
-        );
+        let asked = self
+            .calling(|r| matches!(r, ControllerRequest::CreateTopic { name: n, .. } if n == name));
         if !asked {
             tracing::info!(topic = name, "auto-creating topic");
             self.call_controller(ControllerRequest::CreateTopic {
@@ -267,7 +266,7 @@ impl<S: Storage> Broker<S> {
                     "this node is not the active controller".to_string(),
                 ))
             } else if request.validate_only {
-                let defaults = self.topic_defaults();
+                let defaults = cluster::topic_defaults(&self.config);
                 let mut rng = Rng::new(splitmix(&mut self.rng));
                 controller::create_topic(self.meta.quorum.image(), &create, &defaults, &mut rng)
                     .map(|_| None)
@@ -309,14 +308,6 @@ impl<S: Storage> Broker<S> {
             timeout,
         );
         self.after_metadata_input();
-    }
-
-    fn topic_defaults(&self) -> TopicDefaults {
-        TopicDefaults {
-            num_partitions: self.config.num_partitions,
-            replication_factor: self.config.default_replication_factor,
-            log: self.config.log.clone(),
-        }
     }
 
     /// Answers at once if nothing was proposed; otherwise once every ticket is answered.
@@ -766,10 +757,7 @@ impl<S: Storage> Broker<S> {
                 .with_producer_epoch(0);
             let _ = w.reply.send(ResponseKind::InitProducerId(response));
         }
-        let asked = self
-            .calls
-            .values()
-            .any(|c| matches!(c.request, ControllerRequest::AllocateProducerIds { .. }));
+        let asked = self.calling(|r| matches!(r, ControllerRequest::AllocateProducerIds { .. }));
         if !self.producer_id_waiters.is_empty() && !asked {
             self.call_controller(ControllerRequest::AllocateProducerIds {
                 node_id: self.config.node_id,

@@ -15,7 +15,7 @@ use sluice_core::metadata::{
     CreateTopicRequest, MetadataQuorum, Outcome as QuorumOutcome, QuorumConfig, Ticket,
     TopicDefaults, TopicId, METADATA_TOPIC,
 };
-use sluice_core::raft::{HardState, Membership, Message};
+use sluice_core::raft::{Membership, Message};
 use sluice_core::replica::ReplicaSync;
 use sluice_core::rng::Rng;
 use sluice_core::storage::Storage;
@@ -27,7 +27,7 @@ use uuid::Uuid;
 use super::{hard_state, now_ms, partition_dir, splitmix, Broker, TopicPartition, TopicState};
 use crate::metadata::topic_log_config;
 use crate::peer::{ControllerReply, ControllerRequest, GroupId, Leadership, PeerMessage};
-use crate::rpc::{Inbox, NodeId, Transport};
+use crate::rpc::NodeId;
 
 /// How often a broker heartbeats to the controller and announces the partitions it leads, in
 /// Raft ticks.
@@ -41,12 +41,6 @@ pub(super) struct MetaGroup<S: Storage> {
     pub store: RefCell<LogStore<S>>,
     pub generation: u64,
     pub last_sync_start: Option<Instant>,
-}
-
-/// The node's transport and inbox; absent on a node without peers.
-pub(super) struct Peers {
-    pub transport: Transport<PeerMessage>,
-    pub inbox: Inbox<PeerMessage>,
 }
 
 /// Who waits for a quorum ticket on this node (the active controller).
@@ -91,28 +85,15 @@ impl<S: Storage> Broker<S> {
         generation: u64,
     ) -> io::Result<MetaGroup<S>> {
         let tp = metadata_tp();
-        let dir = partition_dir(&tp);
-        let hard_state = hard_state::load(storage, &dir)?;
-        let epoch_max = (hard_state != HardState::default())
-            .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
-        let (log, store) = LogStore::open_bounded(
-            storage.clone(),
-            dir,
+        let (hard_state, log, store) = super::open_replica_log(
+            storage,
+            &tp,
+            partition_dir(&tp),
             metadata_log_config(&config.log),
-            epoch_max,
         )?;
-        for repair in store.repairs() {
-            tracing::warn!(%tp, "recovery: {repair}");
-        }
         let me = config.node_id as u64;
-        let mut cluster_id = [0u8; 16];
-        cluster_id.copy_from_slice(&super::random_uuid(rng).into_bytes());
-        let defaults = TopicDefaults {
-            num_partitions: config.num_partitions,
-            replication_factor: config.default_replication_factor,
-            log: config.log.clone(),
-        };
-        let mut quorum_config = QuorumConfig::new(me, cluster_id, defaults);
+        let cluster_id = *super::random_uuid(rng).as_bytes();
+        let mut quorum_config = QuorumConfig::new(me, cluster_id, topic_defaults(config));
         quorum_config.raft.election_ticks = election_ticks(config);
         let store = RefCell::new(store);
         let voters = Membership::new(config.controllers.iter().copied());
@@ -355,22 +336,22 @@ impl<S: Storage> Broker<S> {
         }
     }
 
+    /// Sends to one peer. Drops are counted by the transport; every sender here retries (Raft)
+    /// or repeats (heartbeats, announcements) or times out (controller calls).
+    fn send_peer(&self, to: NodeId, msg: &PeerMessage) {
+        if let Some(transport) = &self.transport {
+            let _ = transport.send(to, msg);
+        }
+    }
+
     fn send_raft(&self, group: GroupId, msg: Message) {
-        let Some(peers) = &self.peers else {
-            return;
-        };
-        let to = msg.to;
-        // Drops are counted by the transport; Raft retries.
-        let _ = peers.transport.send(to, &PeerMessage::Raft { group, msg });
+        self.send_peer(msg.to, &PeerMessage::Raft { group, msg });
     }
 
     fn broadcast(&self, msg: PeerMessage) {
-        let Some(peers) = &self.peers else {
-            return;
-        };
         for peer in self.config.peers.keys() {
             if *peer != self.config.node_id as u64 {
-                let _ = peers.transport.send(*peer, &msg);
+                self.send_peer(*peer, &msg);
             }
         }
     }
@@ -427,11 +408,12 @@ impl<S: Storage> Broker<S> {
     }
 
     fn reply_to(&self, to: NodeId, id: u64, reply: ControllerReply) {
-        if let Some(peers) = &self.peers {
-            let _ = peers
-                .transport
-                .send(to, &PeerMessage::ControllerReply { id, reply });
-        }
+        self.send_peer(to, &PeerMessage::ControllerReply { id, reply });
+    }
+
+    /// Whether a controller request matching `which` is already waiting for its answer.
+    pub(super) fn calling(&self, which: impl Fn(&ControllerRequest) -> bool) -> bool {
+        self.calls.values().any(|c| which(&c.request))
     }
 
     /// Hands a controller request to this node's quorum (which refuses unless it is the active
@@ -493,17 +475,13 @@ impl<S: Storage> Broker<S> {
                     return;
                 }
             },
-            Some(leader) => {
-                if let Some(peers) = &self.peers {
-                    let _ = peers.transport.send(
-                        leader,
-                        &PeerMessage::Controller {
-                            id,
-                            request: request.clone(),
-                        },
-                    );
-                }
-            }
+            Some(leader) => self.send_peer(
+                leader,
+                &PeerMessage::Controller {
+                    id,
+                    request: request.clone(),
+                },
+            ),
             None => return,
         }
         self.calls.insert(
@@ -590,11 +568,7 @@ impl<S: Storage> Broker<S> {
             rack: None,
         };
         // One heartbeat in flight at a time.
-        if !self
-            .calls
-            .values()
-            .any(|c| matches!(c.request, ControllerRequest::Heartbeat { .. }))
-        {
+        if !self.calling(|r| matches!(r, ControllerRequest::Heartbeat { .. })) {
             self.call_controller(request);
         }
     }
@@ -674,6 +648,15 @@ impl<S: Storage> Broker<S> {
                 self.recover_metadata();
             }
         }
+    }
+}
+
+/// What -1 means in a CreateTopics request: this node's configured defaults.
+pub(super) fn topic_defaults(config: &crate::config::Config) -> TopicDefaults {
+    TopicDefaults {
+        num_partitions: config.num_partitions,
+        replication_factor: config.default_replication_factor,
+        log: config.log.clone(),
     }
 }
 

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
-use sluice_core::log::{LogConfig, LogStore};
+use sluice_core::log::{LogConfig, LogStore, PartitionLog};
 use sluice_core::raft::{HardState, Membership, RaftConfig};
 use sluice_core::replica::{Replica, ReplicaSync};
 use sluice_core::rng::Rng;
@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::peer::{GroupId, PeerMessage};
 use crate::rpc::{Inbox, Transport};
 use crate::wire::Request;
-use cluster::{ControllerCall, MetaGroup, Peers, TicketOwner};
+use cluster::{ControllerCall, MetaGroup, TicketOwner};
 use sluice_core::metadata::Ticket;
 use sluice_core::metadata::TopicId;
 
@@ -100,7 +100,10 @@ pub struct Broker<S: Storage> {
     meta: MetaGroup<S>,
     /// The quorum's applied end when the partitions were last reconciled with the image.
     applied_metadata_end: u64,
-    peers: Option<Peers>,
+    /// The node-to-node transport and its inbox; absent on a node without peers (the inbox is
+    /// taken by `run`).
+    transport: Option<Transport<PeerMessage>>,
+    inbox: Option<Inbox<PeerMessage>>,
     /// Drawn at each start: tells the controller this is a new run of the broker.
     incarnation: u64,
     topics: BTreeMap<String, TopicState>,
@@ -178,7 +181,8 @@ impl<S: Storage> Broker<S> {
             storage,
             meta,
             applied_metadata_end: 0,
-            peers: None,
+            transport: None,
+            inbox: None,
             incarnation,
             topics: BTreeMap::new(),
             topic_ids: BTreeMap::new(),
@@ -214,7 +218,8 @@ impl<S: Storage> Broker<S> {
 
     /// Connects the broker to its peers (a node of a multi-node cluster).
     pub fn attach_peers(&mut self, transport: Transport<PeerMessage>, inbox: Inbox<PeerMessage>) {
-        self.peers = Some(Peers { transport, inbox });
+        self.transport = Some(transport);
+        self.inbox = Some(inbox);
     }
 
     /// `ready` is told once this node is registered and unfenced: the listener should accept
@@ -233,16 +238,7 @@ impl<S: Storage> Broker<S> {
         generation: u64,
         voters: impl IntoIterator<Item = u64>,
     ) -> io::Result<PartitionState<S>> {
-        let hard_state = hard_state::load(&self.storage, &dir)?;
-        // No batch can be of a term the replica never durably adopted: a higher epoch is damage.
-        // (No stored hard state at all: a new partition, or one written before replication.)
-        let epoch_max = (hard_state != HardState::default())
-            .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
-        let (log, store) =
-            LogStore::open_bounded(self.storage.clone(), dir.clone(), log_config, epoch_max)?;
-        for repair in store.repairs() {
-            tracing::warn!(%tp, "recovery: {repair}");
-        }
+        let (hard_state, log, store) = open_replica_log(&self.storage, tp, dir, log_config)?;
         let me = self.config.node_id as u64;
         let raft_config = RaftConfig {
             apply_entries: false,
@@ -296,10 +292,7 @@ impl<S: Storage> Broker<S> {
 
     /// Runs until every sender of `requests` is gone.
     pub async fn run(mut self, mut requests: mpsc::Receiver<Envelope>) {
-        let mut inbox = self
-            .peers
-            .as_mut()
-            .map(|p| std::mem::replace(&mut p.inbox, mpsc::channel(1).1));
+        let mut inbox = self.inbox.take();
         loop {
             let deadline = self.next_deadline();
             tokio::select! {
@@ -609,9 +602,7 @@ impl<S: Storage> Broker<S> {
             }
         }
     }
-}
 
-impl<S: Storage> Broker<S> {
     /// The error for a partition this broker does not host: NOT_LEADER_OR_FOLLOWER if it
     /// exists (another broker leads it; the client refreshes its metadata), else
     /// UNKNOWN_TOPIC_OR_PARTITION.
@@ -621,6 +612,25 @@ impl<S: Storage> Broker<S> {
             _ => ErrorCode::UnknownTopicOrPartition,
         }
     }
+}
+
+/// Loads a replica's hard state and recovers its log, bounded by the stored term: no batch can
+/// be of a term the replica never durably adopted, so a higher epoch is damage. (No stored hard
+/// state at all: a new partition, or one written before replication.)
+fn open_replica_log<S: Storage>(
+    storage: &S,
+    tp: &TopicPartition,
+    dir: PathBuf,
+    log_config: LogConfig,
+) -> io::Result<(HardState, PartitionLog, LogStore<S>)> {
+    let hard_state = hard_state::load(storage, &dir)?;
+    let epoch_max = (hard_state != HardState::default())
+        .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
+    let (log, store) = LogStore::open_bounded(storage.clone(), dir, log_config, epoch_max)?;
+    for repair in store.repairs() {
+        tracing::warn!(%tp, "recovery: {repair}");
+    }
+    Ok((hard_state, log, store))
 }
 
 impl std::fmt::Display for TopicPartition {
