@@ -674,9 +674,14 @@ impl PartitionLog {
             let (Some(oldest), Some(_next)) = (iter.next(), iter.next()) else {
                 break;
             };
-            // Only committed data goes, and never the segment the durable point is in.
+            // Only committed data goes, never the segment the durable point is in, and never
+            // the checkpoint's segment: recovery starts there with the checkpoint's producer
+            // state and epochs, which cover everything deleted before it. Deleting it would
+            // leave a checkpoint that names no segment, so a crash would rebuild producer state
+            // and epochs from what is left and forget the deleted segments' share.
             if oldest.next_offset > self.high_watermark.offset
                 || oldest.base_offset >= self.durable.segment
+                || oldest.base_offset >= self.recovery_point
             {
                 break;
             }

@@ -429,8 +429,15 @@ impl Recovery {
             }
             return (log, ops);
         }
-        // If truncation emptied segments at the end, keep just one empty active segment.
-        while self.recovered.len() > 1 && self.recovered.last().is_some_and(Segment::is_empty) {
+        // If truncation emptied segments at the end, keep just one empty active segment. The
+        // checkpoint's segment stays even when empty (a cut exactly at the recovery point):
+        // deleting it would void the checkpoint and with it the producer state and epochs of
+        // every segment retention has already deleted.
+        while self.recovered.len() > 1
+            && self.recovered.last().is_some_and(|s| {
+                s.is_empty() && (self.recovery_point == 0 || s.base_offset != self.recovery_point)
+            })
+        {
             let empty = self.recovered.pop().expect("len > 1");
             self.repairs.push(LogOp::DeleteSegment {
                 base_offset: empty.base_offset,
@@ -502,8 +509,10 @@ impl Recovery {
         // Producer state may remember batches that did not survive (a cut tail, deleted segments).
         self.producers.truncate(log_end);
         let log_start = self.recovered.first().map_or(0, |s| s.base_offset);
-        self.epochs.truncate_from_end(log_end);
+        // Start first, then end, as a live log applies them (retention, then a suffix cut): an
+        // empty log keeps no epoch, not the one that covered its deleted prefix.
         self.epochs.truncate_from_start(log_start);
+        self.epochs.truncate_from_end(log_end);
         self.undo.retain(|u| u.at.offset >= tail_start);
         let mut log = PartitionLog::from_parts(
             self.config,

@@ -182,6 +182,8 @@ impl Replica {
             epochs.assign(h.partition_leader_epoch, h.base_offset as u64);
         }
         epochs.truncate_from_start(self.log.log_start_offset());
+        // An empty log (cut back to its start) keeps no epoch, as Kafka's truncateFromEnd.
+        epochs.truncate_from_end(self.log.log_end_offset());
         assert_eq!(
             self.log.producers(),
             &producers,
@@ -702,67 +704,134 @@ fn next_sequence(log: &PartitionLog, pid: i64) -> i32 {
         .map_or(0, |b| b.last_sequence + 1)
 }
 
+/// Runs `steps` against a replica and its model, checking invariants after every step.
+fn run_steps(steps: Vec<Step>, retention: bool) {
+    let mut c = config();
+    if retention {
+        c.retention_bytes = 1500;
+        c.retention_ms = 20_000;
+    }
+    let mut r = Replica::new(c);
+    let mut epoch = 1;
+    for step in steps {
+        match step {
+            Step::Append { records, pid } => {
+                let producer = pid.map(|pid| (pid, 0, next_sequence(&r.log, pid)));
+                let epoch = epoch.max(r.log.epoch_runs().last().map_or(0, |e| e.epoch));
+                r.append(r.stamped(records, producer, epoch));
+            }
+            Step::NewEpoch => {
+                epoch = epoch.max(r.log.epoch_runs().last().map_or(0, |e| e.epoch)) + 1;
+                r.append(batch::leader_epoch_start_batch(
+                    r.log.log_end_offset() as i64,
+                    epoch,
+                    r.now_ms as i64,
+                ));
+            }
+            Step::Sync => r.sync(),
+            Step::Commit { pick } => {
+                // Raft commits some batch boundary in the log (possibly not yet synced).
+                let bounds: Vec<u64> = r
+                    .batches
+                    .iter()
+                    .map(|b| header(b).next_offset() as u64)
+                    .collect();
+                if !bounds.is_empty() {
+                    r.commit(bounds[usize::from(pick) % bounds.len()]);
+                }
+            }
+            Step::Truncate { pick } => {
+                let hw = r.log.high_watermark();
+                let cuts: Vec<u64> = r
+                    .batches
+                    .iter()
+                    .map(|b| header(b).base_offset as u64)
+                    .filter(|o| *o >= hw)
+                    .collect();
+                if !cuts.is_empty() {
+                    let cut = cuts[usize::from(pick) % cuts.len()];
+                    // Raft's commit index never passes an entry it may still truncate.
+                    if r.log.truncate_suffix(cut).is_ok() {
+                        r.apply();
+                        r.batches.retain(|b| (header(b).base_offset as u64) < cut);
+                    }
+                }
+            }
+            Step::Retention { advance_ms } => {
+                r.now_ms += u64::from(advance_ms);
+                r.retention();
+            }
+            Step::Crash { tear } => {
+                let hw = r.log.high_watermark();
+                let mode = match tear {
+                    None => CrashMode::Clean,
+                    Some((keep_bytes, garbage)) => CrashMode::TearLastWrite {
+                        keep_bytes: u64::from(keep_bytes),
+                        garbage,
+                    },
+                };
+                r.crash(mode);
+                assert!(r.log.log_end_offset() >= hw, "a crash lost committed data");
+            }
+        }
+        r.log.check_invariants();
+    }
+    r.sync();
+    r.check();
+}
+
+/// Shorthands for pinned step lists: an append without and with a producer, a clean crash.
+fn a(records: u8) -> Step {
+    Step::Append { records, pid: None }
+}
+
+fn p(records: u8, pid: i64) -> Step {
+    Step::Append {
+        records,
+        pid: Some(pid),
+    }
+}
+
+fn crash() -> Step {
+    Step::Crash { tear: None }
+}
+
+/// Regression (a CI proptest run): retention deleted the checkpoint's segment, so the next
+/// crash found a checkpoint naming no segment, rebuilt producer state from what was left and
+/// forgot producer 2, whose only batch retention had deleted.
+#[test]
+fn retention_keeps_the_checkpoint_segment_so_a_crash_keeps_deleted_producers() {
+    use Step::*;
+    #[rustfmt::skip]
+    let steps = vec![
+        a(1), a(2), a(3), p(3, 2), a(1), a(2), Sync, a(3), a(3), a(2), a(1), a(2), a(2), a(1),
+        a(3), a(2), a(1), a(1), Commit { pick: 43195 }, Sync, Truncate { pick: 0 }, crash(),
+        a(3), a(1), Retention { advance_ms: 0 }, crash(),
+    ];
+    run_steps(steps, true);
+}
+
+/// Regression (the same proptest, after the fix above): a cut exactly at the recovery point
+/// left the checkpoint's segment empty, recovery deleted it as an empty trailing segment, and
+/// the voided checkpoint lost the producer state of a segment retention had deleted.
+#[test]
+fn a_cut_at_the_recovery_point_keeps_the_checkpoint_segment() {
+    use Step::*;
+    #[rustfmt::skip]
+    let steps = vec![
+        a(1), a(1), a(1), a(1), a(1), p(2, 2), Sync, a(3), a(2), a(2), a(1), a(2), a(2), a(1),
+        a(3), a(2), a(1), a(3), Commit { pick: 43195 }, a(1), a(3), Sync,
+        Retention { advance_ms: 0 }, Truncate { pick: 1437 }, crash(), crash(),
+    ];
+    run_steps(steps, true);
+}
+
 proptest! {
     #[test]
     fn a_replica_matches_the_model_through_truncations_and_crashes(
         steps in proptest::collection::vec(step(), 1..70),
         retention in any::<bool>(),
     ) {
-        let mut c = config();
-        if retention {
-            c.retention_bytes = 1500;
-            c.retention_ms = 20_000;
-        }
-        let mut r = Replica::new(c);
-        let mut epoch = 1;
-        for step in steps {
-            match step {
-                Step::Append { records, pid } => {
-                    let producer = pid.map(|pid| (pid, 0, next_sequence(&r.log, pid)));
-                    let epoch = epoch.max(r.log.epoch_runs().last().map_or(0, |e| e.epoch));
-                    r.append(r.stamped(records, producer, epoch));
-                }
-                Step::NewEpoch => {
-                    epoch = epoch.max(r.log.epoch_runs().last().map_or(0, |e| e.epoch)) + 1;
-                    r.append(batch::leader_epoch_start_batch(r.log.log_end_offset() as i64, epoch, r.now_ms as i64));
-                }
-                Step::Sync => r.sync(),
-                Step::Commit { pick } => {
-                    // Raft commits some batch boundary in the log (possibly not yet synced).
-                    let bounds: Vec<u64> = r.batches.iter().map(|b| header(b).next_offset() as u64).collect();
-                    if !bounds.is_empty() {
-                        r.commit(bounds[usize::from(pick) % bounds.len()]);
-                    }
-                }
-                Step::Truncate { pick } => {
-                    let hw = r.log.high_watermark();
-                    let cuts: Vec<u64> = r.batches.iter().map(|b| header(b).base_offset as u64).filter(|o| *o >= hw).collect();
-                    if !cuts.is_empty() {
-                        let cut = cuts[usize::from(pick) % cuts.len()];
-                        // Raft's commit index never passes an entry it may still truncate.
-                        if r.log.truncate_suffix(cut).is_ok() {
-                            r.apply();
-                            r.batches.retain(|b| (header(b).base_offset as u64) < cut);
-                        }
-                    }
-                }
-                Step::Retention { advance_ms } => {
-                    r.now_ms += u64::from(advance_ms);
-                    r.retention();
-                }
-                Step::Crash { tear } => {
-                    let hw = r.log.high_watermark();
-                    let mode = match tear {
-                        None => CrashMode::Clean,
-                        Some((keep_bytes, garbage)) => CrashMode::TearLastWrite { keep_bytes: u64::from(keep_bytes), garbage },
-                    };
-                    r.crash(mode);
-                    prop_assert!(r.log.log_end_offset() >= hw, "a crash lost committed data");
-                }
-            }
-            r.log.check_invariants();
-        }
-        r.sync();
-        r.check();
+        run_steps(steps, retention);
     }
 }
