@@ -33,6 +33,8 @@
 //! reason an `acks=1` acknowledgement alone is not evidence of the log's content: after a crash
 //! the offset it named may legitimately hold another value. `acks=0` offsets are never used.
 
+pub mod replicas;
+
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -260,8 +262,32 @@ impl fmt::Display for CheckReport {
     }
 }
 
-/// Checks a whole history. Runs in O(n log n) in the number of operations and values read.
+/// What the checker may assume about the system that produced a history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// An `acks=1` acknowledgement names where the value is, once any read saw the value: true
+    /// of one broker, which never changes leader. With replicas a deposed leader can still
+    /// acknowledge an `acks=1` append at an offset the new leader then reuses, while an
+    /// idempotent retry put the value elsewhere; then only a read of the value at the
+    /// acknowledged offset makes the acknowledgement evidence.
+    pub acks1_offsets_final: bool,
+}
+
+impl Default for CheckOptions {
+    fn default() -> CheckOptions {
+        CheckOptions {
+            acks1_offsets_final: true,
+        }
+    }
+}
+
+/// Checks a whole history of one broker ([`CheckOptions::default`]).
 pub fn check(history: &History) -> CheckReport {
+    check_with(history, CheckOptions::default())
+}
+
+/// Checks a whole history. Runs in O(n log n) in the number of operations and values read.
+pub fn check_with(history: &History, options: CheckOptions) -> CheckReport {
     let mut stats = Stats::default();
     let mut facts = gather(history, &mut stats);
     let mut findings = Findings::default();
@@ -281,7 +307,15 @@ pub fn check(history: &History) -> CheckReport {
     let orders: Vec<KeyOrder> = facts
         .keys
         .iter_mut()
-        .map(|key_facts| check_key(key_facts, final_read_invoke_ms, &mut stats, &mut findings))
+        .map(|key_facts| {
+            check_key(
+                key_facts,
+                final_read_invoke_ms,
+                options,
+                &mut stats,
+                &mut findings,
+            )
+        })
         .collect();
     assert_eq!(orders.len(), facts.keys.len());
 
@@ -343,6 +377,9 @@ struct KeyOrder {
     offsets: Vec<u64>,
     /// Values some read returned, ascending, each with the first op that read it.
     read_values: Vec<(Value, usize)>,
+    /// Every (value, offset) some read returned, ascending.
+    read_at: Vec<(Value, u64)>,
+    options: CheckOptions,
 }
 
 impl KeyOrder {
@@ -350,6 +387,10 @@ impl KeyOrder {
         self.read_values
             .binary_search_by_key(&value, |&(v, _)| v)
             .is_ok()
+    }
+
+    fn was_read_at(&self, value: Value, offset: u64) -> bool {
+        self.read_at.binary_search(&(value, offset)).is_ok()
     }
 
     fn dense_index(&self, offset: u64) -> usize {
@@ -434,6 +475,7 @@ fn gather<'h>(history: &'h History, stats: &mut Stats) -> Facts<'h> {
 fn check_key(
     facts: &mut KeyFacts<'_>,
     final_read_invoke_ms: Option<u64>,
+    options: CheckOptions,
     stats: &mut Stats,
     findings: &mut Findings,
 ) -> KeyOrder {
@@ -450,9 +492,13 @@ fn check_key(
     let mut read_values: Vec<(Value, usize)> = reads.iter().map(|&(_, v, op)| (v, op)).collect();
     read_values.sort_unstable();
     read_values.dedup_by_key(|&mut (value, _)| value);
+    let mut read_at: Vec<(Value, u64)> = reads.iter().map(|&(o, v, _)| (v, o)).collect();
+    read_at.sort_unstable();
     let mut order = KeyOrder {
         offsets: Vec::new(),
         read_values,
+        read_at,
+        options,
     };
 
     // The version order's evidence: reads, and the acknowledgements that promise an offset.
@@ -555,13 +601,16 @@ fn check_key(
 }
 
 /// Whether an `Ok` send's acknowledged offset is evidence of the log's content: `acks=all`
-/// promises durability; an `acks=1` offset counts only once a read confirmed the value existed;
-/// `acks=0` has no real offset.
+/// promises durability; an `acks=1` offset counts only once a read confirmed the value existed
+/// (with replicas: existed at that offset, see [`CheckOptions`]); `acks=0` has no real offset.
 fn send_is_evidence(send: &SendFact, value: Value, order: &KeyOrder) -> bool {
-    debug_assert!(matches!(send.outcome, SendOutcome::Ok { .. }));
+    let SendOutcome::Ok { offset } = send.outcome else {
+        unreachable!("only Ok sends are evidence")
+    };
     match send.acks {
         Acks::All => true,
-        Acks::One => order.was_read(value),
+        Acks::One if order.options.acks1_offsets_final => order.was_read(value),
+        Acks::One => order.was_read_at(value, offset),
         Acks::Zero => false,
     }
 }
@@ -1108,6 +1157,23 @@ mod tests {
         h.send(1, key(), 10, Acks::One, Outcome::Ok(5), 0, 1);
         poll(&mut h, 2, &[(0, 10)]);
         only(&check(&h), AnomalyKind::Duplicate);
+    }
+
+    #[test]
+    fn with_replicas_an_acks1_offset_counts_only_where_the_value_was_read() {
+        // A deposed leader acknowledged value 10 at offset 5; an idempotent retry put it at 6
+        // on the new leader, which reused offset 5 (its term start).
+        let mut h = History::new();
+        h.send(1, key(), 10, Acks::One, Outcome::Ok(5), 0, 1);
+        poll(&mut h, 2, &[(6, 10)]);
+        let replicas = CheckOptions {
+            acks1_offsets_final: false,
+        };
+        let report = check_with(&h, replicas);
+        assert!(report.anomalies.is_empty(), "{report}");
+        // Read where it was acknowledged, it is evidence again: a second copy is a duplicate.
+        poll(&mut h, 3, &[(5, 10)]);
+        only(&check_with(&h, replicas), AnomalyKind::Duplicate);
     }
 
     #[test]

@@ -20,11 +20,13 @@ pub enum Bug {
     /// A retried idempotent batch is appended again instead of answered with its offsets.
     IdempotenceOff = 5,
     /// A Raft leader commits by counting replicas even when the entry is of an earlier term
-    /// (the Figure 8 current-term check is gone). Caught by the Raft cluster harness
-    /// (`raft::tests::planted`), not by the broker simulator, which does not run Raft yet.
+    /// (the Figure 8 current-term check is gone). Caught by the leader's commit-rule invariant
+    /// (`Raft::check_invariants`) in the simulator's cluster scenario and by the Raft cluster
+    /// harness (`raft::tests::planted`).
     CommitOldTerm = 6,
     /// A Raft follower whose log conflicts with the leader's keeps its divergent suffix (no
-    /// truncation) and acknowledges the append anyway. Caught by the Raft cluster harness.
+    /// truncation) and acknowledges the append anyway. Caught by the simulator's committed-
+    /// agreement checker (`checker::replicas`) and by the Raft cluster harness.
     NoDivergentTruncation = 7,
 }
 

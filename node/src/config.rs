@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// starts an election [default: 1000].
     #[arg(long, env = "SLUICE_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
+    /// Record bytes a leader sends a follower in one append at most (Kafka's
+    /// replica.fetch.max.bytes; one batch is always sent, however large) [default: 1048576].
+    #[arg(long, env = "SLUICE_REPLICA_FETCH_MAX_BYTES")]
+    pub replica_fetch_max_bytes: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -115,6 +119,7 @@ pub struct Config {
     pub default_replication_factor: i16,
     pub raft_tick_ms: u64,
     pub election_timeout_ms: u64,
+    pub replica_fetch_max_bytes: u64,
 }
 
 /// Kafka's `socket.request.max.bytes`.
@@ -204,6 +209,9 @@ impl Config {
             default_replication_factor: a.default_replication_factor.unwrap_or(3.min(nodes as i16)),
             raft_tick_ms: a.raft_tick_ms.unwrap_or(50),
             election_timeout_ms: a.election_timeout_ms.unwrap_or(1000),
+            replica_fetch_max_bytes: a
+                .replica_fetch_max_bytes
+                .unwrap_or(limits::RAFT_APPEND_BYTES_MAX_DEFAULT),
             peers,
             rpc_listen,
             controllers,
@@ -216,6 +224,9 @@ impl Config {
         }
         if config.raft_tick_ms == 0 || config.raft_tick_ms > 10_000 {
             return Err("raft_tick_ms must be in 1..=10000".into());
+        }
+        if config.replica_fetch_max_bytes == 0 {
+            return Err("replica_fetch_max_bytes must be positive".into());
         }
         if config.election_timeout_ms < 2 * config.raft_tick_ms {
             return Err("election_timeout_ms must be at least two raft ticks".into());
@@ -270,6 +281,9 @@ impl ServeArgs {
                 .or(file.default_replication_factor),
             raft_tick_ms: self.raft_tick_ms.or(file.raft_tick_ms),
             election_timeout_ms: self.election_timeout_ms.or(file.election_timeout_ms),
+            replica_fetch_max_bytes: self
+                .replica_fetch_max_bytes
+                .or(file.replica_fetch_max_bytes),
         }
     }
 }

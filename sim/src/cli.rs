@@ -30,11 +30,12 @@ struct Args {
     /// Run a range of seeds, `A..B` (B excluded).
     #[arg(long)]
     seeds: Option<String>,
-    /// Fault selection: default, no-faults, crash, disk, network.
+    /// Fault selection: default, no-faults, crash, disk, network (one node); cluster, split
+    /// (3 or 5 replicating nodes).
     #[arg(long, default_value = "default")]
     scenario: String,
     /// Plant a deliberate bug: ack-before-fsync, skip-recovery-crc, recovery-off-by-one,
-    /// fetch-past-high-watermark.
+    /// fetch-past-high-watermark, idempotence-off, commit-old-term, no-divergent-truncation.
     #[arg(long)]
     planted_bug: Option<String>,
     /// With --planted-bug: succeed as soon as a seed fails (the checkers caught the bug), fail if
@@ -117,9 +118,19 @@ fn describe_status(run: &RunOutcome) -> String {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    // The brokers' own logs, each line in its broker's span, for triage of one seed:
+    // SLUICE_LOG=info (or e.g. sluice_node=debug) scripts/sim --seed N.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let Some(scenario) = Scenario::from_name(&args.scenario) else {
         eprintln!(
-            "unknown scenario {:?}; choose one of: default, no-faults, crash, disk, network",
+            "unknown scenario {:?}; choose one of: default, no-faults, crash, disk, network, \
+             cluster, split",
             args.scenario
         );
         return ExitCode::from(EXIT_USAGE);

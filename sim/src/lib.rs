@@ -8,6 +8,7 @@
 //! [`MemStorage`]: sluice_core::storage::MemStorage
 #![cfg(madsim)]
 
+pub mod agreement;
 pub mod cli;
 pub mod nemesis;
 pub mod params;

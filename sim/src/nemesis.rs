@@ -1,14 +1,16 @@
-//! The nemesis: faults injected into the broker's node, its disk and its links, one at a time,
-//! at seeded intervals, each logged with its simulated start and end.
+//! The nemesis: faults injected into the brokers' nodes, their disks and their links, one at a
+//! time, at seeded intervals, each logged with its simulated start and end.
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use sluice_core::batch::BatchHeader;
+use sluice_core::checker::replicas::ReplicaChecker;
 use sluice_core::rng::Rng;
 use sluice_core::storage::{CrashMode, Faults, MemStorage};
 
@@ -35,15 +37,73 @@ pub struct MediaDamage {
     pub offset: u64,
 }
 
+/// One broker: its simulated node and its disk. Its Sluice node id is its index.
+pub struct BrokerNode {
+    pub id: NodeId,
+    pub storage: MemStorage,
+}
+
 /// What the nemesis controls.
 pub struct Cluster {
     pub handle: Handle,
-    pub broker: NodeId,
-    pub broker_addr: SocketAddr,
+    pub brokers: Vec<BrokerNode>,
     pub clients: Vec<NodeId>,
-    pub storage: MemStorage,
     /// The disk's normal fsync time (the seed's; a slow disk is slower).
     pub sync_latency: Duration,
+    /// The workload topic's partition count (leader kills pick one).
+    pub partitions: i32,
+    /// What the replicas reported: who leads which partition now.
+    pub replicas: Arc<Mutex<ReplicaChecker>>,
+}
+
+impl Cluster {
+    /// A broker drawn at random (no draw on a single node, which keeps single-node seeds'
+    /// streams as they were).
+    fn pick(&self, rng: &mut Rng) -> usize {
+        if self.brokers.len() == 1 {
+            0
+        } else {
+            rng.below(self.brokers.len() as u64) as usize
+        }
+    }
+
+    /// The brokers in a seeded random order.
+    fn shuffled(&self, rng: &mut Rng) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.brokers.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        order
+    }
+
+    /// The broker that last became the leader of `partition` of the workload topic, or any
+    /// broker if none has yet.
+    fn leader_or_any(&self, partition: u64, rng: &mut Rng) -> usize {
+        let group = format!("{}-{partition}", crate::workload::TOPIC);
+        let leader = self
+            .replicas
+            .lock()
+            .expect("checker lock")
+            .latest_leader(&group);
+        match leader {
+            Some((_, node)) if (node as usize) < self.brokers.len() => node as usize,
+            _ => self.pick(rng),
+        }
+    }
+
+    fn ids(&self, brokers: &[usize]) -> Vec<NodeId> {
+        brokers.iter().map(|b| self.brokers[*b].id).collect()
+    }
+}
+
+/// Drops every message between `a` and `b`, both ways.
+fn cut(net: &NetSim, a: &[NodeId], b: &[NodeId]) {
+    for x in a {
+        for y in b {
+            net.clog_link(*x, *y);
+            net.clog_link(*y, *x);
+        }
+    }
 }
 
 /// The network's normal latency (madsim's default).
@@ -54,7 +114,8 @@ fn default_latency() -> std::ops::Range<Duration> {
 pub struct Nemesis {
     pub spans: Vec<FaultSpan>,
     pub damage: Vec<MediaDamage>,
-    broker_down: bool,
+    /// Brokers killed and not yet restarted.
+    down: BTreeSet<usize>,
 }
 
 impl Nemesis {
@@ -62,8 +123,30 @@ impl Nemesis {
         Nemesis {
             spans: Vec::new(),
             damage: Vec::new(),
-            broker_down: false,
+            down: BTreeSet::new(),
         }
+    }
+
+    /// Power loss of broker `b`: its node stops and its disk keeps only what was synced (and
+    /// a torn last write, in `mode`).
+    fn kill(&mut self, cluster: &Cluster, b: usize, mode: CrashMode, trace: &Trace) -> u64 {
+        let storage = &cluster.brokers[b].storage;
+        let unsynced = storage.unsynced_bytes();
+        cluster.handle.kill(cluster.brokers[b].id);
+        storage.crash(mode);
+        self.down.insert(b);
+        trace.record(
+            "nemesis",
+            "broker-down",
+            format!("broker {b}: {mode:?}, {unsynced} unsynced bytes lost or torn"),
+        );
+        unsynced
+    }
+
+    fn restart(&mut self, cluster: &Cluster, b: usize, trace: &Trace) {
+        cluster.handle.restart(cluster.brokers[b].id);
+        self.down.remove(&b);
+        trace.record("nemesis", "broker-restarted", format!("broker {b}"));
     }
 
     /// Injects faults until `deadline_ms`, then heals everything.
@@ -126,29 +209,116 @@ impl Nemesis {
                         garbage: rng.chance(500),
                     }
                 };
+                let b = cluster.pick(rng);
                 if kind == "torn-write" {
                     // A tear needs a write in flight: wait (briefly) for one.
                     for _ in 0..500 {
-                        if cluster.storage.unsynced_bytes() > 0 {
+                        if cluster.brokers[b].storage.unsynced_bytes() > 0 {
                             break;
                         }
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
-                let unsynced = cluster.storage.unsynced_bytes();
-                handle.kill(cluster.broker);
-                cluster.storage.crash(mode);
-                self.broker_down = true;
-                trace.record(
-                    "nemesis",
-                    "broker-down",
-                    format!("{mode:?}, {unsynced} unsynced bytes lost or torn"),
-                );
+                let unsynced = self.kill(cluster, b, mode, trace);
                 tokio::time::sleep(Duration::from_millis(rng.between(50, 2_000))).await;
-                handle.restart(cluster.broker);
-                self.broker_down = false;
-                trace.record("nemesis", "broker-restarted", "");
-                format!("{mode:?}, {unsynced} unsynced bytes")
+                self.restart(cluster, b, trace);
+                format!("broker {b}: {mode:?}, {unsynced} unsynced bytes")
+            }
+            "kill-leader" => {
+                // The leader of a partition the workload is producing to, as it is now.
+                let partition = rng.below(cluster.partitions as u64);
+                let b = cluster.leader_or_any(partition, rng);
+                let unsynced = self.kill(cluster, b, CrashMode::Clean, trace);
+                tokio::time::sleep(Duration::from_millis(rng.between(100, 3_000))).await;
+                self.restart(cluster, b, trace);
+                format!("broker {b} (leader of partition {partition}), {unsynced} unsynced bytes")
+            }
+            "isolate-leader" => {
+                // Cut the leader off, let a new one be elected, heal, and again: each round can
+                // leave a deposed leader with an uncommitted suffix that the next must cut.
+                let rounds = rng.between(1, 5);
+                let mut cut_off = Vec::new();
+                for _ in 0..rounds {
+                    let partition = rng.below(cluster.partitions as u64);
+                    let b = cluster.leader_or_any(partition, rng);
+                    let others: Vec<usize> =
+                        (0..cluster.brokers.len()).filter(|o| *o != b).collect();
+                    let net = NetSim::current();
+                    cut(&net, &cluster.ids(&[b]), &cluster.ids(&others));
+                    tokio::time::sleep(Duration::from_millis(rng.between(200, 3_000))).await;
+                    self.heal_brokers(cluster);
+                    cut_off.push(b);
+                    tokio::time::sleep(Duration::from_millis(rng.between(0, 1_000))).await;
+                }
+                format!("leaders cut off in turn: brokers {cut_off:?}")
+            }
+            "lagging-failover" => {
+                let partition = rng.below(cluster.partitions as u64);
+                let leader = cluster.leader_or_any(partition, rng);
+                let others: Vec<usize> = (0..cluster.brokers.len())
+                    .filter(|o| *o != leader)
+                    .collect();
+                let lagging = *rng.pick(&others);
+                let rest: Vec<usize> = (0..cluster.brokers.len())
+                    .filter(|o| *o != lagging)
+                    .collect();
+                let net = NetSim::current();
+                cut(&net, &cluster.ids(&[lagging]), &cluster.ids(&rest));
+                // A slow disk under the leader holds back its commit index (it counts only
+                // what it has synced itself), so the survivor holds entries not yet known to
+                // be committed.
+                let slow = rng.chance(500);
+                if slow {
+                    let latency = Duration::from_millis(rng.between(20, 200));
+                    cluster.brokers[leader].storage.set_sync_latency(latency);
+                }
+                tokio::time::sleep(Duration::from_millis(rng.between(300, 3_000))).await;
+                let unsynced = self.kill(cluster, leader, CrashMode::Clean, trace);
+                cluster.brokers[leader]
+                    .storage
+                    .set_sync_latency(cluster.sync_latency);
+                tokio::time::sleep(Duration::from_millis(rng.between(0, 300))).await;
+                self.heal_brokers(cluster);
+                tokio::time::sleep(Duration::from_millis(rng.between(100, 3_000))).await;
+                self.restart(cluster, leader, trace);
+                format!(
+                    "broker {lagging} cut off, then leader {leader} of partition {partition} \
+                     killed ({unsynced} unsynced bytes{})",
+                    if slow { ", its disk slow" } else { "" }
+                )
+            }
+            "rolling-restart" => {
+                for b in 0..cluster.brokers.len() {
+                    self.kill(cluster, b, CrashMode::Clean, trace);
+                    tokio::time::sleep(Duration::from_millis(rng.between(50, 1_000))).await;
+                    self.restart(cluster, b, trace);
+                    tokio::time::sleep(Duration::from_millis(rng.between(300, 2_000))).await;
+                }
+                format!("{} brokers restarted in turn", cluster.brokers.len())
+            }
+            "partition" => {
+                let order = cluster.shuffled(rng);
+                let minority = rng.between(1, (order.len() as u64 - 1) / 2) as usize;
+                let (a, b) = order.split_at(minority);
+                self.split_for_a_while(cluster, a, b, rng).await;
+                format!("brokers {a:?} | {b:?}")
+            }
+            "bridge" => {
+                // Two sides that only the bridge node connects (Jepsen's bridge).
+                let order = cluster.shuffled(rng);
+                let (bridge, rest) = order.split_first().expect("a cluster has brokers");
+                let (a, b) = rest.split_at(rest.len() / 2);
+                self.split_for_a_while(cluster, a, b, rng).await;
+                format!("brokers {a:?} | {b:?}, bridged by {bridge}")
+            }
+            "one-way" => {
+                let order = cluster.shuffled(rng);
+                let (from, to) = (order[0], order[1]);
+                let net = NetSim::current();
+                net.clog_link(cluster.brokers[from].id, cluster.brokers[to].id);
+                tokio::time::sleep(Duration::from_millis(rng.between(500, 5_000))).await;
+                self.heal_brokers(cluster);
+                format!("broker {from} -/-> broker {to}")
             }
             "bit-flip" => self.flip_bit(cluster, rng),
             "io-error" => {
@@ -158,7 +328,8 @@ impl Nemesis {
                     fail_next_write: !sync,
                     ..Faults::default()
                 };
-                cluster.storage.inject(faults);
+                let b = cluster.pick(rng);
+                cluster.brokers[b].storage.inject(faults);
                 if sync {
                     "next fsync fails".into()
                 } else {
@@ -166,25 +337,30 @@ impl Nemesis {
                 }
             }
             "slow-disk" => {
+                let b = cluster.pick(rng);
                 let latency = Duration::from_millis(rng.between(10, 200));
-                cluster.storage.set_sync_latency(latency);
+                cluster.brokers[b].storage.set_sync_latency(latency);
                 tokio::time::sleep(Duration::from_millis(rng.between(200, 3_000))).await;
-                cluster.storage.set_sync_latency(cluster.sync_latency);
-                format!("fsync takes {} ms", latency.as_millis())
+                cluster.brokers[b]
+                    .storage
+                    .set_sync_latency(cluster.sync_latency);
+                format!("broker {b}: fsync takes {} ms", latency.as_millis())
             }
             "clog" => {
                 let net = NetSim::current();
                 let client = *rng.pick(&cluster.clients);
                 let both = rng.chance(500);
-                net.clog_link(client, cluster.broker);
+                let b = cluster.pick(rng);
+                let broker = cluster.brokers[b].id;
+                net.clog_link(client, broker);
                 if both {
-                    net.clog_link(cluster.broker, client);
+                    net.clog_link(broker, client);
                 }
                 tokio::time::sleep(Duration::from_millis(rng.between(100, 3_000))).await;
-                net.unclog_link(client, cluster.broker);
-                net.unclog_link(cluster.broker, client);
+                net.unclog_link(client, broker);
+                net.unclog_link(broker, client);
                 format!(
-                    "client node {client} {} broker",
+                    "client node {client} {} broker {b}",
                     if both { "<-/->" } else { "-/->" }
                 )
             }
@@ -197,10 +373,11 @@ impl Nemesis {
                 format!("latency up to {} ms", high.as_millis())
             }
             "pause" => {
-                handle.pause(cluster.broker);
+                let b = cluster.pick(rng);
+                handle.pause(cluster.brokers[b].id);
                 tokio::time::sleep(Duration::from_millis(rng.between(100, 2_000))).await;
-                handle.resume(cluster.broker);
-                "broker paused".into()
+                handle.resume(cluster.brokers[b].id);
+                format!("broker {b} paused")
             }
             other => unreachable!("unknown fault kind {other}"),
         }
@@ -210,27 +387,34 @@ impl Nemesis {
     /// spared: on one node it is the cluster's only copy of its metadata (topics, ids), and
     /// losing it loses every topic, which no checker could excuse record by record.
     fn flip_bit(&mut self, cluster: &Cluster, rng: &mut Rng) -> String {
-        let logs: Vec<PathBuf> = cluster
-            .storage
+        // On one node only: with replicas, a flipped bit cuts a replica's log below what it
+        // acknowledged, which Raft (without protocol-aware recovery) cannot tolerate.
+        assert_eq!(
+            cluster.brokers.len(),
+            1,
+            "bit flips are a single-node fault"
+        );
+        let storage = &cluster.brokers[0].storage;
+        let logs: Vec<PathBuf> = storage
             .paths()
             .into_iter()
             .filter(|p| {
                 p.extension().is_some_and(|e| e == "log")
                     && !p.starts_with(METADATA_DIR)
-                    && cluster.storage.durable_len(p) > 0
+                    && storage.durable_len(p) > 0
             })
             .collect();
         if logs.is_empty() {
             return "no synced segment yet".into();
         }
         let path = rng.pick(&logs).clone();
-        let durable = cluster.storage.durable_len(&path);
+        let durable = storage.durable_len(&path);
         let bit = rng.below(durable * 8);
         let byte = bit / 8;
-        let Some(bytes) = cluster.storage.read_file(&path) else {
+        let Some(bytes) = storage.read_file(&path) else {
             return "segment vanished".into();
         };
-        if !cluster.storage.flip_bit(&path, bit) {
+        if !storage.flip_bit(&path, bit) {
             return "flip missed".into();
         }
         let partition = partition_of(&path);
@@ -256,19 +440,40 @@ impl Nemesis {
         )
     }
 
-    /// Ends every fault: the liveness phase runs on a healed broker.
+    /// Cuts brokers `a` off from brokers `b` for 0.5–5 s, then reconnects every broker.
+    async fn split_for_a_while(&self, cluster: &Cluster, a: &[usize], b: &[usize], rng: &mut Rng) {
+        cut(&NetSim::current(), &cluster.ids(a), &cluster.ids(b));
+        tokio::time::sleep(Duration::from_millis(rng.between(500, 5_000))).await;
+        self.heal_brokers(cluster);
+    }
+
+    /// Reconnects every pair of brokers.
+    fn heal_brokers(&self, cluster: &Cluster) {
+        let net = NetSim::current();
+        for a in &cluster.brokers {
+            for b in &cluster.brokers {
+                net.unclog_link(a.id, b.id);
+            }
+        }
+    }
+
+    /// Ends every fault: the liveness phase runs on a healed cluster.
     pub fn heal(&mut self, cluster: &Cluster, trace: &Trace) {
         let net = NetSim::current();
+        self.heal_brokers(cluster);
         for client in &cluster.clients {
-            net.unclog_link(*client, cluster.broker);
-            net.unclog_link(cluster.broker, *client);
+            for broker in &cluster.brokers {
+                net.unclog_link(*client, broker.id);
+                net.unclog_link(broker.id, *client);
+            }
         }
         net.update_config(|c| c.send_latency = default_latency());
-        cluster.storage.set_sync_latency(cluster.sync_latency);
-        cluster.storage.inject(Faults::default());
-        if self.broker_down {
-            cluster.handle.restart(cluster.broker);
-            self.broker_down = false;
+        for broker in &cluster.brokers {
+            broker.storage.set_sync_latency(cluster.sync_latency);
+            broker.storage.inject(Faults::default());
+        }
+        for b in std::mem::take(&mut self.down) {
+            self.restart(cluster, b, trace);
         }
         trace.record("nemesis", "healed", "");
     }

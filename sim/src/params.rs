@@ -15,15 +15,24 @@ pub enum Scenario {
     Disk,
     /// Network and process faults only: clogged links, latency, pauses.
     Network,
+    /// A replicated cluster (3 or 5 nodes, replication factor 3) under a random mix of node
+    /// crashes and restarts, leader kills, rolling restarts, network partitions (symmetric,
+    /// one-way, bridge), clogged client links, latency, pauses and slow disks.
+    Cluster,
+    /// A replicated cluster under network partitions alone: majority/minority splits, one-way
+    /// links and bridges, over and over.
+    Split,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Default,
         Scenario::NoFaults,
         Scenario::Crash,
         Scenario::Disk,
         Scenario::Network,
+        Scenario::Cluster,
+        Scenario::Split,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +42,8 @@ impl Scenario {
             Scenario::Crash => "crash",
             Scenario::Disk => "disk",
             Scenario::Network => "network",
+            Scenario::Cluster => "cluster",
+            Scenario::Split => "split",
         }
     }
 
@@ -60,6 +71,23 @@ pub struct FaultMix {
     pub latency: bool,
     /// The broker process is paused (SIGSTOP-like) for a while.
     pub pause: bool,
+    /// Cluster only: the brokers split into two sides that cannot talk (a minority, or one
+    /// node, cut off from the rest); clients still reach every broker.
+    pub partition: bool,
+    /// Cluster only: one broker's messages to another are dropped, the reverse direction works.
+    pub one_way: bool,
+    /// Cluster only: two sides cut off from each other except through one bridge node.
+    pub bridge: bool,
+    /// Cluster only: a crash of the current leader of a partition, mid-produce.
+    pub kill_leader: bool,
+    /// Cluster only: every broker restarted in turn.
+    pub rolling_restart: bool,
+    /// Cluster only: the leader of a partition cut off from the other brokers (it keeps
+    /// taking acks=1 writes until it steps down), a few times in a row.
+    pub isolate_leader: bool,
+    /// Cluster only: a follower cut off (it falls behind), the leader killed, the follower
+    /// back: the next leader is elected with a lagging follower it must catch up.
+    pub lagging_failover: bool,
 }
 
 impl FaultMix {
@@ -74,6 +102,13 @@ impl FaultMix {
             (self.clog, "clog"),
             (self.latency, "latency"),
             (self.pause, "pause"),
+            (self.partition, "partition"),
+            (self.one_way, "one-way"),
+            (self.bridge, "bridge"),
+            (self.kill_leader, "kill-leader"),
+            (self.rolling_restart, "rolling-restart"),
+            (self.isolate_leader, "isolate-leader"),
+            (self.lagging_failover, "lagging-failover"),
         ] {
             if on {
                 names.push(name);
@@ -92,6 +127,14 @@ impl FaultMix {
 pub struct Params {
     pub seed: u64,
     pub scenario: Scenario,
+    /// Brokers in the cluster (1: the single-node scenarios).
+    pub nodes: u32,
+    /// Replicas per partition (1 on a single node).
+    pub replication_factor: i16,
+    /// Raft's election timeout (cluster runs; the node default elsewhere).
+    pub election_timeout_ms: u64,
+    /// Bytes per Raft append (small ones split a backlog over many appends).
+    pub replica_fetch_max_bytes: u64,
     pub partitions: i32,
     pub clients: u32,
     /// Length of the phase with faults, in simulated milliseconds.
@@ -126,6 +169,7 @@ impl Params {
             clog: rng.chance(500),
             latency: rng.chance(400),
             pause: rng.chance(400),
+            ..FaultMix::default()
         };
         let drawn = mix();
         let faults = match scenario {
@@ -149,10 +193,12 @@ impl Params {
                 pause: drawn.pause,
                 ..FaultMix::default()
             },
+            // Drawn below, after everything the single-node scenarios draw.
+            Scenario::Cluster | Scenario::Split => FaultMix::default(),
         };
         let think_lo = rng.between(1, 10);
         let interval_lo = rng.between(300, 1500);
-        Params {
+        let mut params = Params {
             seed,
             scenario,
             partitions: rng.between(1, 3) as i32,
@@ -173,14 +219,60 @@ impl Params {
             sync_latency_ms: rng.between(1, 8),
             // Drawn last, so adding it left earlier seeds' other parameters as they were.
             idempotent_per_mille: rng.between(0, 1000) as u32,
+            nodes: 1,
+            replication_factor: 1,
+            election_timeout_ms: 1000,
+            replica_fetch_max_bytes: 1024 * 1024,
+        };
+        if matches!(scenario, Scenario::Cluster | Scenario::Split) {
+            params.nodes = if rng.chance(250) { 5 } else { 3 };
+            params.replication_factor = 3;
+            params.election_timeout_ms = rng.between(300, 1500);
+            if rng.chance(500) {
+                // One to a few batches per append: a backlog takes many.
+                params.replica_fetch_max_bytes = rng.between(1, 1000);
+            }
+            params.faults = if scenario == Scenario::Split {
+                FaultMix {
+                    partition: true,
+                    one_way: rng.chance(700),
+                    bridge: rng.chance(700),
+                    isolate_leader: rng.chance(700),
+                    lagging_failover: rng.chance(500),
+                    ..FaultMix::default()
+                }
+            } else {
+                FaultMix {
+                    crash: rng.chance(600),
+                    torn_write: rng.chance(300),
+                    slow_disk: rng.chance(300),
+                    clog: rng.chance(400),
+                    latency: rng.chance(300),
+                    pause: rng.chance(400),
+                    partition: rng.chance(600),
+                    one_way: rng.chance(400),
+                    bridge: rng.chance(400),
+                    kill_leader: rng.chance(700),
+                    rolling_restart: rng.chance(300),
+                    isolate_leader: rng.chance(600),
+                    lagging_failover: rng.chance(600),
+                    ..FaultMix::default()
+                }
+            };
+            if !params.faults.any() {
+                params.faults.kill_leader = true;
+            }
         }
+        params
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "seed={} scenario={} partitions={} clients={} fault_phase_ms={} faults=[{}] segment_bytes={} flush_interval_ms={} sync_latency_ms={}",
+            "seed={} scenario={} nodes={} replication_factor={} partitions={} clients={} fault_phase_ms={} faults=[{}] segment_bytes={} flush_interval_ms={} sync_latency_ms={}",
             self.seed,
             self.scenario.name(),
+            self.nodes,
+            self.replication_factor,
             self.partitions,
             self.clients,
             self.fault_phase_ms,

@@ -3,9 +3,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_core::checker::{check, AnomalyKind, CheckReport};
+use sluice_core::checker::replicas::{Observation, ReplicaChecker};
+use sluice_core::checker::{check_with, AnomalyKind, CheckOptions, CheckReport};
 use sluice_core::history::{History, OpKind, Outcome};
 use sluice_core::planted::{self, Bug};
 use sluice_core::rng::Rng;
@@ -13,7 +15,7 @@ use sluice_core::storage::MemStorage;
 use sluice_node::broker::Broker;
 use sluice_node::config::{Config, ServeArgs};
 
-use crate::nemesis::{Cluster, FaultSpan, MediaDamage, Nemesis};
+use crate::nemesis::{BrokerNode, Cluster, FaultSpan, MediaDamage, Nemesis};
 use crate::params::{Params, Scenario};
 use crate::trace::{hash, Trace};
 use crate::workload::{self, Recorded};
@@ -24,6 +26,12 @@ pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 pub const SIMULATED_TIME_LIMIT: Duration = Duration::from_secs(600);
 
 const BROKER_PORT: u16 = 9092;
+const RPC_PORT: u16 = 9093;
+
+/// Broker `i`'s address in the simulated network.
+fn broker_ip(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
+}
 
 /// How a run ended. The process exit codes are distinct per kind (see `cli`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,11 +135,22 @@ fn run_on_this_thread(seed: u64, scenario: Scenario, bug: Option<Bug>) -> RunOut
     }
 }
 
-fn broker_config(params: &Params, addr: SocketAddr) -> Config {
+fn broker_config(params: &Params, node: u32) -> Config {
+    let addr = SocketAddr::new(broker_ip(node), BROKER_PORT);
+    let cluster = params.nodes > 1;
     let args = ServeArgs {
         listen: Some(addr.to_string()),
         data_dir: Some("data".into()),
-        node_id: Some(0),
+        node_id: Some(node as i32),
+        peers: cluster.then(|| {
+            (0..params.nodes)
+                .map(|j| format!("{j}@{}", SocketAddr::new(broker_ip(j), RPC_PORT)))
+                .collect()
+        }),
+        rpc_listen: cluster.then(|| SocketAddr::new(broker_ip(node), RPC_PORT).to_string()),
+        default_replication_factor: Some(params.replication_factor),
+        election_timeout_ms: cluster.then_some(params.election_timeout_ms),
+        replica_fetch_max_bytes: Some(params.replica_fetch_max_bytes),
         auto_create_topics: Some(false),
         segment_bytes: Some(params.segment_bytes),
         index_interval_bytes: Some(params.index_interval_bytes),
@@ -148,35 +167,63 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
     let handle = madsim::runtime::Handle::current();
     trace.record("setup", "params", params.summary());
 
-    let broker_ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
-    let broker_addr = SocketAddr::new(broker_ip, BROKER_PORT);
-    let storage = MemStorage::new();
     let sync_latency = Duration::from_millis(params.sync_latency_ms);
-    storage.set_sync_latency(sync_latency);
-    let config = broker_config(&params, broker_addr);
-    let node_storage = storage.clone();
-    let node_trace = trace.clone();
-    let broker = handle
-        .create_node()
-        .name("broker")
-        .ip(broker_ip)
-        .init(move || {
-            let storage = node_storage.clone();
-            let config = config.clone();
-            let trace = node_trace.clone();
-            async move {
-                // Recovery must never fail on anything a crash or the nemesis can do to the disk.
-                let broker = Broker::open(config.clone(), storage).expect("broker recovery failed");
-                trace.record("broker", "started", "");
-                let listener = tokio::net::TcpListener::bind(config.listen.as_str())
-                    .await
-                    .expect("bind");
-                let _ = sluice_node::server::run(config, broker, listener).await;
+    // What every replica reports, checked as it arrives (a panic here would be lost in a node
+    // task, so violations are collected and judged at the end).
+    let replicas = Arc::new(Mutex::new(ReplicaChecker::new()));
+    let mut brokers = Vec::new();
+    for i in 0..params.nodes {
+        let storage = MemStorage::new();
+        storage.set_sync_latency(sync_latency);
+        let config = broker_config(&params, i);
+        let (node_storage, node_trace) = (storage.clone(), trace.clone());
+        let observer_replicas = replicas.clone();
+        let observer_trace = trace.clone();
+        let observer: sluice_node::broker::Observer = Arc::new(move |o: Observation| {
+            if let Observation::Leader { group, node, term } = &o {
+                observer_trace.record(
+                    "replica",
+                    "leader",
+                    format!("{group} term {term}: broker {node}"),
+                );
             }
-        })
-        .build();
+            observer_replicas.lock().expect("checker lock").observe(o);
+        });
+        let node = handle
+            .create_node()
+            .name(format!("broker-{i}"))
+            .ip(broker_ip(i))
+            .init(move || {
+                let storage = node_storage.clone();
+                let config = config.clone();
+                let trace = node_trace.clone();
+                let observer = observer.clone();
+                async move {
+                    // Recovery must never fail on anything a crash or the nemesis can do to
+                    // the disk.
+                    let mut broker =
+                        Broker::open(config.clone(), storage).expect("broker recovery failed");
+                    broker.set_observer(observer);
+                    sluice_node::server::connect_peers(&config, &mut broker)
+                        .await
+                        .expect("bind the node-to-node listener");
+                    trace.record("broker", "started", format!("broker {i}"));
+                    let listener = tokio::net::TcpListener::bind(config.listen.as_str())
+                        .await
+                        .expect("bind");
+                    let _ = sluice_node::server::run(config, broker, listener).await;
+                }
+            })
+            .build();
+        brokers.push(BrokerNode {
+            id: node.id(),
+            storage,
+        });
+    }
+    let bootstrap: Vec<String> = (0..params.nodes)
+        .map(|i| SocketAddr::new(broker_ip(i), BROKER_PORT).to_string())
+        .collect();
 
-    let addr = broker_addr.to_string();
     let mut client_nodes = Vec::new();
     for i in 0..params.clients {
         let node = handle
@@ -192,9 +239,14 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
         .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)))
         .build();
     {
-        let (addr, trace, partitions) = (addr.clone(), trace.clone(), params.partitions);
+        let (bootstrap, trace, partitions, rf) = (
+            bootstrap.clone(),
+            trace.clone(),
+            params.partitions,
+            params.replication_factor,
+        );
         setup
-            .spawn(async move { workload::create_topic(&addr, partitions, &trace).await })
+            .spawn(async move { workload::create_topic(&bootstrap, partitions, rf, &trace).await })
             .await
             .expect("setup");
     }
@@ -203,11 +255,11 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
     let deadline_ms = trace.now_ms() + params.fault_phase_ms;
     let mut tasks = Vec::new();
     for (i, node) in client_nodes.iter().enumerate() {
-        let (addr, params, trace, client_rng) =
-            (addr.clone(), params.clone(), trace.clone(), rng.fork());
+        let (bootstrap, params, trace, client_rng) =
+            (bootstrap.clone(), params.clone(), trace.clone(), rng.fork());
         tasks.push(node.spawn(workload::run_client(
             i as u32,
-            addr,
+            bootstrap,
             params,
             client_rng,
             trace,
@@ -216,11 +268,11 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
     }
     let cluster = Cluster {
         handle: handle.clone(),
-        broker: broker.id(),
-        broker_addr,
+        brokers,
         clients: client_nodes.iter().map(|n| n.id()).collect(),
-        storage: storage.clone(),
         sync_latency,
+        partitions: params.partitions,
+        replicas: replicas.clone(),
     };
     let mut nemesis = Nemesis::new();
     nemesis
@@ -244,29 +296,85 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
         .find(|p| !nemesis.damage.iter().any(|d| d.partition == *p))
         .unwrap_or(0);
     let (liveness, probe_ops) = {
-        let (addr, trace, process) = (addr.clone(), trace.clone(), params.clients);
+        let (bootstrap, trace, process) = (bootstrap.clone(), trace.clone(), params.clients);
         probe
             .spawn(async move {
-                workload::liveness(process, &addr, probe_partition, LIVENESS_BOUND, &trace).await
+                workload::liveness(process, &bootstrap, probe_partition, LIVENESS_BOUND, &trace)
+                    .await
             })
             .await
             .expect("probe")
     };
     recorded.extend(probe_ops);
     let final_read = {
-        let (addr, trace, partitions) = (addr.clone(), trace.clone(), params.partitions);
+        let (bootstrap, trace, partitions) = (bootstrap.clone(), trace.clone(), params.partitions);
         let process = params.clients + 1;
         probe
-            .spawn(async move { workload::final_read(process, &addr, partitions, &trace).await })
+            .spawn(
+                async move { workload::final_read(process, &bootstrap, partitions, &trace).await },
+            )
             .await
             .expect("probe")
     };
+    if !matches!(
+        &final_read.kind,
+        OpKind::FinalRead {
+            outcome: Outcome::Ok(()),
+            ..
+        }
+    ) {
+        let (bootstrap, trace) = (bootstrap.clone(), trace.clone());
+        probe
+            .spawn(async move { workload::record_views(&bootstrap, &trace).await })
+            .await
+            .expect("probe");
+    }
     recorded.push(final_read);
 
     let history = to_history(recorded);
-    let report = check(&history);
-    let (status, offending_ops, excused) =
-        judge(&params, &history, &report, &nemesis.damage, liveness);
+    let report = check_with(
+        &history,
+        CheckOptions {
+            acks1_offsets_final: params.nodes == 1,
+        },
+    );
+    let replica_problems = {
+        let checker = replicas.lock().expect("checker lock");
+        trace.record(
+            "checker",
+            "replicas",
+            format!(
+                "{} observations, {} terms led, {} violations",
+                checker.observations(),
+                checker.terms_led(),
+                checker.violation_count()
+            ),
+        );
+        // On one node a flipped bit may cut committed data (there is no other copy); the
+        // damaged partitions' changed commits are excused like their history anomalies.
+        let damaged = |group: &str| {
+            nemesis
+                .damage
+                .iter()
+                .any(|d| group == format!("{}-{}", workload::TOPIC, d.partition))
+        };
+        let mut problems: Vec<String> = checker
+            .violations()
+            .iter()
+            .filter(|v| !damaged(&v.group))
+            .map(|v| v.to_string())
+            .collect();
+        problems.extend(crate::agreement::compare(&cluster, &checker));
+        problems
+    };
+    let (status, offending_ops, excused) = judge(
+        &params,
+        &history,
+        &report,
+        &nemesis.damage,
+        liveness,
+        &replica_problems,
+    );
     trace.record("checker", status.name(), format!("{report}"));
     let trace_jsonl = trace.to_jsonl();
     RunOutcome {
@@ -321,7 +429,19 @@ fn judge(
     report: &CheckReport,
     damage: &[MediaDamage],
     liveness: Result<u64, String>,
+    replica_problems: &[String],
 ) -> (Status, Vec<usize>, u64) {
+    // Replicas that disagree on committed data, or two leaders in a term: nothing excuses it.
+    if let Some(first) = replica_problems.first() {
+        return (
+            Status::Correctness(format!(
+                "replicas: {} problems; first: {first}",
+                replica_problems.len()
+            )),
+            Vec::new(),
+            0,
+        );
+    }
     let mut offending = Vec::new();
     let mut excused = 0;
     let mut unexplained = Vec::new();

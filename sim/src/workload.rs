@@ -11,6 +11,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
+use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
@@ -60,37 +61,16 @@ pub enum CallError {
     Unknown(String),
 }
 
-/// A client's connection, re-established on demand.
-pub struct Client {
+/// One broker connection, re-established on demand.
+struct Conn {
     addr: String,
     conn: Option<Connection>,
 }
 
-impl Client {
-    pub fn new(addr: &str) -> Client {
-        Client {
-            addr: addr.to_string(),
-            conn: None,
-        }
-    }
-
+impl Conn {
     /// Sends one request and waits for its response, within [`REQUEST_TIMEOUT`]. Any failure
     /// drops the connection (the next call reconnects).
-    pub async fn call<R: kafka_protocol::protocol::Request>(
-        &mut self,
-        request: &R,
-        version: i16,
-    ) -> Result<R::Response, String> {
-        self.call_checked(request, version)
-            .await
-            .map_err(|e| match e {
-                CallError::NotSent(why) | CallError::Unknown(why) => why,
-            })
-    }
-
-    /// Like `call`, but tells a request that never left (no connection) from one whose fate is
-    /// unknown.
-    pub async fn call_checked<R: kafka_protocol::protocol::Request>(
+    async fn call<R: kafka_protocol::protocol::Request>(
         &mut self,
         request: &R,
         version: i16,
@@ -117,15 +97,167 @@ impl Client {
     }
 }
 
-/// Creates the workload topic, retrying until the broker answers.
-pub async fn create_topic(addr: &str, partitions: i32, trace: &Trace) {
-    let mut client = Client::new(addr);
+/// A client of the cluster, like a Kafka client: it learns partition leaders from Metadata,
+/// sends produce and fetch to the leader, and refreshes its metadata after an error that says
+/// the leader moved (or a connection failure).
+pub struct Client {
+    /// Bootstrap addresses, tried in turn for Metadata and for requests any broker answers.
+    bootstrap: Vec<String>,
+    next_bootstrap: usize,
+    /// Connections by broker address.
+    conns: BTreeMap<String, Conn>,
+    /// Broker id -> address, from the last Metadata.
+    brokers: BTreeMap<i32, String>,
+    /// Partition -> leader id, from the last Metadata.
+    leaders: BTreeMap<i32, i32>,
+    stale: bool,
+}
+
+impl Client {
+    pub fn new(bootstrap: &[String]) -> Client {
+        Client {
+            bootstrap: bootstrap.to_vec(),
+            next_bootstrap: 0,
+            conns: BTreeMap::new(),
+            brokers: BTreeMap::new(),
+            leaders: BTreeMap::new(),
+            stale: true,
+        }
+    }
+
+    fn conn(&mut self, addr: &str) -> &mut Conn {
+        self.conns.entry(addr.to_string()).or_insert_with(|| Conn {
+            addr: addr.to_string(),
+            conn: None,
+        })
+    }
+
+    /// The next bootstrap broker in turn (a cluster's brokers may be down one at a time).
+    fn any_broker(&mut self) -> String {
+        let addr = self.bootstrap[self.next_bootstrap % self.bootstrap.len()].clone();
+        self.next_bootstrap += 1;
+        addr
+    }
+
+    /// Marks the leaders as unknown: the next partition request refreshes them first.
+    pub fn refresh_later(&mut self) {
+        self.stale = true;
+    }
+
+    /// Asks one broker for the workload topic's leaders.
+    async fn refresh(&mut self) {
+        let addr = self.any_broker();
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic_name()))
+            ]))
+            .with_allow_auto_topic_creation(false);
+        let Ok(response) = self.conn(&addr).call(&request, 9).await else {
+            return;
+        };
+        self.brokers = response
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+            .collect();
+        self.leaders.clear();
+        for topic in &response.topics {
+            for p in &topic.partitions {
+                if p.error_code == 0 && p.leader_id.0 >= 0 {
+                    self.leaders.insert(p.partition_index, p.leader_id.0);
+                }
+            }
+        }
+        self.stale = false;
+    }
+
+    /// Sends a request any broker answers (to the next in turn).
+    pub async fn call<R: kafka_protocol::protocol::Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, String> {
+        self.call_checked(request, version)
+            .await
+            .map_err(|e| match e {
+                CallError::NotSent(why) | CallError::Unknown(why) => why,
+            })
+    }
+
+    /// Like `call`, but tells a request that never left (no connection) from one whose fate is
+    /// unknown.
+    pub async fn call_checked<R: kafka_protocol::protocol::Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, CallError> {
+        let addr = self.any_broker();
+        self.conn(&addr).call(request, version).await
+    }
+
+    /// Sends a request to `partition`'s leader, refreshing the leaders first if they may have
+    /// moved. A failed call marks them stale.
+    pub async fn call_leader<R: kafka_protocol::protocol::Request>(
+        &mut self,
+        partition: i32,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, CallError> {
+        let Some(addr) = self.leader_addr(partition).await else {
+            return Err(CallError::NotSent(format!(
+                "no leader known for partition {partition}"
+            )));
+        };
+        self.call_at(&addr, request, version).await
+    }
+
+    /// The address of `partition`'s leader, refreshing the leaders first if they may have
+    /// moved; `None` (and stale leaders) if no broker knows one.
+    async fn leader_addr(&mut self, partition: i32) -> Option<String> {
+        if self.stale || !self.leaders.contains_key(&partition) {
+            self.refresh().await;
+        }
+        let addr = self
+            .leaders
+            .get(&partition)
+            .and_then(|id| self.brokers.get(id))
+            .cloned();
+        if addr.is_none() {
+            self.stale = true;
+        }
+        addr
+    }
+
+    /// Sends to the broker at `addr`; a failed call marks the leaders stale.
+    async fn call_at<R: kafka_protocol::protocol::Request>(
+        &mut self,
+        addr: &str,
+        request: &R,
+        version: i16,
+    ) -> Result<R::Response, CallError> {
+        let result = self.conn(addr).call(request, version).await;
+        if result.is_err() {
+            self.stale = true;
+        }
+        result
+    }
+}
+
+/// Creates the workload topic, retrying (at each broker in turn: one of them is the controller)
+/// until a broker says it exists.
+pub async fn create_topic(
+    bootstrap: &[String],
+    partitions: i32,
+    replication_factor: i16,
+    trace: &Trace,
+) {
+    let mut client = Client::new(bootstrap);
     let request = CreateTopicsRequest::default()
         .with_timeout_ms(5_000)
         .with_topics(vec![CreatableTopic::default()
             .with_name(topic_name())
             .with_num_partitions(partitions)
-            .with_replication_factor(1)]);
+            .with_replication_factor(replication_factor)]);
     loop {
         match client.call(&request, 5).await {
             Ok(r)
@@ -135,7 +267,7 @@ pub async fn create_topic(addr: &str, partitions: i32, trace: &Trace) {
                 trace.record(
                     "setup",
                     "topic-created",
-                    format!("{TOPIC} with {partitions} partitions"),
+                    format!("{TOPIC} with {partitions} partitions, {replication_factor} replicas"),
                 );
                 return;
             }
@@ -245,10 +377,11 @@ fn decode_values(records: &[u8], from: u64) -> Result<(Vec<(u64, u64)>, Option<u
     Ok((out, next))
 }
 
-/// Produce error codes that mean the batch was refused before anything was written: corrupt
-/// message, unknown topic or partition, message too large, invalid acks.
+/// Produce error codes that mean the batch is not in the log and never will be: corrupt message,
+/// unknown topic or partition, message too large, invalid acks, and not the leader (refused by
+/// a follower, or appended by a leader whose entry a new leader then cut).
 fn refused_before_write(code: i16) -> bool {
-    [2, 3, 10, 21].contains(&code)
+    [2, 3, 6, 10, 21].contains(&code)
 }
 
 /// Sends once; the outcome as the checker should see it.
@@ -260,11 +393,18 @@ async fn send_once(
     timestamp: i64,
 ) -> Outcome<u64> {
     match client
-        .call_checked(&produce_request(partition, acks, value, timestamp), 9)
+        .call_leader(
+            partition,
+            &produce_request(partition, acks, value, timestamp),
+            9,
+        )
         .await
     {
         Ok(r) => {
             let p = &r.responses[0].partition_responses[0];
+            if p.error_code != 0 {
+                client.refresh_later();
+            }
             match p.error_code {
                 0 => Outcome::Ok(p.base_offset as u64),
                 // Refused before anything was written: definitely not in the log.
@@ -335,9 +475,12 @@ impl IdempotentProducer {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
             }
-            match client.call_checked(&request, 9).await {
+            match client.call_leader(partition, &request, 9).await {
                 Ok(r) => {
                     let p = &r.responses[0].partition_responses[0];
+                    if p.error_code != 0 {
+                        client.refresh_later();
+                    }
                     match p.error_code {
                         0 => {
                             self.sequences.insert(partition, sequence.wrapping_add(1));
@@ -399,9 +542,6 @@ async fn fetch(
     cursors: &BTreeMap<i32, u64>,
     max_wait_ms: i32,
 ) -> Result<Fetched, String> {
-    let response = client
-        .call(&fetch_request(cursors, max_wait_ms), 12)
-        .await?;
     let mut fetched = Fetched {
         reads: Reads::new(),
         out_of_range: Vec::new(),
@@ -409,6 +549,54 @@ async fn fetch(
         high_watermarks: BTreeMap::new(),
         next_offsets: BTreeMap::new(),
     };
+    // One fetch per leader, as a Kafka consumer sends them.
+    let mut by_leader: BTreeMap<String, BTreeMap<i32, u64>> = BTreeMap::new();
+    for (partition, cursor) in cursors {
+        match client.leader_addr(*partition).await {
+            Some(addr) => {
+                by_leader
+                    .entry(addr)
+                    .or_default()
+                    .insert(*partition, *cursor);
+            }
+            None => fetched
+                .errors
+                .push((*partition, ErrorCode::LeaderNotAvailable.code())),
+        }
+    }
+    let mut failed = None;
+    for (addr, group) in &by_leader {
+        match client
+            .call_at(addr, &fetch_request(group, max_wait_ms), 12)
+            .await
+        {
+            Ok(response) => decode_fetch(&response, group, &mut fetched)?,
+            Err(CallError::NotSent(why) | CallError::Unknown(why)) => {
+                // Reported like a partition error; the poll is indeterminate, not failed.
+                for partition in group.keys() {
+                    fetched
+                        .errors
+                        .push((*partition, ErrorCode::UnknownServerError.code()));
+                }
+                failed = Some(why);
+            }
+        }
+    }
+    if let (Some(why), true) = (failed, fetched.high_watermarks.is_empty()) {
+        return Err(why);
+    }
+    if !fetched.errors.is_empty() {
+        client.refresh_later();
+    }
+    Ok(fetched)
+}
+
+/// Adds one fetch response's partitions (those in `cursors`) to `fetched`.
+fn decode_fetch(
+    response: &kafka_protocol::messages::FetchResponse,
+    cursors: &BTreeMap<i32, u64>,
+    fetched: &mut Fetched,
+) -> Result<(), String> {
     for topic in &response.responses {
         for p in &topic.partitions {
             let partition = p.partition_index;
@@ -436,20 +624,20 @@ async fn fetch(
             }
         }
     }
-    Ok(fetched)
+    Ok(())
 }
 
 /// One client process, until `deadline_ms` of simulated time.
 pub async fn run_client(
     process: u32,
-    addr: String,
+    bootstrap: Vec<String>,
     params: Params,
     mut rng: Rng,
     trace: Trace,
     deadline_ms: u64,
 ) -> Vec<Recorded> {
     let source = format!("client-{process}");
-    let mut client = Client::new(&addr);
+    let mut client = Client::new(&bootstrap);
     let mut ops = Vec::new();
     let mut next_value: u64 = 0;
     let all: Vec<i32> = (0..params.partitions).collect();
@@ -572,9 +760,14 @@ pub async fn run_client(
 
 /// At the end: a fresh consumer reads every partition from the beginning up to its high
 /// watermark. Partitions that cannot be read (a damaged batch) stop early; the outcome says so.
-pub async fn final_read(process: u32, addr: &str, partitions: i32, trace: &Trace) -> Recorded {
+pub async fn final_read(
+    process: u32,
+    bootstrap: &[String],
+    partitions: i32,
+    trace: &Trace,
+) -> Recorded {
     let invoke_ms = trace.now_ms();
-    let mut client = Client::new(addr);
+    let mut client = Client::new(bootstrap);
     let mut reads = Reads::new();
     let mut problems = Vec::new();
     for partition in 0..partitions {
@@ -593,6 +786,16 @@ pub async fn final_read(process: u32, addr: &str, partitions: i32, trace: &Trace
             match fetch(&mut client, &cursors, 0).await {
                 Ok(fetched) => {
                     if let Some((_, code)) = fetched.errors.first() {
+                        // The leader moved or is being elected: ask again (bounded).
+                        let moving = [
+                            ErrorCode::LeaderNotAvailable.code(),
+                            ErrorCode::NotLeaderOrFollower.code(),
+                            ErrorCode::UnknownServerError.code(),
+                        ];
+                        if moving.contains(code) && attempts <= 100 {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
                         problems.push(format!(
                             "partition {partition}: error code {code} at offset {cursor}"
                         ));
@@ -654,13 +857,13 @@ pub async fn final_read(process: u32, addr: &str, partitions: i32, trace: &Trace
 /// an acks=all record and read it back within `bound`. Its sends are part of the history.
 pub async fn liveness(
     process: u32,
-    addr: &str,
+    bootstrap: &[String],
     partition: i32,
     bound: Duration,
     trace: &Trace,
 ) -> (Result<u64, String>, Vec<Recorded>) {
     let start = trace.now_ms();
-    let mut client = Client::new(addr);
+    let mut client = Client::new(bootstrap);
     let mut ops = Vec::new();
     let mut last_error = String::from("no attempt");
     let mut attempt = 0u64;
@@ -669,8 +872,16 @@ pub async fn liveness(
         let value = (u64::from(process) << 40) | attempt;
         let invoke_ms = trace.now_ms();
         let result = client
-            .call(&produce_request(partition, -1, value, 1_700_000_000_000), 9)
-            .await;
+            .call_leader(
+                partition,
+                &produce_request(partition, -1, value, 1_700_000_000_000),
+                9,
+            )
+            .await
+            .map_err(|(CallError::NotSent(why) | CallError::Unknown(why))| why);
+        if !matches!(&result, Ok(r) if r.responses[0].partition_responses[0].error_code == 0) {
+            client.refresh_later();
+        }
         let outcome = match &result {
             Ok(r) if r.responses[0].partition_responses[0].error_code == 0 => {
                 Outcome::Ok(r.responses[0].partition_responses[0].base_offset as u64)
@@ -726,6 +937,49 @@ pub async fn liveness(
         )),
         ops,
     )
+}
+
+/// For triage: every broker's view of the cluster (live brokers, controller, each partition's
+/// leader), recorded in the trace.
+pub async fn record_views(bootstrap: &[String], trace: &Trace) {
+    for addr in bootstrap {
+        let mut conn = Conn {
+            addr: addr.clone(),
+            conn: None,
+        };
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![
+                MetadataRequestTopic::default().with_name(Some(topic_name()))
+            ]))
+            .with_allow_auto_topic_creation(false);
+        let view = match conn.call(&request, 9).await {
+            Ok(r) => {
+                let brokers: Vec<i32> = r.brokers.iter().map(|b| b.node_id.0).collect();
+                let partitions: Vec<String> = r
+                    .topics
+                    .iter()
+                    .flat_map(|t| &t.partitions)
+                    .map(|p| {
+                        format!(
+                            "{}: leader {} epoch {} error {} isr {:?}",
+                            p.partition_index,
+                            p.leader_id.0,
+                            p.leader_epoch,
+                            p.error_code,
+                            p.isr_nodes.iter().map(|b| b.0).collect::<Vec<_>>()
+                        )
+                    })
+                    .collect();
+                format!(
+                    "live brokers {brokers:?}, controller {}; {}",
+                    r.controller_id.0,
+                    partitions.join("; ")
+                )
+            }
+            Err(CallError::NotSent(why) | CallError::Unknown(why)) => why,
+        };
+        trace.record("view", addr, view);
+    }
 }
 
 /// One line per operation for the trace.

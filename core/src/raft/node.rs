@@ -227,6 +227,10 @@ pub struct Raft {
     progress: Vec<Progress>,
     /// Leader: the index of its term's first (empty) entry.
     term_start_index: u64,
+    /// Leader: the commit index it was elected with. Until an entry of its own term commits,
+    /// its commit index stays here (Raft §5.4.2), which `check_invariants` asserts apart from
+    /// the commit computation itself.
+    commit_at_election: u64,
     transfer: Option<Transfer>,
     /// Messages to hand out with the next `Ready`.
     outbox: Vec<Message>,
@@ -280,6 +284,7 @@ impl Raft {
             votes: Vec::new(),
             progress: Vec::new(),
             term_start_index: 0,
+            commit_at_election: 0,
             transfer: None,
             outbox: Vec::new(),
             held: VecDeque::new(),
@@ -779,6 +784,7 @@ impl Raft {
         );
         self.progress = progress;
         self.term_start_index = self.append_entry(EntryKind::Empty, Bytes::new(), 1).0;
+        self.commit_at_election = self.commit;
     }
 
     // ---- Messages --------------------------------------------------------------------------
@@ -1532,6 +1538,17 @@ impl Raft {
                         "the leader's first entry is of its term"
                     );
                 }
+                // Entries of earlier terms commit only with one of the leader's own (Figure 8):
+                // the commit index stays where the election left it until it reaches the term's
+                // first entry.
+                assert!(
+                    self.commit == self.commit_at_election || self.commit >= self.term_start_index,
+                    "a leader committed entries of an earlier term by counting replicas \
+                     (commit {}, elected at {}, its term starts at {})",
+                    self.commit,
+                    self.commit_at_election,
+                    self.term_start_index
+                );
             }
             Role::Candidate => {
                 assert_eq!(self.vote, Some(me), "a candidate voted for itself");

@@ -10,13 +10,14 @@ use std::collections::BTreeMap;
 use std::io;
 
 use kafka_protocol::messages::ResponseKind;
+use sluice_core::checker::replicas::Observation;
 use sluice_core::log::{LogConfig, LogStore};
 use sluice_core::metadata::{
     CreateTopicRequest, MetadataQuorum, Outcome as QuorumOutcome, QuorumConfig, Ticket,
     TopicDefaults, TopicId, METADATA_TOPIC,
 };
 use sluice_core::raft::{Membership, Message};
-use sluice_core::replica::ReplicaSync;
+use sluice_core::replica::{Replica, ReplicaSync};
 use sluice_core::rng::Rng;
 use sluice_core::storage::Storage;
 use sluice_core::ErrorCode;
@@ -95,6 +96,7 @@ impl<S: Storage> Broker<S> {
         let cluster_id = *super::random_uuid(rng).as_bytes();
         let mut quorum_config = QuorumConfig::new(me, cluster_id, topic_defaults(config));
         quorum_config.raft.election_ticks = election_ticks(config);
+        quorum_config.raft.append_bytes_max = config.replica_fetch_max_bytes;
         let store = RefCell::new(store);
         let voters = Membership::new(config.controllers.iter().copied());
         let quorum = MetadataQuorum::open(
@@ -147,6 +149,17 @@ impl<S: Storage> Broker<S> {
             return;
         }
         self.dirty.insert(metadata_tp());
+        if let Some(observer) = &self.observer {
+            let node = self.config.node_id as u64;
+            let group = metadata_tp().to_string();
+            observe(
+                observer,
+                &mut self.observed,
+                node,
+                group,
+                self.meta.quorum.replica(),
+            );
+        }
         for msg in self.meta.quorum.take_messages() {
             self.send_raft(GroupId::Metadata, msg);
         }
@@ -298,6 +311,16 @@ impl<S: Storage> Broker<S> {
         let Some(part) = self.partitions.get_mut(tp) else {
             return;
         };
+        if let Some(observer) = &self.observer {
+            let node = self.config.node_id as u64;
+            observe(
+                observer,
+                &mut self.observed,
+                node,
+                tp.to_string(),
+                &part.replica,
+            );
+        }
         if let Some(offset) = part.replica.take_reset() {
             // A snapshot install: the leader's log starts past our end. Restarting a log at an
             // offset is not built yet; the replica stays behind and says so.
@@ -484,11 +507,19 @@ impl<S: Storage> Broker<S> {
             ),
             None => return,
         }
+        // A heartbeat is given up at the next one's time: a lost one (a dropped link) must
+        // not hold back the next, or the session expires while the link is back.
+        let timeout = match request {
+            ControllerRequest::Heartbeat { .. } => {
+                Duration::from_millis(HEARTBEAT_TICKS * self.config.raft_tick_ms)
+            }
+            _ => CONTROLLER_CALL_TIMEOUT,
+        };
         self.calls.insert(
             id,
             ControllerCall {
                 request,
-                deadline: Instant::now() + CONTROLLER_CALL_TIMEOUT,
+                deadline: Instant::now() + timeout,
             },
         );
     }
@@ -667,3 +698,39 @@ pub(super) fn election_ticks(config: &crate::config::Config) -> u32 {
 
 /// The reply channel type the admin waiters keep.
 pub(super) type Reply = oneshot::Sender<ResponseKind>;
+
+/// Reports a replica's new leadership or high watermark to the observer.
+fn observe(
+    observer: &super::Observer,
+    observed: &mut BTreeMap<String, (u64, u64)>,
+    node: u64,
+    group: String,
+    replica: &Replica,
+) {
+    let last = observed.entry(group.clone()).or_insert((0, 0));
+    let term = replica.term();
+    if replica.is_leader() && last.1 != term {
+        last.1 = term;
+        observer(Observation::Leader {
+            group: group.clone(),
+            node,
+            term,
+        });
+    }
+    let log = replica.log();
+    let hw = log.high_watermark();
+    if hw != last.0 {
+        last.0 = hw;
+        observer(Observation::Committed {
+            group,
+            node,
+            log_start: log.log_start_offset(),
+            end: hw,
+            epochs: log
+                .epoch_runs()
+                .iter()
+                .map(|e| (e.epoch, e.start_offset))
+                .collect(),
+        });
+    }
+}

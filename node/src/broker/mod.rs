@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+pub use sluice_core::checker::replicas::Observation;
 use sluice_core::log::{LogConfig, LogStore, PartitionLog};
 use sluice_core::raft::{HardState, Membership, RaftConfig};
 use sluice_core::replica::{Replica, ReplicaSync};
@@ -138,7 +139,14 @@ pub struct Broker<S: Storage> {
     /// Seeded once from the OS (or madsim) and used for topic ids.
     rng: u64,
     next_retention: Instant,
+    /// Told about leaderships and commits (the simulator's cluster checkers); usually absent.
+    observer: Option<Observer>,
+    /// Per group: the last high watermark and leader term reported to the observer.
+    observed: BTreeMap<String, (u64, u64)>,
 }
+
+/// Receives what the replicas on a broker report (see [`Broker::set_observer`]).
+pub type Observer = std::sync::Arc<dyn Fn(Observation) + Send + Sync>;
 
 /// Wall-clock milliseconds: record timestamps and retention are in Kafka's epoch milliseconds.
 pub fn now_ms() -> u64 {
@@ -153,6 +161,12 @@ fn partition_dir(tp: &TopicPartition) -> PathBuf {
 }
 
 impl<S: Storage> Broker<S> {
+    /// Reports every replica's leaderships and high watermarks to `observer` from now on (the
+    /// simulator checks them across nodes).
+    pub fn set_observer(&mut self, observer: Observer) {
+        self.observer = Some(observer);
+    }
+
     /// Opens the data directory: the metadata log first (its image names the partitions this
     /// node hosts), then every partition it assigns here.
     pub fn open(config: Config, storage: S) -> io::Result<Broker<S>> {
@@ -205,6 +219,8 @@ impl<S: Storage> Broker<S> {
             sync_rx,
             high_watermark_moved: false,
             rng,
+            observer: None,
+            observed: BTreeMap::new(),
         };
         broker.after_metadata_input();
         tracing::info!(
@@ -229,7 +245,9 @@ impl<S: Storage> Broker<S> {
     }
 
     /// Recovers a partition's log and hard state and starts its replica. A single-node group
-    /// elects itself at once.
+    /// elects itself at once, and so does the preferred replica (the first assigned) of a new
+    /// group, as Kafka's controller names a new partition's leader at once instead of leaving
+    /// it leaderless for an election timeout.
     fn open_partition(
         &mut self,
         tp: &TopicPartition,
@@ -243,8 +261,12 @@ impl<S: Storage> Broker<S> {
         let raft_config = RaftConfig {
             apply_entries: false,
             election_ticks: cluster::election_ticks(&self.config),
+            append_bytes_max: self.config.replica_fetch_max_bytes,
             ..RaftConfig::new(me)
         };
+        let voters: Vec<u64> = voters.into_iter().collect();
+        let new_group = hard_state.term == 0 && log.log_end_offset() == 0;
+        let preferred = new_group && voters.first() == Some(&me);
         let voters = Membership::new(voters);
         let alone = voters.voters() == [me];
         let rng = Rng::new(splitmix(&mut self.rng));
@@ -258,8 +280,9 @@ impl<S: Storage> Broker<S> {
             last_sync_start: None,
             was_leader: false,
         };
-        if alone {
-            // A group of one needs no election timeout.
+        if alone || preferred {
+            // A group of one needs no election timeout; a new group's preferred replica wins
+            // its first election unopposed (the others have no log and no vote yet).
             part.replica.campaign(true, &part.store);
         }
         Ok(part)
