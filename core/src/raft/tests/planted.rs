@@ -10,9 +10,11 @@ use crate::planted::{self, Bug};
 use crate::raft::cluster::Cluster;
 
 /// Schedules tried per bug before giving up (seeds from 0). Measured: no-divergent-truncation
-/// is caught by the 5th schedule (state-machine safety), commit-old-term by the 12,137th
-/// (leader completeness; it needs a Figure 8 history: a follower acknowledging an old entry but
-/// not the new leader's first, then a rival with a later last term elected).
+/// is caught by the 5th schedule (state-machine safety), commit-old-term by the 1st (the
+/// leader's commit-rule invariant; before that invariant, the cluster checkers' leader
+/// completeness caught it at the 12,137th, once a Figure 8 history came up: a follower
+/// acknowledging an old entry but not the new leader's first, then a rival with a later last
+/// term elected).
 const SCHEDULES_MAX: u64 = 50_000;
 
 /// The panic message of a failed schedule: which checker (or invariant) caught the bug.
