@@ -41,8 +41,9 @@ impl fmt::Display for Violation {
     }
 }
 
-/// At most this many violations are kept (all are counted).
-const VIOLATIONS_KEPT_MAX: usize = 20;
+/// At most this many violations are kept per group (all are counted), so a host that excuses a
+/// group (a damaged disk on one node) still sees every other group's.
+const VIOLATIONS_KEPT_PER_GROUP_MAX: usize = 20;
 
 /// The longest committed prefix reported for a group: epoch runs over `[start, end)`.
 #[derive(Debug, Default)]
@@ -168,12 +169,13 @@ impl ReplicaChecker {
 
     fn violate(&mut self, group: String, detail: String) {
         self.violation_count += 1;
-        if self.violations.len() < VIOLATIONS_KEPT_MAX {
+        let kept = self.violations.iter().filter(|v| v.group == group).count();
+        if kept < VIOLATIONS_KEPT_PER_GROUP_MAX {
             self.violations.push(Violation { group, detail });
         }
     }
 
-    /// The first violations found (at most 20).
+    /// The first violations found (at most 20 per group).
     pub fn violations(&self) -> &[Violation] {
         &self.violations
     }
