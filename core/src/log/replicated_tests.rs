@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use super::testkit::{batch, header, small_config};
+use super::testkit::{batch, committed_batches, header, small_config};
 use super::*;
 use crate::batch::{self, CONTROL_TYPE_LEADER_EPOCH_START, CONTROL_TYPE_MEMBERSHIP};
 use crate::storage::{CrashMode, MemStorage, Storage, StorageFile};
@@ -143,21 +143,10 @@ impl Replica {
 
     /// What a consumer sees: committed batches only.
     fn read_committed(&mut self) -> Vec<Vec<u8>> {
-        let mut offset = self.log.log_start_offset();
-        let mut out = Vec::new();
-        while offset < self.log.high_watermark() {
-            let mut cursor = self.log.read(offset, 1 << 20).unwrap();
-            self.store.read(&mut cursor).unwrap();
-            for b in cursor.into_batches() {
-                assert!(
-                    b.last_offset < self.log.high_watermark(),
-                    "read past the HW"
-                );
-                offset = b.last_offset + 1;
-                out.push(b.bytes.to_vec());
-            }
-        }
-        out
+        committed_batches(&self.log, &mut self.store)
+            .into_iter()
+            .map(|b| b.bytes.to_vec())
+            .collect()
     }
 
     /// The log equals the model: contents, producer state and epoch cache as a fresh replay of

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use bytes::BytesMut;
 
 use super::*;
-use crate::log::testkit::{batch, small_config};
+use crate::log::testkit::{batch, committed_batches, small_config};
 use crate::log::LogStore;
 use crate::raft::{HardState, Membership, Message, RaftConfig};
 use crate::storage::{CrashMode, MemStorage};
@@ -185,23 +185,10 @@ impl Group {
     /// Every batch of a node's log up to its high watermark, as stored bytes.
     fn committed_batches(&self, id: usize) -> Vec<(u64, i32, Bytes)> {
         let node = self.nodes[id].as_ref().expect("up");
-        let log = node.replica.log();
-        let mut out = Vec::new();
-        let mut offset = log.log_start_offset();
-        while offset < log.high_watermark() {
-            let mut cursor = log.read(offset, 1 << 20).expect("read");
-            node.store.borrow_mut().read(&mut cursor).expect("read");
-            let batches = cursor.into_batches();
-            assert!(!batches.is_empty());
-            for b in batches {
-                if b.base_offset >= log.high_watermark() {
-                    break;
-                }
-                offset = b.last_offset + 1;
-                out.push((b.base_offset, b.epoch, b.bytes));
-            }
-        }
-        out
+        committed_batches(node.replica.log(), &mut node.store.borrow_mut())
+            .into_iter()
+            .map(|b| (b.base_offset, b.epoch, b.bytes))
+            .collect()
     }
 
     /// Replica agreement: the committed prefixes are byte-identical wherever they overlap.

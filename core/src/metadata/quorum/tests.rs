@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::*;
-use crate::log::testkit::small_config;
+use crate::log::testkit::{committed_batches, small_config};
 use crate::log::{LogConfig, LogStore};
 use crate::metadata::controller::CreateTopicRequest;
 use crate::storage::{CrashMode, MemStorage};
@@ -360,23 +360,10 @@ impl Cluster {
     /// Every metadata record in node `id`'s committed log, with its offset.
     fn committed_records(&self, id: usize) -> Vec<(u64, MetadataRecord)> {
         let node = self.nodes[id].as_ref().expect("up");
-        let log = node.quorum.replica().log();
-        let mut out = Vec::new();
-        let mut offset = log.log_start_offset();
-        while offset < log.high_watermark() {
-            let mut cursor = log.read(offset, 1 << 20).expect("read");
-            node.store.borrow_mut().read(&mut cursor).expect("read");
-            let batches = cursor.into_batches();
-            assert!(!batches.is_empty());
-            for b in batches {
-                if b.base_offset >= log.high_watermark() {
-                    break;
-                }
-                offset = b.last_offset + 1;
-                out.extend(decode_batch(&b.bytes, b.base_offset, b.last_offset).expect("decodes"));
-            }
-        }
-        out
+        committed_batches(node.quorum.replica().log(), &mut node.store.borrow_mut())
+            .into_iter()
+            .flat_map(|b| decode_batch(&b.bytes, b.base_offset, b.last_offset).expect("decodes"))
+            .collect()
     }
 }
 
