@@ -15,6 +15,7 @@ use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataReques
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{BrokerId, ProducerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::batch::{split_batches, BatchBuilder, NewRecord, Records};
@@ -139,20 +140,10 @@ impl Client {
         addr
     }
 
-    /// Marks the leaders as unknown: the next partition request refreshes them first.
-    pub fn refresh_later(&mut self) {
-        self.stale = true;
-    }
-
     /// Asks one broker for the workload topic's leaders.
     async fn refresh(&mut self) {
         let addr = self.any_broker();
-        let request = MetadataRequest::default()
-            .with_topics(Some(vec![
-                MetadataRequestTopic::default().with_name(Some(topic_name()))
-            ]))
-            .with_allow_auto_topic_creation(false);
-        let Ok(response) = self.conn(&addr).call(&request, 9).await else {
+        let Ok(response) = self.conn(&addr).call(&metadata_request(), 9).await else {
             return;
         };
         self.brokers = response
@@ -209,6 +200,25 @@ impl Client {
             )));
         };
         self.call_at(&addr, request, version).await
+    }
+
+    /// Produces one partition's batch at its leader and returns that partition's answer; an
+    /// error code marks the leaders stale, as a failed call does.
+    pub async fn produce(
+        &mut self,
+        partition: i32,
+        request: &ProduceRequest,
+    ) -> Result<PartitionProduceResponse, CallError> {
+        let mut response = self.call_leader(partition, request, 9).await?;
+        let answer = response
+            .responses
+            .swap_remove(0)
+            .partition_responses
+            .swap_remove(0);
+        if answer.error_code != 0 {
+            self.stale = true;
+        }
+        Ok(answer)
     }
 
     /// The address of `partition`'s leader, refreshing the leaders first if they may have
@@ -280,6 +290,15 @@ pub async fn create_topic(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Metadata of the workload topic (never auto-created).
+fn metadata_request() -> MetadataRequest {
+    MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name()))
+        ]))
+        .with_allow_auto_topic_creation(false)
 }
 
 fn produce_request(partition: i32, acks: i16, value: u64, timestamp: i64) -> ProduceRequest {
@@ -393,18 +412,13 @@ async fn send_once(
     timestamp: i64,
 ) -> Outcome<u64> {
     match client
-        .call_leader(
+        .produce(
             partition,
             &produce_request(partition, acks, value, timestamp),
-            9,
         )
         .await
     {
-        Ok(r) => {
-            let p = &r.responses[0].partition_responses[0];
-            if p.error_code != 0 {
-                client.refresh_later();
-            }
+        Ok(p) => {
             match p.error_code {
                 0 => Outcome::Ok(p.base_offset as u64),
                 // Refused before anything was written: definitely not in the log.
@@ -475,12 +489,8 @@ impl IdempotentProducer {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
             }
-            match client.call_leader(partition, &request, 9).await {
-                Ok(r) => {
-                    let p = &r.responses[0].partition_responses[0];
-                    if p.error_code != 0 {
-                        client.refresh_later();
-                    }
+            match client.produce(partition, &request).await {
+                Ok(p) => {
                     match p.error_code {
                         0 => {
                             self.sequences.insert(partition, sequence.wrapping_add(1));
@@ -586,7 +596,7 @@ async fn fetch(
         return Err(why);
     }
     if !fetched.errors.is_empty() {
-        client.refresh_later();
+        client.stale = true;
     }
     Ok(fetched)
 }
@@ -871,26 +881,16 @@ pub async fn liveness(
         attempt += 1;
         let value = (u64::from(process) << 40) | attempt;
         let invoke_ms = trace.now_ms();
-        let result = client
-            .call_leader(
+        let outcome = match client
+            .produce(
                 partition,
                 &produce_request(partition, -1, value, 1_700_000_000_000),
-                9,
             )
             .await
-            .map_err(|(CallError::NotSent(why) | CallError::Unknown(why))| why);
-        if !matches!(&result, Ok(r) if r.responses[0].partition_responses[0].error_code == 0) {
-            client.refresh_later();
-        }
-        let outcome = match &result {
-            Ok(r) if r.responses[0].partition_responses[0].error_code == 0 => {
-                Outcome::Ok(r.responses[0].partition_responses[0].base_offset as u64)
-            }
-            Ok(r) => Outcome::Info(format!(
-                "error code {}",
-                r.responses[0].partition_responses[0].error_code
-            )),
-            Err(e) => Outcome::Info(e.clone()),
+        {
+            Ok(p) if p.error_code == 0 => Outcome::Ok(p.base_offset as u64),
+            Ok(p) => Outcome::Info(format!("error code {}", p.error_code)),
+            Err(CallError::NotSent(why) | CallError::Unknown(why)) => Outcome::Info(why),
         };
         let kind = OpKind::Send {
             key: key(partition),
@@ -947,12 +947,7 @@ pub async fn record_views(bootstrap: &[String], trace: &Trace) {
             addr: addr.clone(),
             conn: None,
         };
-        let request = MetadataRequest::default()
-            .with_topics(Some(vec![
-                MetadataRequestTopic::default().with_name(Some(topic_name()))
-            ]))
-            .with_allow_auto_topic_creation(false);
-        let view = match conn.call(&request, 9).await {
+        let view = match conn.call(&metadata_request(), 9).await {
             Ok(r) => {
                 let brokers: Vec<i32> = r.brokers.iter().map(|b| b.node_id.0).collect();
                 let partitions: Vec<String> = r
