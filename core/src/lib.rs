@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod checker;
 mod error;
+pub mod group;
 pub mod history;
 pub mod limits;
 pub mod log;

@@ -110,3 +110,34 @@ pub const PRODUCER_ID_BLOCK_SIZE_DEFAULT: i64 = 1_000;
 const _: () =
     assert!(METADATA_REQUESTS_IN_FLIGHT_MAX as u64 <= RAFT_UNCOMMITTED_ENTRIES_MAX_DEFAULT);
 const _: () = assert!(PRODUCER_ID_BLOCK_SIZE_DEFAULT > 0);
+
+/// Group coordinator: bytes of a group id, member id, instance id, client id or host at most
+/// (Kafka bounds them only by the INT16 string length; records of `__consumer_offsets` must fit
+/// a batch).
+pub const GROUP_STRING_BYTES_MAX: usize = METADATA_STRING_BYTES_MAX;
+/// Group coordinator: bytes of one member's protocol metadata or assignment at most.
+pub const GROUP_MEMBER_BLOB_BYTES_MAX: usize = 64 * 1024;
+/// Group coordinator: bytes of one `__consumer_offsets` record value at most (a group's record
+/// carries every member's subscription and assignment).
+pub const GROUP_RECORD_BYTES_MAX: usize = 1024 * 1024;
+/// Group coordinator default: members of one group at most (Kafka's `group.max.size` is
+/// unbounded; a bound keeps the group's record under GROUP_RECORD_BYTES_MAX for typical sizes).
+pub const GROUP_MEMBERS_MAX_DEFAULT: usize = 1000;
+/// Group coordinator: bytes of an offset commit's metadata string (Kafka's
+/// `offset.metadata.max.bytes`).
+pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+/// Group coordinator: partitions of one OffsetCommit at most.
+pub const OFFSET_COMMIT_PARTITIONS_MAX: usize = 10_000;
+/// Group coordinator: requests waiting on the coordinator (joins, syncs, commits) at most;
+/// beyond it new ones are refused with COORDINATOR_NOT_AVAILABLE, which clients retry.
+pub const GROUP_REQUESTS_IN_FLIGHT_MAX: usize = 10_000;
+/// Group coordinator defaults, as Kafka's.
+pub const GROUP_MIN_SESSION_TIMEOUT_MS_DEFAULT: u64 = 6_000;
+pub const GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT: u64 = 1_800_000;
+pub const GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
+pub const OFFSETS_RETENTION_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
+
+const _: () = assert!(GROUP_STRING_BYTES_MAX <= i16::MAX as usize);
+const _: () = assert!(OFFSET_METADATA_BYTES_MAX <= i16::MAX as usize);
+const _: () = assert!(2 * GROUP_MEMBER_BLOB_BYTES_MAX <= GROUP_RECORD_BYTES_MAX);
+const _: () = assert!(GROUP_MIN_SESSION_TIMEOUT_MS_DEFAULT <= GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT);
