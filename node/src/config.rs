@@ -92,6 +92,30 @@ pub struct ServeArgs {
     /// replica.fetch.max.bytes; one batch is always sent, however large) [default: 1048576].
     #[arg(long, env = "SLUICE_REPLICA_FETCH_MAX_BYTES")]
     pub replica_fetch_max_bytes: Option<u64>,
+    /// Partitions of `__consumer_offsets`, fixed when it is first created
+    /// (offsets.topic.num.partitions) [default: 16].
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_PARTITIONS")]
+    pub offsets_topic_partitions: Option<i32>,
+    /// Replication factor of `__consumer_offsets` (offsets.topic.replication.factor), lowered
+    /// to the number of live brokers when it is created [default: 3].
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_REPLICATION_FACTOR")]
+    pub offsets_topic_replication_factor: Option<i16>,
+    /// How long a new consumer group waits for more members before its first rebalance
+    /// (group.initial.rebalance.delay.ms) [default: 3000].
+    #[arg(long, env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// Smallest session timeout a group member may ask for (group.min.session.timeout.ms)
+    /// [default: 6000].
+    #[arg(long, env = "SLUICE_GROUP_MIN_SESSION_TIMEOUT_MS")]
+    pub group_min_session_timeout_ms: Option<u64>,
+    /// Largest session timeout a group member may ask for (group.max.session.timeout.ms)
+    /// [default: 1800000].
+    #[arg(long, env = "SLUICE_GROUP_MAX_SESSION_TIMEOUT_MS")]
+    pub group_max_session_timeout_ms: Option<u64>,
+    /// How long committed offsets of a group without members are kept
+    /// (offsets.retention.minutes, in ms) [default: 604800000].
+    #[arg(long, env = "SLUICE_OFFSETS_RETENTION_MS")]
+    pub offsets_retention_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -120,6 +144,10 @@ pub struct Config {
     pub raft_tick_ms: u64,
     pub election_timeout_ms: u64,
     pub replica_fetch_max_bytes: u64,
+    pub offsets_topic_partitions: i32,
+    pub offsets_topic_replication_factor: i16,
+    /// The group coordinator's settings.
+    pub groups: sluice_core::group::CoordinatorConfig,
 }
 
 /// Kafka's `socket.request.max.bytes`.
@@ -212,6 +240,23 @@ impl Config {
             replica_fetch_max_bytes: a
                 .replica_fetch_max_bytes
                 .unwrap_or(limits::RAFT_APPEND_BYTES_MAX_DEFAULT),
+            offsets_topic_partitions: a.offsets_topic_partitions.unwrap_or(16),
+            offsets_topic_replication_factor: a.offsets_topic_replication_factor.unwrap_or(3),
+            groups: sluice_core::group::CoordinatorConfig {
+                initial_rebalance_delay_ms: a
+                    .group_initial_rebalance_delay_ms
+                    .unwrap_or(limits::GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT),
+                min_session_timeout_ms: a
+                    .group_min_session_timeout_ms
+                    .unwrap_or(limits::GROUP_MIN_SESSION_TIMEOUT_MS_DEFAULT),
+                max_session_timeout_ms: a
+                    .group_max_session_timeout_ms
+                    .unwrap_or(limits::GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT),
+                offsets_retention_ms: a
+                    .offsets_retention_ms
+                    .unwrap_or(limits::OFFSETS_RETENTION_MS_DEFAULT),
+                ..sluice_core::group::CoordinatorConfig::default()
+            },
             peers,
             rpc_listen,
             controllers,
@@ -232,6 +277,24 @@ impl Config {
             return Err("election_timeout_ms must be at least two raft ticks".into());
         }
         config.log.validate()?;
+        if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&config.offsets_topic_partitions) {
+            return Err(format!(
+                "offsets_topic_partitions must be in 1..={PARTITIONS_PER_TOPIC_MAX}"
+            ));
+        }
+        if !(1..=limits::TOPIC_REPLICAS_MAX as i16)
+            .contains(&config.offsets_topic_replication_factor)
+        {
+            return Err(format!(
+                "offsets_topic_replication_factor must be in 1..={}",
+                limits::TOPIC_REPLICAS_MAX
+            ));
+        }
+        if config.groups.min_session_timeout_ms > config.groups.max_session_timeout_ms {
+            return Err(
+                "group_min_session_timeout_ms must not exceed group_max_session_timeout_ms".into(),
+            );
+        }
         if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&config.num_partitions) {
             return Err(format!(
                 "num_partitions must be in 1..={PARTITIONS_PER_TOPIC_MAX}"
@@ -284,6 +347,22 @@ impl ServeArgs {
             replica_fetch_max_bytes: self
                 .replica_fetch_max_bytes
                 .or(file.replica_fetch_max_bytes),
+            offsets_topic_partitions: self
+                .offsets_topic_partitions
+                .or(file.offsets_topic_partitions),
+            offsets_topic_replication_factor: self
+                .offsets_topic_replication_factor
+                .or(file.offsets_topic_replication_factor),
+            group_initial_rebalance_delay_ms: self
+                .group_initial_rebalance_delay_ms
+                .or(file.group_initial_rebalance_delay_ms),
+            group_min_session_timeout_ms: self
+                .group_min_session_timeout_ms
+                .or(file.group_min_session_timeout_ms),
+            group_max_session_timeout_ms: self
+                .group_max_session_timeout_ms
+                .or(file.group_max_session_timeout_ms),
+            offsets_retention_ms: self.offsets_retention_ms.or(file.offsets_retention_ms),
         }
     }
 }

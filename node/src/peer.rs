@@ -34,6 +34,8 @@ pub enum ControllerRequest {
         name: String,
         num_partitions: i32,
         replication_factor: i16,
+        /// Config overrides (the internal `__consumer_offsets` keeps its records forever).
+        configs: Vec<(String, String)>,
     },
     /// The next block of producer ids for this node's InitProducerId answers.
     AllocateProducerIds { node_id: i32 },
@@ -125,6 +127,7 @@ mod tests {
                     name: "t".into(),
                     num_partitions: -1,
                     replication_factor: -1,
+                    configs: vec![("retention.ms".into(), "-1".into())],
                 },
             },
             PeerMessage::ControllerReply {

@@ -37,6 +37,12 @@ pub fn supported_versions(api_key: ApiKey) -> VersionRange {
     fn both<R: kafka_protocol::protocol::Request>() -> VersionRange {
         R::VERSIONS.intersect(&<R::Response as Message>::VERSIONS)
     }
+    fn capped(range: VersionRange, max: i16) -> VersionRange {
+        VersionRange {
+            min: range.min,
+            max: range.max.min(max),
+        }
+    }
     let typed = match api_key {
         ApiKey::Produce => both::<ProduceRequest>(),
         ApiKey::Fetch => both::<FetchRequest>(),
@@ -48,6 +54,20 @@ pub fn supported_versions(api_key: ApiKey) -> VersionRange {
         ApiKey::InitProducerId => both::<InitProducerIdRequest>(),
         ApiKey::DescribeConfigs => both::<DescribeConfigsRequest>(),
         ApiKey::OffsetForLeaderEpoch => both::<OffsetForLeaderEpochRequest>(),
+        // Group APIs up to the last version of the classic protocol's layout: later versions
+        // name topics by id (OffsetCommit 10, OffsetFetch 10) or carry KIP-848/932 fields
+        // (FindCoordinator 6, ListGroups 5) the coordinator does not speak.
+        ApiKey::FindCoordinator => capped(both::<FindCoordinatorRequest>(), 4),
+        ApiKey::JoinGroup => capped(both::<JoinGroupRequest>(), 9),
+        ApiKey::SyncGroup => capped(both::<SyncGroupRequest>(), 5),
+        ApiKey::Heartbeat => capped(both::<HeartbeatRequest>(), 4),
+        ApiKey::LeaveGroup => capped(both::<LeaveGroupRequest>(), 5),
+        ApiKey::OffsetCommit => capped(both::<OffsetCommitRequest>(), 8),
+        ApiKey::OffsetFetch => capped(both::<OffsetFetchRequest>(), 8),
+        ApiKey::OffsetDelete => capped(both::<OffsetDeleteRequest>(), 0),
+        ApiKey::DescribeGroups => capped(both::<DescribeGroupsRequest>(), 5),
+        ApiKey::ListGroups => capped(both::<ListGroupsRequest>(), 4),
+        ApiKey::DeleteGroups => capped(both::<DeleteGroupsRequest>(), 2),
         other => other.valid_versions(),
     };
     typed.intersect(&api_key.valid_versions())

@@ -214,6 +214,7 @@ impl<S: Storage> Broker<S> {
                 name: name.to_string(),
                 num_partitions: -1,
                 replication_factor: -1,
+                configs: Vec::new(),
             });
         }
     }

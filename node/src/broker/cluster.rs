@@ -463,13 +463,14 @@ impl<S: Storage> Broker<S> {
                 name,
                 num_partitions,
                 replication_factor,
+                configs,
             } => meta.quorum.create_topic(
                 &CreateTopicRequest {
                     name: name.clone(),
                     num_partitions: *num_partitions,
                     replication_factor: *replication_factor,
                     assignment: None,
-                    configs: Vec::new(),
+                    configs: configs.clone(),
                 },
                 now,
                 &meta.store,

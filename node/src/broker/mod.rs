@@ -12,6 +12,7 @@
 mod admin;
 mod cluster;
 mod fetch;
+mod groups;
 mod hard_state;
 mod leader_epoch;
 mod produce;
@@ -143,6 +144,14 @@ pub struct Broker<S: Storage> {
     observer: Option<Observer>,
     /// Per group: the last high watermark and leader term reported to the observer.
     observed: BTreeMap<String, (u64, u64)>,
+    /// Group coordinators of the `__consumer_offsets` partitions this broker leads.
+    coordinators: BTreeMap<i32, groups::CoordinatorSlot>,
+    group_waiters: BTreeMap<sluice_core::group::RequestId, groups::GroupWaiter>,
+    next_group_request: sluice_core::group::RequestId,
+    /// DeleteGroups split over several coordinators: parent -> (answers so far, parts left);
+    /// and each part's parent.
+    group_gathers: BTreeMap<u64, (Vec<(String, ErrorCode)>, usize)>,
+    group_parents: BTreeMap<u64, u64>,
 }
 
 /// Receives what the replicas on a broker report (see [`Broker::set_observer`]).
@@ -221,6 +230,11 @@ impl<S: Storage> Broker<S> {
             rng,
             observer: None,
             observed: BTreeMap::new(),
+            coordinators: BTreeMap::new(),
+            group_waiters: BTreeMap::new(),
+            next_group_request: 0,
+            group_gathers: BTreeMap::new(),
+            group_parents: BTreeMap::new(),
         };
         broker.after_metadata_input();
         tracing::info!(
@@ -368,6 +382,10 @@ impl<S: Storage> Broker<S> {
         for w in &self.fetch_waiters {
             deadline = deadline.min(w.deadline);
         }
+        if let Some(at_ms) = self.next_coordinator_deadline_ms() {
+            let wait_ms = at_ms.saturating_sub(now_ms());
+            deadline = deadline.min(Instant::now() + Duration::from_millis(wait_ms));
+        }
         if self.config.flush_interval_ms > 0 {
             let interval = Duration::from_millis(self.config.flush_interval_ms);
             for tp in &self.dirty {
@@ -417,6 +435,42 @@ impl<S: Storage> Broker<S> {
                     return;
                 }
             },
+            RequestKind::FindCoordinator(req) => {
+                ResponseKind::FindCoordinator(self.find_coordinator(req, version))
+            }
+            RequestKind::JoinGroup(req) => {
+                self.join_group(req, version, reply);
+                return;
+            }
+            RequestKind::SyncGroup(req) => {
+                self.sync_group(req, version, reply);
+                return;
+            }
+            RequestKind::Heartbeat(req) => ResponseKind::Heartbeat(self.heartbeat_group(req)),
+            RequestKind::LeaveGroup(req) => {
+                ResponseKind::LeaveGroup(self.leave_group(req, version))
+            }
+            RequestKind::OffsetCommit(req) => {
+                self.offset_commit(req, version, reply);
+                return;
+            }
+            RequestKind::OffsetFetch(req) => {
+                ResponseKind::OffsetFetch(self.offset_fetch(req, version))
+            }
+            RequestKind::OffsetDelete(req) => {
+                self.offset_delete(req, version, reply);
+                return;
+            }
+            RequestKind::DescribeGroups(req) => {
+                ResponseKind::DescribeGroups(self.describe_groups(req, version))
+            }
+            RequestKind::ListGroups(req) => {
+                ResponseKind::ListGroups(self.list_groups(req, version))
+            }
+            RequestKind::DeleteGroups(req) => {
+                self.delete_groups(req, version, reply);
+                return;
+            }
             RequestKind::Fetch(req) => match self.fetch(req, version) {
                 fetch::Outcome::Now(resp) => ResponseKind::Fetch(resp),
                 fetch::Outcome::Wait(pending) => {
@@ -456,6 +510,7 @@ impl<S: Storage> Broker<S> {
                 now + Duration::from_millis(self.config.retention_check_interval_ms);
             self.enforce_retention();
         }
+        self.drive_coordinators();
         self.start_syncs(now);
         self.answer_produce_waiters(now);
         self.answer_fetch_waiters(now);
@@ -689,4 +744,15 @@ pub const SERVED_APIS: &[ApiKey] = &[
     ApiKey::InitProducerId,
     ApiKey::DescribeConfigs,
     ApiKey::OffsetForLeaderEpoch,
+    ApiKey::FindCoordinator,
+    ApiKey::JoinGroup,
+    ApiKey::SyncGroup,
+    ApiKey::Heartbeat,
+    ApiKey::LeaveGroup,
+    ApiKey::OffsetCommit,
+    ApiKey::OffsetFetch,
+    ApiKey::OffsetDelete,
+    ApiKey::DescribeGroups,
+    ApiKey::ListGroups,
+    ApiKey::DeleteGroups,
 ];

@@ -85,6 +85,10 @@ impl<S: Storage> Broker<S> {
                             ErrorCode::UnknownTopicId,
                             format!("unknown topic id {}", topic_data.topic_id),
                         )),
+                        Some(name) if name == sluice_core::group::OFFSETS_TOPIC => Err((
+                            ErrorCode::InvalidTopicException,
+                            format!("{name} is internal: only group coordinators write to it"),
+                        )),
                         Some(name) => self.append(name, data.index, data.records, now),
                     }
                 };
@@ -125,6 +129,20 @@ impl<S: Storage> Broker<S> {
     }
 
     /// Appends one partition's records and applies the resulting storage ops.
+    /// Appends a batch the broker built itself (a group coordinator's records); returns its
+    /// base offset.
+    pub(super) fn append_internal(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+        now: u64,
+    ) -> Result<u64, ErrorCode> {
+        self.append(topic, partition, Some(batch), now)
+            .map(|(appended, _, _)| appended.base_offset)
+            .map_err(|(code, _)| code)
+    }
+
     fn append(
         &mut self,
         topic: &str,
