@@ -900,3 +900,204 @@ async fn metadata_topic_id(c: &mut Connection, topic: &str) -> Uuid {
         .unwrap();
     meta.topics[0].topic_id
 }
+
+/// `v` clamped into `api`'s advertised range.
+fn clamp_version(api: ApiKey, v: i16) -> i16 {
+    let range = supported_versions(api);
+    v.clamp(range.min, range.max)
+}
+
+/// Asks FindCoordinator until `__consumer_offsets` exists and has a leader (the first call
+/// creates it); returns the coordinator's port.
+async fn find_coordinator(c: &mut Connection, group: &str, version: i16) -> i32 {
+    use kafka_protocol::messages::FindCoordinatorRequest;
+    for _ in 0..200 {
+        let mut req = FindCoordinatorRequest::default();
+        if version >= 4 {
+            req.coordinator_keys = vec![StrBytes::from_string(group.to_string())];
+        } else {
+            req.key = StrBytes::from_string(group.to_string());
+        }
+        let resp = c.call(&req, version).await.unwrap();
+        let (code, port) = if version >= 4 {
+            (resp.coordinators[0].error_code, resp.coordinators[0].port)
+        } else {
+            (resp.error_code, resp.port)
+        };
+        if code == 0 {
+            return port;
+        }
+        assert_eq!(code, 15, "COORDINATOR_NOT_AVAILABLE while __consumer_offsets is created");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no coordinator for {group} after 200 tries");
+}
+
+#[test]
+fn every_version_of_the_group_apis_round_trips() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::leave_group_request::MemberIdentity;
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+    };
+    use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+    use kafka_protocol::messages::{
+        DeleteGroupsRequest, DescribeGroupsRequest, GroupId, HeartbeatRequest, JoinGroupRequest,
+        LeaveGroupRequest, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
+        SyncGroupRequest,
+    };
+    let node = Node::start(
+        MemStorage::new(),
+        ServeArgs {
+            group_initial_rebalance_delay_ms: Some(0),
+            ..ServeArgs::default()
+        },
+    );
+    let s = |x: &str| StrBytes::from_string(x.to_string());
+    client_runtime().block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        create_topic(&mut c, "grouped", 2).await;
+        let join = supported_versions(ApiKey::JoinGroup);
+        for v in join.min..=join.max {
+            let group = format!("group-v{v}");
+            let port = find_coordinator(&mut c, &group, clamp_version(ApiKey::FindCoordinator, v)).await;
+            assert_eq!(port.to_string(), node.addr.rsplit(':').next().unwrap());
+            let join_req = |member: &str| {
+                JoinGroupRequest::default()
+                    .with_group_id(GroupId(s(&group)))
+                    .with_session_timeout_ms(10_000)
+                    .with_rebalance_timeout_ms(if v >= 1 { 10_000 } else { -1 })
+                    .with_member_id(s(member))
+                    .with_protocol_type(s("consumer"))
+                    .with_protocols(vec![JoinGroupRequestProtocol::default()
+                        .with_name(s("range"))
+                        .with_metadata(Bytes::from_static(b"meta"))])
+            };
+            let mut resp = c.call(&join_req(""), v).await.unwrap();
+            if v >= 4 {
+                assert_eq!(resp.error_code, 79, "join v{v}: MEMBER_ID_REQUIRED");
+                let member = resp.member_id.to_string();
+                resp = c.call(&join_req(&member), v).await.unwrap();
+            }
+            assert_eq!(resp.error_code, 0, "join v{v}");
+            assert_eq!(resp.generation_id, 1, "join v{v}");
+            assert_eq!(resp.leader, resp.member_id, "join v{v}: the only member leads");
+            assert_eq!(resp.members.len(), 1, "join v{v}");
+            let member = resp.member_id.clone();
+
+            let sv = clamp_version(ApiKey::SyncGroup, v);
+            let mut sync = SyncGroupRequest::default()
+                .with_group_id(GroupId(s(&group)))
+                .with_generation_id(1)
+                .with_member_id(member.clone())
+                .with_assignments(vec![SyncGroupRequestAssignment::default()
+                    .with_member_id(member.clone())
+                    .with_assignment(Bytes::from_static(b"assigned"))]);
+            if sv >= 5 {
+                sync.protocol_type = Some(s("consumer"));
+                sync.protocol_name = Some(s("range"));
+            }
+            let resp = c.call(&sync, sv).await.unwrap();
+            assert_eq!(resp.error_code, 0, "sync v{sv}");
+            assert_eq!(&resp.assignment[..], b"assigned", "sync v{sv}");
+
+            let hv = clamp_version(ApiKey::Heartbeat, v);
+            let hb = HeartbeatRequest::default()
+                .with_group_id(GroupId(s(&group)))
+                .with_generation_id(1)
+                .with_member_id(member.clone());
+            assert_eq!(c.call(&hb, hv).await.unwrap().error_code, 0, "heartbeat v{hv}");
+            let stale = hb.clone().with_generation_id(0);
+            assert_eq!(c.call(&stale, hv).await.unwrap().error_code, 22, "heartbeat v{hv}");
+
+            let cv = clamp_version(ApiKey::OffsetCommit, v);
+            let commit = OffsetCommitRequest::default()
+                .with_group_id(GroupId(s(&group)))
+                .with_generation_id_or_member_epoch(1)
+                .with_member_id(member.clone())
+                .with_topics(vec![OffsetCommitRequestTopic::default()
+                    .with_name(name("grouped"))
+                    .with_partitions(vec![OffsetCommitRequestPartition::default()
+                        .with_partition_index(1)
+                        .with_committed_offset(40 + i64::from(v))
+                        .with_committed_metadata(Some(s("md")))])]);
+            let resp = c.call(&commit, cv).await.unwrap();
+            assert_eq!(resp.topics[0].partitions[0].error_code, 0, "commit v{cv}");
+
+            let fv = clamp_version(ApiKey::OffsetFetch, v);
+            let fetched = if fv >= 8 {
+                let req = OffsetFetchRequest::default().with_groups(vec![
+                    OffsetFetchRequestGroup::default()
+                        .with_group_id(GroupId(s(&group)))
+                        .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                            .with_name(name("grouped"))
+                            .with_partition_indexes(vec![0, 1])])),
+                ]);
+                let resp = c.call(&req, fv).await.unwrap();
+                let p = &resp.groups[0].topics[0].partitions;
+                (p[0].committed_offset, p[1].committed_offset)
+            } else {
+                let req = OffsetFetchRequest::default()
+                    .with_group_id(GroupId(s(&group)))
+                    .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                        .with_name(name("grouped"))
+                        .with_partition_indexes(vec![0, 1])]));
+                let resp = c.call(&req, fv).await.unwrap();
+                let p = &resp.topics[0].partitions;
+                (p[0].committed_offset, p[1].committed_offset)
+            };
+            assert_eq!(fetched, (-1, 40 + i64::from(v)), "offset fetch v{fv}");
+
+            let dv = clamp_version(ApiKey::DescribeGroups, v);
+            let resp = c
+                .call(
+                    &DescribeGroupsRequest::default().with_groups(vec![GroupId(s(&group))]),
+                    dv,
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.groups[0].group_state.as_str(), "Stable", "describe v{dv}");
+            assert_eq!(&resp.groups[0].members[0].member_assignment[..], b"assigned");
+
+            let lv = clamp_version(ApiKey::ListGroups, v);
+            let resp = c.call(&ListGroupsRequest::default(), lv).await.unwrap();
+            assert!(
+                resp.groups.iter().any(|g| g.group_id.0.as_str() == group),
+                "list v{lv}"
+            );
+
+            let leave_v = clamp_version(ApiKey::LeaveGroup, v);
+            let mut leave = LeaveGroupRequest::default().with_group_id(GroupId(s(&group)));
+            if leave_v >= 3 {
+                leave.members = vec![MemberIdentity::default().with_member_id(member.clone())];
+            } else {
+                leave.member_id = member.clone();
+            }
+            let resp = c.call(&leave, leave_v).await.unwrap();
+            assert_eq!(resp.error_code, 0, "leave v{leave_v}");
+
+            let del_v = clamp_version(ApiKey::DeleteGroups, v);
+            let resp = c
+                .call(
+                    &DeleteGroupsRequest::default().with_groups_names(vec![
+                        GroupId(s(&group)),
+                        GroupId(s("never-was")),
+                    ]),
+                    del_v,
+                )
+                .await
+                .unwrap();
+            // Answered per group (the two may live in different coordinator partitions).
+            let codes: std::collections::BTreeMap<String, i16> = resp
+                .results
+                .iter()
+                .map(|r| (r.group_id.0.to_string(), r.error_code))
+                .collect();
+            let want = [(group.clone(), 0), ("never-was".to_string(), 69)];
+            assert_eq!(codes, want.into_iter().collect(), "delete groups v{del_v}");
+        }
+    });
+}
