@@ -927,7 +927,10 @@ async fn find_coordinator(c: &mut Connection, group: &str, version: i16) -> i32 
         if code == 0 {
             return port;
         }
-        assert_eq!(code, 15, "COORDINATOR_NOT_AVAILABLE while __consumer_offsets is created");
+        assert_eq!(
+            code, 15,
+            "COORDINATOR_NOT_AVAILABLE while __consumer_offsets is created"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("no coordinator for {group} after 200 tries");
@@ -963,7 +966,8 @@ fn every_version_of_the_group_apis_round_trips() {
         let join = supported_versions(ApiKey::JoinGroup);
         for v in join.min..=join.max {
             let group = format!("group-v{v}");
-            let port = find_coordinator(&mut c, &group, clamp_version(ApiKey::FindCoordinator, v)).await;
+            let port =
+                find_coordinator(&mut c, &group, clamp_version(ApiKey::FindCoordinator, v)).await;
             assert_eq!(port.to_string(), node.addr.rsplit(':').next().unwrap());
             let join_req = |member: &str| {
                 JoinGroupRequest::default()
@@ -984,7 +988,10 @@ fn every_version_of_the_group_apis_round_trips() {
             }
             assert_eq!(resp.error_code, 0, "join v{v}");
             assert_eq!(resp.generation_id, 1, "join v{v}");
-            assert_eq!(resp.leader, resp.member_id, "join v{v}: the only member leads");
+            assert_eq!(
+                resp.leader, resp.member_id,
+                "join v{v}: the only member leads"
+            );
             assert_eq!(resp.members.len(), 1, "join v{v}");
             let member = resp.member_id.clone();
 
@@ -1009,9 +1016,17 @@ fn every_version_of_the_group_apis_round_trips() {
                 .with_group_id(GroupId(s(&group)))
                 .with_generation_id(1)
                 .with_member_id(member.clone());
-            assert_eq!(c.call(&hb, hv).await.unwrap().error_code, 0, "heartbeat v{hv}");
+            assert_eq!(
+                c.call(&hb, hv).await.unwrap().error_code,
+                0,
+                "heartbeat v{hv}"
+            );
             let stale = hb.clone().with_generation_id(0);
-            assert_eq!(c.call(&stale, hv).await.unwrap().error_code, 22, "heartbeat v{hv}");
+            assert_eq!(
+                c.call(&stale, hv).await.unwrap().error_code,
+                22,
+                "heartbeat v{hv}"
+            );
 
             let cv = clamp_version(ApiKey::OffsetCommit, v);
             let commit = OffsetCommitRequest::default()
@@ -1059,8 +1074,15 @@ fn every_version_of_the_group_apis_round_trips() {
                 )
                 .await
                 .unwrap();
-            assert_eq!(resp.groups[0].group_state.as_str(), "Stable", "describe v{dv}");
-            assert_eq!(&resp.groups[0].members[0].member_assignment[..], b"assigned");
+            assert_eq!(
+                resp.groups[0].group_state.as_str(),
+                "Stable",
+                "describe v{dv}"
+            );
+            assert_eq!(
+                &resp.groups[0].members[0].member_assignment[..],
+                b"assigned"
+            );
 
             let lv = clamp_version(ApiKey::ListGroups, v);
             let resp = c.call(&ListGroupsRequest::default(), lv).await.unwrap();
@@ -1082,10 +1104,8 @@ fn every_version_of_the_group_apis_round_trips() {
             let del_v = clamp_version(ApiKey::DeleteGroups, v);
             let resp = c
                 .call(
-                    &DeleteGroupsRequest::default().with_groups_names(vec![
-                        GroupId(s(&group)),
-                        GroupId(s("never-was")),
-                    ]),
+                    &DeleteGroupsRequest::default()
+                        .with_groups_names(vec![GroupId(s(&group)), GroupId(s("never-was"))]),
                     del_v,
                 )
                 .await
