@@ -238,7 +238,6 @@ struct Member {
     client_host: String,
     session_timeout_ms: u64,
     rebalance_timeout_ms: u64,
-    protocol_type: String,
     protocols: Vec<(String, Vec<u8>)>,
     assignment: Vec<u8>,
     awaiting_join: Option<RequestId>,
@@ -522,7 +521,6 @@ impl GroupCoordinator {
                             client_host: m.client_host,
                             session_timeout_ms: m.session_timeout_ms.max(0) as u64,
                             rebalance_timeout_ms: m.rebalance_timeout_ms.max(0) as u64,
-                            protocol_type: v.protocol_type.clone(),
                             protocols: vec![(
                                 v.protocol.clone().unwrap_or_default(),
                                 m.subscription,
@@ -776,7 +774,6 @@ impl GroupCoordinator {
             client_host: String::new(),
             session_timeout_ms: 0,
             rebalance_timeout_ms: 0,
-            protocol_type: String::new(),
             protocols: Vec::new(),
             assignment: Vec::new(),
             awaiting_join: Some(request),
@@ -1816,7 +1813,6 @@ fn update_member(m: &mut Member, req: &JoinRequest) {
     m.client_host = req.client_host.clone();
     m.session_timeout_ms = req.session_timeout_ms.max(0) as u64;
     m.rebalance_timeout_ms = req.rebalance_timeout_ms.max(req.session_timeout_ms).max(0) as u64;
-    m.protocol_type = req.protocol_type.clone();
     m.protocols = req.protocols.clone();
 }
 

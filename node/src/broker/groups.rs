@@ -7,7 +7,7 @@
 //! then answers (COORDINATOR_LOAD_IN_PROGRESS before). Losing leadership drops the coordinator
 //! and answers its waiting requests NOT_COORDINATOR, so clients look for the new one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
@@ -84,29 +84,22 @@ fn string(s: &StrBytes) -> String {
 /// Where a group's coordinator is: (node id, host, port), or why it cannot be named.
 type Located = Result<(i32, String, i32), (ErrorCode, String)>;
 
-/// What a group request's coordinator looks like from here.
-enum Lookup {
-    Ready(i32),
-    Refused(ErrorCode),
-}
-
 impl<S: Storage> Broker<S> {
     fn offsets_partitions(&self) -> Option<i32> {
         self.topics.get(OFFSETS_TOPIC).map(|t| t.partitions)
     }
 
-    /// The partition of `group_id`, if this broker coordinates it and has loaded it.
-    fn coordinator_for(&self, group_id: &str) -> Lookup {
+    /// The partition of `group_id`, if this broker coordinates it and has loaded it; else the
+    /// error the client gets.
+    fn coordinator_for(&self, group_id: &str) -> Result<i32, ErrorCode> {
         let Some(partitions) = self.offsets_partitions() else {
-            return Lookup::Refused(ErrorCode::CoordinatorNotAvailable);
+            return Err(ErrorCode::CoordinatorNotAvailable);
         };
         let partition = group::partition_for(group_id, partitions);
         match self.coordinators.get(&partition) {
-            None => Lookup::Refused(ErrorCode::NotCoordinator),
-            Some(slot) if slot.load_until.is_some() => {
-                Lookup::Refused(ErrorCode::CoordinatorLoadInProgress)
-            }
-            Some(_) => Lookup::Ready(partition),
+            None => Err(ErrorCode::NotCoordinator),
+            Some(slot) if slot.load_until.is_some() => Err(ErrorCode::CoordinatorLoadInProgress),
+            Some(_) => Ok(partition),
         }
     }
 
@@ -266,8 +259,8 @@ impl<S: Storage> Broker<S> {
     ) {
         let group_id = string(&request.group_id.0);
         let partition = match self.coordinator_for(&group_id) {
-            Lookup::Ready(p) => p,
-            Lookup::Refused(code) => {
+            Ok(p) => p,
+            Err(code) => {
                 let response = JoinGroupResponse::default()
                     .with_error_code(code.code())
                     .with_generation_id(-1)
@@ -310,8 +303,8 @@ impl<S: Storage> Broker<S> {
     ) {
         let group_id = string(&request.group_id.0);
         let partition = match self.coordinator_for(&group_id) {
-            Lookup::Ready(p) => p,
-            Lookup::Refused(code) => {
+            Ok(p) => p,
+            Err(code) => {
                 let response = SyncGroupResponse::default().with_error_code(code.code());
                 send(reply, ResponseKind::SyncGroup(response));
                 return;
@@ -338,8 +331,8 @@ impl<S: Storage> Broker<S> {
     pub(super) fn heartbeat_group(&mut self, request: HeartbeatRequest) -> HeartbeatResponse {
         let group_id = string(&request.group_id.0);
         let code = match self.coordinator_for(&group_id) {
-            Lookup::Refused(code) => code,
-            Lookup::Ready(partition) => {
+            Err(code) => code,
+            Ok(partition) => {
                 let code = self.coordinator_mut(partition).heartbeat(
                     now_ms(),
                     &group_id,
@@ -375,8 +368,8 @@ impl<S: Storage> Broker<S> {
             vec![(string(&request.member_id), None)]
         };
         let (code, results) = match self.coordinator_for(&group_id) {
-            Lookup::Refused(code) => (code, Vec::new()),
-            Lookup::Ready(partition) => {
+            Err(code) => (code, Vec::new()),
+            Ok(partition) => {
                 let out = self
                     .coordinator_mut(partition)
                     .leave(now_ms(), &group_id, &members);
@@ -433,8 +426,8 @@ impl<S: Storage> Broker<S> {
             })
             .collect();
         let partition = match self.coordinator_for(&group_id) {
-            Lookup::Ready(p) => p,
-            Lookup::Refused(code) => {
+            Ok(p) => p,
+            Err(code) => {
                 let results = partitions
                     .iter()
                     .map(|p| (p.topic.clone(), p.partition, code))
@@ -480,8 +473,7 @@ impl<S: Storage> Broker<S> {
                             .collect()
                     });
                     let (code, offsets) = self.fetch_group_offsets(&string(&g.group_id.0), wanted);
-                    let mut topics: Vec<OffsetFetchResponseTopics> = Vec::new();
-                    for (topic, partition, value) in offsets {
+                    let topics = by_topic(offsets.into_iter().map(|(topic, partition, value)| {
                         let p = OffsetFetchResponsePartitions::default()
                             .with_partition_index(partition)
                             .with_committed_offset(value.as_ref().map_or(-1, |v| v.offset))
@@ -491,15 +483,14 @@ impl<S: Storage> Broker<S> {
                             .with_metadata(Some(str_bytes(
                                 value.map(|v| v.metadata).unwrap_or_default(),
                             )));
-                        match topics.last_mut() {
-                            Some(t) if t.name.0.as_str() == topic => t.partitions.push(p),
-                            _ => topics.push(
-                                OffsetFetchResponseTopics::default()
-                                    .with_name(TopicName(str_bytes(topic)))
-                                    .with_partitions(vec![p]),
-                            ),
-                        }
-                    }
+                        (topic, p)
+                    }))
+                    .map(|(name, partitions)| {
+                        OffsetFetchResponseTopics::default()
+                            .with_name(name)
+                            .with_partitions(partitions)
+                    })
+                    .collect();
                     OffsetFetchResponseGroup::default()
                         .with_group_id(g.group_id.clone())
                         .with_error_code(code.code())
@@ -515,8 +506,7 @@ impl<S: Storage> Broker<S> {
                 .collect()
         });
         let (code, offsets) = self.fetch_group_offsets(&string(&request.group_id.0), wanted);
-        let mut topics: Vec<OffsetFetchResponseTopic> = Vec::new();
-        for (topic, partition, value) in offsets {
+        let topics = by_topic(offsets.into_iter().map(|(topic, partition, value)| {
             let mut p = OffsetFetchResponsePartition::default()
                 .with_partition_index(partition)
                 .with_committed_offset(value.as_ref().map_or(-1, |v| v.offset))
@@ -532,15 +522,14 @@ impl<S: Storage> Broker<S> {
             if version < 2 && !code.is_none() {
                 p.error_code = code.code(); // v0-1 have no top-level error
             }
-            match topics.last_mut() {
-                Some(t) if t.name.0.as_str() == topic => t.partitions.push(p),
-                _ => topics.push(
-                    OffsetFetchResponseTopic::default()
-                        .with_name(TopicName(str_bytes(topic)))
-                        .with_partitions(vec![p]),
-                ),
-            }
-        }
+            (topic, p)
+        }))
+        .map(|(name, partitions)| {
+            OffsetFetchResponseTopic::default()
+                .with_name(name)
+                .with_partitions(partitions)
+        })
+        .collect();
         let mut response = OffsetFetchResponse::default().with_topics(topics);
         if version >= 2 {
             response.error_code = code.code();
@@ -554,8 +543,8 @@ impl<S: Storage> Broker<S> {
         wanted: Option<Vec<(String, i32)>>,
     ) -> (ErrorCode, Vec<(String, i32, Option<group::OffsetValue>)>) {
         match self.coordinator_for(group_id) {
-            Lookup::Refused(code) => (code, Vec::new()),
-            Lookup::Ready(partition) => {
+            Err(code) => (code, Vec::new()),
+            Ok(partition) => {
                 let offsets = self
                     .coordinator_mut(partition)
                     .fetch_offsets(group_id, wanted.as_deref());
@@ -572,8 +561,8 @@ impl<S: Storage> Broker<S> {
     ) {
         let group_id = string(&request.group_id.0);
         let partition = match self.coordinator_for(&group_id) {
-            Lookup::Ready(p) => p,
-            Lookup::Refused(code) => {
+            Ok(p) => p,
+            Err(code) => {
                 let response = OffsetDeleteResponse::default().with_error_code(code.code());
                 send(reply, ResponseKind::OffsetDelete(response));
                 return;
@@ -612,8 +601,8 @@ impl<S: Storage> Broker<S> {
                     described.authorized_operations = i32::MIN;
                 }
                 match self.coordinator_for(&group_id) {
-                    Lookup::Refused(code) => described.with_error_code(code.code()),
-                    Lookup::Ready(partition) => {
+                    Err(code) => described.with_error_code(code.code()),
+                    Ok(partition) => {
                         let d = self.coordinator_mut(partition).describe(&group_id);
                         described
                             .with_group_state(str_bytes(d.state))
@@ -689,8 +678,8 @@ impl<S: Storage> Broker<S> {
         for g in &request.groups_names {
             let group_id = string(&g.0);
             match self.coordinator_for(&group_id) {
-                Lookup::Refused(code) => refused.push((group_id, code)),
-                Lookup::Ready(p) => by_partition.entry(p).or_default().push(group_id),
+                Err(code) => refused.push((group_id, code)),
+                Ok(p) => by_partition.entry(p).or_default().push(group_id),
             }
         }
         if by_partition.is_empty() {
@@ -718,11 +707,16 @@ impl<S: Storage> Broker<S> {
     /// Starts, loads, advances or drops the coordinator of every `__consumer_offsets`
     /// partition hosted here, and runs their timers.
     pub(super) fn drive_coordinators(&mut self) {
-        let hosted: Vec<i32> = self
+        // Runs after every step: a range of the ordered map, not a scan of every partition.
+        let first = TopicPartition {
+            topic: OFFSETS_TOPIC.to_string(),
+            partition: 0,
+        };
+        let hosted: BTreeSet<i32> = self
             .partitions
-            .keys()
-            .filter(|tp| tp.topic == OFFSETS_TOPIC)
-            .map(|tp| tp.partition)
+            .range(first..)
+            .take_while(|(tp, _)| tp.topic == OFFSETS_TOPIC)
+            .map(|(tp, _)| tp.partition)
             .chain(self.coordinators.keys().copied())
             .collect();
         let now = now_ms();
@@ -982,20 +976,18 @@ impl<S: Storage> Broker<S> {
             }
             Reply::Commit(results) => ResponseKind::OffsetCommit(commit_response(results)),
             Reply::DeleteOffsets(code, results) => {
-                let mut topics: Vec<OffsetDeleteResponseTopic> = Vec::new();
-                for (topic, partition, code) in results {
+                let topics = by_topic(results.into_iter().map(|(topic, partition, code)| {
                     let p = OffsetDeleteResponsePartition::default()
                         .with_partition_index(partition)
                         .with_error_code(code.code());
-                    match topics.last_mut() {
-                        Some(t) if t.name.0.as_str() == topic => t.partitions.push(p),
-                        _ => topics.push(
-                            OffsetDeleteResponseTopic::default()
-                                .with_name(TopicName(str_bytes(topic)))
-                                .with_partitions(vec![p]),
-                        ),
-                    }
-                }
+                    (topic, p)
+                }))
+                .map(|(name, partitions)| {
+                    OffsetDeleteResponseTopic::default()
+                        .with_name(name)
+                        .with_partitions(partitions)
+                })
+                .collect();
                 ResponseKind::OffsetDelete(
                     OffsetDeleteResponse::default()
                         .with_error_code(code.code())
@@ -1016,21 +1008,36 @@ fn send(reply: Option<oneshot::Sender<ResponseKind>>, response: ResponseKind) {
     }
 }
 
+/// Per-partition rows gathered into per-topic entries (consecutive rows of one topic share an
+/// entry), in the rows' order, as the responses list them.
+fn by_topic<P>(
+    rows: impl IntoIterator<Item = (String, P)>,
+) -> impl Iterator<Item = (TopicName, Vec<P>)> {
+    let mut topics: Vec<(String, Vec<P>)> = Vec::new();
+    for (topic, partition) in rows {
+        match topics.last_mut() {
+            Some((name, partitions)) if *name == topic => partitions.push(partition),
+            _ => topics.push((topic, vec![partition])),
+        }
+    }
+    topics
+        .into_iter()
+        .map(|(name, partitions)| (TopicName(str_bytes(name)), partitions))
+}
+
 fn commit_response(results: Vec<(String, i32, ErrorCode)>) -> OffsetCommitResponse {
-    let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
-    for (topic, partition, code) in results {
+    let topics = by_topic(results.into_iter().map(|(topic, partition, code)| {
         let p = OffsetCommitResponsePartition::default()
             .with_partition_index(partition)
             .with_error_code(code.code());
-        match topics.last_mut() {
-            Some(t) if t.name.0.as_str() == topic => t.partitions.push(p),
-            _ => topics.push(
-                OffsetCommitResponseTopic::default()
-                    .with_name(TopicName(str_bytes(topic)))
-                    .with_partitions(vec![p]),
-            ),
-        }
-    }
+        (topic, p)
+    }))
+    .map(|(name, partitions)| {
+        OffsetCommitResponseTopic::default()
+            .with_name(name)
+            .with_partitions(partitions)
+    })
+    .collect();
     OffsetCommitResponse::default().with_topics(topics)
 }
 
