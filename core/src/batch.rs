@@ -418,6 +418,8 @@ pub struct Record<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     pub headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
+    /// The whole record as stored, length prefix included: what the cleaner copies unchanged.
+    pub raw: &'a [u8],
 }
 
 /// Iterator over the records of one uncompressed batch. Yields an error (and then stops) on the
@@ -454,6 +456,7 @@ impl<'a> Records<'a> {
     }
 
     fn record(&mut self) -> Result<Record<'a>, BatchError> {
+        let start = self.at;
         let length = self.varint()?;
         let length =
             usize::try_from(length).map_err(|_| BatchError::BadRecords("negative length"))?;
@@ -490,6 +493,7 @@ impl<'a> Records<'a> {
             key,
             value,
             headers,
+            raw: &self.buf[start..end],
         })
     }
 
@@ -550,6 +554,33 @@ impl<'a> Iterator for Records<'a> {
         self.failed = record.is_err();
         Some(record)
     }
+}
+
+/// Encodes a batch with `header`'s fields (its own `batchLength`, `crc` and `recordCount` are
+/// ignored) around `records`, `record_count` whole records as stored (each with its length
+/// prefix), and computes the CRC. The log cleaner uses it to write a batch that lost records to
+/// compaction (same base offset, last offset delta, epoch and producer fields) and the empty
+/// batches that stand for removed ones.
+pub fn encode_batch(header: &BatchHeader, records: &[u8], record_count: i32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + records.len());
+    out.extend_from_slice(&header.base_offset.to_be_bytes());
+    let batch_length = (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES + records.len()) as i32;
+    out.extend_from_slice(&batch_length.to_be_bytes());
+    out.extend_from_slice(&header.partition_leader_epoch.to_be_bytes());
+    out.push(2);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&header.attributes.to_be_bytes());
+    out.extend_from_slice(&header.last_offset_delta.to_be_bytes());
+    out.extend_from_slice(&header.base_timestamp.to_be_bytes());
+    out.extend_from_slice(&header.max_timestamp.to_be_bytes());
+    out.extend_from_slice(&header.producer_id.to_be_bytes());
+    out.extend_from_slice(&header.producer_epoch.to_be_bytes());
+    out.extend_from_slice(&header.base_sequence.to_be_bytes());
+    out.extend_from_slice(&record_count.to_be_bytes());
+    out.extend_from_slice(records);
+    let crc = crc32c::crc32c(&out[OFFSET_ATTRIBUTES..]);
+    out[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
+    out
 }
 
 /// Builds uncompressed v2 batches. Used by tests, benchmarks and the simulator's client; the broker
@@ -649,28 +680,22 @@ impl BatchBuilder {
 
     /// Encodes the batch, CRC included.
     pub fn build(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + self.records.len());
-        out.extend_from_slice(&self.base_offset.to_be_bytes());
-        let batch_length =
-            (BATCH_HEADER_BYTES - BATCH_LOG_OVERHEAD_BYTES + self.records.len()) as i32;
-        out.extend_from_slice(&batch_length.to_be_bytes());
-        out.extend_from_slice(&self.partition_leader_epoch.to_be_bytes());
-        out.push(2);
-        out.extend_from_slice(&[0; 4]); // CRC, filled in below.
-        let attributes = if self.control { ATTR_CONTROL } else { 0 };
-        out.extend_from_slice(&attributes.to_be_bytes());
-        out.extend_from_slice(&(self.count - 1).max(0).to_be_bytes());
-        out.extend_from_slice(&self.base_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.producer_id.to_be_bytes());
-        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
-        out.extend_from_slice(&self.base_sequence.to_be_bytes());
-        out.extend_from_slice(&self.count.to_be_bytes());
-        out.extend_from_slice(&self.records);
-        let crc = crc32c::crc32c(&out[OFFSET_ATTRIBUTES..]);
-        out[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
-        debug_assert_eq!(out.len(), BATCH_LOG_OVERHEAD_BYTES + batch_length as usize);
-        out
+        let header = BatchHeader {
+            base_offset: self.base_offset,
+            batch_length: 0,
+            partition_leader_epoch: self.partition_leader_epoch,
+            magic: 2,
+            crc: 0,
+            attributes: if self.control { ATTR_CONTROL } else { 0 },
+            last_offset_delta: (self.count - 1).max(0),
+            base_timestamp: self.base_timestamp,
+            max_timestamp: self.max_timestamp,
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
+            record_count: self.count,
+        };
+        encode_batch(&header, &self.records, self.count)
     }
 }
 

@@ -20,6 +20,12 @@ pub const SEGMENT_BYTES_LIMIT: u64 = u32::MAX as u64;
 pub const SEGMENT_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
 /// `retention.ms` (Kafka: 7 days).
 pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+/// `delete.retention.ms`: how long the cleaner keeps a tombstone (Kafka: 1 day).
+pub const DELETE_RETENTION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
+/// `min.cleanable.dirty.ratio` in parts per ten thousand (Kafka: 0.5).
+pub const MIN_CLEANABLE_DIRTY_RATIO_BP_DEFAULT: u32 = 5_000;
+/// Bytes the cleaner reads per storage call, and how much cleaned output it buffers before a write.
+pub const CLEANER_IO_BYTES: u32 = 1024 * 1024;
 /// `index.interval.bytes`: bytes appended between two entries of the sparse indexes (Kafka: 4096).
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
 /// Batches the recovery and read scanners skip at most to reach a target: an index entry is written

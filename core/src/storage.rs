@@ -91,6 +91,10 @@ pub struct Faults {
     pub fail_next_write: bool,
     pub fail_next_sync: bool,
     pub fail_next_read: bool,
+    /// Power is cut after this many more changing operations (file creations, writes,
+    /// truncations, syncs, removals, renames, directory syncs): every later one fails, until
+    /// [`MemStorage::crash`]. Lets a test stop a multi-step procedure at each point in turn.
+    pub power_cut_after_ops: Option<u64>,
 }
 
 /// How a crash treats the last unsynced write.
@@ -178,6 +182,20 @@ impl MemStorage {
         state.durable_entries = files.clone();
         state.files = files;
         state.unsynced_writes.clear();
+        state.faults.power_cut_after_ops = None;
+    }
+
+    /// Counts one changing operation against [`Faults::power_cut_after_ops`].
+    fn power(&self) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        match &mut state.faults.power_cut_after_ops {
+            Some(0) => Err(injected("operation after the power cut")),
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Flips one bit of a file in place, in both images (damage on the medium).
@@ -250,6 +268,9 @@ impl Storage for MemStorage {
     type File = MemFileHandle;
 
     fn open(&self, path: &Path, create: bool) -> io::Result<MemFileHandle> {
+        if create && !self.exists(path) {
+            self.power()?;
+        }
         let mut state = lock(&self.state);
         let file = match state.files.get(path) {
             Some(file) => file.clone(),
@@ -303,6 +324,7 @@ impl Storage for MemStorage {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.power()?;
         let mut state = lock(&self.state);
         state
             .files
@@ -319,6 +341,7 @@ impl Storage for MemStorage {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.power()?;
         let mut state = lock(&self.state);
         let file = state.files.remove(from).ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("{}", from.display()))
@@ -332,6 +355,7 @@ impl Storage for MemStorage {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.power()?;
         let mut state = lock(&self.state);
         let in_dir = |p: &PathBuf| parent(p) == dir;
         let current: Vec<_> = state
@@ -367,6 +391,7 @@ impl StorageFile for MemFileHandle {
     }
 
     fn append(&self, bytes: &[u8]) -> io::Result<()> {
+        self.storage.power()?;
         if self.storage.take_fault(|f| &mut f.fail_next_write) {
             return Err(injected("write"));
         }
@@ -383,6 +408,7 @@ impl StorageFile for MemFileHandle {
     }
 
     fn truncate(&self, len: u64) -> io::Result<()> {
+        self.storage.power()?;
         let mut f = lock(&self.file);
         let len = len as usize;
         f.current.truncate(len);
@@ -393,6 +419,7 @@ impl StorageFile for MemFileHandle {
     }
 
     fn sync(&self) -> io::Result<()> {
+        self.storage.power()?;
         let failed = self.storage.take_fault(|f| &mut f.fail_next_sync);
         let mut f = lock(&self.file);
         if failed {

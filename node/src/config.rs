@@ -232,6 +232,7 @@ impl Config {
                 message_bytes_max: a
                     .message_bytes_max
                     .unwrap_or(limits::MESSAGE_BYTES_MAX_DEFAULT),
+                ..log_defaults.clone()
             },
             retention_check_interval_ms: a.retention_check_interval_ms.unwrap_or(300_000),
             default_replication_factor: a.default_replication_factor.unwrap_or(3.min(nodes as i16)),

@@ -10,6 +10,7 @@
 //! never past the synced end. Reads never go past it, and the shell releases an acks=all reply only
 //! once the high watermark covers the batch.
 
+mod clean;
 mod epochs;
 mod read;
 mod recovery;
@@ -21,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
+pub use clean::{CleanError, CleanReport, CleanStep, CleanTarget, Cleaner};
 pub use epochs::{EpochStart, LeaderEpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use read::{ReadCursor, ReadIo, ReadTarget, SegmentReader, StoredBatch, TimestampHit};
 pub use recovery::{Checkpoint, Recovery, RecoveryIo, CHECKPOINT_FILE};
@@ -29,7 +31,7 @@ pub use segment::{
     index_file_name, log_file_name, parse_log_file_name, time_index_file_name, OffsetEntry,
     Segment, SegmentMark, TimeEntry,
 };
-pub use store::{LogStore, SyncJob};
+pub use store::{CleanProgress, LogStore, SyncJob, CLEANED_SUFFIX};
 
 use crate::batch::{self, BatchError, BatchHeader};
 use crate::limits::*;
@@ -51,6 +53,15 @@ pub struct LogConfig {
     pub index_interval_bytes: u32,
     /// `max.message.bytes`
     pub message_bytes_max: u32,
+    /// `cleanup.policy` includes `delete`: retention by time and size applies.
+    pub delete: bool,
+    /// `cleanup.policy` includes `compact`: the cleaner keeps the latest record per key.
+    pub compact: bool,
+    /// `delete.retention.ms`: how long a tombstone outlives the records it deleted.
+    pub delete_retention_ms: i64,
+    /// `min.cleanable.dirty.ratio`, in parts per ten thousand: cleaning starts once this share
+    /// of the cleanable bytes has not been cleaned yet.
+    pub min_cleanable_dirty_ratio_bp: u32,
 }
 
 impl Default for LogConfig {
@@ -62,6 +73,10 @@ impl Default for LogConfig {
             retention_bytes: -1,
             index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
             message_bytes_max: MESSAGE_BYTES_MAX_DEFAULT,
+            delete: true,
+            compact: false,
+            delete_retention_ms: DELETE_RETENTION_MS_DEFAULT,
+            min_cleanable_dirty_ratio_bp: MIN_CLEANABLE_DIRTY_RATIO_BP_DEFAULT,
         }
     }
 }
@@ -82,6 +97,15 @@ impl LogConfig {
             return Err(format!(
                 "index.interval.bytes must be at most {INDEX_INTERVAL_BYTES_MAX}"
             ));
+        }
+        if !self.delete && !self.compact {
+            return Err("cleanup.policy must name delete, compact or both".into());
+        }
+        if self.delete_retention_ms < 0 {
+            return Err("delete.retention.ms must not be negative".into());
+        }
+        if self.min_cleanable_dirty_ratio_bp > 10_000 {
+            return Err("min.cleanable.dirty.ratio must be in 0..=1".into());
         }
         if (self.message_bytes_max as usize) < BATCH_HEADER_BYTES {
             return Err(format!(
@@ -267,6 +291,18 @@ pub struct PartitionLog {
     /// one was written; the checkpoint moves to such a base once it is durable and committed.
     snapshots: VecDeque<(u64, Vec<u8>)>,
     storage_failed: bool,
+    /// Compaction in progress (`cleanup.policy=compact`).
+    cleaner: Option<Cleaner>,
+    /// End of the range the last finished cleaning covered (0 after opening: the first cleaning
+    /// after a restart covers everything cleanable).
+    cleaned_end: u64,
+    /// When the earliest tombstone the last cleaning kept becomes removable.
+    tombstone_due_ms: Option<i64>,
+    /// A side file of an abandoned cleaning, for the shell to remove.
+    discard: Option<u64>,
+    /// A cleaning found damage: none until the partition is reopened (and recovered).
+    cleaning_halted: bool,
+    last_clean: Option<CleanReport>,
 }
 
 impl PartitionLog {
@@ -314,6 +350,12 @@ impl PartitionLog {
             recovery_point,
             snapshots: VecDeque::new(),
             storage_failed: false,
+            cleaner: None,
+            cleaned_end: 0,
+            tombstone_due_ms: None,
+            discard: None,
+            cleaning_halted: false,
+            last_clean: None,
         };
         if let Some(last) = log.segments.values_mut().last() {
             last.sealed = false;
@@ -667,6 +709,11 @@ impl PartitionLog {
     /// `retention.bytes`, oldest first, advancing the log start offset. Never deletes the active
     /// segment or anything not yet below the high watermark. Returns how many were deleted.
     pub fn enforce_retention(&mut self, now_ms: u64) -> usize {
+        // Compacted-only topics keep everything the cleaner keeps; retention also waits for a
+        // cleaning in progress to finish, so the segments it reads stay.
+        if !self.config.delete || self.cleaner.is_some() {
+            return 0;
+        }
         let mut deleted = 0;
         let mut total = self.size_bytes();
         loop {
@@ -706,6 +753,138 @@ impl PartitionLog {
             self.check_invariants();
         }
         deleted
+    }
+
+    /// The segments compaction may rewrite now, oldest first: sealed, below the checkpoint's
+    /// recovery point (fsynced, with valid index files) and wholly below the high watermark
+    /// (committed, so never truncated).
+    fn cleanable(&self) -> Vec<CleanTarget> {
+        self.segments
+            .values()
+            .take_while(|s| {
+                s.sealed
+                    && s.base_offset < self.recovery_point
+                    && s.base_offset < self.durable.segment
+                    && s.next_offset <= self.high_watermark.offset
+            })
+            .map(|s| CleanTarget {
+                base_offset: s.base_offset,
+                size_bytes: s.size_bytes,
+                next_offset: s.next_offset,
+            })
+            .collect()
+    }
+
+    /// Whether compaction has work: a cleaning in progress, enough bytes not cleaned yet
+    /// (`min.cleanable.dirty.ratio` of the cleanable bytes), or a kept tombstone now old enough
+    /// to go.
+    pub fn cleaning_due(&self, now_ms: u64) -> bool {
+        if !self.config.compact || self.storage_failed || self.cleaning_halted {
+            return false;
+        }
+        if self.cleaner.is_some() || self.discard.is_some() {
+            return true;
+        }
+        let targets = self.cleanable();
+        let total: u64 = targets.iter().map(|t| t.size_bytes).sum();
+        let dirty: u64 = targets
+            .iter()
+            .filter(|t| t.base_offset >= self.cleaned_end)
+            .map(|t| t.size_bytes)
+            .sum();
+        let ratio = u128::from(self.config.min_cleanable_dirty_ratio_bp);
+        (dirty > 0 && u128::from(dirty) * 10_000 >= u128::from(total) * ratio)
+            || (total > 0
+                && self
+                    .tombstone_due_ms
+                    .is_some_and(|due| due <= now_ms.min(i64::MAX as u64) as i64))
+    }
+
+    /// The next storage effect of compaction, starting a cleaning when one is due; `None` when
+    /// there is nothing (more) to do. See [`clean`] for what a cleaning does and
+    /// [`LogStore::clean`] for the shell's side.
+    pub fn next_clean_step(&mut self, now_ms: u64) -> Option<CleanStep> {
+        if let Some(segment) = self.discard.take() {
+            return Some(CleanStep::Discard { segment });
+        }
+        if self.cleaner.is_none() {
+            if !self.cleaning_due(now_ms) {
+                return None;
+            }
+            self.cleaner = Some(Cleaner::new(
+                self.cleanable(),
+                now_ms,
+                self.config.delete_retention_ms,
+                self.config.index_interval_bytes,
+            ));
+        }
+        let cleaner = self.cleaner.as_mut().expect("set above");
+        // Sealed segments below the high watermark do not change; this guards against a log
+        // that did change under a cleaning anyway (storage failure, or a bug elsewhere).
+        if let Some(target) = cleaner.current() {
+            let intact = !self.storage_failed
+                && self.segments.get(&target.base_offset).is_some_and(|s| {
+                    s.sealed
+                        && s.size_bytes == target.size_bytes
+                        && s.next_offset == target.next_offset
+                });
+            if !intact {
+                let side = cleaner.side_file();
+                self.cleaner = None;
+                return side.map(|segment| CleanStep::Discard { segment });
+            }
+        }
+        if let Some(step) = cleaner.next_step() {
+            return Some(step);
+        }
+        let cleaner = self.cleaner.take().expect("set above");
+        self.cleaned_end = cleaner
+            .targets()
+            .last()
+            .map_or(self.cleaned_end, |t| t.next_offset);
+        self.tombstone_due_ms = cleaner.tombstone_due_ms();
+        self.last_clean = Some(cleaner.report());
+        None
+    }
+
+    /// The bytes of the last [`CleanStep::Read`]. On damage the cleaning is abandoned (and no
+    /// other starts until the partition is reopened); the error is for the shell to log.
+    pub fn feed_clean(&mut self, bytes: &[u8]) -> Result<(), CleanError> {
+        let cleaner = self
+            .cleaner
+            .as_mut()
+            .expect("feed_clean without a cleaning");
+        if let Err(e) = cleaner.feed(bytes) {
+            self.discard = cleaner.side_file();
+            self.cleaner = None;
+            self.cleaning_halted = true;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The shell carried out the last [`CleanStep::Swap`]: the segment file is the cleaned one.
+    pub fn on_clean_swapped(&mut self, segment: u64) {
+        let cleaned = self
+            .cleaner
+            .as_mut()
+            .and_then(Cleaner::take_swapped)
+            .expect("a swap was handed out");
+        assert_eq!(cleaned.base_offset, segment);
+        let old = self
+            .segments
+            .get_mut(&segment)
+            .expect("the cleaned segment exists");
+        assert!(old.sealed && old.next_offset == cleaned.next_offset);
+        *old = cleaned;
+        if cfg!(any(debug_assertions, madsim)) {
+            self.check_invariants();
+        }
+    }
+
+    /// What the last finished cleaning did, once.
+    pub fn take_clean_report(&mut self) -> Option<CleanReport> {
+        self.last_clean.take()
     }
 
     /// Storage is healthy and `offset` lies within `log start ..= log end`.
@@ -902,6 +1081,8 @@ impl Segment {
     }
 }
 
+#[cfg(test)]
+mod clean_tests;
 #[cfg(test)]
 mod replicated_tests;
 #[cfg(test)]

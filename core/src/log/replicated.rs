@@ -198,9 +198,13 @@ impl PartitionLog {
                     received: header.base_offset,
                 });
             }
-            if header.last_offset_delta < 0 || header.record_count != header.last_offset_delta + 1 {
+            // Fewer records than offsets is a batch the leader's cleaner compacted; more is damage.
+            if header.last_offset_delta < 0
+                || header.record_count < 0
+                || header.record_count > header.last_offset_delta + 1
+            {
                 return Err(ReplicaAppendError::Batch(BatchError::BadRecords(
-                    "lastOffsetDelta does not match recordCount",
+                    "recordCount does not fit lastOffsetDelta",
                 )));
             }
             let epoch = header.partition_leader_epoch;

@@ -13,9 +13,11 @@ use bytes::Bytes;
 
 use super::recovery::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE};
 use super::{
-    index_file_name, log_file_name, time_index_file_name, LogConfig, LogOp, PartitionLog,
-    ReadCursor, ReadError, ReadIo, Recovery, RecoveryIo, SegmentReader, SyncRequest,
+    index_file_name, log_file_name, time_index_file_name, CleanError, CleanReport, CleanStep,
+    LogConfig, LogOp, PartitionLog, ReadCursor, ReadError, ReadIo, Recovery, RecoveryIo,
+    SegmentReader, SyncRequest,
 };
+use crate::limits::CLEANER_IO_BYTES;
 use crate::storage::{read_all, Storage, StorageFile};
 
 /// Open segment files of one partition.
@@ -29,6 +31,24 @@ pub struct LogStore<S: Storage> {
 }
 
 /// The file syncs of one group commit, detached so the shell can run them off its event loop.
+/// Suffix of a segment's cleaned copy while it is being written (see [`LogStore::clean`]).
+pub const CLEANED_SUFFIX: &str = ".cleaned";
+
+fn cleaned_file_name(base_offset: u64) -> String {
+    format!("{}{CLEANED_SUFFIX}", log_file_name(base_offset))
+}
+
+/// What one call of [`LogStore::clean`] got done.
+#[derive(Debug, Default)]
+pub struct CleanProgress {
+    /// A cleaning is still under way (call again).
+    pub more: bool,
+    /// A cleaning finished.
+    pub finished: Option<CleanReport>,
+    /// A cleaning stopped at damaged data (the partition should be reopened to recover it).
+    pub halted: Option<CleanError>,
+}
+
 pub struct SyncJob<S: Storage> {
     files: Vec<S::File>,
     dir: Option<(S, PathBuf)>,
@@ -71,7 +91,8 @@ impl<S: Storage> LogStore<S> {
         let mut checkpoint = None;
         for name in storage.list(&dir)? {
             let path = dir.join(&name);
-            if name == CHECKPOINT_TMP_FILE {
+            // The copy of an unfinished cleaning: the segment it was made from is still there.
+            if name == CHECKPOINT_TMP_FILE || name.ends_with(CLEANED_SUFFIX) {
                 storage.remove_file(&path)?;
                 continue;
             }
@@ -288,6 +309,101 @@ impl<S: Storage> LogStore<S> {
             cursor.feed(bytes)?;
         }
         Ok(())
+    }
+
+    /// Runs compaction steps of `log` (see [`PartitionLog::next_clean_step`]) until about
+    /// `budget` bytes were read or written, or nothing is left to do. A segment is replaced
+    /// crash-safely: its cleaned copy is written to a side file and fsynced; the old index files
+    /// are removed (and the directory synced), so no stale index can describe the new file; the
+    /// side file is renamed over the segment (directory synced); then the new index files are
+    /// written and synced. A crash before the rename leaves the old segment, after it the new one;
+    /// recovery rebuilds missing index files from the segment, and removes a leftover side file.
+    /// An error means storage can no longer be trusted, as for [`LogStore::apply`].
+    pub fn clean(
+        &mut self,
+        log: &mut PartitionLog,
+        now_ms: u64,
+        budget: u64,
+    ) -> io::Result<CleanProgress> {
+        let mut progress = CleanProgress::default();
+        let mut spent = 0u64;
+        while spent < budget {
+            let Some(step) = log.next_clean_step(now_ms) else {
+                progress.finished = log.take_clean_report();
+                return Ok(progress);
+            };
+            match step {
+                CleanStep::Read(io) => {
+                    let bytes = self
+                        .read_io(io)
+                        .map_err(|e| io::Error::other(format!("{e:?}")))?;
+                    spent += bytes.len() as u64;
+                    if let Err(e) = log.feed_clean(&bytes) {
+                        progress.halted = Some(e);
+                    }
+                }
+                CleanStep::Begin { segment, copy } => {
+                    let side = self.write_whole(&cleaned_file_name(segment), &[])?;
+                    let source = self.segment(segment)?.clone();
+                    let mut at = 0;
+                    while at < copy {
+                        let len = (copy - at).min(u64::from(CLEANER_IO_BYTES)) as usize;
+                        let bytes = source.read_at(at, len)?;
+                        if bytes.len() != len {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!("segment {segment} is shorter than the log believes"),
+                            ));
+                        }
+                        side.append(&bytes)?;
+                        at += len as u64;
+                    }
+                    spent += copy;
+                }
+                CleanStep::Write { segment, bytes } => {
+                    let side = self
+                        .storage
+                        .open(&self.dir.join(cleaned_file_name(segment)), false)?;
+                    side.append(&bytes)?;
+                    spent += bytes.len() as u64;
+                }
+                CleanStep::Swap {
+                    segment,
+                    offset_index,
+                    time_index,
+                } => {
+                    let side_path = self.dir.join(cleaned_file_name(segment));
+                    self.storage.open(&side_path, false)?.sync()?;
+                    for name in [index_file_name(segment), time_index_file_name(segment)] {
+                        let path = self.dir.join(name);
+                        if self.storage.exists(&path) {
+                            self.storage.remove_file(&path)?;
+                        }
+                    }
+                    self.storage.sync_dir(&self.dir)?;
+                    let log_path = self.dir.join(log_file_name(segment));
+                    self.segments.remove(&segment);
+                    self.storage.rename(&side_path, &log_path)?;
+                    self.storage.sync_dir(&self.dir)?;
+                    let offsets = self.write_whole(&index_file_name(segment), &offset_index)?;
+                    let times = self.write_whole(&time_index_file_name(segment), &time_index)?;
+                    offsets.sync()?;
+                    times.sync()?;
+                    self.storage.sync_dir(&self.dir)?;
+                    let file = self.storage.open(&log_path, false)?;
+                    self.segments.insert(segment, file);
+                    log.on_clean_swapped(segment);
+                }
+                CleanStep::Discard { segment } => {
+                    let path = self.dir.join(cleaned_file_name(segment));
+                    if self.storage.exists(&path) {
+                        self.storage.remove_file(&path)?;
+                    }
+                }
+            }
+        }
+        progress.more = true;
+        Ok(progress)
     }
 
     /// Removes the whole partition directory (topic deletion).

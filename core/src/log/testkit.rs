@@ -35,6 +35,7 @@ pub fn small_config() -> LogConfig {
         retention_bytes: -1,
         index_interval_bytes: 150,
         message_bytes_max: 1 << 20,
+        ..LogConfig::default()
     }
 }
 

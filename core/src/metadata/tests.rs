@@ -380,7 +380,8 @@ fn create_topic_validates_configs() {
         pairs(&[("nope", "1")]),
         pairs(&[("retention.ms", "soon")]),
         pairs(&[("segment.bytes", "1")]),
-        pairs(&[("cleanup.policy", "compact")]),
+        pairs(&[("cleanup.policy", "shred")]),
+        pairs(&[("min.cleanable.dirty.ratio", "1.5")]),
         pairs(&[("retention.ms", "1"), ("retention.ms", "2")]),
     ] {
         let request = CreateTopicRequest {

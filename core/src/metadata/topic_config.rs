@@ -36,9 +36,11 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 /// Topic configs Sluice understands, with how each maps onto [`LogConfig`]. Sorted.
 pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "cleanup.policy",
+    "delete.retention.ms",
     "index.interval.bytes",
     "max.message.bytes",
     "message.timestamp.type",
+    "min.cleanable.dirty.ratio",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
@@ -76,11 +78,30 @@ pub fn topic_log_config(
                 config.index_interval_bytes =
                     u32::try_from(int()?).map_err(|_| bad("out of range"))?
             }
-            "cleanup.policy" if value == "delete" => {}
             "cleanup.policy" => {
-                return Err(bad(
-                    "only \"delete\" is supported (compaction is not implemented yet)",
-                ))
+                config.delete = false;
+                config.compact = false;
+                for policy in value.split(',').map(str::trim) {
+                    match policy {
+                        "delete" => config.delete = true,
+                        "compact" => config.compact = true,
+                        _ => return Err(bad("expected delete, compact, or compact,delete")),
+                    }
+                }
+            }
+            "delete.retention.ms" => {
+                config.delete_retention_ms = int()?;
+                if config.delete_retention_ms < 0 {
+                    return Err(bad("negative"));
+                }
+            }
+            "min.cleanable.dirty.ratio" => {
+                let ratio = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| bad("not a number in [0, 1]"))?;
+                config.min_cleanable_dirty_ratio_bp = (ratio * 10_000.0).round() as u32;
             }
             "message.timestamp.type" if value == "CreateTime" => {}
             "message.timestamp.type" => return Err(bad("only CreateTime is supported")),
@@ -98,6 +119,15 @@ pub fn topic_log_config(
     Ok(config)
 }
 
+/// `cleanup.policy` as Kafka spells it.
+pub fn cleanup_policy(config: &LogConfig) -> &'static str {
+    match (config.compact, config.delete) {
+        (true, true) => "compact,delete",
+        (true, false) => "compact",
+        _ => "delete",
+    }
+}
+
 /// The effective value of every supported topic config, and whether it is a topic override.
 pub fn describe_topic_config(
     defaults: &LogConfig,
@@ -108,7 +138,11 @@ pub fn describe_topic_config(
         .iter()
         .map(|name| {
             let value = match *name {
-                "cleanup.policy" => "delete".to_string(),
+                "cleanup.policy" => cleanup_policy(&effective).to_string(),
+                "delete.retention.ms" => effective.delete_retention_ms.to_string(),
+                "min.cleanable.dirty.ratio" => {
+                    (f64::from(effective.min_cleanable_dirty_ratio_bp) / 10_000.0).to_string()
+                }
                 "index.interval.bytes" => effective.index_interval_bytes.to_string(),
                 "max.message.bytes" => effective.message_bytes_max.to_string(),
                 "message.timestamp.type" => "CreateTime".to_string(),
@@ -160,5 +194,40 @@ mod tests {
         let mut unknown = BTreeMap::new();
         unknown.insert("nope".to_string(), "1".to_string());
         assert!(topic_log_config(&LogConfig::default(), &unknown).is_err());
+    }
+
+    #[test]
+    fn cleanup_policy_and_cleaner_settings_parse_and_describe() {
+        let set = |pairs: &[(&str, &str)]| {
+            let o: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            topic_log_config(&LogConfig::default(), &o)
+        };
+        let c = set(&[("cleanup.policy", "compact")]).unwrap();
+        assert!(c.compact && !c.delete);
+        let c = set(&[("cleanup.policy", "delete, compact")]).unwrap();
+        assert!(c.compact && c.delete);
+        assert_eq!(cleanup_policy(&c), "compact,delete");
+        for bad in ["", "shred", "compact,"] {
+            assert!(set(&[("cleanup.policy", bad)]).is_err(), "{bad:?} accepted");
+        }
+        let c = set(&[
+            ("delete.retention.ms", "60000"),
+            ("min.cleanable.dirty.ratio", "0.25"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.delete_retention_ms, c.min_cleanable_dirty_ratio_bp),
+            (60_000, 2_500)
+        );
+        assert!(set(&[("delete.retention.ms", "-1")]).is_err());
+        assert!(set(&[("min.cleanable.dirty.ratio", "x")]).is_err());
+        let o: BTreeMap<String, String> =
+            [("cleanup.policy".to_string(), "compact".to_string())].into();
+        let described = describe_topic_config(&LogConfig::default(), &o);
+        assert!(described.contains(&("cleanup.policy", "compact".to_string(), true)));
+        assert!(described.contains(&("min.cleanable.dirty.ratio", "0.5".to_string(), false)));
     }
 }
