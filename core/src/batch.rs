@@ -556,6 +556,21 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
+/// Whether a run of whole batches holds at least one record a consumer will see (not only empty
+/// batches left by compaction, or control batches). Stops at the first batch that does not parse.
+pub fn holds_data_records(mut buf: &[u8]) -> bool {
+    while let Ok(header) = BatchHeader::parse(buf) {
+        if header.record_count > 0 && !header.is_control() {
+            return true;
+        }
+        let Some(rest) = buf.get(header.total_bytes()..) else {
+            return false;
+        };
+        buf = rest;
+    }
+    false
+}
+
 /// Encodes a batch with `header`'s fields (its own `batchLength`, `crc` and `recordCount` are
 /// ignored) around `records`, `record_count` whole records as stored (each with its length
 /// prefix), and computes the CRC. The log cleaner uses it to write a batch that lost records to

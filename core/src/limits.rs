@@ -24,6 +24,11 @@ pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
 pub const DELETE_RETENTION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
 /// `min.cleanable.dirty.ratio` in parts per ten thousand (Kafka: 0.5).
 pub const MIN_CLEANABLE_DIRTY_RATIO_BP_DEFAULT: u32 = 5_000;
+/// `offsets.topic.segment.bytes` (Kafka: 100 MiB): small, so compaction reaches the offsets
+/// topic's records soon.
+pub const OFFSETS_TOPIC_SEGMENT_BYTES_DEFAULT: u64 = 100 * 1024 * 1024;
+/// Bytes of storage I/O the broker gives compaction per step before serving requests again.
+pub const CLEANER_STEP_BYTES: u64 = 16 * 1024 * 1024;
 /// Bytes the cleaner reads per storage call, and how much cleaned output it buffers before a write.
 pub const CLEANER_IO_BYTES: u32 = 1024 * 1024;
 /// `index.interval.bytes`: bytes appended between two entries of the sparse indexes (Kafka: 4096).

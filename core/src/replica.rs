@@ -505,16 +505,23 @@ impl<R: SegmentReader> EntrySource for LogSource<'_, R> {
         if cursor.run(self.reader).is_err() {
             return;
         }
-        for batch in cursor.into_batches() {
+        for mut batch in cursor.into_batches() {
             if batch.base_offset + 1 < lo {
-                continue;
+                // A run of batches this replica's cleaner removed, which the reader's log still
+                // has as separate entries: send the part from `lo` on.
+                match crate::log::trim_removed_run(&batch.bytes, lo - 1) {
+                    Some(trimmed) => {
+                        batch.base_offset = lo - 1;
+                        batch.bytes = Bytes::from(trimmed);
+                    }
+                    None => continue,
+                }
             }
             if batch.last_offset + 1 > hi {
                 break;
             }
             // The epoch cache is the authority on terms (the batch's epoch field is outside its
             // CRC, and a flipped bit there must not reach a follower as a different term).
-            let mut batch = batch;
             if let Some(epoch) = self.log.epoch_at(batch.base_offset) {
                 if epoch != batch.epoch {
                     let mut bytes = BytesMut::from(&batch.bytes[..]);

@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// How often retention runs (log.retention.check.interval.ms) [default: 300000].
     #[arg(long, env = "SLUICE_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
+    /// How long the log cleaner waits between looks for compacted partitions with work
+    /// (log.cleaner.backoff.ms) [default: 15000].
+    #[arg(long, env = "SLUICE_LOG_CLEANER_BACKOFF_MS")]
+    pub log_cleaner_backoff_ms: Option<u64>,
     /// Every node of the cluster as `id@host:rpc_port`, this node included, comma separated
     /// (the same list on every node). Unset or empty: a single node that needs no peers.
     #[arg(long, env = "SLUICE_PEERS", value_delimiter = ',')]
@@ -100,6 +104,9 @@ pub struct ServeArgs {
     /// to the number of live brokers when it is created [default: 3].
     #[arg(long, env = "SLUICE_OFFSETS_TOPIC_REPLICATION_FACTOR")]
     pub offsets_topic_replication_factor: Option<i16>,
+    /// Segment size of `__consumer_offsets` (offsets.topic.segment.bytes) [default: 104857600].
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_SEGMENT_BYTES")]
+    pub offsets_topic_segment_bytes: Option<u64>,
     /// How long a new consumer group waits for more members before its first rebalance
     /// (group.initial.rebalance.delay.ms) [default: 3000].
     #[arg(long, env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS")]
@@ -133,6 +140,7 @@ pub struct Config {
     /// Defaults for topics that do not override them.
     pub log: LogConfig,
     pub retention_check_interval_ms: u64,
+    pub log_cleaner_backoff_ms: u64,
     /// The cluster's nodes by id with their RPC addresses; empty for a single node.
     pub peers: BTreeMap<u64, String>,
     pub rpc_listen: Option<String>,
@@ -146,6 +154,7 @@ pub struct Config {
     pub replica_fetch_max_bytes: u64,
     pub offsets_topic_partitions: i32,
     pub offsets_topic_replication_factor: i16,
+    pub offsets_topic_segment_bytes: u64,
     /// The group coordinator's settings.
     pub groups: sluice_core::group::CoordinatorConfig,
 }
@@ -235,6 +244,7 @@ impl Config {
                 ..log_defaults.clone()
             },
             retention_check_interval_ms: a.retention_check_interval_ms.unwrap_or(300_000),
+            log_cleaner_backoff_ms: a.log_cleaner_backoff_ms.unwrap_or(15_000),
             default_replication_factor: a.default_replication_factor.unwrap_or(3.min(nodes as i16)),
             raft_tick_ms: a.raft_tick_ms.unwrap_or(50),
             election_timeout_ms: a.election_timeout_ms.unwrap_or(1000),
@@ -243,6 +253,9 @@ impl Config {
                 .unwrap_or(limits::RAFT_APPEND_BYTES_MAX_DEFAULT),
             offsets_topic_partitions: a.offsets_topic_partitions.unwrap_or(16),
             offsets_topic_replication_factor: a.offsets_topic_replication_factor.unwrap_or(3),
+            offsets_topic_segment_bytes: a
+                .offsets_topic_segment_bytes
+                .unwrap_or(limits::OFFSETS_TOPIC_SEGMENT_BYTES_DEFAULT),
             groups: sluice_core::group::CoordinatorConfig {
                 initial_rebalance_delay_ms: a
                     .group_initial_rebalance_delay_ms
@@ -282,6 +295,18 @@ impl Config {
             return Err(format!(
                 "offsets_topic_partitions must be in 1..={PARTITIONS_PER_TOPIC_MAX}"
             ));
+        }
+        if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_LIMIT)
+            .contains(&config.offsets_topic_segment_bytes)
+        {
+            return Err(format!(
+                "offsets_topic_segment_bytes must be in {}..={}",
+                limits::SEGMENT_BYTES_MIN,
+                limits::SEGMENT_BYTES_LIMIT
+            ));
+        }
+        if config.log_cleaner_backoff_ms == 0 {
+            return Err("log_cleaner_backoff_ms must be positive".into());
         }
         if !(1..=limits::TOPIC_REPLICAS_MAX as i16)
             .contains(&config.offsets_topic_replication_factor)
@@ -338,6 +363,7 @@ impl ServeArgs {
             retention_check_interval_ms: self
                 .retention_check_interval_ms
                 .or(file.retention_check_interval_ms),
+            log_cleaner_backoff_ms: self.log_cleaner_backoff_ms.or(file.log_cleaner_backoff_ms),
             peers: self.peers.or(file.peers),
             rpc_listen: self.rpc_listen.or(file.rpc_listen),
             default_replication_factor: self
@@ -354,6 +380,9 @@ impl ServeArgs {
             offsets_topic_replication_factor: self
                 .offsets_topic_replication_factor
                 .or(file.offsets_topic_replication_factor),
+            offsets_topic_segment_bytes: self
+                .offsets_topic_segment_bytes
+                .or(file.offsets_topic_segment_bytes),
             group_initial_rebalance_delay_ms: self
                 .group_initial_rebalance_delay_ms
                 .or(file.group_initial_rebalance_delay_ms),

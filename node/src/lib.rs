@@ -9,6 +9,8 @@ mod alloc;
 #[cfg(not(madsim))]
 pub mod bench;
 pub mod broker;
+#[cfg(not(madsim))]
+pub mod cli;
 pub mod client;
 #[cfg(not(madsim))]
 pub mod cluster;

@@ -27,6 +27,12 @@ enum Command {
     /// Start a local cluster of `sluice serve` processes on 127.0.0.1 for development.
     #[cfg(not(madsim))]
     Cluster(sluice_node::cluster::ClusterArgs),
+    /// List, describe, create and delete topics, and alter their configs.
+    #[cfg(not(madsim))]
+    Topic(sluice_node::cli::TopicArgs),
+    /// List, describe and delete consumer groups, and reset their committed offsets.
+    #[cfg(not(madsim))]
+    Group(sluice_node::cli::GroupArgs),
 }
 
 fn init_logging() {
@@ -47,6 +53,10 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve(args),
         #[cfg(not(madsim))]
         Command::Cluster(args) => sluice_node::cluster::run(args),
+        #[cfg(not(madsim))]
+        Command::Topic(args) => sluice_node::cli::run_topic(args),
+        #[cfg(not(madsim))]
+        Command::Group(args) => sluice_node::cli::run_group(args),
         #[cfg(not(madsim))]
         Command::Bench(cmd) => match sluice_node::bench::run(cmd) {
             Ok(()) => std::process::ExitCode::SUCCESS,

@@ -183,7 +183,11 @@ async fn read_requests<R: tokio::io::AsyncRead + Unpin>(
             Some(tx)
         };
         broker
-            .send(Envelope { request, reply })
+            .send(Envelope {
+                request,
+                reply,
+                peer: Some(peer),
+            })
             .await
             .map_err(|_| io::Error::other("the broker has stopped"))?;
     }

@@ -53,6 +53,7 @@ pub fn supported_versions(api_key: ApiKey) -> VersionRange {
         ApiKey::DeleteTopics => both::<DeleteTopicsRequest>(),
         ApiKey::InitProducerId => both::<InitProducerIdRequest>(),
         ApiKey::DescribeConfigs => both::<DescribeConfigsRequest>(),
+        ApiKey::IncrementalAlterConfigs => both::<IncrementalAlterConfigsRequest>(),
         ApiKey::OffsetForLeaderEpoch => both::<OffsetForLeaderEpochRequest>(),
         // Group APIs up to the last version of the classic protocol's layout: later versions
         // name topics by id (OffsetCommit 10, OffsetFetch 10) or carry KIP-848/932 fields

@@ -33,6 +33,28 @@ use crate::limits::{BATCH_HEADER_BYTES, CLEANER_IO_BYTES};
 
 use super::{ReadIo, Segment};
 
+/// The part from `from` on of an empty batch the cleaner left for removed batches: the same
+/// batch over fewer offsets. Replicas clean independently, so a follower's log can end inside
+/// such a batch of its leader (where its own log still has a batch boundary); Raft then sends
+/// it this trimmed copy. `None` if `batch` is not such a stand-in or does not cover `from`.
+pub fn trim_removed_run(batch: &[u8], from: u64) -> Option<Vec<u8>> {
+    let header = BatchHeader::parse(batch).ok()?;
+    let stand_in = header.record_count == 0
+        && header.producer_id < 0
+        && !header.is_control()
+        && !header.is_transactional();
+    let (base, last) = (header.base_offset as u64, header.last_offset() as u64);
+    if !stand_in || from <= base || from > last || check_crc(batch, &header).is_err() {
+        return None;
+    }
+    let trimmed = BatchHeader {
+        base_offset: from as i64,
+        last_offset_delta: (last - from) as i32,
+        ..header
+    };
+    Some(encode_batch(&trimmed, &[], 0))
+}
+
 /// A sealed segment chosen for cleaning, as it was when the cleaning started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CleanTarget {

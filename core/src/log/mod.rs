@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
-pub use clean::{CleanError, CleanReport, CleanStep, CleanTarget, Cleaner};
+pub use clean::{trim_removed_run, CleanError, CleanReport, CleanStep, CleanTarget, Cleaner};
 pub use epochs::{EpochStart, LeaderEpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use read::{ReadCursor, ReadIo, ReadTarget, SegmentReader, StoredBatch, TimestampHit};
 pub use recovery::{Checkpoint, Recovery, RecoveryIo, CHECKPOINT_FILE};

@@ -9,7 +9,7 @@ use bytes::BytesMut;
 
 use super::*;
 use crate::log::testkit::{batch, committed_batches, small_config};
-use crate::log::LogStore;
+use crate::log::{LogConfig, LogStore};
 use crate::raft::{HardState, Membership, Message, RaftConfig};
 use crate::storage::{CrashMode, MemStorage};
 
@@ -29,6 +29,7 @@ struct Group {
     /// Links cut in both directions.
     isolated: Vec<bool>,
     now_ms: u64,
+    config: LogConfig,
 }
 
 fn raft_config(id: u64) -> RaftConfig {
@@ -38,9 +39,9 @@ fn raft_config(id: u64) -> RaftConfig {
     }
 }
 
-fn open(id: u64, storage: &MemStorage, hard_state: HardState) -> Node {
+fn open(id: u64, storage: &MemStorage, hard_state: HardState, config: &LogConfig) -> Node {
     let (log, store) =
-        LogStore::open(storage.clone(), PathBuf::from("p"), small_config()).expect("open");
+        LogStore::open(storage.clone(), PathBuf::from("p"), config.clone()).expect("open");
     let replica = Replica::open(
         raft_config(id),
         Rng::new(id + 1),
@@ -61,9 +62,20 @@ fn open(id: u64, storage: &MemStorage, hard_state: HardState) -> Node {
 
 impl Group {
     fn new() -> Group {
+        Group::with_config(small_config())
+    }
+
+    fn with_config(config: LogConfig) -> Group {
         let storages: Vec<MemStorage> = (0..3).map(|_| MemStorage::new()).collect();
         let nodes = (0..3)
-            .map(|id| Some(open(id, &storages[id as usize], HardState::default())))
+            .map(|id| {
+                Some(open(
+                    id,
+                    &storages[id as usize],
+                    HardState::default(),
+                    &config,
+                ))
+            })
             .collect();
         Group {
             nodes,
@@ -72,6 +84,7 @@ impl Group {
             network: VecDeque::new(),
             isolated: vec![false; 3],
             now_ms: 1_000,
+            config,
         }
     }
 
@@ -178,6 +191,7 @@ impl Group {
             id as u64,
             &self.storages[id],
             self.stored_hard_states[id],
+            &self.config,
         ));
         self.deliver_all();
     }
@@ -403,4 +417,64 @@ fn a_restarted_replica_applies_its_recovered_tail_once_it_is_synced_again() {
     applied.extend(replica.take_committed());
     assert_eq!(applied.last().map(|e| e.last), Some(commit), "{applied:?}");
     assert_eq!(applied.first().map(|e| e.index), Some(1));
+}
+
+/// Replicas compact independently: a follower that was down comes back with its log ending
+/// inside a run of batches the leader's cleaner merged into one empty batch, and still catches
+/// up (the leader sends the part of that batch from the follower's end on).
+#[test]
+fn a_follower_catches_up_from_inside_a_run_its_leader_compacted() {
+    let config = LogConfig {
+        compact: true,
+        delete: false,
+        min_cleanable_dirty_ratio_bp: 0,
+        ..small_config()
+    };
+    let mut g = Group::with_config(config);
+    let leader = g.elect();
+    for i in 0..3 {
+        g.produce(leader, batch(1, 30, i, None)).unwrap();
+    }
+    let follower = (leader + 1) % 3;
+    g.crash(follower);
+    // One key over and over: every record but the last is superseded.
+    for i in 0..40 {
+        g.produce(leader, batch(1, 30, 100 + i, None)).unwrap();
+    }
+    g.tick(2);
+    // Both live replicas clean, then restart (so no entry is served from memory).
+    let mut removed = 0;
+    for id in (0..3).filter(|&id| id != follower) {
+        let node = g.nodes[id].as_mut().unwrap();
+        let mut store = node.store.borrow_mut();
+        let progress = store
+            .clean(node.replica.log_mut(), 1_000_000, u64::MAX)
+            .unwrap();
+        removed += progress.finished.expect("cleaned").records_removed;
+    }
+    assert!(removed > 20, "{removed}");
+    for id in (0..3).filter(|&id| id != follower) {
+        g.crash(id);
+        g.restart(id);
+    }
+    let leader = g.elect();
+    g.produce(leader, batch(1, 30, 999, None)).unwrap();
+    let end = g.nodes[leader]
+        .as_ref()
+        .unwrap()
+        .replica
+        .log()
+        .log_end_offset();
+    g.restart(follower);
+    g.tick(20);
+    let f = g.nodes[follower].as_ref().unwrap();
+    assert_eq!(f.replica.log().log_end_offset(), end);
+    let hw = g.nodes[leader].as_ref().unwrap().replica.high_watermark();
+    assert_eq!(f.replica.high_watermark(), hw);
+    // Both read the same latest value at the end.
+    let last = |id: usize| g.committed_batches(id).last().cloned().map(|b| b.2);
+    assert_eq!(last(follower), last(leader));
+    for node in g.nodes.iter().flatten() {
+        node.replica.check_invariants();
+    }
 }

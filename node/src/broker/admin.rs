@@ -1,5 +1,5 @@
 //! Metadata and administration: ApiVersions, Metadata (with auto topic creation), CreateTopics,
-//! DeleteTopics, DescribeConfigs, ListOffsets and InitProducerId.
+//! DeleteTopics, DescribeConfigs, IncrementalAlterConfigs, ListOffsets and InitProducerId.
 
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
 use kafka_protocol::messages::create_topics_request::CreateTopicsRequest;
@@ -13,6 +13,12 @@ use kafka_protocol::messages::delete_topics_response::{
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsRequest;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+};
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, IncrementalAlterConfigsRequest,
+};
+use kafka_protocol::messages::incremental_alter_configs_response::{
+    AlterConfigsResourceResponse, IncrementalAlterConfigsResponse,
 };
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
 use kafka_protocol::messages::init_producer_id_response::InitProducerIdResponse;
@@ -61,6 +67,10 @@ const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_DEFAULT: i8 = 5;
+
+/// IncrementalAlterConfigs operations (APPEND = 2 and SUBTRACT = 3 edit list configs).
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
 
 fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
@@ -399,6 +409,13 @@ impl<S: Storage> Broker<S> {
                     }
                 }
             }
+            AdminResponse::Alter(response) => {
+                let r = &mut response.responses[index];
+                if let Err(code) = result {
+                    r.error_code = code.code();
+                    r.error_message = Some(str_bytes(format!("{code:?}")));
+                }
+            }
         }
         if w.outstanding.is_empty() {
             if let Some(w) = self.admin_waiters.remove(&waiter) {
@@ -425,6 +442,7 @@ impl<S: Storage> Broker<S> {
                 match &mut w.response {
                     AdminResponse::Create(r, _) => r.topics[index].error_code = code,
                     AdminResponse::Delete(r, _) => r.responses[index].error_code = code,
+                    AdminResponse::Alter(r) => r.responses[index].error_code = code,
                 }
             }
             w.send();
@@ -513,6 +531,117 @@ impl<S: Storage> Broker<S> {
             timeout,
         );
         self.after_metadata_input();
+    }
+
+    /// Topic configs only: broker settings come from each node's config file. SET and DELETE
+    /// are served; APPEND and SUBTRACT (list configs) are refused. Like CreateTopics, a node
+    /// that is not the active controller answers NOT_CONTROLLER and the client asks the
+    /// `controller_id` from Metadata.
+    pub(super) fn incremental_alter_configs(
+        &mut self,
+        request: IncrementalAlterConfigsRequest,
+        reply: Option<Reply>,
+    ) {
+        let is_controller = self.meta.quorum.is_active();
+        let now = now_ms();
+        let mut response = IncrementalAlterConfigsResponse::default();
+        let mut tickets = Vec::new();
+        for (index, resource) in request.resources.iter().enumerate() {
+            let mut result = AlterConfigsResourceResponse::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            let outcome =
+                self.alter_topic_configs(resource, is_controller, request.validate_only, now);
+            match outcome {
+                Ok(Some(ticket)) => tickets.push((ticket, index)),
+                Ok(None) => {}
+                Err((code, message)) => {
+                    tracing::debug!(resource = %resource.resource_name, "alter configs refused: {message}");
+                    result.error_code = code.code();
+                    result.error_message = Some(str_bytes(message));
+                }
+            }
+            response.responses.push(result);
+        }
+        self.wait_for_admin(
+            AdminResponse::Alter(response),
+            tickets,
+            reply,
+            admin_timeout(0),
+        );
+        self.after_metadata_input();
+    }
+
+    /// Checks one resource of an IncrementalAlterConfigs and proposes it (a ticket), or only
+    /// validates it (`None`).
+    fn alter_topic_configs(
+        &mut self,
+        resource: &AlterConfigsResource,
+        is_controller: bool,
+        validate_only: bool,
+        now: u64,
+    ) -> Result<Option<Ticket>, (ErrorCode, String)> {
+        let name = resource.resource_name.to_string();
+        match resource.resource_type {
+            RESOURCE_TOPIC => {}
+            RESOURCE_BROKER => {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    "broker configs are read-only: set them in each node's config file".into(),
+                ))
+            }
+            other => {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    format!("resource type {other} is not supported"),
+                ))
+            }
+        }
+        let mut set = Vec::new();
+        let mut delete = Vec::new();
+        for c in &resource.configs {
+            let key = c.name.to_string();
+            match (c.config_operation, &c.value) {
+                (OP_SET, Some(value)) => set.push((key, value.to_string())),
+                (OP_SET, None) => {
+                    return Err((
+                        ErrorCode::InvalidConfig,
+                        format!("config {key:?}: SET needs a value"),
+                    ))
+                }
+                (OP_DELETE, _) => delete.push(key),
+                (op, _) => {
+                    return Err((
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "config {key:?}: operation {op} is not supported (only SET and DELETE)"
+                        ),
+                    ))
+                }
+            }
+        }
+        if validate_only {
+            return controller::alter_configs(
+                self.meta.quorum.image(),
+                &name,
+                &set,
+                &delete,
+                &self.config.log,
+            )
+            .map(|_| None)
+            .map_err(|e| (e.code(), e.message().to_string()));
+        }
+        if !is_controller {
+            return Err((
+                ErrorCode::NotController,
+                "this node is not the active controller".to_string(),
+            ));
+        }
+        let meta = &mut self.meta;
+        meta.quorum
+            .alter_configs(&name, &set, &delete, now, &meta.store)
+            .map(Some)
+            .map_err(|e| (e.code, e.message))
     }
 
     pub(super) fn describe_configs(
@@ -790,9 +919,11 @@ pub(super) struct ProducerIdWaiter {
 pub(super) enum AdminResponse {
     Create(CreateTopicsResponse, i16),
     Delete(DeleteTopicsResponse, i16),
+    Alter(IncrementalAlterConfigsResponse),
 }
 
-/// A CreateTopics or DeleteTopics request waiting for its records to commit.
+/// A CreateTopics, DeleteTopics or IncrementalAlterConfigs request waiting for its records to
+/// commit.
 pub(super) struct AdminWaiter {
     response: AdminResponse,
     /// Indexes of the topics still waiting.
@@ -809,6 +940,7 @@ impl AdminWaiter {
         let _ = reply.send(match self.response {
             AdminResponse::Create(r, _) => ResponseKind::CreateTopics(r),
             AdminResponse::Delete(r, _) => ResponseKind::DeleteTopics(r),
+            AdminResponse::Alter(r) => ResponseKind::IncrementalAlterConfigs(r),
         });
     }
 }

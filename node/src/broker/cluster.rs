@@ -233,6 +233,10 @@ impl<S: Storage> Broker<S> {
                 .map(|a| a.replicas.clone())
                 .collect();
             let known = self.topics.contains_key(&name);
+            let altered = self
+                .topics
+                .get(&name)
+                .is_some_and(|t| t.id == id && t.configs != topic.configs);
             self.topic_ids.insert(id, name.clone());
             self.topics.insert(
                 name.clone(),
@@ -246,6 +250,20 @@ impl<S: Storage> Broker<S> {
             );
             if !known {
                 tracing::info!(topic = name, partitions = assignments.len(), %id, "topic created");
+            }
+            if altered {
+                // IncrementalAlterConfigs: retention and segment settings apply to the open
+                // partitions from their next append or retention run.
+                tracing::info!(topic = name, configs = ?topic.configs, "topic configs altered");
+                for p in 0..assignments.len() {
+                    let tp = TopicPartition {
+                        topic: name.clone(),
+                        partition: p as i32,
+                    };
+                    if let Some(part) = self.partitions.get_mut(&tp) {
+                        part.replica.log_mut().set_config(log_config.clone());
+                    }
+                }
             }
             for (p, replicas) in assignments.iter().enumerate() {
                 let tp = TopicPartition {

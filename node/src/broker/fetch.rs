@@ -2,13 +2,13 @@
 //! `partition_max_bytes` and KIP-74's "at least one batch"; when fewer than `min_bytes` are
 //! available, park the request until data arrives or `max_wait_ms` passes (long poll).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::FetchRequest;
 use kafka_protocol::messages::fetch_response::{
     FetchResponse, FetchableTopicResponse, PartitionData,
 };
 use kafka_protocol::messages::ResponseKind;
-use sluice_core::log::ReadError;
+use sluice_core::log::{LogStore, PartitionLog, ReadError};
 use sluice_core::storage::Storage;
 use sluice_core::ErrorCode;
 use tokio::sync::oneshot;
@@ -131,12 +131,12 @@ impl<S: Storage> Broker<S> {
                         } else if p.fetch_offset < 0 {
                             data.error_code = ErrorCode::OffsetOutOfRange.code();
                         } else if limit > 0 || bytes == 0 {
-                            let read = log
-                                .read(p.fetch_offset as u64, limit.min(u32::MAX as usize) as u32)
-                                .and_then(|mut cursor| {
-                                    part.store.borrow_mut().read(&mut cursor)?;
-                                    Ok(cursor.into_records())
-                                });
+                            let read = read_records(
+                                log,
+                                &mut part.store.borrow_mut(),
+                                p.fetch_offset as u64,
+                                limit,
+                            );
                             match read {
                                 // KIP-74: only the first non-empty partition may exceed the limit.
                                 Ok(records) if bytes > 0 && records.len() > limit => {}
@@ -193,4 +193,58 @@ impl<S: Storage> Broker<S> {
             }
         }
     }
+}
+
+/// Reads whole batches from `offset` for a fetch: at least one (KIP-74), at most `limit` bytes
+/// after the first. A read stops at a segment's end; when all it found were batches no consumer
+/// sees a record in (compaction's empty batches, control batches), the next segment is read
+/// too, so one fetch makes progress past a run of cleaned segments. (librdkafka takes a
+/// response without records for a too-small fetch size and gives up after ten in a row.)
+fn read_records<S: Storage>(
+    log: &PartitionLog,
+    store: &mut LogStore<S>,
+    offset: u64,
+    limit: usize,
+) -> Result<Bytes, ReadError> {
+    let mut cursor = log.read(offset, limit.min(u32::MAX as usize) as u32)?;
+    store.read(&mut cursor)?;
+    let first = cursor.into_records();
+    let mut at = last_batch_end(&first);
+    if first.is_empty()
+        || sluice_core::batch::holds_data_records(&first)
+        || first.len() >= limit
+        || at >= log.high_watermark()
+    {
+        return Ok(first);
+    }
+    let mut out = BytesMut::from(&first[..]);
+    while out.len() < limit && at < log.high_watermark() {
+        let room = limit - out.len();
+        let mut cursor = log.read(at, room.min(u32::MAX as usize) as u32)?;
+        store.read(&mut cursor)?;
+        let records = cursor.into_records();
+        let next = last_batch_end(&records);
+        if records.is_empty() || records.len() > room || next <= at {
+            break;
+        }
+        out.extend_from_slice(&records);
+        if sluice_core::batch::holds_data_records(&records) {
+            break;
+        }
+        at = next;
+    }
+    Ok(out.freeze())
+}
+
+/// The offset after the last whole batch of `buf`.
+fn last_batch_end(mut buf: &[u8]) -> u64 {
+    let mut end = 0;
+    while let Ok(header) = sluice_core::batch::BatchHeader::parse(buf) {
+        end = header.next_offset() as u64;
+        match buf.get(header.total_bytes()..) {
+            Some(rest) => buf = rest,
+            None => break,
+        }
+    }
+    end
 }

@@ -50,6 +50,7 @@ use sluice_core::group::{
     self, CommitPartition, CommitRequest, GroupCoordinator, JoinRequest, OffsetsRecord, Output,
     Reply, RequestId, SyncRequest, OFFSETS_TOPIC,
 };
+use sluice_core::limits::GROUP_STRING_BYTES_MAX;
 use sluice_core::rng::Rng;
 use sluice_core::storage::Storage;
 use sluice_core::ErrorCode;
@@ -65,6 +66,25 @@ pub(super) struct CoordinatorSlot {
     /// While loading: the log end when leadership began, which the high watermark must reach.
     load_until: Option<u64>,
     coordinator: GroupCoordinator,
+}
+
+/// Who sent a JoinGroup: the header's client id and the connection's address.
+pub(super) struct Client {
+    pub id: String,
+    pub host: String,
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary (the coordinator refuses longer
+/// member strings; a long client id should not keep a client out of its group).
+fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
 }
 
 /// A group request waiting on its coordinator.
@@ -235,15 +255,18 @@ impl<S: Storage> Broker<S> {
             replication_factor,
             "creating {OFFSETS_TOPIC}"
         );
-        // Kept forever until compaction exists: time or size retention would delete groups
-        // and offsets that are still current.
+        // Compacted, as in Kafka: the latest record per group and per committed partition stays,
+        // and a deleted group's or expired offset's tombstone goes after delete.retention.ms.
         self.call_controller(ControllerRequest::CreateTopic {
             name: OFFSETS_TOPIC.to_string(),
             num_partitions: self.config.offsets_topic_partitions,
             replication_factor,
             configs: vec![
-                ("retention.ms".to_string(), "-1".to_string()),
-                ("retention.bytes".to_string(), "-1".to_string()),
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                (
+                    "segment.bytes".to_string(),
+                    self.config.offsets_topic_segment_bytes.to_string(),
+                ),
             ],
         });
     }
@@ -255,6 +278,7 @@ impl<S: Storage> Broker<S> {
         &mut self,
         request: JoinGroupRequest,
         version: i16,
+        client: Client,
         reply: Option<oneshot::Sender<ResponseKind>>,
     ) {
         let group_id = string(&request.group_id.0);
@@ -274,8 +298,8 @@ impl<S: Storage> Broker<S> {
             group_id,
             member_id: string(&request.member_id),
             instance_id: request.group_instance_id.as_ref().map(string),
-            client_id: String::new(),
-            client_host: String::new(),
+            client_id: truncated(client.id, GROUP_STRING_BYTES_MAX),
+            client_host: truncated(client.host, GROUP_STRING_BYTES_MAX),
             session_timeout_ms: request.session_timeout_ms,
             // v0 has no rebalance timeout: it is the session timeout.
             rebalance_timeout_ms: if version >= 1 {

@@ -52,6 +52,8 @@ pub use produce::ProduceWaiter;
 pub struct Envelope {
     pub request: Request,
     pub reply: Option<oneshot::Sender<ResponseKind>>,
+    /// The client's address (DescribeGroups shows it as a member's host).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Requests handled per wake-up before the broker starts fsyncs and answers waiters; bounds the
@@ -140,6 +142,8 @@ pub struct Broker<S: Storage> {
     /// Seeded once from the OS (or madsim) and used for topic ids.
     rng: u64,
     next_retention: Instant,
+    /// When the log cleaner looks for work next (sooner while a cleaning is under way).
+    next_clean: Instant,
     /// Told about leaderships and commits (the simulator's cluster checkers); usually absent.
     observer: Option<Observer>,
     /// Per group: the last high watermark and leader term reported to the observer.
@@ -199,6 +203,7 @@ impl<S: Storage> Broker<S> {
         let now = Instant::now();
         let mut broker = Broker {
             next_retention: now + Duration::from_millis(config.retention_check_interval_ms),
+            next_clean: now + Duration::from_millis(config.log_cleaner_backoff_ms),
             next_tick: now,
             config,
             storage,
@@ -369,7 +374,7 @@ impl<S: Storage> Broker<S> {
     }
 
     fn next_deadline(&self) -> Instant {
-        let mut deadline = self.next_retention.min(self.next_tick);
+        let mut deadline = self.next_retention.min(self.next_tick).min(self.next_clean);
         for w in &self.producer_id_waiters {
             deadline = deadline.min(w.deadline);
         }
@@ -398,7 +403,11 @@ impl<S: Storage> Broker<S> {
     }
 
     fn handle(&mut self, envelope: Envelope) {
-        let Envelope { request, reply } = envelope;
+        let Envelope {
+            request,
+            reply,
+            peer,
+        } = envelope;
         let version = request.version;
         let response = match request.body {
             RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(admin::api_versions()),
@@ -413,6 +422,10 @@ impl<S: Storage> Broker<S> {
             }
             RequestKind::DescribeConfigs(req) => {
                 ResponseKind::DescribeConfigs(self.describe_configs(req))
+            }
+            RequestKind::IncrementalAlterConfigs(req) => {
+                self.incremental_alter_configs(req, reply);
+                return;
             }
             RequestKind::ListOffsets(req) => {
                 ResponseKind::ListOffsets(self.list_offsets(req, version))
@@ -439,7 +452,12 @@ impl<S: Storage> Broker<S> {
                 ResponseKind::FindCoordinator(self.find_coordinator(req, version))
             }
             RequestKind::JoinGroup(req) => {
-                self.join_group(req, version, reply);
+                let client = groups::Client {
+                    id: request.client_id.unwrap_or_default(),
+                    // As Kafka's coordinator shows it (Java's `InetAddress.toString()`).
+                    host: peer.map_or_else(String::new, |p| format!("/{}", p.ip())),
+                };
+                self.join_group(req, version, client, reply);
                 return;
             }
             RequestKind::SyncGroup(req) => {
@@ -509,6 +527,9 @@ impl<S: Storage> Broker<S> {
             self.next_retention =
                 now + Duration::from_millis(self.config.retention_check_interval_ms);
             self.enforce_retention();
+        }
+        if now >= self.next_clean {
+            self.clean_logs();
         }
         self.drive_coordinators();
         self.start_syncs(now);
@@ -664,6 +685,68 @@ impl<S: Storage> Broker<S> {
         self.fail_produce_waiters(tp, ErrorCode::KafkaStorageError);
     }
 
+    /// Log compaction for `cleanup.policy=compact` partitions: at most
+    /// [`CLEANER_STEP_BYTES`](sluice_core::limits::CLEANER_STEP_BYTES) of cleaning I/O per call,
+    /// so requests wait at most that long; a cleaning under way continues on the next turn of
+    /// the loop, otherwise the cleaner looks again after `log_cleaner_backoff_ms`.
+    fn clean_logs(&mut self) {
+        let now = now_ms();
+        let mut more = false;
+        let mut worked = false;
+        let mut failed = None;
+        for (tp, part) in &mut self.partitions {
+            if !part.replica.log().cleaning_due(now) {
+                continue;
+            }
+            if worked {
+                // One partition per turn; this one is next.
+                more = true;
+                break;
+            }
+            worked = true;
+            let result = part.store.borrow_mut().clean(
+                part.replica.log_mut(),
+                now,
+                sluice_core::limits::CLEANER_STEP_BYTES,
+            );
+            match result {
+                Ok(progress) => {
+                    more = progress.more;
+                    if let Some(r) = progress.finished {
+                        tracing::info!(
+                            %tp,
+                            segments = r.segments,
+                            rewritten = r.segments_rewritten,
+                            bytes_before = r.bytes_before,
+                            bytes_after = r.bytes_after,
+                            records_removed = r.records_removed,
+                            tombstones_removed = r.tombstones_removed,
+                            "log cleaned"
+                        );
+                    }
+                    if let Some(e) = progress.halted {
+                        tracing::error!(%tp, "log cleaning stopped: {e}");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(%tp, "log cleaning failed on storage: {e}");
+                    part.replica.on_storage_failed();
+                    failed = Some(tp.clone());
+                    break;
+                }
+            }
+        }
+        if let Some(tp) = failed {
+            self.recover_partition(&tp);
+        }
+        let wait = if more {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(self.config.log_cleaner_backoff_ms)
+        };
+        self.next_clean = Instant::now() + wait;
+    }
+
     fn enforce_retention(&mut self) {
         let now = now_ms();
         let mut failed = Vec::new();
@@ -743,6 +826,7 @@ pub const SERVED_APIS: &[ApiKey] = &[
     ApiKey::DeleteTopics,
     ApiKey::InitProducerId,
     ApiKey::DescribeConfigs,
+    ApiKey::IncrementalAlterConfigs,
     ApiKey::OffsetForLeaderEpoch,
     ApiKey::FindCoordinator,
     ApiKey::JoinGroup,
