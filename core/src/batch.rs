@@ -66,6 +66,9 @@ pub enum BatchError {
     Empty,
     /// More than one batch for one partition (Kafka accepts exactly one with magic v2).
     MultipleBatches(usize),
+    /// A record without a key sent to a compacted topic (Kafka refuses it too: compaction
+    /// keeps the latest record per key, so a keyless record has no meaning there).
+    KeylessRecordInCompactedTopic,
 }
 
 impl BatchError {
@@ -78,7 +81,9 @@ impl BatchError {
             | BatchError::BadRecords(_)
             | BatchError::Empty => ErrorCode::CorruptMessage,
             BatchError::UnsupportedMagic(_) => ErrorCode::UnsupportedForMessageFormat,
-            BatchError::MultipleBatches(_) => ErrorCode::InvalidRecord,
+            BatchError::MultipleBatches(_) | BatchError::KeylessRecordInCompactedTopic => {
+                ErrorCode::InvalidRecord
+            }
             BatchError::TooLarge { .. } => ErrorCode::MessageTooLarge,
         }
     }
@@ -106,6 +111,9 @@ impl std::fmt::Display for BatchError {
                 )
             }
             BatchError::Empty => write!(f, "no record batch in request"),
+            BatchError::KeylessRecordInCompactedTopic => {
+                write!(f, "compacted topic cannot accept a record without a key")
+            }
             BatchError::MultipleBatches(n) => {
                 write!(
                     f,
@@ -554,6 +562,21 @@ impl<'a> Iterator for Records<'a> {
         self.failed = record.is_err();
         Some(record)
     }
+}
+
+/// Refuses a batch with a record that has no key (for compacted topics). Compressed batches
+/// cannot be looked into here (core carries no codecs) and pass.
+pub fn require_keys(batch: &[u8]) -> Result<(), BatchError> {
+    let header = BatchHeader::parse(batch)?;
+    if header.compression() != 0 || header.is_control() {
+        return Ok(());
+    }
+    for record in Records::new(batch)? {
+        if record?.key.is_none() {
+            return Err(BatchError::KeylessRecordInCompactedTopic);
+        }
+    }
+    Ok(())
 }
 
 /// Whether a run of whole batches holds at least one record a consumer will see (not only empty

@@ -158,7 +158,10 @@ impl Replica {
         if !self.raft.is_leader() {
             return Err(ErrorCode::NotLeaderOrFollower);
         }
-        let header = batch::validate_produce(&records, self.log.config().message_bytes_max)
+        let header = self
+            .log
+            .config()
+            .validate_produce(&records)
             .map_err(|e| e.error_code())?;
         let term = self.raft.term();
         match self

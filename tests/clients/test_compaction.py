@@ -153,6 +153,15 @@ def test_compacted_topic_keeps_the_latest_record_per_key_for_every_client(cleane
     configs = admin.describe_configs([resource])[resource].result(timeout=OP_TIMEOUT_S)
     assert configs["cleanup.policy"].value == "compact"
 
+    # A record without a key is refused, as Kafka does (INVALID_RECORD).
+    errors = []
+    p = producer(bootstrap, **{"retries": 0})
+    p.produce(topic, key=None, value=b"keyless", partition=0,
+              on_delivery=lambda err, msg: errors.append(err))
+    p.flush(OP_TIMEOUT_S)
+    assert len(errors) == 1 and errors[0] is not None, errors
+    assert errors[0].name() == "INVALID_RECORD", errors[0]
+
     # The cleaned segments survive a restart unchanged.
     cleaner_broker.restart()
     assert confluent_rows(bootstrap, topic) == want

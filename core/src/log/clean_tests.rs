@@ -84,7 +84,14 @@ impl Rig {
         let storage = MemStorage::new();
         let dir = PathBuf::from("t-0");
         let config = compact_config();
-        let (log, store) = LogStore::open(storage.clone(), dir.clone(), config.clone()).unwrap();
+        // Written before the topic became compacted, so records without a key are there too
+        // (a compacted topic refuses them from then on).
+        let written_as = LogConfig {
+            compact: false,
+            delete: true,
+            ..config.clone()
+        };
+        let (log, store) = LogStore::open(storage.clone(), dir.clone(), written_as).unwrap();
         let mut rig = Rig {
             storage,
             dir,
@@ -123,6 +130,7 @@ impl Rig {
             }
             rig.sync();
         }
+        rig.log.set_config(rig.config.clone());
         rig
     }
 
@@ -310,6 +318,8 @@ proptest! {
         }
         rig.reopen();
         prop_assert_eq!(&rig.records(), &want);
+        // (Checked as the topic was written: the retries may hold records without a key.)
+        rig.log.set_config(LogConfig { compact: false, delete: true, ..rig.config.clone() });
         for (pid, last) in rig.last_batch.clone() {
             let appended = rig.log.append(BytesMut::from(&last[..]), 0, 1_000_000).unwrap();
             prop_assert!(appended.duplicate, "producer {}: retry appended again", pid);
@@ -513,4 +523,37 @@ fn compacted_topics_skip_retention_and_tombstones_expire_later() {
     let progress = rig.store.clean(&mut rig.log, 3_500, u64::MAX).unwrap();
     assert_eq!(progress.finished.map(|r| r.tombstones_removed), Some(1));
     assert!(rig.records().iter().all(|r| r.value.is_some()));
+}
+
+/// A compacted topic refuses a record without a key (INVALID_RECORD), as Kafka does.
+#[test]
+fn a_compacted_topic_refuses_records_without_a_key() {
+    let mut rig = Rig::build(&[]);
+    let mut b = BatchBuilder::new(10);
+    b.push(&NewRecord {
+        timestamp: 10,
+        key: Some(b"k".to_vec()),
+        value: Some(b"v".to_vec()),
+        headers: vec![],
+    });
+    b.push(&NewRecord {
+        timestamp: 10,
+        key: None,
+        value: Some(b"v".to_vec()),
+        headers: vec![],
+    });
+    let err = rig
+        .log
+        .append(BytesMut::from(&b.build()[..]), 0, 1_000_000)
+        .unwrap_err();
+    assert_eq!(err.error_code(), crate::ErrorCode::InvalidRecord);
+    rig.log.set_config(LogConfig {
+        compact: false,
+        delete: true,
+        ..rig.config.clone()
+    });
+    assert!(rig
+        .log
+        .append(BytesMut::from(&b.build()[..]), 0, 1_000_000)
+        .is_ok());
 }

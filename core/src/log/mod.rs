@@ -82,6 +82,16 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// A producer's batch checked as this topic takes it: [`batch::validate_produce`], and on a
+    /// compacted topic every record has a key.
+    pub fn validate_produce(&self, records: &[u8]) -> Result<BatchHeader, BatchError> {
+        let header = batch::validate_produce(records, self.message_bytes_max)?;
+        if self.compact {
+            batch::require_keys(records)?;
+        }
+        Ok(header)
+    }
+
     /// Checks ranges; the error names the offending setting.
     pub fn validate(&self) -> Result<(), String> {
         if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_LIMIT).contains(&self.segment_bytes_max) {
@@ -454,7 +464,9 @@ impl PartitionLog {
         if self.storage_failed {
             return Err(AppendError::StorageFailed);
         }
-        let header = batch::validate_produce(&records, self.config.message_bytes_max)
+        let header = self
+            .config
+            .validate_produce(&records)
             .map_err(AppendError::Batch)?;
         if let ProduceCheck::Duplicate(appended) = self.check_produce(&header)? {
             return Ok(appended);
