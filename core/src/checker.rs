@@ -28,11 +28,16 @@
 //! - unknown-value: a read value that no send in the history wrote (Jepsen stops with
 //!   `:no-writer-of` here; it means corruption or a broken harness).
 //!
+//! Consumer groups ([`crate::history::GroupOp`]) have their own checkers, in [`groups`]: one owner
+//! per partition and generation, committed offsets that never go back or get lost, none above
+//! the high watermark, and members that resume exactly at the committed offset.
+//!
 //! Losing acknowledged `acks=1` or `acks=0` writes in a crash is allowed on a single node, so
 //! those are counted ([`Stats::acks1_lost`]) and never reported as lost writes. For the same
 //! reason an `acks=1` acknowledgement alone is not evidence of the log's content: after a crash
 //! the offset it named may legitimately hold another value. `acks=0` offsets are never used.
 
+pub mod groups;
 pub mod replicas;
 
 use std::cmp::Ordering;
@@ -40,7 +45,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fmt::Write as _;
 
-use crate::history::{Acks, History, Key, OpKind, Outcome, Value};
+use crate::history::{Acks, GroupOp, History, Key, OpKind, Outcome, Value};
 
 /// At most this many anomalies of each kind are kept in [`CheckReport::anomalies`]; all of them
 /// are counted in [`CheckReport::anomaly_counts`]. A broken run can produce one per poll, and a
@@ -63,11 +68,23 @@ pub enum AnomalyKind {
     /// Jepsen's G1a.
     AbortedRead,
     UnknownValue,
+    /// A partition handed to two members of a group in one generation.
+    DoubleOwner,
+    /// An acknowledged commit below one acknowledged before it was invoked.
+    CommitRegressed,
+    /// OffsetFetch returned less than a commit acknowledged before it was invoked.
+    LostCommit,
+    /// OffsetFetch returned an offset no commit wrote.
+    UnknownCommit,
+    /// A committed offset above the partition's high watermark.
+    CommitAboveHighWatermark,
+    /// A member that did not resume consuming at the committed offset.
+    WrongStart,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 9] = [
+    pub const ALL: [AnomalyKind; 15] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -77,7 +94,18 @@ impl AnomalyKind {
         AnomalyKind::Unseen,
         AnomalyKind::AbortedRead,
         AnomalyKind::UnknownValue,
+        AnomalyKind::DoubleOwner,
+        AnomalyKind::CommitRegressed,
+        AnomalyKind::LostCommit,
+        AnomalyKind::UnknownCommit,
+        AnomalyKind::CommitAboveHighWatermark,
+        AnomalyKind::WrongStart,
     ];
+
+    /// Whether the kind is one of the consumer-group checkers' ([`groups`]).
+    pub fn is_group(self) -> bool {
+        self >= AnomalyKind::DoubleOwner
+    }
 
     /// Jepsen's name for the anomaly.
     pub fn name(self) -> &'static str {
@@ -91,6 +119,12 @@ impl AnomalyKind {
             AnomalyKind::Unseen => "unseen",
             AnomalyKind::AbortedRead => "G1a",
             AnomalyKind::UnknownValue => "unknown-value",
+            AnomalyKind::DoubleOwner => "group-double-owner",
+            AnomalyKind::CommitRegressed => "group-commit-regressed",
+            AnomalyKind::LostCommit => "group-lost-commit",
+            AnomalyKind::UnknownCommit => "group-unknown-commit",
+            AnomalyKind::CommitAboveHighWatermark => "group-commit-above-hw",
+            AnomalyKind::WrongStart => "group-wrong-start",
         }
     }
 }
@@ -177,6 +211,16 @@ pub struct Stats {
     /// those that completed before an `Ok` final read began are also reported as unseen
     /// anomalies; the rest (no final read, or sent after it began) only appear here.
     pub unseen: u64,
+    /// Consumer-group operations of any kind (none: the group counts are not displayed).
+    pub group_ops: u64,
+    /// JoinGroup + SyncGroup rounds, whatever their outcome.
+    pub group_joins: u64,
+    pub group_commits: SendCounts,
+    pub group_offset_fetches: u64,
+    pub group_resets: u64,
+    pub group_leaves: u64,
+    /// Members killed without LeaveGroup.
+    pub group_crashes: u64,
 }
 
 impl Stats {
@@ -223,7 +267,23 @@ impl fmt::Display for Stats {
             self.acks1_lost,
             self.acks1_unseen,
             self.unseen,
-        )
+        )?;
+        if self.group_ops > 0 {
+            write!(
+                f,
+                ", group joins: {}, commits ok/fail/info {}/{}/{}, offset-fetches: {}, resets: {}, \
+                 leaves: {}, member crashes: {}",
+                self.group_joins,
+                self.group_commits.ok,
+                self.group_commits.fail,
+                self.group_commits.info,
+                self.group_offset_fetches,
+                self.group_resets,
+                self.group_leaves,
+                self.group_crashes,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -250,9 +310,13 @@ impl CheckReport {
 }
 
 impl fmt::Display for CheckReport {
-    /// `lost-write: 0, duplicate: 0, …, unknown-value: 0; sends ok/fail/info …`
+    /// `lost-write: 0, duplicate: 0, …, unknown-value: 0; sends ok/fail/info …` (the group
+    /// kinds only for a history with group operations).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, kind) in AnomalyKind::ALL.iter().enumerate() {
+        let shown = AnomalyKind::ALL
+            .iter()
+            .filter(|k| !k.is_group() || self.stats.group_ops > 0 || self.count(**k) > 0);
+        for (i, kind) in shown.enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
             }
@@ -320,6 +384,7 @@ pub fn check_with(history: &History, options: CheckOptions) -> CheckReport {
     assert_eq!(orders.len(), facts.keys.len());
 
     check_process_order(history, &facts, &orders, &mut findings);
+    groups::check(history, &mut stats, &mut findings);
     findings.into_report(stats)
 }
 
@@ -464,6 +529,8 @@ fn gather<'h>(history: &'h History, stats: &mut Stats) -> Facts<'h> {
                 }
             }
             OpKind::Assign { .. } => stats.assigns += 1,
+            // Counted by the group checkers.
+            OpKind::Group(_) => {}
         }
     }
     stats.keys = facts.keys.len() as u64;
@@ -680,11 +747,18 @@ fn check_process_order(
                     check_reads(Reader::Final, key, order, None, pairs, op.index, findings);
                 }
             }
-            OpKind::Assign { outcome, .. } => {
+            OpKind::Group(GroupOp::Commit { .. } | GroupOp::HighWatermarks { .. }) => {}
+            OpKind::Assign { .. } | OpKind::Group(_) => {
                 // A new assignment restarts every key's position (from the committed offset, the
                 // reset policy or a seek), so poll order is tracked afresh. A failed assign
-                // changed nothing; an indeterminate one might have, so it resets too.
-                if !outcome.is_fail() {
+                // changed nothing; an indeterminate one might have, so it resets too. A group
+                // member's join, OffsetFetch, reset, leave or crash is such a change (the group
+                // checkers judge where it resumes).
+                let changed = match &op.kind {
+                    OpKind::Assign { outcome, .. } => !outcome.is_fail(),
+                    _ => true,
+                };
+                if changed {
                     let process = op.process;
                     let tracked: Vec<(u32, usize)> = last_read
                         .range((process, 0)..=(process, usize::MAX))

@@ -127,6 +127,77 @@ pub enum OpKind {
     /// Checked like a poll by a process with no history; its presence turns unseen acknowledged
     /// writes into anomalies.
     FinalRead { reads: Reads, outcome: Outcome<()> },
+    /// What a subscribe-mode consumer — a member of a consumer group — did, judged by
+    /// [`crate::checker::groups`]. Its polls are ordinary [`OpKind::Poll`]s of the same process.
+    Group(GroupOp),
+}
+
+/// One consumer-group operation. Member ids and generations are the coordinator's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupOp {
+    /// JoinGroup (with its MEMBER_ID_REQUIRED round) then SyncGroup. `Ok`: the generation the
+    /// member joined and the partitions the coordinator handed it.
+    Join {
+        group: String,
+        outcome: Outcome<Assignment>,
+    },
+    /// OffsetCommit of the member's positions (the next offset it would consume) in
+    /// `generation`.
+    Commit {
+        group: String,
+        member: String,
+        generation: i32,
+        offsets: Vec<(Key, u64)>,
+        outcome: Outcome<()>,
+    },
+    /// OffsetFetch of the partitions the member was handed in `generation`. `Ok`: per partition
+    /// the committed offset (`None`: nothing committed) and where the member starts consuming.
+    OffsetFetch {
+        group: String,
+        member: String,
+        generation: i32,
+        outcome: Outcome<Vec<Position>>,
+    },
+    /// The member's position of `key` was out of range and it jumped to `to`
+    /// (`auto.offset.reset`): an explicit reset, after which the group's commits of `key` may be
+    /// lower than before.
+    Reset {
+        group: String,
+        member: String,
+        generation: i32,
+        key: Key,
+        from: u64,
+        to: u64,
+    },
+    /// LeaveGroup.
+    Leave {
+        group: String,
+        member: String,
+        outcome: Outcome<()>,
+    },
+    /// The member's process was killed: no LeaveGroup, and its request in flight (recorded
+    /// `Info`) may still take effect.
+    Crash { group: String },
+    /// At the end of the run: the highest high watermark any fetch reported, per partition.
+    HighWatermarks { marks: Vec<(Key, u64)> },
+}
+
+/// What one member was handed in one generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub member: String,
+    pub generation: i32,
+    pub keys: Vec<Key>,
+}
+
+/// Where a member starts consuming one partition after a join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub key: Key,
+    /// What OffsetFetch returned (`None`: the group has no committed offset for it).
+    pub committed: Option<u64>,
+    /// The offset of its first fetch: the committed offset, or where the reset policy points.
+    pub start: u64,
 }
 
 /// One completed client operation.

@@ -28,10 +28,14 @@ pub enum Bug {
     /// truncation) and acknowledges the append anyway. Caught by the simulator's committed-
     /// agreement checker (`checker::replicas`) and by the Raft cluster harness.
     NoDivergentTruncation = 7,
+    /// A group coordinator completing a generation also hands one partition of one member's
+    /// assignment to another member, so two members consume it at once. Caught by the
+    /// simulator's group checkers (`checker::groups`, group-double-owner) in `--scenario groups`.
+    GroupDoubleAssign = 8,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -39,6 +43,7 @@ impl Bug {
         Bug::IdempotenceOff,
         Bug::CommitOldTerm,
         Bug::NoDivergentTruncation,
+        Bug::GroupDoubleAssign,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +55,7 @@ impl Bug {
             Bug::IdempotenceOff => "idempotence-off",
             Bug::CommitOldTerm => "commit-old-term",
             Bug::NoDivergentTruncation => "no-divergent-truncation",
+            Bug::GroupDoubleAssign => "group-double-assign",
         }
     }
 

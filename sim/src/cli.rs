@@ -31,11 +31,12 @@ struct Args {
     #[arg(long)]
     seeds: Option<String>,
     /// Fault selection: default, no-faults, crash, disk, network (one node); cluster, split
-    /// (3 or 5 replicating nodes).
+    /// (3 or 5 replicating nodes); groups (cluster, plus a consumer group).
     #[arg(long, default_value = "default")]
     scenario: String,
     /// Plant a deliberate bug: ack-before-fsync, skip-recovery-crc, recovery-off-by-one,
-    /// fetch-past-high-watermark, idempotence-off, commit-old-term, no-divergent-truncation.
+    /// fetch-past-high-watermark, idempotence-off, commit-old-term, no-divergent-truncation,
+    /// group-double-assign.
     #[arg(long)]
     planted_bug: Option<String>,
     /// With --planted-bug: succeed as soon as a seed fails (the checkers caught the bug), fail if
@@ -130,7 +131,7 @@ pub fn main() -> ExitCode {
     let Some(scenario) = Scenario::from_name(&args.scenario) else {
         eprintln!(
             "unknown scenario {:?}; choose one of: default, no-faults, crash, disk, network, \
-             cluster, split",
+             cluster, split, groups",
             args.scenario
         );
         return ExitCode::from(EXIT_USAGE);

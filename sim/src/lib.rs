@@ -10,6 +10,7 @@
 
 pub mod agreement;
 pub mod cli;
+pub mod groups;
 pub mod nemesis;
 pub mod params;
 pub mod run;

@@ -54,6 +54,9 @@ pub struct Cluster {
     pub partitions: i32,
     /// What the replicas reported: who leads which partition now.
     pub replicas: Arc<Mutex<ReplicaChecker>>,
+    /// The groups scenario: the `__consumer_offsets` partition of the workload's consumer
+    /// group, whose leader (the group coordinator) half of the leader faults aim at.
+    pub coordinator_partition: Option<i32>,
 }
 
 impl Cluster {
@@ -76,19 +79,31 @@ impl Cluster {
         order
     }
 
-    /// The broker that last became the leader of `partition` of the workload topic, or any
-    /// broker if none has yet.
-    fn leader_or_any(&self, partition: u64, rng: &mut Rng) -> usize {
-        let group = format!("{}-{partition}", crate::workload::TOPIC);
+    /// The broker that last became the leader of `partition` of the workload topic (in the
+    /// groups scenario, half the time the group coordinator instead), or any broker if none has
+    /// yet; and what it leads.
+    fn leader_or_any(&self, partition: u64, rng: &mut Rng) -> (usize, String) {
+        let (group, target) = match self.coordinator_partition {
+            Some(p) if rng.chance(500) => {
+                let group = format!("{}-{p}", sluice_core::group::OFFSETS_TOPIC);
+                let target = format!("the group coordinator, {group}");
+                (group, target)
+            }
+            _ => (
+                format!("{}-{partition}", crate::workload::TOPIC),
+                format!("partition {partition}"),
+            ),
+        };
         let leader = self
             .replicas
             .lock()
             .expect("checker lock")
             .latest_leader(&group);
-        match leader {
+        let broker = match leader {
             Some((_, node)) if (node as usize) < self.brokers.len() => node as usize,
             _ => self.pick(rng),
-        }
+        };
+        (broker, target)
     }
 
     fn ids(&self, brokers: &[usize]) -> Vec<NodeId> {
@@ -227,11 +242,11 @@ impl Nemesis {
             "kill-leader" => {
                 // The leader of a partition the workload is producing to, as it is now.
                 let partition = rng.below(cluster.partitions as u64);
-                let b = cluster.leader_or_any(partition, rng);
+                let (b, target) = cluster.leader_or_any(partition, rng);
                 let unsynced = self.kill(cluster, b, CrashMode::Clean, trace);
                 tokio::time::sleep(Duration::from_millis(rng.between(100, 3_000))).await;
                 self.restart(cluster, b, trace);
-                format!("broker {b} (leader of partition {partition}), {unsynced} unsynced bytes")
+                format!("broker {b} (leader of {target}), {unsynced} unsynced bytes")
             }
             "isolate-leader" => {
                 // Cut the leader off, let a new one be elected, heal, and again: each round can
@@ -240,7 +255,7 @@ impl Nemesis {
                 let mut cut_off = Vec::new();
                 for _ in 0..rounds {
                     let partition = rng.below(cluster.partitions as u64);
-                    let b = cluster.leader_or_any(partition, rng);
+                    let (b, _) = cluster.leader_or_any(partition, rng);
                     let others: Vec<usize> =
                         (0..cluster.brokers.len()).filter(|o| *o != b).collect();
                     let net = NetSim::current();
@@ -254,7 +269,7 @@ impl Nemesis {
             }
             "lagging-failover" => {
                 let partition = rng.below(cluster.partitions as u64);
-                let leader = cluster.leader_or_any(partition, rng);
+                let (leader, target) = cluster.leader_or_any(partition, rng);
                 let others: Vec<usize> = (0..cluster.brokers.len())
                     .filter(|o| *o != leader)
                     .collect();
@@ -282,8 +297,8 @@ impl Nemesis {
                 tokio::time::sleep(Duration::from_millis(rng.between(100, 3_000))).await;
                 self.restart(cluster, leader, trace);
                 format!(
-                    "broker {lagging} cut off, then leader {leader} of partition {partition} \
-                     killed ({unsynced} unsynced bytes{})",
+                    "broker {lagging} cut off, then leader {leader} of {target} killed \
+                     ({unsynced} unsynced bytes{})",
                     if slow { ", its disk slow" } else { "" }
                 )
             }

@@ -22,10 +22,14 @@ pub enum Scenario {
     /// A replicated cluster under network partitions alone: majority/minority splits, one-way
     /// links and bridges, over and over.
     Split,
+    /// The `cluster` scenario plus a consumer group: 2 to 4 subscribe-mode members that join,
+    /// consume, commit, crash, restart and leave, while the nemesis crashes and cuts off the
+    /// brokers that coordinate them.
+    Groups,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Default,
         Scenario::NoFaults,
         Scenario::Crash,
@@ -33,6 +37,7 @@ impl Scenario {
         Scenario::Network,
         Scenario::Cluster,
         Scenario::Split,
+        Scenario::Groups,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +49,7 @@ impl Scenario {
             Scenario::Network => "network",
             Scenario::Cluster => "cluster",
             Scenario::Split => "split",
+            Scenario::Groups => "groups",
         }
     }
 
@@ -155,6 +161,32 @@ pub struct Params {
     pub flush_interval_ms: u64,
     /// How long an fsync takes on this run's disk (the build machine's takes about 3 ms).
     pub sync_latency_ms: u64,
+    /// The consumer group of the `groups` scenario (none elsewhere).
+    pub groups: Option<GroupParams>,
+}
+
+/// The consumer group's members and the coordinator's settings (`--scenario groups`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupParams {
+    /// Member processes (each restarted after it crashes or leaves).
+    pub members: u32,
+    /// `offsets_topic_partitions`: few, so that coordinators share partitions and sims stay fast.
+    pub offsets_partitions: i32,
+    pub session_timeout_ms: u64,
+    pub rebalance_timeout_ms: u64,
+    /// `group_initial_rebalance_delay_ms`.
+    pub initial_rebalance_delay_ms: u64,
+    /// Time between a member's commits of its positions.
+    pub commit_interval_ms: (u64, u64),
+    /// How long one incarnation of a member lives before it crashes or leaves.
+    pub lifetime_ms: (u64, u64),
+    /// Share of incarnations that end in a crash (no LeaveGroup); the rest leave gracefully.
+    pub crash_per_mille: u32,
+    /// `offsets_topic_segment_bytes`: small, so that `__consumer_offsets` rolls segments and
+    /// the log cleaner compacts them while coordinators come and go.
+    pub offsets_segment_bytes: u64,
+    /// `log_cleaner_backoff_ms`.
+    pub cleaner_backoff_ms: u64,
 }
 
 impl Params {
@@ -194,7 +226,7 @@ impl Params {
                 ..FaultMix::default()
             },
             // Drawn below, after everything the single-node scenarios draw.
-            Scenario::Cluster | Scenario::Split => FaultMix::default(),
+            Scenario::Cluster | Scenario::Split | Scenario::Groups => FaultMix::default(),
         };
         let think_lo = rng.between(1, 10);
         let interval_lo = rng.between(300, 1500);
@@ -223,8 +255,12 @@ impl Params {
             replication_factor: 1,
             election_timeout_ms: 1000,
             replica_fetch_max_bytes: 1024 * 1024,
+            groups: None,
         };
-        if matches!(scenario, Scenario::Cluster | Scenario::Split) {
+        if matches!(
+            scenario,
+            Scenario::Cluster | Scenario::Split | Scenario::Groups
+        ) {
             params.nodes = if rng.chance(250) { 5 } else { 3 };
             params.replication_factor = 3;
             params.election_timeout_ms = rng.between(300, 1500);
@@ -263,6 +299,23 @@ impl Params {
                 params.faults.kill_leader = true;
             }
         }
+        if scenario == Scenario::Groups {
+            // Drawn after everything the cluster scenarios draw: their seeds are unchanged.
+            let commit_lo = rng.between(50, 300);
+            let life_lo = rng.between(2_000, 6_000);
+            params.groups = Some(GroupParams {
+                members: rng.between(2, 4) as u32,
+                offsets_partitions: rng.between(2, 4) as i32,
+                session_timeout_ms: rng.between(600, 2_000),
+                rebalance_timeout_ms: rng.between(600, 2_000),
+                initial_rebalance_delay_ms: rng.between(0, 100),
+                commit_interval_ms: (commit_lo, commit_lo + rng.between(50, 500)),
+                lifetime_ms: (life_lo, life_lo + rng.between(2_000, 8_000)),
+                crash_per_mille: rng.between(300, 800) as u32,
+                offsets_segment_bytes: rng.between(1024, 16 * 1024),
+                cleaner_backoff_ms: rng.between(100, 2_000),
+            });
+        }
         params
     }
 
@@ -280,6 +333,20 @@ impl Params {
             self.segment_bytes,
             self.flush_interval_ms,
             self.sync_latency_ms,
-        )
+        ) + &self.groups.as_ref().map_or(String::new(), |g| {
+            format!(
+                " members={} offsets_partitions={} session_timeout_ms={} rebalance_timeout_ms={} \
+                 initial_rebalance_delay_ms={} crash_per_mille={} offsets_segment_bytes={} \
+                 cleaner_backoff_ms={}",
+                g.members,
+                g.offsets_partitions,
+                g.session_timeout_ms,
+                g.rebalance_timeout_ms,
+                g.initial_rebalance_delay_ms,
+                g.crash_per_mille,
+                g.offsets_segment_bytes,
+                g.cleaner_backoff_ms
+            )
+        })
     }
 }

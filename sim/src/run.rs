@@ -15,6 +15,7 @@ use sluice_core::storage::MemStorage;
 use sluice_node::broker::Broker;
 use sluice_node::config::{Config, ServeArgs};
 
+use crate::groups::{self, GroupLog};
 use crate::nemesis::{BrokerNode, Cluster, FaultSpan, MediaDamage, Nemesis};
 use crate::params::{Params, Scenario};
 use crate::trace::{hash, Trace};
@@ -159,6 +160,18 @@ fn broker_config(params: &Params, node: u32) -> Config {
         retention_bytes: Some(-1),
         ..ServeArgs::default()
     };
+    let args = match &params.groups {
+        None => args,
+        Some(g) => ServeArgs {
+            offsets_topic_partitions: Some(g.offsets_partitions),
+            offsets_topic_replication_factor: Some(params.replication_factor),
+            group_initial_rebalance_delay_ms: Some(g.initial_rebalance_delay_ms),
+            group_min_session_timeout_ms: Some(100),
+            offsets_topic_segment_bytes: Some(g.offsets_segment_bytes),
+            log_cleaner_backoff_ms: Some(g.cleaner_backoff_ms),
+            ..args
+        },
+    };
     Config::resolve(args).expect("simulation config is valid")
 }
 
@@ -250,6 +263,23 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
             .await
             .expect("setup");
     }
+    if params.groups.is_some() {
+        let (bootstrap, trace) = (bootstrap.clone(), trace.clone());
+        setup
+            .spawn(async move { groups::create_offsets_topic(&bootstrap, &trace).await })
+            .await
+            .expect("setup");
+    }
+    let member_nodes: Vec<_> = (0..params.groups.as_ref().map_or(0, |g| g.members))
+        .map(|m| {
+            handle
+                .create_node()
+                .name(format!("member-{m}"))
+                .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 3, m as u8 + 1)))
+                .build()
+        })
+        .collect();
+    let group_log = GroupLog::default();
 
     // Safety phase: workload and nemesis together.
     let deadline_ms = trace.now_ms() + params.fault_phase_ms;
@@ -266,13 +296,41 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
             deadline_ms,
         )));
     }
+    let mut member_tasks = Vec::new();
+    for (m, node) in member_nodes.iter().enumerate() {
+        let (bootstrap, params, trace, log, member_rng) = (
+            bootstrap.clone(),
+            params.clone(),
+            trace.clone(),
+            group_log.clone(),
+            rng.fork(),
+        );
+        member_tasks.push(node.spawn(groups::run_slot(
+            m as u32,
+            bootstrap,
+            params,
+            member_rng,
+            log,
+            trace,
+            deadline_ms,
+        )));
+    }
     let cluster = Cluster {
         handle: handle.clone(),
         brokers,
-        clients: client_nodes.iter().map(|n| n.id()).collect(),
+        // Group members are clients too: a clogged member misses its heartbeats.
+        clients: client_nodes
+            .iter()
+            .chain(&member_nodes)
+            .map(|n| n.id())
+            .collect(),
         sync_latency,
         partitions: params.partitions,
         replicas: replicas.clone(),
+        coordinator_partition: params
+            .groups
+            .as_ref()
+            .map(|g| sluice_core::group::partition_for(groups::GROUP_ID, g.offsets_partitions)),
     };
     let mut nemesis = Nemesis::new();
     nemesis
@@ -282,6 +340,10 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
     for task in tasks {
         recorded.extend(task.await.expect("client task"));
     }
+    for task in member_tasks {
+        task.await.expect("member task");
+    }
+    recorded.extend(group_log.take_ops());
     nemesis.heal(&cluster, &trace);
 
     // Liveness phase, on the healed broker.
@@ -306,7 +368,7 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
             .expect("probe")
     };
     recorded.extend(probe_ops);
-    let final_read = {
+    let (final_read, final_marks) = {
         let (bootstrap, trace, partitions) = (bootstrap.clone(), trace.clone(), params.partitions);
         let process = params.clients + 1;
         probe
@@ -315,6 +377,33 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
             )
             .await
             .expect("probe")
+    };
+    // The group's committed offsets must be readable once the faults stop, and no higher than
+    // the highest high watermark any fetch reported.
+    let liveness = if params.groups.is_some() {
+        let (bootstrap, probe_trace, partitions, log) = (
+            bootstrap.clone(),
+            trace.clone(),
+            params.partitions,
+            group_log.clone(),
+        );
+        let offsets = probe
+            .spawn(async move {
+                let trace = probe_trace;
+                groups::final_offsets(&bootstrap, partitions, LIVENESS_BOUND, &log, &trace).await
+            })
+            .await
+            .expect("probe");
+        recorded.extend(group_log.take_ops());
+        let mut marks = group_log.high_watermarks();
+        for (p, hw) in final_marks {
+            let mark = marks.entry(p).or_insert(0);
+            *mark = (*mark).max(hw);
+        }
+        recorded.push(groups::record_high_watermarks(&marks, &trace));
+        liveness.and_then(|took| offsets.map(|()| took))
+    } else {
+        liveness
     };
     if !matches!(
         &final_read.kind,

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use sluice_core::history::{Acks, OpKind, Outcome};
+use sluice_core::history::{Acks, GroupOp, OpKind, Outcome};
 
 use crate::run::RunOutcome;
 use crate::workload::describe;
@@ -47,6 +47,25 @@ fn color(kind: &OpKind) -> &'static str {
         OpKind::Poll { .. } => "#90caf9",
         OpKind::Assign { .. } => "#8e24aa",
         OpKind::FinalRead { .. } => "#424242",
+        OpKind::Group(GroupOp::Join {
+            outcome: Outcome::Ok(_),
+            ..
+        }) => "#00897b",
+        OpKind::Group(GroupOp::Commit {
+            outcome: Outcome::Ok(_),
+            ..
+        }) => "#6d4c41",
+        OpKind::Group(GroupOp::Commit {
+            outcome: Outcome::Info(_),
+            ..
+        }) => "#f9a825",
+        OpKind::Group(GroupOp::OffsetFetch {
+            outcome: Outcome::Ok(_),
+            ..
+        }) => "#5c6bc0",
+        OpKind::Group(GroupOp::Crash { .. }) => "#000000",
+        OpKind::Group(GroupOp::Leave { .. }) => "#9e9e9e",
+        OpKind::Group(_) => "#ef9a9a",
     }
 }
 
@@ -81,6 +100,10 @@ pub fn render(run: &RunOutcome, replay: &str) -> String {
     for (row, process) in rows.iter().enumerate() {
         let y = 10.0 + row as f64 * ROW_PX;
         let label = match process.checked_sub(run.params.clients) {
+            _ if *process == crate::groups::FINAL_OFFSETS_PROCESS => "final offsets".to_string(),
+            _ if *process >= crate::groups::MEMBER_PROCESS_BASE => {
+                format!("member {}", process - crate::groups::MEMBER_PROCESS_BASE)
+            }
             None => format!("client {process}"),
             Some(0) => "liveness".to_string(),
             Some(_) => "final read".to_string(),
@@ -131,6 +154,8 @@ pub fn render(run: &RunOutcome, replay: &str) -> String {
          <p class='legend'><span style='background:#2e7d32'></span>send acks=all ok<span style='background:#81c784'></span>send acks=1 ok\
          <span style='background:#f9a825'></span>send indeterminate<span style='background:#c62828'></span>send failed\
          <span style='background:#1565c0'></span>poll<span style='background:#8e24aa'></span>assign<span style='background:#424242'></span>final read\
+         <span style='background:#00897b'></span>group join<span style='background:#6d4c41'></span>commit\
+         <span style='background:#5c6bc0'></span>offset fetch<span style='background:#000000'></span>member crash\
          <span style='background:#ff7043;opacity:.4'></span>fault; red outline: offending operation</p>\
          <div style='overflow-x:auto'>{svg}</div><h3>Anomalies</h3><ul>{anomalies}</ul>\
          <p>{report}</p></body></html>",

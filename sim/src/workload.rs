@@ -33,7 +33,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Fetch limits used by polls.
 const POLL_MAX_BYTES: i32 = 64 * 1024;
-const POLL_MAX_WAIT_MS: i32 = 100;
+pub(crate) const POLL_MAX_WAIT_MS: i32 = 100;
 
 pub const TOPIC: &str = "sim";
 
@@ -76,6 +76,17 @@ impl Conn {
         request: &R,
         version: i16,
     ) -> Result<R::Response, CallError> {
+        self.call_within(request, version, REQUEST_TIMEOUT).await
+    }
+
+    /// As [`Conn::call`], waiting up to `timeout` for the response (a JoinGroup waits for the
+    /// whole rebalance).
+    async fn call_within<R: kafka_protocol::protocol::Request>(
+        &mut self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, CallError> {
         if self.conn.is_none() {
             let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.addr))
                 .await
@@ -84,7 +95,7 @@ impl Conn {
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        match tokio::time::timeout(REQUEST_TIMEOUT, conn.call(request, version)).await {
+        match tokio::time::timeout(timeout, conn.call(request, version)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => {
                 self.conn = None;
@@ -239,13 +250,25 @@ impl Client {
     }
 
     /// Sends to the broker at `addr`; a failed call marks the leaders stale.
-    async fn call_at<R: kafka_protocol::protocol::Request>(
+    pub(crate) async fn call_at<R: kafka_protocol::protocol::Request>(
         &mut self,
         addr: &str,
         request: &R,
         version: i16,
     ) -> Result<R::Response, CallError> {
-        let result = self.conn(addr).call(request, version).await;
+        self.call_at_within(addr, request, version, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// As [`Client::call_at`], waiting up to `timeout` for the response.
+    pub(crate) async fn call_at_within<R: kafka_protocol::protocol::Request>(
+        &mut self,
+        addr: &str,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, CallError> {
+        let result = self.conn(addr).call_within(request, version, timeout).await;
         if result.is_err() {
             self.stale = true;
         }
@@ -535,19 +558,19 @@ impl IdempotentProducer {
 }
 
 /// What a fetch of `cursors` returned.
-struct Fetched {
-    reads: Reads,
+pub(crate) struct Fetched {
+    pub(crate) reads: Reads,
     /// Partitions whose fetch offset was out of range.
-    out_of_range: Vec<i32>,
+    pub(crate) out_of_range: Vec<i32>,
     /// Per-partition error codes other than out-of-range.
-    errors: Vec<(i32, i16)>,
-    high_watermarks: BTreeMap<i32, u64>,
+    pub(crate) errors: Vec<(i32, i16)>,
+    pub(crate) high_watermarks: BTreeMap<i32, u64>,
     /// Where each partition's next fetch continues: past the last batch returned, control
     /// batches included (a log may end in one).
-    next_offsets: BTreeMap<i32, u64>,
+    pub(crate) next_offsets: BTreeMap<i32, u64>,
 }
 
-async fn fetch(
+pub(crate) async fn fetch(
     client: &mut Client,
     cursors: &BTreeMap<i32, u64>,
     max_wait_ms: i32,
@@ -770,15 +793,17 @@ pub async fn run_client(
 
 /// At the end: a fresh consumer reads every partition from the beginning up to its high
 /// watermark. Partitions that cannot be read (a damaged batch) stop early; the outcome says so.
+/// Also returns the highest high watermark each partition's fetches reported.
 pub async fn final_read(
     process: u32,
     bootstrap: &[String],
     partitions: i32,
     trace: &Trace,
-) -> Recorded {
+) -> (Recorded, BTreeMap<i32, u64>) {
     let invoke_ms = trace.now_ms();
     let mut client = Client::new(bootstrap);
     let mut reads = Reads::new();
+    let mut marks: BTreeMap<i32, u64> = BTreeMap::new();
     let mut problems = Vec::new();
     for partition in 0..partitions {
         let mut cursor = 0u64;
@@ -828,6 +853,8 @@ pub async fn final_read(
                         .get(&partition)
                         .copied()
                         .unwrap_or(0);
+                    let mark = marks.entry(partition).or_insert(0);
+                    *mark = (*mark).max(hw);
                     if cursor >= hw
                         || (fetched.next_offsets.is_empty() && hw > cursor && attempts > 50)
                     {
@@ -855,12 +882,13 @@ pub async fn final_read(
     };
     let kind = OpKind::FinalRead { reads, outcome };
     trace.record("final-read", "op", describe(&kind));
-    Recorded {
+    let recorded = Recorded {
         process,
         kind,
         invoke_ms,
         complete_ms: trace.now_ms(),
-    }
+    };
+    (recorded, marks)
 }
 
 /// Liveness: once faults have stopped, a fresh client (process `process`) must be able to produce
@@ -1026,5 +1054,6 @@ pub fn describe(kind: &OpKind) -> String {
             reads: r,
             outcome: o,
         } => format!("final-read {} -> {}", reads(r), outcome(o)),
+        OpKind::Group(op) => crate::groups::describe_group(op),
     }
 }

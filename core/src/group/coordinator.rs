@@ -1566,13 +1566,17 @@ impl GroupCoordinator {
             WriteEffect::Sync {
                 group,
                 generation,
-                assignments,
+                mut assignments,
             } => {
                 let Some(g) = self.groups.get_mut(&group) else {
                     return;
                 };
                 if g.generation != generation || g.state != GroupState::CompletingRebalance {
                     return; // A newer rebalance overtook this one.
+                }
+                if crate::planted::active(crate::planted::Bug::GroupDoubleAssign) {
+                    let ids: Vec<String> = g.members.keys().cloned().collect();
+                    plant_double_assign(&ids, &mut assignments);
                 }
                 g.sync_write = None;
                 g.state = GroupState::Stable;
@@ -1856,6 +1860,30 @@ fn join_response(g: &Group, member_id: &str) -> JoinResponse {
         leader,
         member_id: member_id.to_string(),
         members,
+    }
+}
+
+/// The planted bug `group-double-assign`: the first partition of the first member (in id order)
+/// that has one is also handed to the next member.
+fn plant_double_assign(ids: &[String], assignments: &mut BTreeMap<String, Vec<u8>>) {
+    use super::ConsumerAssignment;
+    let decoded = |id: &String| {
+        ConsumerAssignment::decode(assignments.get(id).map_or(&[][..], |a| a.as_slice()))
+    };
+    let Some((i, topic, partition)) = ids.iter().enumerate().find_map(|(i, id)| {
+        let a = decoded(id)?;
+        let (topic, partition) = a.first()?;
+        Some((i, topic.to_string(), partition))
+    }) else {
+        return;
+    };
+    if ids.len() < 2 {
+        return;
+    }
+    let other = &ids[(i + 1) % ids.len()];
+    if let Some(mut a) = decoded(other) {
+        a.add(&topic, partition);
+        assignments.insert(other.clone(), a.encode());
     }
 }
 

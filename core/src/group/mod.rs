@@ -10,11 +10,13 @@
 //! reports them committed ([`GroupCoordinator::on_high_watermark`]). A new leader rebuilds every
 //! group by replaying the partition ([`GroupCoordinator::replay`]).
 
+mod assignment;
 mod codec;
 mod coordinator;
 #[cfg(test)]
 mod tests;
 
+pub use assignment::ConsumerAssignment;
 pub use codec::{DecodeError, GroupValue, MemberValue, OffsetValue, OffsetsRecord};
 pub use coordinator::{
     CommitPartition, CommitRequest, CoordinatorConfig, GroupCoordinator, GroupDescription,

@@ -836,3 +836,56 @@ proptest! {
         }
     }
 }
+
+/// The planted bug `group-double-assign` really hands one partition to two members (what the
+/// simulator's group-double-owner checker catches). The planted switch is process-wide, so the
+/// test is ignored by default and run on its own:
+///
+/// `cargo test -p sluice-core --features planted-bugs --lib planted_group -- --ignored`
+#[cfg(feature = "planted-bugs")]
+#[test]
+#[ignore]
+fn planted_group_double_assign_hands_a_partition_to_two_members() {
+    use crate::planted::{self, Bug};
+    let assignment = |partitions: &[i32]| {
+        ConsumerAssignment {
+            version: 0,
+            topics: vec![("t".to_string(), partitions.to_vec())],
+            user_data: None,
+        }
+        .encode()
+    };
+    let handed = |planted_bug: Option<Bug>| {
+        planted::set(planted_bug);
+        let mut h = Harness::no_delay();
+        let (a, ja) = h.join_new();
+        let generation = h.join_reply(ja).expect("alone").generation;
+        let (b, jb) = h.join_new();
+        let ja = h.join_request(&a, None);
+        let generation = generation + 1;
+        assert_eq!(h.join_reply(ja).expect("all joined").generation, generation);
+        assert!(h.join_reply(jb).is_some());
+        let sb = h.sync_request(&b, generation, vec![]);
+        let assignments = vec![(a.clone(), assignment(&[0])), (b.clone(), assignment(&[1]))];
+        let sa = h.sync_request(&a, generation, assignments);
+        h.commit();
+        planted::set(None);
+        let decode = |s: Option<SyncResponse>| {
+            ConsumerAssignment::decode(&s.expect("answered").assignment).expect("decodes")
+        };
+        let (ta, tb) = (decode(h.sync_reply(sa)), decode(h.sync_reply(sb)));
+        (ta.topics[0].1.clone(), tb.topics[0].1.clone())
+    };
+    assert_eq!(handed(None), (vec![0], vec![1]));
+    let (first, second) = handed(Some(Bug::GroupDoubleAssign));
+    let both: Vec<i32> = first
+        .iter()
+        .filter(|p| second.contains(p))
+        .copied()
+        .collect();
+    assert_eq!(
+        both.len(),
+        1,
+        "one partition handed to both: {first:?} and {second:?}"
+    );
+}
