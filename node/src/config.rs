@@ -241,7 +241,7 @@ impl Config {
                 message_bytes_max: a
                     .message_bytes_max
                     .unwrap_or(limits::MESSAGE_BYTES_MAX_DEFAULT),
-                ..log_defaults.clone()
+                ..log_defaults
             },
             retention_check_interval_ms: a.retention_check_interval_ms.unwrap_or(300_000),
             log_cleaner_backoff_ms: a.log_cleaner_backoff_ms.unwrap_or(15_000),

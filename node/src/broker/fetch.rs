@@ -209,12 +209,12 @@ fn read_records<S: Storage>(
     let mut cursor = log.read(offset, limit.min(u32::MAX as usize) as u32)?;
     store.read(&mut cursor)?;
     let first = cursor.into_records();
+    // The common case, decided by the first batch header: records to hand out.
+    if first.is_empty() || sluice_core::batch::holds_data_records(&first) || first.len() >= limit {
+        return Ok(first);
+    }
     let mut at = last_batch_end(&first);
-    if first.is_empty()
-        || sluice_core::batch::holds_data_records(&first)
-        || first.len() >= limit
-        || at >= log.high_watermark()
-    {
+    if at >= log.high_watermark() {
         return Ok(first);
     }
     let mut out = BytesMut::from(&first[..]);

@@ -131,6 +131,25 @@ impl<S: Storage> Broker<S> {
             .coordinator
     }
 
+    /// The coordinator partition of `group_id`, with `reply` parked for the coordinator's
+    /// answer; `None` when this broker is not that coordinator, after answering `reply` with
+    /// `refuse(code)`.
+    fn route_group(
+        &mut self,
+        group_id: &str,
+        reply: Option<oneshot::Sender<ResponseKind>>,
+        version: i16,
+        refuse: impl FnOnce(ErrorCode) -> ResponseKind,
+    ) -> Option<(i32, RequestId)> {
+        match self.coordinator_for(group_id) {
+            Ok(partition) => Some((partition, self.wait_group(reply, version))),
+            Err(code) => {
+                send(reply, refuse(code));
+                None
+            }
+        }
+    }
+
     fn wait_group(
         &mut self,
         reply: Option<oneshot::Sender<ResponseKind>>,
@@ -282,18 +301,17 @@ impl<S: Storage> Broker<S> {
         reply: Option<oneshot::Sender<ResponseKind>>,
     ) {
         let group_id = string(&request.group_id.0);
-        let partition = match self.coordinator_for(&group_id) {
-            Ok(p) => p,
-            Err(code) => {
-                let response = JoinGroupResponse::default()
+        let member_id = request.member_id.clone();
+        let Some((partition, id)) = self.route_group(&group_id, reply, version, |code| {
+            ResponseKind::JoinGroup(
+                JoinGroupResponse::default()
                     .with_error_code(code.code())
                     .with_generation_id(-1)
-                    .with_member_id(request.member_id);
-                send(reply, ResponseKind::JoinGroup(response));
-                return;
-            }
+                    .with_member_id(member_id),
+            )
+        }) else {
+            return;
         };
-        let id = self.wait_group(reply, version);
         let join = JoinRequest {
             group_id,
             member_id: string(&request.member_id),
@@ -326,15 +344,11 @@ impl<S: Storage> Broker<S> {
         reply: Option<oneshot::Sender<ResponseKind>>,
     ) {
         let group_id = string(&request.group_id.0);
-        let partition = match self.coordinator_for(&group_id) {
-            Ok(p) => p,
-            Err(code) => {
-                let response = SyncGroupResponse::default().with_error_code(code.code());
-                send(reply, ResponseKind::SyncGroup(response));
-                return;
-            }
+        let Some((partition, id)) = self.route_group(&group_id, reply, version, |code| {
+            ResponseKind::SyncGroup(SyncGroupResponse::default().with_error_code(code.code()))
+        }) else {
+            return;
         };
-        let id = self.wait_group(reply, version);
         let sync = SyncRequest {
             group_id,
             member_id: string(&request.member_id),
@@ -449,18 +463,15 @@ impl<S: Storage> Broker<S> {
                 })
             })
             .collect();
-        let partition = match self.coordinator_for(&group_id) {
-            Ok(p) => p,
-            Err(code) => {
-                let results = partitions
-                    .iter()
-                    .map(|p| (p.topic.clone(), p.partition, code))
-                    .collect();
-                send(reply, ResponseKind::OffsetCommit(commit_response(results)));
-                return;
-            }
+        let Some((partition, id)) = self.route_group(&group_id, reply, version, |code| {
+            let results = partitions
+                .iter()
+                .map(|p| (p.topic.clone(), p.partition, code))
+                .collect();
+            ResponseKind::OffsetCommit(commit_response(results))
+        }) else {
+            return;
         };
-        let id = self.wait_group(reply, version);
         let commit = CommitRequest {
             group_id,
             // v0 has no generation: a commit outside any generation.
@@ -584,13 +595,10 @@ impl<S: Storage> Broker<S> {
         reply: Option<oneshot::Sender<ResponseKind>>,
     ) {
         let group_id = string(&request.group_id.0);
-        let partition = match self.coordinator_for(&group_id) {
-            Ok(p) => p,
-            Err(code) => {
-                let response = OffsetDeleteResponse::default().with_error_code(code.code());
-                send(reply, ResponseKind::OffsetDelete(response));
-                return;
-            }
+        let Some((partition, id)) = self.route_group(&group_id, reply, version, |code| {
+            ResponseKind::OffsetDelete(OffsetDeleteResponse::default().with_error_code(code.code()))
+        }) else {
+            return;
         };
         let partitions: Vec<(String, i32)> = request
             .topics
@@ -601,7 +609,6 @@ impl<S: Storage> Broker<S> {
                     .map(|p| (string(&t.name.0), p.partition_index))
             })
             .collect();
-        let id = self.wait_group(reply, version);
         self.coordinator_mut(partition)
             .delete_offsets(id, &group_id, &partitions);
         self.drain_coordinator(partition);
