@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sluice_core::raft::cluster::{Cluster, ClusterOptions};
 use sluice_core::raft::*;
 use sluice_core::rng::Rng;
+use sluice_core::testing::raft_harness::{Cluster, ClusterOptions};
 
 /// Proposals → committed on all three replicas: the leader takes a batch of proposals (then one
 /// `ready`, so they share appends), and the batch is replicated, acknowledged, committed and

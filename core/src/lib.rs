@@ -4,7 +4,8 @@
 //! socket. Time comes in as `now_ms` arguments; storage effects go out as data
 //! ([`log::LogOp`]) and come back as inputs ([`log::PartitionLog::on_synced`]). The one place that
 //! calls storage, [`log::LogStore`], does so through the [`storage::Storage`] trait, which the node
-//! implements with files and tests implement in memory ([`storage::MemStorage`]).
+//! implements with files and tests implement in memory (`testing::MemStorage`, behind the
+//! `testing` feature).
 
 pub mod batch;
 pub mod checker;
@@ -20,5 +21,7 @@ pub mod raft;
 pub mod replica;
 pub mod rng;
 pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use error::ErrorCode;

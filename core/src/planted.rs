@@ -2,8 +2,9 @@
 //! checkers catch the classes of bug they exist for (docs/simulation.md).
 //!
 //! Compiled in only with the `planted-bugs` feature (the simulator enables it); without it
-//! [`active`] is a constant `false` and every planted branch disappears. With it, at most one bug
-//! is active at a time, chosen per simulation run.
+//! [`Planted::is`] is a constant `false` and every planted branch disappears. With it, a bug is
+//! chosen per simulation run through the configuration of the machines that plant it (no
+//! process-global switch: runs on parallel threads plant their own).
 
 /// The defects that can be planted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -64,26 +65,49 @@ impl Bug {
     }
 }
 
-#[cfg(feature = "planted-bugs")]
-static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Activates `bug` (or none) for everything in this process until changed.
-#[cfg(feature = "planted-bugs")]
-pub fn set(bug: Option<Bug>) {
-    ACTIVE.store(
-        bug.map_or(0, |b| b as u8),
-        std::sync::atomic::Ordering::SeqCst,
-    );
+/// Which bug (if any) a state machine plants: part of its configuration
+/// ([`RaftConfig`](crate::raft::RaftConfig), [`LogConfig`](crate::log::LogConfig),
+/// [`CoordinatorConfig`](crate::group::CoordinatorConfig)), so each simulation run chooses its own
+/// and two runs in one process never share one.
+///
+/// Without the `planted-bugs` feature it holds nothing and [`Planted::is`] is a constant `false`,
+/// so every planted branch compiles away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Planted {
+    #[cfg(feature = "planted-bugs")]
+    bug: Option<Bug>,
 }
 
-/// Whether `bug` is planted right now.
-#[cfg(feature = "planted-bugs")]
-pub fn active(bug: Bug) -> bool {
-    ACTIVE.load(std::sync::atomic::Ordering::SeqCst) == bug as u8
-}
+impl Planted {
+    /// No bug: what every real configuration holds.
+    pub const NONE: Planted = Planted {
+        #[cfg(feature = "planted-bugs")]
+        bug: None,
+    };
 
-#[cfg(not(feature = "planted-bugs"))]
-#[inline(always)]
-pub const fn active(_bug: Bug) -> bool {
-    false
+    /// Plants `bug` (or none).
+    #[cfg(feature = "planted-bugs")]
+    pub const fn new(bug: Option<Bug>) -> Planted {
+        Planted { bug }
+    }
+
+    /// The planted bug, if any.
+    #[cfg(feature = "planted-bugs")]
+    pub const fn bug(self) -> Option<Bug> {
+        self.bug
+    }
+
+    /// Whether `bug` is planted.
+    #[cfg(feature = "planted-bugs")]
+    #[inline]
+    pub fn is(self, bug: Bug) -> bool {
+        self.bug == Some(bug)
+    }
+
+    /// Whether `bug` is planted: never, without the `planted-bugs` feature.
+    #[cfg(not(feature = "planted-bugs"))]
+    #[inline(always)]
+    pub const fn is(self, _bug: Bug) -> bool {
+        false
+    }
 }

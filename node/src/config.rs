@@ -157,6 +157,8 @@ pub struct Config {
     pub offsets_topic_segment_bytes: u64,
     /// The group coordinator's settings.
     pub groups: sluice_core::group::CoordinatorConfig,
+    /// A deliberate defect the simulator plants for one run (never set outside it).
+    pub planted: sluice_core::planted::Planted,
 }
 
 /// Kafka's `socket.request.max.bytes`.
@@ -173,6 +175,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Plants `planted` in every state machine this node runs: its logs, Raft groups, group
+    /// coordinators and the broker itself (the simulator's checker tests).
+    pub fn plant(&mut self, planted: sluice_core::planted::Planted) {
+        self.planted = planted;
+        self.log.planted = planted;
+        self.groups.planted = planted;
+    }
+
     /// Reads the TOML file named by `args.config` (if any) and applies defaults.
     pub fn load(args: ServeArgs) -> Result<Config, String> {
         let file = match &args.config {
@@ -274,6 +284,7 @@ impl Config {
             peers,
             rpc_listen,
             controllers,
+            planted: sluice_core::planted::Planted::NONE,
         };
         if config.node_id < 0 {
             return Err("node_id must not be negative".into());

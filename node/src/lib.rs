@@ -3,7 +3,7 @@
 //! Runs on tokio, or inside madsim when built with `RUSTFLAGS="--cfg madsim"` (tokio is
 //! `madsim-tokio`). Everything it does to disk goes through the core's
 //! [`Storage`](sluice_core::storage::Storage) trait: [`storage::FileStorage`] for real,
-//! [`MemStorage`](sluice_core::storage::MemStorage) under simulation.
+//! [`MemStorage`](sluice_core::testing::MemStorage) under simulation.
 
 mod alloc;
 #[cfg(not(madsim))]
@@ -12,9 +12,9 @@ pub mod broker;
 #[cfg(not(madsim))]
 pub mod cli;
 pub mod client;
-#[cfg(not(madsim))]
-pub mod cluster;
 pub mod config;
+#[cfg(not(madsim))]
+pub mod dev_cluster;
 pub mod metadata;
 pub mod peer;
 pub mod rpc;

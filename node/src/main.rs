@@ -26,7 +26,7 @@ enum Command {
     Bench(sluice_node::bench::BenchCommand),
     /// Start a local cluster of `sluice serve` processes on 127.0.0.1 for development.
     #[cfg(not(madsim))]
-    Cluster(sluice_node::cluster::ClusterArgs),
+    Cluster(sluice_node::dev_cluster::ClusterArgs),
     /// List, describe, create and delete topics, and alter their configs.
     #[cfg(not(madsim))]
     Topic(sluice_node::cli::TopicArgs),
@@ -52,7 +52,7 @@ fn main() -> std::process::ExitCode {
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         #[cfg(not(madsim))]
-        Command::Cluster(args) => sluice_node::cluster::run(args),
+        Command::Cluster(args) => sluice_node::dev_cluster::run(args),
         #[cfg(not(madsim))]
         Command::Topic(args) => sluice_node::cli::run_topic(args),
         #[cfg(not(madsim))]

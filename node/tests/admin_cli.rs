@@ -26,7 +26,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use sluice_core::batch::{BatchBuilder, NewRecord};
-use sluice_core::storage::MemStorage;
+use sluice_core::testing::MemStorage;
 use sluice_node::broker::Broker;
 use sluice_node::client::Connection;
 use sluice_node::config::{Config, ServeArgs};

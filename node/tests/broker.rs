@@ -27,7 +27,7 @@ use kafka_protocol::messages::produce_request::{
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, DeleteTopicsRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::batch::{self, BatchBuilder, NewRecord};
-use sluice_core::storage::{CrashMode, MemStorage};
+use sluice_core::testing::{CrashMode, MemStorage};
 use sluice_node::broker::Broker;
 use sluice_node::client::Connection;
 use sluice_node::config::{Config, ServeArgs};

@@ -8,10 +8,10 @@ use std::path::Path;
 
 use sluice_core::batch::BatchHeader;
 use sluice_core::checker::replicas::ReplicaChecker;
-use sluice_core::storage::MemStorage;
+use sluice_core::testing::MemStorage;
 
+use crate::client::TOPIC;
 use crate::nemesis::Cluster;
-use crate::workload::TOPIC;
 
 /// The metadata log's directory (and Raft group name).
 const METADATA_GROUP: &str = "__cluster_metadata-0";

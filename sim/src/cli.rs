@@ -87,7 +87,7 @@ fn write_triage(out: &Path, run: &RunOutcome, replay: &str) -> std::io::Result<P
             op.process,
             op.invoke_ms,
             op.complete_ms,
-            crate::workload::describe(&op.kind)
+            crate::ops::describe(&op.kind)
         ));
     }
     std::fs::write(dir.join("history.txt"), history)?;

@@ -40,9 +40,10 @@ use sluice_core::history::{Assignment, GroupOp, Key, OpKind, Outcome, Position, 
 use sluice_core::rng::Rng;
 use sluice_core::ErrorCode;
 
+use crate::client::{self, fetch, key, CallError, Client, TOPIC};
+use crate::ops::{describe, Recorded};
 use crate::params::{GroupParams, Params};
 use crate::trace::Trace;
-use crate::workload::{self, describe, fetch, key, CallError, Client, Recorded, TOPIC};
 
 /// The workload's consumer group.
 pub const GROUP_ID: &str = "sim-group";
@@ -648,40 +649,35 @@ impl Member {
     /// One fetch of the owned partitions, recorded as a poll.
     async fn poll(&mut self) {
         let invoke_ms = self.now();
-        let (reads, outcome) = match fetch(
-            &mut self.client,
-            &self.positions,
-            workload::POLL_MAX_WAIT_MS,
-        )
-        .await
-        {
-            Ok(fetched) => {
-                self.log.observe(&fetched.high_watermarks);
-                for (partition, next) in &fetched.next_offsets {
-                    if let Some(position) = self.positions.get_mut(partition) {
-                        *position = (*position).max(*next);
+        let (reads, outcome) =
+            match fetch(&mut self.client, &self.positions, client::POLL_MAX_WAIT_MS).await {
+                Ok(fetched) => {
+                    self.log.observe(&fetched.high_watermarks);
+                    for (partition, next) in &fetched.next_offsets {
+                        if let Some(position) = self.positions.get_mut(partition) {
+                            *position = (*position).max(*next);
+                        }
                     }
+                    let outcome = if fetched.errors.is_empty() {
+                        Outcome::Ok(())
+                    } else {
+                        Outcome::Info(format!("partition errors {:?}", fetched.errors))
+                    };
+                    let out_of_range = fetched.out_of_range.clone();
+                    self.record(
+                        OpKind::Poll {
+                            reads: fetched.reads,
+                            outcome,
+                        },
+                        invoke_ms,
+                    );
+                    for partition in out_of_range {
+                        self.reset(partition);
+                    }
+                    return;
                 }
-                let outcome = if fetched.errors.is_empty() {
-                    Outcome::Ok(())
-                } else {
-                    Outcome::Info(format!("partition errors {:?}", fetched.errors))
-                };
-                let out_of_range = fetched.out_of_range.clone();
-                self.record(
-                    OpKind::Poll {
-                        reads: fetched.reads,
-                        outcome,
-                    },
-                    invoke_ms,
-                );
-                for partition in out_of_range {
-                    self.reset(partition);
-                }
-                return;
-            }
-            Err(e) => (Reads::new(), Outcome::Info(e)),
-        };
+                Err(e) => (Reads::new(), Outcome::Info(e)),
+            };
         self.record(OpKind::Poll { reads, outcome }, invoke_ms);
     }
 
@@ -1115,90 +1111,5 @@ pub fn record_high_watermarks(marks: &BTreeMap<i32, u64>, trace: &Trace) -> Reco
         kind,
         invoke_ms: now,
         complete_ms: now,
-    }
-}
-
-/// One line for the trace and the timeline.
-pub fn describe_group(op: &GroupOp) -> String {
-    fn outcome<T>(o: &Outcome<T>, ok: impl Fn(&T) -> String) -> String {
-        match o {
-            Outcome::Ok(v) => format!("ok {}", ok(v)),
-            Outcome::Fail(why) => format!("fail ({why})"),
-            Outcome::Info(why) => format!("info ({why})"),
-        }
-    }
-    fn keys(keys: &[Key]) -> String {
-        let parts: Vec<String> = keys.iter().map(|k| k.partition.to_string()).collect();
-        format!("[{}]", parts.join(","))
-    }
-    match op {
-        GroupOp::Join { group, outcome: o } => format!(
-            "join {group} -> {}",
-            outcome(o, |a| format!(
-                "generation {} member {} partitions {}",
-                a.generation,
-                a.member,
-                keys(&a.keys)
-            ))
-        ),
-        GroupOp::Commit {
-            group,
-            member,
-            generation,
-            offsets,
-            outcome: o,
-        } => {
-            let offsets: Vec<String> = offsets
-                .iter()
-                .map(|(k, o)| format!("{}:{o}", k.partition))
-                .collect();
-            format!(
-                "commit {group} generation {generation} member {member} [{}] -> {}",
-                offsets.join(" "),
-                outcome(o, |_| String::new())
-            )
-        }
-        GroupOp::OffsetFetch {
-            group,
-            member,
-            generation,
-            outcome: o,
-        } => format!(
-            "offset-fetch {group} generation {generation} member {member} -> {}",
-            outcome(o, |positions| {
-                let parts: Vec<String> = positions
-                    .iter()
-                    .map(|p| match p.committed {
-                        Some(c) => format!("{}:committed {c} start {}", p.key.partition, p.start),
-                        None => format!("{}:none start {}", p.key.partition, p.start),
-                    })
-                    .collect();
-                parts.join(" ")
-            })
-        ),
-        GroupOp::Reset {
-            group,
-            member,
-            generation,
-            key,
-            from,
-            to,
-        } => format!("reset {group} generation {generation} member {member} {key} {from} -> {to}"),
-        GroupOp::Leave {
-            group,
-            member,
-            outcome: o,
-        } => format!(
-            "leave {group} member {member} -> {}",
-            outcome(o, |_| String::new())
-        ),
-        GroupOp::Crash { group } => format!("crash (a member of {group} killed)"),
-        GroupOp::HighWatermarks { marks } => {
-            let parts: Vec<String> = marks
-                .iter()
-                .map(|(k, hw)| format!("{}:{hw}", k.partition))
-                .collect();
-            format!("high-watermarks {}", parts.join(" "))
-        }
     }
 }

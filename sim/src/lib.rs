@@ -5,13 +5,15 @@
 //! other nodes speak the Kafka protocol through Sluice's own client, a nemesis injects faults, and
 //! the Jepsen-style checkers of `sluice-core` judge the history.
 //!
-//! [`MemStorage`]: sluice_core::storage::MemStorage
+//! [`MemStorage`]: sluice_core::testing::MemStorage
 #![cfg(madsim)]
 
 pub mod agreement;
 pub mod cli;
+pub mod client;
 pub mod groups;
 pub mod nemesis;
+pub mod ops;
 pub mod params;
 pub mod run;
 pub mod timeline;

@@ -12,7 +12,7 @@ use madsim::task::NodeId;
 use sluice_core::batch::BatchHeader;
 use sluice_core::checker::replicas::ReplicaChecker;
 use sluice_core::rng::Rng;
-use sluice_core::storage::{CrashMode, Faults, MemStorage};
+use sluice_core::testing::{CrashMode, Faults, MemStorage};
 
 use crate::params::Params;
 use crate::trace::Trace;
@@ -90,7 +90,7 @@ impl Cluster {
                 (group, target)
             }
             _ => (
-                format!("{}-{partition}", crate::workload::TOPIC),
+                format!("{}-{partition}", crate::client::TOPIC),
                 format!("partition {partition}"),
             ),
         };

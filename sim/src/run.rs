@@ -9,17 +9,19 @@ use std::time::Duration;
 use sluice_core::checker::replicas::{Observation, ReplicaChecker};
 use sluice_core::checker::{check_with, AnomalyKind, CheckOptions, CheckReport};
 use sluice_core::history::{History, OpKind, Outcome};
-use sluice_core::planted::{self, Bug};
+use sluice_core::planted::{Bug, Planted};
 use sluice_core::rng::Rng;
-use sluice_core::storage::MemStorage;
+use sluice_core::testing::MemStorage;
 use sluice_node::broker::Broker;
 use sluice_node::config::{Config, ServeArgs};
 
+use crate::client;
 use crate::groups::{self, GroupLog};
 use crate::nemesis::{BrokerNode, Cluster, FaultSpan, MediaDamage, Nemesis};
+use crate::ops::Recorded;
 use crate::params::{Params, Scenario};
 use crate::trace::{hash, Trace};
-use crate::workload::{self, Recorded};
+use crate::workload;
 
 /// How long the healed broker gets to serve produce and fetch again.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
@@ -93,7 +95,6 @@ pub fn run_seed(seed: u64, scenario: Scenario, bug: Option<Bug>) -> RunOutcome {
 }
 
 fn run_on_this_thread(seed: u64, scenario: Scenario, bug: Option<Bug>) -> RunOutcome {
-    planted::set(bug);
     let params = Params::from_seed(seed, scenario);
     let mut runtime =
         madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
@@ -102,7 +103,7 @@ fn run_on_this_thread(seed: u64, scenario: Scenario, bug: Option<Bug>) -> RunOut
     let trace = Trace::new();
     let run_trace = trace.clone();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        runtime.block_on(simulate(run_params, run_trace))
+        runtime.block_on(simulate(run_params, bug, run_trace))
     }));
     match result {
         Ok(outcome) => RunOutcome {
@@ -136,7 +137,7 @@ fn run_on_this_thread(seed: u64, scenario: Scenario, bug: Option<Bug>) -> RunOut
     }
 }
 
-fn broker_config(params: &Params, node: u32) -> Config {
+fn broker_config(params: &Params, node: u32, bug: Option<Bug>) -> Config {
     let addr = SocketAddr::new(broker_ip(node), BROKER_PORT);
     let cluster = params.nodes > 1;
     let args = ServeArgs {
@@ -172,10 +173,12 @@ fn broker_config(params: &Params, node: u32) -> Config {
             ..args
         },
     };
-    Config::resolve(args).expect("simulation config is valid")
+    let mut config = Config::resolve(args).expect("simulation config is valid");
+    config.plant(Planted::new(bug));
+    config
 }
 
-async fn simulate(params: Params, trace: Trace) -> RunOutcome {
+async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome {
     let mut rng = Rng::new(params.seed);
     let handle = madsim::runtime::Handle::current();
     trace.record("setup", "params", params.summary());
@@ -188,7 +191,7 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
     for i in 0..params.nodes {
         let storage = MemStorage::new();
         storage.set_sync_latency(sync_latency);
-        let config = broker_config(&params, i);
+        let config = broker_config(&params, i, bug);
         let (node_storage, node_trace) = (storage.clone(), trace.clone());
         let observer_replicas = replicas.clone();
         let observer_trace = trace.clone();
@@ -208,6 +211,7 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
             .ip(broker_ip(i))
             .init(move || {
                 let storage = node_storage.clone();
+                let storage_for_delay = node_storage.clone();
                 let config = config.clone();
                 let trace = node_trace.clone();
                 let observer = observer.clone();
@@ -217,6 +221,8 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
                     let mut broker =
                         Broker::open(config.clone(), storage).expect("broker recovery failed");
                     broker.set_observer(observer);
+                    let disk = storage_for_delay.clone();
+                    broker.set_sync_delay(Arc::new(move || disk.sync_latency()));
                     sluice_node::server::connect_peers(&config, &mut broker)
                         .await
                         .expect("bind the node-to-node listener");
@@ -259,7 +265,7 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
             params.replication_factor,
         );
         setup
-            .spawn(async move { workload::create_topic(&bootstrap, partitions, rf, &trace).await })
+            .spawn(async move { client::create_topic(&bootstrap, partitions, rf, &trace).await })
             .await
             .expect("setup");
     }
@@ -414,7 +420,7 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
     ) {
         let (bootstrap, trace) = (bootstrap.clone(), trace.clone());
         probe
-            .spawn(async move { workload::record_views(&bootstrap, &trace).await })
+            .spawn(async move { client::record_views(&bootstrap, &trace).await })
             .await
             .expect("probe");
     }
@@ -445,7 +451,7 @@ async fn simulate(params: Params, trace: Trace) -> RunOutcome {
             nemesis
                 .damage
                 .iter()
-                .any(|d| group == format!("{}-{}", workload::TOPIC, d.partition))
+                .any(|d| group == format!("{}-{}", client::TOPIC, d.partition))
         };
         let mut problems: Vec<String> = checker
             .violations()

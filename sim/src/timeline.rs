@@ -7,8 +7,8 @@ use std::fmt::Write;
 
 use sluice_core::history::{Acks, GroupOp, OpKind, Outcome};
 
+use crate::ops::describe;
 use crate::run::RunOutcome;
-use crate::workload::describe;
 
 const WIDTH_PX: f64 = 1600.0;
 const ROW_PX: f64 = 22.0;

@@ -42,6 +42,8 @@ pub struct CoordinatorConfig {
     /// How often expired offsets are looked for.
     pub offsets_retention_check_interval_ms: u64,
     pub group_members_max: usize,
+    /// A deliberate defect for the simulator's checker tests (nothing outside them).
+    pub planted: crate::planted::Planted,
 }
 
 impl Default for CoordinatorConfig {
@@ -53,6 +55,7 @@ impl Default for CoordinatorConfig {
             offsets_retention_ms: OFFSETS_RETENTION_MS_DEFAULT,
             offsets_retention_check_interval_ms: 600_000,
             group_members_max: GROUP_MEMBERS_MAX_DEFAULT,
+            planted: crate::planted::Planted::NONE,
         }
     }
 }
@@ -1574,7 +1577,11 @@ impl GroupCoordinator {
                 if g.generation != generation || g.state != GroupState::CompletingRebalance {
                     return; // A newer rebalance overtook this one.
                 }
-                if crate::planted::active(crate::planted::Bug::GroupDoubleAssign) {
+                if self
+                    .config
+                    .planted
+                    .is(crate::planted::Bug::GroupDoubleAssign)
+                {
                     let ids: Vec<String> = g.members.keys().cloned().collect();
                     plant_double_assign(&ids, &mut assignments);
                 }

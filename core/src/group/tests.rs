@@ -838,15 +838,13 @@ proptest! {
 }
 
 /// The planted bug `group-double-assign` really hands one partition to two members (what the
-/// simulator's group-double-owner checker catches). The planted switch is process-wide, so the
-/// test is ignored by default and run on its own:
+/// simulator's group-double-owner checker catches):
 ///
-/// `cargo test -p sluice-core --features planted-bugs --lib planted_group -- --ignored`
+/// `cargo test -p sluice-core --features planted-bugs --lib planted_group`
 #[cfg(feature = "planted-bugs")]
 #[test]
-#[ignore]
 fn planted_group_double_assign_hands_a_partition_to_two_members() {
-    use crate::planted::{self, Bug};
+    use crate::planted::{Bug, Planted};
     let assignment = |partitions: &[i32]| {
         ConsumerAssignment {
             version: 0,
@@ -856,8 +854,11 @@ fn planted_group_double_assign_hands_a_partition_to_two_members() {
         .encode()
     };
     let handed = |planted_bug: Option<Bug>| {
-        planted::set(planted_bug);
-        let mut h = Harness::no_delay();
+        let mut h = Harness::new(CoordinatorConfig {
+            initial_rebalance_delay_ms: 0,
+            planted: Planted::new(planted_bug),
+            ..CoordinatorConfig::default()
+        });
         let (a, ja) = h.join_new();
         let generation = h.join_reply(ja).expect("alone").generation;
         let (b, jb) = h.join_new();
@@ -869,7 +870,6 @@ fn planted_group_double_assign_hands_a_partition_to_two_members() {
         let assignments = vec![(a.clone(), assignment(&[0])), (b.clone(), assignment(&[1]))];
         let sa = h.sync_request(&a, generation, assignments);
         h.commit();
-        planted::set(None);
         let decode = |s: Option<SyncResponse>| {
             ConsumerAssignment::decode(&s.expect("answered").assignment).expect("decodes")
         };

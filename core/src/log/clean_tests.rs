@@ -12,7 +12,8 @@ use proptest::prelude::*;
 use super::testkit::{committed_batches, small_config};
 use super::*;
 use crate::batch::{self, BatchBuilder, NewRecord, Records};
-use crate::storage::{CrashMode, Faults, MemStorage, Storage};
+use crate::storage::Storage;
+use crate::testing::{CrashMode, Faults, MemStorage};
 
 const DELETE_RETENTION_MS: i64 = 1_000;
 const NOW_MS: u64 = 3_000;

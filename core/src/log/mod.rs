@@ -35,6 +35,7 @@ pub use store::{CleanProgress, LogStore, SyncJob, CLEANED_SUFFIX};
 
 use crate::batch::{self, BatchError, BatchHeader};
 use crate::limits::*;
+use crate::planted::{Bug, Planted};
 use crate::producer::{ProducerError, ProducerStateTable, ProducerUndo};
 use crate::ErrorCode;
 
@@ -62,6 +63,8 @@ pub struct LogConfig {
     /// `min.cleanable.dirty.ratio`, in parts per ten thousand: cleaning starts once this share
     /// of the cleanable bytes has not been cleaned yet.
     pub min_cleanable_dirty_ratio_bp: u32,
+    /// A deliberate defect for the simulator's checker tests (nothing outside them).
+    pub planted: Planted,
 }
 
 impl Default for LogConfig {
@@ -77,6 +80,7 @@ impl Default for LogConfig {
             compact: false,
             delete_retention_ms: DELETE_RETENTION_MS_DEFAULT,
             min_cleanable_dirty_ratio_bp: MIN_CLEANABLE_DIRTY_RATIO_BP_DEFAULT,
+            planted: Planted::NONE,
         }
     }
 }
@@ -919,7 +923,7 @@ impl PartitionLog {
     /// end or below its start are out of range.
     pub fn read(&self, offset: u64, max_bytes: u32) -> Result<ReadCursor, ReadError> {
         self.check_readable(offset)?;
-        let planted = crate::planted::active(crate::planted::Bug::FetchPastHighWatermark);
+        let planted = self.config.planted.is(Bug::FetchPastHighWatermark);
         let readable_end = if planted {
             self.log_end_offset()
         } else {
@@ -954,7 +958,7 @@ impl PartitionLog {
             ReadTarget::Offset(offset),
             segment.base_offset,
             (start_offset, u64::from(start)),
-            Self::visible_end(segment, end_position),
+            self.visible_end(segment, end_position),
             max_bytes,
         ))
     }
@@ -976,14 +980,14 @@ impl PartitionLog {
             ReadTarget::Timestamp(timestamp),
             segment.base_offset,
             (start_offset, u64::from(start)),
-            Self::visible_end(segment, self.high_watermark),
+            self.visible_end(segment, self.high_watermark),
             0,
         ))
     }
 
     /// Bytes of `segment` below `end` (the high watermark, or the synced end for Raft).
-    fn visible_end(segment: &Segment, end: Position) -> u64 {
-        if crate::planted::active(crate::planted::Bug::FetchPastHighWatermark) {
+    fn visible_end(&self, segment: &Segment, end: Position) -> u64 {
+        if self.config.planted.is(Bug::FetchPastHighWatermark) {
             return segment.size_bytes;
         }
         use std::cmp::Ordering::*;
@@ -1045,7 +1049,7 @@ impl PartitionLog {
             assert!(undo.next_offset > undo.at.offset);
             expected = undo.next_offset;
         }
-        if !crate::planted::active(crate::planted::Bug::RecoveryOffByOne) {
+        if !self.config.planted.is(Bug::RecoveryOffByOne) {
             assert_eq!(
                 expected,
                 self.log_end_offset(),

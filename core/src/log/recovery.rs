@@ -332,7 +332,7 @@ impl Recovery {
                 break;
             }
             let continuous = header.base_offset == scan.segment.next_offset as i64;
-            let skip_crc = crate::planted::active(crate::planted::Bug::SkipRecoveryCrc);
+            let skip_crc = self.config.planted.is(crate::planted::Bug::SkipRecoveryCrc);
             let crc_ok = skip_crc || check_crc(&rest[..total], &header).is_ok();
             // An epoch is outside the CRC: one that goes backwards is damage, like a bad CRC.
             let epoch = header.partition_leader_epoch;
@@ -528,7 +528,7 @@ impl Recovery {
         log.epochs = self.epochs;
         log.undo = self.undo;
         log.mark_recovered_tail(tail_start, &tail, &rewritten, self.dir_changed);
-        if crate::planted::active(crate::planted::Bug::RecoveryOffByOne) {
+        if log.config.planted.is(crate::planted::Bug::RecoveryOffByOne) {
             let active = log.active_mut();
             if active.next_offset > active.base_offset {
                 active.next_offset -= 1;

@@ -162,7 +162,7 @@ impl PartitionLog {
             .map_err(AppendError::Producer)?;
         Ok(match check {
             SequenceCheck::Duplicate(_)
-                if crate::planted::active(crate::planted::Bug::IdempotenceOff) =>
+                if self.config.planted.is(crate::planted::Bug::IdempotenceOff) =>
             {
                 ProduceCheck::Append
             }

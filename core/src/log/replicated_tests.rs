@@ -10,7 +10,8 @@ use proptest::prelude::*;
 use super::testkit::{batch, committed_batches, header, small_config};
 use super::*;
 use crate::batch::{self, CONTROL_TYPE_LEADER_EPOCH_START, CONTROL_TYPE_MEMBERSHIP};
-use crate::storage::{CrashMode, MemStorage, Storage, StorageFile};
+use crate::storage::{Storage, StorageFile};
+use crate::testing::{CrashMode, MemStorage};
 
 /// One replica: the log, its store, and every batch it should hold (stamped), oldest first.
 struct Replica {

@@ -13,7 +13,8 @@ use proptest::prelude::*;
 use super::testkit::{batch, header, small_config};
 use super::*;
 use crate::batch;
-use crate::storage::{CrashMode, Faults, MemStorage, Storage, StorageFile};
+use crate::storage::{Storage, StorageFile};
+use crate::testing::{CrashMode, Faults, MemStorage};
 
 /// Recomputes the CRC-32C of a batch after its CRC-covered bytes were edited.
 fn fix_crc(b: &mut [u8]) {

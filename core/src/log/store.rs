@@ -1,6 +1,6 @@
 //! Executes a partition log's effects against a [`Storage`]: the one place that turns [`LogOp`]s,
 //! [`SyncRequest`]s, read cursors and recovery reads into storage calls. The node runs it on the
-//! real file store, tests and the simulator on [`MemStorage`](crate::storage::MemStorage).
+//! real file store, tests and the simulator on [`MemStorage`](crate::testing::MemStorage).
 //!
 //! Layout of a partition directory:
 //! `00000000000000000000.log` / `.index` / `.timeindex` per segment, and `checkpoint`.

@@ -9,7 +9,8 @@ use proptest::prelude::*;
 use super::testkit::{batch, header, small_config};
 use super::*;
 use crate::batch;
-use crate::storage::{CrashMode, Faults, MemStorage, Storage, StorageFile};
+use crate::storage::{Storage, StorageFile};
+use crate::testing::{CrashMode, Faults, MemStorage};
 
 /// A log under test plus the model.
 struct Harness {

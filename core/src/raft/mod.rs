@@ -2,7 +2,7 @@
 //! metadata quorum). See docs/raft.md.
 //!
 //! The shape follows raft-rs's `RawNode`, the determinism does not: election jitter comes from
-//! an injected [`crate::rng::Rng`], and the test cluster ([`cluster`]) is driven by one seed.
+//! an injected [`crate::rng::Rng`], and the test cluster (`testing::raft_harness`) is driven by one seed.
 //!
 //! ```text
 //! host loop:  tick() every tick_ms        ─┐
@@ -21,7 +21,6 @@
 //! [`EntrySource`] trait, and a restart rebuilds the replica from a [`LogMeta`] (terms and
 //! memberships by index), so the log can be the partition's own segment files.
 
-pub mod cluster;
 mod log;
 mod node;
 mod progress;

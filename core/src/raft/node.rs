@@ -13,6 +13,7 @@ use super::log::{EntrySource, LogMeta, RaftLog};
 use super::progress::{Progress, ProgressView};
 use super::types::*;
 use crate::limits::*;
+use crate::planted::{Bug, Planted};
 use crate::rng::Rng;
 
 /// Settings of one group's replica. Time is counted in ticks: the host calls [`Raft::tick`] at a
@@ -43,6 +44,8 @@ pub struct RaftConfig {
     /// is the log itself, has nothing to apply: with `false` the applied index simply follows
     /// the commit index and no entry is read back.
     pub apply_entries: bool,
+    /// A deliberate defect for the simulator's checker tests (nothing outside them).
+    pub planted: Planted,
 }
 
 impl RaftConfig {
@@ -58,6 +61,7 @@ impl RaftConfig {
             entry_cache_bytes_max: RAFT_ENTRY_CACHE_BYTES_MAX_DEFAULT,
             apply_bytes_max: RAFT_APPLY_BYTES_MAX_DEFAULT,
             apply_entries: true,
+            planted: Planted::NONE,
         }
     }
 
@@ -1026,7 +1030,7 @@ impl Raft {
                 self.messages_dropped += 1;
                 return;
             }
-            if crate::planted::active(crate::planted::Bug::NoDivergentTruncation) {
+            if self.config.planted.is(Bug::NoDivergentTruncation) {
                 // Planted: keep the divergent suffix, append nothing, and acknowledge anyway.
                 break;
             }
@@ -1178,7 +1182,7 @@ impl Raft {
         // Match indexes and the persisted index are entry ends, so the commit index is one too.
         let index = matched[quorum - 1].min(self.log.persisted_index());
         let own_term = self.log.meta.term(index) == Some(self.term)
-            || crate::planted::active(crate::planted::Bug::CommitOldTerm);
+            || self.config.planted.is(Bug::CommitOldTerm);
         if index > self.commit && own_term {
             self.set_commit(index);
             let membership = self.log.meta.membership();

@@ -11,7 +11,7 @@ use super::*;
 use crate::log::testkit::{batch, committed_batches, small_config};
 use crate::log::{LogConfig, LogStore};
 use crate::raft::{HardState, Membership, Message, RaftConfig};
-use crate::storage::{CrashMode, MemStorage};
+use crate::testing::{CrashMode, MemStorage};
 
 struct Node {
     storage: MemStorage,

@@ -44,7 +44,7 @@ use sluice_core::rng::Rng;
 use std::collections::BTreeSet;
 use tokio::time::{Duration, Instant};
 
-use super::cluster::{self, Reply, TicketOwner};
+use super::peers::{self, Reply, TicketOwner};
 use super::{leader_epoch, now_ms, splitmix, Broker, TopicPartition, SERVED_APIS};
 use crate::metadata::{describe_topic_config, validate_topic_name};
 use crate::peer::ControllerRequest;
@@ -277,7 +277,7 @@ impl<S: Storage> Broker<S> {
                     "this node is not the active controller".to_string(),
                 ))
             } else if request.validate_only {
-                let defaults = cluster::topic_defaults(&self.config);
+                let defaults = peers::topic_defaults(&self.config);
                 let mut rng = Rng::new(splitmix(&mut self.rng));
                 controller::create_topic(self.meta.quorum.image(), &create, &defaults, &mut rng)
                     .map(|_| None)

@@ -81,7 +81,7 @@ fn decode(bytes: &[u8]) -> Option<HardState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_core::storage::{CrashMode, MemStorage};
+    use sluice_core::testing::{CrashMode, MemStorage};
 
     #[test]
     fn round_trips_survives_a_crash_and_refuses_damage() {

@@ -10,11 +10,11 @@
 //! acks=0 gets no answer. Fetch never returns data above the high watermark.
 
 mod admin;
-mod cluster;
 mod fetch;
 mod groups;
 mod hard_state;
 mod leader_epoch;
+mod peers;
 mod produce;
 
 use std::cell::RefCell;
@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::peer::{GroupId, PeerMessage};
 use crate::rpc::{Inbox, Transport};
 use crate::wire::Request;
-use cluster::{ControllerCall, MetaGroup, TicketOwner};
+use peers::{ControllerCall, MetaGroup, TicketOwner};
 use sluice_core::metadata::Ticket;
 use sluice_core::metadata::TopicId;
 
@@ -146,6 +146,8 @@ pub struct Broker<S: Storage> {
     next_clean: Instant,
     /// Told about leaderships and commits (the simulator's cluster checkers); usually absent.
     observer: Option<Observer>,
+    /// How long each fsync takes in simulated time (the simulator's slow disks); absent for real.
+    sync_delay: Option<SyncDelay>,
     /// Per group: the last high watermark and leader term reported to the observer.
     observed: BTreeMap<String, (u64, u64)>,
     /// Group coordinators of the `__consumer_offsets` partitions this broker leads.
@@ -160,6 +162,9 @@ pub struct Broker<S: Storage> {
 
 /// Receives what the replicas on a broker report (see [`Broker::set_observer`]).
 pub type Observer = std::sync::Arc<dyn Fn(Observation) + Send + Sync>;
+
+/// Says how long the next fsync should take in simulated time (see [`Broker::set_sync_delay`]).
+pub type SyncDelay = std::sync::Arc<dyn Fn() -> Duration + Send + Sync>;
 
 /// Wall-clock milliseconds: record timestamps and retention are in Kafka's epoch milliseconds.
 pub fn now_ms() -> u64 {
@@ -178,6 +183,12 @@ impl<S: Storage> Broker<S> {
     /// simulator checks them across nodes).
     pub fn set_observer(&mut self, observer: Observer) {
         self.observer = Some(observer);
+    }
+
+    /// Delays the completion of every fsync by what `delay` says at the time (the simulator's
+    /// slow disks: its in-memory store syncs at once).
+    pub fn set_sync_delay(&mut self, delay: SyncDelay) {
+        self.sync_delay = Some(delay);
     }
 
     /// Opens the data directory: the metadata log first (its image names the partitions this
@@ -234,6 +245,7 @@ impl<S: Storage> Broker<S> {
             high_watermark_moved: false,
             rng,
             observer: None,
+            sync_delay: None,
             observed: BTreeMap::new(),
             coordinators: BTreeMap::new(),
             group_waiters: BTreeMap::new(),
@@ -279,8 +291,9 @@ impl<S: Storage> Broker<S> {
         let me = self.config.node_id as u64;
         let raft_config = RaftConfig {
             apply_entries: false,
-            election_ticks: cluster::election_ticks(&self.config),
+            election_ticks: peers::election_ticks(&self.config),
             append_bytes_max: self.config.replica_fetch_max_bytes,
+            planted: self.config.planted,
             ..RaftConfig::new(me)
         };
         let voters: Vec<u64> = voters.into_iter().collect();
@@ -541,7 +554,7 @@ impl<S: Storage> Broker<S> {
     fn start_syncs(&mut self, now: Instant) {
         let interval = Duration::from_millis(self.config.flush_interval_ms);
         let mut dirty = std::mem::take(&mut self.dirty);
-        if dirty.remove(&cluster::metadata_tp()) {
+        if dirty.remove(&peers::metadata_tp()) {
             self.start_metadata_sync(now);
         }
         for tp in dirty {
@@ -587,9 +600,11 @@ impl<S: Storage> Broker<S> {
             }
         };
         let tx = self.sync_tx.clone();
-        #[cfg(madsim)]
-        let latency = self.storage.simulated_sync_latency();
+        let delay = self.sync_delay.as_ref().map(|d| d());
         tokio::spawn(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             // fsync blocks for milliseconds: keep it off the event loop. The simulated store
             // is in memory and madsim forbids blocking threads, so there it runs inline.
             #[cfg(not(madsim))]
@@ -597,10 +612,7 @@ impl<S: Storage> Broker<S> {
                 .await
                 .unwrap_or_else(|e| Err(io::Error::other(format!("fsync task failed: {e}"))));
             #[cfg(madsim)]
-            let result = {
-                tokio::time::sleep(latency).await;
-                job.run()
-            };
+            let result = job.run();
             let _ = tx.send(SyncDone {
                 tp,
                 generation,
@@ -617,7 +629,7 @@ impl<S: Storage> Broker<S> {
             request,
             result,
         } = done;
-        if tp == cluster::metadata_tp() {
+        if tp == peers::metadata_tp() {
             self.on_metadata_sync_done(generation, request, result);
             return;
         }

@@ -96,8 +96,10 @@ impl<S: Storage> Broker<S> {
                     Ok((appended, log_start_offset, committed)) => {
                         partition_response.base_offset = appended.base_offset as i64;
                         partition_response.log_start_offset = log_start_offset as i64;
-                        let planted_early_ack =
-                            sluice_core::planted::active(sluice_core::planted::Bug::AckBeforeFsync);
+                        let planted_early_ack = self
+                            .config
+                            .planted
+                            .is(sluice_core::planted::Bug::AckBeforeFsync);
                         if acks == -1 && !committed && !planted_early_ack {
                             let tp = TopicPartition {
                                 topic: name.clone().expect("appended"),

@@ -10,7 +10,7 @@ use super::*;
 use crate::log::testkit::{committed_batches, small_config};
 use crate::log::{LogConfig, LogStore};
 use crate::metadata::controller::CreateTopicRequest;
-use crate::storage::{CrashMode, MemStorage};
+use crate::testing::{CrashMode, MemStorage};
 
 const NODES: usize = 3;
 const TICK_MS: u64 = 100;

@@ -1,13 +1,13 @@
 //! The cluster harness's checkers catch the planted Raft bugs (`core/src/planted.rs`). Compiled
-//! only with the `planted-bugs` feature. The planted switch is process-wide, so this test is
-//! ignored by default and run on its own:
+//! only with the `planted-bugs` feature; each schedule plants its bug through its replicas'
+//! configuration, so it runs beside every other test:
 //!
-//! `cargo test --release -p sluice-core --features planted-bugs --lib planted_raft_bugs -- --ignored --nocapture`
+//! `cargo test -p sluice-core --features planted-bugs --lib planted_raft_bugs -- --nocapture`
 
 use std::panic::{catch_unwind, set_hook, take_hook};
 
-use crate::planted::{self, Bug};
-use crate::raft::cluster::Cluster;
+use crate::planted::{Bug, Planted};
+use crate::testing::raft_harness::Cluster;
 
 /// Schedules tried per bug before giving up (seeds from 0). Measured: no-divergent-truncation
 /// is caught by the 5th schedule (state-machine safety), commit-old-term by the 1st (the
@@ -27,20 +27,17 @@ fn message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 #[test]
-#[ignore]
 fn planted_raft_bugs_are_caught() {
     // Failing schedules are expected here; keep their panics quiet.
     let default_hook = take_hook();
     set_hook(Box::new(|_| {}));
     let mut report = Vec::new();
     for bug in [Bug::CommitOldTerm, Bug::NoDivergentTruncation] {
-        planted::set(Some(bug));
         let caught = (0..SCHEDULES_MAX).find_map(|seed| {
-            catch_unwind(|| Cluster::run_schedule(seed))
+            catch_unwind(|| Cluster::run_schedule_with(seed, false, Planted::new(Some(bug))))
                 .err()
                 .map(|payload| (seed, message(payload.as_ref())))
         });
-        planted::set(None);
         report.push((bug, caught));
     }
     set_hook(default_hook);
@@ -56,6 +53,6 @@ fn planted_raft_bugs_are_caught() {
         }
     }
     // Without a planted bug the same schedules pass (the sweep shows it); the first one here
-    // confirms the switch was reset.
+    // confirms that nothing else planted it.
     Cluster::run_schedule(0);
 }

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 
-use crate::raft::cluster::{Cluster, Stats};
+use crate::testing::raft_harness::{Cluster, Stats};
 
 /// Schedules run by the deterministic sweep (on top of proptest's random seeds).
 const SWEEP_SCHEDULES: u64 = 3000;

@@ -2,8 +2,8 @@
 //! checkers run after every step). Network: no loss, no delay; storage syncs at once unless a
 //! scenario says otherwise.
 
-use crate::raft::cluster::{Cluster, ClusterOptions};
 use crate::raft::*;
+use crate::testing::raft_harness::{Cluster, ClusterOptions};
 
 fn calm(n: usize) -> Cluster {
     Cluster::new(ClusterOptions::calm(n), 7)

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
-use super::*;
+use crate::raft::*;
 use crate::rng::Rng;
 
 /// Folds `value` into a running hash (SplitMix64's finaliser over the sum).
@@ -631,6 +631,8 @@ pub struct ClusterOptions {
     pub liveness_ticks_max: u64,
     /// Run the checkers (off only to measure Raft itself in the benchmark).
     pub checks: bool,
+    /// The bug every replica plants (none outside the planted-bug tests).
+    pub planted: crate::planted::Planted,
 }
 
 impl ClusterOptions {
@@ -660,6 +662,7 @@ impl ClusterOptions {
             fault_ticks: 0,
             liveness_ticks_max: 400,
             checks: true,
+            planted: crate::planted::Planted::NONE,
         }
     }
 
@@ -741,6 +744,7 @@ impl ClusterOptions {
             // Up to ~30 election timeouts: far beyond what split votes and in-flight junk need.
             liveness_ticks_max: 60 * u64::from(election_ticks) + 100,
             checks: true,
+            planted: crate::planted::Planted::NONE,
         }
     }
 
@@ -752,6 +756,7 @@ impl ClusterOptions {
             inflight_appends_max: self.inflight_appends_max,
             entry_cache_bytes_max: self.entry_cache_bytes_max,
             uncommitted_entries_max: self.uncommitted_entries_max,
+            planted: self.planted,
             ..RaftConfig::new(id)
         }
     }
@@ -832,8 +837,16 @@ impl Cluster {
     }
 
     pub fn run_schedule_verbose(seed: u64, verbose: bool) -> Stats {
+        Cluster::run_schedule_with(seed, verbose, crate::planted::Planted::NONE)
+    }
+
+    /// [`Cluster::run_schedule`] with every replica planting `planted`.
+    pub fn run_schedule_with(seed: u64, verbose: bool, planted: crate::planted::Planted) -> Stats {
         let mut rng = Rng::new(seed);
-        let options = ClusterOptions::random(&mut rng);
+        let options = ClusterOptions {
+            planted,
+            ..ClusterOptions::random(&mut rng)
+        };
         if verbose {
             eprintln!("{options:?}");
         }

@@ -97,6 +97,7 @@ impl<S: Storage> Broker<S> {
         let mut quorum_config = QuorumConfig::new(me, cluster_id, topic_defaults(config));
         quorum_config.raft.election_ticks = election_ticks(config);
         quorum_config.raft.append_bytes_max = config.replica_fetch_max_bytes;
+        quorum_config.raft.planted = config.planted;
         let store = RefCell::new(store);
         let voters = Membership::new(config.controllers.iter().copied());
         let quorum = MetadataQuorum::open(
