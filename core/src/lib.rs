@@ -15,6 +15,7 @@ pub mod history;
 pub mod limits;
 pub mod log;
 pub mod metadata;
+pub mod node;
 pub mod planted;
 pub mod producer;
 pub mod raft;
@@ -23,5 +24,6 @@ pub mod rng;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod time;
 
 pub use error::ErrorCode;

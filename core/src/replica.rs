@@ -10,15 +10,27 @@
 //! **Flow.** Every input (`produce`, `step`, `tick`, `on_synced`, `hard_state_persisted`) drives
 //! Raft until it has nothing ready, executing each Raft write against the partition log at once:
 //! a truncation becomes [`PartitionLog::truncate_suffix`], entries become
-//! [`PartitionLog::append_replicated`]. The storage effects of both leave as the log's `LogOp`s
-//! (drained by the host with [`Replica::poll_op`]) and its group commits ([`Replica::poll_sync`]).
-//! Messages leave through [`Replica::take_messages`].
+//! [`PartitionLog::append_replicated`]. Everything for the host leaves through one drain,
+//! [`Replica::poll_output`], in the order it must be carried out: the log's storage effects, a
+//! hard state to store, messages to peers. Group commits are started by the host when it wants
+//! one ([`Replica::poll_sync`]), so it can space them out.
+//!
+//! **Pipelining.** Messages never wait for the leader's own writes: an append leaves for the
+//! followers in the same drain as the leader's write of it, and Raft counts the leader toward
+//! the commit only once its own sync confirms the entry.
 //!
 //! **Durability.** Raft is told a write is persisted (`on_persisted(seq)`) only when every write
 //! up to `seq` is on disk: its log changes covered by a completed sync, and its hard state
-//! written by the host. The host must durably write the hard state handed out by
-//! [`Replica::take_hard_state`] before calling [`Replica::hard_state_persisted`]; until then no
-//! write is confirmed, so no vote or acknowledgement that depends on it can leave.
+//! written by the host. The host must durably write a [`ReplicaOutput::HardState`] before calling
+//! [`Replica::hard_state_persisted`]; until then no write is confirmed, so no vote or
+//! acknowledgement that depends on it can leave. One hard state is in the host's hands at a
+//! time (the host writes it off its event loop; two at once would race on the file); a newer
+//! one waits for the confirmation.
+//!
+//! **Peer input.** An append whose payload disagrees with its entry (not one whole batch with a
+//! good CRC, or another offset span or epoch than the entry's) is dropped before Raft sees it,
+//! and counted ([`Replica::appends_refused`]): a peer can never make the log refuse what Raft
+//! accepted.
 
 use std::collections::VecDeque;
 
@@ -27,8 +39,8 @@ use bytes::{Bytes, BytesMut};
 use crate::batch::{self, CONTROL_TYPE_LEADER_EPOCH_START, CONTROL_TYPE_MEMBERSHIP};
 use crate::log::{LogOp, PartitionLog, ProduceCheck, SegmentReader, StoredBatch, SyncRequest};
 use crate::raft::{
-    Entry, EntryKind, EntrySource, HardState, LogMeta, Membership, Message, Raft, RaftConfig,
-    RaftState, Ready, Role, SnapshotMeta,
+    Entry, EntryKind, EntrySource, HardState, LogMeta, Membership, Message, MessageBody, Raft,
+    RaftConfig, RaftState, Ready, Role, SnapshotMeta,
 };
 use crate::rng::Rng;
 use crate::ErrorCode;
@@ -55,6 +67,20 @@ pub struct ReplicaSync {
     seq: u64,
 }
 
+/// What a replica hands its host (see [`Replica::poll_output`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaOutput {
+    /// A storage effect of the log, to carry out in order.
+    Op(LogOp),
+    /// A term or vote to store durably, then confirm with [`Replica::hard_state_persisted`].
+    HardState(HardState),
+    /// A message for a peer replica.
+    Message(Message),
+    /// A snapshot was installed: the host must drop the whole log and start it empty at this
+    /// offset (every replica holds the data below it; this one lagged behind retention).
+    Reset(u64),
+}
+
 /// Why a replica could not be opened from its stored state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenError(pub String);
@@ -77,9 +103,13 @@ pub struct Replica {
     persisted_seq: u64,
     /// A term or vote the host must make durable (see the module docs).
     hard_state: Option<HardState>,
+    /// A hard state is in the host's hands and not yet confirmed durable.
+    hard_state_in_flight: bool,
+    /// Appends from peers dropped because their payload disagreed with their entries.
+    appends_refused: u64,
     /// The last hard state handed out (its term and vote are durable or about to be).
     stored_hard_state: HardState,
-    messages: Vec<Message>,
+    messages: VecDeque<Message>,
     /// Committed entries for a host that applies them (the metadata group).
     committed: Vec<Entry>,
     /// An installed snapshot: the host must restart the log empty at this offset.
@@ -131,8 +161,10 @@ impl Replica {
             written_seq: 0,
             persisted_seq: 0,
             hard_state: None,
+            hard_state_in_flight: false,
+            appends_refused: 0,
             stored_hard_state: hard_state,
-            messages: Vec::new(),
+            messages: VecDeque::new(),
             committed: Vec::new(),
             reset_to: None,
             now_ms,
@@ -204,9 +236,17 @@ impl Replica {
         })
     }
 
-    /// A message from a peer replica.
+    /// A message from a peer replica. An append whose payload disagrees with its entries is
+    /// dropped and counted (see the module docs).
     pub fn step(&mut self, msg: Message, now_ms: u64, reader: &impl SegmentReader) {
         self.now_ms = now_ms;
+        if let MessageBody::Append { entries, .. } = &msg.body {
+            if let Err(why) = entries.iter().try_for_each(check_entry_payload) {
+                self.appends_refused += 1;
+                debug_assert!(!why.is_empty());
+                return;
+            }
+        }
         self.raft.step(msg);
         self.drive(reader);
     }
@@ -224,8 +264,13 @@ impl Replica {
         self.drive(reader);
     }
 
-    /// The host made the hard state from [`Replica::take_hard_state`] durable.
+    /// The host made the last [`ReplicaOutput::HardState`] durable.
     pub fn hard_state_persisted(&mut self, reader: &impl SegmentReader) {
+        assert!(
+            self.hard_state_in_flight,
+            "hard_state_persisted without a hard state handed out"
+        );
+        self.hard_state_in_flight = false;
         self.drive(reader);
     }
 
@@ -266,9 +311,28 @@ impl Replica {
 
     // ---- Outputs ---------------------------------------------------------------------------
 
-    /// The next storage effect of the log, in order.
-    pub fn poll_op(&mut self) -> Option<LogOp> {
-        self.log.poll_op()
+    /// The next thing for the host to do, in order: the log's storage effects, then a hard
+    /// state to store (one at a time), then messages, then a log reset.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<ReplicaOutput> {
+        if let Some(op) = self.log.poll_op() {
+            return Some(ReplicaOutput::Op(op));
+        }
+        if !self.hard_state_in_flight {
+            if let Some(hs) = self.hard_state.take() {
+                assert!(
+                    hs.term >= self.stored_hard_state.term,
+                    "a stored term never goes back"
+                );
+                self.stored_hard_state = hs;
+                self.hard_state_in_flight = true;
+                return Some(ReplicaOutput::HardState(hs));
+            }
+        }
+        if !self.messages.is_empty() {
+            return self.messages.pop_front().map(ReplicaOutput::Message);
+        }
+        self.reset_to.take().map(ReplicaOutput::Reset)
     }
 
     /// Starts a group commit if the log has anything unsynced and none is in flight.
@@ -280,26 +344,26 @@ impl Replica {
         })
     }
 
-    pub fn take_messages(&mut self) -> Vec<Message> {
-        std::mem::take(&mut self.messages)
-    }
-
-    /// A term or vote to make durable before [`Replica::hard_state_persisted`].
-    pub fn take_hard_state(&mut self) -> Option<HardState> {
-        self.hard_state
-            .take()
-            .inspect(|hs| self.stored_hard_state = *hs)
-    }
-
-    /// Committed entries, for a host that applies them (`apply_entries`).
+    /// Committed entries, for a host that applies them (`apply_entries`: the metadata quorum,
+    /// which applies them itself before handing anything on).
     pub fn take_committed(&mut self) -> Vec<Entry> {
         std::mem::take(&mut self.committed)
     }
 
-    /// A snapshot was installed: the host must drop the whole log and start it empty at this
-    /// offset (every replica holds the data below it; this one lagged behind retention).
-    pub fn take_reset(&mut self) -> Option<u64> {
+    /// A snapshot install the host has not been handed yet (the metadata quorum, which cannot
+    /// restart its image from a snapshot, takes it to stop applying).
+    pub(crate) fn take_reset(&mut self) -> Option<u64> {
         self.reset_to.take()
+    }
+
+    /// Appends from peers dropped because their payload disagreed with their entries.
+    pub fn appends_refused(&self) -> u64 {
+        self.appends_refused
+    }
+
+    /// Whether a hard state was handed out and not yet confirmed.
+    pub fn hard_state_in_flight(&self) -> bool {
+        self.hard_state_in_flight
     }
 
     // ---- State -----------------------------------------------------------------------------
@@ -398,7 +462,12 @@ impl Replica {
                 .unsynced
                 .front()
                 .map_or(self.written_seq, |first| first - 1);
-            if self.hard_state.is_none() && durable > self.persisted_seq && !self.storage_failed() {
+            let hard_state_stored = self.hard_state.is_none() && !self.hard_state_in_flight;
+            if hard_state_stored && durable > self.persisted_seq && !self.storage_failed() {
+                assert!(
+                    durable <= self.written_seq,
+                    "persisted beyond what was written"
+                );
                 self.persisted_seq = durable;
                 self.raft.on_persisted(durable);
                 continue;
@@ -467,6 +536,41 @@ impl Replica {
             self.committed.extend(ready.committed);
         }
     }
+}
+
+/// Whether a peer's entry carries what it says: a control entry carries no batch (every replica
+/// builds its control batch itself); a normal entry is exactly one whole batch with a good CRC,
+/// over the entry's offsets (`index - 1 ..= last - 1`; fewer records than offsets is a batch a
+/// cleaner compacted), stamped with the entry's term.
+fn check_entry_payload(entry: &Entry) -> Result<(), &'static str> {
+    if entry.kind != EntryKind::Normal {
+        return Ok(());
+    }
+    let (Some(base), Some(last)) = (entry.index.checked_sub(1), entry.last.checked_sub(1)) else {
+        return Err("an entry at index 0");
+    };
+    let batches = batch::split_batches(&entry.payload).map_err(|_| "not whole batches")?;
+    let [(header, range)] = batches.as_slice() else {
+        return Err("not exactly one batch");
+    };
+    debug_assert_eq!(
+        range.len(),
+        entry.payload.len(),
+        "split_batches covers the buffer"
+    );
+    if u64::try_from(header.base_offset) != Ok(base) {
+        return Err("a base offset other than the entry's");
+    }
+    if u64::try_from(header.last_offset()) != Ok(last) {
+        return Err("an offset span other than the entry's");
+    }
+    if u64::try_from(header.partition_leader_epoch) != Ok(entry.term) {
+        return Err("an epoch other than the entry's term");
+    }
+    if header.record_count < 0 || header.record_count > header.last_offset_delta + 1 {
+        return Err("a record count that does not fit the offsets");
+    }
+    Ok(())
 }
 
 /// The stored form of an entry: the batch itself, or a control batch for Raft's own entries.

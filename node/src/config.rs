@@ -175,6 +175,76 @@ impl Default for Config {
 }
 
 impl Config {
+    /// What the core node decides with: everything above but the shell's own settings
+    /// (listeners, data directory, frame and connection limits), which it only describes.
+    pub fn node_config(&self) -> sluice_core::node::NodeConfig {
+        let (host, port) =
+            split_host_port(&self.advertised_listener).expect("validated when resolved");
+        let nodes = if self.peers.is_empty() {
+            vec![self.node_id as u64]
+        } else {
+            self.peers.keys().copied().collect()
+        };
+        sluice_core::node::NodeConfig {
+            node_id: self.node_id,
+            advertised_host: host,
+            advertised_port: port,
+            nodes,
+            controllers: self.controllers.clone(),
+            auto_create_topics: self.auto_create_topics,
+            topic_defaults: sluice_core::metadata::TopicDefaults {
+                num_partitions: self.num_partitions,
+                replication_factor: self.default_replication_factor,
+                log: self.log.clone(),
+            },
+            flush_interval_ms: self.flush_interval_ms,
+            retention_check_interval_ms: self.retention_check_interval_ms,
+            log_cleaner_backoff_ms: self.log_cleaner_backoff_ms,
+            raft_tick_ms: self.raft_tick_ms,
+            election_timeout_ms: self.election_timeout_ms,
+            replica_fetch_max_bytes: self.replica_fetch_max_bytes,
+            offsets_topic_partitions: self.offsets_topic_partitions,
+            offsets_topic_replication_factor: self.offsets_topic_replication_factor,
+            offsets_topic_segment_bytes: self.offsets_topic_segment_bytes,
+            groups: self.groups.clone(),
+            broker_configs: self.broker_configs(),
+            observe: false,
+            planted: self.planted,
+        }
+    }
+
+    /// The broker settings DescribeConfigs shows (read-only), by their Kafka names.
+    fn broker_configs(&self) -> Vec<(String, String)> {
+        [
+            (
+                "auto.create.topics.enable",
+                self.auto_create_topics.to_string(),
+            ),
+            ("num.partitions", self.num_partitions.to_string()),
+            ("log.retention.ms", self.log.retention_ms.to_string()),
+            ("log.retention.bytes", self.log.retention_bytes.to_string()),
+            ("log.segment.bytes", self.log.segment_bytes_max.to_string()),
+            ("log.roll.ms", self.log.segment_ms.to_string()),
+            ("message.max.bytes", self.log.message_bytes_max.to_string()),
+            (
+                "log.index.interval.bytes",
+                self.log.index_interval_bytes.to_string(),
+            ),
+            (
+                "log.retention.check.interval.ms",
+                self.retention_check_interval_ms.to_string(),
+            ),
+            ("socket.request.max.bytes", self.frame_bytes_max.to_string()),
+            (
+                "queued.max.requests",
+                self.requests_in_flight_max.to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect()
+    }
+
     /// Plants `planted` in every state machine this node runs: its logs, Raft groups, group
     /// coordinators and the broker itself (the simulator's checker tests).
     pub fn plant(&mut self, planted: sluice_core::planted::Planted) {

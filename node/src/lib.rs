@@ -12,11 +12,11 @@ pub mod broker;
 #[cfg(not(madsim))]
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod config;
 #[cfg(not(madsim))]
 pub mod dev_cluster;
 pub mod metadata;
-pub mod peer;
 pub mod rpc;
 pub mod server;
 pub mod storage;

@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::{Broker, Envelope, SERVED_APIS};
+use crate::broker::{Broker, Envelope};
+use crate::codec::SERVED_APIS;
 use crate::config::Config;
 use crate::rpc::Transport;
 use crate::wire::{api_versions_too_new, decode_request, encode_response, DecodeError};

@@ -588,7 +588,7 @@ fn acknowledged_records_survive_a_crash_and_unacknowledged_offsets_are_not_serve
                 .await
                 .unwrap();
             let p = &f.responses[0].partitions[0];
-            assert_eq!(p.error_code, 0);
+            assert_eq!(p.error_code, 0, "{p:?}");
             for (h, _) in batch::split_batches(p.records.as_ref().unwrap()).unwrap() {
                 // Term-start control batches (one per leader term, so one per restart) are
                 // not records.

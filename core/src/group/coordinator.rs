@@ -9,7 +9,8 @@
 //!                      └──── join of a new member, leave, session expiry ─── Stable
 //! ```
 //!
-//! Inputs carry `now_ms`; outputs are drained with [`GroupCoordinator::poll_output`]: records to
+//! Inputs carry `now` (the monotonic clock for sessions, rebalances and every deadline; the wall
+//! clock for commit timestamps and offset retention); outputs are drained with [`GroupCoordinator::poll_output`]: records to
 //! append to the partition, and replies. A reply that promises durability (SyncGroup, which
 //! hands out the assignment, OffsetCommit, OffsetDelete, DeleteGroups) leaves only after the
 //! host reports the records it depends on committed.
@@ -24,6 +25,7 @@ use crate::limits::{
     OFFSET_COMMIT_PARTITIONS_MAX, OFFSET_METADATA_BYTES_MAX,
 };
 use crate::rng::Rng;
+use crate::time::Now;
 use crate::ErrorCode;
 
 /// The host's handle on a request waiting for its reply.
@@ -291,7 +293,7 @@ struct Group {
 }
 
 impl Group {
-    fn new(now_ms: u64) -> Group {
+    fn new(now: Now) -> Group {
         Group {
             state: GroupState::Empty,
             protocol_type: None,
@@ -303,7 +305,7 @@ impl Group {
             statics: BTreeMap::new(),
             rebalance_deadline_ms: 0,
             initial_window_start_ms: None,
-            state_since_ms: now_ms,
+            state_since_ms: now.wall_ms,
             offsets: BTreeMap::new(),
             sync_write: None,
         }
@@ -357,14 +359,14 @@ impl Group {
             .map(|(name, _)| name.clone())
     }
 
-    fn to_value(&self, now_ms: u64, assignments: Option<&BTreeMap<String, Vec<u8>>>) -> GroupValue {
+    fn to_value(&self, now: Now, assignments: Option<&BTreeMap<String, Vec<u8>>>) -> GroupValue {
         let protocol = self.protocol.clone().unwrap_or_default();
         GroupValue {
             protocol_type: self.protocol_type.clone().unwrap_or_default(),
             generation: self.generation,
             protocol: self.protocol.clone(),
             leader: self.leader.clone(),
-            current_state_timestamp_ms: now_ms as i64,
+            current_state_timestamp_ms: now.wall_ms as i64,
             members: self
                 .members
                 .values()
@@ -450,9 +452,11 @@ pub struct GroupCoordinator {
 }
 
 impl GroupCoordinator {
-    pub fn new(config: CoordinatorConfig, rng: Rng, now_ms: u64) -> GroupCoordinator {
+    pub fn new(config: CoordinatorConfig, rng: Rng, now: Now) -> GroupCoordinator {
         GroupCoordinator {
-            next_expiry_check_ms: now_ms.saturating_add(config.offsets_retention_check_interval_ms),
+            next_expiry_check_ms: now
+                .mono_ms()
+                .saturating_add(config.offsets_retention_check_interval_ms),
             config,
             rng,
             groups: BTreeMap::new(),
@@ -471,7 +475,7 @@ impl GroupCoordinator {
 
     /// Rebuilds state from one record of the partition, read in offset order by a new leader
     /// before it serves (members come back as they were written, their sessions starting now).
-    pub fn replay(&mut self, record: OffsetsRecord, now_ms: u64) {
+    pub fn replay(&mut self, record: OffsetsRecord, now: Now) {
         match record {
             OffsetsRecord::Offset {
                 group,
@@ -480,10 +484,7 @@ impl GroupCoordinator {
                 value,
             } => match value {
                 Some(v) => {
-                    let g = self
-                        .groups
-                        .entry(group)
-                        .or_insert_with(|| Group::new(now_ms));
+                    let g = self.groups.entry(group).or_insert_with(|| Group::new(now));
                     g.offsets.insert((topic, partition), v);
                 }
                 None => {
@@ -499,12 +500,9 @@ impl GroupCoordinator {
                 group,
                 value: Some(v),
             } => {
-                let g = self
-                    .groups
-                    .entry(group)
-                    .or_insert_with(|| Group::new(now_ms));
+                let g = self.groups.entry(group).or_insert_with(|| Group::new(now));
                 let offsets = std::mem::take(&mut g.offsets);
-                *g = Group::new(now_ms);
+                *g = Group::new(now);
                 g.offsets = offsets;
                 g.protocol_type = Some(v.protocol_type.clone()).filter(|t| !t.is_empty());
                 g.generation = v.generation;
@@ -531,7 +529,7 @@ impl GroupCoordinator {
                             assignment: m.assignment,
                             awaiting_join: None,
                             awaiting_sync: None,
-                            last_heartbeat_ms: now_ms,
+                            last_heartbeat_ms: now.mono_ms(),
                             joined_seq: seq,
                         },
                     );
@@ -555,7 +553,7 @@ impl GroupCoordinator {
     // ---------------------------------------------------------------------------------------
     // JoinGroup
 
-    pub fn join(&mut self, now_ms: u64, request: RequestId, req: JoinRequest) {
+    pub fn join(&mut self, now: Now, request: RequestId, req: JoinRequest) {
         if let Err(code) = self.check_join(&req) {
             self.reply(
                 request,
@@ -566,11 +564,11 @@ impl GroupCoordinator {
         let group_id = req.group_id.clone();
         self.groups
             .entry(group_id.clone())
-            .or_insert_with(|| Group::new(now_ms));
+            .or_insert_with(|| Group::new(now));
         if req.member_id.is_empty() {
-            self.join_new_member(now_ms, request, req);
+            self.join_new_member(now, request, req);
         } else {
-            self.join_known_member(now_ms, request, req);
+            self.join_known_member(now, request, req);
         }
         self.forget_if_unused(&group_id);
     }
@@ -619,7 +617,7 @@ impl GroupCoordinator {
         )
     }
 
-    fn join_new_member(&mut self, now_ms: u64, request: RequestId, req: JoinRequest) {
+    fn join_new_member(&mut self, now: Now, request: RequestId, req: JoinRequest) {
         let prefix = req
             .instance_id
             .clone()
@@ -630,7 +628,7 @@ impl GroupCoordinator {
             if let Some(old_id) = g.statics.get(instance).cloned() {
                 // A static member restarted: it takes over its old identity's place under a
                 // new member id, and the old id is fenced.
-                self.replace_static_member(now_ms, request, req, old_id, new_id);
+                self.replace_static_member(now, request, req, old_id, new_id);
                 return;
             }
         }
@@ -642,7 +640,7 @@ impl GroupCoordinator {
             return;
         }
         if req.require_known_member_id && req.instance_id.is_none() {
-            let deadline = now_ms.saturating_add(req.session_timeout_ms as u64);
+            let deadline = now.mono_ms().saturating_add(req.session_timeout_ms as u64);
             g.pending.insert(new_id.clone(), deadline);
             self.reply(
                 request,
@@ -650,14 +648,14 @@ impl GroupCoordinator {
             );
             return;
         }
-        self.add_member_and_rebalance(now_ms, request, req, new_id);
+        self.add_member_and_rebalance(now, request, req, new_id);
     }
 
-    fn join_known_member(&mut self, now_ms: u64, request: RequestId, req: JoinRequest) {
+    fn join_known_member(&mut self, now: Now, request: RequestId, req: JoinRequest) {
         let g = self.groups.get_mut(&req.group_id).expect("created by join");
         if g.pending.remove(&req.member_id).is_some() {
             let id = req.member_id.clone();
-            self.add_member_and_rebalance(now_ms, request, req, id);
+            self.add_member_and_rebalance(now, request, req, id);
             return;
         }
         if let Err(code) = check_member(g, &req.member_id, req.instance_id.as_deref()) {
@@ -668,7 +666,7 @@ impl GroupCoordinator {
             return;
         }
         let member = g.members.get_mut(&req.member_id).expect("checked");
-        member.last_heartbeat_ms = now_ms;
+        member.last_heartbeat_ms = now.mono_ms();
         let unchanged = member.protocols == req.protocols;
         let is_leader = g.leader.as_deref() == Some(req.member_id.as_str());
         match g.state {
@@ -682,7 +680,7 @@ impl GroupCoordinator {
                         Reply::Join(JoinResponse::error(ErrorCode::UnknownMemberId, &id)),
                     );
                 }
-                self.maybe_complete_join(now_ms, &req.group_id);
+                self.maybe_complete_join(now, &req.group_id);
             }
             GroupState::CompletingRebalance | GroupState::Stable
                 if unchanged && !(g.state == GroupState::Stable && is_leader) =>
@@ -694,7 +692,7 @@ impl GroupCoordinator {
             GroupState::CompletingRebalance | GroupState::Stable => {
                 update_member(member, &req);
                 member.awaiting_join = Some(request);
-                self.prepare_rebalance(now_ms, &req.group_id);
+                self.prepare_rebalance(now, &req.group_id);
             }
             GroupState::Empty => {
                 unreachable!("an Empty group has no members (check_invariants)")
@@ -704,7 +702,7 @@ impl GroupCoordinator {
 
     fn replace_static_member(
         &mut self,
-        now_ms: u64,
+        now: Now,
         request: RequestId,
         req: JoinRequest,
         old_id: String,
@@ -720,7 +718,7 @@ impl GroupCoordinator {
         fenced.extend(member.awaiting_sync.take().map(|r| (r, false)));
         let unchanged = member.protocols == req.protocols;
         member.id = new_id.clone();
-        member.last_heartbeat_ms = now_ms;
+        member.last_heartbeat_ms = now.mono_ms();
         update_member(&mut member, &req);
         if g.leader.as_deref() == Some(old_id.as_str()) {
             g.leader = Some(new_id.clone());
@@ -748,15 +746,15 @@ impl GroupCoordinator {
         }
         g.members.get_mut(&new_id).expect("inserted").awaiting_join = Some(request);
         if state == GroupState::PreparingRebalance {
-            self.maybe_complete_join(now_ms, &req.group_id);
+            self.maybe_complete_join(now, &req.group_id);
         } else {
-            self.prepare_rebalance(now_ms, &req.group_id);
+            self.prepare_rebalance(now, &req.group_id);
         }
     }
 
     fn add_member_and_rebalance(
         &mut self,
-        now_ms: u64,
+        now: Now,
         request: RequestId,
         req: JoinRequest,
         id: String,
@@ -781,7 +779,7 @@ impl GroupCoordinator {
             assignment: Vec::new(),
             awaiting_join: Some(request),
             awaiting_sync: None,
-            last_heartbeat_ms: now_ms,
+            last_heartbeat_ms: now.mono_ms(),
             joined_seq: seq,
         };
         update_member(&mut member, &req);
@@ -789,19 +787,20 @@ impl GroupCoordinator {
         if let Some(start) = g.initial_window_start_ms {
             // KIP-134: each member joining in a new group's first rebalance extends the wait,
             // up to the rebalance timeout.
-            g.rebalance_deadline_ms = now_ms
+            g.rebalance_deadline_ms = now
+                .mono_ms()
                 .saturating_add(self.config.initial_rebalance_delay_ms)
                 .min(start.saturating_add(g.max_rebalance_timeout_ms()));
         }
         if g.state == GroupState::PreparingRebalance {
-            self.maybe_complete_join(now_ms, &req.group_id);
+            self.maybe_complete_join(now, &req.group_id);
         } else {
-            self.prepare_rebalance(now_ms, &req.group_id);
+            self.prepare_rebalance(now, &req.group_id);
         }
     }
 
     /// Starts a rebalance: every member must rejoin within the rebalance timeout.
-    fn prepare_rebalance(&mut self, now_ms: u64, group_id: &str) {
+    fn prepare_rebalance(&mut self, now: Now, group_id: &str) {
         let g = self.groups.get_mut(group_id).expect("known group");
         let mut failed_syncs = Vec::new();
         if g.state == GroupState::CompletingRebalance {
@@ -812,15 +811,16 @@ impl GroupCoordinator {
         }
         let was_empty = g.state == GroupState::Empty;
         g.state = GroupState::PreparingRebalance;
-        g.state_since_ms = now_ms;
+        g.state_since_ms = now.wall_ms;
         let timeout = g.max_rebalance_timeout_ms();
         if was_empty && self.config.initial_rebalance_delay_ms > 0 {
-            g.initial_window_start_ms = Some(now_ms);
-            g.rebalance_deadline_ms =
-                now_ms.saturating_add(self.config.initial_rebalance_delay_ms.min(timeout));
+            g.initial_window_start_ms = Some(now.mono_ms());
+            g.rebalance_deadline_ms = now
+                .mono_ms()
+                .saturating_add(self.config.initial_rebalance_delay_ms.min(timeout));
         } else {
             g.initial_window_start_ms = None;
-            g.rebalance_deadline_ms = now_ms.saturating_add(timeout);
+            g.rebalance_deadline_ms = now.mono_ms().saturating_add(timeout);
         }
         for r in failed_syncs {
             self.reply(
@@ -828,10 +828,10 @@ impl GroupCoordinator {
                 Reply::Sync(SyncResponse::error(ErrorCode::RebalanceInProgress)),
             );
         }
-        self.maybe_complete_join(now_ms, group_id);
+        self.maybe_complete_join(now, group_id);
     }
 
-    fn maybe_complete_join(&mut self, now_ms: u64, group_id: &str) {
+    fn maybe_complete_join(&mut self, now: Now, group_id: &str) {
         let Some(g) = self.groups.get(group_id) else {
             return;
         };
@@ -839,13 +839,13 @@ impl GroupCoordinator {
             return;
         }
         if g.pending.is_empty() && g.members.values().all(|m| m.awaiting_join.is_some()) {
-            self.complete_join(now_ms, group_id);
+            self.complete_join(now, group_id);
         }
     }
 
     /// Ends PreparingRebalance: members that did not rejoin are dropped, and either the group
     /// is empty now or a new generation starts with the chosen protocol and a leader.
-    fn complete_join(&mut self, now_ms: u64, group_id: &str) {
+    fn complete_join(&mut self, now: Now, group_id: &str) {
         let g = self.groups.get_mut(group_id).expect("known group");
         let gone: Vec<String> = g
             .members
@@ -859,12 +859,12 @@ impl GroupCoordinator {
         g.initial_window_start_ms = None;
         g.sync_write = None;
         g.generation += 1;
-        g.state_since_ms = now_ms;
+        g.state_since_ms = now.wall_ms;
         if g.members.is_empty() {
             g.state = GroupState::Empty;
             g.protocol = None;
             g.leader = None;
-            let value = g.to_value(now_ms, None);
+            let value = g.to_value(now, None);
             self.append(
                 vec![OffsetsRecord::Group {
                     group: group_id.to_string(),
@@ -889,7 +889,7 @@ impl GroupCoordinator {
         for id in ids {
             let response = join_response(g, &id);
             let m = g.members.get_mut(&id).expect("member");
-            m.last_heartbeat_ms = now_ms;
+            m.last_heartbeat_ms = now.mono_ms();
             m.assignment.clear();
             if let Some(r) = m.awaiting_join.take() {
                 replies.push((r, response));
@@ -903,7 +903,7 @@ impl GroupCoordinator {
     // ---------------------------------------------------------------------------------------
     // SyncGroup, Heartbeat, LeaveGroup
 
-    pub fn sync(&mut self, now_ms: u64, request: RequestId, req: SyncRequest) {
+    pub fn sync(&mut self, now: Now, request: RequestId, req: SyncRequest) {
         let Some(g) = self.groups.get_mut(&req.group_id) else {
             self.reply(
                 request,
@@ -933,7 +933,7 @@ impl GroupCoordinator {
             return;
         }
         let member = g.members.get_mut(&req.member_id).expect("checked");
-        member.last_heartbeat_ms = now_ms;
+        member.last_heartbeat_ms = now.mono_ms();
         match g.state {
             GroupState::Empty => unreachable!("an Empty group has no members"),
             GroupState::PreparingRebalance => {
@@ -972,7 +972,7 @@ impl GroupCoordinator {
                         assignments.insert(id, assignment);
                     }
                 }
-                let value = g.to_value(now_ms, Some(&assignments));
+                let value = g.to_value(now, Some(&assignments));
                 let generation = g.generation;
                 let write = self.append(
                     vec![OffsetsRecord::Group {
@@ -996,7 +996,7 @@ impl GroupCoordinator {
     /// Heartbeat: keeps the member's session; REBALANCE_IN_PROGRESS tells it to rejoin.
     pub fn heartbeat(
         &mut self,
-        now_ms: u64,
+        now: Now,
         group_id: &str,
         member_id: &str,
         instance_id: Option<&str>,
@@ -1014,7 +1014,7 @@ impl GroupCoordinator {
         g.members
             .get_mut(member_id)
             .expect("checked")
-            .last_heartbeat_ms = now_ms;
+            .last_heartbeat_ms = now.mono_ms();
         match g.state {
             GroupState::PreparingRebalance => ErrorCode::RebalanceInProgress,
             _ => ErrorCode::None,
@@ -1025,7 +1025,7 @@ impl GroupCoordinator {
     /// id alone). Returns the group-level error and one per member.
     pub fn leave(
         &mut self,
-        now_ms: u64,
+        now: Now,
         group_id: &str,
         members: &[(String, Option<String>)],
     ) -> (ErrorCode, Vec<ErrorCode>) {
@@ -1066,7 +1066,7 @@ impl GroupCoordinator {
             self.reply_member_gone(r, join);
         }
         if changed {
-            self.after_members_removed(now_ms, group_id);
+            self.after_members_removed(now, group_id);
         }
         (ErrorCode::None, results)
     }
@@ -1080,7 +1080,7 @@ impl GroupCoordinator {
         self.reply(request, reply);
     }
 
-    fn after_members_removed(&mut self, now_ms: u64, group_id: &str) {
+    fn after_members_removed(&mut self, now: Now, group_id: &str) {
         let Some(g) = self.groups.get(group_id) else {
             return;
         };
@@ -1088,18 +1088,18 @@ impl GroupCoordinator {
             GroupState::Empty => {}
             // The last member left: the group is empty now, whoever still holds a member id
             // from MEMBER_ID_REQUIRED (its rejoin starts a rebalance of an Empty group).
-            _ if g.members.is_empty() => self.complete_join(now_ms, group_id),
+            _ if g.members.is_empty() => self.complete_join(now, group_id),
             GroupState::Stable | GroupState::CompletingRebalance => {
-                self.prepare_rebalance(now_ms, group_id)
+                self.prepare_rebalance(now, group_id)
             }
-            GroupState::PreparingRebalance => self.maybe_complete_join(now_ms, group_id),
+            GroupState::PreparingRebalance => self.maybe_complete_join(now, group_id),
         }
     }
 
     // ---------------------------------------------------------------------------------------
     // Offsets
 
-    pub fn commit_offsets(&mut self, now_ms: u64, request: RequestId, req: CommitRequest) {
+    pub fn commit_offsets(&mut self, now: Now, request: RequestId, req: CommitRequest) {
         let refuse = |code: ErrorCode| {
             Reply::Commit(
                 req.partitions
@@ -1125,7 +1125,7 @@ impl GroupCoordinator {
         }
         let code = match self.groups.get_mut(&req.group_id) {
             None if req.generation < 0 => {
-                self.groups.insert(req.group_id.clone(), Group::new(now_ms));
+                self.groups.insert(req.group_id.clone(), Group::new(now));
                 ErrorCode::None
             }
             None => ErrorCode::IllegalGeneration,
@@ -1140,7 +1140,7 @@ impl GroupCoordinator {
                     g.members
                         .get_mut(&req.member_id)
                         .expect("checked")
-                        .last_heartbeat_ms = now_ms;
+                        .last_heartbeat_ms = now.mono_ms();
                     ErrorCode::None
                 }
             },
@@ -1166,7 +1166,7 @@ impl GroupCoordinator {
                 offset: p.offset,
                 leader_epoch: p.leader_epoch,
                 metadata,
-                commit_timestamp_ms: now_ms as i64,
+                commit_timestamp_ms: now.wall_ms as i64,
             };
             records.push(OffsetsRecord::Offset {
                 group: req.group_id.clone(),
@@ -1377,7 +1377,7 @@ impl GroupCoordinator {
     }
 
     /// Expires sessions, ends rebalances that ran out of time, and drops expired offsets.
-    pub fn tick(&mut self, now_ms: u64) {
+    pub fn tick(&mut self, now: Now) {
         let ids: Vec<String> = self.groups.keys().cloned().collect();
         for id in &ids {
             let Some(g) = self.groups.get_mut(id) else {
@@ -1386,11 +1386,11 @@ impl GroupCoordinator {
             let expired: Vec<String> = g
                 .members
                 .values()
-                .filter(|m| m.session_deadline_ms().is_some_and(|d| d <= now_ms))
+                .filter(|m| m.session_deadline_ms().is_some_and(|d| d <= now.mono_ms()))
                 .map(|m| m.id.clone())
                 .collect();
             let pending_before = g.pending.len();
-            g.pending.retain(|_, d| *d > now_ms);
+            g.pending.retain(|_, d| *d > now.mono_ms());
             let mut changed = g.pending.len() != pending_before;
             let mut gone = Vec::new();
             for m in &expired {
@@ -1401,39 +1401,41 @@ impl GroupCoordinator {
                 self.reply_member_gone(r, join);
             }
             if changed {
-                self.after_members_removed(now_ms, id);
+                self.after_members_removed(now, id);
             }
             let Some(g) = self.groups.get_mut(id) else {
                 continue;
             };
-            if g.state == GroupState::PreparingRebalance && g.rebalance_deadline_ms <= now_ms {
+            if g.state == GroupState::PreparingRebalance && g.rebalance_deadline_ms <= now.mono_ms()
+            {
                 match g.initial_window_start_ms.take() {
                     Some(start) => {
                         // The new group's wait for more members is over; from here on it is an
                         // ordinary rebalance bounded by the rebalance timeout.
                         g.rebalance_deadline_ms =
                             start.saturating_add(g.max_rebalance_timeout_ms());
-                        if g.rebalance_deadline_ms <= now_ms {
-                            self.complete_join(now_ms, id);
+                        if g.rebalance_deadline_ms <= now.mono_ms() {
+                            self.complete_join(now, id);
                         } else {
-                            self.maybe_complete_join(now_ms, id);
+                            self.maybe_complete_join(now, id);
                         }
                     }
-                    None => self.complete_join(now_ms, id),
+                    None => self.complete_join(now, id),
                 }
             }
         }
-        if now_ms >= self.next_expiry_check_ms {
-            self.next_expiry_check_ms =
-                now_ms.saturating_add(self.config.offsets_retention_check_interval_ms);
-            self.expire_offsets(now_ms);
+        if now.mono_ms() >= self.next_expiry_check_ms {
+            self.next_expiry_check_ms = now
+                .mono_ms()
+                .saturating_add(self.config.offsets_retention_check_interval_ms);
+            self.expire_offsets(now);
         }
     }
 
     /// Offsets of a group without members expire `offsets_retention_ms` after the group
     /// emptied or after they were committed, whichever is later (KIP-211); a group left with
     /// neither members nor offsets is deleted.
-    fn expire_offsets(&mut self, now_ms: u64) {
+    fn expire_offsets(&mut self, now: Now) {
         let retention = self.config.offsets_retention_ms;
         let mut records = Vec::new();
         let mut dead = Vec::new();
@@ -1447,7 +1449,7 @@ impl GroupCoordinator {
                 .iter()
                 .filter(|(_, v)| {
                     let base = since.max(u64::try_from(v.commit_timestamp_ms).unwrap_or(0));
-                    base.saturating_add(retention) <= now_ms
+                    base.saturating_add(retention) <= now.wall_ms
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -1519,7 +1521,7 @@ impl GroupCoordinator {
 
     /// The partition's high watermark moved: writes below it are committed and their replies
     /// leave, in log order.
-    pub fn on_high_watermark(&mut self, now_ms: u64, high_watermark: u64) {
+    pub fn on_high_watermark(&mut self, now: Now, high_watermark: u64) {
         let done: Vec<WriteId> = self
             .writes
             .iter()
@@ -1528,7 +1530,7 @@ impl GroupCoordinator {
             .collect();
         for id in done {
             let w = self.writes.remove(&id).expect("listed");
-            self.complete_write(now_ms, w.effect);
+            self.complete_write(now, w.effect);
         }
     }
 
@@ -1564,7 +1566,7 @@ impl GroupCoordinator {
         replies
     }
 
-    fn complete_write(&mut self, now_ms: u64, effect: WriteEffect) {
+    fn complete_write(&mut self, now: Now, effect: WriteEffect) {
         match effect {
             WriteEffect::Sync {
                 group,
@@ -1587,7 +1589,7 @@ impl GroupCoordinator {
                 }
                 g.sync_write = None;
                 g.state = GroupState::Stable;
-                g.state_since_ms = now_ms;
+                g.state_since_ms = now.wall_ms;
                 let mut replies = Vec::new();
                 for m in g.members.values_mut() {
                     m.assignment = assignments.get(&m.id).cloned().unwrap_or_default();
@@ -1613,10 +1615,7 @@ impl GroupCoordinator {
                 offsets,
                 results,
             } => {
-                let g = self
-                    .groups
-                    .entry(group)
-                    .or_insert_with(|| Group::new(now_ms));
+                let g = self.groups.entry(group).or_insert_with(|| Group::new(now));
                 for (topic, partition, value) in offsets {
                     g.offsets.insert((topic, partition), value);
                 }

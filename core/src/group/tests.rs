@@ -10,6 +10,11 @@ use crate::ErrorCode;
 const SESSION_MS: i32 = 10_000;
 const REBALANCE_MS: i32 = 30_000;
 
+/// Both clocks at `ms` (the tests move them together).
+fn at(ms: u64) -> crate::time::Now {
+    crate::time::Now::new(crate::time::Instant::from_millis(ms), ms)
+}
+
 /// A coordinator with a log: appends land at once, and `commit` moves the high watermark to the
 /// end, as a Raft group would once a majority fsynced.
 struct Harness {
@@ -27,7 +32,7 @@ struct Harness {
 impl Harness {
     fn new(config: CoordinatorConfig) -> Harness {
         Harness {
-            c: GroupCoordinator::new(config, Rng::new(7), 0),
+            c: GroupCoordinator::new(config, Rng::new(7), at(0)),
             now: 0,
             next_request: 0,
             log: Vec::new(),
@@ -66,13 +71,13 @@ impl Harness {
 
     fn commit(&mut self) {
         self.high_watermark = self.log.len() as u64;
-        self.c.on_high_watermark(self.now, self.high_watermark);
+        self.c.on_high_watermark(at(self.now), self.high_watermark);
         self.drain();
     }
 
     fn advance(&mut self, ms: u64) {
         self.now += ms;
-        self.c.tick(self.now);
+        self.c.tick(at(self.now));
         self.drain();
     }
 
@@ -96,7 +101,7 @@ impl Harness {
             protocols: vec![("range".into(), subscription(&["t"]))],
             require_known_member_id: true,
         };
-        self.c.join(self.now, request, req);
+        self.c.join(at(self.now), request, req);
         self.drain();
         request
     }
@@ -135,7 +140,7 @@ impl Harness {
             protocol_name: Some("range".into()),
             assignments,
         };
-        self.c.sync(self.now, request, req);
+        self.c.sync(at(self.now), request, req);
         self.drain();
         request
     }
@@ -163,7 +168,7 @@ impl Harness {
                 metadata: None,
             }],
         };
-        self.c.commit_offsets(self.now, request, req);
+        self.c.commit_offsets(at(self.now), request, req);
         self.drain();
         request
     }
@@ -383,21 +388,21 @@ fn a_new_member_triggers_a_rebalance_that_heartbeats_announce() {
     let mut h = Harness::no_delay();
     let (leader, follower) = h.stable_pair();
     assert_eq!(
-        h.c.heartbeat(h.now, "g", &follower, None, 2),
+        h.c.heartbeat(at(h.now), "g", &follower, None, 2),
         ErrorCode::None
     );
     let (c, jc) = h.join_new();
     assert_eq!(h.c.group_state("g"), Some(GroupState::PreparingRebalance));
     assert_eq!(
-        h.c.heartbeat(h.now, "g", &follower, None, 2),
+        h.c.heartbeat(at(h.now), "g", &follower, None, 2),
         ErrorCode::RebalanceInProgress
     );
     assert_eq!(
-        h.c.heartbeat(h.now, "g", &leader, None, 1),
+        h.c.heartbeat(at(h.now), "g", &leader, None, 1),
         ErrorCode::IllegalGeneration
     );
     assert_eq!(
-        h.c.heartbeat(h.now, "g", "who", None, 2),
+        h.c.heartbeat(at(h.now), "g", "who", None, 2),
         ErrorCode::UnknownMemberId
     );
     let jl = h.join_request(&leader, None);
@@ -417,17 +422,20 @@ fn an_expired_session_removes_the_member_and_the_rest_rebalance() {
     let (leader, follower) = h.stable_pair();
     for _ in 0..3 {
         h.advance(3_000);
-        assert_eq!(h.c.heartbeat(h.now, "g", &leader, None, 2), ErrorCode::None);
+        assert_eq!(
+            h.c.heartbeat(at(h.now), "g", &leader, None, 2),
+            ErrorCode::None
+        );
     }
     // The follower never heartbeated: its 10 s session ran out at 10 s.
     h.advance(3_000);
     assert_eq!(
-        h.c.heartbeat(h.now, "g", &leader, None, 2),
+        h.c.heartbeat(at(h.now), "g", &leader, None, 2),
         ErrorCode::RebalanceInProgress
     );
     assert_eq!(h.c.group_state("g"), Some(GroupState::PreparingRebalance));
     assert_eq!(
-        h.c.heartbeat(h.now, "g", &follower, None, 2),
+        h.c.heartbeat(at(h.now), "g", &follower, None, 2),
         ErrorCode::UnknownMemberId
     );
     let jl = h.join_request(&leader, None);
@@ -445,7 +453,7 @@ fn members_that_do_not_rejoin_within_the_rebalance_timeout_are_dropped() {
     for _ in 0..9 {
         h.advance(3_000);
         assert_eq!(
-            h.c.heartbeat(h.now, "g", &follower, None, 2),
+            h.c.heartbeat(at(h.now), "g", &follower, None, 2),
             ErrorCode::RebalanceInProgress
         );
     }
@@ -454,7 +462,7 @@ fn members_that_do_not_rejoin_within_the_rebalance_timeout_are_dropped() {
     let reply = h.join_reply(jl).unwrap();
     assert_eq!((reply.generation, reply.members.len()), (3, 1));
     assert_eq!(
-        h.c.heartbeat(h.now, "g", &follower, None, 3),
+        h.c.heartbeat(at(h.now), "g", &follower, None, 3),
         ErrorCode::UnknownMemberId
     );
 }
@@ -463,8 +471,11 @@ fn members_that_do_not_rejoin_within_the_rebalance_timeout_are_dropped() {
 fn leaving_rebalances_and_the_last_leave_empties_the_group() {
     let mut h = Harness::no_delay();
     let (leader, follower) = h.stable_pair();
-    let (error, per_member) =
-        h.c.leave(h.now, "g", &[(follower.clone(), None), ("x".into(), None)]);
+    let (error, per_member) = h.c.leave(
+        at(h.now),
+        "g",
+        &[(follower.clone(), None), ("x".into(), None)],
+    );
     h.drain();
     assert_eq!(error, ErrorCode::None);
     assert_eq!(
@@ -475,7 +486,7 @@ fn leaving_rebalances_and_the_last_leave_empties_the_group() {
     let jl = h.join_request(&leader, None);
     assert_eq!(h.join_reply(jl).unwrap().generation, 3);
     let before = h.log.len();
-    h.c.leave(h.now, "g", &[(leader.clone(), None)]);
+    h.c.leave(at(h.now), "g", &[(leader.clone(), None)]);
     h.drain();
     assert_eq!(h.c.group_state("g"), Some(GroupState::Empty));
     assert_eq!(h.log.len(), before + 1, "the emptied group is written");
@@ -523,7 +534,7 @@ fn a_group_without_members_takes_commits_outside_a_generation() {
     let big = "x".repeat(crate::limits::OFFSET_METADATA_BYTES_MAX + 1);
     let request = 1000;
     h.c.commit_offsets(
-        h.now,
+        at(h.now),
         request,
         CommitRequest {
             group_id: "g".into(),
@@ -560,9 +571,12 @@ fn a_new_coordinator_rebuilds_groups_and_offsets_from_the_partition() {
     h.commit();
     assert_eq!(h.commit_reply(r), Some(ErrorCode::None));
 
-    let mut rebuilt = GroupCoordinator::new(CoordinatorConfig::default(), Rng::new(1), h.now);
+    let mut rebuilt = GroupCoordinator::new(CoordinatorConfig::default(), Rng::new(1), at(h.now));
     for (_, key, value) in &h.log {
-        rebuilt.replay(OffsetsRecord::decode(key, value.as_deref()).unwrap(), h.now);
+        rebuilt.replay(
+            OffsetsRecord::decode(key, value.as_deref()).unwrap(),
+            at(h.now),
+        );
     }
     rebuilt.check_invariants();
     assert_eq!(rebuilt.group_state("g"), Some(GroupState::Stable));
@@ -574,7 +588,7 @@ fn a_new_coordinator_rebuilds_groups_and_offsets_from_the_partition() {
     );
     // The members carry on with the new coordinator without rejoining.
     assert_eq!(
-        rebuilt.heartbeat(h.now, "g", &follower, None, 2),
+        rebuilt.heartbeat(at(h.now), "g", &follower, None, 2),
         ErrorCode::None
     );
     assert_eq!(rebuilt.describe("g").members.len(), 2);
@@ -588,7 +602,7 @@ fn losing_leadership_answers_every_waiting_request_not_coordinator() {
     let (_, jc) = h.join_new();
     let replies = std::mem::replace(
         &mut h.c,
-        GroupCoordinator::new(CoordinatorConfig::default(), Rng::new(1), 0),
+        GroupCoordinator::new(CoordinatorConfig::default(), Rng::new(1), at(0)),
     )
     .shutdown();
     let mut codes: Vec<(RequestId, ErrorCode)> = replies
@@ -636,7 +650,7 @@ fn a_restarted_static_member_takes_its_place_without_a_rebalance_and_fences_the_
     assert_eq!(h.c.group_state("g"), Some(GroupState::Stable));
     let request = h.next_request;
     h.c.sync(
-        h.now,
+        at(h.now),
         request,
         SyncRequest {
             group_id: "g".into(),
@@ -653,7 +667,7 @@ fn a_restarted_static_member_takes_its_place_without_a_rebalance_and_fences_the_
         "it keeps its assignment"
     );
     assert_eq!(
-        h.c.heartbeat(h.now, "g", &rb.member_id, Some("i-b"), 2),
+        h.c.heartbeat(at(h.now), "g", &rb.member_id, Some("i-b"), 2),
         ErrorCode::FencedInstanceId,
         "the old incarnation is fenced"
     );
@@ -694,7 +708,7 @@ fn groups_are_deleted_only_when_empty_and_offsets_only_when_unsubscribed() {
             .into_iter()
             .map(|m| (m.member_id, None))
             .collect();
-    h.c.leave(h.now, "g", &members);
+    h.c.leave(at(h.now), "g", &members);
     h.drain();
     h.c.delete_groups(502, &["g".into()]);
     h.drain();
@@ -705,9 +719,12 @@ fn groups_are_deleted_only_when_empty_and_offsets_only_when_unsubscribed() {
         Some(Reply::DeleteGroups(vec![("g".into(), ErrorCode::None)]))
     );
     assert_eq!(h.c.describe("g").state, "Dead");
-    let mut rebuilt = GroupCoordinator::new(CoordinatorConfig::default(), Rng::new(1), h.now);
+    let mut rebuilt = GroupCoordinator::new(CoordinatorConfig::default(), Rng::new(1), at(h.now));
     for (_, key, value) in &h.log {
-        rebuilt.replay(OffsetsRecord::decode(key, value.as_deref()).unwrap(), h.now);
+        rebuilt.replay(
+            OffsetsRecord::decode(key, value.as_deref()).unwrap(),
+            at(h.now),
+        );
     }
     assert_eq!(
         rebuilt.describe("g").state,
@@ -793,10 +810,10 @@ proptest! {
                     h.sync_request(&ids[m].clone(), generations[m], assignments);
                 }
                 Step::Heartbeat(m) => {
-                    h.c.heartbeat(h.now, "g", &ids[m], None, generations[m]);
+                    h.c.heartbeat(at(h.now), "g", &ids[m], None, generations[m]);
                 }
                 Step::Leave(m) => {
-                    h.c.leave(h.now, "g", &[(ids[m].clone(), None)]);
+                    h.c.leave(at(h.now), "g", &[(ids[m].clone(), None)]);
                     h.drain();
                 }
                 Step::Commit(m, o) => {

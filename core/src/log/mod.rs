@@ -31,7 +31,7 @@ pub use segment::{
     index_file_name, log_file_name, parse_log_file_name, time_index_file_name, OffsetEntry,
     Segment, SegmentMark, TimeEntry,
 };
-pub use store::{CleanProgress, LogStore, SyncJob, CLEANED_SUFFIX};
+pub use store::{CleanProgress, LogStore, SwapJob, SyncJob, CLEANED_SUFFIX};
 
 use crate::batch::{self, BatchError, BatchHeader};
 use crate::limits::*;
@@ -147,13 +147,21 @@ pub enum LogOp {
         offset_index: Vec<u8>,
         time_index: Vec<u8>,
     },
-    /// Remove a segment's files.
+    /// Remove a segment's files. The removal becomes durable with the next group commit, which
+    /// syncs the directory (the log marks it dirty).
     DeleteSegment { base_offset: u64 },
     /// Cut a segment file to `len` bytes (recovery of a torn or corrupt tail, or a truncation of
     /// the uncommitted suffix).
     TruncateSegment { segment: u64, len: u64 },
-    /// Durably and atomically replace the partition checkpoint (write a temporary file, fsync it,
-    /// rename it over the old one, fsync the directory).
+    /// A barrier after a truncation of the uncommitted suffix: fsync the cut `segment` and, if
+    /// `dir`, the directory (segments after it were deleted), before any later op of this log
+    /// runs. Otherwise a crash could bring back the cut tail or a deleted segment behind data
+    /// written after the cut, and recovery could take the mix for one log. The shell runs it off
+    /// its event loop and holds this log's later ops until it completes.
+    SyncCut { segment: u64, dir: bool },
+    /// Write the next partition checkpoint to its temporary file. The next group commit
+    /// ([`SyncRequest::checkpoint`]) fsyncs it, renames it over the checkpoint and fsyncs the
+    /// directory, so the replacement is atomic and never waits on the shell's event loop.
     WriteCheckpoint { bytes: Vec<u8> },
 }
 
@@ -167,6 +175,10 @@ pub struct SyncRequest {
     pub indexes: Vec<u64>,
     /// Whether files were created or removed since the last sync.
     pub dir: bool,
+    /// Whether the checkpoint written to its temporary file by the last
+    /// [`LogOp::WriteCheckpoint`] is to be made durable: fsync it, rename it over the checkpoint,
+    /// then fsync the directory (`dir` is set too).
+    pub checkpoint: bool,
     /// The log end offset when the request was made: durable once the request completes.
     pub offset: u64,
     position: Position,
@@ -301,6 +313,12 @@ pub struct PartitionLog {
     producers: ProducerStateTable,
     /// The checkpoint on disk says every segment below this is sealed and durable.
     recovery_point: u64,
+    /// A checkpoint written to its temporary file, for the next group commit to make durable:
+    /// the segment base it names.
+    checkpoint_pending: Option<u64>,
+    /// The checkpoint the group commit in flight makes durable. While it flies no other is
+    /// written (the temporary file is that sync's to rename).
+    checkpoint_in_flight: Option<u64>,
     /// The checkpoint (producer state and epochs) as of each segment base created since the last
     /// one was written; the checkpoint moves to such a base once it is durable and committed.
     snapshots: VecDeque<(u64, Vec<u8>)>,
@@ -362,6 +380,8 @@ impl PartitionLog {
             sync_in_flight: false,
             producers,
             recovery_point,
+            checkpoint_pending: None,
+            checkpoint_in_flight: None,
             snapshots: VecDeque::new(),
             storage_failed: false,
             cleaner: None,
@@ -593,8 +613,10 @@ impl PartitionLog {
         if self.sync_in_flight || self.storage_failed {
             return None;
         }
-        let nothing_new =
-            self.dirty_segments.is_empty() && self.dirty_indexes.is_empty() && !self.dirty_dir;
+        let nothing_new = self.dirty_segments.is_empty()
+            && self.dirty_indexes.is_empty()
+            && !self.dirty_dir
+            && self.checkpoint_pending.is_none();
         if nothing_new && self.durable.offset == self.log_end_offset() {
             return None;
         }
@@ -605,26 +627,56 @@ impl PartitionLog {
             byte: active.size_bytes,
         };
         self.sync_in_flight = true;
-        Some(SyncRequest {
+        assert!(
+            self.checkpoint_in_flight.is_none(),
+            "one sync in flight at a time"
+        );
+        self.checkpoint_in_flight = self.checkpoint_pending.take();
+        let checkpoint = self.checkpoint_in_flight.is_some();
+        let request = SyncRequest {
             segments: std::mem::take(&mut self.dirty_segments)
                 .into_iter()
                 .collect(),
             indexes: std::mem::take(&mut self.dirty_indexes)
                 .into_iter()
                 .collect(),
-            dir: std::mem::take(&mut self.dirty_dir),
+            dir: std::mem::take(&mut self.dirty_dir) || checkpoint,
+            checkpoint,
             offset: position.offset,
             position,
-        })
+        };
+        assert!(
+            request.offset >= self.durable.offset,
+            "a sync never covers less"
+        );
+        assert!(
+            !request.checkpoint || request.dir,
+            "a renamed checkpoint needs its directory"
+        );
+        Some(request)
     }
 
     /// The group commit `request` completed: everything it covered is durable.
     pub fn on_synced(&mut self, request: SyncRequest) {
         assert!(self.sync_in_flight, "on_synced without a sync in flight");
+        assert_eq!(
+            request.checkpoint,
+            self.checkpoint_in_flight.is_some(),
+            "the completed sync is the one in flight"
+        );
         self.sync_in_flight = false;
         let cut = self.cut_during_sync.take();
+        let checkpoint = self.checkpoint_in_flight.take();
         if self.storage_failed {
             return;
+        }
+        if let Some(base) = checkpoint {
+            // Renamed over the old one and its directory synced: recovery starts there now.
+            assert!(
+                base >= self.recovery_point,
+                "the checkpoint moved backwards"
+            );
+            self.recovery_point = base;
         }
         // A truncation while the sync ran: what it covered past the cut is gone, and what was
         // appended there since is not covered.
@@ -644,8 +696,10 @@ impl PartitionLog {
             self.follow_commit();
         } else {
             self.set_committed(self.durable);
-            self.advance_checkpoint();
         }
+        // Also when the high watermark did not move: a checkpoint held back while the last one
+        // flew may be due.
+        self.advance_checkpoint();
         if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }
@@ -680,6 +734,10 @@ impl PartitionLog {
     /// durable point's segment is sealed with durable data and indexes) and committed (so no
     /// truncation can ever go below the checkpoint and invalidate its snapshot).
     fn advance_checkpoint(&mut self) {
+        if self.checkpoint_in_flight.is_some() {
+            // The sync in flight renames the temporary file; the next one is written after it.
+            return;
+        }
         let point = self.durable.segment.min(self.high_watermark.offset);
         let mut snapshot = None;
         while let Some((base, _)) = self.snapshots.front() {
@@ -689,8 +747,9 @@ impl PartitionLog {
             snapshot = self.snapshots.pop_front();
         }
         if let Some((base, bytes)) = snapshot {
-            if base > self.recovery_point && self.segments.contains_key(&base) {
-                self.recovery_point = base;
+            let latest = self.checkpoint_pending.unwrap_or(self.recovery_point);
+            if base > latest && self.segments.contains_key(&base) {
+                self.checkpoint_pending = Some(base);
                 self.push_op(LogOp::WriteCheckpoint { bytes });
             }
         }
@@ -1073,6 +1132,24 @@ impl PartitionLog {
             );
         }
         assert!(self.snapshots.iter().all(|(b, _)| *b > self.recovery_point));
+        assert!(
+            self.checkpoint_in_flight.is_none() || self.sync_in_flight,
+            "a checkpoint flies only with a sync"
+        );
+        for base in self
+            .checkpoint_pending
+            .iter()
+            .chain(&self.checkpoint_in_flight)
+        {
+            assert!(
+                *base >= self.recovery_point,
+                "a newer checkpoint names an older segment"
+            );
+            assert!(
+                *base <= self.high_watermark.offset.max(self.log_start_offset()),
+                "a checkpoint past the high watermark"
+            );
+        }
         self.producers.check_invariants();
     }
 }

@@ -528,6 +528,11 @@ impl Recovery {
         log.epochs = self.epochs;
         log.undo = self.undo;
         log.mark_recovered_tail(tail_start, &tail, &rewritten, self.dir_changed);
+        if !checkpoint_alive {
+            // The empty checkpoint written among the repairs becomes durable with the first
+            // group commit.
+            log.checkpoint_pending = Some(0);
+        }
         if log.config.planted.is(crate::planted::Bug::RecoveryOffByOne) {
             let active = log.active_mut();
             if active.next_offset > active.base_offset {

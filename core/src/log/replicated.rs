@@ -270,6 +270,7 @@ impl PartitionLog {
             return Err(TruncateError::NotBatchBoundary { offset });
         }
         let mut first = None;
+        let mut deleted_any = false;
         while self.undo.len() > at {
             let undo = self.undo.pop_back().expect("len > at");
             if let Some(producer) = undo.producer {
@@ -290,6 +291,7 @@ impl PartitionLog {
             self.dirty_indexes.remove(&base);
             self.push_op(LogOp::DeleteSegment { base_offset: base });
             self.dirty_dir = true;
+            deleted_any = true;
         }
         let segment = self
             .segments
@@ -300,6 +302,10 @@ impl PartitionLog {
         self.push_op(LogOp::TruncateSegment {
             segment: cut.segment,
             len: cut.byte,
+        });
+        self.push_op(LogOp::SyncCut {
+            segment: cut.segment,
+            dir: deleted_any,
         });
         self.dirty_segments.insert(cut.segment);
         // Its index files on disk are stale now; it is rescanned at recovery (it is at or above

@@ -24,6 +24,9 @@ struct Replica {
     batches: Vec<Vec<u8>>,
     /// Every batch ever kept below the log start too (retention), for producer-state replay.
     deleted: Vec<Vec<u8>>,
+    /// The log start as of the last group commit: deletions before it are durable, later ones
+    /// may be undone by a crash (the segments come back, as in Kafka).
+    durable_start: u64,
 }
 
 impl Replica {
@@ -42,6 +45,7 @@ impl Replica {
             now_ms: 1_000_000,
             batches: Vec::new(),
             deleted: Vec::new(),
+            durable_start: 0,
         };
         r.sync();
         r
@@ -52,11 +56,17 @@ impl Replica {
         self.log.check_invariants();
     }
 
+    /// Group commits until nothing is left to sync, as the broker keeps doing (a checkpoint
+    /// written by one sync's completion is made durable by the next).
     fn sync(&mut self) {
-        if let Some(request) = self.log.poll_sync() {
+        for _ in 0..16 {
+            let Some(request) = self.log.poll_sync() else {
+                break;
+            };
             self.store.sync_now(&mut self.log, request).unwrap();
         }
         self.log.check_invariants();
+        self.durable_start = self.log.log_start_offset();
     }
 
     /// A producer's batch as the leader stamps it: offset at the log end, `epoch`.
@@ -97,6 +107,24 @@ impl Replica {
         self.log = log;
         self.store = store;
         self.log.check_invariants();
+        let start = self.log.log_start_offset();
+        assert!(
+            start >= self.durable_start,
+            "segments deleted before a group commit came back: start {start} < {}",
+            self.durable_start
+        );
+        // Deleted segments whose removal no group commit synced are back.
+        let back: Vec<Vec<u8>> = self
+            .deleted
+            .iter()
+            .filter(|b| header(b).base_offset as u64 >= start)
+            .cloned()
+            .collect();
+        if !back.is_empty() {
+            self.deleted
+                .retain(|b| (header(b).base_offset as u64) < start);
+            self.batches.splice(0..0, back);
+        }
         let end = self.log.log_end_offset();
         self.batches
             .retain(|b| header(b).next_offset() as u64 <= end);
@@ -535,6 +563,9 @@ fn the_epoch_cache_survives_retention_and_recovery() {
     }
     r.sync();
     r.commit(r.log.log_end_offset());
+    // The commit lets the checkpoint advance; the next group commit makes it durable, and only
+    // then may retention delete the segments below it.
+    r.sync();
     r.retention();
     let start = r.log.log_start_offset();
     assert!(start > 0);

@@ -51,19 +51,79 @@ pub struct CleanProgress {
 
 pub struct SyncJob<S: Storage> {
     files: Vec<S::File>,
+    /// The checkpoint's temporary file, to fsync and rename over the checkpoint.
+    checkpoint: Option<S::File>,
     dir: Option<(S, PathBuf)>,
 }
 
 impl<S: Storage> SyncJob<S> {
-    /// Blocks until every file (then the directory) is durable.
+    /// Blocks until every file is durable, then the renamed checkpoint, then the directory.
+    /// The order is what makes the checkpoint safe: it names segments whose data and indexes
+    /// are synced before it, and it replaces the old one atomically (a crash leaves one or the
+    /// other, never a torn mix: the rename is durable only with the directory).
     pub fn run(self) -> io::Result<()> {
         for file in &self.files {
             file.sync()?;
+        }
+        if let Some(tmp) = &self.checkpoint {
+            tmp.sync()?;
+            let (storage, dir) = self
+                .dir
+                .as_ref()
+                .expect("a checkpoint sync syncs its directory");
+            storage.rename(&dir.join(CHECKPOINT_TMP_FILE), &dir.join(CHECKPOINT_FILE))?;
         }
         if let Some((storage, dir)) = &self.dir {
             storage.sync_dir(dir)?;
         }
         Ok(())
+    }
+}
+
+/// Replaces a segment with its cleaned copy, crash-safely, wherever it runs: the copy (its side
+/// file) is fsynced; the old index files are removed and the directory synced, so no stale
+/// index can describe the new file; the copy is renamed over the segment and the directory
+/// synced; then the new index files are written and synced. A crash before the rename leaves
+/// the old segment, after it the new one; recovery rebuilds missing index files from the
+/// segment, and removes a leftover side file.
+pub struct SwapJob<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    segment: u64,
+    offset_index: Vec<u8>,
+    time_index: Vec<u8>,
+}
+
+impl<S: Storage> SwapJob<S> {
+    /// Blocks on the fsyncs described above.
+    pub fn run(self) -> io::Result<()> {
+        let (storage, dir, segment) = (&self.storage, &self.dir, self.segment);
+        let side_path = dir.join(cleaned_file_name(segment));
+        storage.open(&side_path, false)?.sync()?;
+        for name in [index_file_name(segment), time_index_file_name(segment)] {
+            let path = dir.join(name);
+            if storage.exists(&path) {
+                storage.remove_file(&path)?;
+            }
+        }
+        storage.sync_dir(dir)?;
+        storage.rename(&side_path, &dir.join(log_file_name(segment)))?;
+        storage.sync_dir(dir)?;
+        for (name, bytes) in [
+            (index_file_name(segment), &self.offset_index),
+            (time_index_file_name(segment), &self.time_index),
+        ] {
+            let file = storage.open(&dir.join(name), true)?;
+            file.truncate(0)?;
+            file.append(bytes)?;
+            file.sync()?;
+            assert_eq!(
+                file.len()?,
+                bytes.len() as u64,
+                "the index was written whole"
+            );
+        }
+        storage.sync_dir(dir)
     }
 }
 
@@ -219,23 +279,49 @@ impl<S: Storage> LogStore<S> {
                         self.storage.remove_file(&path)?;
                     }
                 }
-                // Made durable at once, so the log start offset never moves back after a crash.
-                self.storage.sync_dir(&self.dir)?;
+                // Durable with the next group commit (the log marked the directory dirty).
             }
             LogOp::TruncateSegment { segment, len } => {
-                self.segment(segment)?.truncate(len)?;
+                let file = self.segment(segment)?;
+                file.truncate(len)?;
+                // Never longer after a cut (a file already shorter, as a failed write can leave
+                // it, stays so on the simulated store; a real one pads it with zeros).
+                assert!(
+                    file.len()? <= len,
+                    "segment {segment} cut to at most {len} bytes"
+                );
             }
+            LogOp::SyncCut { segment, dir } => self.sync_cut(segment, dir)?,
             LogOp::WriteCheckpoint { bytes } => {
+                // Made durable and renamed into place by the next group commit's `SyncJob`.
                 let tmp = self.write_whole(CHECKPOINT_TMP_FILE, &bytes)?;
-                tmp.sync()?;
-                self.storage.rename(
-                    &self.dir.join(CHECKPOINT_TMP_FILE),
-                    &self.dir.join(CHECKPOINT_FILE),
-                )?;
-                self.storage.sync_dir(&self.dir)?;
+                assert_eq!(
+                    tmp.len()?,
+                    bytes.len() as u64,
+                    "the checkpoint was written whole"
+                );
             }
         }
         Ok(())
+    }
+
+    /// A [`LogOp::SyncCut`] barrier, run wherever the caller likes (it blocks on fsyncs).
+    pub fn sync_cut(&mut self, segment: u64, dir: bool) -> io::Result<()> {
+        self.segment(segment)?.sync()?;
+        if dir {
+            self.storage.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// The barrier of [`LogOp::SyncCut`] detached from the store, to run off the event loop.
+    pub fn sync_cut_job(&mut self, segment: u64, dir: bool) -> io::Result<SyncJob<S>> {
+        let file = self.segment(segment)?.clone();
+        Ok(SyncJob {
+            files: vec![file],
+            checkpoint: None,
+            dir: dir.then(|| (self.storage.clone(), self.dir.clone())),
+        })
     }
 
     /// Drains and applies every pending op of `log`. On error the log is marked failed.
@@ -268,10 +354,26 @@ impl<S: Storage> LogStore<S> {
                 )?);
             }
         }
+        let checkpoint = if request.checkpoint {
+            Some(
+                self.storage
+                    .open(&self.dir.join(CHECKPOINT_TMP_FILE), false)?,
+            )
+        } else {
+            None
+        };
+        assert!(
+            checkpoint.is_none() || request.dir,
+            "a checkpoint sync syncs its directory"
+        );
         let dir = request
             .dir
             .then(|| (self.storage.clone(), self.dir.clone()));
-        Ok(SyncJob { files, dir })
+        Ok(SyncJob {
+            files,
+            checkpoint,
+            dir,
+        })
     }
 
     /// Runs `request` inline and reports it to `log` (tests, recovery, the simulator's
@@ -312,12 +414,9 @@ impl<S: Storage> LogStore<S> {
     }
 
     /// Runs compaction steps of `log` (see [`PartitionLog::next_clean_step`]) until about
-    /// `budget` bytes were read or written, or nothing is left to do. A segment is replaced
-    /// crash-safely: its cleaned copy is written to a side file and fsynced; the old index files
-    /// are removed (and the directory synced), so no stale index can describe the new file; the
-    /// side file is renamed over the segment (directory synced); then the new index files are
-    /// written and synced. A crash before the rename leaves the old segment, after it the new one;
-    /// recovery rebuilds missing index files from the segment, and removes a leftover side file.
+    /// `budget` bytes were read or written, or nothing is left to do, every step inline (tests
+    /// and tools; the node runs the swap off its event loop through [`LogStore::swap_job`]). A
+    /// segment is replaced crash-safely, as [`SwapJob::run`] describes.
     /// An error means storage can no longer be trusted, as for [`LogStore::apply`].
     pub fn clean(
         &mut self,
@@ -342,68 +441,96 @@ impl<S: Storage> LogStore<S> {
                         progress.halted = Some(e);
                     }
                 }
-                CleanStep::Begin { segment, copy } => {
-                    let side = self.write_whole(&cleaned_file_name(segment), &[])?;
-                    let source = self.segment(segment)?.clone();
-                    let mut at = 0;
-                    while at < copy {
-                        let len = (copy - at).min(u64::from(CLEANER_IO_BYTES)) as usize;
-                        let bytes = source.read_at(at, len)?;
-                        if bytes.len() != len {
-                            return Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                format!("segment {segment} is shorter than the log believes"),
-                            ));
-                        }
-                        side.append(&bytes)?;
-                        at += len as u64;
-                    }
-                    spent += copy;
-                }
-                CleanStep::Write { segment, bytes } => {
-                    let side = self
-                        .storage
-                        .open(&self.dir.join(cleaned_file_name(segment)), false)?;
-                    side.append(&bytes)?;
-                    spent += bytes.len() as u64;
-                }
                 CleanStep::Swap {
                     segment,
                     offset_index,
                     time_index,
                 } => {
-                    let side_path = self.dir.join(cleaned_file_name(segment));
-                    self.storage.open(&side_path, false)?.sync()?;
-                    for name in [index_file_name(segment), time_index_file_name(segment)] {
-                        let path = self.dir.join(name);
-                        if self.storage.exists(&path) {
-                            self.storage.remove_file(&path)?;
-                        }
-                    }
-                    self.storage.sync_dir(&self.dir)?;
-                    let log_path = self.dir.join(log_file_name(segment));
-                    self.segments.remove(&segment);
-                    self.storage.rename(&side_path, &log_path)?;
-                    self.storage.sync_dir(&self.dir)?;
-                    let offsets = self.write_whole(&index_file_name(segment), &offset_index)?;
-                    let times = self.write_whole(&time_index_file_name(segment), &time_index)?;
-                    offsets.sync()?;
-                    times.sync()?;
-                    self.storage.sync_dir(&self.dir)?;
-                    let file = self.storage.open(&log_path, false)?;
-                    self.segments.insert(segment, file);
+                    self.swap_job(segment, offset_index, time_index)?.run()?;
+                    self.on_swapped(segment)?;
                     log.on_clean_swapped(segment);
                 }
-                CleanStep::Discard { segment } => {
-                    let path = self.dir.join(cleaned_file_name(segment));
-                    if self.storage.exists(&path) {
-                        self.storage.remove_file(&path)?;
-                    }
-                }
+                other => spent += self.clean_write(&other)?,
             }
         }
         progress.more = true;
         Ok(progress)
+    }
+
+    /// Carries out a cleaning step that only writes to the page cache (`Begin`, `Write`,
+    /// `Discard`); returns the bytes it moved. `Read` and `Swap` are the caller's.
+    pub fn clean_write(&mut self, step: &CleanStep) -> io::Result<u64> {
+        match step {
+            CleanStep::Begin { segment, copy } => {
+                let (segment, copy) = (*segment, *copy);
+                let side = self.write_whole(&cleaned_file_name(segment), &[])?;
+                let source = self.segment(segment)?.clone();
+                let mut at = 0;
+                while at < copy {
+                    let len = (copy - at).min(u64::from(CLEANER_IO_BYTES)) as usize;
+                    let bytes = source.read_at(at, len)?;
+                    if bytes.len() != len {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("segment {segment} is shorter than the log believes"),
+                        ));
+                    }
+                    side.append(&bytes)?;
+                    at += len as u64;
+                }
+                assert_eq!(
+                    side.len()?,
+                    copy,
+                    "the side file holds the unchanged prefix"
+                );
+                Ok(copy)
+            }
+            CleanStep::Write { segment, bytes } => {
+                let side = self
+                    .storage
+                    .open(&self.dir.join(cleaned_file_name(*segment)), false)?;
+                let before = side.len()?;
+                side.append(bytes)?;
+                assert_eq!(side.len()?, before + bytes.len() as u64, "appended whole");
+                Ok(bytes.len() as u64)
+            }
+            CleanStep::Discard { segment } => {
+                let path = self.dir.join(cleaned_file_name(*segment));
+                if self.storage.exists(&path) {
+                    self.storage.remove_file(&path)?;
+                }
+                Ok(0)
+            }
+            CleanStep::Read(_) | CleanStep::Swap { .. } => {
+                unreachable!("reads and swaps are the caller's: {step:?}")
+            }
+        }
+    }
+
+    /// The swap of a cleaned segment, detached to run off the event loop. Reads go on meanwhile
+    /// through the handle of the old segment file, which this caches first (the rename leaves
+    /// it pointing at the old data); [`LogStore::on_swapped`] then switches to the new file.
+    pub fn swap_job(
+        &mut self,
+        segment: u64,
+        offset_index: Vec<u8>,
+        time_index: Vec<u8>,
+    ) -> io::Result<SwapJob<S>> {
+        self.segment(segment)?;
+        Ok(SwapJob {
+            storage: self.storage.clone(),
+            dir: self.dir.clone(),
+            segment,
+            offset_index,
+            time_index,
+        })
+    }
+
+    /// The swap of `segment` completed: reads use the cleaned file from now on.
+    pub fn on_swapped(&mut self, segment: u64) -> io::Result<()> {
+        self.segments.remove(&segment);
+        self.segment(segment)?;
+        Ok(())
     }
 
     /// Removes the whole partition directory (topic deletion).

@@ -2,9 +2,9 @@
 //!
 //! [`MetadataQuorum`] wraps a [`Replica`] over the metadata partition log
 //! (`__cluster_metadata-0`) and the [`MetadataImage`] built from it. The host drives it exactly
-//! as it drives a data partition's replica (`step`, `tick`, `on_synced`, `hard_state_persisted`;
-//! `poll_op`, `poll_sync`, `take_messages`, `take_hard_state`), and additionally takes the
-//! controller's answers with [`MetadataQuorum::take_completions`].
+//! as it drives a data partition's replica (`step`, `tick`, `on_synced`, `hard_state_persisted`,
+//! `poll_sync`), and drains one [`MetadataQuorum::poll_output`]: the replica's outputs, then the
+//! controller's answers.
 //!
 //! **Log format.** One proposal is one ordinary Kafka record batch; each record's value is one
 //! encoded [`MetadataRecord`] and its offset is the offset [`MetadataImage::apply`] gets. Raft's
@@ -40,10 +40,11 @@ use crate::limits::{
     BROKER_SESSION_TIMEOUT_MS_DEFAULT, METADATA_REQUESTS_IN_FLIGHT_MAX,
     PRODUCER_ID_BLOCK_SIZE_DEFAULT,
 };
-use crate::log::{LogOp, PartitionLog, SegmentReader};
+use crate::log::{PartitionLog, SegmentReader};
 use crate::raft::{EntryKind, HardState, Membership, Message, NodeId, RaftConfig};
-use crate::replica::{OpenError, Replica, ReplicaSync};
+use crate::replica::{OpenError, Replica, ReplicaOutput, ReplicaSync};
 use crate::rng::Rng;
+use crate::time::Now;
 use crate::ErrorCode;
 
 /// The metadata log's topic; its one partition is the metadata Raft group.
@@ -111,6 +112,15 @@ pub enum Outcome {
         first: i64,
         end: i64,
     },
+}
+
+/// What the quorum hands its host (see [`MetadataQuorum::poll_output`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QuorumOutput {
+    /// As for a data partition's replica.
+    Replica(ReplicaOutput),
+    /// A controller request's answer.
+    Completion(Ticket, Result<Outcome, ErrorCode>),
 }
 
 /// Why a request was refused before anything was proposed.
@@ -244,8 +254,9 @@ pub struct MetadataQuorum {
     next_ticket: u64,
     /// The first committed batch that could not be applied; nothing after it is applied.
     apply_error: Option<ApplyError>,
-    /// The latest time any input carried (inputs without one use it).
-    now_ms: u64,
+    /// The latest time any input carried (inputs without one use it): the monotonic clock for
+    /// broker sessions, the wall clock for record timestamps.
+    now: Now,
 }
 
 impl MetadataQuorum {
@@ -258,7 +269,7 @@ impl MetadataQuorum {
         hard_state: HardState,
         log: PartitionLog,
         voters: Membership,
-        now_ms: u64,
+        now: Now,
         reader: &impl SegmentReader,
     ) -> Result<MetadataQuorum, OpenError> {
         if log.config().retention_ms >= 0 || log.config().retention_bytes >= 0 {
@@ -286,7 +297,7 @@ impl MetadataQuorum {
             log,
             voters,
             0,
-            now_ms,
+            now.wall_ms,
         )?;
         let mut quorum = MetadataQuorum {
             config,
@@ -299,7 +310,7 @@ impl MetadataQuorum {
             completions: Vec::new(),
             next_ticket: 0,
             apply_error: None,
-            now_ms,
+            now,
         };
         quorum.replica.poll(reader);
         quorum.after_input(reader);
@@ -308,23 +319,23 @@ impl MetadataQuorum {
 
     // ---- Raft inputs (as for a data replica) -----------------------------------------------
 
-    pub fn step(&mut self, msg: Message, now_ms: u64, reader: &impl SegmentReader) {
-        self.observe_time(now_ms);
-        self.replica.step(msg, now_ms, reader);
+    pub fn step(&mut self, msg: Message, now: Now, reader: &impl SegmentReader) {
+        self.observe_time(now);
+        self.replica.step(msg, now.wall_ms, reader);
         self.after_input(reader);
     }
 
     /// One tick of the Raft clock; on the active controller also fences brokers whose session
     /// expired and retries writing the cluster id.
-    pub fn tick(&mut self, now_ms: u64, reader: &impl SegmentReader) {
-        self.observe_time(now_ms);
-        self.replica.tick(now_ms, reader);
+    pub fn tick(&mut self, now: Now, reader: &impl SegmentReader) {
+        self.observe_time(now);
+        self.replica.tick(now.wall_ms, reader);
         self.after_input(reader);
         if let Some(active) = &self.active {
             let fence = controller::fence_expired(
                 &active.image,
                 &active.last_heartbeat_ms,
-                now_ms,
+                now.mono_ms(),
                 self.config.session_timeout_ms,
             );
             if !fence.is_empty() {
@@ -361,10 +372,10 @@ impl MetadataQuorum {
     pub fn create_topic(
         &mut self,
         request: &CreateTopicRequest,
-        now_ms: u64,
+        now: Now,
         reader: &impl SegmentReader,
     ) -> Result<Ticket, ControllerError> {
-        self.observe_time(now_ms);
+        self.observe_time(now);
         self.check_active()?;
         let active = self.active.as_ref().expect("checked");
         let record = controller::create_topic(
@@ -381,10 +392,10 @@ impl MetadataQuorum {
     pub fn delete_topic(
         &mut self,
         topic: TopicRef,
-        now_ms: u64,
+        now: Now,
         reader: &impl SegmentReader,
     ) -> Result<Ticket, ControllerError> {
-        self.observe_time(now_ms);
+        self.observe_time(now);
         self.check_active()?;
         let active = self.active.as_ref().expect("checked");
         let record = controller::delete_topic(&active.image, topic)?;
@@ -405,10 +416,10 @@ impl MetadataQuorum {
         name: &str,
         set: &[(String, String)],
         delete: &[String],
-        now_ms: u64,
+        now: Now,
         reader: &impl SegmentReader,
     ) -> Result<Ticket, ControllerError> {
-        self.observe_time(now_ms);
+        self.observe_time(now);
         self.check_active()?;
         let active = self.active.as_ref().expect("checked");
         let record = controller::alter_configs(
@@ -430,10 +441,10 @@ impl MetadataQuorum {
         name: &str,
         count: i32,
         assignment: Option<&[Vec<BrokerId>]>,
-        now_ms: u64,
+        now: Now,
         reader: &impl SegmentReader,
     ) -> Result<Ticket, ControllerError> {
-        self.observe_time(now_ms);
+        self.observe_time(now);
         self.check_active()?;
         let active = self.active.as_ref().expect("checked");
         let record =
@@ -456,10 +467,10 @@ impl MetadataQuorum {
         host: &str,
         port: u16,
         rack: Option<&str>,
-        now_ms: u64,
+        now: Now,
         reader: &impl SegmentReader,
     ) -> Result<Ticket, ControllerError> {
-        self.observe_time(now_ms);
+        self.observe_time(now);
         let session_timeout_ms = self.config.session_timeout_ms;
         self.check_active()?;
         let active = self.active.as_ref().expect("checked");
@@ -478,8 +489,13 @@ impl MetadataQuorum {
         } else {
             active.last_heartbeat_ms.get(&node_id).copied()
         };
-        let mut record =
-            controller::register_broker(&active.image, &request, last, now_ms, session_timeout_ms)?;
+        let mut record = controller::register_broker(
+            &active.image,
+            &request,
+            last,
+            now.mono_ms(),
+            session_timeout_ms,
+        )?;
         if record.is_none() {
             // Registered with this incarnation, at least speculatively. Unfence only once the
             // registration is committed: a broker is let in after a full round trip.
@@ -492,7 +508,7 @@ impl MetadataQuorum {
             }
         }
         let active = self.active.as_mut().expect("checked above");
-        active.last_heartbeat_ms.insert(node_id, now_ms);
+        active.last_heartbeat_ms.insert(node_id, now.mono_ms());
         let waiting = Request::Heartbeat {
             node_id,
             incarnation,
@@ -508,10 +524,10 @@ impl MetadataQuorum {
     pub fn allocate_producer_ids(
         &mut self,
         node_id: BrokerId,
-        now_ms: u64,
+        now: Now,
         reader: &impl SegmentReader,
     ) -> Result<Ticket, ControllerError> {
-        self.observe_time(now_ms);
+        self.observe_time(now);
         let block = self.config.producer_id_block_size;
         self.check_active()?;
         let active = self.active.as_ref().expect("checked");
@@ -542,25 +558,22 @@ impl MetadataQuorum {
 
     // ---- Outputs ---------------------------------------------------------------------------
 
-    pub fn poll_op(&mut self) -> Option<LogOp> {
-        self.replica.poll_op()
+    /// The next thing for the host: the replica's outputs in their order, then the answers to
+    /// controller requests in the order they were decided.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<QuorumOutput> {
+        if let Some(out) = self.replica.poll_output() {
+            return Some(QuorumOutput::Replica(out));
+        }
+        if self.completions.is_empty() {
+            return None;
+        }
+        let (ticket, result) = self.completions.remove(0);
+        Some(QuorumOutput::Completion(ticket, result))
     }
 
     pub fn poll_sync(&mut self) -> Option<ReplicaSync> {
         self.replica.poll_sync()
-    }
-
-    pub fn take_messages(&mut self) -> Vec<Message> {
-        self.replica.take_messages()
-    }
-
-    pub fn take_hard_state(&mut self) -> Option<HardState> {
-        self.replica.take_hard_state()
-    }
-
-    /// Answers to requests, in the order they were decided.
-    pub fn take_completions(&mut self) -> Vec<(Ticket, Result<Outcome, ErrorCode>)> {
-        std::mem::take(&mut self.completions)
     }
 
     // ---- State -----------------------------------------------------------------------------
@@ -660,8 +673,11 @@ impl MetadataQuorum {
 
     // ---- Internals -------------------------------------------------------------------------
 
-    fn observe_time(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+    fn observe_time(&mut self, now: Now) {
+        self.now = Now::new(
+            self.now.instant.max(now.instant),
+            self.now.wall_ms.max(now.wall_ms),
+        );
     }
 
     /// Refuses a request unless this node is the active controller and has room for it.
@@ -725,7 +741,7 @@ impl MetadataQuorum {
         reader: &impl SegmentReader,
     ) -> Result<(), ControllerError> {
         assert!(!records.is_empty() && self.active.is_some());
-        let now_ms = self.now_ms;
+        let now_ms = self.now.wall_ms;
         let timestamp = i64::try_from(now_ms).unwrap_or(i64::MAX);
         let mut builder = BatchBuilder::new(timestamp);
         for record in &records {
@@ -880,7 +896,7 @@ impl MetadataQuorum {
         }
         if self.active.is_none() && own_term_started && leading_term.is_some() {
             // Everything before this term's first entry is applied: the image is complete.
-            let now_ms = self.now_ms;
+            let now_ms = self.now.mono_ms();
             self.active = Some(Active {
                 term: self.replica.term(),
                 image: self.image.clone(),

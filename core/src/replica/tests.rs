@@ -94,13 +94,21 @@ impl Group {
             return;
         };
         loop {
-            while let Some(op) = node.replica.poll_op() {
-                node.store.borrow_mut().apply(op).expect("apply");
+            let mut acted = false;
+            while let Some(out) = node.replica.poll_output() {
+                acted = true;
+                match out {
+                    ReplicaOutput::Op(op) => node.store.borrow_mut().apply(op).expect("apply"),
+                    ReplicaOutput::HardState(hs) => {
+                        node.hard_state = hs;
+                        self.stored_hard_states[id] = hs;
+                        node.replica.hard_state_persisted(&node.store);
+                    }
+                    ReplicaOutput::Message(msg) => self.network.push_back(msg),
+                    ReplicaOutput::Reset(offset) => panic!("unexpected reset to {offset}"),
+                }
             }
-            if let Some(hs) = node.replica.take_hard_state() {
-                node.hard_state = hs;
-                self.stored_hard_states[id] = hs;
-                node.replica.hard_state_persisted(&node.store);
+            if acted {
                 continue;
             }
             if let Some(sync) = node.replica.poll_sync() {
@@ -116,7 +124,6 @@ impl Group {
             break;
         }
         let _ = &node.storage;
-        self.network.extend(node.replica.take_messages());
     }
 
     fn deliver_all(&mut self) {
@@ -400,8 +407,10 @@ fn a_restarted_replica_applies_its_recovered_tail_once_it_is_synced_again() {
     let mut applied = replica.take_committed();
     assert!(applied.last().map_or(0, |e| e.last) < commit, "{applied:?}");
     // Once synced, the next input applies everything committed.
-    while let Some(op) = replica.poll_op() {
-        store.borrow_mut().apply(op).expect("apply");
+    while let Some(out) = replica.poll_output() {
+        if let ReplicaOutput::Op(op) = out {
+            store.borrow_mut().apply(op).expect("apply");
+        }
     }
     let sync = replica
         .poll_sync()
@@ -477,4 +486,75 @@ fn a_follower_catches_up_from_inside_a_run_its_leader_compacted() {
     for node in g.nodes.iter().flatten() {
         node.replica.check_invariants();
     }
+}
+
+/// Peer input never panics a follower: an append whose payload disagrees with its entry (base
+/// offset, span, epoch, CRC, not a batch at all) is dropped and counted, and the log is untouched.
+/// (It used to reach `append_replicated`, whose refusal was an assertion.)
+#[test]
+fn an_append_whose_payload_disagrees_with_its_entry_is_dropped_and_counted() {
+    use crate::raft::{Entry, EntryKind, MessageBody};
+    let config = small_config();
+    let storage = MemStorage::new();
+    let mut node = open(1, &storage, HardState::default(), &config);
+    let good = |base: i64, epoch: i32| {
+        let mut b = batch(2, 10, 0, None);
+        batch::stamp(&mut b, base, epoch);
+        b
+    };
+    let entry = |index: u64, last: u64, term: u64, payload: Vec<u8>| Entry {
+        index,
+        last,
+        term,
+        kind: EntryKind::Normal,
+        payload: bytes::Bytes::from(payload),
+    };
+    let mut flipped = good(0, 1);
+    let at = flipped.len() - 1;
+    flipped[at] ^= 1;
+    let bad = [
+        entry(1, 2, 1, good(5, 1)), // another base offset
+        entry(1, 3, 1, good(0, 1)), // another span
+        entry(1, 2, 1, good(0, 2)), // another epoch
+        entry(1, 2, 1, flipped),    // a bad CRC
+        entry(1, 2, 1, b"not a batch".to_vec()),
+        entry(0, 0, 1, good(0, 1)),                        // index 0
+        entry(1, 4, 1, [good(0, 1), good(2, 1)].concat()), // two batches
+    ];
+    for (i, e) in bad.into_iter().enumerate() {
+        let msg = Message {
+            from: 0,
+            to: 1,
+            term: 1,
+            body: MessageBody::Append {
+                prev_index: 0,
+                prev_term: 0,
+                entries: vec![e],
+                commit: 0,
+            },
+        };
+        node.replica.step(msg, 0, &node.store);
+        assert_eq!(node.replica.appends_refused(), i as u64 + 1);
+        assert_eq!(
+            node.replica.log().log_end_offset(),
+            0,
+            "nothing was appended"
+        );
+        node.replica.check_invariants();
+    }
+    // The same append with a payload that agrees is taken.
+    let msg = Message {
+        from: 0,
+        to: 1,
+        term: 1,
+        body: MessageBody::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![entry(1, 2, 1, good(0, 1))],
+            commit: 0,
+        },
+    };
+    node.replica.step(msg, 0, &node.store);
+    assert_eq!(node.replica.appends_refused(), 7);
+    assert_eq!(node.replica.log().log_end_offset(), 2);
 }

@@ -15,6 +15,11 @@ use crate::testing::{CrashMode, MemStorage};
 const NODES: usize = 3;
 const TICK_MS: u64 = 100;
 
+/// Both clocks at `ms` (the tests move them together).
+fn at(ms: u64) -> crate::time::Now {
+    crate::time::Now::new(crate::time::Instant::from_millis(ms), ms)
+}
+
 struct Node {
     store: RefCell<LogStore<MemStorage>>,
     quorum: MetadataQuorum,
@@ -112,7 +117,7 @@ impl Cluster {
             self.hard_states[id],
             log,
             Membership::new(0..NODES as u64),
-            self.now_ms,
+            at(self.now_ms),
             &store,
         )
         .expect("open quorum");
@@ -138,13 +143,29 @@ impl Cluster {
         let Some(node) = self.nodes[id].as_mut() else {
             return;
         };
+        let at = self.ticks + self.rng.between(0, self.delay_ticks_max);
         loop {
-            while let Some(op) = node.quorum.poll_op() {
-                node.store.borrow_mut().apply(op).expect("apply op");
+            let mut acted = false;
+            while let Some(out) = node.quorum.poll_output() {
+                acted = true;
+                match out {
+                    QuorumOutput::Replica(ReplicaOutput::Op(op)) => {
+                        node.store.borrow_mut().apply(op).expect("apply op")
+                    }
+                    QuorumOutput::Replica(ReplicaOutput::HardState(hs)) => {
+                        self.hard_states[id] = hs;
+                        node.quorum.hard_state_persisted(&node.store);
+                    }
+                    QuorumOutput::Replica(ReplicaOutput::Message(msg)) => {
+                        self.network.push((at, msg))
+                    }
+                    QuorumOutput::Replica(ReplicaOutput::Reset(_)) => {}
+                    QuorumOutput::Completion(ticket, result) => {
+                        self.answers.push((id, self.lives[id], ticket, result))
+                    }
+                }
             }
-            if let Some(hs) = node.quorum.take_hard_state() {
-                self.hard_states[id] = hs;
-                node.quorum.hard_state_persisted(&node.store);
+            if acted {
                 continue;
             }
             if node.held_sync.is_none() {
@@ -158,13 +179,6 @@ impl Cluster {
                 }
             }
             break;
-        }
-        let at = self.ticks + self.rng.between(0, self.delay_ticks_max);
-        for msg in node.quorum.take_messages() {
-            self.network.push((at, msg));
-        }
-        for (ticket, result) in node.quorum.take_completions() {
-            self.answers.push((id, self.lives[id], ticket, result));
         }
         node.quorum.check_invariants();
         let q = &node.quorum;
@@ -212,7 +226,7 @@ impl Cluster {
                     continue;
                 }
                 if let Some(node) = self.nodes[to].as_mut() {
-                    node.quorum.step(msg, self.now_ms, &node.store);
+                    node.quorum.step(msg, at(self.now_ms), &node.store);
                 }
                 self.flush(to);
             }
@@ -232,7 +246,7 @@ impl Cluster {
                     let sync = node.held_sync.take().expect("held");
                     run_sync(node, sync);
                 }
-                node.quorum.tick(self.now_ms, &node.store);
+                node.quorum.tick(at(self.now_ms), &node.store);
                 self.flush(id);
             }
             self.deliver_due();
@@ -262,13 +276,13 @@ impl Cluster {
         id: usize,
         f: impl FnOnce(
             &mut MetadataQuorum,
-            u64,
+            crate::time::Now,
             &RefCell<LogStore<MemStorage>>,
         ) -> Result<Ticket, ControllerError>,
     ) -> Result<Ticket, ControllerError> {
-        let now_ms = self.now_ms;
+        let now = at(self.now_ms);
         let node = self.nodes[id].as_mut().expect("node is up");
-        let result = f(&mut node.quorum, now_ms, &node.store);
+        let result = f(&mut node.quorum, now, &node.store);
         self.flush(id);
         self.deliver_due();
         result
@@ -667,7 +681,7 @@ fn producer_id_blocks_are_disjoint_across_requests_and_controllers() {
         .map(|i| {
             let node = c.nodes[old].as_mut().unwrap();
             node.quorum
-                .allocate_producer_ids(1 + i % 2, c.now_ms, &node.store)
+                .allocate_producer_ids(1 + i % 2, at(c.now_ms), &node.store)
                 .unwrap()
         })
         .collect();
@@ -784,13 +798,23 @@ fn a_corrupt_committed_record_stops_applying_and_is_reported() {
         c.now_ms += TICK_MS;
         for id in 0..NODES {
             let node = c.nodes[id].as_mut().unwrap();
-            node.quorum.tick(c.now_ms, &node.store);
+            node.quorum.tick(at(c.now_ms), &node.store);
             loop {
-                while let Some(op) = node.quorum.poll_op() {
-                    node.store.borrow_mut().apply(op).unwrap();
+                let mut acted = false;
+                while let Some(out) = node.quorum.poll_output() {
+                    acted = true;
+                    match out {
+                        QuorumOutput::Replica(ReplicaOutput::Op(op)) => {
+                            node.store.borrow_mut().apply(op).unwrap()
+                        }
+                        QuorumOutput::Replica(ReplicaOutput::HardState(_)) => {
+                            node.quorum.hard_state_persisted(&node.store)
+                        }
+                        QuorumOutput::Replica(ReplicaOutput::Message(m)) => c.network.push((0, m)),
+                        _ => {}
+                    }
                 }
-                if node.quorum.take_hard_state().is_some() {
-                    node.quorum.hard_state_persisted(&node.store);
+                if acted {
                     continue;
                 }
                 if let Some(sync) = node.quorum.poll_sync() {
@@ -799,12 +823,10 @@ fn a_corrupt_committed_record_stops_applying_and_is_reported() {
                 }
                 break;
             }
-            c.network
-                .extend(node.quorum.take_messages().into_iter().map(|m| (0, m)));
         }
         for (_, msg) in std::mem::take(&mut c.network) {
             let node = c.nodes[msg.to as usize].as_mut().unwrap();
-            node.quorum.step(msg, c.now_ms, &node.store);
+            node.quorum.step(msg, at(c.now_ms), &node.store);
         }
     }
     for id in 0..NODES {
@@ -823,7 +845,7 @@ fn a_corrupt_committed_record_stops_applying_and_is_reported() {
     let node = c.nodes[leader].as_mut().unwrap();
     let err = node
         .quorum
-        .create_topic(&topic("z"), c.now_ms, &node.store)
+        .create_topic(&topic("z"), at(c.now_ms), &node.store)
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotController);
 }
@@ -840,7 +862,7 @@ fn a_metadata_log_with_retention_is_refused() {
         HardState::default(),
         log,
         Membership::new([0]),
-        0,
+        at(0),
         &RefCell::new(store),
     )
     .unwrap_err();
@@ -904,12 +926,14 @@ fn random_run(seed: u64) -> Stats {
                 60..=67 => q.delete_topic(TopicRef::Name(name), now, r),
                 68..=75 => q.alter_configs(
                     name,
-                    &[("retention.ms".into(), format!("{now}"))],
+                    &[("retention.ms".into(), format!("{}", now.wall_ms))],
                     &[],
                     now,
                     r,
                 ),
-                76..=83 => q.create_partitions(name, 3 + (now / TICK_MS % 3) as i32, None, now, r),
+                76..=83 => {
+                    q.create_partitions(name, 3 + (now.wall_ms / TICK_MS % 3) as i32, None, now, r)
+                }
                 _ => q.allocate_producer_ids(broker, now, r),
             });
         }

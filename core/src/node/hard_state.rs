@@ -6,8 +6,8 @@
 use std::io;
 use std::path::Path;
 
-use sluice_core::raft::HardState;
-use sluice_core::storage::{read_all, Storage, StorageFile};
+use crate::raft::HardState;
+use crate::storage::{read_all, Storage, StorageFile};
 
 const FILE: &str = "raft-state";
 const TMP_FILE: &str = "raft-state.tmp";
@@ -38,18 +38,30 @@ pub fn load<S: Storage>(storage: &S, dir: &Path) -> io::Result<HardState> {
     })
 }
 
-/// Durably replaces the stored hard state.
+/// Durably replaces the stored hard state. Blocks on two fsyncs: the shell runs it off its
+/// event loop, one at a time per replica.
 pub fn store<S: Storage>(storage: &S, dir: &Path, hs: HardState) -> io::Result<()> {
     let tmp = dir.join(TMP_FILE);
     let file = storage.open(&tmp, true)?;
     file.truncate(0)?;
-    file.append(&encode(hs))?;
+    let bytes = encode(hs);
+    file.append(&bytes)?;
+    assert_eq!(
+        file.len()?,
+        bytes.len() as u64,
+        "the hard state was written whole"
+    );
     file.sync()?;
     storage.rename(&tmp, &dir.join(FILE))?;
     storage.sync_dir(dir)
 }
 
 fn encode(hs: HardState) -> Vec<u8> {
+    assert_ne!(
+        hs.vote,
+        Some(NO_VOTE),
+        "no node has the id that stands for no vote"
+    );
     let mut out = Vec::with_capacity(BYTES);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&hs.term.to_be_bytes());
@@ -57,6 +69,12 @@ fn encode(hs: HardState) -> Vec<u8> {
     out.extend_from_slice(&hs.commit.to_be_bytes());
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_be_bytes());
+    assert_eq!(out.len(), BYTES);
+    debug_assert_eq!(
+        decode(&out),
+        Some(hs),
+        "the hard state reads back as written"
+    );
     out
 }
 
@@ -81,7 +99,7 @@ fn decode(bytes: &[u8]) -> Option<HardState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_core::testing::{CrashMode, MemStorage};
+    use crate::testing::{CrashMode, MemStorage};
 
     #[test]
     fn round_trips_survives_a_crash_and_refuses_damage() {

@@ -1,16 +1,17 @@
-//! What nodes say to each other over [`crate::rpc::Transport`]: Raft messages of every group,
-//! requests to the active controller and their answers, and partition leadership.
+//! What nodes say to each other (the node's RPC transport carries them, bincode-encoded): Raft
+//! messages of every group, requests to the active controller and their answers, and partition
+//! leadership.
 //!
 //! Every message is small and self-contained; the transport may drop any of them (Raft and the
 //! periodic senders below retry by design), so nothing here depends on delivery.
 
-use serde::{Deserialize, Serialize};
-use sluice_core::metadata::TopicId;
-use sluice_core::raft::Message;
+use crate::metadata::TopicId;
+use crate::raft::Message;
 
 /// A Raft group: the metadata quorum, or one partition (by topic id, which survives renames and
 /// tells a re-created topic from the deleted one of the same name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum GroupId {
     Metadata,
     Partition { topic_id: TopicId, partition: i32 },
@@ -18,7 +19,8 @@ pub enum GroupId {
 
 /// A request only the active controller can decide. Nodes that are not the controller send
 /// these to the node they believe leads the metadata quorum.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ControllerRequest {
     /// "I am alive": registers the broker (a new incarnation re-registers it) and keeps it
     /// unfenced. Sent every heartbeat interval.
@@ -42,7 +44,8 @@ pub enum ControllerRequest {
 }
 
 /// The controller's answer to a [`ControllerRequest`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ControllerReply {
     /// The request's records are committed (a heartbeat's or a topic's; the requester learns the
     /// rest from the metadata log).
@@ -54,7 +57,8 @@ pub enum ControllerReply {
 }
 
 /// One partition's leader as the sender knows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Leadership {
     pub topic_id: TopicId,
     pub partition: i32,
@@ -62,7 +66,8 @@ pub struct Leadership {
     pub leader: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PeerMessage {
     /// A Raft message of `group`. Its `from` must be the sending node; anything else is dropped.
     Raft {
@@ -83,11 +88,11 @@ pub enum PeerMessage {
     Leaders(Vec<Leadership>),
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "serde"))]
 mod tests {
     use super::*;
+    use crate::raft::MessageBody;
     use bincode::Options;
-    use sluice_core::raft::MessageBody;
 
     fn options() -> impl Options {
         bincode::DefaultOptions::new()

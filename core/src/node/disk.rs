@@ -1,0 +1,590 @@
+//! The node's storage effects carried out against a [`Storage`]: the one executor the real
+//! shell, the simulator and core's tests share, so all three run a node's I/O the same way.
+//!
+//! [`Disk::execute`] takes each [`StorageOp`] the node emits, in order. What only touches the
+//! page cache (appends, segment creation, truncation, index and checkpoint files, removals) is
+//! done on the spot. What blocks on the disk (group-commit fsyncs, hard-state writes, the
+//! barrier after a truncation, a cleaned segment's swap, recovery, a topic's deletion) becomes
+//! a [`Job`] for the caller to run off its event loop; [`Disk::finish`] takes the job's result
+//! back. Every op that promises the node an answer gets exactly one [`StorageDone`], also when
+//! it could not run (its log had failed, or was closed).
+//!
+//! **Order.** A log's ops run in the order given. A barrier ([`LogOp::SyncCut`]) holds every
+//! later op of its log until its job finishes; other jobs (syncs, hard states, swaps) run
+//! beside the ops after them, which is what they are designed for (a group commit covers what
+//! was written before it started).
+//!
+//! **Reads** stay synchronous ([`LogReader`]): the node reads only synced data (the high
+//! watermark never passes the synced end, Raft reads only the durable prefix, the cleaner only
+//! sealed segments below the checkpoint), which every write before it has reached; reads come
+//! from the page cache for the recent data consumers and followers ask for; and each is
+//! bounded in bytes by the request. Making them asynchronous would park and resume every
+//! fetch, Raft append and coordinator load for no gain while a read costs microseconds.
+//!
+//! **Failure.** An op that fails marks its log failed: later ops of that log are dropped (those
+//! owed an answer get a failure), and the node hears [`StorageDone::WriteFailed`] once. It then
+//! closes the log and opens a new one over the same directory, after a cut to what was durable.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::hard_state;
+use crate::log::{
+    CleanStep, LogConfig, LogOp, LogStore, PartitionLog, ReadError, ReadIo, SwapJob, SyncJob,
+    SyncRequest,
+};
+use crate::raft::HardState;
+use crate::storage::Storage;
+
+/// One opened incarnation of a log (a partition's or the metadata log). A reopened log gets a
+/// new id, so late answers about the old one are recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LogId(pub u64);
+
+impl std::fmt::Display for LogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "log#{}", self.0)
+    }
+}
+
+/// A storage effect of the node, for [`Disk::execute`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum StorageOp {
+    /// Recover the log in `dir` (after carrying out `cut`, a failed predecessor's
+    /// [`PartitionLog::failure_cut`], and making it durable) and load its hard state; answered
+    /// with [`StorageDone::Opened`].
+    Open {
+        log: LogId,
+        dir: PathBuf,
+        config: LogConfig,
+        cut: Vec<LogOp>,
+    },
+    /// One of the log's [`LogOp`]s. With `report: Some(seq)`, [`StorageDone::Written`] echoes
+    /// `seq` once it (and everything before it) reached the OS.
+    Write {
+        log: LogId,
+        op: LogOp,
+        report: Option<u64>,
+    },
+    /// A group commit; answered with [`StorageDone::Synced`].
+    Sync { log: LogId, request: SyncRequest },
+    /// Replace the log's stored Raft hard state durably; answered with
+    /// [`StorageDone::HardStateStored`].
+    StoreHardState { log: LogId, state: HardState },
+    /// A cleaning step that writes (`Begin`, `Write`, `Discard`), or the swap of a cleaned
+    /// segment (`Swap`, answered with [`StorageDone::Swapped`]).
+    Clean { log: LogId, step: CleanStep },
+    /// Drop the log's files handles; with `delete`, remove its whole directory.
+    Close { log: LogId, delete: bool },
+}
+
+impl StorageOp {
+    pub fn log(&self) -> LogId {
+        match self {
+            StorageOp::Open { log, .. }
+            | StorageOp::Write { log, .. }
+            | StorageOp::Sync { log, .. }
+            | StorageOp::StoreHardState { log, .. }
+            | StorageOp::Clean { log, .. }
+            | StorageOp::Close { log, .. } => *log,
+        }
+    }
+
+    /// The answer this op is owed when it cannot run, if any.
+    fn failed(&self, why: &str) -> Option<StorageDone> {
+        let error = Err(why.to_string());
+        match self {
+            StorageOp::Open { log, .. } => Some(StorageDone::Opened {
+                log: *log,
+                result: Err(why.to_string()),
+            }),
+            StorageOp::Sync { log, .. } => Some(StorageDone::Synced {
+                log: *log,
+                result: error,
+            }),
+            StorageOp::StoreHardState { log, .. } => Some(StorageDone::HardStateStored {
+                log: *log,
+                result: error,
+            }),
+            StorageOp::Clean {
+                log,
+                step: CleanStep::Swap { segment, .. },
+            } => Some(StorageDone::Swapped {
+                log: *log,
+                segment: *segment,
+                result: error,
+            }),
+            StorageOp::Write { .. } | StorageOp::Clean { .. } | StorageOp::Close { .. } => None,
+        }
+    }
+}
+
+/// A recovered log and its stored hard state.
+#[derive(Debug)]
+pub struct OpenedLog {
+    pub hard_state: HardState,
+    pub log: PartitionLog,
+    /// What recovery repaired, in words (the node logs them).
+    pub repairs: Vec<String>,
+}
+
+/// What the disk tells the node.
+#[derive(Debug)]
+pub enum StorageDone {
+    Opened {
+        log: LogId,
+        result: Result<OpenedLog, String>,
+    },
+    /// Every op of the log up to the one written with `report: Some(seq)` reached the OS.
+    Written { log: LogId, seq: u64 },
+    /// An op of the log failed; nothing after it ran (or will).
+    WriteFailed { log: LogId, error: String },
+    Synced {
+        log: LogId,
+        result: Result<(), String>,
+    },
+    HardStateStored {
+        log: LogId,
+        result: Result<(), String>,
+    },
+    Swapped {
+        log: LogId,
+        segment: u64,
+        result: Result<(), String>,
+    },
+}
+
+impl StorageDone {
+    pub fn log(&self) -> LogId {
+        match self {
+            StorageDone::Opened { log, .. }
+            | StorageDone::Written { log, .. }
+            | StorageDone::WriteFailed { log, .. }
+            | StorageDone::Synced { log, .. }
+            | StorageDone::HardStateStored { log, .. }
+            | StorageDone::Swapped { log, .. } => *log,
+        }
+    }
+}
+
+/// Blocking work for the caller to run off its event loop ([`Job::run`]), then hand back to
+/// [`Disk::finish`].
+pub struct Job<S: Storage> {
+    log: LogId,
+    work: Work<S>,
+}
+
+enum Work<S: Storage> {
+    Open {
+        storage: S,
+        dir: PathBuf,
+        config: LogConfig,
+        cut: Vec<LogOp>,
+    },
+    Sync(SyncJob<S>),
+    /// A [`LogOp::SyncCut`] barrier.
+    Cut(SyncJob<S>),
+    HardState {
+        storage: S,
+        dir: PathBuf,
+        state: HardState,
+    },
+    Swap {
+        segment: u64,
+        job: SwapJob<S>,
+    },
+    Delete {
+        storage: S,
+        dir: PathBuf,
+    },
+}
+
+/// A job's result.
+pub struct Finished<S: Storage> {
+    log: LogId,
+    outcome: Outcome<S>,
+}
+
+enum Outcome<S: Storage> {
+    Opened(Result<(OpenedLog, LogStore<S>), String>),
+    Synced(Result<(), String>),
+    Cut(Result<(), String>),
+    HardState(Result<(), String>),
+    Swapped(u64, Result<(), String>),
+    Deleted(Result<(), String>),
+}
+
+impl<S: Storage> Job<S> {
+    pub fn log(&self) -> LogId {
+        self.log
+    }
+
+    /// Whether the job waits on an fsync (all but recovery, which reads): a simulator's slow
+    /// disk delays these.
+    pub fn blocks_on_fsync(&self) -> bool {
+        !matches!(self.work, Work::Open { .. })
+    }
+
+    /// Does the blocking work.
+    pub fn run(self) -> Finished<S> {
+        let text = |r: io::Result<()>| r.map_err(|e| e.to_string());
+        let outcome = match self.work {
+            Work::Open {
+                storage,
+                dir,
+                config,
+                cut,
+            } => Outcome::Opened(open(storage, dir, config, cut)),
+            Work::Sync(job) => Outcome::Synced(text(job.run())),
+            Work::Cut(job) => Outcome::Cut(text(job.run())),
+            Work::HardState {
+                storage,
+                dir,
+                state,
+            } => Outcome::HardState(text(hard_state::store(&storage, &dir, state))),
+            Work::Swap { segment, job } => Outcome::Swapped(segment, text(job.run())),
+            Work::Delete { storage, dir } => Outcome::Deleted(text(delete_dir(&storage, &dir))),
+        };
+        Finished {
+            log: self.log,
+            outcome,
+        }
+    }
+}
+
+impl<S: Storage> std::fmt::Debug for Job<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.work {
+            Work::Open { .. } => "open",
+            Work::Sync(_) => "sync",
+            Work::Cut(_) => "cut",
+            Work::HardState { .. } => "hard-state",
+            Work::Swap { .. } => "swap",
+            Work::Delete { .. } => "delete",
+        };
+        write!(f, "Job({} {kind})", self.log)
+    }
+}
+
+/// Carries out a failed predecessor's cut (best effort: its storage may still fail) and makes it
+/// durable, then recovers the log and loads its hard state, bounded by the stored term: no batch
+/// can be of a term the replica never durably adopted, so a higher epoch is damage.
+fn open<S: Storage>(
+    storage: S,
+    dir: PathBuf,
+    config: LogConfig,
+    cut: Vec<LogOp>,
+) -> Result<(OpenedLog, LogStore<S>), String> {
+    let context = |e: io::Error| format!("{}: {e}", dir.display());
+    if !cut.is_empty() {
+        let (_, mut old) =
+            LogStore::open(storage.clone(), dir.clone(), config.clone()).map_err(context)?;
+        for op in cut {
+            old.apply(op).map_err(context)?;
+        }
+        storage.sync_dir(&dir).map_err(context)?;
+    }
+    let hard_state = hard_state::load(&storage, &dir).map_err(context)?;
+    let epoch_max = (hard_state != HardState::default())
+        .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
+    let (log, store) =
+        LogStore::open_bounded(storage, dir.clone(), config, epoch_max).map_err(context)?;
+    let repairs = store.repairs().to_vec();
+    Ok((
+        OpenedLog {
+            hard_state,
+            log,
+            repairs,
+        },
+        store,
+    ))
+}
+
+/// Removes a whole log directory, durably.
+fn delete_dir<S: Storage>(storage: &S, dir: &Path) -> io::Result<()> {
+    let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    storage.remove_dir_all(dir)?;
+    storage.sync_dir(&parent)
+}
+
+/// Synchronous reads of a log's stored bytes (see the module docs for why they stay so).
+pub trait LogReader {
+    fn read_at(&self, log: LogId, io: ReadIo) -> Result<Bytes, ReadError>;
+}
+
+/// One open log.
+struct OpenLog<S: Storage> {
+    /// Behind a `RefCell`: reads cache file handles, and come through `&self`.
+    store: RefCell<LogStore<S>>,
+    /// A barrier runs: later ops wait here, in order.
+    held: Option<Held>,
+    failed: bool,
+}
+
+/// What waits behind a barrier.
+struct Held {
+    ops: VecDeque<StorageOp>,
+    /// The barrier was written with `report`: answer once it completes.
+    report: Option<u64>,
+}
+
+/// The executor (see the module docs).
+pub struct Disk<S: Storage> {
+    storage: S,
+    logs: BTreeMap<LogId, OpenLog<S>>,
+}
+
+impl<S: Storage> Disk<S> {
+    pub fn new(storage: S) -> Disk<S> {
+        Disk {
+            storage,
+            logs: BTreeMap::new(),
+        }
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Carries out `op` (or holds it behind its log's barrier). Answers for the node go to
+    /// `done`, blocking work to `jobs`.
+    pub fn execute(&mut self, op: StorageOp, done: &mut Vec<StorageDone>, jobs: &mut Vec<Job<S>>) {
+        let log = op.log();
+        if let StorageOp::Open {
+            dir, config, cut, ..
+        } = op
+        {
+            assert!(!self.logs.contains_key(&log), "{log} opened twice");
+            jobs.push(Job {
+                log,
+                work: Work::Open {
+                    storage: self.storage.clone(),
+                    dir,
+                    config,
+                    cut,
+                },
+            });
+            return;
+        }
+        let Some(state) = self.logs.get_mut(&log) else {
+            // Closed (or never opened): answer what is owed.
+            done.extend(op.failed(&format!("{log} is not open")));
+            return;
+        };
+        if let Some(held) = &mut state.held {
+            if !matches!(op, StorageOp::Close { .. }) {
+                held.ops.push_back(op);
+                return;
+            }
+        }
+        self.run(op, done, jobs);
+    }
+
+    /// Takes back a finished job: its answer, and whatever its log held behind it.
+    pub fn finish(
+        &mut self,
+        finished: Finished<S>,
+        done: &mut Vec<StorageDone>,
+        jobs: &mut Vec<Job<S>>,
+    ) {
+        let log = finished.log;
+        match finished.outcome {
+            Outcome::Opened(result) => {
+                let result = result.map(|(opened, store)| {
+                    let previous = self.logs.insert(
+                        log,
+                        OpenLog {
+                            store: RefCell::new(store),
+                            held: None,
+                            failed: false,
+                        },
+                    );
+                    assert!(previous.is_none(), "{log} opened twice");
+                    opened
+                });
+                done.push(StorageDone::Opened { log, result });
+            }
+            Outcome::Synced(result) => done.push(StorageDone::Synced { log, result }),
+            Outcome::HardState(result) => done.push(StorageDone::HardStateStored { log, result }),
+            Outcome::Swapped(segment, result) => {
+                let result = match (result, self.logs.get(&log)) {
+                    (Ok(()), Some(state)) => state
+                        .store
+                        .borrow_mut()
+                        .on_swapped(segment)
+                        .map_err(|e| e.to_string()),
+                    (result, _) => result,
+                };
+                done.push(StorageDone::Swapped {
+                    log,
+                    segment,
+                    result,
+                });
+            }
+            Outcome::Deleted(result) => {
+                if let Err(e) = result {
+                    // The log is gone from the node either way; only its files are left over.
+                    done.push(StorageDone::WriteFailed {
+                        log,
+                        error: format!("removing the log's directory: {e}"),
+                    });
+                }
+            }
+            Outcome::Cut(result) => {
+                let Some(state) = self.logs.get_mut(&log) else {
+                    return;
+                };
+                let held = state.held.take().expect("a barrier holds its log");
+                match result {
+                    Ok(()) => {
+                        if let Some(seq) = held.report {
+                            done.push(StorageDone::Written { log, seq });
+                        }
+                        for op in held.ops {
+                            self.execute(op, done, jobs);
+                        }
+                    }
+                    Err(e) => {
+                        state.failed = true;
+                        done.push(StorageDone::WriteFailed { log, error: e });
+                        done.extend(held.ops.iter().filter_map(|op| op.failed("the log failed")));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `op` now (its log is open and not held).
+    fn run(&mut self, op: StorageOp, done: &mut Vec<StorageDone>, jobs: &mut Vec<Job<S>>) {
+        let log = op.log();
+        let state = self.logs.get_mut(&log).expect("checked by execute");
+        if state.failed {
+            if let StorageOp::Close { delete, .. } = op {
+                self.close(log, delete, jobs);
+            } else {
+                done.extend(op.failed("the log failed"));
+            }
+            return;
+        }
+        let store = state.store.get_mut();
+        let result: io::Result<()> = match op {
+            StorageOp::Open { .. } => unreachable!("handled by execute"),
+            StorageOp::Write {
+                op: LogOp::SyncCut { segment, dir },
+                report,
+                ..
+            } => store.sync_cut_job(segment, dir).map(|job| {
+                state.held = Some(Held {
+                    ops: VecDeque::new(),
+                    report,
+                });
+                jobs.push(Job {
+                    log,
+                    work: Work::Cut(job),
+                });
+            }),
+            StorageOp::Write { op, report, .. } => {
+                let result = store.apply(op);
+                if let (Ok(()), Some(seq)) = (&result, report) {
+                    done.push(StorageDone::Written { log, seq });
+                }
+                result
+            }
+            StorageOp::Sync { request, .. } => {
+                match store.sync_job(&request) {
+                    Ok(job) => jobs.push(Job {
+                        log,
+                        work: Work::Sync(job),
+                    }),
+                    Err(e) => done.push(StorageDone::Synced {
+                        log,
+                        result: Err(e.to_string()),
+                    }),
+                }
+                Ok(())
+            }
+            StorageOp::StoreHardState { state: hs, .. } => {
+                jobs.push(Job {
+                    log,
+                    work: Work::HardState {
+                        storage: self.storage.clone(),
+                        dir: store.dir().to_path_buf(),
+                        state: hs,
+                    },
+                });
+                Ok(())
+            }
+            StorageOp::Clean {
+                step:
+                    CleanStep::Swap {
+                        segment,
+                        offset_index,
+                        time_index,
+                    },
+                ..
+            } => {
+                match store.swap_job(segment, offset_index, time_index) {
+                    Ok(job) => jobs.push(Job {
+                        log,
+                        work: Work::Swap { segment, job },
+                    }),
+                    Err(e) => done.push(StorageDone::Swapped {
+                        log,
+                        segment,
+                        result: Err(e.to_string()),
+                    }),
+                }
+                Ok(())
+            }
+            StorageOp::Clean { step, .. } => store.clean_write(&step).map(|_| ()),
+            StorageOp::Close { delete, .. } => {
+                self.close(log, delete, jobs);
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            if let Some(state) = self.logs.get_mut(&log) {
+                state.failed = true;
+            }
+            done.push(StorageDone::WriteFailed {
+                log,
+                error: e.to_string(),
+            });
+        }
+    }
+
+    fn close(&mut self, log: LogId, delete: bool, jobs: &mut Vec<Job<S>>) {
+        let Some(state) = self.logs.remove(&log) else {
+            return;
+        };
+        let dir = state.store.borrow().dir().to_path_buf();
+        drop(state);
+        if delete {
+            jobs.push(Job {
+                log,
+                work: Work::Delete {
+                    storage: self.storage.clone(),
+                    dir,
+                },
+            });
+        }
+    }
+
+    /// Whether `log` is open here.
+    pub fn is_open(&self, log: LogId) -> bool {
+        self.logs.contains_key(&log)
+    }
+}
+
+impl<S: Storage> LogReader for Disk<S> {
+    fn read_at(&self, log: LogId, io: ReadIo) -> Result<Bytes, ReadError> {
+        match self.logs.get(&log) {
+            Some(state) if !state.failed => state.store.borrow_mut().read_io(io),
+            _ => Err(ReadError::StorageFailed),
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Produce: validate and append each partition's batch on its leader, then answer at once
+//! (acks=0 gets nothing, a retried duplicate is answered with its original offsets), once the
+//! batch reached the OS (acks=1), or once it is committed on a majority that fsynced it
+//! (acks=all).
+
+use bytes::BytesMut;
+
+use super::api::{ProduceRequest, ProducedPartition, Reply, RequestId, TopicKey};
+use super::disk::{LogId, LogReader};
+use super::partitions::report_write;
+use super::{Node, TopicPartition, View};
+use crate::group::OFFSETS_TOPIC;
+use crate::planted::Bug;
+use crate::replica::Proposed;
+use crate::time::Instant;
+use crate::ErrorCode;
+
+/// What a partition of a produce waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// acks=1: the write with this sequence number reached the OS.
+    Written { log: LogId, seq: u64 },
+    /// acks=all: the batch is committed.
+    Committed(Proposed),
+}
+
+/// A produce reply waiting on its partitions.
+pub(super) struct ProduceWaiter {
+    request: RequestId,
+    reply: Vec<(TopicKey, Vec<ProducedPartition>)>,
+    /// (partition, what it waits for, index of the topic and partition in the reply).
+    waits: Vec<(TopicPartition, Wait, usize, usize)>,
+    pub deadline: Instant,
+}
+
+impl Node {
+    pub(super) fn produce(
+        &mut self,
+        request: RequestId,
+        produce: ProduceRequest,
+        disk: &impl LogReader,
+    ) {
+        let acks = produce.acks;
+        let mut reply = Vec::with_capacity(produce.topics.len());
+        let mut waits = Vec::new();
+        for (t, (key, partitions)) in produce.topics.into_iter().enumerate() {
+            let name = match &key {
+                TopicKey::Name(name) => Some(name.clone()),
+                TopicKey::Id(id) => self.topic_ids.get(id).cloned(),
+            };
+            let mut results = Vec::with_capacity(partitions.len());
+            for (p, (partition, records)) in partitions.into_iter().enumerate() {
+                let mut result = ProducedPartition {
+                    partition,
+                    error: ErrorCode::None,
+                    message: None,
+                    base_offset: -1,
+                    log_start_offset: -1,
+                };
+                let outcome = if !matches!(acks, -1..=1) {
+                    Err((
+                        ErrorCode::InvalidRequiredAcks,
+                        format!("acks must be -1, 0 or 1, not {acks}"),
+                    ))
+                } else if produce.transactional {
+                    Err((
+                        ErrorCode::InvalidRequest,
+                        "transactions are not supported yet".to_string(),
+                    ))
+                } else {
+                    match &name {
+                        None => Err((
+                            ErrorCode::UnknownTopicId,
+                            format!("unknown topic id {key:?}"),
+                        )),
+                        Some(name) if name == OFFSETS_TOPIC => Err((
+                            ErrorCode::InvalidTopicException,
+                            format!("{name} is internal: only group coordinators write to it"),
+                        )),
+                        Some(name) => {
+                            let tp = TopicPartition::new(name.clone(), partition);
+                            self.append(&tp, records, disk).map(|a| (tp, a))
+                        }
+                    }
+                };
+                match outcome {
+                    Ok((tp, appended)) => {
+                        result.base_offset = appended.proposed.base_offset as i64;
+                        result.log_start_offset = appended.log_start_offset as i64;
+                        let early = self.config.planted.is(Bug::AckBeforeFsync);
+                        let wait = match acks {
+                            -1 if !appended.committed && !early => {
+                                Some(Wait::Committed(appended.proposed))
+                            }
+                            1 => appended.write.map(|(log, seq)| Wait::Written { log, seq }),
+                            _ => None,
+                        };
+                        if let Some(wait) = wait {
+                            waits.push((tp, wait, t, p));
+                        }
+                    }
+                    Err((code, message)) => {
+                        result.error = code;
+                        result.message = Some(message);
+                    }
+                }
+                results.push(result);
+            }
+            reply.push((key, results));
+        }
+        if acks == 0 {
+            return;
+        }
+        if waits.is_empty() {
+            self.reply(request, Reply::Produce(reply));
+            return;
+        }
+        let timeout_ms = u64::try_from(produce.timeout_ms).unwrap_or(0).max(1);
+        self.produce_waiters.push(ProduceWaiter {
+            request,
+            reply,
+            waits,
+            deadline: self.deadline_after(timeout_ms),
+        });
+    }
+
+    /// Appends one partition's batch on its leader (a client's, or a group coordinator's
+    /// records).
+    pub(super) fn append(
+        &mut self,
+        tp: &TopicPartition,
+        records: Option<bytes::Bytes>,
+        disk: &impl LogReader,
+    ) -> Result<Appended, (ErrorCode, String)> {
+        let wall_ms = self.now.wall_ms;
+        let missing = self.missing_partition_error(tp);
+        let Some(slot) = self.partitions.get_mut(tp) else {
+            return Err((missing, format!("{tp}: {missing:?} on this broker")));
+        };
+        let log = slot.log();
+        let Some(h) = slot.hosted_mut() else {
+            return Err((
+                ErrorCode::NotLeaderOrFollower,
+                format!("{tp} is opening on this broker"),
+            ));
+        };
+        let Some(records) = records else {
+            return Err((ErrorCode::CorruptMessage, "no records".to_string()));
+        };
+        // Usually the only reference to this buffer, so no copy; the log rewrites base offsets.
+        let records = records
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        let proposed = h
+            .machine
+            .produce(records, wall_ms, &View { disk, log })
+            .map_err(|code| {
+                tracing::debug!(%tp, "produce rejected: {code:?}");
+                (code, format!("{code:?}"))
+            })?;
+        let log_start_offset = h.machine.log().log_start_offset();
+        let committed = h.machine.is_committed(&proposed) == Some(true);
+        // Pipelined: the append leaves for the followers in this same drain.
+        let last_write = self.after_partition_input(tp, disk);
+        let write = last_write.map(|(at, seq)| (log, report_write(&mut self.outputs, at, seq)));
+        assert!(
+            proposed.duplicate || write.is_some(),
+            "{tp}: a new batch was written"
+        );
+        Ok(Appended {
+            proposed,
+            log_start_offset,
+            committed,
+            write,
+        })
+    }
+
+    /// Answers produce waiters whose partitions are all done, and times out the rest.
+    pub(super) fn answer_produce_waiters(&mut self) {
+        if self.produce_waiters.is_empty() {
+            return;
+        }
+        let now = self.now.instant;
+        let waiters = std::mem::take(&mut self.produce_waiters);
+        for mut waiter in waiters {
+            let states: Vec<Option<Result<(), ErrorCode>>> = waiter
+                .waits
+                .iter()
+                .map(|(tp, wait, _, _)| self.wait_state(tp, wait))
+                .collect();
+            let done = states.iter().all(Option::is_some);
+            if !done && now < waiter.deadline {
+                self.produce_waiters.push(waiter);
+                continue;
+            }
+            for ((_, _, t, p), state) in waiter.waits.iter().zip(states) {
+                let code = match state {
+                    Some(Ok(())) => continue,
+                    Some(Err(code)) => code,
+                    None => ErrorCode::RequestTimedOut,
+                };
+                let r = &mut waiter.reply[*t].1[*p];
+                r.error = code;
+                r.base_offset = -1;
+            }
+            self.reply(waiter.request, Reply::Produce(waiter.reply));
+        }
+    }
+
+    /// Whether a partition's wait is over: `Some(Ok)` done, `Some(Err)` failed for good, `None`
+    /// still waiting.
+    fn wait_state(&self, tp: &TopicPartition, wait: &Wait) -> Option<Result<(), ErrorCode>> {
+        let Some(slot) = self.partitions.get(tp) else {
+            return Some(Err(ErrorCode::UnknownTopicOrPartition));
+        };
+        match wait {
+            Wait::Written { log, seq } => {
+                if slot.log() != *log {
+                    // Reopened: the write may not have survived.
+                    return Some(Err(ErrorCode::KafkaStorageError));
+                }
+                let h = slot.hosted()?;
+                (h.written >= *seq).then_some(Ok(()))
+            }
+            Wait::Committed(proposed) => match slot.replica()?.is_committed(proposed) {
+                Some(true) => Some(Ok(())),
+                // Cut by a new leader: never committed, so the producer may retry.
+                Some(false) => Some(Err(ErrorCode::NotLeaderOrFollower)),
+                None => None,
+            },
+        }
+    }
+
+    /// Fails the waits on one partition (its storage failed, or it was deleted).
+    pub(super) fn fail_produce_waiters(&mut self, tp: &TopicPartition, code: ErrorCode) {
+        let now = self.now.instant;
+        for waiter in &mut self.produce_waiters {
+            let mut hit = false;
+            waiter.waits.retain(|(wtp, _, t, p)| {
+                if wtp != tp {
+                    return true;
+                }
+                let r = &mut waiter.reply[*t].1[*p];
+                r.error = code;
+                r.base_offset = -1;
+                hit = true;
+                false
+            });
+            if hit && waiter.waits.is_empty() {
+                // Answered by the next pass (nothing left to wait for).
+                waiter.deadline = now;
+            }
+        }
+    }
+}
+
+/// A batch in the log.
+pub(super) struct Appended {
+    pub proposed: Proposed,
+    pub log_start_offset: u64,
+    /// Committed already (a duplicate of a committed batch, or a group of one that synced).
+    pub committed: bool,
+    /// The write that carries it and its sequence number (none for a duplicate).
+    pub write: Option<(LogId, u64)>,
+}
