@@ -63,6 +63,12 @@ impl Groups {
         self.next
     }
 
+    /// No DeleteGroups is being gathered (tests).
+    #[cfg(test)]
+    pub fn check_gathers_empty(&self) -> bool {
+        self.gathers.is_empty() && self.parents.is_empty()
+    }
+
     pub fn check_invariants(&self) {
         for slot in self.coordinators.values() {
             slot.coordinator.check_invariants();
@@ -78,6 +84,25 @@ impl Groups {
                 "a gather answers a request"
             );
         }
+    }
+}
+
+/// Kafka's mapping of an append error of `__consumer_offsets` to what the group coordinator
+/// answers (`GroupMetadataManager`): the client looks for the coordinator again, retries, or
+/// gives up.
+pub(super) fn coordinator_error(append: ErrorCode) -> ErrorCode {
+    match append {
+        // A storage failure reopens the partition: this node stops coordinating it for now.
+        ErrorCode::NotLeaderOrFollower
+        | ErrorCode::UnknownTopicOrPartition
+        | ErrorCode::KafkaStorageError => ErrorCode::NotCoordinator,
+        ErrorCode::MessageTooLarge | ErrorCode::RecordListTooLarge => {
+            ErrorCode::InvalidCommitOffsetSize
+        }
+        ErrorCode::NotEnoughReplicas | ErrorCode::RequestTimedOut => {
+            ErrorCode::CoordinatorNotAvailable
+        }
+        _ => ErrorCode::UnknownServerError,
     }
 }
 
@@ -673,19 +698,7 @@ impl Node {
         let tp = TopicPartition::new(OFFSETS_TOPIC, partition);
         match self.append(&tp, Some(batch), disk) {
             Ok(appended) => Ok(appended.proposed.base_offset + count - 1),
-            // Kafka's mapping of append errors for the group coordinator.
-            Err((code, _)) => Err(match code {
-                ErrorCode::NotLeaderOrFollower | ErrorCode::UnknownTopicOrPartition => {
-                    ErrorCode::NotCoordinator
-                }
-                ErrorCode::MessageTooLarge | ErrorCode::RecordListTooLarge => {
-                    ErrorCode::InvalidCommitOffsetSize
-                }
-                ErrorCode::NotEnoughReplicas | ErrorCode::RequestTimedOut => {
-                    ErrorCode::CoordinatorNotAvailable
-                }
-                _ => ErrorCode::UnknownServerError,
-            }),
+            Err((code, _)) => Err(coordinator_error(code)),
         }
     }
 

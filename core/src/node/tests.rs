@@ -1131,3 +1131,292 @@ proptest! {
         }
     }
 }
+
+// ---- Decisions that moved from the shell into the node -----------------------------------------
+
+fn init(producer_id: i64, producer_epoch: i16, transactional: bool) -> Request {
+    Request::InitProducerId(InitProducerIdRequest {
+        transactional_id: transactional.then(|| "tx".to_string()),
+        producer_id,
+        producer_epoch,
+    })
+}
+
+fn producer_id(reply: Reply) -> ProducerIdReply {
+    let Reply::InitProducerId(p) = reply else {
+        panic!("not an InitProducerId reply: {reply:?}")
+    };
+    p
+}
+
+/// New producers get ids from the block the controller allocated to the node, one after the
+/// other; a known id asking again gets its epoch bumped (KIP-360); an id the cluster never
+/// handed out is refused; a transactional id is refused until transactions exist.
+#[test]
+fn producer_ids_come_from_blocks_and_known_ids_get_their_epoch_bumped() {
+    let mut c = Cluster::new(1, 11);
+    c.wait_ready();
+    let first = producer_id(c.call(0, init(-1, -1, false)));
+    assert_eq!((first.error, first.producer_epoch), (ErrorCode::None, 0));
+    let second = producer_id(c.call(0, init(-1, -1, false)));
+    assert_eq!(
+        second.producer_id,
+        first.producer_id + 1,
+        "the next id of the block"
+    );
+    let bumped = producer_id(c.call(0, init(first.producer_id, 3, false)));
+    assert_eq!(
+        (bumped.error, bumped.producer_id, bumped.producer_epoch),
+        (ErrorCode::None, first.producer_id, 4)
+    );
+    let unknown = producer_id(c.call(0, init(first.producer_id + 1_000_000, 0, false)));
+    assert_eq!(unknown.error, ErrorCode::InvalidProducerEpoch);
+    let tx = producer_id(c.call(0, init(-1, -1, true)));
+    assert_eq!(tx.error, ErrorCode::TransactionalIdAuthorizationFailed);
+}
+
+/// A node that does not host a partition learns its leader from the leader's announcement, and a
+/// stale announcement (an older term) does not override a newer one.
+#[test]
+fn leadership_announcements_keep_the_latest_term() {
+    let mut c = Cluster::new(3, 12);
+    c.wait_ready();
+    let controller = c.controller();
+    let Reply::CreateTopics(r) = c.call(
+        controller,
+        Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![NewTopic {
+                name: "solo".into(),
+                num_partitions: 1,
+                replication_factor: 1,
+                assignment: None,
+                configs: vec![],
+            }],
+            validate_only: false,
+            timeout_ms: 5_000,
+        }),
+    ) else {
+        unreachable!()
+    };
+    assert_eq!(r[0].error, ErrorCode::None);
+    let topic_id = r[0].topic_id;
+    let mut leader = None;
+    for _ in 0..300 {
+        c.advance(20);
+        leader = c.leader_of("solo", 0);
+        if leader.is_some() {
+            break;
+        }
+    }
+    let leader = leader.expect("the single replica leads") as u64;
+    let other = (0..3).find(|n| *n != leader).unwrap() as usize;
+    assert!(
+        !c.host(other)
+            .node
+            .partitions
+            .contains_key(&TopicPartition::new("solo", 0)),
+        "node {other} does not host the partition"
+    );
+    let term = c.host(other).node.cluster.leaders[&(topic_id, 0)].0;
+    let stale_leader = (0..3).find(|n| *n != leader && *n != other as u64).unwrap();
+    let now = c.now;
+    let h = c.host(other);
+    h.node.handle(
+        now,
+        Input::Peer {
+            from: stale_leader,
+            message: PeerMessage::Leaders(vec![Leadership {
+                topic_id,
+                partition: 0,
+                term: term.saturating_sub(1),
+                leader: stale_leader,
+            }]),
+        },
+        &h.disk,
+    );
+    assert_eq!(
+        h.node.cluster.leaders[&(topic_id, 0)],
+        (term, leader),
+        "the stale one is ignored"
+    );
+    h.node.handle(
+        now,
+        Input::Peer {
+            from: stale_leader,
+            message: PeerMessage::Leaders(vec![Leadership {
+                topic_id,
+                partition: 0,
+                term: term + 1,
+                leader: stale_leader,
+            }]),
+        },
+        &h.disk,
+    );
+    assert_eq!(
+        h.node.cluster.leaders[&(topic_id, 0)],
+        (term + 1, stale_leader)
+    );
+}
+
+/// DeleteGroups for groups of two `__consumer_offsets` partitions goes to both coordinators and
+/// comes back as one answer; a group with members is refused with NON_EMPTY_GROUP.
+#[test]
+fn delete_groups_fans_out_over_coordinators_and_gathers_one_answer() {
+    let mut c = Cluster::new(1, 13);
+    c.wait_ready();
+    // Two groups on different partitions of the 2-partition offsets topic.
+    let a = "a".to_string();
+    let b = (0..100)
+        .map(|i| format!("g{i}"))
+        .find(|g| crate::group::partition_for(g, 2) != crate::group::partition_for(&a, 2))
+        .unwrap();
+    for g in [&a, &b] {
+        // FindCoordinator creates the offsets topic on first use.
+        for attempt in 0.. {
+            assert!(attempt < 200, "no coordinator for {g}");
+            let Reply::FindCoordinator(found) = c.call(
+                0,
+                Request::FindCoordinator(FindCoordinatorRequest {
+                    key_type: 0,
+                    keys: vec![g.clone()],
+                }),
+            ) else {
+                unreachable!()
+            };
+            if found[0].1.is_ok() {
+                break;
+            }
+            c.advance(50);
+        }
+        for attempt in 0.. {
+            assert!(attempt < 200, "the commit of {g} never succeeded");
+            let Reply::OffsetCommit(r) = c.call(
+                0,
+                Request::OffsetCommit(CommitRequest {
+                    group_id: g.clone(),
+                    generation: -1,
+                    member_id: String::new(),
+                    instance_id: None,
+                    partitions: vec![CommitPartition {
+                        topic: "t".into(),
+                        partition: 0,
+                        offset: 1,
+                        leader_epoch: -1,
+                        metadata: None,
+                    }],
+                }),
+            ) else {
+                unreachable!()
+            };
+            match r[0].2 {
+                ErrorCode::None => break,
+                ErrorCode::CoordinatorNotAvailable
+                | ErrorCode::CoordinatorLoadInProgress
+                | ErrorCode::NotCoordinator => c.advance(50),
+                other => panic!("commit: {other:?}"),
+            }
+        }
+    }
+    let Reply::DeleteGroups(mut results) = c.call(
+        0,
+        Request::DeleteGroups(vec![a.clone(), b.clone(), "unknown".into()]),
+    ) else {
+        unreachable!()
+    };
+    results.sort();
+    let mut expected = vec![
+        (a.clone(), ErrorCode::None),
+        (b.clone(), ErrorCode::None),
+        ("unknown".to_string(), ErrorCode::GroupIdNotFound),
+    ];
+    expected.sort();
+    assert_eq!(results, expected);
+    assert!(
+        c.host(0).node.groups.check_gathers_empty(),
+        "the gather is gone once answered"
+    );
+}
+
+/// One heartbeat to the controller in flight at a time, given up at the next one's time: a
+/// restarted node (a new incarnation, unregistered, so it heartbeats every tick) that cannot
+/// reach the controller never has two waiting, serves no client, and registers once the link
+/// heals.
+#[test]
+fn a_node_has_one_heartbeat_in_flight_and_registers_after_a_cut_heals() {
+    let mut c = Cluster::new(3, 14);
+    c.wait_ready();
+    let controller = c.controller() as u64;
+    let other = (0..3u64).find(|n| *n != controller).unwrap();
+    c.cut.push((other, controller));
+    c.crash(other as usize, CrashMode::Clean);
+    let mut tried = 0;
+    for _ in 0..300 {
+        c.advance(10);
+        let h = c.host(other as usize);
+        let heartbeats = h
+            .node
+            .cluster
+            .calls
+            .values()
+            .filter(|call| matches!(call.request, ControllerRequest::Heartbeat { .. }))
+            .count();
+        assert!(heartbeats <= 1, "{heartbeats} heartbeats in flight");
+        tried += heartbeats;
+        assert!(
+            !h.ready,
+            "a node the controller never heard from serves clients"
+        );
+    }
+    assert!(tried > 0, "the restarted node tried to heartbeat");
+    c.cut.clear();
+    for _ in 0..500 {
+        if c.host(other as usize).ready {
+            return;
+        }
+        c.advance(10);
+    }
+    panic!("node {other} never registered after the heal");
+}
+
+/// The internal offsets topic is written only by coordinators; acks outside -1, 0, 1 are refused.
+#[test]
+fn produce_refuses_the_internal_topic_and_unknown_acks() {
+    let mut c = Cluster::new(1, 15);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let internal = produced(c.call(0, produce("__consumer_offsets", 0, -1, records(&[b"x"], 0))));
+    assert_eq!(internal.error, ErrorCode::InvalidTopicException);
+    let acks = produced(c.call(0, produce("t", 0, 2, records(&[b"x"], 0))));
+    assert_eq!(acks.error, ErrorCode::InvalidRequiredAcks);
+    let missing = produced(c.call(0, produce("t", 7, 1, records(&[b"x"], 0))));
+    assert_eq!(missing.error, ErrorCode::UnknownTopicOrPartition);
+}
+
+#[test]
+fn the_coordinator_maps_offsets_append_errors_as_kafka_does() {
+    use super::groups::coordinator_error;
+    assert_eq!(
+        coordinator_error(ErrorCode::NotLeaderOrFollower),
+        ErrorCode::NotCoordinator
+    );
+    assert_eq!(
+        coordinator_error(ErrorCode::UnknownTopicOrPartition),
+        ErrorCode::NotCoordinator
+    );
+    assert_eq!(
+        coordinator_error(ErrorCode::MessageTooLarge),
+        ErrorCode::InvalidCommitOffsetSize
+    );
+    assert_eq!(
+        coordinator_error(ErrorCode::RequestTimedOut),
+        ErrorCode::CoordinatorNotAvailable
+    );
+    assert_eq!(
+        coordinator_error(ErrorCode::KafkaStorageError),
+        ErrorCode::NotCoordinator
+    );
+    assert_eq!(
+        coordinator_error(ErrorCode::CorruptMessage),
+        ErrorCode::UnknownServerError
+    );
+}
