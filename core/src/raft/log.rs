@@ -157,9 +157,21 @@ impl LogMeta {
             self.term_runs.push((index, term));
         }
         self.last_index = last;
+        let is_membership = membership.is_some();
         if let Some(membership) = membership {
             self.configs.push((index, membership));
         }
+        // The entry reads back: its first index in a run of its term (so both its ends are: an
+        // entry never straddles two runs), and a membership entry in force from its index.
+        assert_eq!(
+            self.term(index),
+            Some(term),
+            "the pushed entry is in one run"
+        );
+        assert!(
+            !is_membership || self.membership_index() == index,
+            "a pushed membership entry is in force"
+        );
         Ok(())
     }
 
@@ -191,6 +203,7 @@ impl LogMeta {
             return Some(self.snapshot.term);
         }
         let after = self.term_runs.partition_point(|run| run.0 <= index);
+        assert!(after >= 1, "term runs start at the log start");
         Some(self.term_runs[after - 1].1)
     }
 
@@ -208,6 +221,11 @@ impl LogMeta {
 
     /// The membership in force at `index` (at or after the snapshot boundary).
     pub fn membership_at(&self, index: u64) -> &Membership {
+        // Configurations before the boundary were dropped with the entries that held them.
+        assert!(
+            index >= self.snapshot.index,
+            "membership asked below the log start"
+        );
         let after = self.configs.partition_point(|c| c.0 <= index);
         if after == 0 {
             &self.snapshot.membership
@@ -238,7 +256,14 @@ impl LogMeta {
             return index;
         }
         let after = self.term_runs.partition_point(|run| run.0 <= index);
-        self.term_runs[after - 1].0 - 1
+        let end = self.term_runs[after - 1].0 - 1;
+        // The run containing `index` starts after the boundary, at or before `index`.
+        assert!(
+            end >= self.snapshot.index && end < index,
+            "a known end lies between the log start and the index"
+        );
+        debug_assert!(self.is_known_end(end), "the end of a run is a known end");
+        end
     }
 
     /// The largest index `<= index` whose term is `<= term`: where a log that disagrees at
@@ -254,6 +279,16 @@ impl LogMeta {
                 continue;
             }
             if run_term <= term {
+                // The contract a leader relies on to skip back a whole term: at most `index`,
+                // still in the log, with a term no later than the one asked about.
+                assert!(
+                    at <= index && at > self.snapshot.index,
+                    "a conflict hint lies in the log, at or before the index asked"
+                );
+                debug_assert!(
+                    self.term(at).is_some_and(|t| t <= term),
+                    "a conflict hint's term is at most the one asked"
+                );
                 return Some(at);
             }
             at = first - 1;
@@ -273,11 +308,20 @@ impl LogMeta {
             self.configs.pop();
         }
         self.last_index = index - 1;
+        // Cutting above the boundary leaves runs exactly when entries remain: the first run
+        // starts at `snapshot.index + 1` and goes only if the cut is there.
+        assert_eq!(
+            self.term_runs.is_empty(),
+            self.last_index == self.snapshot.index,
+            "term runs cover exactly the entries left"
+        );
     }
 
     /// Moves the log start boundary to just after `index`.
     fn compact_to(&mut self, index: u64) {
         assert!(self.snapshot.index <= index && index <= self.last_index);
+        let (last_index, last_term) = (self.last_index, self.last_term());
+        let membership_index = self.membership_index();
         let term = self.term(index).expect("index in the log");
         let membership = self.membership_at(index).clone();
         if index == self.last_index {
@@ -294,6 +338,18 @@ impl LogMeta {
             term,
             membership,
         };
+        // Compaction moves the start only: the end of the log, its last term and the
+        // configuration in force are what they were.
+        assert_eq!(
+            (self.last_index, self.last_term()),
+            (last_index, last_term),
+            "compaction changed the end of the log"
+        );
+        assert_eq!(
+            self.membership_index(),
+            membership_index.max(index),
+            "compaction changed the configuration in force"
+        );
     }
 
     pub fn check_invariants(&self) {
@@ -408,6 +464,8 @@ impl RaftLog {
             return None;
         }
         let at = self.cache.partition_point(|e| e.last < index);
+        // The cache is contiguous, so the first entry ending at or after `index` holds it.
+        assert!(self.cache[at].index <= index, "a gap in the entry cache");
         Some(self.cache[at].last == index)
     }
 
@@ -419,10 +477,13 @@ impl RaftLog {
         }
         let from_runs = self.meta.known_end_at_or_before(index);
         let cached = self.cache.partition_point(|e| e.last <= index);
-        match cached {
+        let end = match cached {
             0 => from_runs,
             n => from_runs.max(self.cache[n - 1].last),
-        }
+        };
+        assert!(end < index, "the known end before an index is not below it");
+        debug_assert_eq!(self.is_end(end), Some(true), "a known end is an end");
+        end
     }
 
     /// Entries in the cache that start above `index`. For a leader and its commit index: every
@@ -444,11 +505,25 @@ impl RaftLog {
             .expect("validated entry");
         self.cache_bytes += entry.size_bytes();
         self.cache.push_back(entry);
+        // Until a write hands it out the entry exists only here, so it must stay cached.
+        assert!(
+            self.written_index < self.meta.last_index(),
+            "a new entry waits for a write"
+        );
+        assert_eq!(
+            self.cache.back().map(|e| e.last),
+            Some(self.meta.last_index()),
+            "the cache ends where the log ends"
+        );
     }
 
     /// Drops entries `index..` (a follower's divergent suffix). `index` is the first index of an
     /// entry; the caller knows this by log matching, and the cache checks it where it can.
     pub(super) fn truncate_from(&mut self, index: u64) {
+        assert!(
+            index <= self.meta.last_index(),
+            "truncating beyond the end of the log"
+        );
         assert_ne!(
             self.is_end(index - 1),
             Some(false),
@@ -464,6 +539,16 @@ impl RaftLog {
             self.written_index = index - 1;
         }
         self.clamp_durable(index - 1);
+        // The cut suffix no longer counts as handed out or durable: the next write deletes it
+        // from storage before it writes anything after it.
+        assert!(
+            self.written_index < index && self.persisted_index < index,
+            "a truncated entry still counts as written or durable"
+        );
+        assert!(
+            self.cache.back().is_none_or(|e| e.last + 1 == index),
+            "the cache ends where the log now ends"
+        );
     }
 
     /// Replaces the whole log with a snapshot (a follower too far behind the leader's log start).
@@ -476,6 +561,11 @@ impl RaftLog {
         self.written_index = index;
         self.pending_snapshot = Some(Box::new(snapshot));
         self.clamp_durable(index);
+        assert_eq!(
+            (self.meta.first_index(), self.meta.last_index()),
+            (index + 1, index),
+            "the log is empty after the installed snapshot"
+        );
     }
 
     /// The host dropped entries up to `index`, which are durable and applied, and `index` ends
@@ -495,10 +585,21 @@ impl RaftLog {
             let e = self.cache.pop_front().expect("non-empty");
             self.cache_bytes -= e.size_bytes();
         }
+        // `index` ends an entry, so no cached entry straddles the new log start.
+        assert!(
+            self.cache_first() > index,
+            "a cached entry straddles the log start"
+        );
     }
 
     /// Nothing stored may be trusted to equal this log beyond `index` until a later write syncs.
     fn clamp_durable(&mut self, index: u64) {
+        // Both callers (truncation and snapshot install) have just cut the log to end here.
+        assert_eq!(
+            index,
+            self.meta.last_index(),
+            "durability is clamped to the new end of the log"
+        );
         self.persisted_index = self.persisted_index.min(index);
         for (_, last) in self.unsynced.iter_mut() {
             *last = (*last).min(index);
@@ -524,13 +625,36 @@ impl RaftLog {
             .cloned()
             .collect();
         debug_assert!(entries.first().is_none_or(|e| e.index == first));
-        self.written_index = self.meta.last_index();
-        self.unsynced.push_back((seq, self.meta.last_index()));
-        WriteParts {
+        let last = self.meta.last_index();
+        // Everything above the written index is cached (it is above the persisted index), so
+        // one write carries every unwritten entry, and successive writes tile the log.
+        assert!(
+            entries.last().map_or(first > last, |e| e.last == last),
+            "a write leaves unwritten entries behind"
+        );
+        self.written_index = last;
+        self.unsynced.push_back((seq, last));
+        let parts = WriteParts {
             snapshot: self.pending_snapshot.take(),
             truncate_from: self.truncate_from.take(),
             entries,
-        }
+        };
+        // The host deletes, then appends: the deletion must start exactly where the appended
+        // entries do, or stale entries would survive between them (or new ones be deleted).
+        assert!(
+            parts.truncate_from.is_none_or(|t| t == first),
+            "a write truncates elsewhere than where its entries start"
+        );
+        // A snapshot replaces the whole stored log; its entries follow the boundary.
+        assert!(
+            parts.snapshot.is_none() || parts.truncate_from.is_none(),
+            "a write both installs a snapshot and truncates"
+        );
+        assert!(
+            parts.snapshot.as_ref().is_none_or(|s| s.meta.index < first),
+            "a write's entries start inside its snapshot"
+        );
+        parts
     }
 
     /// Write `seq` (and every one before it) is synced. Returns whether anything changed.
@@ -544,12 +668,22 @@ impl RaftLog {
             let (_, last) = self.unsynced.pop_front().expect("non-empty");
             self.persisted_index = self.persisted_index.max(last);
         }
+        // With every write synced, the durable prefix is exactly what was handed out: a
+        // truncation lowered what each earlier write counts for, and nothing else lowers it.
+        // (A snapshot not yet handed out is the one thing written ahead of the writes.)
+        if seq == self.seq_issued && self.pending_snapshot.is_none() {
+            assert_eq!(
+                self.persisted_index, self.written_index,
+                "every write is synced but the written log is not all durable"
+            );
+        }
         true
     }
 
     /// Drops cached payloads that are durable, applied and either older than `keep_from` or
     /// beyond the cache budget.
     pub(super) fn evict(&mut self, applied: u64, keep_from: u64, budget_bytes: u64) {
+        assert!(applied <= self.meta.last_index(), "applied beyond the log");
         let evictable = self.persisted_index.min(applied);
         while let Some(front) = self.cache.front() {
             if front.last > evictable
@@ -567,6 +701,16 @@ impl RaftLog {
         if self.unsynced.is_empty() && self.unsynced.capacity() > 0 {
             self.unsynced = VecDeque::new();
         }
+        // Storage may not hold an entry above the persisted index yet: the cache is its only
+        // copy and must survive any budget.
+        assert!(
+            self.cache_first() <= self.persisted_index.max(self.meta.snapshot().index) + 1,
+            "evicted an entry that may not be durable"
+        );
+        assert!(
+            !self.cache.is_empty() || self.cache_bytes == 0,
+            "an empty cache counts bytes"
+        );
     }
 
     /// Whole entries from `lo` (an entry's first index) to at most `hi` (an entry's last index)
@@ -585,6 +729,34 @@ impl RaftLog {
         assert!(lo >= self.meta.first_index() && lo <= hi && hi <= self.meta.last_index());
         assert!(max_entries >= 1);
         debug_assert_ne!(self.is_end(lo - 1), Some(false), "reads start at an entry");
+        let start = out.len();
+        let added = self.read_into(lo, hi, max_entries, max_bytes, source, out);
+        assert!(
+            added <= max_entries,
+            "a read returned more entries than asked"
+        );
+        // Callers send these as one append or apply them in order: no gaps, no overlaps.
+        debug_assert!(
+            out[start..]
+                .iter()
+                .try_fold(lo, |next, e| (e.index == next && e.last <= hi)
+                    .then_some(e.last + 1))
+                .is_some(),
+            "a read returned entries that are not contiguous from lo within hi"
+        );
+        added
+    }
+
+    /// [`RaftLog::read`] without its checks.
+    fn read_into(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_entries: usize,
+        max_bytes: u64,
+        source: &impl EntrySource,
+        out: &mut Vec<Entry>,
+    ) -> usize {
         let start = out.len();
         let mut bytes = 0;
         let mut next = lo;
@@ -667,16 +839,42 @@ impl RaftLog {
             Some(false)
         );
         assert_ne!(self.is_end(self.written_index), Some(false));
+        assert!(
+            self.persisted_index <= self.written_index,
+            "durable beyond what was handed out"
+        );
         assert!(self.seq_persisted <= self.seq_issued);
         let mut prev = self.seq_persisted;
         for (seq, last_index) in &self.unsynced {
             assert!(*seq > prev && *seq <= self.seq_issued);
             assert!(*last_index <= last);
+            assert!(
+                *last_index <= self.written_index,
+                "a write counts for more than was handed out"
+            );
             assert_ne!(self.is_end(*last_index), Some(false));
             prev = *seq;
         }
         if let Some(t) = self.truncate_from {
             assert!(t > self.written_index && t > snapshot_index);
+            // Truncation pulls the written index down to just before the cut, and nothing
+            // but a write moves it up again (taking the truncation along).
+            assert_eq!(
+                t,
+                self.written_index + 1,
+                "a pending truncation starts elsewhere than after the written log"
+            );
+        }
+        if let Some(snapshot) = &self.pending_snapshot {
+            assert!(
+                self.truncate_from.is_none(),
+                "a truncation pending with a snapshot"
+            );
+            assert_eq!(
+                &snapshot.meta,
+                self.meta.snapshot(),
+                "the snapshot to write is not the log start"
+            );
         }
     }
 }

@@ -405,6 +405,7 @@ impl Raft {
 
     /// One tick of the host's clock. On an idle follower this is a counter increment.
     pub fn tick(&mut self) {
+        let before = self.monotonic();
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
@@ -413,6 +414,15 @@ impl Raft {
                 self.start_pre_vote();
             }
         }
+        // A replica that could lead never sits on an expired election timer: that is what
+        // makes a group without a leader elect one.
+        assert!(
+            self.role == Role::Leader
+                || self.election_elapsed < self.election_timeout
+                || !self.is_promotable(),
+            "an expired election timer started no campaign"
+        );
+        self.check_monotonic(before);
         self.debug_check();
     }
 
@@ -421,7 +431,9 @@ impl Raft {
         if msg.to != self.config.id || msg.from == self.config.id {
             return;
         }
+        let before = self.monotonic();
         self.step_inner(msg);
+        self.check_monotonic(before);
         self.debug_check();
     }
 
@@ -445,7 +457,11 @@ impl Raft {
         if self.log.last_index() + span >= RAFT_INDEX_LIMIT {
             return Err(ProposeError::IndexLimit);
         }
+        let before = self.monotonic();
         let bounds = self.append_entry(EntryKind::Normal, payload, span);
+        // Committing needs the entry durable here first, so it cannot be committed yet.
+        assert!(bounds.0 > self.commit, "a new entry is already committed");
+        self.check_monotonic(before);
         self.debug_check();
         Ok(bounds)
     }
@@ -467,8 +483,27 @@ impl Raft {
         if self.commit < self.term_start_index || self.log.meta.membership_index() > self.commit {
             return Err(ConfChangeError::Pending);
         }
+        // The same rule read from the log rather than from `term_start_index`: the committed
+        // entry the change builds on is of this leader's term.
+        assert_eq!(
+            self.log.meta.term(self.commit),
+            Some(self.term),
+            "a membership change before the leader committed in its term"
+        );
+        let before = self.monotonic();
         let membership = self.log.meta.membership().apply(change)?;
         let (index, _) = self.append_entry(EntryKind::Membership, membership.encode(), 1);
+        // The new voter set is in force at once, on the leader as on every follower.
+        assert_eq!(
+            self.log.meta.membership_index(),
+            index,
+            "the change is not the configuration in force"
+        );
+        debug_assert_eq!(
+            self.log.meta.membership(),
+            &membership,
+            "the new voter set does not read back from the log"
+        );
         match change {
             ConfChange::AddVoter(id) if id != self.config.id => {
                 // Probe from the change itself: the new voter learns of it first.
@@ -483,6 +518,7 @@ impl Raft {
         }
         // The quorum changed; so may the commit index.
         self.maybe_commit();
+        self.check_monotonic(before);
         self.debug_check();
         Ok(index)
     }
@@ -502,6 +538,11 @@ impl Raft {
         if !self.log.meta.membership().contains(to) {
             return Err(TransferError::NotVoter);
         }
+        // Progress tracks exactly the other voters, so the target's catching up can be seen.
+        assert!(
+            self.progress_index(to).is_some(),
+            "a transfer target without progress"
+        );
         self.transfer = Some(Transfer {
             to,
             elapsed_ticks: 0,
@@ -520,11 +561,19 @@ impl Raft {
         if self.role == Role::Leader || !self.is_promotable() {
             return;
         }
+        let before = self.monotonic();
         if force {
             self.start_election(true);
         } else {
             self.start_pre_vote();
         }
+        // Not a leader yet, even alone: its own vote counts only once it is durable.
+        assert!(
+            matches!(self.role, Role::PreCandidate | Role::Candidate),
+            "a campaign left the replica {:?}",
+            self.role
+        );
+        self.check_monotonic(before);
         self.debug_check();
     }
 
@@ -545,6 +594,12 @@ impl Raft {
         if index > self.log.meta.snapshot().index {
             self.log.compact_to(index);
         }
+        // The log start covers what the host dropped, and never more than was applied.
+        let boundary = self.log.meta.snapshot().index;
+        assert!(
+            boundary >= index && boundary <= self.applied,
+            "the log start is not where the host compacted"
+        );
         self.debug_check();
         Ok(self.log.meta.snapshot().clone())
     }
@@ -552,11 +607,20 @@ impl Raft {
     /// Write `seq` (and every earlier one) is synced. Releases the messages that waited for it
     /// and may advance the commit index.
     pub fn on_persisted(&mut self, seq: u64) {
+        let before = self.monotonic();
         if !self.log.on_persisted(seq) {
             return;
         }
+        let mut released = 0;
         while self.held.front().is_some_and(|(need, _)| *need <= seq) {
-            let (_, msg) = self.held.pop_front().expect("non-empty");
+            let (need, msg) = self.held.pop_front().expect("non-empty");
+            // A message leaves only after every write before the one it waited for: an
+            // acknowledgement never overtakes the vote it depends on.
+            assert!(
+                need >= released,
+                "held messages released out of write order"
+            );
+            released = need;
             if msg.to == self.config.id {
                 self.step_inner(msg);
             } else {
@@ -568,6 +632,7 @@ impl Raft {
         } else {
             self.advance_follower_commit();
         }
+        self.check_monotonic(before);
         self.debug_check();
     }
 
@@ -586,6 +651,7 @@ impl Raft {
     /// Hands out everything there is to do: a storage write, messages, committed entries.
     /// Entries no longer cached are read through `source`.
     pub fn ready(&mut self, source: &impl EntrySource) -> Ready {
+        let before = self.monotonic();
         if self.role == Role::Leader {
             self.send_leader_messages(source);
         }
@@ -604,6 +670,8 @@ impl Raft {
                 truncate_from: parts.truncate_from,
                 entries: parts.entries,
             });
+            // One write takes everything pending, so messages held for it wait for no later one.
+            assert!(!self.pending_write(), "a write left work pending");
         }
         ready.messages = std::mem::take(&mut self.outbox);
         if self.applied < self.commit && !self.config.apply_entries {
@@ -627,6 +695,17 @@ impl Raft {
             // An idle group holds no buffer.
             self.held = VecDeque::new();
         }
+        assert!(
+            self.applied <= self.commit,
+            "applied beyond the commit index"
+        );
+        // Writes are numbered in the order they are handed out; the host syncs them in it.
+        assert_eq!(
+            self.log.seq_issued,
+            before.seq_issued + u64::from(ready.write.is_some()),
+            "writes handed out out of sequence"
+        );
+        self.check_monotonic(before);
         self.debug_check();
         ready
     }
@@ -645,6 +724,11 @@ impl Raft {
     }
 
     fn start_pre_vote(&mut self) {
+        assert_ne!(self.role, Role::Leader, "a leader campaigns");
+        assert!(
+            self.is_promotable(),
+            "a replica that may not lead campaigns"
+        );
         self.role = Role::PreCandidate;
         self.leader = None;
         self.transfer = None;
@@ -659,6 +743,7 @@ impl Raft {
     }
 
     fn start_election(&mut self, transfer: bool) {
+        assert_ne!(self.role, Role::Leader, "a leader starts an election");
         self.term += 1;
         self.vote = Some(self.config.id);
         self.hard_state_dirty = true;
@@ -678,6 +763,11 @@ impl Raft {
     }
 
     fn send_to_voters(&mut self, term: u64, body: MessageBody, durable: bool) {
+        // A durable message always speaks for the current term (`send_durable` stamps it).
+        assert!(
+            !durable || term == self.term,
+            "a durable message for another term"
+        );
         let me = self.config.id;
         let voters: [Option<NodeId>; RAFT_VOTERS_MAX] = {
             let mut out = [None; RAFT_VOTERS_MAX];
@@ -696,6 +786,11 @@ impl Raft {
     }
 
     fn handle_vote_request(&mut self, from: NodeId, term: u64, pre: bool, last: (u64, u64)) {
+        // `step_inner` dropped stale requests and adopted the term of a real one.
+        assert!(
+            term >= self.term && (pre || term == self.term),
+            "a vote request of another term"
+        );
         let (last_index, last_term) = last;
         let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
         let free = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
@@ -705,6 +800,12 @@ impl Raft {
             let term = if granted { term } else { self.term };
             self.send_now(from, term, MessageBody::PreVoteResponse { granted });
         } else if granted {
+            // A leader or candidate has voted for itself in this term, so it is never free.
+            assert!(
+                !matches!(self.role, Role::Leader | Role::Candidate),
+                "a {:?} voted for another replica in its own term",
+                self.role
+            );
             self.vote = Some(from);
             self.hard_state_dirty = true;
             self.election_elapsed = 0;
@@ -719,12 +820,18 @@ impl Raft {
     }
 
     fn record_vote(&mut self, from: NodeId, granted: bool) {
+        assert!(
+            matches!(self.role, Role::PreCandidate | Role::Candidate),
+            "votes counted outside a campaign"
+        );
         let membership = self.log.meta.membership();
         if !membership.contains(from) || self.votes.iter().any(|v| v.0 == from) {
             return;
         }
         let (quorum, voters) = (membership.quorum(), membership.len());
         self.votes.push((from, granted));
+        // One answer per voter: a quorum of answers is a quorum of replicas.
+        assert!(self.votes.len() <= voters, "more answers than voters");
         let yes = self.votes.iter().filter(|v| v.1).count();
         let no = self.votes.len() - yes;
         if yes >= quorum {
@@ -742,6 +849,7 @@ impl Raft {
 
     fn become_follower(&mut self, term: u64, leader: Option<NodeId>) {
         assert!(term >= self.term);
+        assert_ne!(leader, Some(self.config.id), "a follower of itself");
         if term > self.term {
             self.term = term;
             self.vote = None;
@@ -759,6 +867,8 @@ impl Raft {
 
     /// A leader of the current term spoke: follow it, and restart the election timer.
     fn follow(&mut self, leader: NodeId) {
+        // Callers check: a leader hears no other leader of its own term.
+        assert_ne!(self.role, Role::Leader, "a leader follows another");
         if self.role != Role::Follower {
             self.become_follower(self.term, Some(leader));
         }
@@ -768,6 +878,11 @@ impl Raft {
 
     fn become_leader(&mut self) {
         assert_eq!(self.role, Role::Candidate);
+        assert_eq!(
+            self.vote,
+            Some(self.config.id),
+            "a candidate voted for itself"
+        );
         self.role = Role::Leader;
         self.leader = Some(self.config.id);
         self.votes = Vec::new();
@@ -789,6 +904,16 @@ impl Raft {
         self.progress = progress;
         self.term_start_index = self.append_entry(EntryKind::Empty, Bytes::new(), 1).0;
         self.commit_at_election = self.commit;
+        // The term's first entry follows the log this replica was elected with, above anything
+        // committed: it is the entry whose commit lets the earlier ones commit (Raft §5.4.2).
+        assert_eq!(
+            self.term_start_index, next,
+            "the term does not start right after the elected log"
+        );
+        assert!(
+            self.commit < self.term_start_index,
+            "the term's first entry was committed at election"
+        );
     }
 
     // ---- Messages --------------------------------------------------------------------------
@@ -835,6 +960,14 @@ impl Raft {
             }
             return;
         }
+        // From here on the message is of the current term, except a pre-vote question or
+        // grant, which speak of the next one and change no term.
+        assert!(
+            term == self.term
+                || (term > self.term
+                    && matches!(body, PreVote { .. } | PreVoteResponse { granted: true })),
+            "a message of another term past the term check"
+        );
         match body {
             PreVote {
                 last_index,
@@ -941,6 +1074,12 @@ impl Raft {
         if !Self::append_is_valid(term, prev_index, prev_term, &entries) {
             return;
         }
+        // `step_inner` made us a follower of `from` in `term`.
+        assert_eq!(
+            (self.role, self.leader, self.term),
+            (Role::Follower, Some(from), term),
+            "an append handled outside following its leader's term"
+        );
         let snapshot = self.log.meta.snapshot();
         let (snapshot_index, snapshot_term) = (snapshot.index, snapshot.term);
         if prev_index < snapshot_index {
@@ -968,6 +1107,12 @@ impl Raft {
             prev_term = snapshot_term;
             entries.drain(..=below);
         }
+        // Trimmed or not, the entries still follow `prev_index` directly, at or after our start.
+        assert!(
+            prev_index >= snapshot_index
+                && entries.first().is_none_or(|e| e.index == prev_index + 1),
+            "the entries do not follow prev_index"
+        );
         match self.log.meta.term(prev_index) {
             None => {
                 let body = MessageBody::AppendRejected {
@@ -1036,12 +1181,36 @@ impl Raft {
             }
             debug_assert_ne!(self.log.is_end(e.index - 1), Some(false));
             self.log.truncate_from(e.index);
+            // Committed entries never change: a cut reaches uncommitted entries only.
+            assert!(
+                self.commit <= self.log.last_index(),
+                "truncation cut into committed entries"
+            );
             first_new = i;
             break;
         }
+        // Whether they follow matched entries, our last entry or a cut, the new entries start
+        // right after the log.
+        assert!(
+            entries
+                .get(first_new)
+                .is_none_or(|e| e.index == self.log.last_index() + 1),
+            "new entries do not start after the log"
+        );
         for e in entries.drain(first_new..) {
             self.log.append(e);
         }
+        // The acknowledgement speaks for the log: it holds every index acknowledged, and the
+        // acknowledged index ends an entry (the leader resumes after it).
+        assert!(
+            last_new <= self.log.last_index(),
+            "acknowledging entries the log does not hold"
+        );
+        debug_assert_ne!(
+            self.log.is_end(last_new),
+            Some(false),
+            "acknowledging up to the middle of an entry"
+        );
         self.commit_hint = self.commit_hint.max(commit.min(last_new));
         self.advance_follower_commit();
         self.send_durable(
@@ -1053,6 +1222,11 @@ impl Raft {
     }
 
     fn handle_snapshot(&mut self, from: NodeId, term: u64, snapshot: Snapshot) {
+        assert_eq!(
+            (self.role, self.term),
+            (Role::Follower, term),
+            "a snapshot handled outside following its leader's term"
+        );
         let meta = &snapshot.meta;
         if meta.term > term
             || meta.membership.len() > RAFT_VOTERS_MAX
@@ -1083,6 +1257,8 @@ impl Raft {
         self.set_commit(index);
         self.commit_hint = self.commit_hint.max(index);
         // The host installs the snapshot (from the write) before applying anything after it.
+        // It lies above the commit index, so applying it never goes back.
+        assert!(self.applied <= index, "a snapshot rewinds what was applied");
         self.applied = index;
         self.send_durable(from, MessageBody::AppendAccepted { match_index: index });
     }
@@ -1090,6 +1266,7 @@ impl Raft {
     // ---- Leader ----------------------------------------------------------------------------
 
     fn tick_leader(&mut self) {
+        assert_eq!(self.role, Role::Leader);
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
         if let Some(transfer) = &mut self.transfer {
@@ -1121,6 +1298,11 @@ impl Raft {
             active += usize::from(p.recent_active);
             p.recent_active = false;
         }
+        // Progress tracks the other voters only: a removed replica keeps no one in power.
+        assert!(
+            active <= self.log.meta.membership().len(),
+            "more replicas active than voters"
+        );
         active >= self.log.meta.membership().quorum()
     }
 
@@ -1149,6 +1331,12 @@ impl Raft {
     fn append_entry(&mut self, kind: EntryKind, payload: Bytes, span: u64) -> (u64, u64) {
         assert_eq!(self.role, Role::Leader);
         assert!(span >= 1);
+        // Only the leader of a term creates its entries: log matching rests on it.
+        assert_eq!(
+            self.leader,
+            Some(self.config.id),
+            "appending without leading the term"
+        );
         let index = self.log.last_index() + 1;
         let last = index + span - 1;
         self.log.append(Entry {
@@ -1158,12 +1346,22 @@ impl Raft {
             kind,
             payload,
         });
+        assert_eq!(
+            (self.log.last_index(), self.log.last_term()),
+            (last, self.term),
+            "the new entry does not end the log in the leader's term"
+        );
         (index, last)
     }
 
     /// Commits the largest index a quorum of the current voters holds durably, if this leader
     /// wrote it (Raft §5.4.2: counting replicas never commits an earlier term's entry).
     fn maybe_commit(&mut self) {
+        assert_eq!(
+            self.role,
+            Role::Leader,
+            "a follower counts acknowledgements"
+        );
         let membership = self.log.meta.membership();
         let mut matched = [0u64; RAFT_VOTERS_MAX];
         for (slot, voter) in matched.iter_mut().zip(membership.voters()) {
@@ -1176,6 +1374,8 @@ impl Raft {
         }
         let n = membership.len();
         let quorum = membership.quorum();
+        // A leader was elected by voters, and the last voter is never removed.
+        assert!(quorum <= n, "a leader's configuration has no voters");
         matched[..n].sort_unstable_by(|a, b| b.cmp(a));
         // Never beyond what this leader holds durably itself: the commit index is the
         // partition's high watermark, and the leader serves reads below it from synced data.
@@ -1202,11 +1402,25 @@ impl Raft {
 
     fn set_commit(&mut self, index: u64) {
         assert!(index >= self.commit, "commit index moved backwards");
+        // The commit index is the high watermark: reads below it are served from synced data.
+        assert!(
+            index
+                <= self
+                    .log
+                    .persisted_index()
+                    .max(self.log.meta.snapshot().index),
+            "committing beyond the durable log"
+        );
         self.commit = index;
         self.commit_dirty = true;
     }
 
     fn advance_follower_commit(&mut self) {
+        assert_ne!(
+            self.role,
+            Role::Leader,
+            "a leader commits by counting replicas"
+        );
         let durable = self.commit_hint.min(self.log.persisted_index());
         if durable > self.commit {
             self.set_commit(durable);
@@ -1273,14 +1487,18 @@ impl Raft {
         // entries ends; if this log holds that term there, it holds the same entry.
         let ends_by_hint =
             j == hint_index && hint_is_end && self.log.meta.term(j) == Some(hint_term);
-        if ends_by_hint {
-            return j + 1;
-        }
         // Otherwise fall back to the nearest earlier index known to end an entry (the end of
         // the term run before, the snapshot boundary, or a cached entry's end). Entries the
         // follower already holds with the same term are acknowledged without truncation, so
         // this only costs re-sending them.
-        self.log.known_end_at_or_before(j) + 1
+        let next = if ends_by_hint {
+            j + 1
+        } else {
+            self.log.known_end_at_or_before(j) + 1
+        };
+        // The search started below `prev_index`: a rejection never moves the follower forward.
+        assert!(next <= prev_index, "a rejection moved next_index forward");
+        next
     }
 
     fn handle_heartbeat_response(&mut self, from: NodeId) {
@@ -1304,6 +1522,7 @@ impl Raft {
         if transfer.timeout_now_sent {
             return;
         }
+        assert_eq!(self.role, Role::Leader, "a transfer outside leadership");
         let caught_up = self
             .progress_index(transfer.to)
             .is_some_and(|i| self.progress[i].match_index == self.log.last_index());
@@ -1324,6 +1543,7 @@ impl Raft {
     }
 
     fn send_leader_messages(&mut self, source: &impl EntrySource) {
+        assert_eq!(self.role, Role::Leader);
         let heartbeat = std::mem::take(&mut self.heartbeat_due);
         for i in 0..self.progress.len() {
             let mut sent = false;
@@ -1373,6 +1593,15 @@ impl Raft {
                 return false;
             }
         }
+        // The append passes the follower's `append_is_valid`: terms from `prev_term` up to this
+        // leader's (the log's terms never decrease and never pass the leader's).
+        assert!(prev_term <= self.term, "an append from an older term's log");
+        debug_assert!(
+            entries
+                .iter()
+                .all(|e| e.term >= prev_term && e.term <= self.term),
+            "an append whose terms a follower refuses"
+        );
         let commit = self.commit;
         let sent_to = entries.last().map_or(prev_index, |e| e.last);
         let pr = &mut self.progress[i];
@@ -1410,6 +1639,8 @@ impl Raft {
     }
 
     fn push_outbox(&mut self, msg: Message) {
+        // A replica steps what it says to itself (its own vote); `step` would drop it.
+        assert_ne!(msg.to, self.config.id, "a message to self in the outbox");
         if self.outbox.len() >= RAFT_QUEUED_MESSAGES_MAX {
             self.messages_dropped += 1;
             return;
@@ -1442,6 +1673,12 @@ impl Raft {
             self.push_outbox(msg);
             return;
         }
+        // Writes are issued in order, so holding in arrival order holds in write order, which
+        // `on_persisted` relies on to release from the front.
+        assert!(
+            self.held.back().is_none_or(|(n, _)| *n <= need),
+            "a message held for an earlier write than the one before it"
+        );
         // A newer acknowledgement to the same leader supersedes one still held.
         if let Some((held_need, held)) = self.held.back_mut() {
             if let (
@@ -1480,6 +1717,44 @@ impl Raft {
     }
 
     // ---- Invariants ------------------------------------------------------------------------
+
+    /// What no input may take back, captured before one for [`Raft::check_monotonic`].
+    fn monotonic(&self) -> Monotonic {
+        Monotonic {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+            applied: self.applied,
+            seq_issued: self.log.seq_issued,
+        }
+    }
+
+    /// Checks an input against the state before it. These hold whatever peers send: they are
+    /// what Raft's safety rests on, so the code must keep them on its own.
+    fn check_monotonic(&self, before: Monotonic) {
+        assert!(self.term >= before.term, "the term went backwards");
+        // One vote per term (election safety): once cast, it stays until the term moves on.
+        assert!(
+            self.term > before.term || before.vote.is_none() || self.vote == before.vote,
+            "voted for {:?}, then {:?}, in term {}",
+            before.vote,
+            self.vote,
+            self.term
+        );
+        assert!(
+            self.commit >= before.commit,
+            "the commit index went backwards"
+        );
+        assert!(
+            self.applied >= before.applied,
+            "applied entries were taken back"
+        );
+        // Writes are handed out only by `ready`, one at a time.
+        assert!(
+            self.log.seq_issued <= before.seq_issued + 1,
+            "writes handed out in a batch"
+        );
+    }
 
     fn debug_check(&self) {
         if cfg!(any(debug_assertions, madsim)) {
@@ -1542,6 +1817,38 @@ impl Raft {
                         "the leader's first entry is of its term"
                     );
                 }
+                // A leader never truncates and appends only in its term, after its first entry.
+                assert!(
+                    self.term_start_index >= 1 && self.term_start_index <= meta.last_index(),
+                    "the leader's first entry is not in its log"
+                );
+                assert_eq!(
+                    meta.last_term(),
+                    self.term,
+                    "a leader's log ends in another term"
+                );
+                assert!(
+                    self.commit >= self.commit_at_election,
+                    "a leader's commit index went below its election's"
+                );
+                // Its timers wrap before they expire (check-quorum, heartbeats).
+                assert!(self.election_elapsed < self.config.election_ticks);
+                assert!(self.heartbeat_elapsed < self.config.heartbeat_ticks);
+                for p in &self.progress {
+                    assert!(
+                        p.commit_sent <= self.commit,
+                        "follower {} told a commit index beyond the leader's",
+                        p.id
+                    );
+                }
+                if let Some(transfer) = self.transfer {
+                    // Membership changes are refused while a transfer is under way.
+                    assert!(
+                        self.progress_index(transfer.to).is_some(),
+                        "transferring to {}, which is not a follower",
+                        transfer.to
+                    );
+                }
                 // Entries of earlier terms commit only with one of the leader's own (Figure 8):
                 // the commit index stays where the election left it until it reaches the term's
                 // first entry.
@@ -1562,8 +1869,21 @@ impl Raft {
                 assert!(self.progress.is_empty());
                 assert_ne!(self.leader, Some(me));
                 assert!(self.transfer.is_none());
+                // Hearing from a leader ends a pre-vote; a follower counts no votes.
+                assert!(
+                    self.role == Role::Follower || self.leader.is_none(),
+                    "a pre-candidate that knows a leader"
+                );
+                assert!(
+                    self.role == Role::PreCandidate || self.votes.is_empty(),
+                    "a follower holds votes"
+                );
             }
         }
+        assert!(
+            self.role == Role::Leader || !self.heartbeat_due,
+            "a heartbeat due outside leadership"
+        );
         assert!(self.votes.len() <= RAFT_VOTERS_MAX);
         assert!(self.outbox.len() <= RAFT_QUEUED_MESSAGES_MAX);
         assert!(self.held.len() <= RAFT_QUEUED_MESSAGES_MAX);
@@ -1575,6 +1895,16 @@ impl Raft {
             need = *n;
         }
     }
+}
+
+/// The part of a replica's state that only moves forward (see [`Raft::check_monotonic`]).
+#[derive(Clone, Copy)]
+struct Monotonic {
+    term: u64,
+    vote: Option<NodeId>,
+    commit: u64,
+    applied: u64,
+    seq_issued: u64,
 }
 
 /// Why a leader cannot append now.

@@ -43,12 +43,23 @@ impl Inflights {
 
     fn push(&mut self, last_index: u64) {
         assert!(!self.is_full(), "in-flight window overflow");
+        // Appends are pipelined in log order, so `free_to` can free from the front.
+        assert!(
+            self.len == 0 || self.get(self.len as usize - 1) < last_index,
+            "in-flight appends out of order"
+        );
         let at = (self.start as usize + self.len as usize) % RAFT_INFLIGHT_APPENDS_MAX;
         self.last_indexes[at] = last_index;
         self.len += 1;
+        assert_eq!(
+            self.get(self.len as usize - 1),
+            last_index,
+            "the in-flight append reads back"
+        );
     }
 
     fn get(&self, i: usize) -> u64 {
+        assert!(i < self.len as usize, "reading a free in-flight slot");
         self.last_indexes[(self.start as usize + i) % RAFT_INFLIGHT_APPENDS_MAX]
     }
 
@@ -140,6 +151,12 @@ impl Progress {
     }
 
     pub fn become_snapshot(&mut self, index: u64) {
+        // Only a follower that needs entries at or below the log start gets a snapshot, and
+        // it then holds the log up to `index`, beyond anything it matched.
+        assert!(
+            self.next_index <= index,
+            "a snapshot for a follower that needs no dropped entry"
+        );
         self.state = ProgressState::Snapshot { index };
         self.snapshot_heartbeats = 0;
         self.probe_sent = false;
@@ -157,11 +174,15 @@ impl Progress {
 
     /// An append of entries up to `last_index` was sent (`None`: an append without entries).
     pub fn on_sent(&mut self, last_index: Option<u64>) {
+        // Nothing is sent to a paused follower (see `Raft::send_append`).
+        assert!(!self.is_paused(), "sent to a paused follower");
         self.want_empty_append = false;
         match self.state {
             ProgressState::Probe => self.probe_sent = true,
             ProgressState::Replicate => {
                 if let Some(last) = last_index {
+                    // An append carries entries from `next_index` on.
+                    assert!(last >= self.next_index, "an append ended before next_index");
                     self.next_index = last + 1;
                     self.inflight.push(last);
                 }
@@ -190,11 +211,18 @@ impl Progress {
                 }
             }
         }
+        // Whatever state the acknowledgement moved to, the next append starts after the
+        // matched prefix.
+        assert!(self.match_index < self.next_index, "match < next");
         news
     }
 
     /// A heartbeat answer: the follower is alive, so a lost probe or append is retried.
     pub fn on_heartbeat_answered(&mut self, last_index: u64, resend_snapshot_after: u32) {
+        assert!(
+            resend_snapshot_after >= 1,
+            "a snapshot resent on every answer"
+        );
         match self.state {
             ProgressState::Probe => {
                 self.probe_sent = false;
@@ -241,7 +269,15 @@ impl Progress {
         match self.state {
             ProgressState::Probe => assert_eq!(self.inflight.len, 0),
             ProgressState::Replicate => assert!(!self.probe_sent),
-            ProgressState::Snapshot { .. } => assert_eq!(self.inflight.len, 0),
+            ProgressState::Snapshot { index } => {
+                assert_eq!(self.inflight.len, 0);
+                // An acknowledgement of `index` or beyond ends the snapshot state.
+                assert!(
+                    self.match_index < index,
+                    "follower {} still waits for a snapshot it holds",
+                    self.id
+                );
+            }
         }
     }
 }

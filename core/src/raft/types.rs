@@ -65,6 +65,7 @@ impl Entry {
     /// How many indexes the entry occupies (the records of a batch). Callers have checked
     /// `last >= index`.
     pub fn span(&self) -> u64 {
+        assert!(self.last >= self.index, "an entry ends before it starts");
         self.last - self.index + 1
     }
 
@@ -133,6 +134,9 @@ impl Membership {
     /// The voter set after a single-server change, or why the change is not allowed.
     pub fn apply(&self, change: ConfChange) -> Result<Membership, ConfChangeError> {
         let mut voters = self.voters.clone();
+        let id = match change {
+            ConfChange::AddVoter(id) | ConfChange::RemoveVoter(id) => id,
+        };
         match change {
             ConfChange::AddVoter(id) => {
                 let Err(at) = voters.binary_search(&id) else {
@@ -153,7 +157,29 @@ impl Membership {
                 voters.remove(at);
             }
         }
-        Ok(Membership { voters })
+        // A single-server change moves exactly one id in or out, and `binary_search` placed
+        // it so that the set stays sorted and unique (what `contains` and `decode` rely on).
+        let added = matches!(change, ConfChange::AddVoter(_));
+        assert_eq!(
+            voters.len(),
+            if added {
+                self.len() + 1
+            } else {
+                self.len() - 1
+            },
+            "a single-server change moves exactly one voter"
+        );
+        debug_assert!(
+            voters.windows(2).all(|w| w[0] < w[1]),
+            "voters stay sorted and unique"
+        );
+        let membership = Membership { voters };
+        assert_eq!(
+            membership.contains(id),
+            added,
+            "the changed voter reads back"
+        );
+        Ok(membership)
     }
 
     /// The payload of an [`EntryKind::Membership`] entry: a u32 count, then each id as a u64,
@@ -164,7 +190,18 @@ impl Membership {
         for id in &self.voters {
             out.put_u64(*id);
         }
-        out.freeze()
+        assert_eq!(
+            out.len(),
+            4 + 8 * self.voters.len(),
+            "a count and one u64 per voter"
+        );
+        let bytes = out.freeze();
+        debug_assert_eq!(
+            Membership::decode(&bytes).as_ref(),
+            Some(self),
+            "membership encoding round-trips"
+        );
+        bytes
     }
 
     /// Decodes [`Membership::encode`]'s output; `None` for anything else (sorted, unique, at most
@@ -181,6 +218,8 @@ impl Membership {
         if voters.windows(2).any(|w| w[0] >= w[1]) {
             return None;
         }
+        // The length check above made the payload exactly `count` ids: nothing is left over.
+        assert!(bytes.is_empty(), "membership decoding left bytes unread");
         Some(Membership { voters })
     }
 }
