@@ -1484,9 +1484,13 @@ impl Raft {
             return self.log.meta.snapshot().index;
         };
         // Log matching: the follower holds `hint_term` at `hint_index`, where one of its
-        // entries ends; if this log holds that term there, it holds the same entry.
-        let ends_by_hint =
-            j == hint_index && hint_is_end && self.log.meta.term(j) == Some(hint_term);
+        // entries ends; if this log holds that term there, it holds the same entry. A hint that
+        // claims an end inside an entry this log knows (its cache) is not believed: a correct
+        // follower cannot send one, and trusting it would put `next_index` inside an entry.
+        let ends_by_hint = j == hint_index
+            && hint_is_end
+            && self.log.meta.term(j) == Some(hint_term)
+            && self.log.is_end(j) != Some(false);
         // Otherwise fall back to the nearest earlier index known to end an entry (the end of
         // the term run before, the snapshot boundary, or a cached entry's end). Entries the
         // follower already holds with the same term are acknowledged without truncation, so

@@ -834,3 +834,51 @@ fn compaction_needs_applied_entries_and_moves_the_log_start() {
     assert_eq!(r.compact(3), Err(CompactError::NotEntryEnd));
     assert_eq!(r.compact(4).unwrap().index, 4);
 }
+
+/// A forged rejection that claims an entry ends inside one of the leader's cached multi-index
+/// entries must not move `next_index` inside it. It used to: the leader's invariant check
+/// panicked (debug builds) or the next `ready` read out of bounds (release builds). Found by
+/// review while adding assertions; a correct follower cannot send it (log matching).
+#[test]
+fn a_rejection_hinting_at_the_inside_of_an_entry_is_not_believed() {
+    let mut r = replica(1, &[1, 2, 3]);
+    let source = VecSource(Vec::new());
+    make_leader(&mut r);
+    let term = r.term();
+    drain_synced(&mut r, &source);
+    r.step(msg(
+        2,
+        1,
+        term,
+        MessageBody::AppendAccepted { match_index: 1 },
+    ));
+    let (first, last) = r.propose(Bytes::from_static(b"five"), 5).unwrap();
+    assert_eq!((first, last), (2, 6));
+    drain_synced(&mut r, &source);
+    r.step(msg(
+        2,
+        1,
+        term,
+        MessageBody::AppendRejected {
+            prev_index: 6,
+            hint_index: 3,
+            hint_term: term,
+            hint_is_end: true,
+        },
+    ));
+    r.check_invariants();
+    let next = r.progress(2).unwrap().next_index;
+    assert!(next <= 2, "next_index {next} is not inside the entry 2..=6");
+    // And the leader still serves the follower: the resent append starts at an entry.
+    let appends: Vec<Message> = drain_synced(&mut r, &source)
+        .into_iter()
+        .filter(|m| m.to == 2)
+        .collect();
+    for m in appends {
+        if let MessageBody::Append { entries, .. } = m.body {
+            assert!(entries
+                .iter()
+                .all(|e| e.index == 2 || e.index == 1 || e.index > 6));
+        }
+    }
+}
