@@ -173,6 +173,13 @@ impl Cleaner {
         assert!(targets
             .windows(2)
             .all(|w| w[0].next_offset == w[1].base_offset));
+        // Only sealed segments are cleaned, and a sealed segment holds at least one batch.
+        debug_assert!(
+            targets
+                .iter()
+                .all(|t| t.size_bytes > 0 && t.next_offset > t.base_offset),
+            "an empty segment among the cleaning targets"
+        );
         let report = CleanReport {
             segments: targets.len(),
             bytes_before: targets.iter().map(|t| t.size_bytes).sum(),
@@ -240,6 +247,12 @@ impl Cleaner {
                 }
                 out.segment.seal();
                 assert_eq!(out.segment.next_offset, target.next_offset);
+                // Records only go (their offsets stay, in an empty batch): never more bytes.
+                assert!(
+                    out.segment.size_bytes <= target.size_bytes,
+                    "the cleaned copy of segment {} is larger than the segment",
+                    target.base_offset
+                );
                 self.steps.push_back(CleanStep::Swap {
                     segment: target.base_offset,
                     offset_index: out.segment.encode_offset_index(),
@@ -418,6 +431,18 @@ impl Cleaner {
         } else if count > 0 || producer_last {
             let rewritten = encode_batch(header, &kept, count);
             let new_header = BatchHeader::parse(&rewritten).expect("just encoded");
+            // Offsets and epochs never change: Raft, replicas and the epoch cache rely on them.
+            assert!(
+                new_header.base_offset == header.base_offset
+                    && new_header.last_offset_delta == header.last_offset_delta
+                    && new_header.partition_leader_epoch == header.partition_leader_epoch,
+                "the rewritten batch at {} moved its offsets or epoch",
+                header.base_offset
+            );
+            assert!(
+                new_header.total_bytes() < batch.len(),
+                "a batch that lost records did not shrink"
+            );
             self.change(out);
             self.flush_filler(out);
             self.emit(out, &new_header, &rewritten);
@@ -476,6 +501,14 @@ impl Cleaner {
         if let Some(filler) = out.filler.take() {
             let bytes = encode_batch(&filler, &[], 0);
             let header = BatchHeader::parse(&bytes).expect("just encoded");
+            assert!(
+                header.base_offset == filler.base_offset
+                    && header.last_offset_delta == filler.last_offset_delta
+                    && header.partition_leader_epoch == filler.partition_leader_epoch
+                    && header.record_count == 0,
+                "the empty batch for removed offsets from {} changed them",
+                filler.base_offset
+            );
             self.emit(out, &header, &bytes);
         }
     }
@@ -490,6 +523,10 @@ impl Cleaner {
                 bytes: std::mem::take(&mut out.buf),
             });
         }
+        assert!(
+            out.buf.len() < CLEANER_IO_BYTES as usize,
+            "the cleaner's write buffer is over its bound"
+        );
     }
 
     /// The cleaned segment of the last `Swap`, to install in the log.

@@ -66,6 +66,11 @@ impl LeaderEpochCache {
                 start_offset: offset,
             });
         }
+        assert_eq!(
+            self.latest_epoch(),
+            Some(epoch),
+            "the cache does not end in the epoch just assigned"
+        );
     }
 
     /// The log was truncated: forget every epoch that starts at or after `end_offset`.
@@ -89,6 +94,17 @@ impl LeaderEpochCache {
             return;
         }
         self.entries.drain(..covering - 1);
+        // The covering entry starts at or below the new start and the next one above it, so
+        // moving its start keeps the start offsets strictly increasing.
+        assert!(
+            self.entries[0].start_offset <= start_offset
+                && self
+                    .entries
+                    .get(1)
+                    .is_none_or(|next| next.start_offset > start_offset),
+            "epoch {} does not cover the new log start {start_offset}",
+            self.entries[0].epoch
+        );
         self.entries[0].start_offset = start_offset;
     }
 
@@ -109,10 +125,17 @@ impl LeaderEpochCache {
         let Some(next) = self.entries.get(higher) else {
             return undefined;
         };
-        match higher.checked_sub(1).map(|i| self.entries[i]) {
+        let answer = match higher.checked_sub(1).map(|i| self.entries[i]) {
             Some(floor) => (floor.epoch, next.start_offset as i64),
             None => (requested, next.start_offset as i64),
-        }
+        };
+        // A follower truncates to the answer's offset: never a later epoch than asked for, and
+        // never past this log's end.
+        assert!(
+            answer.0 <= requested && answer.1 <= log_end_offset as i64,
+            "OffsetForLeaderEpoch({requested}) answered {answer:?} past the log end {log_end_offset}"
+        );
+        answer
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {

@@ -516,6 +516,23 @@ impl PartitionLog {
         assigned.partition_leader_epoch = partition_leader_epoch;
         batch::stamp(&mut records, offset as i64, partition_leader_epoch);
         self.write_batch(&assigned, records.freeze(), now_ms);
+        assert_eq!(
+            self.log_end_offset(),
+            assigned.next_offset() as u64,
+            "the appended batch does not end the log"
+        );
+        // Fetch answers and OffsetForLeaderEpoch read the epoch from the cache, so the cache must
+        // know the epoch the batch was stamped with.
+        assert!(
+            partition_leader_epoch < 0
+                || self.epochs.latest_epoch() == Some(partition_leader_epoch),
+            "the epoch cache does not end in the appended batch's epoch"
+        );
+        // The batch is not durable yet: only a group commit (or Raft) may move reads over it.
+        assert!(
+            self.high_watermark.offset <= offset,
+            "an append moved the high watermark"
+        );
         if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }
@@ -531,6 +548,8 @@ impl PartitionLog {
     fn write_batch(&mut self, header: &BatchHeader, bytes: Bytes, now_ms: u64) {
         assert_eq!(header.base_offset as u64, self.log_end_offset());
         assert_eq!(bytes.len(), header.total_bytes());
+        // After a storage failure nothing written can be trusted; callers refuse first.
+        assert!(!self.storage_failed, "a batch written after storage failed");
         if self.should_roll(
             header.total_bytes() as u64,
             header.record_count as u64,
@@ -552,6 +571,24 @@ impl PartitionLog {
         };
         let mark = segment.mark();
         segment.on_batch(header, interval, Some(now_ms));
+        // The Append below writes the bytes at `at.byte`: the segment in memory must end where
+        // the file will, or reads and recovery disagree with the file.
+        assert_eq!(
+            segment.size_bytes,
+            at.byte + bytes.len() as u64,
+            "the segment did not grow by the batch's bytes"
+        );
+        // Undo records cover exactly [high watermark, log end), so this batch's record must start
+        // where the last one ends (the planted off-by-one moves the log end under them).
+        if !self.config.planted.is(Bug::RecoveryOffByOne) {
+            assert_eq!(
+                self.undo
+                    .back()
+                    .map_or(self.high_watermark.offset, |u| u.next_offset),
+                at.offset,
+                "the undo records do not end where the batch starts"
+            );
+        }
         self.undo.push_back(Undo {
             at,
             next_offset: header.next_offset() as u64,
@@ -568,6 +605,7 @@ impl PartitionLog {
 
     fn should_roll(&self, bytes: u64, records: u64, now_ms: u64) -> bool {
         let active = self.active();
+        assert!(!active.sealed, "the active segment is sealed");
         if active.is_empty() {
             return false;
         }
@@ -598,11 +636,36 @@ impl PartitionLog {
             time_index: active.encode_time_index(),
         };
         let sealed_base = active.base_offset;
+        // Recovery trusts these files for every segment below the checkpoint without a scan, so
+        // they must decode to exactly the indexes the log has used.
+        if let LogOp::WriteIndexes {
+            offset_index,
+            time_index,
+            ..
+        } = &op
+        {
+            debug_assert!(
+                Segment::decode_indexes(sealed_base, active.size_bytes, offset_index, time_index)
+                    == Some((active.offset_index.clone(), active.time_index.clone())),
+                "the index files of segment {sealed_base} do not decode to its indexes"
+            );
+        }
         self.push_op(op);
         self.dirty_indexes.insert(sealed_base);
         self.segments.insert(next, Segment::new(next));
         self.push_op(LogOp::CreateSegment { base_offset: next });
         self.dirty_dir = true;
+        assert!(
+            self.active().base_offset == next && self.active().is_empty(),
+            "a roll leaves an empty active segment at the log end"
+        );
+        // The checkpoint advances through the snapshots in order, so their bases must not go
+        // back. (One may repeat: recovery keeps the snapshot of an emptied trailing segment it
+        // removed, at the log end, where the next roll can start a segment again.)
+        assert!(
+            self.snapshots.back().is_none_or(|(base, _)| *base <= next),
+            "a snapshot at {next} after a later one"
+        );
         let snapshot = Checkpoint::encode_parts(next, &self.producers, &self.epochs);
         self.snapshots.push_back((next, snapshot));
     }
@@ -649,6 +712,21 @@ impl PartitionLog {
             request.offset >= self.durable.offset,
             "a sync never covers less"
         );
+        // Durability moves to `request.position` when this completes, so every segment holding
+        // bytes past the durable point must be among the files it syncs.
+        debug_assert!(
+            self.segments
+                .range(self.durable.segment..)
+                .all(|(base, segment)| {
+                    let unsynced = if *base == self.durable.segment {
+                        segment.size_bytes > self.durable.byte
+                    } else {
+                        !segment.is_empty()
+                    };
+                    !unsynced || request.segments.contains(base)
+                }),
+            "a group commit misses a segment with unsynced bytes"
+        );
         assert!(
             !request.checkpoint || request.dir,
             "a renamed checkpoint needs its directory"
@@ -684,6 +762,11 @@ impl PartitionLog {
             Some(cut) if cut.offset < request.position.offset => cut,
             _ => request.position,
         };
+        // Only a truncation shortens the log, and one during the sync is in `cut`.
+        assert!(
+            covered.offset <= self.log_end_offset(),
+            "a sync covered more than the log holds"
+        );
         assert!(
             covered.offset >= self.durable.offset,
             "durability moved backwards"
@@ -728,6 +811,12 @@ impl PartitionLog {
                 "high watermark inside a batch"
             );
         }
+        assert!(
+            self.undo
+                .front()
+                .is_none_or(|u| u.at.offset == position.offset),
+            "the undo records do not start at the high watermark"
+        );
     }
 
     /// Moves the checkpoint to the latest segment base that is durable (every segment before the
@@ -749,6 +838,12 @@ impl PartitionLog {
         if let Some((base, bytes)) = snapshot {
             let latest = self.checkpoint_pending.unwrap_or(self.recovery_point);
             if base > latest && self.segments.contains_key(&base) {
+                // Recovery starts at the checkpoint without a scan of what is below it, and
+                // truncation never goes below the high watermark: both must cover the base.
+                assert!(
+                    base <= self.durable.segment && base <= self.high_watermark.offset,
+                    "a checkpoint at {base} past the durable segment or the high watermark"
+                );
                 self.checkpoint_pending = Some(base);
                 self.push_op(LogOp::WriteCheckpoint { bytes });
             }
@@ -824,6 +919,15 @@ impl PartitionLog {
             deleted += 1;
         }
         self.epochs.truncate_from_start(self.log_start_offset());
+        // A deletion is durable only with a directory sync, so the next group commit must do one.
+        assert!(
+            deleted == 0 || self.dirty_dir,
+            "segments deleted without a directory sync to follow"
+        );
+        assert!(
+            self.log_start_offset() <= self.high_watermark.offset,
+            "retention deleted uncommitted data"
+        );
         if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }
@@ -840,6 +944,7 @@ impl PartitionLog {
                 s.sealed
                     && s.base_offset < self.recovery_point
                     && s.base_offset < self.durable.segment
+                    && s.base_offset < self.high_watermark.segment
                     && s.next_offset <= self.high_watermark.offset
             })
             .map(|s| CleanTarget {
@@ -951,6 +1056,12 @@ impl PartitionLog {
             .get_mut(&segment)
             .expect("the cleaned segment exists");
         assert!(old.sealed && old.next_offset == cleaned.next_offset);
+        // Compaction only drops records (offsets stay with an empty batch), so the copy is never
+        // larger; a larger one would hold bytes the cleaner did not read.
+        assert!(
+            cleaned.size_bytes <= old.size_bytes,
+            "cleaning grew segment {segment}"
+        );
         *old = cleaned;
         if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
@@ -1013,11 +1124,18 @@ impl PartitionLog {
             "offset below the high watermark lies in a segment"
         );
         let (start_offset, start) = segment.lookup_offset(offset);
+        let visible_end = self.visible_end(segment, end_position);
+        // The index entry is a batch at or before `offset`, which is below `end`, so it starts
+        // in the visible part; otherwise the read would come back empty below the end.
+        assert!(
+            u64::from(start) < visible_end,
+            "the read of offset {offset} starts past the visible end"
+        );
         Ok(ReadCursor::new(
             ReadTarget::Offset(offset),
             segment.base_offset,
             (start_offset, u64::from(start)),
-            self.visible_end(segment, end_position),
+            visible_end,
             max_bytes,
         ))
     }
@@ -1124,6 +1242,29 @@ impl PartitionLog {
                 .expect("durable point in a live segment");
             assert!(self.durable.byte <= seg.size_bytes);
             assert!(self.durable.offset <= seg.next_offset);
+        }
+        // The failure cut keeps a prefix of the trusted point's segment: one in a deleted
+        // segment would cut nothing there and keep the untrusted segments after it.
+        if self.trusted.offset > self.log_start_offset() {
+            assert!(
+                self.segments.contains_key(&self.trusted.segment),
+                "the trusted point lies in a deleted segment"
+            );
+        }
+        // Reads see the bytes of the high watermark's segment up to its byte position: past the
+        // segment's end they would come back short and be taken for damage.
+        if let Some(seg) = self.segments.get(&self.high_watermark.segment) {
+            assert!(
+                self.high_watermark.byte <= seg.size_bytes,
+                "the high watermark lies past the end of segment {}",
+                seg.base_offset
+            );
+        }
+        if self.replicated {
+            assert!(
+                hw <= self.commit_target,
+                "the high watermark passed the Raft commit index"
+            );
         }
         for base in self.dirty_segments.iter().chain(&self.dirty_indexes) {
             assert!(

@@ -179,6 +179,14 @@ impl ReadCursor {
                 }
                 ReadTarget::Timestamp(_) => total,
             };
+            // Past the visible end lie bytes that are not committed (or not synced): a read
+            // never asks for them, whatever the headers it has seen claim.
+            assert!(
+                self.position + len <= self.visible_end,
+                "a fetch of {len} bytes at {} passes the visible end {}",
+                self.position,
+                self.visible_end
+            );
             self.state = State::Fetch { len: len as u32 };
             return Ok(());
         }
@@ -206,6 +214,7 @@ impl ReadCursor {
     fn on_batches(&mut self, io: ReadIo, bytes: Bytes) -> Result<(), ReadError> {
         self.state = State::Done;
         let mut end = 0usize;
+        let mut first_bytes = 0usize;
         while end < bytes.len() {
             let rest = &bytes[end..];
             let Ok(header) = BatchHeader::parse(rest) else {
@@ -237,11 +246,20 @@ impl ReadCursor {
                 return Ok(());
             }
             self.expected_offset = header.next_offset() as u64;
+            if end == 0 {
+                first_bytes = total;
+            }
             end += total;
         }
         if end == 0 {
             return Err(corrupt(io, "no whole batch at the read position".into()));
         }
+        // KIP-74: at most `max_bytes`, unless the first batch alone is larger.
+        assert!(
+            end <= (self.max_bytes as usize).max(first_bytes),
+            "a read of {end} bytes passes max_bytes {}",
+            self.max_bytes
+        );
         self.records = bytes.slice(..end);
         Ok(())
     }
@@ -283,6 +301,12 @@ impl ReadCursor {
             at = end;
         }
         debug_assert_eq!(at, records.len());
+        // `on_batches` served only batches that continue the offset sequence.
+        debug_assert!(
+            out.windows(2)
+                .all(|w| w[1].base_offset.checked_sub(1) == Some(w[0].last_offset)),
+            "the batches of a read are not contiguous"
+        );
         out
     }
 

@@ -56,6 +56,14 @@ impl Checkpoint {
         epochs.encode(&mut out);
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
+        // Recovery takes producer state and epochs from this file alone: one that does not
+        // decode to what was encoded would cost a full scan or, worse, restore other state.
+        debug_assert!(
+            Checkpoint::decode(&out).is_some_and(|c| c.recovery_point == recovery_point
+                && c.producers == *producers
+                && c.epochs == *epochs),
+            "the checkpoint at {recovery_point} does not decode to what was encoded"
+        );
         out
     }
 
@@ -198,6 +206,8 @@ impl Recovery {
                 if scan.segment.size_bytes < scan.file_len {
                     let left = scan.file_len - scan.segment.size_bytes;
                     let len = left.min(u64::from(RECOVERY_READ_BYTES.max(scan.want))) as u32;
+                    // An empty read would look like a file that ended early.
+                    assert!(len > 0, "a recovery read of no bytes");
                     scan.requested = u64::from(len);
                     return Some(RecoveryIo::ReadSegment(ReadIo {
                         segment: scan.segment.base_offset,
@@ -235,10 +245,19 @@ impl Recovery {
     }
 
     fn start_scan(&mut self, base: u64, file_len: u64, tail: bool) {
+        assert!(
+            self.scanning.is_none() && self.waiting_indexes.is_none(),
+            "segment {base} scanned while another is being recovered"
+        );
         if tail {
             if self.tail_start.is_none() {
                 self.tail_start = Some(base);
             } else {
+                // The checkpoint advances through the snapshots in order.
+                assert!(
+                    self.snapshots.back().is_none_or(|(b, _)| *b < base),
+                    "a snapshot at {base} after a later one"
+                );
                 let snapshot = Checkpoint::encode_parts(base, &self.producers, &self.epochs);
                 self.snapshots.push_back((base, snapshot));
             }
@@ -263,6 +282,15 @@ impl Recovery {
             .front()
             .map(|(b, _)| *b)
             .expect("a sealed segment has a successor");
+        // The listing is ordered by base offset, and `next_io` let this segment through only if
+        // it continues the ones recovered so far.
+        assert!(base < next_base, "segment {base} listed before {next_base}");
+        assert!(
+            self.recovered
+                .last()
+                .is_none_or(|prev| prev.next_offset == base),
+            "segment {base} does not continue the recovered log"
+        );
         match Segment::decode_indexes(base, len, offset_index, time_index) {
             Some((offsets, times))
                 if offsets
@@ -303,6 +331,7 @@ impl Recovery {
             scan.file_len = scan.segment.size_bytes + bytes.len() as u64;
         }
         let chunk_end = scan.segment.size_bytes + bytes.len() as u64;
+        let size_before = scan.segment.size_bytes;
         let mut at = 0usize;
         let mut bad = bytes.is_empty();
         while at < bytes.len() {
@@ -355,6 +384,14 @@ impl Recovery {
                 if epoch >= 0 {
                     self.epochs.assign(epoch, start.offset);
                 }
+                // The log takes these as its undo records, which cover the tail batch by batch.
+                assert!(
+                    self.undo
+                        .back()
+                        .is_none_or(|u| u.next_offset == start.offset),
+                    "the replayed batch at {} does not follow the last one",
+                    start.offset
+                );
                 self.undo.push_back(Undo {
                     at: start,
                     next_offset: header.next_offset() as u64,
@@ -364,6 +401,14 @@ impl Recovery {
             }
             at += total;
         }
+        // Exactly the batches accepted above count as the segment's bytes; a cut or a rebuild
+        // below starts from there.
+        assert_eq!(
+            scan.segment.size_bytes,
+            size_before + at as u64,
+            "segment {} accounts for bytes it did not accept",
+            scan.segment.base_offset
+        );
         if bad && !scan.replay {
             // Rebuilding the index of a sealed, durable segment: the damage is not a torn tail
             // and cutting here would throw away every later segment. Index what is good; reads
@@ -410,6 +455,14 @@ impl Recovery {
                 self.rewrite_indexes.push(segment.base_offset);
             }
         }
+        // `next_io` deletes any segment after a gap, so the recovered ones are contiguous.
+        assert!(
+            self.recovered
+                .last()
+                .is_none_or(|prev| prev.next_offset == segment.base_offset),
+            "recovered segment {} does not continue the log",
+            segment.base_offset
+        );
         self.recovered.push(segment);
     }
 
@@ -494,6 +547,10 @@ impl Recovery {
             .tail_start
             .filter(|t| self.recovered.iter().any(|s| s.base_offset == *t))
             .unwrap_or(log_end);
+        assert!(
+            tail_start <= log_end,
+            "the replayed tail starts past the log end"
+        );
         let tail: Vec<u64> = self
             .recovered
             .iter()
@@ -558,6 +615,12 @@ impl PartitionLog {
         }
         self.trusted = self.trusted.max(self.durable);
         self.high_watermark = self.durable;
+        // Nothing of the replayed tail is known to be synced or committed yet.
+        assert_eq!(
+            self.high_watermark.offset,
+            tail_start.min(self.log_end_offset()),
+            "the recovered high watermark is not the start of the replayed tail"
+        );
         self.dirty_segments.extend(tail.iter().copied());
         self.dirty_indexes.extend(indexes.iter().copied());
         self.dirty_dir |= dir;

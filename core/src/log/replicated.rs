@@ -127,6 +127,11 @@ impl PartitionLog {
 
     /// Moves the high watermark as far towards the commit target as durability allows.
     pub(super) fn follow_commit(&mut self) {
+        // In single-node mode group commits move the high watermark to the synced end.
+        assert!(
+            self.replicated,
+            "following a commit index in single-node mode"
+        );
         let end = self.commit_target.min(self.durable.offset);
         if end <= self.high_watermark.offset || self.storage_failed {
             return;
@@ -223,10 +228,21 @@ impl PartitionLog {
             }
         }
         let count = parsed.len();
+        let high_watermark = self.high_watermark.offset;
         for (header, range) in parsed {
             self.write_batch(&header, batches.slice(range), now_ms);
         }
         assert_eq!(self.log_end_offset(), expected);
+        // The batches were checked above; from here on they are the log's own state.
+        assert_eq!(
+            self.epochs.latest_epoch(),
+            latest,
+            "the epoch cache does not end in the last batch's epoch"
+        );
+        assert_eq!(
+            self.high_watermark.offset, high_watermark,
+            "storing entries moved the high watermark: only Raft's commit index does"
+        );
         if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }
@@ -324,6 +340,26 @@ impl PartitionLog {
         assert!(
             self.recovery_point <= offset,
             "truncation below the checkpoint"
+        );
+        assert_eq!(
+            self.log_end_offset(),
+            offset,
+            "the log does not end at the cut"
+        );
+        assert_eq!(
+            self.active().base_offset,
+            cut.segment,
+            "the cut segment is not the active one"
+        );
+        // Nothing past the cut may be taken for durable (or kept by a failure cut) until it is
+        // written and synced again.
+        assert!(
+            self.durable.offset <= offset && self.trusted.offset <= offset,
+            "durability reaches past the cut at {offset}"
+        );
+        assert!(
+            self.undo.back().is_none_or(|u| u.next_offset == offset),
+            "the undo records do not end at the cut"
         );
         if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();

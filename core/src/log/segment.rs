@@ -130,9 +130,23 @@ impl Segment {
         if self.first_timestamp.is_none() {
             self.first_timestamp = Some(header.max_timestamp);
         }
+        // Time lookups skip every batch before an entry by its timestamp and retention goes by
+        // `max_timestamp`: no entry may claim a later timestamp than the segment holds.
+        assert!(
+            self.time_index
+                .last()
+                .is_none_or(|e| e.max_timestamp <= self.max_timestamp),
+            "the time index runs ahead of the segment's max timestamp"
+        );
     }
 
     pub fn mark(&self) -> SegmentMark {
+        // Marks are taken just before an append, and only the active segment takes appends.
+        assert!(
+            !self.sealed,
+            "a mark of sealed segment {}",
+            self.base_offset
+        );
         SegmentMark {
             next_offset: self.next_offset,
             size_bytes: self.size_bytes,
@@ -152,6 +166,10 @@ impl Segment {
         assert!(mark.next_offset >= self.base_offset && mark.next_offset <= self.next_offset);
         assert!(mark.size_bytes <= self.size_bytes);
         assert!(mark.offset_index_len <= self.offset_index.len());
+        assert!(
+            mark.time_index_len <= self.time_index.len(),
+            "a mark with more time index entries than the segment"
+        );
         self.next_offset = mark.next_offset;
         self.size_bytes = mark.size_bytes;
         self.max_timestamp = mark.max_timestamp;
@@ -162,6 +180,14 @@ impl Segment {
         self.time_index.truncate(mark.time_index_len);
         self.bytes_since_index = mark.bytes_since_index;
         self.sealed = false;
+        // Reads start at index entries: one past the cut would point into the bytes cut off.
+        assert!(
+            self.offset_index
+                .last()
+                .is_none_or(|e| u64::from(e.position) < self.size_bytes),
+            "an offset index entry past the cut of segment {}",
+            self.base_offset
+        );
     }
 
     /// The last indexed batch starting at or before `offset`: its base offset and byte position.
@@ -172,7 +198,7 @@ impl Segment {
         let at = self
             .offset_index
             .partition_point(|e| e.relative_offset <= relative);
-        if at == 0 {
+        let (found, position) = if at == 0 {
             (self.base_offset, 0)
         } else {
             let entry = self.offset_index[at - 1];
@@ -180,7 +206,13 @@ impl Segment {
                 self.base_offset + u64::from(entry.relative_offset),
                 entry.position,
             )
-        }
+        };
+        // A cursor scans forward from the entry, so it must not lie after the target.
+        assert!(
+            found <= offset.max(self.base_offset),
+            "the index entry for offset {offset} lies after it"
+        );
+        (found, position)
     }
 
     /// An offset from which to scan for the first batch whose max timestamp is `>= timestamp`:
@@ -299,6 +331,22 @@ impl Segment {
             assert!(u64::from(last.position) < self.size_bytes);
             assert!(self.base_offset + u64::from(last.relative_offset) < self.next_offset);
         }
+        if let Some(last) = self.time_index.last() {
+            assert!(
+                last.max_timestamp <= self.max_timestamp,
+                "the time index runs ahead of the segment's max timestamp"
+            );
+        }
+        assert!(
+            self.bytes_since_index <= self.size_bytes,
+            "more bytes since the last index entry than in the segment"
+        );
+        // Rolls seal only segments with data, and recovery never seals an empty one.
+        assert!(
+            !self.sealed || !self.is_empty(),
+            "empty segment {} is sealed",
+            self.base_offset
+        );
     }
 }
 

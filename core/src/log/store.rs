@@ -203,6 +203,14 @@ impl<S: Storage> LogStore<S> {
         while let Some(op) = log.poll_op() {
             store.apply(op)?;
         }
+        // Files of segments recovery removed were dropped with them: no read goes to one.
+        debug_assert!(
+            store
+                .segments
+                .keys()
+                .all(|base| log.segments().any(|segment| segment.base_offset == *base)),
+            "an open segment file the recovered log does not have"
+        );
         Ok((log, store))
     }
 
@@ -258,14 +266,31 @@ impl<S: Storage> LogStore<S> {
                 let file = self.segment(segment)?;
                 debug_assert_eq!(file.len()?, position, "append at the wrong position");
                 file.append(&bytes)?;
+                // Both stores append whole or fail: the file ends where the log's segment does.
+                debug_assert_eq!(
+                    file.len()?,
+                    position + bytes.len() as u64,
+                    "segment {segment} did not grow by the appended bytes"
+                );
             }
             LogOp::WriteIndexes {
                 segment,
                 offset_index,
                 time_index,
             } => {
-                self.write_whole(&index_file_name(segment), &offset_index)?;
-                self.write_whole(&time_index_file_name(segment), &time_index)?;
+                // Recovery validates these by length and CRC: each must hold exactly its bytes.
+                let file = self.write_whole(&index_file_name(segment), &offset_index)?;
+                assert_eq!(
+                    file.len()?,
+                    offset_index.len() as u64,
+                    "the offset index of segment {segment} was not written whole"
+                );
+                let file = self.write_whole(&time_index_file_name(segment), &time_index)?;
+                assert_eq!(
+                    file.len()?,
+                    time_index.len() as u64,
+                    "the time index of segment {segment} was not written whole"
+                );
             }
             LogOp::DeleteSegment { base_offset } => {
                 self.segments.remove(&base_offset);
@@ -332,6 +357,13 @@ impl<S: Storage> LogStore<S> {
                 return Err(e);
             }
         }
+        // Every deletion the log decided on has run, and with it the file was dropped.
+        debug_assert!(
+            self.segments
+                .keys()
+                .all(|base| log.segments().any(|segment| segment.base_offset == *base)),
+            "an open file of a segment the log deleted"
+        );
         Ok(())
     }
 
@@ -401,6 +433,13 @@ impl<S: Storage> LogStore<S> {
         let bytes = file
             .read_at(io.position, io.len as usize)
             .map_err(|e| ReadError::Corrupt(e.to_string()))?;
+        // Fewer bytes is damage the cursor reports; more would break the storage contract.
+        debug_assert!(
+            bytes.len() <= io.len as usize,
+            "a read of {} bytes returned {}",
+            io.len,
+            bytes.len()
+        );
         Ok(Bytes::from(bytes))
     }
 
