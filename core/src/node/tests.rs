@@ -30,6 +30,22 @@ struct Host {
     stopped: Option<String>,
     /// What the node handed out in the order it did, for tests that check order.
     trace: Vec<String>,
+    /// Kinds of jobs (`job_kind`) kept back in `held` instead of run: the host's thread pool
+    /// runs jobs in any order, so a test may finish one after jobs handed out later.
+    hold: Vec<&'static str>,
+    held: VecDeque<Job<MemStorage>>,
+    /// The next group-commit job of this log fails its first fsync.
+    fail_sync_of: Option<LogId>,
+}
+
+/// A job's kind as its `Debug` names it: open, sync, cut, hard-state, swap, delete.
+fn job_kind(job: &Job<MemStorage>) -> String {
+    let text = format!("{job:?}");
+    text.trim_end_matches(')')
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 impl Host {
@@ -46,7 +62,16 @@ impl Host {
             ready: false,
             stopped: None,
             trace: Vec::new(),
+            hold: Vec::new(),
+            held: VecDeque::new(),
+            fail_sync_of: None,
         }
+    }
+
+    /// Lets the held jobs run (after every job queued now) and holds nothing more.
+    fn release(&mut self) {
+        self.hold.clear();
+        self.jobs.extend(self.held.drain(..));
     }
 
     /// Carries out the node's outputs: storage now (jobs queued), messages into `network`.
@@ -96,6 +121,18 @@ impl Host {
                 continue;
             }
             if let Some(job) = self.jobs.pop_front() {
+                let kind = job_kind(&job);
+                if self.hold.iter().any(|k| *k == kind) {
+                    self.held.push_back(job);
+                    continue;
+                }
+                if kind == "sync" && self.fail_sync_of == Some(job.log()) {
+                    self.fail_sync_of = None;
+                    self.storage.inject(crate::testing::Faults {
+                        fail_next_sync: true,
+                        ..Default::default()
+                    });
+                }
                 let finished = job.run();
                 let (mut done, mut jobs) = (Vec::new(), Vec::new());
                 self.disk.finish(finished, &mut done, &mut jobs);
@@ -138,9 +175,20 @@ fn config(node_id: i32, nodes: usize) -> NodeConfig {
 
 impl Cluster {
     fn new(nodes: usize, seed: u64) -> Cluster {
+        Cluster::with(nodes, seed, |_| {})
+    }
+
+    /// A cluster whose nodes' configs `tweak` changes first.
+    fn with(nodes: usize, seed: u64, tweak: impl Fn(&mut NodeConfig)) -> Cluster {
         let now = Now::new(Instant::from_millis(1_000), 1_700_000_000_000);
         let storages: Vec<MemStorage> = (0..nodes).map(|_| MemStorage::new()).collect();
-        let configs: Vec<NodeConfig> = (0..nodes).map(|i| config(i as i32, nodes)).collect();
+        let configs: Vec<NodeConfig> = (0..nodes)
+            .map(|i| {
+                let mut c = config(i as i32, nodes);
+                tweak(&mut c);
+                c
+            })
+            .collect();
         let hosts = (0..nodes)
             .map(|i| {
                 Some(Host::start(
@@ -729,6 +777,336 @@ fn a_failed_fsync_fails_the_waiters_and_the_partition_is_reopened() {
     assert!(
         !got.contains(&b"lost".to_vec()),
         "an unacknowledged, unsynced batch came back"
+    );
+}
+
+// ---- Found in review: topic lifecycle, storage jobs, failures -------------------------------
+
+fn delete_topic(c: &mut Cluster, at: usize, name: &str) {
+    let Reply::DeleteTopics(r) = c.call(
+        at,
+        Request::DeleteTopics(DeleteTopicsRequest {
+            topics: vec![TopicKey::Name(name.into())],
+            timeout_ms: 5_000,
+        }),
+    ) else {
+        unreachable!()
+    };
+    assert_eq!(r[0].error, ErrorCode::None, "DeleteTopics {name}: {r:?}");
+}
+
+fn create_topics_request(name: &str, assignment: Option<Vec<(i32, Vec<i32>)>>) -> Request {
+    Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![NewTopic {
+            name: name.into(),
+            num_partitions: if assignment.is_some() { -1 } else { 1 },
+            replication_factor: -1,
+            assignment,
+            configs: Vec::new(),
+        }],
+        validate_only: false,
+        timeout_ms: 5_000,
+    })
+}
+
+fn wait_for_leader(c: &mut Cluster, topic: &str, partition: i32) -> usize {
+    for _ in 0..500 {
+        if let Some(l) = c.leader_of(topic, partition) {
+            return l;
+        }
+        c.advance(20);
+    }
+    panic!("{topic}-{partition} never got a leader");
+}
+
+fn show(values: &[Vec<u8>]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| String::from_utf8_lossy(v).to_string())
+        .collect()
+}
+
+/// A topic deleted while one of its partitions is being (re)opened — its recovery is a job off
+/// the loop, here after a failed fsync — must still lose its directory: a topic created later
+/// under the same name must not serve the deleted topic's records.
+#[test]
+fn a_topic_deleted_while_its_partition_reopens_leaves_no_data_behind() {
+    let mut c = Cluster::new(1, 21);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let wall = c.now.wall_ms as i64;
+    let ok = produced(c.call(0, produce("t", 0, -1, records(&[b"old"], wall))));
+    assert_eq!(ok.error, ErrorCode::None);
+    // The next fsync fails: the partition is reopened from disk, and its recovery is slow.
+    c.host(0).hold = vec!["open"];
+    c.storages[0].inject(crate::testing::Faults {
+        fail_next_sync: true,
+        ..Default::default()
+    });
+    let failed = produced(c.call(0, produce("t", 0, -1, records(&[b"lost"], wall))));
+    assert_eq!(failed.error, ErrorCode::KafkaStorageError);
+    assert_eq!(
+        c.host(0).held.len(),
+        1,
+        "the partition's reopen is under way"
+    );
+    delete_topic(&mut c, 0, "t");
+    c.host(0).release();
+    c.settle();
+    let left: Vec<_> = c.storages[0]
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with("t-0"))
+        .collect();
+    c.create_topic("t", 1);
+    let got = read_all(&mut c, 0, "t", 0);
+    assert!(
+        got.is_empty(),
+        "a re-created topic serves the deleted topic's records: {:?}",
+        show(&got)
+    );
+    assert!(
+        left.is_empty(),
+        "the deleted topic's files stayed: {left:?}"
+    );
+}
+
+/// The deletion of a topic's directory is a job off the loop, and a partition's recovery is
+/// another: the host runs them on a thread pool in any order. A topic re-created under the same
+/// name while the old directory is still being removed must neither recover the old records
+/// nor lose its own acknowledged ones when the removal completes.
+#[test]
+fn a_topic_recreated_while_its_old_directory_is_being_removed_keeps_its_acknowledged_records() {
+    let mut c = Cluster::new(1, 22);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let wall = c.now.wall_ms as i64;
+    let ok = produced(c.call(0, produce("t", 0, -1, records(&[b"old"], wall))));
+    assert_eq!(ok.error, ErrorCode::None);
+    c.host(0).hold = vec!["delete"];
+    delete_topic(&mut c, 0, "t");
+    assert_eq!(
+        c.host(0).held.len(),
+        1,
+        "the old directory's removal is under way"
+    );
+    // Re-created at once (as `kafka-topics --delete` then `--create` in a script).
+    c.request(0, create_topics_request("t", None));
+    // The removal finishes after the new partition's recovery ran.
+    c.host(0).release();
+    c.settle();
+    let leader = wait_for_leader(&mut c, "t", 0);
+    let new = produced(c.call(leader, produce("t", 0, -1, records(&[b"new"], wall))));
+    assert_eq!(new.error, ErrorCode::None, "{new:?}");
+    let before_crash = read_all(&mut c, 0, "t", 0);
+    c.crash(0, CrashMode::Clean);
+    c.wait_ready();
+    wait_for_leader(&mut c, "t", 0);
+    let after_crash = read_all(&mut c, 0, "t", 0);
+    assert_eq!(
+        (show(&before_crash), show(&after_crash)),
+        (vec!["new".to_string()], vec!["new".to_string()]),
+        "the re-created topic holds exactly its own acknowledged record, before and after a crash"
+    );
+}
+
+/// A job of a log that was closed for deletion may still be running (a hard state being
+/// stored, a group commit, a swap): the host's pool runs jobs in any order. The directory
+/// must be gone once every job has finished, whatever the order.
+#[test]
+fn a_deleted_log_directory_is_not_brought_back_by_a_job_still_running() {
+    use crate::log::LogConfig;
+    use crate::raft::HardState;
+    let storage = MemStorage::new();
+    let mut disk = Disk::new(storage.clone());
+    let (mut done, mut jobs) = (Vec::new(), Vec::new());
+    let log = LogId(1);
+    let dir = std::path::PathBuf::from("t-0");
+    disk.execute(
+        StorageOp::Open {
+            log,
+            dir: dir.clone(),
+            config: LogConfig::default(),
+            cut: Vec::new(),
+        },
+        &mut done,
+        &mut jobs,
+    );
+    let open = jobs.pop().expect("an open job");
+    disk.finish(open.run(), &mut done, &mut jobs);
+    assert!(matches!(
+        done.pop(),
+        Some(StorageDone::Opened { result: Ok(_), .. })
+    ));
+    disk.execute(
+        StorageOp::StoreHardState {
+            log,
+            state: HardState {
+                term: 3,
+                vote: Some(1),
+                commit: 0,
+            },
+        },
+        &mut done,
+        &mut jobs,
+    );
+    disk.execute(StorageOp::Close { log, delete: true }, &mut done, &mut jobs);
+    // Newest first: the removal runs before the hard state's job finishes.
+    while let Some(job) = jobs.pop() {
+        let mut more = Vec::new();
+        disk.finish(job.run(), &mut done, &mut more);
+        jobs.extend(more);
+    }
+    let left: Vec<_> = storage
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    assert!(
+        left.is_empty() && !crate::storage::Storage::exists(&storage, &dir),
+        "the deleted log's directory came back: {left:?}"
+    );
+}
+
+/// After its metadata log fails (an fsync error), a node reopens it and replays the image from
+/// the start. Until the replay is back where it was, the image lacks topics this node hosts;
+/// they must not be deleted (directories removed) meanwhile. Here the metadata log has rolled
+/// (as it does after `segment.ms`, a week by default), so the reopened log's durable prefix, a
+/// partial image, is applied first.
+#[test]
+fn a_metadata_log_reopen_does_not_delete_the_topics_its_replay_has_not_reached() {
+    let mut c = Cluster::with(1, 23, |config| {
+        config.topic_defaults.log.segment_bytes_max = 512;
+    });
+    c.wait_ready();
+    for i in 0..8 {
+        c.create_topic(&format!("early-{i}"), 1);
+    }
+    c.create_topic("t", 1);
+    let wall = c.now.wall_ms as i64;
+    let ok = produced(c.call(0, produce("t", 0, -1, records(&[b"precious"], wall))));
+    assert_eq!(ok.error, ErrorCode::None);
+    let meta = c.host(0).node.meta.log_id();
+    let segments = c
+        .host(0)
+        .node
+        .meta
+        .quorum()
+        .map(|q| q.replica().log().segments().count())
+        .unwrap();
+    assert!(segments > 1, "the metadata log rolled");
+    // The metadata log's next group commit fails: it is reopened and its image replayed.
+    c.host(0).fail_sync_of = Some(meta);
+    c.request(0, create_topics_request("trigger", None));
+    assert_ne!(
+        c.host(0).node.meta.log_id(),
+        meta,
+        "the metadata log was reopened"
+    );
+    c.advance(2_000);
+    assert!(c.host(0).stopped.is_none());
+    wait_for_leader(&mut c, "t", 0);
+    let got = read_all(&mut c, 0, "t", 0);
+    assert_eq!(
+        show(&got),
+        vec!["precious".to_string()],
+        "an acknowledged record survives a metadata log reopen"
+    );
+}
+
+/// The same with default settings on three nodes: a node's stored Raft commit index only moves
+/// with a term or vote change, so a reopened metadata log first replays up to the commit of the
+/// last election; topics created since must not be deleted (their directories removed) on the
+/// way. Here the topic has one replica, so what it acknowledged exists nowhere else.
+#[test]
+fn a_metadata_log_reopen_does_not_delete_topics_created_since_the_last_election() {
+    let mut c = Cluster::new(3, 25);
+    c.wait_ready();
+    c.create_topic("early", 1);
+    // A controller restart: the others adopt a new term (and store it, with the commit index).
+    let old_controller = c.controller();
+    c.crash(old_controller, CrashMode::Clean);
+    c.advance(3_000);
+    c.wait_ready();
+    let node = (old_controller + 1) % 3;
+    let mut created = false;
+    for _ in 0..50 {
+        let controller = c.controller();
+        let Reply::CreateTopics(r) = c.call(
+            controller,
+            create_topics_request("solo", Some(vec![(0, vec![node as i32])])),
+        ) else {
+            unreachable!()
+        };
+        match r[0].error {
+            ErrorCode::None => {
+                created = true;
+                break;
+            }
+            ErrorCode::NotController => c.advance(100),
+            other => panic!("CreateTopics: {other:?}"),
+        }
+    }
+    assert!(created);
+    assert_eq!(wait_for_leader(&mut c, "solo", 0), node);
+    let wall = c.now.wall_ms as i64;
+    let ok = produced(c.call(node, produce("solo", 0, -1, records(&[b"precious"], wall))));
+    assert_eq!(ok.error, ErrorCode::None);
+    // The node's next metadata group commit fails: it reopens the log and replays the image.
+    let meta = c.host(node).node.meta.log_id();
+    c.host(node).fail_sync_of = Some(meta);
+    let controller = c.controller();
+    c.request(controller, create_topics_request("trigger", None));
+    c.advance(2_000);
+    assert_ne!(
+        c.host(node).node.meta.log_id(),
+        meta,
+        "the metadata log was reopened"
+    );
+    assert!(c.hosts.iter().flatten().all(|h| h.stopped.is_none()));
+    wait_for_leader(&mut c, "solo", 0);
+    let got = read_all(&mut c, node, "solo", 0);
+    assert_eq!(
+        show(&got),
+        vec!["precious".to_string()],
+        "an acknowledged record survives a metadata log reopen"
+    );
+}
+
+/// With `flush_interval_ms`, a log whose end is above its high watermark only because the
+/// commit waits for other replicas has nothing to sync: the node must not ask to be woken at
+/// once, again and again (the host's loop would spin).
+#[test]
+fn a_spaced_group_commit_does_not_spin_while_a_commit_waits_for_followers() {
+    let mut c = Cluster::with(3, 24, |config| config.flush_interval_ms = 50);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let leader = c.leader_of("t", 0).expect("a leader");
+    for other in 0..3u64 {
+        if other != leader as u64 {
+            c.cut.push((leader as u64, other));
+            c.cut.push((other, leader as u64));
+        }
+    }
+    let wall = c.now.wall_ms as i64;
+    c.request(leader, produce("t", 0, -1, records(&[b"waits"], wall)));
+    c.advance(200);
+    let now = c.now;
+    let h = c.host(leader);
+    let slot = h.node.partitions.get(&TopicPartition::new("t", 0)).unwrap();
+    let log = slot.replica().unwrap().log();
+    assert!(
+        log.log_end_offset() > log.high_watermark(),
+        "the commit waits"
+    );
+    h.node.handle(now, Input::Timeout, &h.disk);
+    let mut network = VecDeque::new();
+    h.settle(leader as u64, now, &mut network);
+    let next = h.node.poll_timeout().expect("a timeout");
+    assert!(
+        next > now.instant,
+        "the node asks to be woken at {next:?}, not after now ({:?}): a busy loop",
+        now.instant
     );
 }
 
