@@ -21,12 +21,19 @@
 //! bounded in bytes by the request. Making them asynchronous would park and resume every
 //! fetch, Raft append and coordinator load for no gain while a read costs microseconds.
 //!
+//! **Directories.** The host runs jobs on a pool, in any order, so the executor orders what
+//! touches one directory across logs: a log closed while jobs of its are still out (or while it
+//! is still opening) is removed only once the last of them finished, and a log opening a
+//! directory waits until every job of the logs closed over it before (their removal included)
+//! has finished. A deleted topic's directory is gone once its jobs are done, and a topic
+//! re-created under the same name starts from an empty one.
+//!
 //! **Failure.** An op that fails marks its log failed: later ops of that log are dropped (those
 //! owed an answer get a failure), and the node hears [`StorageDone::WriteFailed`] once. It then
 //! closes the log and opens a new one over the same directory, after a cut to what was durable.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -215,7 +222,7 @@ enum Outcome<S: Storage> {
     Cut(Result<(), String>),
     HardState(Result<(), String>),
     Swapped(u64, Result<(), String>),
-    Deleted(Result<(), String>),
+    Deleted(PathBuf, Result<(), String>),
 }
 
 impl<S: Storage> Job<S> {
@@ -247,7 +254,10 @@ impl<S: Storage> Job<S> {
                 state,
             } => Outcome::HardState(text(hard_state::store(&storage, &dir, state))),
             Work::Swap { segment, job } => Outcome::Swapped(segment, text(job.run())),
-            Work::Delete { storage, dir } => Outcome::Deleted(text(delete_dir(&storage, &dir))),
+            Work::Delete { storage, dir } => {
+                let result = text(delete_dir(&storage, &dir));
+                Outcome::Deleted(dir, result)
+            }
         };
         Finished {
             log: self.log,
@@ -332,10 +342,27 @@ struct Held {
     report: Option<u64>,
 }
 
+/// A log closed while jobs of its were still out, or while it was opening.
+struct Closing {
+    dir: PathBuf,
+    /// Remove the directory once the last job finished.
+    delete: bool,
+}
+
 /// The executor (see the module docs).
 pub struct Disk<S: Storage> {
     storage: S,
     logs: BTreeMap<LogId, OpenLog<S>>,
+    /// Jobs handed out and not finished yet, per log (never zero).
+    jobs_out: BTreeMap<LogId, usize>,
+    /// Logs whose recovery job is out, and their directory.
+    opening: BTreeMap<LogId, PathBuf>,
+    /// Closed logs that still have jobs out: finished (and removed) after the last one.
+    closing: BTreeMap<LogId, Closing>,
+    /// Directories whose removal job is out.
+    removing: BTreeSet<PathBuf>,
+    /// Opens waiting for their directory to be free (see the module docs), in order.
+    waiting: VecDeque<StorageOp>,
 }
 
 impl<S: Storage> Disk<S> {
@@ -343,6 +370,11 @@ impl<S: Storage> Disk<S> {
         Disk {
             storage,
             logs: BTreeMap::new(),
+            jobs_out: BTreeMap::new(),
+            opening: BTreeMap::new(),
+            closing: BTreeMap::new(),
+            removing: BTreeSet::new(),
+            waiting: VecDeque::new(),
         }
     }
 
@@ -350,15 +382,32 @@ impl<S: Storage> Disk<S> {
         &self.storage
     }
 
-    /// Carries out `op` (or holds it behind its log's barrier). Answers for the node go to
-    /// `done`, blocking work to `jobs`.
+    /// Carries out `op` (or holds it behind its log's barrier, or an open until its directory
+    /// is free). Answers for the node go to `done`, blocking work to `jobs`.
     pub fn execute(&mut self, op: StorageOp, done: &mut Vec<StorageDone>, jobs: &mut Vec<Job<S>>) {
+        let first = jobs.len();
+        self.execute_op(op, done, jobs);
+        self.count_jobs(&jobs[first..]);
+    }
+
+    fn execute_op(&mut self, op: StorageOp, done: &mut Vec<StorageDone>, jobs: &mut Vec<Job<S>>) {
         let log = op.log();
         if let StorageOp::Open {
             dir, config, cut, ..
         } = op
         {
             assert!(!self.logs.contains_key(&log), "{log} opened twice");
+            assert!(!self.opening.contains_key(&log), "{log} opened twice");
+            if self.dir_busy(&dir) {
+                self.waiting.push_back(StorageOp::Open {
+                    log,
+                    dir,
+                    config,
+                    cut,
+                });
+                return;
+            }
+            self.opening.insert(log, dir.clone());
             jobs.push(Job {
                 log,
                 work: Work::Open {
@@ -371,6 +420,17 @@ impl<S: Storage> Disk<S> {
             return;
         }
         let Some(state) = self.logs.get_mut(&log) else {
+            if let StorageOp::Close { delete, .. } = op {
+                if let Some(dir) = self.opening.get(&log) {
+                    // Closed while its recovery runs: closed (and removed) once that finished.
+                    let dir = dir.clone();
+                    self.closing.insert(log, Closing { dir, delete });
+                } else {
+                    // Closed before its open left the queue: it never touched the directory.
+                    self.waiting.retain(|w| w.log() != log);
+                }
+                return;
+            }
             // Closed (or never opened): answer what is owed.
             done.extend(op.failed(&format!("{log} is not open")));
             return;
@@ -384,8 +444,42 @@ impl<S: Storage> Disk<S> {
         self.run(op, done, jobs);
     }
 
-    /// Takes back a finished job: its answer, and whatever its log held behind it.
+    /// Takes back a finished job: its answer, whatever its log held behind it, the removal of
+    /// a closed log's directory once its last job is done, and the opens that waited for it.
     pub fn finish(
+        &mut self,
+        finished: Finished<S>,
+        done: &mut Vec<StorageDone>,
+        jobs: &mut Vec<Job<S>>,
+    ) {
+        let first = jobs.len();
+        let log = finished.log;
+        match self.jobs_out.get_mut(&log) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.jobs_out.remove(&log);
+            }
+            None => unreachable!("{log}: a job finished that was never handed out"),
+        }
+        self.finish_job(finished, done, jobs);
+        self.count_jobs(&jobs[first..]);
+        if !self.jobs_out.contains_key(&log) {
+            if let Some(closing) = self.closing.remove(&log) {
+                if closing.delete {
+                    let at = jobs.len();
+                    self.remove_dir(log, closing.dir, jobs);
+                    self.count_jobs(&jobs[at..]);
+                }
+            }
+        }
+        // Opens whose directory became free.
+        let waiting = std::mem::take(&mut self.waiting);
+        for op in waiting {
+            self.execute(op, done, jobs);
+        }
+    }
+
+    fn finish_job(
         &mut self,
         finished: Finished<S>,
         done: &mut Vec<StorageDone>,
@@ -394,6 +488,15 @@ impl<S: Storage> Disk<S> {
         let log = finished.log;
         match finished.outcome {
             Outcome::Opened(result) => {
+                self.opening.remove(&log);
+                if self.closing.contains_key(&log) {
+                    // Closed while it opened: its store goes now (nobody waits for it).
+                    done.push(StorageDone::Opened {
+                        log,
+                        result: Err(format!("{log} was closed while it opened")),
+                    });
+                    return;
+                }
                 let result = result.map(|(opened, store)| {
                     let previous = self.logs.insert(
                         log,
@@ -425,7 +528,8 @@ impl<S: Storage> Disk<S> {
                     result,
                 });
             }
-            Outcome::Deleted(result) => {
+            Outcome::Deleted(dir, result) => {
+                self.removing.remove(&dir);
                 if let Err(e) = result {
                     // The log is gone from the node either way; only its files are left over.
                     done.push(StorageDone::WriteFailed {
@@ -445,7 +549,7 @@ impl<S: Storage> Disk<S> {
                             done.push(StorageDone::Written { log, seq });
                         }
                         for op in held.ops {
-                            self.execute(op, done, jobs);
+                            self.execute_op(op, done, jobs);
                         }
                     }
                     Err(e) => {
@@ -563,14 +667,34 @@ impl<S: Storage> Disk<S> {
         };
         let dir = state.store.borrow().dir().to_path_buf();
         drop(state);
-        if delete {
-            jobs.push(Job {
-                log,
-                work: Work::Delete {
-                    storage: self.storage.clone(),
-                    dir,
-                },
-            });
+        if self.jobs_out.contains_key(&log) {
+            // A job of the log still runs (a group commit, a hard state, a swap, a barrier):
+            // the directory goes after it, or the job could bring it back.
+            self.closing.insert(log, Closing { dir, delete });
+        } else if delete {
+            self.remove_dir(log, dir, jobs);
+        }
+    }
+
+    fn remove_dir(&mut self, log: LogId, dir: PathBuf, jobs: &mut Vec<Job<S>>) {
+        self.removing.insert(dir.clone());
+        jobs.push(Job {
+            log,
+            work: Work::Delete {
+                storage: self.storage.clone(),
+                dir,
+            },
+        });
+    }
+
+    /// Whether jobs of a closed log over `dir` (or its removal) are still out.
+    fn dir_busy(&self, dir: &Path) -> bool {
+        self.removing.contains(dir) || self.closing.values().any(|c| c.dir == dir)
+    }
+
+    fn count_jobs(&mut self, new: &[Job<S>]) {
+        for job in new {
+            *self.jobs_out.entry(job.log).or_default() += 1;
         }
     }
 
