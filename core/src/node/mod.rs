@@ -176,6 +176,11 @@ pub struct Node {
     meta: controller::MetaSlot,
     /// The quorum's applied end when the partitions were last reconciled with the image.
     applied_metadata_end: u64,
+    /// After the metadata log was reopened: the applied end before. The image is replayed from
+    /// the start, and until the replay is back there it lacks topics this node hosts (a partial
+    /// image would have their partitions closed and their directories removed), so the
+    /// partitions are reconciled with it only from there on. Zero otherwise.
+    metadata_replay_floor: u64,
     topics: BTreeMap<String, TopicState>,
     topic_ids: BTreeMap<TopicId, String>,
     partitions: BTreeMap<TopicPartition, partitions::LogSlot<crate::replica::Replica>>,
@@ -226,6 +231,7 @@ impl Node {
             next_log_id: 0,
             meta: controller::MetaSlot::placeholder(),
             applied_metadata_end: 0,
+            metadata_replay_floor: 0,
             topics: BTreeMap::new(),
             topic_ids: BTreeMap::new(),
             partitions: BTreeMap::new(),
