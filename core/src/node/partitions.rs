@@ -188,8 +188,13 @@ impl<M: Machine> LogSlot<M> {
         if h.sync.is_some() {
             return None;
         }
-        let log = h.machine.replica().log();
-        (log.log_end_offset() > log.high_watermark())
+        // Only when there is something to sync: an end above the high watermark may just wait
+        // for other replicas, and a start in the past then would wake the host at once, again
+        // and again.
+        h.machine
+            .replica()
+            .log()
+            .has_unsynced()
             .then(|| h.last_sync_start.map(|s| s.plus_millis(interval_ms)))
             .flatten()
     }
@@ -720,8 +725,7 @@ pub(super) fn start_sync<M: Machine>(
         && h.last_sync_start
             .is_some_and(|s| now < s.plus_millis(interval_ms))
     {
-        let log = h.machine.replica().log();
-        return if log.log_end_offset() > log.high_watermark() {
+        return if h.machine.replica().log().has_unsynced() {
             SyncStart::Waiting
         } else {
             SyncStart::Idle
