@@ -1110,6 +1110,129 @@ fn a_spaced_group_commit_does_not_spin_while_a_commit_waits_for_followers() {
     );
 }
 
+/// Retention compares record timestamps with the wall clock. A wall clock that read a day ahead
+/// once (an NTP step, a resumed VM) and was corrected must not keep the node a day ahead:
+/// records produced afterwards, stamped with the right time, are not an hour old and must stay
+/// (Kafka reads its clock afresh for every retention check).
+#[test]
+fn a_wall_clock_that_jumped_ahead_once_does_not_keep_retention_deleting_new_records() {
+    let mut c = Cluster::with(1, 26, |config| {
+        config.retention_check_interval_ms = 1_000;
+        config.topic_defaults.log.segment_bytes_max = 200;
+        config.topic_defaults.log.retention_ms = 3_600_000;
+    });
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let glitch = Now::new(c.now.instant, c.now.wall_ms + 86_400_000);
+    {
+        let h = c.host(0);
+        h.node.handle(glitch, Input::Timeout, &h.disk);
+    }
+    c.settle();
+    // The clock is right again; records produced now carry the right time.
+    for i in 0..10u8 {
+        let wall = c.now.wall_ms as i64;
+        let p = produced(c.call(0, produce("t", 0, -1, records(&[&[b'a' + i]], wall))));
+        assert_eq!(p.error, ErrorCode::None);
+    }
+    c.advance(3_000);
+    let tp = TopicPartition::new("t", 0);
+    let start = c.host(0).node.partitions[&tp]
+        .replica()
+        .unwrap()
+        .log()
+        .log_start_offset();
+    assert_eq!(
+        start, 0,
+        "retention deleted records produced seconds ago, as if they were a day old"
+    );
+}
+
+/// A heartbeat from the partition's leader, as the follower `target` would get it, but with
+/// term `term`.
+fn forged_heartbeat(c: &mut Cluster, target: usize, tp: &TopicPartition, term: u64) -> PeerMessage {
+    let h = c.host(target);
+    let slot = h.node.partitions.get(tp).expect("hosted");
+    let leader = slot.replica().and_then(|r| r.leader()).expect("a leader");
+    PeerMessage::Raft {
+        group: slot.group(),
+        msg: Message {
+            from: leader,
+            to: target as u64,
+            term,
+            body: MessageBody::Heartbeat { commit: 0 },
+        },
+    }
+}
+
+/// Raft terms are Kafka leader epochs (`int32`). A peer's message with an enormous term (a bug,
+/// a damaged frame) must not panic a node: here every replica of the group adopts the term,
+/// and the next election adds one to it.
+#[test]
+fn a_peer_message_with_the_largest_term_does_not_panic_a_node() {
+    let mut c = Cluster::new(3, 27);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let tp = TopicPartition::new("t", 0);
+    let leader = c.leader_of("t", 0).expect("a leader");
+    let follower = (leader + 1) % 3;
+    let message = forged_heartbeat(&mut c, follower, &tp, u64::MAX);
+    let now = c.now;
+    let h = c.host(follower);
+    h.node.handle(
+        now,
+        Input::Peer {
+            from: leader as u64,
+            message,
+        },
+        &h.disk,
+    );
+    c.settle();
+    c.advance(5_000);
+    for h in c.hosts.iter().flatten() {
+        h.node.check_invariants();
+        assert!(h.stopped.is_none());
+    }
+}
+
+/// The same with a term past `i32::MAX` but far from `u64::MAX`: the partition must not be
+/// left unable to take a produce (no leader epoch fits a Kafka batch any more) by one message.
+#[test]
+fn a_peer_message_with_a_term_beyond_any_leader_epoch_does_not_brick_a_partition() {
+    let mut c = Cluster::new(3, 28);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let tp = TopicPartition::new("t", 0);
+    let leader = c.leader_of("t", 0).expect("a leader");
+    let follower = (leader + 1) % 3;
+    let message = forged_heartbeat(&mut c, follower, &tp, 1 << 40);
+    let now = c.now;
+    let h = c.host(follower);
+    h.node.handle(
+        now,
+        Input::Peer {
+            from: leader as u64,
+            message,
+        },
+        &h.disk,
+    );
+    c.settle();
+    c.advance(5_000);
+    let wall = c.now.wall_ms as i64;
+    let mut last = None;
+    for _ in 0..50 {
+        if let Some(l) = c.leader_of("t", 0) {
+            let p = produced(c.call(l, produce("t", 0, -1, records(&[b"after"], wall))));
+            if p.error == ErrorCode::None {
+                return;
+            }
+            last = Some(p.error);
+        }
+        c.advance(200);
+    }
+    panic!("the partition takes no produce any more: {last:?}");
+}
+
 // ---- Peer and client input never panics a node -----------------------------------------------
 
 fn arb_entry() -> impl Strategy<Value = Entry> {
@@ -1501,6 +1624,282 @@ proptest! {
                     c.request(target, body);
                 }
                 Poke::Advance(ms) => c.advance(u64::from(ms)),
+            }
+            for h in c.hosts.iter().flatten() {
+                h.node.check_invariants();
+                prop_assert!(h.stopped.is_none(), "a node stopped: {:?}", h.stopped);
+            }
+        }
+    }
+}
+
+// ---- Hostile client values -----------------------------------------------------------------
+
+fn edge_i32() -> impl Strategy<Value = i32> {
+    prop_oneof![Just(i32::MIN), Just(i32::MAX), Just(-1), Just(0), -3i32..5,]
+}
+
+fn edge_i64() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(i64::MIN),
+        Just(i64::MAX),
+        Just(-1),
+        Just(-2),
+        Just(-3),
+        Just(-4),
+        Just(-5),
+        Just(0),
+        0i64..30,
+    ]
+}
+
+fn edge_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("t".to_string()),
+        Just(String::new()),
+        Just(crate::group::OFFSETS_TOPIC.to_string()),
+        Just("a".repeat(300)),
+        "[a-z._-]{0,5}",
+    ]
+}
+
+/// Every request kind with values a broken or hostile client may send: extreme and negative
+/// numbers, empty and oversized names, the internal topic.
+fn arb_hostile_request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (edge_name(), edge_i32(), any::<i16>(), edge_i32()).prop_map(|(t, p, acks, timeout_ms)| {
+            Request::Produce(ProduceRequest {
+                acks,
+                timeout_ms,
+                transactional: false,
+                topics: vec![(TopicKey::Name(t), vec![(p, Some(records(&[b"x"], 0)))])],
+            })
+        }),
+        (
+            edge_name(),
+            edge_i32(),
+            edge_i64(),
+            edge_i32(),
+            edge_i32(),
+            edge_i32(),
+            edge_i32()
+        )
+            .prop_map(|(t, p, offset, wait, min, max, epoch)| {
+                Request::Fetch(FetchRequest {
+                    // A long poll may wait, but not for days in a test.
+                    max_wait_ms: wait.clamp(i32::MIN, 2_000),
+                    min_bytes: min,
+                    max_bytes: Some(max),
+                    topics: vec![(
+                        TopicKey::Name(t),
+                        vec![FetchQuery {
+                            partition: p,
+                            fetch_offset: offset,
+                            partition_max_bytes: max,
+                            current_leader_epoch: epoch,
+                        }],
+                    )],
+                })
+            }),
+        (edge_name(), edge_i32(), edge_i64(), edge_i32(), edge_i32()).prop_map(
+            |(t, p, ts, epoch, replica_id)| Request::ListOffsets(ListOffsetsRequest {
+                replica_id,
+                topics: vec![(
+                    t,
+                    vec![OffsetQuery {
+                        partition: p,
+                        timestamp: ts,
+                        current_leader_epoch: epoch,
+                    }],
+                )],
+            })
+        ),
+        (edge_name(), edge_i32(), edge_i32(), edge_i32()).prop_map(|(t, p, current, epoch)| {
+            Request::OffsetForLeaderEpoch(vec![(
+                t,
+                vec![EpochQuery {
+                    partition: p,
+                    current_leader_epoch: current,
+                    leader_epoch: epoch,
+                }],
+            )])
+        }),
+        (
+            edge_name(),
+            edge_i32(),
+            any::<i16>(),
+            proptest::option::of(proptest::collection::vec(
+                (edge_i32(), proptest::collection::vec(edge_i32(), 0..4)),
+                0..3
+            )),
+            edge_i32(),
+            any::<bool>()
+        )
+            .prop_map(|(name, n, rf, assignment, timeout_ms, validate_only)| {
+                Request::CreateTopics(CreateTopicsRequest {
+                    topics: vec![NewTopic {
+                        name,
+                        num_partitions: n,
+                        replication_factor: rf,
+                        assignment,
+                        configs: vec![("retention.ms".into(), "-7".into())],
+                    }],
+                    validate_only,
+                    timeout_ms,
+                })
+            }),
+        (edge_name(), edge_i32(), any::<[u8; 16]>(), any::<bool>()).prop_map(
+            |(name, timeout_ms, id, by_id)| Request::DeleteTopics(DeleteTopicsRequest {
+                topics: vec![if by_id {
+                    TopicKey::Id(id)
+                } else {
+                    TopicKey::Name(name)
+                }],
+                timeout_ms,
+            })
+        ),
+        (
+            any::<i8>(),
+            edge_name(),
+            any::<i8>(),
+            "[a-z.]{0,20}",
+            proptest::option::of("[-0-9a-z]{0,6}"),
+            any::<bool>()
+        )
+            .prop_map(
+                |(resource_type, name, operation, key, value, validate_only)| {
+                    Request::AlterConfigs(AlterConfigsRequest {
+                        resources: vec![AlterResource {
+                            resource_type,
+                            name,
+                            changes: vec![ConfigChange {
+                                name: key,
+                                operation,
+                                value,
+                            }],
+                        }],
+                        validate_only,
+                    })
+                }
+            ),
+        (any::<i64>(), any::<i16>()).prop_map(|(producer_id, producer_epoch)| {
+            Request::InitProducerId(InitProducerIdRequest {
+                transactional_id: None,
+                producer_id,
+                producer_epoch,
+            })
+        }),
+        (any::<i8>(), edge_name()).prop_map(|(key_type, g)| Request::FindCoordinator(
+            FindCoordinatorRequest {
+                key_type,
+                keys: vec![g]
+            }
+        )),
+        ("[a-z]{0,2}", "[a-z-]{0,3}", edge_i32(), edge_i32()).prop_map(
+            |(group_id, member_id, session, rebalance)| Request::JoinGroup(JoinRequest {
+                group_id,
+                member_id,
+                session_timeout_ms: session,
+                rebalance_timeout_ms: rebalance,
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), vec![])],
+                require_known_member_id: false,
+                ..JoinRequest::default()
+            })
+        ),
+        ("[a-z]{0,2}", "[a-z-]{0,3}", edge_i32()).prop_map(|(group_id, member_id, generation)| {
+            Request::SyncGroup(crate::group::SyncRequest {
+                group_id,
+                member_id: member_id.clone(),
+                generation,
+                assignments: vec![(member_id, vec![1])],
+                ..crate::group::SyncRequest::default()
+            })
+        }),
+        ("[a-z]{0,2}", "[a-z-]{0,3}", edge_i32()).prop_map(|(group_id, member_id, generation)| {
+            Request::Heartbeat(HeartbeatRequest {
+                group_id,
+                member_id,
+                instance_id: None,
+                generation,
+            })
+        }),
+        ("[a-z]{0,2}", "[a-z-]{0,3}").prop_map(|(group_id, member_id)| Request::LeaveGroup(
+            LeaveRequest {
+                group_id,
+                members: vec![(member_id, None)],
+            }
+        )),
+        ("[a-z]{0,2}", edge_i32(), edge_i64(), edge_name()).prop_map(
+            |(group_id, generation, offset, topic)| Request::OffsetCommit(CommitRequest {
+                group_id,
+                generation,
+                member_id: String::new(),
+                instance_id: None,
+                partitions: vec![CommitPartition {
+                    topic,
+                    partition: generation,
+                    offset,
+                    leader_epoch: generation,
+                    metadata: Some("m".repeat(10)),
+                }],
+            })
+        ),
+        ("[a-z]{0,2}", edge_name(), edge_i32())
+            .prop_map(|(g, t, p)| Request::OffsetFetch(vec![(g, Some(vec![(t, p)]))])),
+        ("[a-z]{0,2}", edge_name(), edge_i32()).prop_map(|(group_id, t, p)| {
+            Request::OffsetDelete(OffsetDeleteRequest {
+                group_id,
+                partitions: vec![(t, p)],
+            })
+        }),
+        proptest::collection::vec("[a-z]{0,2}", 0..4).prop_map(Request::DeleteGroups),
+        proptest::collection::vec("[A-Za-z]{0,6}", 0..3).prop_map(Request::ListGroups),
+        (any::<i8>(), edge_name()).prop_map(|(resource_type, name)| Request::DescribeConfigs(
+            vec![ConfigResource {
+                resource_type,
+                name,
+                keys: Some(vec![]),
+            }]
+        )),
+    ]
+}
+
+#[derive(Clone, Debug)]
+enum HostilePoke {
+    Client(Request),
+    Advance(u16),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Hostile values in every kind of client request, sent to any node of a running
+    /// three-node cluster (groups coordinated there once FindCoordinator created their topic):
+    /// no node panics or stops, every invariant holds, and no request is answered twice (the
+    /// harness checks that).
+    #[test]
+    fn no_hostile_client_request_panics_a_node(
+        pokes in proptest::collection::vec(
+            prop_oneof![
+                6 => (arb_hostile_request()).prop_map(HostilePoke::Client),
+                1 => (1u16..800).prop_map(HostilePoke::Advance),
+            ],
+            1..40,
+        ),
+        seed in 0u64..1_000,
+    ) {
+        let mut c = Cluster::new(3, seed);
+        c.wait_ready();
+        c.create_topic("t", 2);
+        let mut at = (seed % 3) as usize;
+        for poke in pokes {
+            match poke {
+                HostilePoke::Client(body) => {
+                    c.request(at, body);
+                    at = (at + 1) % 3;
+                }
+                HostilePoke::Advance(ms) => c.advance(u64::from(ms)),
             }
             for h in c.hosts.iter().flatten() {
                 h.node.check_invariants();
