@@ -449,6 +449,15 @@ impl Node {
                     self.peer_messages_dropped += 1;
                     return;
                 }
+                if msg.term > crate::limits::RAFT_TERM_MAX {
+                    tracing::warn!(
+                        from,
+                        term = msg.term,
+                        "dropping a Raft message with a term beyond any leader epoch"
+                    );
+                    self.peer_messages_dropped += 1;
+                    return;
+                }
                 let wall_ms = self.now.wall_ms;
                 match group {
                     GroupId::Metadata => {
