@@ -255,11 +255,12 @@ impl Node {
 
     /// Takes one input and decides what follows. `disk` serves reads of stored bytes.
     pub fn handle(&mut self, now: Now, input: Input, disk: &impl LogReader) {
-        // Clocks never go back here, whatever the host's do.
-        self.now = Now::new(
-            self.now.instant.max(now.instant),
-            self.now.wall_ms.max(now.wall_ms),
-        );
+        // The monotonic clock never goes back here, whatever the host's does. The wall clock is
+        // taken as the host reads it, as Kafka reads its own for every timestamp and retention
+        // check: held at its largest reading, one reading a day ahead (an NTP step, a resumed
+        // VM) kept retention deleting records as a day old until the next restart. Every use of
+        // it is a comparison or saturates, so a step back is harmless.
+        self.now = Now::new(self.now.instant.max(now.instant), now.wall_ms);
         match input {
             Input::Timeout => {}
             Input::Client {
