@@ -1148,6 +1148,108 @@ fn a_wall_clock_that_jumped_ahead_once_does_not_keep_retention_deleting_new_reco
     );
 }
 
+/// A replica that stored a topic's deletion (but had not heard it committed) and restarted
+/// replays the creation and the deletion in one step: it must still remove the partition's
+/// directory, or a topic created later under the same name recovers the deleted records.
+#[test]
+fn a_restarted_replica_removes_a_deleted_topics_directory_it_replays_at_once() {
+    let mut c = Cluster::new(3, 29);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let leader = wait_for_leader(&mut c, "t", 0);
+    let wall = c.now.wall_ms as i64;
+    let ok = produced(c.call(leader, produce("t", 0, -1, records(&[b"old"], wall))));
+    assert_eq!(ok.error, ErrorCode::None);
+    c.advance(500);
+    let controller = c.controller();
+    let node = (controller + 1) % 3;
+    assert!(c.storages[node]
+        .paths()
+        .iter()
+        .any(|p| p.starts_with("t-0")));
+    // The deletion reaches the replica, which stores it and acknowledges it; then the link from
+    // the controller to it fails, so it never hears that the deletion committed.
+    c.next_request += 1;
+    let id = c.next_request;
+    let now = c.now;
+    {
+        let h = c.host(controller);
+        h.node.handle(
+            now,
+            Input::Client {
+                request: id,
+                body: Request::DeleteTopics(DeleteTopicsRequest {
+                    topics: vec![TopicKey::Name("t".into())],
+                    timeout_ms: 5_000,
+                }),
+                client: ClientInfo::default(),
+            },
+            &h.disk,
+        );
+    }
+    for _ in 0..10_000 {
+        for (i, host) in c.hosts.iter_mut().enumerate() {
+            if let Some(h) = host {
+                h.settle(i as u64, now, &mut c.network);
+            }
+        }
+        let Some((from, to, message)) = c.network.pop_front() else {
+            break;
+        };
+        if c.cut.contains(&(from, to)) {
+            continue;
+        }
+        let carries_entries = matches!(
+            &message,
+            PeerMessage::Raft { group: GroupId::Metadata, msg }
+                if matches!(&msg.body, MessageBody::Append { entries, .. } if !entries.is_empty())
+        );
+        if let Some(h) = c.hosts[to as usize].as_mut() {
+            h.node.handle(now, Input::Peer { from, message }, &h.disk);
+        }
+        if to == node as u64 && carries_entries {
+            c.cut.push((controller as u64, node as u64));
+        }
+    }
+    assert!(
+        c.hosts[node]
+            .as_ref()
+            .unwrap()
+            .node
+            .topics
+            .contains_key("t"),
+        "the replica has not applied the deletion yet"
+    );
+    c.crash(node, CrashMode::Clean);
+    c.cut.clear();
+    c.advance(3_000);
+    let left: Vec<_> = c.storages[node]
+        .paths()
+        .into_iter()
+        .filter(|p| p.starts_with("t-0"))
+        .collect();
+    // A topic created later under the same name, here with that replica alone.
+    let controller = c.controller();
+    let Reply::CreateTopics(r) = c.call(
+        controller,
+        create_topics_request("t", Some(vec![(0, vec![node as i32])])),
+    ) else {
+        unreachable!()
+    };
+    assert_eq!(r[0].error, ErrorCode::None);
+    wait_for_leader(&mut c, "t", 0);
+    let got = read_all(&mut c, node, "t", 0);
+    assert!(
+        got.is_empty(),
+        "a topic re-created under a deleted topic's name serves its records: {:?}",
+        show(&got)
+    );
+    assert!(
+        left.is_empty(),
+        "the deleted topic's files stayed on the restarted replica: {left:?}"
+    );
+}
+
 /// A heartbeat from the partition's leader, as the follower `target` would get it, but with
 /// term `term`.
 fn forged_heartbeat(c: &mut Cluster, target: usize, tp: &TopicPartition, term: u64) -> PeerMessage {
