@@ -153,6 +153,7 @@ impl Node {
             dir: metadata_dir(),
             config,
             cut,
+            topic_id: None,
         }));
     }
 

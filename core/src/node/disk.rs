@@ -44,8 +44,9 @@ use crate::log::{
     CleanStep, LogConfig, LogOp, LogStore, PartitionLog, ReadError, ReadIo, SwapJob, SyncJob,
     SyncRequest,
 };
+use crate::metadata::TopicId;
 use crate::raft::HardState;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageFile};
 
 /// One opened incarnation of a log (a partition's or the metadata log). A reopened log gets a
 /// new id, so late answers about the old one are recognised.
@@ -69,6 +70,10 @@ pub enum StorageOp {
         dir: PathBuf,
         config: LogConfig,
         cut: Vec<LogOp>,
+        /// The topic a partition's directory belongs to (`None` for the metadata log): a
+        /// directory another topic of the same name left behind (deleted while this node did
+        /// not see it) is emptied first, as Kafka's `partition.metadata` tells them apart.
+        topic_id: Option<TopicId>,
     },
     /// One of the log's [`LogOp`]s. With `report: Some(seq)`, [`StorageDone::Written`] echoes
     /// `seq` once it (and everything before it) reached the OS.
@@ -191,6 +196,7 @@ enum Work<S: Storage> {
         dir: PathBuf,
         config: LogConfig,
         cut: Vec<LogOp>,
+        topic_id: Option<TopicId>,
     },
     Sync(SyncJob<S>),
     /// A [`LogOp::SyncCut`] barrier.
@@ -245,7 +251,8 @@ impl<S: Storage> Job<S> {
                 dir,
                 config,
                 cut,
-            } => Outcome::Opened(open(storage, dir, config, cut)),
+                topic_id,
+            } => Outcome::Opened(open(storage, dir, config, cut, topic_id)),
             Work::Sync(job) => Outcome::Synced(text(job.run())),
             Work::Cut(job) => Outcome::Cut(text(job.run())),
             Work::HardState {
@@ -288,8 +295,17 @@ fn open<S: Storage>(
     dir: PathBuf,
     config: LogConfig,
     cut: Vec<LogOp>,
+    topic_id: Option<TopicId>,
 ) -> Result<(OpenedLog, LogStore<S>), String> {
     let context = |e: io::Error| format!("{}: {e}", dir.display());
+    let mut repairs = Vec::new();
+    if let Some(id) = topic_id {
+        if claim_dir(&storage, &dir, id).map_err(context)? {
+            repairs.push(
+                "the directory held a deleted topic of the same name; it was emptied".to_string(),
+            );
+        }
+    }
     if !cut.is_empty() {
         let (_, mut old) =
             LogStore::open(storage.clone(), dir.clone(), config.clone()).map_err(context)?;
@@ -303,7 +319,7 @@ fn open<S: Storage>(
         .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
     let (log, store) =
         LogStore::open_bounded(storage, dir.clone(), config, epoch_max).map_err(context)?;
-    let repairs = store.repairs().to_vec();
+    repairs.extend(store.repairs().iter().cloned());
     Ok((
         OpenedLog {
             hard_state,
@@ -312,6 +328,43 @@ fn open<S: Storage>(
         },
         store,
     ))
+}
+
+/// The file naming the topic a partition directory belongs to (16 bytes, the topic id).
+const TOPIC_ID_FILE: &str = "topic-id";
+const TOPIC_ID_TMP_FILE: &str = "topic-id.tmp";
+
+/// Makes `dir` the directory of topic `id`: if it names another topic (one deleted under the same
+/// name while this node did not see the deletion), it is emptied first; then the id is stored
+/// durably if it was not. Returns whether it was emptied. A directory without the file (from
+/// before it was written) is taken as it is.
+fn claim_dir<S: Storage>(storage: &S, dir: &Path, id: TopicId) -> io::Result<bool> {
+    let path = dir.join(TOPIC_ID_FILE);
+    let mut emptied = false;
+    if storage.exists(&path) {
+        let stored = crate::storage::read_all(&storage.open(&path, false)?)?;
+        if stored == id {
+            return Ok(false);
+        }
+        if stored.len() != id.len() {
+            // Written whole and renamed into place: anything else is damage; refuse to guess.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is damaged", path.display()),
+            ));
+        }
+        delete_dir(storage, dir)?;
+        emptied = true;
+    }
+    storage.create_dir_all(dir)?;
+    let tmp = dir.join(TOPIC_ID_TMP_FILE);
+    let file = storage.open(&tmp, true)?;
+    file.truncate(0)?;
+    file.append(&id)?;
+    file.sync()?;
+    storage.rename(&tmp, &path)?;
+    storage.sync_dir(dir)?;
+    Ok(emptied)
 }
 
 /// Removes a whole log directory, durably.
@@ -393,7 +446,11 @@ impl<S: Storage> Disk<S> {
     fn execute_op(&mut self, op: StorageOp, done: &mut Vec<StorageDone>, jobs: &mut Vec<Job<S>>) {
         let log = op.log();
         if let StorageOp::Open {
-            dir, config, cut, ..
+            dir,
+            config,
+            cut,
+            topic_id,
+            ..
         } = op
         {
             assert!(!self.logs.contains_key(&log), "{log} opened twice");
@@ -404,6 +461,7 @@ impl<S: Storage> Disk<S> {
                     dir,
                     config,
                     cut,
+                    topic_id,
                 });
                 return;
             }
@@ -415,6 +473,7 @@ impl<S: Storage> Disk<S> {
                     dir,
                     config,
                     cut,
+                    topic_id,
                 },
             });
             return;

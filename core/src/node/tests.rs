@@ -928,6 +928,7 @@ fn a_deleted_log_directory_is_not_brought_back_by_a_job_still_running() {
             dir: dir.clone(),
             config: LogConfig::default(),
             cut: Vec::new(),
+            topic_id: None,
         },
         &mut done,
         &mut jobs,
