@@ -52,6 +52,11 @@ pub const RAFT_INDEX_LIMIT: u64 = i64::MAX as u64;
 /// and Kafka's `lastOffsetDelta` is an i32, so a batch holds at most `i32::MAX + 1` offsets.
 /// Entries claiming more are refused as malformed.
 pub const RAFT_ENTRY_SPAN_MAX: u64 = i32::MAX as u64 + 1;
+/// Raft terms are Kafka leader epochs, an INT32 in every batch and on the wire: a peer's message
+/// with a larger term is refused as malformed. Adopting one would leave the group unable to stamp
+/// a batch with its epoch (every produce refused), and at `u64::MAX` the next election's
+/// `term + 1` would overflow.
+pub const RAFT_TERM_MAX: u64 = i32::MAX as u64;
 /// Bytes read per step while scanning a segment during recovery.
 pub const RECOVERY_READ_BYTES: u32 = 1024 * 1024;
 

@@ -148,13 +148,16 @@ impl<S: Storage> Broker<S> {
             if jobs.is_empty() && self.done.is_empty() {
                 return Ok(());
             }
-            for job in jobs {
+            // A finished job may release others (the removal of a closed log's directory,
+            // an open that waited for it): they run in this same round.
+            let mut jobs = VecDeque::from(jobs);
+            while let Some(job) = jobs.pop_front() {
                 let finished = job.run();
                 let mut more = Vec::new();
                 let mut done = Vec::new();
                 self.disk.finish(finished, &mut done, &mut more);
                 self.done.extend(done);
-                assert!(more.is_empty(), "a finished open releases no jobs");
+                jobs.extend(more);
             }
             self.feed_done();
         }

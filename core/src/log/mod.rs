@@ -670,17 +670,21 @@ impl PartitionLog {
         self.snapshots.push_back((next, snapshot));
     }
 
-    /// Starts a group commit if anything is unsynced and none is in flight.
-    #[must_use]
-    pub fn poll_sync(&mut self) -> Option<SyncRequest> {
-        if self.sync_in_flight || self.storage_failed {
-            return None;
-        }
+    /// Whether a group commit would have anything to make durable (data past the synced end,
+    /// index or checkpoint files, directory entries). Not the same as an end above the high
+    /// watermark: a replica's synced entries may wait for the others.
+    pub fn has_unsynced(&self) -> bool {
         let nothing_new = self.dirty_segments.is_empty()
             && self.dirty_indexes.is_empty()
             && !self.dirty_dir
             && self.checkpoint_pending.is_none();
-        if nothing_new && self.durable.offset == self.log_end_offset() {
+        !self.storage_failed && !(nothing_new && self.durable.offset == self.log_end_offset())
+    }
+
+    /// Starts a group commit if anything is unsynced and none is in flight.
+    #[must_use]
+    pub fn poll_sync(&mut self) -> Option<SyncRequest> {
+        if self.sync_in_flight || !self.has_unsynced() {
             return None;
         }
         let active = self.active();

@@ -153,6 +153,7 @@ impl Node {
             dir: metadata_dir(),
             config,
             cut,
+            topic_id: None,
         }));
     }
 
@@ -171,6 +172,10 @@ impl Node {
                 for repair in &opened.repairs {
                     tracing::warn!(log = METADATA_TOPIC, "recovery: {repair}");
                 }
+                // What was applied before a reopen is committed and was durable, so the
+                // failure cut left it; only a disk that lost synced data makes it shorter.
+                let recovered_end = opened.log.log_end_offset();
+                self.metadata_replay_floor = self.metadata_replay_floor.min(recovered_end);
                 let me = self.config.node_id as u64;
                 let cluster_id = {
                     let a = self.rng.next_u64().to_be_bytes();
@@ -274,6 +279,7 @@ impl Node {
             delete: false,
         }));
         self.outputs.push_back(Output::Storage(open));
+        self.metadata_replay_floor = self.metadata_replay_floor.max(self.applied_metadata_end);
         self.applied_metadata_end = 0;
         tracing::warn!("reopening the metadata log from disk");
     }
@@ -307,7 +313,10 @@ impl Node {
             tracing::error!("the metadata log cannot be applied: {e:?}");
         }
         // The image first, so an answer about a new topic finds its partitions opening here.
-        if applied_end != self.applied_metadata_end {
+        // After a reopen, only once the replay is back where it was (see
+        // `metadata_replay_floor`).
+        if applied_end != self.applied_metadata_end && applied_end >= self.metadata_replay_floor {
+            self.metadata_replay_floor = 0;
             self.applied_metadata_end = applied_end;
             self.reconcile(disk);
         }
@@ -438,6 +447,15 @@ impl Node {
             PeerMessage::Raft { group, msg } => {
                 if msg.from != from || msg.to != me {
                     tracing::warn!(from, "dropping a Raft message with a forged sender");
+                    self.peer_messages_dropped += 1;
+                    return;
+                }
+                if msg.term > crate::limits::RAFT_TERM_MAX {
+                    tracing::warn!(
+                        from,
+                        term = msg.term,
+                        "dropping a Raft message with a term beyond any leader epoch"
+                    );
                     self.peer_messages_dropped += 1;
                     return;
                 }

@@ -21,12 +21,19 @@
 //! bounded in bytes by the request. Making them asynchronous would park and resume every
 //! fetch, Raft append and coordinator load for no gain while a read costs microseconds.
 //!
+//! **Directories.** The host runs jobs on a pool, in any order, so the executor orders what
+//! touches one directory across logs: a log closed while jobs of its are still out (or while it
+//! is still opening) is removed only once the last of them finished, and a log opening a
+//! directory waits until every job of the logs closed over it before (their removal included)
+//! has finished. A deleted topic's directory is gone once its jobs are done, and a topic
+//! re-created under the same name starts from an empty one.
+//!
 //! **Failure.** An op that fails marks its log failed: later ops of that log are dropped (those
 //! owed an answer get a failure), and the node hears [`StorageDone::WriteFailed`] once. It then
 //! closes the log and opens a new one over the same directory, after a cut to what was durable.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -37,8 +44,9 @@ use crate::log::{
     CleanStep, LogConfig, LogOp, LogStore, PartitionLog, ReadError, ReadIo, SwapJob, SyncJob,
     SyncRequest,
 };
+use crate::metadata::TopicId;
 use crate::raft::HardState;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageFile};
 
 /// One opened incarnation of a log (a partition's or the metadata log). A reopened log gets a
 /// new id, so late answers about the old one are recognised.
@@ -62,6 +70,10 @@ pub enum StorageOp {
         dir: PathBuf,
         config: LogConfig,
         cut: Vec<LogOp>,
+        /// The topic a partition's directory belongs to (`None` for the metadata log): a
+        /// directory another topic of the same name left behind (deleted while this node did
+        /// not see it) is emptied first, as Kafka's `partition.metadata` tells them apart.
+        topic_id: Option<TopicId>,
     },
     /// One of the log's [`LogOp`]s. With `report: Some(seq)`, [`StorageDone::Written`] echoes
     /// `seq` once it (and everything before it) reached the OS.
@@ -184,6 +196,7 @@ enum Work<S: Storage> {
         dir: PathBuf,
         config: LogConfig,
         cut: Vec<LogOp>,
+        topic_id: Option<TopicId>,
     },
     Sync(SyncJob<S>),
     /// A [`LogOp::SyncCut`] barrier.
@@ -215,7 +228,7 @@ enum Outcome<S: Storage> {
     Cut(Result<(), String>),
     HardState(Result<(), String>),
     Swapped(u64, Result<(), String>),
-    Deleted(Result<(), String>),
+    Deleted(PathBuf, Result<(), String>),
 }
 
 impl<S: Storage> Job<S> {
@@ -238,7 +251,8 @@ impl<S: Storage> Job<S> {
                 dir,
                 config,
                 cut,
-            } => Outcome::Opened(open(storage, dir, config, cut)),
+                topic_id,
+            } => Outcome::Opened(open(storage, dir, config, cut, topic_id)),
             Work::Sync(job) => Outcome::Synced(text(job.run())),
             Work::Cut(job) => Outcome::Cut(text(job.run())),
             Work::HardState {
@@ -247,7 +261,10 @@ impl<S: Storage> Job<S> {
                 state,
             } => Outcome::HardState(text(hard_state::store(&storage, &dir, state))),
             Work::Swap { segment, job } => Outcome::Swapped(segment, text(job.run())),
-            Work::Delete { storage, dir } => Outcome::Deleted(text(delete_dir(&storage, &dir))),
+            Work::Delete { storage, dir } => {
+                let result = text(delete_dir(&storage, &dir));
+                Outcome::Deleted(dir, result)
+            }
         };
         Finished {
             log: self.log,
@@ -278,8 +295,13 @@ fn open<S: Storage>(
     dir: PathBuf,
     config: LogConfig,
     cut: Vec<LogOp>,
+    topic_id: Option<TopicId>,
 ) -> Result<(OpenedLog, LogStore<S>), String> {
     let context = |e: io::Error| format!("{}: {e}", dir.display());
+    let mut repairs = Vec::new();
+    if let Some(id) = topic_id {
+        repairs.extend(claim_dir(&storage, &dir, id).map_err(context)?);
+    }
     if !cut.is_empty() {
         let (_, mut old) =
             LogStore::open(storage.clone(), dir.clone(), config.clone()).map_err(context)?;
@@ -293,7 +315,7 @@ fn open<S: Storage>(
         .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
     let (log, store) =
         LogStore::open_bounded(storage, dir.clone(), config, epoch_max).map_err(context)?;
-    let repairs = store.repairs().to_vec();
+    repairs.extend(store.repairs().iter().cloned());
     Ok((
         OpenedLog {
             hard_state,
@@ -302,6 +324,58 @@ fn open<S: Storage>(
         },
         store,
     ))
+}
+
+/// The file naming the topic a partition directory belongs to: the 16-byte topic id and its
+/// CRC-32C (big-endian), written whole and renamed into place.
+const TOPIC_ID_FILE: &str = "topic-id";
+const TOPIC_ID_TMP_FILE: &str = "topic-id.tmp";
+
+/// The topic id a `topic-id` file names, or `None` if the file is damaged.
+fn decode_topic_id(bytes: &[u8]) -> Option<TopicId> {
+    let (id, crc) = bytes.split_first_chunk::<16>()?;
+    let crc: [u8; 4] = crc.try_into().ok()?;
+    (crc32c::crc32c(id) == u32::from_be_bytes(crc)).then_some(*id)
+}
+
+/// Makes `dir` the directory of topic `id`: if it names another topic (one deleted under the same
+/// name while this node did not see the deletion), it is emptied first; then the id is stored
+/// durably if it was not. Returns what was repaired, if anything. A directory without the file
+/// (from before it was written) is taken as it is; so is one whose file is damaged (the file is
+/// rewritten): emptying a directory on a damaged marker could lose acknowledged records, and a
+/// damaged marker is far likelier than a missed deletion as well.
+fn claim_dir<S: Storage>(storage: &S, dir: &Path, id: TopicId) -> io::Result<Option<String>> {
+    let path = dir.join(TOPIC_ID_FILE);
+    let mut repair = None;
+    if storage.exists(&path) {
+        let stored = crate::storage::read_all(&storage.open(&path, false)?)?;
+        match decode_topic_id(&stored) {
+            Some(stored) if stored == id => return Ok(None),
+            Some(_) => {
+                delete_dir(storage, dir)?;
+                repair = Some(format!(
+                    "{} named a deleted topic of the same name; the directory was emptied",
+                    path.display()
+                ));
+            }
+            None => {
+                repair = Some(format!(
+                    "{} was damaged; the directory was kept and the file rewritten",
+                    path.display()
+                ));
+            }
+        }
+    }
+    storage.create_dir_all(dir)?;
+    let tmp = dir.join(TOPIC_ID_TMP_FILE);
+    let file = storage.open(&tmp, true)?;
+    file.truncate(0)?;
+    file.append(&id)?;
+    file.append(&crc32c::crc32c(&id).to_be_bytes())?;
+    file.sync()?;
+    storage.rename(&tmp, &path)?;
+    storage.sync_dir(dir)?;
+    Ok(repair)
 }
 
 /// Removes a whole log directory, durably.
@@ -332,10 +406,27 @@ struct Held {
     report: Option<u64>,
 }
 
+/// A log closed while jobs of its were still out, or while it was opening.
+struct Closing {
+    dir: PathBuf,
+    /// Remove the directory once the last job finished.
+    delete: bool,
+}
+
 /// The executor (see the module docs).
 pub struct Disk<S: Storage> {
     storage: S,
     logs: BTreeMap<LogId, OpenLog<S>>,
+    /// Jobs handed out and not finished yet, per log (never zero).
+    jobs_out: BTreeMap<LogId, usize>,
+    /// Logs whose recovery job is out, and their directory.
+    opening: BTreeMap<LogId, PathBuf>,
+    /// Closed logs that still have jobs out: finished (and removed) after the last one.
+    closing: BTreeMap<LogId, Closing>,
+    /// Directories whose removal job is out.
+    removing: BTreeSet<PathBuf>,
+    /// Opens waiting for their directory to be free (see the module docs), in order.
+    waiting: VecDeque<StorageOp>,
 }
 
 impl<S: Storage> Disk<S> {
@@ -343,6 +434,11 @@ impl<S: Storage> Disk<S> {
         Disk {
             storage,
             logs: BTreeMap::new(),
+            jobs_out: BTreeMap::new(),
+            opening: BTreeMap::new(),
+            closing: BTreeMap::new(),
+            removing: BTreeSet::new(),
+            waiting: VecDeque::new(),
         }
     }
 
@@ -350,15 +446,37 @@ impl<S: Storage> Disk<S> {
         &self.storage
     }
 
-    /// Carries out `op` (or holds it behind its log's barrier). Answers for the node go to
-    /// `done`, blocking work to `jobs`.
+    /// Carries out `op` (or holds it behind its log's barrier, or an open until its directory
+    /// is free). Answers for the node go to `done`, blocking work to `jobs`.
     pub fn execute(&mut self, op: StorageOp, done: &mut Vec<StorageDone>, jobs: &mut Vec<Job<S>>) {
+        let first = jobs.len();
+        self.execute_op(op, done, jobs);
+        self.count_jobs(&jobs[first..]);
+    }
+
+    fn execute_op(&mut self, op: StorageOp, done: &mut Vec<StorageDone>, jobs: &mut Vec<Job<S>>) {
         let log = op.log();
         if let StorageOp::Open {
-            dir, config, cut, ..
+            dir,
+            config,
+            cut,
+            topic_id,
+            ..
         } = op
         {
             assert!(!self.logs.contains_key(&log), "{log} opened twice");
+            assert!(!self.opening.contains_key(&log), "{log} opened twice");
+            if self.dir_busy(&dir) {
+                self.waiting.push_back(StorageOp::Open {
+                    log,
+                    dir,
+                    config,
+                    cut,
+                    topic_id,
+                });
+                return;
+            }
+            self.opening.insert(log, dir.clone());
             jobs.push(Job {
                 log,
                 work: Work::Open {
@@ -366,11 +484,23 @@ impl<S: Storage> Disk<S> {
                     dir,
                     config,
                     cut,
+                    topic_id,
                 },
             });
             return;
         }
         let Some(state) = self.logs.get_mut(&log) else {
+            if let StorageOp::Close { delete, .. } = op {
+                if let Some(dir) = self.opening.get(&log) {
+                    // Closed while its recovery runs: closed (and removed) once that finished.
+                    let dir = dir.clone();
+                    self.closing.insert(log, Closing { dir, delete });
+                } else {
+                    // Closed before its open left the queue: it never touched the directory.
+                    self.waiting.retain(|w| w.log() != log);
+                }
+                return;
+            }
             // Closed (or never opened): answer what is owed.
             done.extend(op.failed(&format!("{log} is not open")));
             return;
@@ -384,8 +514,42 @@ impl<S: Storage> Disk<S> {
         self.run(op, done, jobs);
     }
 
-    /// Takes back a finished job: its answer, and whatever its log held behind it.
+    /// Takes back a finished job: its answer, whatever its log held behind it, the removal of
+    /// a closed log's directory once its last job is done, and the opens that waited for it.
     pub fn finish(
+        &mut self,
+        finished: Finished<S>,
+        done: &mut Vec<StorageDone>,
+        jobs: &mut Vec<Job<S>>,
+    ) {
+        let first = jobs.len();
+        let log = finished.log;
+        match self.jobs_out.get_mut(&log) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.jobs_out.remove(&log);
+            }
+            None => unreachable!("{log}: a job finished that was never handed out"),
+        }
+        self.finish_job(finished, done, jobs);
+        self.count_jobs(&jobs[first..]);
+        if !self.jobs_out.contains_key(&log) {
+            if let Some(closing) = self.closing.remove(&log) {
+                if closing.delete {
+                    let at = jobs.len();
+                    self.remove_dir(log, closing.dir, jobs);
+                    self.count_jobs(&jobs[at..]);
+                }
+            }
+        }
+        // Opens whose directory became free.
+        let waiting = std::mem::take(&mut self.waiting);
+        for op in waiting {
+            self.execute(op, done, jobs);
+        }
+    }
+
+    fn finish_job(
         &mut self,
         finished: Finished<S>,
         done: &mut Vec<StorageDone>,
@@ -394,6 +558,15 @@ impl<S: Storage> Disk<S> {
         let log = finished.log;
         match finished.outcome {
             Outcome::Opened(result) => {
+                self.opening.remove(&log);
+                if self.closing.contains_key(&log) {
+                    // Closed while it opened: its store goes now (nobody waits for it).
+                    done.push(StorageDone::Opened {
+                        log,
+                        result: Err(format!("{log} was closed while it opened")),
+                    });
+                    return;
+                }
                 let result = result.map(|(opened, store)| {
                     let previous = self.logs.insert(
                         log,
@@ -425,7 +598,8 @@ impl<S: Storage> Disk<S> {
                     result,
                 });
             }
-            Outcome::Deleted(result) => {
+            Outcome::Deleted(dir, result) => {
+                self.removing.remove(&dir);
                 if let Err(e) = result {
                     // The log is gone from the node either way; only its files are left over.
                     done.push(StorageDone::WriteFailed {
@@ -445,7 +619,7 @@ impl<S: Storage> Disk<S> {
                             done.push(StorageDone::Written { log, seq });
                         }
                         for op in held.ops {
-                            self.execute(op, done, jobs);
+                            self.execute_op(op, done, jobs);
                         }
                     }
                     Err(e) => {
@@ -563,14 +737,34 @@ impl<S: Storage> Disk<S> {
         };
         let dir = state.store.borrow().dir().to_path_buf();
         drop(state);
-        if delete {
-            jobs.push(Job {
-                log,
-                work: Work::Delete {
-                    storage: self.storage.clone(),
-                    dir,
-                },
-            });
+        if self.jobs_out.contains_key(&log) {
+            // A job of the log still runs (a group commit, a hard state, a swap, a barrier):
+            // the directory goes after it, or the job could bring it back.
+            self.closing.insert(log, Closing { dir, delete });
+        } else if delete {
+            self.remove_dir(log, dir, jobs);
+        }
+    }
+
+    fn remove_dir(&mut self, log: LogId, dir: PathBuf, jobs: &mut Vec<Job<S>>) {
+        self.removing.insert(dir.clone());
+        jobs.push(Job {
+            log,
+            work: Work::Delete {
+                storage: self.storage.clone(),
+                dir,
+            },
+        });
+    }
+
+    /// Whether jobs of a closed log over `dir` (or its removal) are still out.
+    fn dir_busy(&self, dir: &Path) -> bool {
+        self.removing.contains(dir) || self.closing.values().any(|c| c.dir == dir)
+    }
+
+    fn count_jobs(&mut self, new: &[Job<S>]) {
+        for job in new {
+            *self.jobs_out.entry(job.log).or_default() += 1;
         }
     }
 
@@ -586,5 +780,65 @@ impl<S: Storage> LogReader for Disk<S> {
             Some(state) if !state.failed => state.store.borrow_mut().read_io(io),
             _ => Err(ReadError::StorageFailed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemStorage;
+
+    fn write(storage: &MemStorage, path: &Path, bytes: &[u8]) {
+        let file = storage.open(path, true).unwrap();
+        file.append(bytes).unwrap();
+        file.sync().unwrap();
+    }
+
+    #[test]
+    fn a_directory_claims_its_topic_once_and_keeps_its_files() {
+        let storage = MemStorage::new();
+        let dir = Path::new("t-0");
+        write(&storage, &dir.join("00000000000000000000.log"), b"batch");
+        assert_eq!(claim_dir(&storage, dir, [7; 16]).unwrap(), None);
+        assert_eq!(claim_dir(&storage, dir, [7; 16]).unwrap(), None);
+        assert!(storage.exists(&dir.join("00000000000000000000.log")));
+        let marker = storage.read_file(&dir.join(TOPIC_ID_FILE)).unwrap();
+        assert_eq!(decode_topic_id(&marker), Some([7; 16]));
+    }
+
+    #[test]
+    fn a_directory_of_another_topic_is_emptied() {
+        let storage = MemStorage::new();
+        let dir = Path::new("t-0");
+        claim_dir(&storage, dir, [1; 16]).unwrap();
+        write(&storage, &dir.join("00000000000000000000.log"), b"old");
+        let repair = claim_dir(&storage, dir, [2; 16]).unwrap();
+        assert!(repair.unwrap().contains("deleted topic"));
+        assert!(!storage.exists(&dir.join("00000000000000000000.log")));
+        let marker = storage.read_file(&dir.join(TOPIC_ID_FILE)).unwrap();
+        assert_eq!(decode_topic_id(&marker), Some([2; 16]));
+    }
+
+    #[test]
+    fn a_damaged_marker_keeps_the_directory_and_is_rewritten() {
+        let storage = MemStorage::new();
+        let dir = Path::new("t-0");
+        claim_dir(&storage, dir, [1; 16]).unwrap();
+        write(&storage, &dir.join("00000000000000000000.log"), b"acked");
+        // A flipped bit in the id: without the CRC it would name another topic.
+        assert!(storage.flip_bit(&dir.join(TOPIC_ID_FILE), 3));
+        let repair = claim_dir(&storage, dir, [1; 16]).unwrap();
+        assert!(repair.unwrap().contains("damaged"));
+        assert!(storage.exists(&dir.join("00000000000000000000.log")));
+        let marker = storage.read_file(&dir.join(TOPIC_ID_FILE)).unwrap();
+        assert_eq!(decode_topic_id(&marker), Some([1; 16]));
+        // A torn (short) marker is damage too.
+        let file = storage.open(&dir.join(TOPIC_ID_FILE), false).unwrap();
+        file.truncate(9).unwrap();
+        assert!(claim_dir(&storage, dir, [1; 16])
+            .unwrap()
+            .unwrap()
+            .contains("damaged"));
+        assert!(storage.exists(&dir.join("00000000000000000000.log")));
     }
 }

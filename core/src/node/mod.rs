@@ -176,6 +176,11 @@ pub struct Node {
     meta: controller::MetaSlot,
     /// The quorum's applied end when the partitions were last reconciled with the image.
     applied_metadata_end: u64,
+    /// After the metadata log was reopened: the applied end before. The image is replayed from
+    /// the start, and until the replay is back there it lacks topics this node hosts (a partial
+    /// image would have their partitions closed and their directories removed), so the
+    /// partitions are reconciled with it only from there on. Zero otherwise.
+    metadata_replay_floor: u64,
     topics: BTreeMap<String, TopicState>,
     topic_ids: BTreeMap<TopicId, String>,
     partitions: BTreeMap<TopicPartition, partitions::LogSlot<crate::replica::Replica>>,
@@ -226,6 +231,7 @@ impl Node {
             next_log_id: 0,
             meta: controller::MetaSlot::placeholder(),
             applied_metadata_end: 0,
+            metadata_replay_floor: 0,
             topics: BTreeMap::new(),
             topic_ids: BTreeMap::new(),
             partitions: BTreeMap::new(),
@@ -249,11 +255,12 @@ impl Node {
 
     /// Takes one input and decides what follows. `disk` serves reads of stored bytes.
     pub fn handle(&mut self, now: Now, input: Input, disk: &impl LogReader) {
-        // Clocks never go back here, whatever the host's do.
-        self.now = Now::new(
-            self.now.instant.max(now.instant),
-            self.now.wall_ms.max(now.wall_ms),
-        );
+        // The monotonic clock never goes back here, whatever the host's does. The wall clock is
+        // taken as the host reads it, as Kafka reads its own for every timestamp and retention
+        // check: held at its largest reading, one reading a day ahead (an NTP step, a resumed
+        // VM) kept retention deleting records as a day old until the next restart. Every use of
+        // it is a comparison or saturates, so a step back is harmless.
+        self.now = Now::new(self.now.instant.max(now.instant), now.wall_ms);
         match input {
             Input::Timeout => {}
             Input::Client {

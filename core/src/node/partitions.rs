@@ -81,6 +81,8 @@ pub(super) struct LogSlot<M> {
     voters: Vec<u64>,
     /// How peers name the group.
     group: GroupId,
+    /// The topic the directory belongs to (`None` for the metadata log).
+    topic_id: Option<crate::metadata::TopicId>,
     state: State<M>,
 }
 
@@ -137,6 +139,7 @@ impl<M: Machine> LogSlot<M> {
         config: LogConfig,
         voters: Vec<u64>,
         group: GroupId,
+        topic_id: crate::metadata::TopicId,
     ) -> Self {
         LogSlot {
             log,
@@ -144,6 +147,7 @@ impl<M: Machine> LogSlot<M> {
             config,
             voters,
             group,
+            topic_id: Some(topic_id),
             state: State::Opening,
         }
     }
@@ -188,8 +192,13 @@ impl<M: Machine> LogSlot<M> {
         if h.sync.is_some() {
             return None;
         }
-        let log = h.machine.replica().log();
-        (log.log_end_offset() > log.high_watermark())
+        // Only when there is something to sync: an end above the high watermark may just wait
+        // for other replicas, and a start in the past then would wake the host at once, again
+        // and again.
+        h.machine
+            .replica()
+            .log()
+            .has_unsynced()
             .then(|| h.last_sync_start.map(|s| s.plus_millis(interval_ms)))
             .flatten()
     }
@@ -284,12 +293,13 @@ impl Node {
             topic_id,
             partition: tp.partition,
         };
-        let slot = LogSlot::opening(log, tp.dir(), log_config.clone(), voters, group);
+        let slot = LogSlot::opening(log, tp.dir(), log_config.clone(), voters, group, topic_id);
         self.outputs.push_back(Output::Storage(StorageOp::Open {
             log,
             dir: tp.dir(),
             config: log_config,
             cut: Vec::new(),
+            topic_id: Some(topic_id),
         }));
         self.log_owners.insert(log, Owner::Partition(tp.clone()));
         self.group_of.insert(group, tp.clone());
@@ -720,8 +730,7 @@ pub(super) fn start_sync<M: Machine>(
         && h.last_sync_start
             .is_some_and(|s| now < s.plus_millis(interval_ms))
     {
-        let log = h.machine.replica().log();
-        return if log.log_end_offset() > log.high_watermark() {
+        return if h.machine.replica().log().has_unsynced() {
             SyncStart::Waiting
         } else {
             SyncStart::Idle
@@ -777,6 +786,7 @@ pub(super) fn take_reopen<M>(slot: &mut LogSlot<M>, new_log: LogId) -> Option<St
         dir: slot.dir.clone(),
         config: slot.config.clone(),
         cut,
+        topic_id: slot.topic_id,
     })
 }
 
@@ -789,6 +799,7 @@ impl<M> LogSlot<M> {
             config,
             voters,
             group: GroupId::Metadata,
+            topic_id: None,
             state: State::Opening,
         }
     }
