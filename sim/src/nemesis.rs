@@ -448,9 +448,14 @@ impl Nemesis {
             at += header.total_bytes();
             offset = header.next_offset().max(0) as u64;
         }
-        self.damage.push(MediaDamage { partition, offset });
+        // Clients see Kafka offsets: Raft's own entries below the damaged batch take none.
+        let kafka = offset - internal_entries_below(storage, &path, &bytes, offset);
+        self.damage.push(MediaDamage {
+            partition,
+            offset: kafka,
+        });
         format!(
-            "{} bit {bit} (batch at offset {offset} of partition {partition})",
+            "{} bit {bit} (batch at log offset {offset}, Kafka offset {kafka}, of partition {partition})",
             path.display()
         )
     }
@@ -508,4 +513,41 @@ fn partition_of(path: &std::path::Path) -> i32 {
         .and_then(|n| n.rsplit_once('-'))
         .and_then(|(_, p)| p.parse().ok())
         .unwrap_or(-1)
+}
+
+/// How many of Raft's own entries (which take a log offset but no Kafka offset) the partition
+/// directory of `segment` holds below log offset `offset`, reading every segment file (the
+/// flipped one as it was before the flip: `flipped`).
+fn internal_entries_below(
+    storage: &MemStorage,
+    segment: &PathBuf,
+    flipped: &[u8],
+    offset: u64,
+) -> u64 {
+    let dir = segment.parent();
+    let mut count = 0;
+    for path in storage.paths() {
+        if path.parent() != dir || path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let bytes = if &path == segment {
+            flipped.to_vec()
+        } else {
+            storage.read_file(&path).unwrap_or_default()
+        };
+        let mut at = 0usize;
+        while let Ok(header) = BatchHeader::parse(&bytes[at.min(bytes.len())..]) {
+            let end = (at + header.total_bytes()).min(bytes.len());
+            if (header.base_offset as u64) < offset
+                && sluice_core::batch::is_raft_internal_batch(&bytes[at..end])
+            {
+                count += 1;
+            }
+            at = end;
+            if at >= bytes.len() {
+                break;
+            }
+        }
+    }
+    count
 }

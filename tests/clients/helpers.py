@@ -10,11 +10,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 # Bounds for everything that talks to the broker.
 OP_TIMEOUT_S = 30.0
 
-# Every partition is a Raft group, and a new leader's first entry is a term-start control batch
-# (docs/architecture.md): a new partition holds one at offset 0, so the first record is at offset
-# 1, and each leader change (a single node's restart, too) takes one more offset. Kafka clients
-# skip control batches, as they do transaction markers.
-FIRST_OFFSET = 1
+# Kafka offsets: a partition's first record is at offset 0 and a leader change (a single node's
+# restart, too) takes none, though every partition is a Raft group whose new leader writes a
+# term-start entry: that entry takes a log offset on disk (FIRST_LOG_OFFSET: the first record of
+# a new partition's first segment file), never a Kafka offset (docs/architecture.md).
+FIRST_OFFSET = 0
+FIRST_LOG_OFFSET = 1
 
 
 def unique_topic(prefix: str) -> str:
@@ -224,3 +225,20 @@ def node_metadata(host: str, port: int, topics, timeout: float = 5.0) -> dict:
             partitions[index] = {"error": perror, "leader": leader, "replicas": replicas, "isr": isr}
         out_topics[name] = {"error": error, "partitions": partitions}
     return {"brokers": brokers, "controller": controller, "topics": out_topics}
+
+
+def wait_for(what: str, timeout: float, probe, interval: float = 0.1):
+    """Polls `probe()` (a Metadata lookup, say: there is no event to subscribe to) until it returns a
+    truthy value; fails after `timeout` seconds with the last value or error."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = probe()
+            if last:
+                return last
+        except KafkaException as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+        time.sleep(interval)

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from helpers import (FIRST_OFFSET, assert_rows_equal, expected_rows, produce_all, producer, read_partition, record,
+from helpers import (FIRST_LOG_OFFSET, FIRST_OFFSET, assert_rows_equal, expected_rows, produce_all, producer, read_partition, record,
                      unique_topic)
 
 SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
@@ -26,11 +26,12 @@ def test_acknowledged_records_survive_kill9(broker):
     got = read_partition(broker.bootstrap, topic, min_count=n, timeout=60)
     assert_rows_equal(got, expected_rows(records, reports))
 
-    # Still writable, right after the restarted leader's term-start batch.
+    # Still writable, right after the last record: the restarted leader's term-start entry takes
+    # no Kafka offset.
     more = [record(i, "after") for i in range(3)]
     reports2 = produce_all(producer(broker.bootstrap), topic, more)
     end = FIRST_OFFSET + n
-    assert reports2 == [(0, end + 1), (0, end + 2), (0, end + 3)], reports2
+    assert reports2 == [(0, end), (0, end + 1), (0, end + 2)], reports2
 
 
 # -- damaged segment tail --------------------------------------------------------------------
@@ -91,7 +92,8 @@ def test_damaged_segment_tail(broker, damage):
     layout = batches(data)
     assert layout, "active segment is empty"
     pos, first, last_off, size = layout[-1]
-    last_record = FIRST_OFFSET + n - 1
+    # Offsets in the segment file are log offsets: the term-start entry at 0 takes one.
+    last_record = FIRST_LOG_OFFSET + n - 1
     assert (first, last_off) == (last_record, last_record), \
         f"last batch holds offsets {first}..{last_off}, not just {last_record}"
     assert pos + size == len(data)
@@ -118,11 +120,11 @@ def test_damaged_segment_tail(broker, damage):
     got = read_partition(broker.bootstrap, topic, min_count=survivors, timeout=60)
     assert_rows_equal(got, expected_rows(records[:survivors], reports[:survivors]))
 
-    # New records are accepted and land right after the survivors and the restarted leader's
-    # term-start batch.
+    # New records are accepted and land right after the survivors (the restarted leader's
+    # term-start entry takes no Kafka offset).
     more = [record(i, "after-damage") for i in range(5)]
     reports2 = produce_all(producer(broker.bootstrap), topic, more)
-    assert reports2 == [(0, FIRST_OFFSET + survivors + 1 + i) for i in range(5)], reports2
+    assert reports2 == [(0, FIRST_OFFSET + survivors + i) for i in range(5)], reports2
     got = read_partition(broker.bootstrap, topic, min_count=survivors + 5, timeout=60)
     assert_rows_equal(got, expected_rows(records[:survivors] + more, reports[:survivors] + reports2))
 

@@ -212,6 +212,29 @@ impl Replica {
             epochs.entries(),
             "epoch cache differs"
         );
+        // Kafka offsets: every batch's as a count of the batches' offsets that are not Raft's
+        // own entries, from the first batch ever written (retention forgets none of them).
+        let mut kafka = 0u64;
+        let start = self.log.log_start_offset();
+        for b in self.deleted.iter().chain(&self.batches) {
+            let h = header(b);
+            let base = h.base_offset as u64;
+            if base >= start {
+                assert_eq!(
+                    self.log.kafka_offset(base),
+                    kafka,
+                    "the Kafka offset of the batch at {base}"
+                );
+            }
+            if !batch::is_raft_internal_batch(b) {
+                kafka += (h.last_offset_delta + 1) as u64;
+            }
+        }
+        assert_eq!(
+            self.log.kafka_log_end_offset(),
+            kafka,
+            "the Kafka log end offset"
+        );
     }
 }
 
@@ -855,4 +878,106 @@ proptest! {
     ) {
         run_steps(steps, retention);
     }
+}
+
+/// A replica's log with Raft's entries among its batches, long enough for retention to delete
+/// its first segments: (replica, the Kafka offset of every data batch kept, by log offset).
+fn translated_replica(
+    mid_epochs: bool,
+    anchor_after_retention: bool,
+) -> (Replica, Vec<(u64, u64)>) {
+    let mut c = config();
+    c.retention_bytes = 1500;
+    let mut r = Replica::new(c);
+    let mut epoch = 1;
+    let mut new_epoch = |r: &mut Replica, epoch: &mut i32| {
+        *epoch += 1;
+        let kafka = r.log.kafka_log_end_offset() as i64;
+        r.append(batch::leader_epoch_start_batch_at(
+            r.log.log_end_offset() as i64,
+            *epoch,
+            kafka,
+            -1,
+        ));
+    };
+    new_epoch(&mut r, &mut epoch);
+    for round in 0..30 {
+        if round == 1 || (mid_epochs && round % 7 == 3) {
+            new_epoch(&mut r, &mut epoch);
+        }
+        r.append(r.stamped(3, None, epoch));
+        r.sync();
+        let end = r.log.log_end_offset();
+        r.commit(end);
+    }
+    r.retention();
+    assert!(r.log.log_start_offset() > 0, "retention deleted nothing");
+    if anchor_after_retention {
+        new_epoch(&mut r, &mut epoch);
+        r.append(r.stamped(2, None, epoch));
+        r.sync();
+        let end = r.log.log_end_offset();
+        r.commit(end);
+    }
+    r.sync();
+    r.check();
+    let kafka = r
+        .batches
+        .iter()
+        .map(|b| header(b).base_offset as u64)
+        .map(|o| (o, r.log.kafka_offset(o)))
+        .collect();
+    (r, kafka)
+}
+
+#[test]
+fn kafka_offsets_survive_a_restart_after_retention() {
+    let (mut r, kafka) = translated_replica(true, false);
+    assert!(
+        kafka.iter().any(|(log, kafka)| log != kafka),
+        "no Raft entry below the kept batches"
+    );
+    r.crash(CrashMode::Clean);
+    r.check();
+    for (log, k) in kafka {
+        assert_eq!(r.log.kafka_offset(log), k, "batch at log offset {log}");
+    }
+}
+
+#[test]
+fn without_its_checkpoint_a_log_recovers_kafka_offsets_from_a_leader_epoch_start() {
+    let (mut r, kafka) = translated_replica(true, true);
+    r.storage.remove_file(&r.dir.join(CHECKPOINT_FILE)).unwrap();
+    r.storage.sync_dir(&r.dir).unwrap();
+    r.crash(CrashMode::Clean);
+    r.check();
+    for (log, k) in kafka {
+        assert_eq!(r.log.kafka_offset(log), k, "batch at log offset {log}");
+    }
+}
+
+#[test]
+fn without_its_checkpoint_or_a_named_offset_a_shortened_log_is_not_opened() {
+    let (r, _) = translated_replica(false, false);
+    // The last leader-epoch start lies below the log start now.
+    assert!(r
+        .batches
+        .iter()
+        .all(|b| batch::leader_epoch_start_anchor(b).is_none()));
+    r.storage.remove_file(&r.dir.join(CHECKPOINT_FILE)).unwrap();
+    r.storage.sync_dir(&r.dir).unwrap();
+    r.storage.crash(CrashMode::Clean);
+    let err = match LogStore::open(r.storage.clone(), r.dir.clone(), r.config.clone()) {
+        Ok((log, _)) => panic!(
+            "a log whose Kafka offsets are unknown was opened: start {} {:?}",
+            log.log_start_offset(),
+            log.offsets()
+        ),
+        Err(e) => e,
+    };
+    let message = err.to_string();
+    assert!(
+        message.contains("topic-0") && message.contains("Kafka offsets"),
+        "{message}"
+    );
 }
