@@ -796,7 +796,7 @@ mod tests {
         NewRecord {
             timestamp: 1_000 + i64::from(i),
             key: Some(vec![b'k', i]),
-            value: if i % 3 == 0 {
+            value: if i.is_multiple_of(3) {
                 None
             } else {
                 Some(vec![i; i as usize])

@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod checker;
 mod error;
+pub mod format;
 pub mod group;
 pub mod history;
 pub mod limits;

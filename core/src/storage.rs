@@ -47,3 +47,32 @@ pub fn read_all<F: StorageFile>(file: &F) -> io::Result<Vec<u8>> {
     let len = usize::try_from(file.len()?).map_err(|_| io::Error::other("file too large"))?;
     file.read_at(0, len)
 }
+
+/// Durably replaces the small file `path` with `bytes`: written whole to `tmp` (in the same
+/// directory), fsynced, renamed over `path`, and the directory fsynced. A crash at any point
+/// leaves either the old file or the new one at `path`, never a part of either. Blocks on two
+/// fsyncs.
+pub fn replace_durably<S: Storage>(
+    storage: &S,
+    tmp: &Path,
+    path: &Path,
+    bytes: &[u8],
+) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    assert_eq!(
+        tmp.parent(),
+        path.parent(),
+        "a rename stays in one directory"
+    );
+    let file = storage.open(tmp, true)?;
+    file.truncate(0)?;
+    file.append(bytes)?;
+    assert_eq!(
+        file.len()?,
+        bytes.len() as u64,
+        "the file was written whole"
+    );
+    file.sync()?;
+    storage.rename(tmp, path)?;
+    storage.sync_dir(dir)
+}

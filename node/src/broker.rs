@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kafka_protocol::messages::ResponseKind;
 pub use sluice_core::checker::replicas::Observation;
+use sluice_core::format;
 use sluice_core::node::{
     ClientInfo, Disk, Finished, Input, Job, Node, Output, PeerMessage, RequestId, StorageDone,
 };
@@ -87,19 +88,19 @@ pub fn now_ms() -> u64 {
 }
 
 impl<S: Storage> Broker<S> {
-    /// Opens the data directory: the metadata log first (its image names the partitions this
-    /// node hosts), then every partition it assigns here, before anything is served.
+    /// Opens the data directory: checks its format (core's [`format`] decides; a new directory
+    /// gets the current version), then the metadata log (its image names the partitions this
+    /// node hosts), then every partition it assigns here, before anything is served. A directory
+    /// of another format is refused with an `InvalidData` error carrying a
+    /// [`format::DataDirRefused`].
     pub fn open(config: Config, storage: S) -> io::Result<Broker<S>> {
-        if storage.exists(std::path::Path::new(crate::metadata::LEGACY_METADATA_FILE)) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "this data directory ({}) was written by an older Sluice (it has {}); its \
-                     topics would have to be re-created: start with an empty data directory",
-                    config.data_dir.display(),
-                    crate::metadata::LEGACY_METADATA_FILE
-                ),
-            ));
+        let decision = format::open_data_dir(&storage, &config.data_dir)?;
+        if decision == format::Decision::Initialise {
+            tracing::info!(
+                data_dir = %config.data_dir.display(),
+                format = format::FORMAT_VERSION,
+                "new data directory: format version stored"
+            );
         }
         // Seeded once from the OS (or madsim): ids, election jitter, member ids.
         let seed = std::collections::hash_map::RandomState::new()
@@ -143,7 +144,13 @@ impl<S: Storage> Broker<S> {
         for _ in 0..1_000_000 {
             let mut jobs = Vec::new();
             if let Some(reason) = self.carry_out(&mut jobs) {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "cannot open the data directory {}: {reason}",
+                        self.config.data_dir.display()
+                    ),
+                ));
             }
             if jobs.is_empty() && self.done.is_empty() {
                 return Ok(());
@@ -161,9 +168,10 @@ impl<S: Storage> Broker<S> {
             }
             self.feed_done();
         }
-        Err(io::Error::other(
-            "the data directory never finished opening",
-        ))
+        Err(io::Error::other(format!(
+            "the data directory {} never finished opening",
+            self.config.data_dir.display()
+        )))
     }
 
     /// Reports every replica's leaderships and high watermarks to `observer` from now on (the

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod config;
 #[cfg(not(madsim))]
 pub mod dev_cluster;
+pub mod lock;
 pub mod metadata;
 pub mod rpc;
 pub mod server;

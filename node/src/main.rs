@@ -2,7 +2,9 @@
 //! ./data; `sluice serve --help` lists every setting.
 
 use clap::{Parser, Subcommand};
+use sluice_core::format;
 use sluice_node::config::{Config, ServeArgs};
+use sluice_node::lock::DataDirLock;
 use sluice_node::storage::FileStorage;
 
 #[derive(Parser, Debug)]
@@ -112,8 +114,18 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // One broker per data directory: the lock is taken before anything in the directory is
+    // read or written, and held until the process ends.
+    let opened = FileStorage::new(&config.data_dir)
+        .and_then(|storage| Ok((storage, DataDirLock::acquire(&config.data_dir)?)));
+    let (storage, _lock) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async move {
-        let storage = FileStorage::new(&config.data_dir)?;
         tokio::select! {
             biased;
             _ = shutdown_signal() => {
@@ -127,7 +139,16 @@ fn serve(args: ServeArgs) -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice: {e}");
-            std::process::ExitCode::FAILURE
+            // A data directory of another format is refused for good: like a configuration
+            // error, restarting will not help (systemd's RestartPreventExitStatus=2).
+            let refused = e
+                .get_ref()
+                .is_some_and(|inner| inner.is::<format::DataDirRefused>());
+            if refused {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -7,7 +7,3 @@ pub use sluice_core::metadata::topic_config::{
     describe_topic_config, topic_log_config, validate_topic_name, TOPIC_CONFIG_NAMES,
     TOPIC_NAME_BYTES_MAX,
 };
-
-/// Where Sluice kept metadata before the metadata quorum. A data directory holding it was
-/// written by an older version.
-pub const LEGACY_METADATA_FILE: &str = "metadata.toml";

@@ -26,13 +26,25 @@ use crate::wire::{api_versions_too_new, decode_request, encode_response, DecodeE
 const BROKER_QUEUE_MAX: usize = 4096;
 
 /// Opens the data directory, connects to the peers, binds the listener, and serves until the
-/// process ends.
+/// process ends. A failure to start names what it is about (the directory, the file, the
+/// address).
 pub async fn serve<S: Storage>(config: Config, storage: S) -> io::Result<()> {
     let mut broker = Broker::open(config.clone(), storage)?;
     connect_peers(&config, &mut broker).await?;
-    let listener = TcpListener::bind(&config.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, data_dir = %config.data_dir.display(), "sluice is serving Kafka clients");
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| named(e, "cannot listen for Kafka clients on", &config.listen))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| named(e, "no local address for", &config.listen))?;
+    tracing::info!(listen = %local, data_dir = %config.data_dir.display(), "sluice is serving Kafka clients");
     run(config, broker, listener).await
+}
+
+/// `e` with what it is about: "cannot listen for Kafka clients on 127.0.0.1:9092: Address
+/// already in use (os error 98)". The kind is kept.
+fn named(e: io::Error, what: &str, about: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {about}: {e}"))
 }
 
 /// Serves on an already bound listener (tests and the simulator bind first).
@@ -88,10 +100,20 @@ pub async fn connect_peers<S: Storage>(config: &Config, broker: &mut Broker<S>) 
             .finish(),
         ..crate::rpc::Config::default()
     };
-    let (transport, inbox) = Transport::bind(me, addr, rpc_config).await?;
+    let (transport, inbox) = Transport::bind(me, addr, rpc_config).await.map_err(|e| {
+        let about = if addr.to_string() == listen {
+            listen.to_string()
+        } else {
+            format!("{listen} ({addr})")
+        };
+        named(e, "cannot listen for peers (rpc_listen) on", &about)
+    })?;
     for (id, peer) in &config.peers {
         if *id != me {
-            transport.set_peer(*id, resolve(peer).await?);
+            let addr = resolve(peer)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("peer {id}: {e}")))?;
+            transport.set_peer(*id, addr);
         }
     }
     broker.attach_peers(transport, inbox);
@@ -103,9 +125,10 @@ async fn resolve(addr: &str) -> io::Result<SocketAddr> {
         return Ok(addr);
     }
     tokio::net::lookup_host(addr)
-        .await?
+        .await
+        .map_err(|e| named(e, "cannot resolve", addr))?
         .next()
-        .ok_or_else(|| io::Error::other(format!("{addr}: no address")))
+        .ok_or_else(|| io::Error::other(format!("cannot resolve {addr}: no address")))
 }
 
 /// A response slot, in request order.

@@ -1,7 +1,8 @@
 //! The real, file-backed [`Storage`]: one directory per partition under the data directory.
 //!
 //! Reads and appends use positional I/O on a shared `File`; `sync` is `fdatasync` (the shell calls
-//! it on a blocking thread, never on the event loop).
+//! it on a blocking thread, never on the event loop). An error from the file system names the full
+//! path it is about (core adds only the path relative to the data directory).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -18,9 +19,15 @@ pub struct FileStorage {
 }
 
 impl FileStorage {
+    /// The store rooted at the data directory `root`, created if it does not exist.
     pub fn new(root: impl Into<PathBuf>) -> io::Result<FileStorage> {
         let root = root.into();
-        fs::create_dir_all(&root)?;
+        fs::create_dir_all(&root).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create the data directory {}: {e}", root.display()),
+            )
+        })?;
         Ok(FileStorage {
             root: Arc::new(root),
         })
@@ -29,6 +36,11 @@ impl FileStorage {
     fn path(&self, path: &Path) -> PathBuf {
         self.root.join(path)
     }
+}
+
+/// Adds the path an error is about, keeping its kind (callers match on `NotFound`).
+fn about(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// An open file; clones share the descriptor.
@@ -44,14 +56,15 @@ impl Storage for FileStorage {
         let full = self.path(path);
         if create {
             if let Some(parent) = full.parent() {
-                fs::create_dir_all(parent)?;
+                fs::create_dir_all(parent).map_err(about(parent))?;
             }
         }
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(create)
-            .open(full)?;
+            .open(&full)
+            .map_err(about(&full))?;
         Ok(FileHandle {
             file: Arc::new(file),
         })
@@ -67,34 +80,52 @@ impl Storage for FileStorage {
             return Ok(Vec::new());
         }
         let mut names = Vec::new();
-        for entry in fs::read_dir(full)? {
-            names.push(entry?.file_name().to_string_lossy().into_owned());
+        for entry in fs::read_dir(&full).map_err(about(&full))? {
+            names.push(
+                entry
+                    .map_err(about(&full))?
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
         names.sort();
         Ok(names)
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(self.path(dir))
+        let full = self.path(dir);
+        fs::create_dir_all(&full).map_err(about(&full))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        fs::remove_file(self.path(path))
+        let full = self.path(path);
+        fs::remove_file(&full).map_err(about(&full))
     }
 
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        match fs::remove_dir_all(self.path(dir)) {
+        let full = self.path(dir);
+        match fs::remove_dir_all(&full) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
+            other => other.map_err(about(&full)),
         }
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        fs::rename(self.path(from), self.path(to))
+        let (from, to) = (self.path(from), self.path(to));
+        fs::rename(&from, &to).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("renaming {} to {}: {e}", from.display(), to.display()),
+            )
+        })
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(self.path(dir))?.sync_all()
+        let full = self.path(dir);
+        File::open(&full)
+            .and_then(|d| d.sync_all())
+            .map_err(about(&full))
     }
 }
 
@@ -165,6 +196,29 @@ mod tests {
         assert!(s.open(Path::new("t-0/a.log"), false).is_err());
         s.remove_dir_all(Path::new("t-0")).unwrap();
         assert!(!s.exists(Path::new("t-0")));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_full_path() {
+        let root = temp_root("named");
+        let s = FileStorage::new(&root).unwrap();
+        let missing = s.open(Path::new("t-0/none.log"), false).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        assert!(missing
+            .to_string()
+            .starts_with(&format!("{}: ", root.join("t-0/none.log").display())));
+        // A data directory that is a file: "File exists" says which.
+        let file = root.join("a-file");
+        fs::write(&file, b"x").unwrap();
+        let error = FileStorage::new(&file).unwrap_err();
+        assert!(
+            error.to_string().starts_with(&format!(
+                "cannot create the data directory {}: ",
+                file.display()
+            )),
+            "{error}"
+        );
         fs::remove_dir_all(root).unwrap();
     }
 }

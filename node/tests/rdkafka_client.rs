@@ -54,13 +54,13 @@ fn record(i: usize, base_timestamp_ms: i64) -> Record {
         ("seq".to_string(), Some(i.to_string().into_bytes())),
         ("binary".to_string(), Some(vec![0, 255, i as u8, 10])),
     ];
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         headers.push(("empty".to_string(), Some(Vec::new())));
     }
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         headers.push(("null".to_string(), None));
     }
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         headers.push(("dup".to_string(), Some(b"first".to_vec())));
         headers.push(("dup".to_string(), Some(b"second".to_vec())));
     }

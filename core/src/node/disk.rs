@@ -46,7 +46,7 @@ use crate::log::{
 };
 use crate::metadata::TopicId;
 use crate::raft::HardState;
-use crate::storage::{Storage, StorageFile};
+use crate::storage::Storage;
 
 /// One opened incarnation of a log (a partition's or the metadata log). A reopened log gets a
 /// new id, so late answers about the old one are recognised.
@@ -367,14 +367,9 @@ fn claim_dir<S: Storage>(storage: &S, dir: &Path, id: TopicId) -> io::Result<Opt
         }
     }
     storage.create_dir_all(dir)?;
-    let tmp = dir.join(TOPIC_ID_TMP_FILE);
-    let file = storage.open(&tmp, true)?;
-    file.truncate(0)?;
-    file.append(&id)?;
-    file.append(&crc32c::crc32c(&id).to_be_bytes())?;
-    file.sync()?;
-    storage.rename(&tmp, &path)?;
-    storage.sync_dir(dir)?;
+    let mut marker = id.to_vec();
+    marker.extend_from_slice(&crc32c::crc32c(&id).to_be_bytes());
+    crate::storage::replace_durably(storage, &dir.join(TOPIC_ID_TMP_FILE), &path, &marker)?;
     Ok(repair)
 }
 
@@ -786,6 +781,7 @@ impl<S: Storage> LogReader for Disk<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StorageFile;
     use crate::testing::MemStorage;
 
     fn write(storage: &MemStorage, path: &Path, bytes: &[u8]) {

@@ -7,7 +7,7 @@ use std::io;
 use std::path::Path;
 
 use crate::raft::HardState;
-use crate::storage::{read_all, Storage, StorageFile};
+use crate::storage::{read_all, Storage};
 
 const FILE: &str = "raft-state";
 const TMP_FILE: &str = "raft-state.tmp";
@@ -41,19 +41,7 @@ pub fn load<S: Storage>(storage: &S, dir: &Path) -> io::Result<HardState> {
 /// Durably replaces the stored hard state. Blocks on two fsyncs: the shell runs it off its
 /// event loop, one at a time per replica.
 pub fn store<S: Storage>(storage: &S, dir: &Path, hs: HardState) -> io::Result<()> {
-    let tmp = dir.join(TMP_FILE);
-    let file = storage.open(&tmp, true)?;
-    file.truncate(0)?;
-    let bytes = encode(hs);
-    file.append(&bytes)?;
-    assert_eq!(
-        file.len()?,
-        bytes.len() as u64,
-        "the hard state was written whole"
-    );
-    file.sync()?;
-    storage.rename(&tmp, &dir.join(FILE))?;
-    storage.sync_dir(dir)
+    crate::storage::replace_durably(storage, &dir.join(TMP_FILE), &dir.join(FILE), &encode(hs))
 }
 
 fn encode(hs: HardState) -> Vec<u8> {
