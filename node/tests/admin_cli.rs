@@ -408,7 +408,7 @@ async fn read_values(c: &mut Connection, topic: &str, partition: i32) -> Vec<Str
         }
         for r in sluice_core::batch::Records::new(&records[range]).unwrap() {
             let value = r.unwrap().value.unwrap_or_default();
-            values.push(String::from_utf8_lossy(&value).into_owned());
+            values.push(String::from_utf8_lossy(value).into_owned());
         }
     }
     values

@@ -421,7 +421,7 @@ async fn fetch_values(c: &mut Connection, topic: &str, partition: i32) -> Vec<St
         }
         for r in batch::Records::new(&records[range]).unwrap() {
             let value = r.unwrap().value.unwrap_or_default();
-            values.push(String::from_utf8_lossy(&value).into_owned());
+            values.push(String::from_utf8_lossy(value).into_owned());
         }
     }
     values
