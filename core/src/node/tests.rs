@@ -881,6 +881,40 @@ fn a_grown_topic_serves_at_once_and_after_a_restart() {
     assert_eq!(show(&read_all(&mut c, 0, "t", 1)), vec!["new".to_string()]);
 }
 
+/// The new partition's log opens off the loop (a job); the answer waits for it, as
+/// CreateTopics does, so a client that produces right after the answer finds it serving.
+#[test]
+fn the_answer_waits_until_the_new_partition_has_opened() {
+    let mut c = Cluster::new(1, 45);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    c.host(0).hold = vec!["open"];
+    let id = c.request(
+        0,
+        Request::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![grow("t", 2, None)],
+            validate_only: false,
+            timeout_ms: 5_000,
+        }),
+    );
+    c.advance(500);
+    assert_eq!(c.host(0).held.len(), 1, "t-1's open is held");
+    assert!(
+        !c.host(0).replies.contains_key(&id),
+        "answered before the new partition opened"
+    );
+    c.host(0).release();
+    c.settle();
+    c.advance(100);
+    let Some(Reply::CreatePartitions(r)) = c.host(0).replies.remove(&id) else {
+        panic!("no answer once the partition opened")
+    };
+    assert_eq!(r[0].error, ErrorCode::None, "{r:?}");
+    let wall = c.now.wall_ms as i64;
+    let ok = produced(c.call(0, produce("t", 1, -1, records(&[b"x"], wall))));
+    assert_eq!(ok.error, ErrorCode::None, "{ok:?}");
+}
+
 #[test]
 fn create_partitions_refusals_come_with_kafkas_codes() {
     let mut c = Cluster::new(1, 43);
