@@ -840,13 +840,9 @@ fn added_partitions_open_on_every_replica_get_leaders_and_serve() {
             message: None,
         }]
     );
-    for i in 0..3 {
+    for (i, hosted) in before.into_iter().enumerate() {
         // Replication factor 3 on 3 nodes: every node hosts both new partitions.
-        assert_eq!(
-            c.host(i).node.hosted_partitions(),
-            before[i] + 2,
-            "node {i}"
-        );
+        assert_eq!(c.host(i).node.hosted_partitions(), hosted + 2, "node {i}");
         assert_eq!(partition_count(&mut c, i, "t"), 3, "node {i}");
     }
     let wall = c.now.wall_ms as i64;
