@@ -5,6 +5,9 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
+use kafka_protocol::messages::create_partitions_response::{
+    CreatePartitionsResponse, CreatePartitionsTopicResult,
+};
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
 };
@@ -73,6 +76,7 @@ pub const SERVED_APIS: &[ApiKey] = &[
     ApiKey::ApiVersions,
     ApiKey::CreateTopics,
     ApiKey::DeleteTopics,
+    ApiKey::CreatePartitions,
     ApiKey::InitProducerId,
     ApiKey::DescribeConfigs,
     ApiKey::IncrementalAlterConfigs,
@@ -198,6 +202,24 @@ pub fn decode(body: RequestKind, version: i16) -> Decoded {
                     .map(|n| TopicKey::Name(string(&n.0)))
                     .collect()
             },
+            timeout_ms: r.timeout_ms,
+        }),
+        RequestKind::CreatePartitions(r) => Request::CreatePartitions(CreatePartitionsRequest {
+            topics: r
+                .topics
+                .into_iter()
+                .map(|t| NewPartitions {
+                    name: string(&t.name.0),
+                    count: t.count,
+                    assignment: t.assignments.map(|assignments| {
+                        assignments
+                            .iter()
+                            .map(|a| a.broker_ids.iter().map(|b| b.0).collect())
+                            .collect()
+                    }),
+                })
+                .collect(),
+            validate_only: r.validate_only,
             timeout_ms: r.timeout_ms,
         }),
         RequestKind::DescribeConfigs(r) => Request::DescribeConfigs(
@@ -508,6 +530,19 @@ pub fn encode(reply: Reply, version: i16) -> ResponseKind {
                             r.error_message = t.message.map(str_bytes);
                         }
                         r
+                    })
+                    .collect(),
+            ),
+        ),
+        Reply::CreatePartitions(topics) => ResponseKind::CreatePartitions(
+            CreatePartitionsResponse::default().with_results(
+                topics
+                    .into_iter()
+                    .map(|t| {
+                        CreatePartitionsTopicResult::default()
+                            .with_name(TopicName(str_bytes(t.name)))
+                            .with_error_code(t.error.code())
+                            .with_error_message(t.message.map(str_bytes))
                     })
                     .collect(),
             ),

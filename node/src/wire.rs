@@ -51,6 +51,7 @@ pub fn supported_versions(api_key: ApiKey) -> VersionRange {
         ApiKey::ApiVersions => both::<ApiVersionsRequest>(),
         ApiKey::CreateTopics => both::<CreateTopicsRequest>(),
         ApiKey::DeleteTopics => both::<DeleteTopicsRequest>(),
+        ApiKey::CreatePartitions => both::<CreatePartitionsRequest>(),
         ApiKey::InitProducerId => both::<InitProducerIdRequest>(),
         ApiKey::DescribeConfigs => both::<DescribeConfigsRequest>(),
         ApiKey::IncrementalAlterConfigs => both::<IncrementalAlterConfigsRequest>(),

@@ -10,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::consumer_protocol_assignment::{
     ConsumerProtocolAssignment, TopicPartition as AssignedPartitions,
 };
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
@@ -21,8 +22,8 @@ use kafka_protocol::messages::offset_fetch_request::{
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    FindCoordinatorRequest, GroupId, JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, SyncGroupRequest, TopicName,
+    BrokerId, FetchRequest, FindCoordinatorRequest, GroupId, JoinGroupRequest, LeaveGroupRequest,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use sluice_core::batch::{BatchBuilder, NewRecord};
@@ -380,6 +381,114 @@ fn topics_are_created_listed_described_altered_and_deleted() {
     ok(
         addr,
         &["topic", "delete", "--topic", "orders", "--if-exists"],
+    );
+}
+
+/// The values of `topic`-`partition` from offset 0, as a consumer reads them.
+async fn read_values(c: &mut Connection, topic: &str, partition: i32) -> Vec<String> {
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)
+                .with_current_leader_epoch(-1)])]);
+    let response = c.call(&request, 12).await.unwrap();
+    let p = &response.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0, "fetch {topic}-{partition}");
+    let records = p.records.clone().unwrap_or_default();
+    let mut values = Vec::new();
+    for (header, range) in sluice_core::batch::split_batches(&records).unwrap() {
+        if header.is_control() {
+            continue;
+        }
+        for r in sluice_core::batch::Records::new(&records[range]).unwrap() {
+            let value = r.unwrap().value.unwrap_or_default();
+            values.push(String::from_utf8_lossy(value).into_owned());
+        }
+    }
+    values
+}
+
+#[test]
+fn topic_alter_adds_partitions_that_take_records_at_once() {
+    let node = Node::start(ServeArgs::default());
+    let addr = node.addr.as_str();
+    ok(
+        addr,
+        &["topic", "create", "--topic", "grow", "--partitions", "1"],
+    );
+    assert_eq!(
+        ok(addr, &["topic", "alter", "grow", "--partitions", "3"]),
+        "Topic grow now has 3 partitions.\n"
+    );
+    client_runtime().block_on(async {
+        let mut c = Connection::connect(addr).await.unwrap();
+        produce(&mut c, "grow", 2, 3).await;
+        assert_eq!(read_values(&mut c, "grow", 2).await, ["v0", "v1", "v2"]);
+    });
+    let out = ok(addr, &["topic", "describe", "--topic", "grow"]);
+    assert_eq!(table(&out, "TOPIC")[0][2..4], row(&["3", "1"]), "{out}");
+    let partitions = table(out.split("\n\n").nth(1).unwrap(), "TOPIC");
+    assert_eq!(
+        partitions,
+        vec![
+            row(&["grow", "0", "0", "0", "0", "-"]),
+            row(&["grow", "1", "0", "0", "0", "-"]),
+            row(&["grow", "2", "0", "0", "0", "-"]),
+        ],
+        "{out}"
+    );
+
+    assert_eq!(
+        ok(
+            addr,
+            &["topic", "alter", "--topic", "grow", "--partitions", "4"]
+        ),
+        "Topic grow now has 4 partitions.\n"
+    );
+    assert_eq!(
+        fails(addr, &["topic", "alter", "grow", "--partitions", "2"]),
+        "sluice topic alter: INVALID_PARTITIONS: The topic grow currently has 4 partition(s); 2 \
+         would not be an increase.\n"
+    );
+    assert_eq!(
+        fails(addr, &["topic", "alter", "grow", "--partitions", "4"]),
+        "sluice topic alter: INVALID_PARTITIONS: Topic already has 4 partition(s).\n"
+    );
+    assert_eq!(
+        fails(addr, &["topic", "alter", "missing", "--partitions", "2"]),
+        "sluice topic alter: UNKNOWN_TOPIC_OR_PARTITION: topic \"missing\" does not exist\n"
+    );
+    // Looking a group up creates `__consumer_offsets`, whose partition count is fixed.
+    fails(addr, &["group", "describe", "--group", "nobody"]);
+    let err = fails(
+        addr,
+        &["topic", "alter", "__consumer_offsets", "--partitions", "64"],
+    );
+    assert!(
+        err.starts_with("sluice topic alter: INVALID_REQUEST: "),
+        "{err}"
+    );
+    // The topic once, by name or by --topic; and a count.
+    let status = |args: &[&str]| sluice(addr, args).status.code();
+    assert_eq!(status(&["topic", "alter", "grow"]), Some(2));
+    assert_eq!(status(&["topic", "alter", "--partitions", "5"]), Some(2));
+    assert_eq!(
+        status(&[
+            "topic",
+            "alter",
+            "grow",
+            "--topic",
+            "grow",
+            "--partitions",
+            "5"
+        ]),
+        Some(2)
     );
 }
 

@@ -6,6 +6,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsAssignment, CreatePartitionsRequest, CreatePartitionsTopic,
+};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::{
@@ -368,6 +371,177 @@ fn every_version_of_every_served_api_round_trips() {
                 "delete topics v{v} ({topic})"
             );
         }
+    });
+}
+
+/// A CreatePartitions request growing each `(topic, count)`; `assignment` for every topic.
+fn create_partitions_request(
+    topics: &[(&str, i32)],
+    assignment: Option<Vec<Vec<i32>>>,
+    validate_only: bool,
+) -> CreatePartitionsRequest {
+    CreatePartitionsRequest::default()
+        .with_timeout_ms(5_000)
+        .with_validate_only(validate_only)
+        .with_topics(
+            topics
+                .iter()
+                .map(|(topic, count)| {
+                    CreatePartitionsTopic::default()
+                        .with_name(name(topic))
+                        .with_count(*count)
+                        .with_assignments(assignment.as_ref().map(|a| {
+                            a.iter()
+                                .map(|ids| {
+                                    CreatePartitionsAssignment::default().with_broker_ids(
+                                        ids.iter()
+                                            .map(|id| kafka_protocol::messages::BrokerId(*id))
+                                            .collect(),
+                                    )
+                                })
+                                .collect()
+                        }))
+                })
+                .collect(),
+        )
+}
+
+/// The values of the data records of `topic`-`partition` from offset 0.
+async fn fetch_values(c: &mut Connection, topic: &str, partition: i32) -> Vec<String> {
+    let mut req = fetch_request(topic, Uuid::nil(), 0, 0);
+    req.topics[0].partitions[0].partition = partition;
+    let resp = c.call(&req, 12).await.unwrap();
+    let p = &resp.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0, "fetch {topic}-{partition}");
+    let records = p.records.clone().unwrap_or_default();
+    let mut values = Vec::new();
+    for (header, range) in batch::split_batches(&records).unwrap() {
+        if header.is_control() {
+            continue;
+        }
+        for r in batch::Records::new(&records[range]).unwrap() {
+            let value = r.unwrap().value.unwrap_or_default();
+            values.push(String::from_utf8_lossy(value).into_owned());
+        }
+    }
+    values
+}
+
+/// CreatePartitions at every version grows a topic one partition at a time; each answer comes
+/// once the new partition serves, so a produce right after it lands. Then Kafka's refusals.
+#[test]
+fn create_partitions_at_every_version_grows_a_topic_that_serves_at_once() {
+    const INVALID_PARTITIONS: i16 = sluice_core::ErrorCode::InvalidPartitions as i16;
+    const INVALID_REPLICA_ASSIGNMENT: i16 = sluice_core::ErrorCode::InvalidReplicaAssignment as i16;
+    const INVALID_REQUEST: i16 = sluice_core::ErrorCode::InvalidRequest as i16;
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = sluice_core::ErrorCode::UnknownTopicOrPartition as i16;
+    let node = Node::start(MemStorage::new(), ServeArgs::default());
+    client_runtime().block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        let resp = c.call(&ApiVersionsRequest::default(), 3).await.unwrap();
+        let advertised = resp
+            .api_keys
+            .iter()
+            .find(|k| k.api_key == ApiKey::CreatePartitions as i16)
+            .expect("CreatePartitions is advertised");
+        assert_eq!((advertised.min_version, advertised.max_version), (0, 3));
+
+        create_topic(&mut c, "grow", 1).await;
+        let range = supported_versions(ApiKey::CreatePartitions);
+        let mut count = 1;
+        for v in range.min..=range.max {
+            count += 1;
+            let req = create_partitions_request(&[("grow", count)], None, false);
+            let resp = c.call(&req, v).await.unwrap();
+            assert_eq!(resp.results.len(), 1, "v{v}");
+            let r = &resp.results[0];
+            assert_eq!(
+                (r.name.0.as_str(), r.error_code, r.error_message.as_ref()),
+                ("grow", 0, None),
+                "create partitions v{v}"
+            );
+            let p = count - 1;
+            let tag = format!("p{p}");
+            let resp = c
+                .call(&produce_request("grow", p, -1, records(2, &tag)), 9)
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.responses[0].partition_responses[0].error_code, 0,
+                "produce to grow-{p} right after v{v}"
+            );
+            assert_eq!(
+                fetch_values(&mut c, "grow", p).await,
+                vec![format!("{tag}-0"), format!("{tag}-1")]
+            );
+        }
+        let metadata = MetadataRequest::default().with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(name("grow"))),
+        ]));
+        let resp = c.call(&metadata, 12).await.unwrap();
+        let partitions = &resp.topics[0].partitions;
+        assert_eq!(partitions.len(), count as usize);
+        assert!(
+            partitions
+                .iter()
+                .all(|p| p.error_code == 0 && p.leader_id.0 >= 0),
+            "every partition has a leader: {partitions:?}"
+        );
+
+        let answers = |resp: &kafka_protocol::messages::CreatePartitionsResponse| {
+            resp.results
+                .iter()
+                .map(|r| {
+                    (
+                        r.name.0.to_string(),
+                        r.error_code,
+                        r.error_message.as_ref().map(|m| m.to_string()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let req = create_partitions_request(&[("grow", count), ("nope", 2)], None, false);
+        let resp = c.call(&req, 3).await.unwrap();
+        assert_eq!(
+            answers(&resp),
+            vec![
+                (
+                    "grow".into(),
+                    INVALID_PARTITIONS,
+                    Some(format!("Topic already has {count} partition(s)."))
+                ),
+                (
+                    "nope".into(),
+                    UNKNOWN_TOPIC_OR_PARTITION,
+                    Some("unknown topic \"nope\"".into())
+                ),
+            ]
+        );
+        let req = create_partitions_request(&[("grow", 1)], None, false);
+        let resp = c.call(&req, 0).await.unwrap();
+        assert_eq!(resp.results[0].error_code, INVALID_PARTITIONS);
+        let req = create_partitions_request(&[("grow", 9), ("grow", 10)], None, false);
+        let resp = c.call(&req, 3).await.unwrap();
+        assert_eq!(
+            answers(&resp),
+            vec![(
+                "grow".into(),
+                INVALID_REQUEST,
+                Some("Duplicate topic name.".into())
+            )]
+        );
+        let req = create_partitions_request(&[("grow", count + 1)], Some(vec![vec![7]]), false);
+        let resp = c.call(&req, 3).await.unwrap();
+        assert_eq!(resp.results[0].error_code, INVALID_REPLICA_ASSIGNMENT);
+        let req = create_partitions_request(&[("grow", count + 4)], None, true);
+        let resp = c.call(&req, 3).await.unwrap();
+        assert_eq!(resp.results[0].error_code, 0, "validate only");
+        let resp = c.call(&metadata, 12).await.unwrap();
+        assert_eq!(
+            resp.topics[0].partitions.len(),
+            count as usize,
+            "nothing grew"
+        );
     });
 }
 

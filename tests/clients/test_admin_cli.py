@@ -11,7 +11,8 @@ import pytest
 from confluent_kafka import Consumer
 
 from conftest import sluice_bin
-from helpers import OP_TIMEOUT_S, node_metadata, producer, unique_topic
+from helpers import (OP_TIMEOUT_S, assert_rows_equal, expected_rows, node_metadata, produce_all, producer,
+                     read_partition, record, unique_topic)
 
 PARTITIONS = 3
 CLI_TIMEOUT_S = 30
@@ -155,3 +156,27 @@ def test_group_describe_shows_a_running_consumer_and_the_lag_after_it_stops(clus
     assert out == f"Deleted group {group}.\n"
     _, out, _ = sluice(bootstrap, "group", "list")
     assert group not in out.split(), out
+
+
+def test_topic_alter_adds_partitions_that_every_node_serves(cluster3):
+    bootstrap = cluster3.bootstrap
+    topic = unique_topic("admin-grow")
+    sluice(bootstrap, "topic", "create", "--topic", topic, "--partitions", "1", "--replication-factor", "3")
+    _, out, _ = sluice(bootstrap, "topic", "alter", topic, "--partitions", str(PARTITIONS))
+    assert out == f"Topic {topic} now has {PARTITIONS} partitions.\n"
+    # Every node replays the record, opens the new partitions and reports them.
+    for node in cluster3.nodes:
+        seen = wait_for(f"node {node.node_id} to report {PARTITIONS} partitions", 20, lambda: (
+            lambda ps: ps if len(ps) == PARTITIONS else None)(
+            node_metadata(node.host, node.port, [topic])["topics"][topic]["partitions"]))
+        assert all(sorted(seen[p]["replicas"]) == [1, 2, 3] for p in range(PARTITIONS)), seen
+    wait_for("a leader for every partition", 20,
+             lambda: all(row[2] != "none" for row in describe_partitions(bootstrap, topic)[1]))
+
+    recs = [record(i, "grown") for i in range(20)]
+    reports = produce_all(producer(bootstrap), topic, recs, partition=PARTITIONS - 1)
+    got = read_partition(bootstrap, topic, PARTITIONS - 1, min_count=len(recs))
+    assert_rows_equal(got, expected_rows(recs, reports, partition=PARTITIONS - 1))
+
+    status, _, err = sluice(bootstrap, "topic", "alter", "--topic", topic, "--partitions", "2", ok=False)
+    assert status == 1 and err.startswith("sluice topic alter: INVALID_PARTITIONS: "), err

@@ -3,7 +3,7 @@
 import time
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from helpers import (FIRST_OFFSET, OP_TIMEOUT_S, assert_rows_equal, consumer, expected_rows, produce_all, producer,
                      read_partition, record, unique_topic)
@@ -99,3 +99,40 @@ def test_admin_rejects_invalid_topics(broker):
     assert create_topic_error(broker.bootstrap, good, 0) == KafkaError.INVALID_PARTITIONS
     md = admin(broker.bootstrap).list_topics(timeout=OP_TIMEOUT_S)
     assert good not in md.topics and "bad name!" not in md.topics, sorted(md.topics)
+
+
+def create_partitions_error(bootstrap, topic, count, validate_only=False):
+    """Runs CreatePartitions for one topic; returns None on success or the KafkaError."""
+    client = admin(bootstrap)
+    futures = client.create_partitions([NewPartitions(topic, count)], operation_timeout=10,
+                                       request_timeout=OP_TIMEOUT_S, validate_only=validate_only)
+    try:
+        futures[topic].result(timeout=OP_TIMEOUT_S)
+        return None
+    except KafkaException as e:
+        return e.args[0]
+
+
+def test_admin_create_partitions_grows_a_topic_whose_new_partition_takes_records(broker):
+    topic = unique_topic("ck-grow")
+    assert create_topic_error(broker.bootstrap, topic, 1) is None
+    assert create_partitions_error(broker.bootstrap, topic, 3) is None
+    md = admin(broker.bootstrap).list_topics(topic=topic, timeout=OP_TIMEOUT_S)
+    assert sorted(md.topics[topic].partitions) == [0, 1, 2]
+    assert all(p.leader >= 0 for p in md.topics[topic].partitions.values())
+
+    recs = [record(i, "p2") for i in range(5)]
+    reports = produce_all(producer(broker.bootstrap), topic, recs, partition=2)
+    assert reports == [(2, FIRST_OFFSET + i) for i in range(len(recs))], reports
+    got = read_partition(broker.bootstrap, topic, 2, min_count=len(recs))
+    assert_rows_equal(got, expected_rows(recs, reports, partition=2))
+
+    err = create_partitions_error(broker.bootstrap, topic, 2)
+    assert err.code() == KafkaError.INVALID_PARTITIONS, err
+    assert "would not be an increase" in err.str(), err
+    assert create_partitions_error(broker.bootstrap, topic, 3).code() == KafkaError.INVALID_PARTITIONS
+    assert create_partitions_error(broker.bootstrap, unique_topic("ck-none"), 2).code() == \
+        KafkaError.UNKNOWN_TOPIC_OR_PART
+    assert create_partitions_error(broker.bootstrap, topic, 6, validate_only=True) is None
+    md = admin(broker.bootstrap).list_topics(topic=topic, timeout=OP_TIMEOUT_S)
+    assert sorted(md.topics[topic].partitions) == [0, 1, 2], "validate_only changed nothing"

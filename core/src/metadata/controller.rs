@@ -12,6 +12,7 @@ use super::image::MetadataImage;
 use super::placement::place_replicas;
 use super::record::{BrokerId, MetadataRecord, PartitionAssignment, TopicId};
 use super::topic_config::{topic_log_config, validate_topic_name, TOPIC_CONFIG_NAMES};
+use crate::group::OFFSETS_TOPIC;
 use crate::limits::{
     METADATA_STRING_BYTES_MAX, TOPIC_CONFIGS_MAX, TOPIC_PARTITIONS_MAX, TOPIC_REPLICAS_MAX,
 };
@@ -88,6 +89,7 @@ request_error!(
         InvalidPartitions => InvalidPartitions,
         InvalidReplicationFactor => InvalidReplicationFactor,
         InvalidReplicaAssignment => InvalidReplicaAssignment,
+        InvalidRequest => InvalidRequest,
     }
 );
 
@@ -283,8 +285,10 @@ pub fn alter_configs(
     })
 }
 
-/// Decides growing a topic to `count` partitions, with explicit replicas for the new ones or
-/// placed by the controller.
+/// Decides growing a topic to `count` partitions, with explicit replicas for the new ones
+/// (partitions `current..count`, in order) or placed by the controller as for a new topic.
+/// Kafka's checks in Kafka's order (`ReplicationControlManager.createPartitions`), with its
+/// messages; `__consumer_offsets` is refused (see below).
 pub fn create_partitions(
     image: &MetadataImage,
     name: &str,
@@ -295,29 +299,42 @@ pub fn create_partitions(
     let topic = image.topic_by_name(name).ok_or_else(|| {
         CreatePartitionsError::UnknownTopicOrPartition(format!("unknown topic {name:?}"))
     })?;
+    // A group's partition is its id's hash modulo the topic's partition count (as in Kafka), so
+    // growing the offsets topic would move every group to a partition that does not hold its
+    // committed offsets. Kafka lets an operator do it; Sluice does not.
+    if name == OFFSETS_TOPIC {
+        return Err(CreatePartitionsError::InvalidRequest(format!(
+            "the partition count of {OFFSETS_TOPIC} cannot change: every consumer group would \
+             move to another partition and lose its committed offsets"
+        )));
+    }
     let current = topic.partitions.len();
-    if count < 0 || (count as usize) < current {
+    assert!(current >= 1, "a topic has partitions");
+    let wanted = usize::try_from(count).ok();
+    if wanted == Some(current) {
         return Err(CreatePartitionsError::InvalidPartitions(format!(
-            "topic has {current} partitions; the count can only grow, not become {count}"
+            "Topic already has {current} partition(s)."
         )));
     }
-    if count as usize == current {
+    let Some(wanted) = wanted.filter(|w| *w > current) else {
         return Err(CreatePartitionsError::InvalidPartitions(format!(
-            "topic already has {current} partitions"
+            "The topic {name} currently has {current} partition(s); {count} would not be an \
+             increase."
         )));
-    }
-    if count as usize > TOPIC_PARTITIONS_MAX {
+    };
+    if wanted > TOPIC_PARTITIONS_MAX {
         return Err(CreatePartitionsError::InvalidPartitions(format!(
             "number of partitions must be at most {TOPIC_PARTITIONS_MAX}, got {count}"
         )));
     }
-    let added = count as usize - current;
+    let added = wanted - current;
     let factor = topic.replication_factor();
     let new = match assignment {
         Some(assignment) => {
             if assignment.len() != added {
                 return Err(CreatePartitionsError::InvalidReplicaAssignment(format!(
-                    "{} assignments for {added} new partitions",
+                    "Attempted to add {added} additional partition(s), but only {} \
+                     assignment(s) were specified.",
                     assignment.len()
                 )));
             }
@@ -327,11 +344,16 @@ pub fn create_partitions(
         }
         None => place_replicas(image, added, factor, rng.next_u64()).ok_or_else(|| {
             CreatePartitionsError::InvalidReplicationFactor(format!(
-                "replication factor {factor} but only {} live brokers",
+                "Unable to replicate the partition {factor} time(s): only {} live broker(s)",
                 image.live_brokers().count()
             ))
         })?,
     };
+    assert_eq!(new.len(), added, "one assignment per new partition");
+    assert!(
+        new.iter().all(|p| p.replicas.len() == factor),
+        "new partitions keep the topic's replication factor"
+    );
     Ok(MetadataRecord::CreatePartitions {
         topic_id: topic.topic_id,
         new,

@@ -517,6 +517,165 @@ fn create_partitions_grows_with_the_same_factor() {
 }
 
 #[test]
+fn create_partitions_answers_with_kafkas_messages_in_kafkas_order() {
+    let (mut image, mut offset) = cluster(3, &[]);
+    create(&mut image, &mut offset, &topic("t", 3, 2));
+    let refused = |count: i32, assignment: Option<&[Vec<i32>]>| {
+        let e = create_partitions(&image, "t", count, assignment, &mut Rng::new(1)).unwrap_err();
+        (e.code(), e.message().to_string())
+    };
+    assert_eq!(
+        refused(3, None),
+        (
+            ErrorCode::InvalidPartitions,
+            "Topic already has 3 partition(s).".into()
+        )
+    );
+    assert_eq!(
+        refused(2, None),
+        (
+            ErrorCode::InvalidPartitions,
+            "The topic t currently has 3 partition(s); 2 would not be an increase.".into()
+        )
+    );
+    // The count is checked before the assignment, as in Kafka.
+    assert_eq!(refused(-1, Some(&[])).0, ErrorCode::InvalidPartitions);
+    assert_eq!(refused(i32::MIN, None).0, ErrorCode::InvalidPartitions);
+    assert_eq!(
+        refused(5, Some(&[vec![0, 1]])),
+        (
+            ErrorCode::InvalidReplicaAssignment,
+            "Attempted to add 2 additional partition(s), but only 1 assignment(s) were \
+             specified."
+                .into()
+        )
+    );
+    assert_eq!(
+        refused(4, Some(&[vec![1, 1]])).0,
+        ErrorCode::InvalidReplicaAssignment
+    );
+    assert_eq!(
+        refused(4, Some(&[vec![]])).0,
+        ErrorCode::InvalidReplicaAssignment
+    );
+
+    // Explicit replicas are taken as given, in partition order.
+    let record = create_partitions(
+        &image,
+        "t",
+        5,
+        Some(&[vec![2, 0], vec![1, 2]]),
+        &mut Rng::new(1),
+    )
+    .unwrap();
+    let topic_id = image.topic_by_name("t").unwrap().topic_id;
+    assert_eq!(
+        record,
+        MetadataRecord::CreatePartitions {
+            topic_id,
+            new: vec![
+                PartitionAssignment {
+                    replicas: vec![2, 0]
+                },
+                PartitionAssignment {
+                    replicas: vec![1, 2]
+                },
+            ],
+        }
+    );
+    offset += 1;
+    assert_eq!(image.apply(offset, &record), Applied::Changed);
+    let replicas: Vec<Vec<i32>> = image.topic_by_name("t").unwrap().partitions[3..]
+        .iter()
+        .map(|p| p.replicas.clone())
+        .collect();
+    assert_eq!(replicas, vec![vec![2, 0], vec![1, 2]]);
+}
+
+/// Groups map to `__consumer_offsets` partitions by the topic's partition count: growing it
+/// would strand every group's committed offsets, so the controller refuses (Kafka allows it).
+#[test]
+fn create_partitions_refuses_the_offsets_topic() {
+    let (mut image, mut offset) = cluster(1, &[]);
+    create(
+        &mut image,
+        &mut offset,
+        &topic(crate::group::OFFSETS_TOPIC, 2, 1),
+    );
+    let e = create_partitions(
+        &image,
+        crate::group::OFFSETS_TOPIC,
+        4,
+        None,
+        &mut Rng::new(1),
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidRequest, "{}", e.message());
+}
+
+/// The encoding of `CreatePartitions` is in metadata logs on disk: these bytes must keep
+/// decoding to the same record.
+#[test]
+fn a_stored_create_partitions_record_still_decodes() {
+    let mut bytes = vec![1u8, 7];
+    bytes.extend_from_slice(&[0xab; 16]);
+    bytes.extend_from_slice(&[0, 0, 0, 2]);
+    bytes.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2]);
+    let record = MetadataRecord::CreatePartitions {
+        topic_id: [0xab; 16],
+        new: vec![
+            PartitionAssignment {
+                replicas: vec![1, 0],
+            },
+            PartitionAssignment {
+                replicas: vec![0, 2],
+            },
+        ],
+    };
+    assert_eq!(MetadataRecord::decode(&bytes), Ok(record.clone()));
+    let mut encoded = Vec::new();
+    record.encode(&mut encoded);
+    assert_eq!(encoded, bytes);
+}
+
+/// Replaying a log with a `CreatePartitions` gives every image the grown topic; one that no
+/// longer fits (an unknown topic, another replication factor) is ignored everywhere.
+#[test]
+fn create_partitions_replays_and_ignores_what_does_not_fit() {
+    let (mut image, mut offset) = cluster(3, &[]);
+    create(&mut image, &mut offset, &topic("t", 1, 2));
+    let topic_id = image.topic_by_name("t").unwrap().topic_id;
+    let grow = create_partitions(&image, "t", 3, None, &mut Rng::new(5)).unwrap();
+    let mut replayed = image.clone();
+    offset += 1;
+    assert_eq!(image.apply(offset, &grow), Applied::Changed);
+    assert_eq!(replayed.apply(offset, &grow), Applied::Changed);
+    assert_eq!(image, replayed);
+    assert_eq!(image.topic_by_name("t").unwrap().partitions.len(), 3);
+    let odd_factor = MetadataRecord::CreatePartitions {
+        topic_id,
+        new: vec![PartitionAssignment {
+            replicas: vec![0, 1, 2],
+        }],
+    };
+    offset += 1;
+    assert!(matches!(
+        image.apply(offset, &odd_factor),
+        Applied::Ignored(_)
+    ));
+    let unknown = MetadataRecord::CreatePartitions {
+        topic_id: [9; 16],
+        new: vec![PartitionAssignment {
+            replicas: vec![0, 1],
+        }],
+    };
+    offset += 1;
+    assert!(matches!(image.apply(offset, &unknown), Applied::Ignored(_)));
+    assert_eq!(image.topic_by_name("t").unwrap().partitions.len(), 3);
+}
+
+#[test]
 fn brokers_register_fenced_and_unfence_on_heartbeat() {
     let mut image = MetadataImage::new();
     let request = BrokerRegistrationRequest {

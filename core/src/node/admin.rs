@@ -1,5 +1,5 @@
 //! Metadata and administration: Metadata (with auto topic creation), CreateTopics,
-//! DeleteTopics, DescribeConfigs and IncrementalAlterConfigs.
+//! DeleteTopics, CreatePartitions, DescribeConfigs and IncrementalAlterConfigs.
 //!
 //! Admin changes are decided by the active controller (the metadata quorum's leader) and
 //! answered once their records are committed; any other node answers NOT_CONTROLLER and the
@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::api::{
     AlterConfigsRequest, AlterResource, AlteredResource, BrokerInfo, ConfigEntry, ConfigResource,
-    CreateTopicsRequest, CreatedTopic, DeleteTopicsRequest, DeletedTopic, DescribedResource,
-    MetadataReply, MetadataRequest, PartitionMetadata, Reply, RequestId, TopicKey, TopicMetadata,
-    CONFIG_DELETE, CONFIG_SET, RESOURCE_BROKER, RESOURCE_TOPIC, SOURCE_DEFAULT, SOURCE_TOPIC,
+    CreatePartitionsRequest, CreateTopicsRequest, CreatedPartitions, CreatedTopic,
+    DeleteTopicsRequest, DeletedTopic, DescribedResource, MetadataReply, MetadataRequest,
+    PartitionMetadata, Reply, RequestId, TopicKey, TopicMetadata, CONFIG_DELETE, CONFIG_SET,
+    RESOURCE_BROKER, RESOURCE_TOPIC, SOURCE_DEFAULT, SOURCE_TOPIC,
 };
 use super::controller::TicketOwner;
 use super::disk::LogReader;
@@ -24,14 +25,16 @@ use crate::ErrorCode;
 /// Admin requests waiting for their records to commit, at most.
 const ADMIN_WAITERS_MAX: usize = 1_024;
 
-/// A CreateTopics, DeleteTopics or IncrementalAlterConfigs reply waiting for its records.
+/// A CreateTopics, DeleteTopics, CreatePartitions or IncrementalAlterConfigs reply waiting for
+/// its records.
 struct AdminWaiter {
     request: RequestId,
     reply: Reply,
     /// Indexes of the entries still waiting.
     outstanding: BTreeSet<usize>,
-    /// Created topics whose partitions on this node must be serving before the answer (as the
-    /// broker answered before its partitions opened off the loop: a client may produce at once).
+    /// Created or grown topics whose partitions on this node must be serving before the answer
+    /// (as the broker answered before its partitions opened off the loop: a client may produce
+    /// at once).
     opening: Vec<TopicId>,
     deadline: Instant,
 }
@@ -316,6 +319,74 @@ impl Node {
         self.wait_for_admin(request, reply, tickets, admin_timeout_ms(delete.timeout_ms));
     }
 
+    /// Grows topics (Kafka's CreatePartitions). As Kafka's `ControllerApis`: a name the request
+    /// repeats is answered once with INVALID_REQUEST and not grown; every other topic is decided
+    /// by the controller on its own. The answer waits until the new partitions hosted here
+    /// serve, as CreateTopics does.
+    pub(super) fn create_partitions(
+        &mut self,
+        request: RequestId,
+        create: CreatePartitionsRequest,
+        disk: &impl LogReader,
+    ) {
+        let is_controller = self.meta.quorum().is_some_and(|q| q.is_active());
+        let mut seen = BTreeSet::new();
+        let repeated: BTreeSet<String> = create
+            .topics
+            .iter()
+            .filter(|t| !seen.insert(t.name.as_str()))
+            .map(|t| t.name.clone())
+            .collect();
+        let mut answered = BTreeSet::new();
+        let mut results = Vec::with_capacity(create.topics.len());
+        let mut proposals = Vec::new();
+        for t in create.topics {
+            if !answered.insert(t.name.clone()) {
+                continue;
+            }
+            let index = results.len();
+            let mut result = CreatedPartitions {
+                name: t.name.clone(),
+                error: ErrorCode::None,
+                message: None,
+            };
+            let refused = if repeated.contains(&t.name) {
+                Some((
+                    ErrorCode::InvalidRequest,
+                    "Duplicate topic name.".to_string(),
+                ))
+            } else if !is_controller {
+                Some(not_controller())
+            } else if create.validate_only {
+                let quorum = self.meta.quorum().expect("the controller has a quorum");
+                controller::create_partitions(
+                    quorum.image(),
+                    &t.name,
+                    t.count,
+                    t.assignment.as_deref(),
+                    &mut self.rng,
+                )
+                .err()
+                .map(|e| (e.code(), e.message().to_string()))
+            } else {
+                proposals.push((index, t));
+                None
+            };
+            if let Some((code, message)) = refused {
+                tracing::debug!(topic = result.name, "create partitions refused: {message}");
+                result.error = code;
+                result.message = Some(message);
+            }
+            results.push(result);
+        }
+        assert!(results.len() == answered.len(), "one answer per name");
+        let mut reply = Reply::CreatePartitions(results);
+        let tickets = self.propose_admin(&mut reply, proposals, disk, |quorum, t, now, view| {
+            quorum.create_partitions(&t.name, t.count, t.assignment.as_deref(), now, view)
+        });
+        self.wait_for_admin(request, reply, tickets, admin_timeout_ms(create.timeout_ms));
+    }
+
     /// Topic configs only: broker settings come from each node's config file. SET and DELETE
     /// are served; APPEND and SUBTRACT (list configs) are refused.
     pub(super) fn alter_configs(
@@ -527,7 +598,11 @@ impl Node {
                     ));
                 }
             }
-            (reply, Ok(Outcome::TopicCreated { .. })) | (reply @ Reply::CreateTopics(_), Ok(_)) => {
+            (Reply::CreatePartitions(_), Ok(Outcome::PartitionsCreated { topic_id, .. })) => {
+                w.opening.push(topic_id);
+            }
+            (reply, Ok(Outcome::TopicCreated { .. } | Outcome::PartitionsCreated { .. }))
+            | (reply @ (Reply::CreateTopics(_) | Reply::CreatePartitions(_)), Ok(_)) => {
                 tracing::error!("unexpected answer to an admin request");
                 set_error(reply, index, ErrorCode::UnknownServerError, None);
             }
@@ -701,6 +776,10 @@ fn set_error(reply: &mut Reply, index: usize, code: ErrorCode, message: Option<S
             r.replication_factor = -1;
         }
         Reply::DeleteTopics(r) => {
+            r[index].error = code;
+            r[index].message = message;
+        }
+        Reply::CreatePartitions(r) => {
             r[index].error = code;
             r[index].message = message;
         }

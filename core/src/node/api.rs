@@ -44,6 +44,7 @@ pub enum Request {
     Metadata(MetadataRequest),
     CreateTopics(CreateTopicsRequest),
     DeleteTopics(DeleteTopicsRequest),
+    CreatePartitions(CreatePartitionsRequest),
     DescribeConfigs(Vec<ConfigResource>),
     AlterConfigs(AlterConfigsRequest),
     ListOffsets(ListOffsetsRequest),
@@ -72,6 +73,8 @@ pub enum Reply {
     Metadata(MetadataReply),
     CreateTopics(Vec<CreatedTopic>),
     DeleteTopics(Vec<DeletedTopic>),
+    /// Per topic, in the request's order (a name the request repeats answers once).
+    CreatePartitions(Vec<CreatedPartitions>),
     DescribeConfigs(Vec<DescribedResource>),
     AlterConfigs(Vec<AlteredResource>),
     ListOffsets(Vec<(String, Vec<ListedOffset>)>),
@@ -208,6 +211,31 @@ pub struct DeleteTopicsRequest {
 pub struct DeletedTopic {
     pub name: Option<String>,
     pub topic_id: TopicId,
+    pub error: ErrorCode,
+    pub message: Option<String>,
+}
+
+/// One topic of a CreatePartitions request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewPartitions {
+    pub name: String,
+    /// The partition count wanted (the current one plus those to add).
+    pub count: i32,
+    /// The replicas of each new partition, in partition order; `None`: the controller places
+    /// them.
+    pub assignment: Option<Vec<Vec<i32>>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatePartitionsRequest {
+    pub topics: Vec<NewPartitions>,
+    pub validate_only: bool,
+    pub timeout_ms: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedPartitions {
+    pub name: String,
     pub error: ErrorCode,
     pub message: Option<String>,
 }

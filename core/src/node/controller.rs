@@ -56,7 +56,8 @@ impl MetaSlot {
 pub(super) enum TicketOwner {
     /// A peer's forwarded request.
     Remote { from: NodeId, id: u64 },
-    /// One topic of a local CreateTopics, DeleteTopics or IncrementalAlterConfigs request.
+    /// One topic of a local CreateTopics, DeleteTopics, CreatePartitions or
+    /// IncrementalAlterConfigs request.
     Admin { waiter: u64, index: usize },
     /// A local call (heartbeat, auto-creation, producer ids) made as if forwarded.
     Local { call: u64 },
@@ -325,8 +326,9 @@ impl Node {
         }
     }
 
-    /// Makes the hosted partitions match the image: opens new ones this node is a replica of,
-    /// closes (and deletes) those of deleted topics, hands altered configs to open logs.
+    /// Makes the hosted partitions match the image: opens new ones this node is a replica of
+    /// (of new topics, and those CreatePartitions added to known ones), closes (and deletes)
+    /// those of deleted topics, hands altered configs to open logs.
     fn reconcile(&mut self, _disk: &impl LogReader) {
         let Some(quorum) = self.meta.quorum() else {
             return;
@@ -362,6 +364,17 @@ impl Node {
                 .map(|a| a.replicas.clone())
                 .collect();
             let known = self.topics.contains_key(&name);
+            // CreatePartitions only appends: the partitions known here keep their replicas.
+            let had = match self.topics.get(&name) {
+                Some(t) if t.id == topic.topic_id => {
+                    assert!(
+                        assignments.starts_with(&t.assignments),
+                        "{name}: a topic's partitions are only ever appended"
+                    );
+                    t.assignments.len()
+                }
+                _ => assignments.len(),
+            };
             let altered = self
                 .topics
                 .get(&name)
@@ -380,6 +393,14 @@ impl Node {
                     topic = name,
                     partitions = assignments.len(),
                     "topic created"
+                );
+            }
+            if had < assignments.len() {
+                tracing::info!(
+                    topic = name,
+                    from = had,
+                    to = assignments.len(),
+                    "partitions added"
                 );
             }
             if altered {

@@ -405,6 +405,7 @@ impl Node {
             Request::Metadata(r) => Reply::Metadata(self.metadata(r)),
             Request::CreateTopics(r) => return self.create_topics(request, r, disk),
             Request::DeleteTopics(r) => return self.delete_topics(request, r, disk),
+            Request::CreatePartitions(r) => return self.create_partitions(request, r, disk),
             Request::DescribeConfigs(r) => Reply::DescribeConfigs(self.describe_configs(r)),
             Request::AlterConfigs(r) => return self.alter_configs(request, r, disk),
             Request::ListOffsets(r) => Reply::ListOffsets(self.list_offsets(r, disk)),

@@ -780,6 +780,214 @@ fn a_failed_fsync_fails_the_waiters_and_the_partition_is_reopened() {
     );
 }
 
+// ---- CreatePartitions ------------------------------------------------------------------------
+
+fn grow(name: &str, count: i32, assignment: Option<Vec<Vec<i32>>>) -> NewPartitions {
+    NewPartitions {
+        name: name.into(),
+        count,
+        assignment,
+    }
+}
+
+fn create_partitions(
+    c: &mut Cluster,
+    at: usize,
+    topics: Vec<NewPartitions>,
+    validate_only: bool,
+) -> Vec<CreatedPartitions> {
+    let Reply::CreatePartitions(r) = c.call(
+        at,
+        Request::CreatePartitions(CreatePartitionsRequest {
+            topics,
+            validate_only,
+            timeout_ms: 5_000,
+        }),
+    ) else {
+        unreachable!()
+    };
+    r
+}
+
+fn partition_count(c: &mut Cluster, at: usize, topic: &str) -> usize {
+    let Reply::Metadata(m) = c.call(
+        at,
+        Request::Metadata(MetadataRequest {
+            topics: Some(vec![TopicKey::Name(topic.into())]),
+            allow_auto_create: false,
+        }),
+    ) else {
+        unreachable!()
+    };
+    m.topics[0].partitions.len()
+}
+
+/// A topic grown from 1 to 3 partitions on 3 nodes: every node replays the record and opens
+/// the new partitions' Raft groups, each gets a leader, and the new partitions take records.
+#[test]
+fn added_partitions_open_on_every_replica_get_leaders_and_serve() {
+    let mut c = Cluster::new(3, 41);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let before: Vec<usize> = (0..3).map(|i| c.host(i).node.hosted_partitions()).collect();
+    let controller = c.controller();
+    let r = create_partitions(&mut c, controller, vec![grow("t", 3, None)], false);
+    assert_eq!(
+        r,
+        vec![CreatedPartitions {
+            name: "t".into(),
+            error: ErrorCode::None,
+            message: None,
+        }]
+    );
+    for (i, hosted) in before.into_iter().enumerate() {
+        // Replication factor 3 on 3 nodes: every node hosts both new partitions.
+        assert_eq!(c.host(i).node.hosted_partitions(), hosted + 2, "node {i}");
+        assert_eq!(partition_count(&mut c, i, "t"), 3, "node {i}");
+    }
+    let wall = c.now.wall_ms as i64;
+    for p in 1..3 {
+        let leader = wait_for_leader(&mut c, "t", p);
+        let v = format!("p{p}");
+        let ok = produced(c.call(leader, produce("t", p, -1, records(&[v.as_bytes()], wall))));
+        assert_eq!(ok.error, ErrorCode::None, "t-{p}: {ok:?}");
+        assert_eq!(show(&read_all(&mut c, leader, "t", p)), vec![v]);
+    }
+    for h in c.hosts.iter().flatten() {
+        h.node.check_invariants();
+    }
+}
+
+/// On one node the answer comes once the new partition leads here, so a client may produce to
+/// it at once; a restart replays the record and opens the partition again with its records.
+#[test]
+fn a_grown_topic_serves_at_once_and_after_a_restart() {
+    let mut c = Cluster::new(1, 42);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let r = create_partitions(&mut c, 0, vec![grow("t", 2, None)], false);
+    assert_eq!(r[0].error, ErrorCode::None, "{r:?}");
+    let wall = c.now.wall_ms as i64;
+    let ok = produced(c.call(0, produce("t", 1, -1, records(&[b"new"], wall))));
+    assert_eq!(ok.error, ErrorCode::None, "{ok:?}");
+    c.crash(0, CrashMode::Clean);
+    c.wait_ready();
+    wait_for_leader(&mut c, "t", 1);
+    assert_eq!(partition_count(&mut c, 0, "t"), 2);
+    assert_eq!(show(&read_all(&mut c, 0, "t", 1)), vec!["new".to_string()]);
+}
+
+/// The new partition's log opens off the loop (a job); the answer waits for it, as
+/// CreateTopics does, so a client that produces right after the answer finds it serving.
+#[test]
+fn the_answer_waits_until_the_new_partition_has_opened() {
+    let mut c = Cluster::new(1, 45);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    c.host(0).hold = vec!["open"];
+    let id = c.request(
+        0,
+        Request::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![grow("t", 2, None)],
+            validate_only: false,
+            timeout_ms: 5_000,
+        }),
+    );
+    c.advance(500);
+    assert_eq!(c.host(0).held.len(), 1, "t-1's open is held");
+    assert!(
+        !c.host(0).replies.contains_key(&id),
+        "answered before the new partition opened"
+    );
+    c.host(0).release();
+    c.settle();
+    c.advance(100);
+    let Some(Reply::CreatePartitions(r)) = c.host(0).replies.remove(&id) else {
+        panic!("no answer once the partition opened")
+    };
+    assert_eq!(r[0].error, ErrorCode::None, "{r:?}");
+    let wall = c.now.wall_ms as i64;
+    let ok = produced(c.call(0, produce("t", 1, -1, records(&[b"x"], wall))));
+    assert_eq!(ok.error, ErrorCode::None, "{ok:?}");
+}
+
+#[test]
+fn create_partitions_refusals_come_with_kafkas_codes() {
+    let mut c = Cluster::new(1, 43);
+    c.wait_ready();
+    c.create_topic("t", 2);
+    c.create_topic("u", 1);
+    let codes = |r: &[CreatedPartitions]| -> Vec<(String, ErrorCode)> {
+        r.iter().map(|t| (t.name.clone(), t.error)).collect()
+    };
+    // A repeated name is answered once and not grown; the others go ahead.
+    let r = create_partitions(
+        &mut c,
+        0,
+        vec![grow("t", 3, None), grow("u", 2, None), grow("t", 4, None)],
+        false,
+    );
+    assert_eq!(
+        codes(&r),
+        vec![
+            ("t".into(), ErrorCode::InvalidRequest),
+            ("u".into(), ErrorCode::None)
+        ]
+    );
+    assert_eq!(r[0].message.as_deref(), Some("Duplicate topic name."));
+    assert_eq!(partition_count(&mut c, 0, "t"), 2);
+    assert_eq!(partition_count(&mut c, 0, "u"), 2);
+
+    let r = create_partitions(
+        &mut c,
+        0,
+        vec![
+            grow("t", 2, None),
+            grow("t1", 1, None),
+            grow("u", 3, Some(vec![vec![7]])),
+            grow("u", 1, None),
+        ],
+        false,
+    );
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert_eq!(r[0].error, ErrorCode::InvalidPartitions);
+    assert_eq!(
+        r[0].message.as_deref(),
+        Some("Topic already has 2 partition(s).")
+    );
+    assert_eq!(r[1].error, ErrorCode::UnknownTopicOrPartition);
+    assert_eq!(r[2].error, ErrorCode::InvalidRequest, "u is repeated");
+
+    let r = create_partitions(&mut c, 0, vec![grow("u", 3, Some(vec![vec![7]]))], false);
+    assert_eq!(r[0].error, ErrorCode::InvalidReplicaAssignment, "{r:?}");
+    let r = create_partitions(&mut c, 0, vec![grow("u", 1, None)], false);
+    assert_eq!(r[0].error, ErrorCode::InvalidPartitions, "{r:?}");
+
+    // validate_only decides but writes nothing.
+    let r = create_partitions(&mut c, 0, vec![grow("t", 5, None)], true);
+    assert_eq!(r[0].error, ErrorCode::None, "{r:?}");
+    let r = create_partitions(&mut c, 0, vec![grow("t", 1, None)], true);
+    assert_eq!(r[0].error, ErrorCode::InvalidPartitions, "{r:?}");
+    assert_eq!(partition_count(&mut c, 0, "t"), 2);
+    let r = create_partitions(&mut c, 0, vec![grow("t", 3, Some(vec![vec![0]]))], false);
+    assert_eq!(r[0].error, ErrorCode::None, "{r:?}");
+    assert_eq!(partition_count(&mut c, 0, "t"), 3);
+}
+
+#[test]
+fn create_partitions_at_a_node_that_is_not_the_controller_answers_not_controller() {
+    let mut c = Cluster::new(3, 44);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let controller = c.controller();
+    let follower = (controller + 1) % 3;
+    let r = create_partitions(&mut c, follower, vec![grow("t", 2, None)], false);
+    assert_eq!(r[0].error, ErrorCode::NotController, "{r:?}");
+    let r = create_partitions(&mut c, follower, vec![grow("t", 2, None)], true);
+    assert_eq!(r[0].error, ErrorCode::NotController, "{r:?}");
+    assert_eq!(partition_count(&mut c, follower, "t"), 1);
+}
+
 // ---- Found in review: topic lifecycle, storage jobs, failures -------------------------------
 
 fn delete_topic(c: &mut Cluster, at: usize, name: &str) {
@@ -1531,6 +1739,13 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 })
             }
         ),
+        (topic.clone(), -1i32..4, any::<bool>()).prop_map(|(name, count, validate_only)| {
+            Request::CreatePartitions(CreatePartitionsRequest {
+                topics: vec![grow(&name, count, None)],
+                validate_only,
+                timeout_ms: 1_000,
+            })
+        }),
         (topic.clone(), -1i32..3, -6i64..10, -2i32..3).prop_map(|(t, p, ts, e)| {
             Request::ListOffsets(ListOffsetsRequest {
                 replica_id: -1,
@@ -2144,6 +2359,26 @@ fn arb_hostile_request() -> impl Strategy<Value = Request> {
                 timeout_ms,
             })
         ),
+        (
+            proptest::collection::vec(edge_name(), 0..3),
+            edge_i32(),
+            proptest::option::of(proptest::collection::vec(
+                proptest::collection::vec(edge_i32(), 0..4),
+                0..3
+            )),
+            edge_i32(),
+            any::<bool>()
+        )
+            .prop_map(|(names, count, assignment, timeout_ms, validate_only)| {
+                Request::CreatePartitions(CreatePartitionsRequest {
+                    topics: names
+                        .into_iter()
+                        .map(|name| grow(&name, count, assignment.clone()))
+                        .collect(),
+                    validate_only,
+                    timeout_ms,
+                })
+            }),
         (
             any::<i8>(),
             edge_name(),

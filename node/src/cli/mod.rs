@@ -88,6 +88,19 @@ pub enum TopicCommand {
         #[arg(long)]
         if_exists: bool,
     },
+    /// Add partitions to a topic (the count only grows; existing partitions keep their data,
+    /// but keys may map to other partitions from now on).
+    #[command(group(clap::ArgGroup::new("which").required(true)))]
+    Alter {
+        /// The topic (or --topic).
+        #[arg(value_name = "TOPIC", group = "which")]
+        name: Option<String>,
+        #[arg(long, group = "which")]
+        topic: Option<String>,
+        /// The new partition count, larger than the current one.
+        #[arg(long)]
+        partitions: i32,
+    },
     /// Set or remove topic config overrides.
     #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
     AlterConfig {
@@ -240,6 +253,14 @@ pub fn topic(args: TopicArgs, out: &mut dyn Write) -> Result<(), CliError> {
             TopicCommand::Delete { topic, if_exists } => {
                 topic::delete(&mut admin, &topic, if_exists, out).await
             }
+            TopicCommand::Alter {
+                name,
+                topic,
+                partitions,
+            } => {
+                let name = name.or(topic).expect("clap requires one of them");
+                topic::alter_partitions(&mut admin, &name, partitions, out).await
+            }
             TopicCommand::AlterConfig {
                 topic,
                 add_config,
@@ -280,6 +301,7 @@ pub fn run_topic(args: TopicArgs) -> ExitCode {
         TopicCommand::Describe { .. } => "describe",
         TopicCommand::Create { .. } => "create",
         TopicCommand::Delete { .. } => "delete",
+        TopicCommand::Alter { .. } => "alter",
         TopicCommand::AlterConfig { .. } => "alter-config",
     };
     finish("topic", verb, topic(args, &mut std::io::stdout().lock()))

@@ -1,10 +1,13 @@
-//! `sluice topic list|describe|create|delete|alter-config`.
+//! `sluice topic list|describe|create|delete|alter|alter-config`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::ops::RangeInclusive;
 
 use kafka_protocol::messages::alter_configs_request::{self, AlterConfigsRequest};
+use kafka_protocol::messages::create_partitions_request::{
+    CreatePartitionsRequest, CreatePartitionsTopic,
+};
 use kafka_protocol::messages::create_topics_request::{
     CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
 };
@@ -28,6 +31,7 @@ use super::{warn, CliError};
 
 const CREATE_TOPICS_VERSIONS: RangeInclusive<i16> = 2..=7;
 const DELETE_TOPICS_VERSIONS: RangeInclusive<i16> = 1..=6;
+const CREATE_PARTITIONS_VERSIONS: RangeInclusive<i16> = 0..=3;
 const DESCRIBE_CONFIGS_VERSIONS: RangeInclusive<i16> = 1..=4;
 const INCREMENTAL_ALTER_CONFIGS_VERSIONS: RangeInclusive<i16> = 0..=1;
 const ALTER_CONFIGS_VERSIONS: RangeInclusive<i16> = 0..=2;
@@ -343,6 +347,53 @@ pub async fn delete(
             return Err(CliError::kafka(
                 code,
                 message_or(&result.error_message, format!("deleting topic {name:?}")),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Grows `name` to `partitions` partitions (CreatePartitions at the controller); the broker
+/// places the new partitions' replicas.
+pub async fn alter_partitions(
+    admin: &mut Admin,
+    name: &str,
+    partitions: i32,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let timeout_ms = admin.broker_timeout_ms();
+    let request = CreatePartitionsRequest::default()
+        .with_timeout_ms(timeout_ms)
+        .with_validate_only(false)
+        .with_topics(vec![CreatePartitionsTopic::default()
+            .with_name(topic_name(name))
+            .with_count(partitions)
+            .with_assignments(None)]);
+    let (response, _, _) = admin
+        .controller_call(
+            CREATE_PARTITIONS_VERSIONS,
+            |_| request.clone(),
+            |r| r.results.iter().any(|t| t.error_code == NOT_CONTROLLER),
+        )
+        .await?;
+    let Some(result) = response.results.first() else {
+        return Err(CliError::failed("the controller answered for no topic"));
+    };
+    match result.error_code {
+        0 => writeln!(out, "Topic {name} now has {partitions} partitions.")?,
+        UNKNOWN_TOPIC_OR_PARTITION => {
+            return Err(CliError::kafka(
+                UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic {name:?} does not exist"),
+            ))
+        }
+        code => {
+            return Err(CliError::kafka(
+                code,
+                message_or(
+                    &result.error_message,
+                    format!("adding partitions to topic {name:?}"),
+                ),
             ))
         }
     }
