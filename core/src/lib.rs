@@ -26,4 +26,4 @@ pub mod storage;
 pub mod testing;
 pub mod time;
 
-pub use error::ErrorCode;
+pub use error::{ErrorCode, Refusal};
