@@ -190,14 +190,15 @@ impl std::fmt::Display for BatchError {
                 "producer id {producer_id} with invalid base sequence {base_sequence}"
             ),
             BatchError::UnknownCompression(c) => write!(f, "unknown compression codec {c}"),
-            BatchError::TimestampOutOfRange {
-                timestamp,
-                min,
-                max,
-            } => write!(
+            BatchError::TimestampOutOfRange { timestamp, max, .. } if timestamp > max => write!(
                 f,
-                "record timestamp {timestamp} is outside [{min}, {max}] \
-                 (message.timestamp.before.max.ms / after.max.ms)"
+                "record timestamp {timestamp} is later than {max}, the latest \
+                 message.timestamp.after.max.ms allows"
+            ),
+            BatchError::TimestampOutOfRange { timestamp, min, .. } => write!(
+                f,
+                "record timestamp {timestamp} is earlier than {min}, the earliest \
+                 message.timestamp.before.max.ms allows"
             ),
             BatchError::LogAppendTimeFromProducer => write!(
                 f,
