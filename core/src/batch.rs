@@ -17,9 +17,12 @@ const OFFSET_LEADER_EPOCH: usize = 12;
 const OFFSET_MAGIC: usize = 16;
 const OFFSET_CRC: usize = 17;
 const OFFSET_ATTRIBUTES: usize = 21;
+const OFFSET_MAX_TIMESTAMP: usize = 35;
 
 /// Compression codec bits of `attributes`.
 const ATTR_COMPRESSION_MASK: i16 = 0x07;
+/// Set: every record's timestamp is the batch's `maxTimestamp`, the broker's append time.
+const ATTR_LOG_APPEND_TIME: i16 = 0x08;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
 
@@ -27,6 +30,10 @@ const ATTR_CONTROL: i16 = 0x20;
 pub const NO_PRODUCER_ID: i64 = -1;
 /// `baseSequence` of a batch from a producer without idempotence.
 pub const NO_SEQUENCE: i32 = -1;
+/// Kafka's timestamp of a record (or batch) without one.
+pub const NO_TIMESTAMP: i64 = -1;
+/// Highest compression codec id Kafka knows (zstd).
+const COMPRESSION_MAX: u8 = 4;
 
 /// The fixed-size header of a v2 record batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +54,8 @@ pub struct BatchHeader {
     pub record_count: i32,
 }
 
-/// Why a batch was rejected. Maps onto Kafka error codes in [`BatchError::error_code`].
+/// Why a batch was rejected. Maps onto Kafka error codes in [`BatchError::error_code`]; the
+/// `Display` text is the reason the broker logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchError {
     /// Fewer bytes than the header or than `batchLength` says.
@@ -58,7 +66,8 @@ pub enum BatchError {
     UnsupportedMagic(i8),
     /// The stored CRC-32C does not match the bytes.
     BadCrc { stored: u32, computed: u32 },
-    /// `recordCount`, `lastOffsetDelta` and the records themselves disagree.
+    /// `recordCount`, `lastOffsetDelta` and the records themselves disagree, or a record does
+    /// not parse.
     BadRecords(&'static str),
     /// The batch is larger than `max.message.bytes`.
     TooLarge { bytes: usize, max: u32 },
@@ -66,25 +75,63 @@ pub enum BatchError {
     Empty,
     /// More than one batch for one partition (Kafka accepts exactly one with magic v2).
     MultipleBatches(usize),
+    /// Bytes after the batch that are not a whole batch.
+    TrailingBytes(usize),
+    /// A producer's batch must start at offset 0 (the broker assigns offsets).
+    BaseOffsetNotZero(i64),
+    /// `lastOffsetDelta + 1` and `recordCount` disagree, or either is not positive.
+    CountMismatch {
+        record_count: i32,
+        last_offset_delta: i32,
+    },
+    /// Producers may not write control batches.
+    ControlBatch,
+    /// A producer id without a base sequence.
+    SequenceMissing {
+        producer_id: i64,
+        base_sequence: i32,
+    },
+    /// Compression codec bits 5..=7 name no codec.
+    UnknownCompression(u8),
+    /// A record timestamp outside `[now - message.timestamp.before.max.ms, now +
+    /// message.timestamp.after.max.ms]` on a `CreateTime` topic.
+    TimestampOutOfRange { timestamp: i64, min: i64, max: i64 },
+    /// The producer set the `LogAppendTime` timestamp type (only the broker may).
+    LogAppendTimeFromProducer,
     /// A record without a key sent to a compacted topic (Kafka refuses it too: compaction
     /// keeps the latest record per key, so a keyless record has no meaning there).
     KeylessRecordInCompactedTopic,
 }
 
 impl BatchError {
+    /// Kafka's code for this refusal of a producer's batch (what `KafkaApis`,
+    /// `UnifiedLog.analyzeAndValidateRecords` and `LogValidator` answer; see the audit table in
+    /// docs/architecture.md).
     pub fn error_code(&self) -> crate::ErrorCode {
         use crate::ErrorCode;
         match self {
-            BatchError::Truncated { .. }
-            | BatchError::BadLength(_)
+            BatchError::BadLength(_)
             | BatchError::BadCrc { .. }
+            | BatchError::TrailingBytes(_)
+            | BatchError::UnknownCompression(_) => ErrorCode::CorruptMessage,
+            // Kafka sees no batch in a buffer cut short and says "at least one record batch".
+            BatchError::Truncated { .. }
+            | BatchError::Empty
             | BatchError::BadRecords(_)
-            | BatchError::Empty => ErrorCode::CorruptMessage,
-            BatchError::UnsupportedMagic(_) => ErrorCode::UnsupportedForMessageFormat,
-            BatchError::MultipleBatches(_) | BatchError::KeylessRecordInCompactedTopic => {
-                ErrorCode::InvalidRecord
-            }
+            | BatchError::MultipleBatches(_)
+            | BatchError::BaseOffsetNotZero(_)
+            | BatchError::CountMismatch { .. }
+            | BatchError::ControlBatch
+            | BatchError::SequenceMissing { .. }
+            | BatchError::KeylessRecordInCompactedTopic => ErrorCode::InvalidRecord,
+            // Produce v3+ (all Sluice serves) must carry magic 2; Kafka's iterator calls any
+            // other magic corrupt.
+            BatchError::UnsupportedMagic(0 | 1) => ErrorCode::InvalidRecord,
+            BatchError::UnsupportedMagic(_) => ErrorCode::CorruptMessage,
             BatchError::TooLarge { .. } => ErrorCode::MessageTooLarge,
+            BatchError::TimestampOutOfRange { .. } | BatchError::LogAppendTimeFromProducer => {
+                ErrorCode::InvalidTimestamp
+            }
         }
     }
 }
@@ -120,6 +167,43 @@ impl std::fmt::Display for BatchError {
                     "{n} record batches for one partition; exactly one is accepted"
                 )
             }
+            BatchError::TrailingBytes(n) => {
+                write!(f, "{n} bytes after the record batch are not a whole batch")
+            }
+            BatchError::BaseOffsetNotZero(o) => {
+                write!(f, "a produced batch must have base offset 0, not {o}")
+            }
+            BatchError::CountMismatch {
+                record_count,
+                last_offset_delta,
+            } => write!(
+                f,
+                "recordCount {record_count} does not match lastOffsetDelta {last_offset_delta} \
+                 (or is not positive)"
+            ),
+            BatchError::ControlBatch => write!(f, "producers may not send control batches"),
+            BatchError::SequenceMissing {
+                producer_id,
+                base_sequence,
+            } => write!(
+                f,
+                "producer id {producer_id} with invalid base sequence {base_sequence}"
+            ),
+            BatchError::UnknownCompression(c) => write!(f, "unknown compression codec {c}"),
+            BatchError::TimestampOutOfRange { timestamp, max, .. } if timestamp > max => write!(
+                f,
+                "record timestamp {timestamp} is later than {max}, the latest \
+                 message.timestamp.after.max.ms allows"
+            ),
+            BatchError::TimestampOutOfRange { timestamp, min, .. } => write!(
+                f,
+                "record timestamp {timestamp} is earlier than {min}, the earliest \
+                 message.timestamp.before.max.ms allows"
+            ),
+            BatchError::LogAppendTimeFromProducer => write!(
+                f,
+                "the producer set timestamp type LogAppendTime, which only the broker may"
+            ),
         }
     }
 }
@@ -140,6 +224,13 @@ impl BatchHeader {
     /// Parses the header at the start of `buf`. Checks only what the header alone can tell:
     /// length sanity and magic. The CRC needs the whole batch ([`check_crc`]).
     pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        // Magic first, as Kafka's batch iterator reads it: a v0/v1 message set is shorter than a
+        // v2 header and must be told apart from a cut v2 batch.
+        if let Some(&magic) = buf.get(OFFSET_MAGIC) {
+            if magic as i8 != 2 {
+                return Err(BatchError::UnsupportedMagic(magic as i8));
+            }
+        }
         if buf.len() < BATCH_HEADER_BYTES {
             return Err(BatchError::Truncated {
                 have: buf.len(),
@@ -197,6 +288,21 @@ impl BatchHeader {
 
     pub fn is_control(&self) -> bool {
         self.attributes & ATTR_CONTROL != 0
+    }
+
+    /// The broker stamped every record with its append time, kept in `maxTimestamp`.
+    pub fn is_log_append_time(&self) -> bool {
+        self.attributes & ATTR_LOG_APPEND_TIME != 0
+    }
+
+    /// The timestamp of a record with this `timestampDelta`: the append time for a
+    /// `LogAppendTime` batch, else `baseTimestamp + delta` (Kafka's `DefaultRecord`).
+    pub fn record_timestamp(&self, timestamp_delta: i64) -> i64 {
+        if self.is_log_append_time() {
+            self.max_timestamp
+        } else {
+            self.base_timestamp.saturating_add(timestamp_delta)
+        }
     }
 
     /// True when the producer asked for idempotent delivery of this batch.
@@ -408,65 +514,222 @@ pub fn split_batches(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usi
     Ok(batches)
 }
 
-/// Validates a producer's data for one partition as Kafka's `LogValidator` does for magic v2:
-/// exactly one batch (Kafka refuses more), which parses and passes its CRC, is at most
-/// `message_bytes_max`, and whose record count agrees with `lastOffsetDelta`. An uncompressed
-/// batch is walked record by record: lengths, offset deltas `0..n`, and `maxTimestamp` must agree
-/// with the records (timestamp lookups and retention trust it). Compressed batches are checked at
-/// the header level, since core carries no codecs.
-pub fn validate_produce(buf: &[u8], message_bytes_max: u32) -> Result<BatchHeader, BatchError> {
-    let mut batches = split_batches(buf)?;
-    if batches.len() != 1 {
-        return Err(BatchError::MultipleBatches(batches.len()));
+/// Kafka's `message.timestamp.type`: whose clock a record's timestamp is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimestampType {
+    /// The producer's (checked against `message.timestamp.before/after.max.ms`).
+    #[default]
+    CreateTime,
+    /// The leader's when it appends the batch: the broker overwrites `maxTimestamp`.
+    LogAppendTime,
+}
+
+/// How a topic takes a producer's batch: the inputs of Kafka's `LogValidator` and of
+/// `UnifiedLog.analyzeAndValidateRecords`' size check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProduceRules {
+    /// `max.message.bytes`: the largest batch, its log overhead included.
+    pub message_bytes_max: u32,
+    /// `cleanup.policy` includes `compact`: every record needs a key.
+    pub keys_required: bool,
+    /// `message.timestamp.type`.
+    pub timestamp_type: TimestampType,
+    /// `message.timestamp.before.max.ms`: how far in the past a `CreateTime` timestamp may be.
+    pub timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`: how far in the future a `CreateTime` timestamp may be.
+    pub timestamp_after_max_ms: i64,
+}
+
+impl ProduceRules {
+    /// Only the checks every produced batch must pass whatever its topic: no key requirement,
+    /// `CreateTime`, any timestamp, any size up to `message_bytes_max`.
+    pub fn structural(message_bytes_max: u32) -> ProduceRules {
+        ProduceRules {
+            message_bytes_max,
+            keys_required: false,
+            timestamp_type: TimestampType::CreateTime,
+            timestamp_before_max_ms: i64::MAX,
+            timestamp_after_max_ms: i64::MAX,
+        }
     }
-    let (header, range) = batches.pop().expect("one batch");
-    if header.total_bytes() > message_bytes_max as usize {
-        return Err(BatchError::TooLarge {
-            bytes: header.total_bytes(),
-            max: message_bytes_max,
+}
+
+/// What [`check_produce`] found: the batch's header and the `maxTimestamp` Kafka would store.
+struct Verdict {
+    header: BatchHeader,
+    /// `maxTimestamp` as `LogValidator` sets it (`None`: keep the producer's).
+    max_timestamp: Option<i64>,
+}
+
+/// Validates a producer's data for one partition as Kafka does for magic v2 (checks in Kafka's
+/// order: `KafkaApis` / `ProduceRequest.validateRecords`, then
+/// `UnifiedLog.analyzeAndValidateRecords`, then `LogValidator`), without repairing anything:
+/// the structural checks of [`ProduceRules::structural`]. Returns the header as sent.
+pub fn validate_produce(buf: &[u8], message_bytes_max: u32) -> Result<BatchHeader, BatchError> {
+    check_produce(buf, &ProduceRules::structural(message_bytes_max), 0).map(|v| v.header)
+}
+
+/// Validates a producer's batch for a topic with `rules` at the leader's wall clock `now_ms` and
+/// repairs it in place as Kafka's `LogValidator` does: `maxTimestamp` is set from the records
+/// (or to `now_ms` on a `LogAppendTime` topic, which also sets the timestamp-type bit) and the
+/// CRC is recomputed. Offsets and the leader epoch are stamped later ([`stamp`]). The leader
+/// runs this once, before the batch enters Raft, so every replica stores the same bytes.
+/// Returns the header of the batch as it now is.
+pub fn accept_produce(
+    buf: &mut [u8],
+    rules: &ProduceRules,
+    now_ms: i64,
+) -> Result<BatchHeader, BatchError> {
+    let verdict = check_produce(buf, rules, now_ms)?;
+    let mut header = verdict.header;
+    let (log_append_time, max_timestamp) = match rules.timestamp_type {
+        TimestampType::LogAppendTime => (true, now_ms),
+        TimestampType::CreateTime => (false, verdict.max_timestamp.unwrap_or(header.max_timestamp)),
+    };
+    if header.is_log_append_time() != log_append_time || header.max_timestamp != max_timestamp {
+        header.attributes = if log_append_time {
+            header.attributes | ATTR_LOG_APPEND_TIME
+        } else {
+            header.attributes & !ATTR_LOG_APPEND_TIME
+        };
+        header.max_timestamp = max_timestamp;
+        let batch = &mut buf[..header.total_bytes()];
+        batch[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2]
+            .copy_from_slice(&header.attributes.to_be_bytes());
+        batch[OFFSET_MAX_TIMESTAMP..OFFSET_MAX_TIMESTAMP + 8]
+            .copy_from_slice(&max_timestamp.to_be_bytes());
+        header.crc = crc32c::crc32c(&batch[OFFSET_ATTRIBUTES..]);
+        batch[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&header.crc.to_be_bytes());
+    }
+    // Read back: what is stored is exactly what was decided, and it passes its CRC.
+    debug_assert_eq!(BatchHeader::parse(buf), Ok(header));
+    debug_assert_eq!(check_crc(buf, &header), Ok(()));
+    assert_eq!(header.max_timestamp, max_timestamp);
+    Ok(header)
+}
+
+fn check_produce(buf: &[u8], rules: &ProduceRules, now_ms: i64) -> Result<Verdict, BatchError> {
+    // KafkaApis: exactly one batch, magic 2.
+    if buf.is_empty() {
+        return Err(BatchError::Empty);
+    }
+    let header = BatchHeader::parse(buf)?;
+    let total = header.total_bytes();
+    if buf.len() < total {
+        return Err(BatchError::Truncated {
+            have: buf.len(),
+            need: total,
         });
     }
-    if header.record_count <= 0 {
-        return Err(BatchError::BadRecords(
-            "a produced batch must hold at least one record",
-        ));
+    if buf.len() > total {
+        // Stricter than Kafka: its batch iterator stops at a cut batch and `UnifiedLog` drops
+        // those bytes without a word. Acknowledging a request part of which was thrown away
+        // hides a framing bug in the producer; no client sends one.
+        return Err(match split_batches(&buf[total..]) {
+            Ok(more) => BatchError::MultipleBatches(1 + more.len()),
+            Err(_) => BatchError::TrailingBytes(buf.len() - total),
+        });
     }
-    if header.last_offset_delta != header.record_count - 1 {
-        return Err(BatchError::BadRecords(
-            "lastOffsetDelta does not match recordCount",
-        ));
+    // UnifiedLog.analyzeAndValidateRecords: base offset, size, CRC.
+    if header.base_offset != 0 {
+        return Err(BatchError::BaseOffsetNotZero(header.base_offset));
+    }
+    if total > rules.message_bytes_max as usize {
+        return Err(BatchError::TooLarge {
+            bytes: total,
+            max: rules.message_bytes_max,
+        });
+    }
+    check_crc(buf, &header)?;
+    // LogValidator.validateBatch.
+    if header.record_count <= 0 || header.last_offset_delta != header.record_count - 1 {
+        return Err(BatchError::CountMismatch {
+            record_count: header.record_count,
+            last_offset_delta: header.last_offset_delta,
+        });
     }
     if header.is_control() {
+        return Err(BatchError::ControlBatch);
+    }
+    if header.producer_id >= 0 && header.base_sequence < 0 {
+        return Err(BatchError::SequenceMissing {
+            producer_id: header.producer_id,
+            base_sequence: header.base_sequence,
+        });
+    }
+    if header.compression() > COMPRESSION_MAX {
+        return Err(BatchError::UnknownCompression(header.compression()));
+    }
+    // More lenient than Kafka, whose `UnifiedLog.append` refuses a batch larger than
+    // `segment.bytes` (RECORD_LIST_TOO_LARGE): Sluice puts such a batch alone in a segment, and
+    // allows segments far below Kafka 4's 1 MiB minimum (its own tests roll 1 KiB segments), where
+    // that refusal would turn away ordinary batches.
+    let min = now_ms.saturating_sub(rules.timestamp_before_max_ms);
+    let max = now_ms.saturating_add(rules.timestamp_after_max_ms);
+    // LogValidator.validateTimestamp, for one record's timestamp.
+    let check_timestamp = |timestamp: i64| -> Result<(), BatchError> {
+        match rules.timestamp_type {
+            TimestampType::CreateTime if timestamp != NO_TIMESTAMP => {
+                if (min..=max).contains(&timestamp) {
+                    Ok(())
+                } else {
+                    Err(BatchError::TimestampOutOfRange {
+                        timestamp,
+                        min,
+                        max,
+                    })
+                }
+            }
+            _ if header.is_log_append_time() => Err(BatchError::LogAppendTimeFromProducer),
+            _ => Ok(()),
+        }
+    };
+    if header.compression() != 0 {
+        // Core carries no codecs: the records of a compressed batch cannot be read, so keys are
+        // not checked and `maxTimestamp` is trusted. It bounds every record's timestamp from
+        // above, so a `maxTimestamp` outside the window means a record Kafka would refuse (one
+        // above it, or all below it); a single old record among newer ones cannot be seen.
+        check_timestamp(header.max_timestamp)?;
+        return Ok(Verdict {
+            header,
+            max_timestamp: None,
+        });
+    }
+    // LogValidator.assignOffsetsNonCompressed: every record, keys and timestamps, and the
+    // largest timestamp (from NO_TIMESTAMP, as Kafka starts it).
+    let mut expected_delta = 0i64;
+    let mut max_timestamp = NO_TIMESTAMP;
+    // A timestamp refusal outranks a key refusal, as in Kafka's `processRecordErrors`.
+    let mut key_error = None;
+    for record in Records::new(buf)? {
+        let record = record?;
+        // Stricter than Kafka, which keeps an uncompressed batch's offset deltas as sent: a
+        // consumer computes each record's offset from its delta, so a batch whose deltas are not
+        // 0..n would read back at offsets the log never assigned (Kafka rewrites them only in
+        // compressed batches, by re-encoding). No client sends one.
+        if record.offset_delta != expected_delta {
+            return Err(BatchError::BadRecords("record offset deltas are not 0..n"));
+        }
+        if rules.keys_required && record.key.is_none() && key_error.is_none() {
+            key_error = Some(BatchError::KeylessRecordInCompactedTopic);
+        }
+        let timestamp = header.record_timestamp(record.timestamp_delta);
+        check_timestamp(timestamp)?;
+        max_timestamp = max_timestamp.max(timestamp);
+        expected_delta += 1;
+    }
+    if expected_delta != i64::from(header.record_count) {
         return Err(BatchError::BadRecords(
-            "producers may not send control batches",
+            "recordCount does not match the records",
         ));
     }
-    if header.compression() == 0 {
-        let mut expected_delta = 0i64;
-        let mut max_timestamp = i64::MIN;
-        for record in Records::new(&buf[range])? {
-            let record = record?;
-            if record.offset_delta != expected_delta {
-                return Err(BatchError::BadRecords("record offset deltas are not 0..n"));
-            }
-            max_timestamp =
-                max_timestamp.max(header.base_timestamp.saturating_add(record.timestamp_delta));
-            expected_delta += 1;
-        }
-        if expected_delta != i64::from(header.record_count) {
-            return Err(BatchError::BadRecords(
-                "recordCount does not match the records",
-            ));
-        }
-        if max_timestamp != header.max_timestamp {
-            return Err(BatchError::BadRecords(
-                "maxTimestamp does not match the records",
-            ));
-        }
-    } else if header.compression() > 4 {
-        return Err(BatchError::BadRecords("unknown compression codec"));
+    if let Some(e) = key_error {
+        return Err(e);
     }
-    Ok(header)
+    Ok(Verdict {
+        header,
+        max_timestamp: Some(max_timestamp),
+    })
 }
 
 /// One record of an uncompressed batch, borrowed from the batch bytes.
@@ -613,21 +876,6 @@ impl<'a> Iterator for Records<'a> {
         self.failed = record.is_err();
         Some(record)
     }
-}
-
-/// Refuses a batch with a record that has no key (for compacted topics). Compressed batches
-/// cannot be looked into here (core carries no codecs) and pass.
-pub fn require_keys(batch: &[u8]) -> Result<(), BatchError> {
-    let header = BatchHeader::parse(batch)?;
-    if header.compression() != 0 || header.is_control() {
-        return Ok(());
-    }
-    for record in Records::new(batch)? {
-        if record?.key.is_none() {
-            return Err(BatchError::KeylessRecordInCompactedTopic);
-        }
-    }
-    Ok(())
 }
 
 /// Whether a run of whole batches holds at least one record a consumer will see (not only empty
@@ -867,14 +1115,16 @@ mod tests {
     }
 
     #[test]
-    fn a_short_or_empty_buffer_is_corrupt() {
+    fn a_short_or_empty_buffer_holds_no_batch_as_kafka_sees_it() {
+        // Kafka's batch iterator yields nothing for a batch cut short, and KafkaApis answers
+        // "at least one record batch" with INVALID_RECORD.
         let bytes = batch(2);
         assert_eq!(validate_produce(&[], 1 << 20), Err(BatchError::Empty));
         for len in 1..bytes.len() {
             let err = validate_produce(&bytes[..len], 1 << 20).unwrap_err();
             assert_eq!(
                 err.error_code(),
-                crate::ErrorCode::CorruptMessage,
+                crate::ErrorCode::InvalidRecord,
                 "len {len}: {err}"
             );
         }
@@ -915,7 +1165,7 @@ mod tests {
     fn stamping_sets_offset_and_epoch_outside_the_crc() {
         let mut bytes = batch(3);
         stamp(&mut bytes, 1_000, 12);
-        let header = validate_produce(&bytes, 1 << 20).unwrap();
+        let (header, _) = split_batches(&bytes).unwrap()[0];
         assert_eq!(
             (header.base_offset, header.partition_leader_epoch),
             (1_000, 12)
@@ -955,39 +1205,6 @@ mod tests {
     }
 }
 
+/// Kafka's produce rules, one test per check (refusal codes and repairs).
 #[cfg(test)]
-mod produce_rules {
-    use super::*;
-
-    fn one(value: &[u8], timestamp: i64) -> Vec<u8> {
-        let mut b = BatchBuilder::new(timestamp);
-        b.push(&NewRecord {
-            timestamp,
-            value: Some(value.to_vec()),
-            ..NewRecord::default()
-        });
-        b.build()
-    }
-
-    #[test]
-    fn two_batches_for_one_partition_are_refused_as_kafka_does() {
-        let two = [one(b"a", 1), one(b"b", 2)].concat();
-        let err = validate_produce(&two, 1 << 20).unwrap_err();
-        assert_eq!(err, BatchError::MultipleBatches(2));
-        assert_eq!(err.error_code(), crate::ErrorCode::InvalidRecord);
-    }
-
-    #[test]
-    fn a_max_timestamp_that_disagrees_with_the_records_is_refused() {
-        let mut bytes = one(b"a", 1_000);
-        bytes[35..43].copy_from_slice(&999i64.to_be_bytes());
-        let crc = crc32c::crc32c(&bytes[OFFSET_ATTRIBUTES..]);
-        bytes[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
-        assert_eq!(
-            validate_produce(&bytes, 1 << 20),
-            Err(BatchError::BadRecords(
-                "maxTimestamp does not match the records"
-            ))
-        );
-    }
-}
+mod produce_tests;

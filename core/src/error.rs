@@ -72,3 +72,28 @@ impl ErrorCode {
         self == ErrorCode::None
     }
 }
+
+/// A refused part of a request: the code the client gets and, for the broker's debug log, what
+/// was wrong (naming the topic-partition once the caller knows it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Refusal {
+        let refusal = Refusal {
+            code,
+            reason: reason.into(),
+        };
+        debug_assert!(!refusal.code.is_none(), "a refusal carries an error");
+        refusal
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.reason)
+    }
+}

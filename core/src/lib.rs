@@ -27,4 +27,4 @@ pub mod storage;
 pub mod testing;
 pub mod time;
 
-pub use error::ErrorCode;
+pub use error::{ErrorCode, Refusal};

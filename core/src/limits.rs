@@ -10,6 +10,12 @@ pub const BATCH_LOG_OVERHEAD_BYTES: usize = 12;
 
 /// `max.message.bytes`: the largest record batch a topic accepts (Kafka: 1 MiB + 12 bytes).
 pub const MESSAGE_BYTES_MAX_DEFAULT: u32 = 1024 * 1024 + BATCH_LOG_OVERHEAD_BYTES as u32;
+/// `message.timestamp.before.max.ms`: how far in the past a `CreateTime` record timestamp may
+/// be (Kafka 4: unbounded).
+pub const TIMESTAMP_BEFORE_MAX_MS_DEFAULT: i64 = i64::MAX;
+/// `message.timestamp.after.max.ms`: how far in the future a `CreateTime` record timestamp may
+/// be (Kafka 4: one hour; `ServerLogConfigs.LOG_MESSAGE_TIMESTAMP_AFTER_MAX_MS_DEFAULT`).
+pub const TIMESTAMP_AFTER_MAX_MS_DEFAULT: i64 = 60 * 60 * 1000;
 /// `segment.bytes`: a segment rolls when an append would take it past this size (Kafka: 1 GiB).
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
 /// The smallest segment size accepted (Kafka: 14 bytes; we require room for one full batch header).

@@ -118,6 +118,14 @@ impl ProducerStateTable {
         let first = header.base_sequence;
         let last = header.last_sequence();
         let Some(entry) = self.producers.get(&header.producer_id) else {
+            // Stricter than Kafka, which takes an unknown producer's first batch at any
+            // sequence (`ProducerAppendInfo.checkSequence`). While the log still starts at
+            // offset 0 nothing of this producer can have been removed by retention, so a first
+            // batch above sequence 0 means its earlier batches never made it (e.g. cut from an
+            // uncommitted suffix in a failover): taking it would reorder the producer's records
+            // behind its own retry; the producer is told instead. (A producer evicted from a
+            // full table, `PRODUCERS_PER_PARTITION_MAX`, is refused the same way: a known gap,
+            // see the audit table in docs/architecture.md.)
             if first == 0 || state_may_be_lost {
                 return Ok(SequenceCheck::Append);
             }

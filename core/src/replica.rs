@@ -37,13 +37,15 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use crate::batch::{self, CONTROL_TYPE_LEADER_EPOCH_START, CONTROL_TYPE_MEMBERSHIP};
-use crate::log::{LogOp, PartitionLog, ProduceCheck, SegmentReader, StoredBatch, SyncRequest};
+use crate::log::{
+    AppendError, LogOp, PartitionLog, ProduceCheck, SegmentReader, StoredBatch, SyncRequest,
+};
 use crate::raft::{
     Entry, EntryKind, EntrySource, HardState, LogMeta, Membership, Message, MessageBody, Raft,
     RaftConfig, RaftState, Ready, Role, SnapshotMeta,
 };
 use crate::rng::Rng;
-use crate::ErrorCode;
+use crate::{ErrorCode, Refusal};
 
 /// Kafka's timestamp of a record without one.
 const NO_TIMESTAMP: i64 = -1;
@@ -182,25 +184,26 @@ impl Replica {
         mut records: BytesMut,
         now_ms: u64,
         reader: &impl SegmentReader,
-    ) -> Result<Proposed, ErrorCode> {
+    ) -> Result<Proposed, Refusal> {
         self.now_ms = now_ms;
         if self.storage_failed() {
-            return Err(ErrorCode::KafkaStorageError);
+            return Err(AppendError::StorageFailed.into());
         }
         if !self.raft.is_leader() {
-            return Err(ErrorCode::NotLeaderOrFollower);
+            return Err(Refusal::new(
+                ErrorCode::NotLeaderOrFollower,
+                "this replica is not the leader",
+            ));
         }
+        // Validated and repaired once, here on the leader, before the batch enters Raft: every
+        // replica stores these bytes (followers check their CRC against the entry).
         let header = self
             .log
             .config()
-            .validate_produce(&records)
-            .map_err(|e| e.error_code())?;
+            .validate_produce(&mut records, now_ms)
+            .map_err(AppendError::Batch)?;
         let term = self.raft.term();
-        match self
-            .log
-            .check_produce(&header)
-            .map_err(|e| e.error_code())?
-        {
+        match self.log.check_produce(&header)? {
             ProduceCheck::Duplicate(appended) => {
                 let term = self
                     .term_at(appended.base_offset)
@@ -218,14 +221,17 @@ impl Replica {
         // it goes into Raft's cache and to the followers.
         let first = self.raft.last_index() + 1;
         let Ok(epoch) = i32::try_from(term) else {
-            return Err(ErrorCode::UnknownServerError);
+            return Err(Refusal::new(
+                ErrorCode::UnknownServerError,
+                format!("term {term} is beyond any leader epoch"),
+            ));
         };
         batch::stamp(&mut records, (first - 1) as i64, epoch);
         let span = u64::from(header.last_offset_delta as u32) + 1;
         let (index, last) = self
             .raft
             .propose(records.freeze(), span)
-            .map_err(|e| e.error_code())?;
+            .map_err(|e| Refusal::new(e.error_code(), format!("Raft refused it: {e:?}")))?;
         assert_eq!(index, first, "Raft appends at the next index");
         self.drive(reader);
         Ok(Proposed {

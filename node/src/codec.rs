@@ -660,7 +660,7 @@ pub fn encode(reply: Reply, version: i16) -> ResponseKind {
                                             .with_index(p.partition)
                                             .with_error_code(p.error.code())
                                             .with_base_offset(p.base_offset)
-                                            .with_log_append_time_ms(-1)
+                                            .with_log_append_time_ms(p.log_append_time_ms)
                                             .with_log_start_offset(p.log_start_offset);
                                         if version >= 8 && p.error != ErrorCode::None {
                                             r.error_message = p.message.map(str_bytes);

@@ -1295,3 +1295,134 @@ fn every_version_of_the_group_apis_round_trips() {
         }
     });
 }
+
+/// A batch whose records carry `timestamps` but whose header claims `max_timestamp`, under a CRC
+/// that matches the claim: what a client rounding sub-millisecond timestamps sends.
+fn batch_claiming(timestamps: &[i64], max_timestamp: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new(timestamps[0]);
+    for (i, t) in timestamps.iter().enumerate() {
+        b.push(&NewRecord {
+            timestamp: *t,
+            key: Some(vec![i as u8]),
+            value: Some(b"v".to_vec()),
+            headers: vec![],
+        });
+    }
+    let mut bytes = b.build();
+    bytes[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[21..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+/// The producer's batch at `base_offset` as a consumer fetches it, checked whole.
+async fn fetch_batch(
+    c: &mut Connection,
+    topic: &str,
+    base_offset: i64,
+) -> (batch::BatchHeader, Bytes) {
+    let f = c
+        .call(&fetch_request(topic, Uuid::nil(), base_offset, 0), 12)
+        .await
+        .unwrap();
+    let part = &f.responses[0].partitions[0];
+    assert_eq!(part.error_code, 0);
+    let records = part.records.clone().expect("records");
+    let (header, range) = batch::split_batches(&records)
+        .expect("whole batches with good CRCs")
+        .into_iter()
+        .find(|(h, _)| h.base_offset == base_offset)
+        .expect("the produced batch");
+    (header, records.slice(range))
+}
+
+#[test]
+fn a_wrong_max_timestamp_is_repaired_and_log_append_time_stamps_the_append_time() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    let node = Node::start(MemStorage::new(), ServeArgs::default());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    client_runtime().block_on(async {
+        let mut c = Connection::connect(&node.addr).await.unwrap();
+        create_topic(&mut c, "create-time", 1).await;
+        let lat = CreateTopicsRequest::default()
+            .with_timeout_ms(5_000)
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(name("append-time"))
+                .with_num_partitions(1)
+                .with_replication_factor(1)
+                .with_configs(vec![CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_static_str("message.timestamp.type"))
+                    .with_value(Some(StrBytes::from_static_str("LogAppendTime")))])]);
+        assert_eq!(c.call(&lat, 7).await.unwrap().topics[0].error_code, 0);
+
+        let partition = |r: kafka_protocol::messages::ProduceResponse| {
+            let p = r.responses[0].partition_responses[0].clone();
+            (
+                p.error_code,
+                p.base_offset,
+                p.log_append_time_ms,
+                p.error_message,
+            )
+        };
+        let sent = batch_claiming(&[now_ms - 3, now_ms - 1, now_ms - 2], now_ms);
+        // Sluice used to refuse this with CORRUPT_MESSAGE; Kafka recomputes maxTimestamp.
+        let (code, base, append_ms, _) = partition(
+            c.call(&produce_request("create-time", 0, -1, sent.clone()), 9)
+                .await
+                .unwrap(),
+        );
+        assert_eq!((code, append_ms), (0, -1));
+        let (header, stored) = fetch_batch(&mut c, "create-time", base).await;
+        assert_eq!(header.max_timestamp, now_ms - 1);
+        assert!(!header.is_log_append_time());
+        assert_eq!(stored[61..], sent[61..], "the records as produced");
+
+        let (code, base, append_ms, _) = partition(
+            c.call(&produce_request("append-time", 0, -1, sent), 9)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(code, 0);
+        assert!(
+            append_ms >= now_ms,
+            "the broker's append time, not {append_ms}"
+        );
+        let (header, _) = fetch_batch(&mut c, "append-time", base).await;
+        assert!(header.is_log_append_time());
+        assert_eq!(header.max_timestamp, append_ms);
+
+        // Refusals carry Kafka's codes and say why.
+        let future = batch_claiming(&[now_ms + 2 * 3_600_000], now_ms + 2 * 3_600_000);
+        let (code, base, _, message) = partition(
+            c.call(&produce_request("create-time", 0, 1, future), 9)
+                .await
+                .unwrap(),
+        );
+        assert_eq!((code, base), (32, -1), "INVALID_TIMESTAMP");
+        let message = message.expect("a message from v8 on").to_string();
+        assert!(
+            message.contains("create-time-0") && message.contains("timestamp"),
+            "{message}"
+        );
+        let mut offset_set = batch_claiming(&[now_ms], now_ms);
+        batch::set_base_offset(&mut offset_set, 5);
+        let (code, ..) = partition(
+            c.call(&produce_request("create-time", 0, 1, offset_set), 9)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            code, 87,
+            "INVALID_RECORD: a producer's base offset must be 0"
+        );
+        let (code, ..) = partition(
+            c.call(&produce_request("create-time", 0, 1, Vec::new()), 9)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(code, 87, "INVALID_RECORD: no batch");
+    });
+}

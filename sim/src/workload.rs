@@ -27,6 +27,11 @@ fn refused_before_write(code: i16) -> bool {
     [2, 3, 6, 10, 21].contains(&code)
 }
 
+/// Record timestamps: September 2020, before any simulated wall clock (madsim starts it in
+/// 2022), so brokers never refuse them as too far in the future (Kafka 4's
+/// `message.timestamp.after.max.ms`, one hour).
+const TIMESTAMP_BASE_MS: i64 = 1_600_000_000_000;
+
 /// Sends once; the outcome as the checker should see it.
 async fn send_once(
     client: &mut Client,
@@ -210,7 +215,7 @@ pub async fn run_client(
             // Unique per key across the run: the process in the high bits, a counter below.
             let value = (u64::from(process) << 40) | next_value;
             next_value += 1;
-            let timestamp = 1_700_000_000_000 + invoke_ms as i64;
+            let timestamp = TIMESTAMP_BASE_MS + invoke_ms as i64;
             let outcome = match idempotence.as_mut() {
                 None => send_once(&mut client, partition, acks_code, value, timestamp).await,
                 Some(producer) => {
@@ -418,7 +423,7 @@ pub async fn liveness(
         let outcome = match client
             .produce(
                 partition,
-                &produce_request(partition, -1, value, 1_700_000_000_000),
+                &produce_request(partition, -1, value, TIMESTAMP_BASE_MS),
             )
             .await
         {

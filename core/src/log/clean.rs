@@ -402,8 +402,7 @@ impl Cleaner {
                 Some(key) => match self.latest.get(key) {
                     Some(&latest) if latest > offset => false,
                     _ if record.value.is_none() => {
-                        let timestamp =
-                            header.base_timestamp.saturating_add(record.timestamp_delta);
+                        let timestamp = header.record_timestamp(record.timestamp_delta);
                         let due = timestamp.saturating_add(self.delete_retention_ms);
                         if due <= self.now_ms {
                             tombstones += 1;

@@ -35,7 +35,7 @@ pub use segment::{
 pub use store::{CleanProgress, LogStore, SwapJob, SyncJob, CLEANED_SUFFIX};
 pub use translate::OffsetTranslator;
 
-use crate::batch::{self, BatchError, BatchHeader};
+use crate::batch::{self, BatchError, BatchHeader, ProduceRules, TimestampType};
 use crate::limits::*;
 use crate::planted::{Bug, Planted};
 use crate::producer::{ProducerError, ProducerStateTable, ProducerUndo};
@@ -65,6 +65,14 @@ pub struct LogConfig {
     /// `min.cleanable.dirty.ratio`, in parts per ten thousand: cleaning starts once this share
     /// of the cleanable bytes has not been cleaned yet.
     pub min_cleanable_dirty_ratio_bp: u32,
+    /// `message.timestamp.type`.
+    pub timestamp_type: TimestampType,
+    /// `message.timestamp.before.max.ms`: a `CreateTime` timestamp further in the past than
+    /// this is refused (INVALID_TIMESTAMP).
+    pub timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`: a `CreateTime` timestamp further in the future than
+    /// this is refused (INVALID_TIMESTAMP).
+    pub timestamp_after_max_ms: i64,
     /// A deliberate defect for the simulator's checker tests (nothing outside them).
     pub planted: Planted,
 }
@@ -82,20 +90,35 @@ impl Default for LogConfig {
             compact: false,
             delete_retention_ms: DELETE_RETENTION_MS_DEFAULT,
             min_cleanable_dirty_ratio_bp: MIN_CLEANABLE_DIRTY_RATIO_BP_DEFAULT,
+            timestamp_type: TimestampType::CreateTime,
+            timestamp_before_max_ms: TIMESTAMP_BEFORE_MAX_MS_DEFAULT,
+            timestamp_after_max_ms: TIMESTAMP_AFTER_MAX_MS_DEFAULT,
             planted: Planted::NONE,
         }
     }
 }
 
 impl LogConfig {
-    /// A producer's batch checked as this topic takes it: [`batch::validate_produce`], and on a
-    /// compacted topic every record has a key.
-    pub fn validate_produce(&self, records: &[u8]) -> Result<BatchHeader, BatchError> {
-        let header = batch::validate_produce(records, self.message_bytes_max)?;
-        if self.compact {
-            batch::require_keys(records)?;
+    /// What this topic demands of a producer's batch (Kafka's `LogValidator` inputs).
+    pub fn produce_rules(&self) -> ProduceRules {
+        ProduceRules {
+            message_bytes_max: self.message_bytes_max,
+            keys_required: self.compact,
+            timestamp_type: self.timestamp_type,
+            timestamp_before_max_ms: self.timestamp_before_max_ms,
+            timestamp_after_max_ms: self.timestamp_after_max_ms,
         }
-        Ok(header)
+    }
+
+    /// A producer's batch checked as this topic takes it at the wall clock `now_ms`, and
+    /// repaired in place as Kafka repairs it (`maxTimestamp`, CRC): [`batch::accept_produce`].
+    pub fn validate_produce(
+        &self,
+        records: &mut [u8],
+        now_ms: u64,
+    ) -> Result<BatchHeader, BatchError> {
+        let now_ms = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        batch::accept_produce(records, &self.produce_rules(), now_ms)
     }
 
     /// Checks ranges; the error names the offending setting.
@@ -122,6 +145,11 @@ impl LogConfig {
         }
         if self.min_cleanable_dirty_ratio_bp > 10_000 {
             return Err("min.cleanable.dirty.ratio must be in 0..=1".into());
+        }
+        if self.timestamp_before_max_ms < 0 || self.timestamp_after_max_ms < 0 {
+            return Err(
+                "message.timestamp.before.max.ms and after.max.ms must not be negative".into(),
+            );
         }
         if (self.message_bytes_max as usize) < BATCH_HEADER_BYTES {
             return Err(format!(
@@ -234,6 +262,12 @@ impl AppendError {
             AppendError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
             AppendError::StorageFailed => ErrorCode::KafkaStorageError,
         }
+    }
+}
+
+impl From<AppendError> for crate::Refusal {
+    fn from(e: AppendError) -> crate::Refusal {
+        crate::Refusal::new(e.error_code(), e.to_string())
     }
 }
 
@@ -543,7 +577,7 @@ impl PartitionLog {
         }
         let header = self
             .config
-            .validate_produce(&records)
+            .validate_produce(&mut records, now_ms)
             .map_err(AppendError::Batch)?;
         if let ProduceCheck::Duplicate(appended) = self.check_produce(&header)? {
             return Ok(appended);

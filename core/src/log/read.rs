@@ -329,7 +329,7 @@ fn first_record_at_or_after(batch: &[u8], header: &BatchHeader, ts: i64) -> Time
     };
     for record in records {
         let Ok(record) = record else { return fallback };
-        let timestamp = header.base_timestamp.saturating_add(record.timestamp_delta);
+        let timestamp = header.record_timestamp(record.timestamp_delta);
         if timestamp >= ts {
             return TimestampHit {
                 offset: (header.base_offset + record.offset_delta) as u64,

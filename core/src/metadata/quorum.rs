@@ -755,11 +755,16 @@ impl MetadataQuorum {
         let bytes = BytesMut::from(&builder.build()[..]);
         let proposed = match self.replica.produce(bytes, now_ms, reader) {
             Ok(p) => p,
-            Err(ErrorCode::NotLeaderOrFollower) => return Err(ControllerError::not_controller()),
-            Err(code) => {
+            Err(refusal) if refusal.code == ErrorCode::NotLeaderOrFollower => {
+                return Err(ControllerError::not_controller())
+            }
+            Err(refusal) => {
                 return Err(ControllerError::new(
-                    code,
-                    "the metadata log did not take the records",
+                    refusal.code,
+                    format!(
+                        "the metadata log did not take the records: {}",
+                        refusal.reason
+                    ),
                 ))
             }
         };

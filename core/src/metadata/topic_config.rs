@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::batch::TimestampType;
 use crate::log::LogConfig;
 use crate::ErrorCode;
 
@@ -39,6 +40,8 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "delete.retention.ms",
     "index.interval.bytes",
     "max.message.bytes",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
     "message.timestamp.type",
     "min.cleanable.dirty.ratio",
     "retention.bytes",
@@ -62,6 +65,7 @@ pub fn topic_log_config(
             )
         };
         let int = || value.parse::<i64>().map_err(|_| bad("not an integer"));
+        let non_negative = || int().and_then(|v| if v < 0 { Err(bad("negative")) } else { Ok(v) });
         match name.as_str() {
             "retention.ms" => config.retention_ms = int()?,
             "retention.bytes" => config.retention_bytes = int()?,
@@ -89,12 +93,7 @@ pub fn topic_log_config(
                     }
                 }
             }
-            "delete.retention.ms" => {
-                config.delete_retention_ms = int()?;
-                if config.delete_retention_ms < 0 {
-                    return Err(bad("negative"));
-                }
-            }
+            "delete.retention.ms" => config.delete_retention_ms = non_negative()?,
             "min.cleanable.dirty.ratio" => {
                 let ratio = value
                     .parse::<f64>()
@@ -103,8 +102,15 @@ pub fn topic_log_config(
                     .ok_or_else(|| bad("not a number in [0, 1]"))?;
                 config.min_cleanable_dirty_ratio_bp = (ratio * 10_000.0).round() as u32;
             }
-            "message.timestamp.type" if value == "CreateTime" => {}
-            "message.timestamp.type" => return Err(bad("only CreateTime is supported")),
+            "message.timestamp.type" => {
+                config.timestamp_type = match value.as_str() {
+                    "CreateTime" => TimestampType::CreateTime,
+                    "LogAppendTime" => TimestampType::LogAppendTime,
+                    _ => return Err(bad("expected CreateTime or LogAppendTime")),
+                }
+            }
+            "message.timestamp.before.max.ms" => config.timestamp_before_max_ms = non_negative()?,
+            "message.timestamp.after.max.ms" => config.timestamp_after_max_ms = non_negative()?,
             _ => {
                 return Err((
                     ErrorCode::InvalidConfig,
@@ -145,7 +151,12 @@ pub fn describe_topic_config(
                 }
                 "index.interval.bytes" => effective.index_interval_bytes.to_string(),
                 "max.message.bytes" => effective.message_bytes_max.to_string(),
-                "message.timestamp.type" => "CreateTime".to_string(),
+                "message.timestamp.type" => match effective.timestamp_type {
+                    TimestampType::CreateTime => "CreateTime".to_string(),
+                    TimestampType::LogAppendTime => "LogAppendTime".to_string(),
+                },
+                "message.timestamp.before.max.ms" => effective.timestamp_before_max_ms.to_string(),
+                "message.timestamp.after.max.ms" => effective.timestamp_after_max_ms.to_string(),
                 "retention.bytes" => effective.retention_bytes.to_string(),
                 "retention.ms" => effective.retention_ms.to_string(),
                 "segment.bytes" => effective.segment_bytes_max.to_string(),
@@ -194,6 +205,57 @@ mod tests {
         let mut unknown = BTreeMap::new();
         unknown.insert("nope".to_string(), "1".to_string());
         assert!(topic_log_config(&LogConfig::default(), &unknown).is_err());
+    }
+
+    #[test]
+    fn timestamp_settings_parse_and_describe() {
+        let set = |pairs: &[(&str, &str)]| {
+            let o: BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            (topic_log_config(&LogConfig::default(), &o), o)
+        };
+        let defaults = LogConfig::default();
+        assert_eq!(defaults.timestamp_type, TimestampType::CreateTime);
+        assert_eq!(
+            defaults.timestamp_after_max_ms, 3_600_000,
+            "Kafka 4's default"
+        );
+        assert_eq!(defaults.timestamp_before_max_ms, i64::MAX);
+        let (c, o) = set(&[
+            ("message.timestamp.type", "LogAppendTime"),
+            ("message.timestamp.before.max.ms", "1000"),
+            ("message.timestamp.after.max.ms", "0"),
+        ]);
+        let c = c.unwrap();
+        assert_eq!(c.timestamp_type, TimestampType::LogAppendTime);
+        assert_eq!(
+            (c.timestamp_before_max_ms, c.timestamp_after_max_ms),
+            (1000, 0)
+        );
+        let described = describe_topic_config(&defaults, &o);
+        for (name, value) in [
+            ("message.timestamp.type", "LogAppendTime"),
+            ("message.timestamp.before.max.ms", "1000"),
+            ("message.timestamp.after.max.ms", "0"),
+        ] {
+            assert!(
+                described.contains(&(name, value.to_string(), true)),
+                "{name}"
+            );
+        }
+        for bad in [
+            ("message.timestamp.type", "WallTime"),
+            ("message.timestamp.after.max.ms", "-1"),
+            ("message.timestamp.before.max.ms", "soon"),
+        ] {
+            assert_eq!(
+                set(&[bad]).0.unwrap_err().0,
+                ErrorCode::InvalidConfig,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -388,6 +388,8 @@ pub struct ProducedPartition {
     /// -1 on error.
     pub base_offset: i64,
     pub log_start_offset: i64,
+    /// The append time stamped on the batch of a `LogAppendTime` topic; -1 otherwise.
+    pub log_append_time_ms: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

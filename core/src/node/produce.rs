@@ -9,6 +9,7 @@ use super::api::{ProduceRequest, ProducedPartition, Reply, RequestId, TopicKey};
 use super::disk::{LogId, LogReader};
 use super::partitions::report_write;
 use super::{Node, TopicPartition, View};
+use crate::batch::TimestampType;
 use crate::group::OFFSETS_TOPIC;
 use crate::planted::Bug;
 use crate::replica::Proposed;
@@ -56,6 +57,7 @@ impl Node {
                     message: None,
                     base_offset: -1,
                     log_start_offset: -1,
+                    log_append_time_ms: -1,
                 };
                 let outcome = if !matches!(acks, -1..=1) {
                     Err((
@@ -87,6 +89,7 @@ impl Node {
                     Ok((tp, appended)) => {
                         result.base_offset = appended.kafka_base_offset as i64;
                         result.log_start_offset = appended.log_start_offset as i64;
+                        result.log_append_time_ms = appended.log_append_time_ms;
                         let early = self.config.planted.is(Bug::AckBeforeFsync);
                         let wait = match acks {
                             -1 if !appended.committed && !early => {
@@ -145,7 +148,14 @@ impl Node {
             ));
         };
         let Some(records) = records else {
-            return Err((ErrorCode::CorruptMessage, "no records".to_string()));
+            // Kafka has no answer of its own for null records (its handler fails with
+            // UNKNOWN_SERVER_ERROR); it is the empty set's "at least one record batch".
+            let code = ErrorCode::InvalidRecord;
+            tracing::debug!(%tp, "produce rejected: {code:?}: null records");
+            return Err((
+                code,
+                format!("{tp}: null records; one record batch is required"),
+            ));
         };
         // Usually the only reference to this buffer, so no copy; the log rewrites base offsets.
         let records = records
@@ -154,13 +164,20 @@ impl Node {
         let proposed = h
             .machine
             .produce(records, wall_ms, &View { disk, log })
-            .map_err(|code| {
-                tracing::debug!(%tp, "produce rejected: {code:?}");
-                (code, format!("{code:?}"))
+            .map_err(|refusal| {
+                tracing::debug!(%tp, "produce rejected: {refusal}");
+                (refusal.code, format!("{tp}: {}", refusal.reason))
             })?;
         // Clients see Kafka offsets: Raft's own entries take none.
         let log_start_offset = h.machine.log().kafka_log_start_offset();
         let kafka_base_offset = h.machine.log().kafka_offset(proposed.base_offset);
+        let log_append_time =
+            h.machine.log().config().timestamp_type == TimestampType::LogAppendTime;
+        let log_append_time_ms = if log_append_time && !proposed.duplicate {
+            wall_ms as i64
+        } else {
+            -1
+        };
         let committed = h.machine.is_committed(&proposed) == Some(true);
         // Pipelined: the append leaves for the followers in this same drain.
         let last_write = self.after_partition_input(tp, disk);
@@ -173,6 +190,7 @@ impl Node {
             proposed,
             kafka_base_offset,
             log_start_offset,
+            log_append_time_ms,
             committed,
             write,
         })
@@ -205,6 +223,7 @@ impl Node {
                 let r = &mut waiter.reply[*t].1[*p];
                 r.error = code;
                 r.base_offset = -1;
+                r.log_append_time_ms = -1;
             }
             self.reply(waiter.request, Reply::Produce(waiter.reply));
         }
@@ -246,6 +265,7 @@ impl Node {
                 let r = &mut waiter.reply[*t].1[*p];
                 r.error = code;
                 r.base_offset = -1;
+                r.log_append_time_ms = -1;
                 hit = true;
                 false
             });
@@ -264,6 +284,8 @@ pub(super) struct Appended {
     pub kafka_base_offset: u64,
     /// The log start offset as clients see it.
     pub log_start_offset: u64,
+    /// The append time stamped on the batch (a `LogAppendTime` topic), else -1.
+    pub log_append_time_ms: i64,
     /// Committed already (a duplicate of a committed batch, or a group of one that synced).
     pub committed: bool,
     /// The write that carries it and its sequence number (none for a duplicate).

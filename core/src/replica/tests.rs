@@ -183,7 +183,7 @@ impl Group {
             .replica
             .produce(BytesMut::from(&bytes[..]), self.now_ms, &node.store);
         self.deliver_all();
-        result
+        result.map_err(|refusal| refusal.code)
     }
 
     fn crash(&mut self, id: usize) {
@@ -557,4 +557,90 @@ fn an_append_whose_payload_disagrees_with_its_entry_is_dropped_and_counted() {
     node.replica.step(msg, 0, &node.store);
     assert_eq!(node.replica.appends_refused(), 7);
     assert_eq!(node.replica.log().log_end_offset(), 2);
+}
+
+/// A producer's batch whose `maxTimestamp` is not its records' largest timestamp (a client
+/// rounding sub-millisecond timestamps), with a CRC that matches the wrong value.
+fn batch_claiming_max_timestamp(max_timestamp: i64) -> Vec<u8> {
+    let mut sent = batch(3, 10, 900, None);
+    sent[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = crc32c::crc32c(&sent[21..]);
+    sent[17..21].copy_from_slice(&crc.to_be_bytes());
+    sent
+}
+
+/// The stored batch at `offset` on every replica, which must all agree.
+fn stored_everywhere(g: &Group, offset: u64) -> Bytes {
+    g.assert_agreement();
+    let mut stored = (0..3).map(|id| {
+        let batches = g.committed_batches(id);
+        let found = batches.into_iter().find(|b| b.0 == offset);
+        found.expect("committed on every replica").2
+    });
+    let first = stored.next().expect("three replicas");
+    assert!(stored.all(|b| b == first), "replicas store different bytes");
+    for id in 0..3 {
+        let node = g.nodes[id].as_ref().expect("up");
+        assert_eq!(node.replica.appends_refused(), 0, "a follower refused");
+    }
+    first
+}
+
+#[test]
+fn the_leader_repairs_max_timestamp_once_and_every_replica_stores_the_repair() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    let sent = batch_claiming_max_timestamp(903);
+    let p = g
+        .produce(leader, sent.clone())
+        .expect("Kafka repairs a wrong maxTimestamp; it does not refuse it");
+    g.tick(2);
+    let stored = stored_everywhere(&g, p.base_offset);
+    let header = batch::BatchHeader::parse(&stored).unwrap();
+    assert_eq!(header.max_timestamp, 902, "the records' largest timestamp");
+    assert_eq!(batch::check_crc(&stored, &header), Ok(()));
+    assert_eq!(stored[61..], sent[61..], "the records are the producer's");
+}
+
+#[test]
+fn a_log_append_time_topic_stores_the_leaders_append_time_on_every_replica() {
+    let config = LogConfig {
+        timestamp_type: batch::TimestampType::LogAppendTime,
+        ..small_config()
+    };
+    let mut g = Group::with_config(config);
+    let leader = g.elect();
+    let append_ms = g.now_ms;
+    let p = g
+        .produce(leader, batch_claiming_max_timestamp(903))
+        .unwrap();
+    g.tick(2);
+    let stored = stored_everywhere(&g, p.base_offset);
+    let header = batch::BatchHeader::parse(&stored).unwrap();
+    assert!(header.is_log_append_time());
+    assert_eq!(header.max_timestamp, append_ms as i64);
+    assert_eq!(batch::check_crc(&stored, &header), Ok(()));
+}
+
+#[test]
+fn a_refused_batch_reaches_no_replica_and_says_why() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    let mut future = batch(1, 10, g.now_ms as i64 + 2 * 3_600_000, None);
+    let node = g.nodes[leader].as_mut().unwrap();
+    let end = node.replica.log().log_end_offset();
+    let refusal = node
+        .replica
+        .produce(BytesMut::from(&future[..]), g.now_ms, &node.store)
+        .unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::InvalidTimestamp);
+    assert!(refusal.reason.contains("timestamp"), "{refusal}");
+    assert_eq!(node.replica.log().log_end_offset(), end);
+    // A batch from a producer with its base offset set is refused before Raft sees it.
+    batch::set_base_offset(&mut future, 3);
+    assert_eq!(
+        g.produce(leader, future),
+        Err(ErrorCode::InvalidRecord),
+        "base offset 3"
+    );
 }
