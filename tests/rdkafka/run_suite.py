@@ -111,8 +111,9 @@ def failure_reason(output: str) -> str:
 
 
 def run_one(runner_dir: Path, number: str, conf: Path, log: Path) -> tuple:
-    """Runs one test in its own runner process, in the output directory (the runner writes
-    files such as stats_*.json into its working directory)."""
+    """Runs one test in its own runner process. It works in `runner_dir` (tests read files such
+    as ../src/statistics_schema.json from there); the stats_*.json files a test writes there
+    are moved next to its log."""
     env = {k: v for k, v in os.environ.items() if k not in ("TESTS", "TESTS_SKIP", "SUBTESTS")}
     env.update({
         "TESTS": number,
@@ -123,7 +124,7 @@ def run_one(runner_dir: Path, number: str, conf: Path, log: Path) -> tuple:
     env.pop("CI", None)
     t0 = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(runner_dir / "test-runner"), *RUNNER_ARGS], cwd=str(log.parent),
+        proc = subprocess.Popen([str(runner_dir / "test-runner"), *RUNNER_ARGS], cwd=str(runner_dir),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             code = proc.wait(timeout=TEST_DEADLINE_S)
@@ -133,6 +134,8 @@ def run_one(runner_dir: Path, number: str, conf: Path, log: Path) -> tuple:
             code = proc.wait(timeout=10)
             killed = True
     took = time.monotonic() - t0
+    for stats in runner_dir.glob("stats_*.json"):
+        shutil.move(str(stats), str(log.parent / stats.name))
     output = log.read_text(errors="replace")
     if killed:
         return "FAILED", f"killed after {TEST_DEADLINE_S:.0f}s", took
