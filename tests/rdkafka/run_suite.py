@@ -235,7 +235,8 @@ def main() -> int:
         print(f"\nmust-pass test {number} {state}: {detail}\n--- {args.out_dir / (number + '.log')} (tail) ---\n"
               f"{tail(args.out_dir / (number + '.log'))}")
     if newly_passing:
-        print(f"passing but not in must-pass.txt (add them): {' '.join(newly_passing)}")
+        print(f"passing but not in must-pass.txt (add them, unless a comment there says why not): "
+              f"{' '.join(newly_passing)}")
     for death in node_deaths:
         print(f"a sluice node died: {death}")
     if broken or node_deaths:
