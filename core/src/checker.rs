@@ -225,7 +225,8 @@ pub struct Stats {
     /// group member's fetched position) and that returned a record: how much `offset-gap` had
     /// to bite on at the start of a log.
     pub reads_from_known_start: u64,
-    /// Missing offsets in a read that a transaction marker or compaction explained.
+    /// Gaps (runs of missing offsets) in a read that transaction markers or compaction
+    /// explained.
     pub offset_gaps_excused: u64,
     /// Consumer-group operations of any kind (none: the group counts are not displayed).
     pub group_ops: u64,

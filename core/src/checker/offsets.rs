@@ -45,7 +45,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{AnomalyKind, Findings, Stats};
+use super::{AnomalyKind, Findings, Reader, Stats};
 use crate::history::{Acks, GroupOp, History, Key, OpKind, Outcome, Value};
 
 /// Where a partition's log starts, for a consumer that reads from the earliest offset.
@@ -130,9 +130,9 @@ pub(super) fn check(
             OpKind::Poll { reads, .. } => {
                 for (key, pairs) in reads {
                     let stream = streams.entry((process, key)).or_default();
-                    let reader = format!("process {process}");
+                    let reader = Reader::Process(process);
                     judge(
-                        &reader, key, stream, pairs, op.index, &excuses, stats, findings,
+                        reader, key, stream, pairs, op.index, &excuses, stats, findings,
                     );
                 }
             }
@@ -142,7 +142,7 @@ pub(super) fn check(
                         first: from_log_start(key),
                         last: None,
                     };
-                    let reader = "the final read";
+                    let reader = Reader::Final;
                     judge(
                         reader,
                         key,
@@ -205,7 +205,7 @@ fn restart(streams: &mut BTreeMap<(u32, &Key), Stream>, process: u32) {
 /// Judges `pairs`, read by `op` in `stream`, and moves the stream past them.
 #[allow(clippy::too_many_arguments)]
 fn judge(
-    reader: &str,
+    reader: Reader,
     key: &Key,
     stream: &mut Stream,
     pairs: &[(u64, Value)],
@@ -214,6 +214,7 @@ fn judge(
     stats: &mut Stats,
     findings: &mut Findings,
 ) {
+    let last_before = stream.last;
     for &(offset, _) in pairs {
         let expected = match (stream.last, stream.first) {
             (Some((previous, _)), _) => Some((previous + 1, None)),
@@ -256,6 +257,10 @@ fn judge(
         stream.first = None;
         stream.last = Some((offset, op));
     }
+    // A read moves the stream to its last record, and a stream once read has no anchor left.
+    debug_assert!(pairs.is_empty() || stream.last.is_some_and(|(_, last_op)| last_op == op));
+    debug_assert!(stream.last.is_none() || stream.first.is_none());
+    debug_assert!(!pairs.is_empty() || stream.last == last_before);
 }
 
 /// One send to a compacted partition.
