@@ -282,7 +282,58 @@ pub fn control_batch(
     out
 }
 
-/// The control batch that opens `epoch` (Raft's first entry of a term) at `base_offset`.
+/// Whether a control batch of `control_type` is one of Raft's own entries: it takes a log
+/// offset but no Kafka offset ([`crate::log::OffsetTranslator`]). Kafka's own control batches
+/// (transaction markers, types 0 and 1) take a Kafka offset and are not internal.
+pub fn is_raft_internal(control_type: i16) -> bool {
+    matches!(
+        control_type,
+        CONTROL_TYPE_LEADER_EPOCH_START | CONTROL_TYPE_MEMBERSHIP
+    )
+}
+
+/// Whether `batch` (one whole batch) is one of Raft's own entries.
+pub fn is_raft_internal_batch(batch: &[u8]) -> bool {
+    control_type_of(batch).is_some_and(is_raft_internal)
+}
+
+/// The control batch that opens `epoch` at `base_offset`, naming the Kafka offset there (the
+/// count of Raft's own entries below it is `base_offset - kafka_offset`): value version 1,
+/// i16 1, i32 epoch, i64 Kafka offset. A log rebuilt without its checkpoint, after retention
+/// deleted its start, recovers its Kafka offsets from the first one it finds.
+pub fn leader_epoch_start_batch_at(
+    base_offset: i64,
+    epoch: i32,
+    kafka_offset: i64,
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let mut value = Vec::with_capacity(14);
+    value.extend_from_slice(&1i16.to_be_bytes());
+    value.extend_from_slice(&epoch.to_be_bytes());
+    value.extend_from_slice(&kafka_offset.to_be_bytes());
+    control_batch(
+        base_offset,
+        epoch,
+        CONTROL_TYPE_LEADER_EPOCH_START,
+        &value,
+        timestamp_ms,
+    )
+}
+
+/// The Kafka offset a leader-epoch start batch (value version 1) names, if it is one.
+pub fn leader_epoch_start_anchor(batch: &[u8]) -> Option<u64> {
+    if control_type_of(batch)? != CONTROL_TYPE_LEADER_EPOCH_START {
+        return None;
+    }
+    let value = control_value(batch)?;
+    if value.len() != 14 || value[0..2] != 1i16.to_be_bytes() {
+        return None;
+    }
+    u64::try_from(i64::from_be_bytes(value[6..14].try_into().ok()?)).ok()
+}
+
+/// The control batch that opens `epoch` (Raft's first entry of a term) at `base_offset`, with
+/// no Kafka offset named (value version 0).
 pub fn leader_epoch_start_batch(base_offset: i64, epoch: i32, timestamp_ms: i64) -> Vec<u8> {
     let mut value = Vec::with_capacity(6);
     value.extend_from_slice(&0i16.to_be_bytes());

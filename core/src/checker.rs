@@ -5,8 +5,9 @@
 //! the set of values seen there. The evidence is every `(offset, value)` any poll or final read
 //! returned, plus every acknowledged send that promises its offset: `acks=all` sends, and `acks=1`
 //! sends whose value some read confirmed. The dense index of an offset is its rank among the known
-//! offsets, so gaps in offsets (control batches, compaction) are not skips. Reads count whatever
-//! the poll's outcome: a poll records only what it received.
+//! offsets, so an offset where no value is known is not a skip here (whether such an offset may
+//! exist at all is [`offsets`]' question). Reads count whatever the poll's outcome: a poll
+//! records only what it received.
 //!
 //! Anomalies, per key, by the names Jepsen reports them under ([`AnomalyKind::name`]):
 //! - inconsistent-offsets: an offset holds more than one distinct value.
@@ -27,6 +28,10 @@
 //! - G1a (aborted read): a read value whose send definitely failed.
 //! - unknown-value: a read value that no send in the history wrote (Jepsen stops with
 //!   `:no-writer-of` here; it means corruption or a broken harness).
+//! - offset-gap ([`offsets`], Sluice's own, not Jepsen's): the offsets a consumer reads are
+//!   contiguous from the log start — the first record of a read from the earliest offset sits
+//!   at the log start, each next record at the previous offset + 1 — except where compaction
+//!   removed a superseded record or a transaction marker sits ([`offsets::OffsetFacts`]).
 //!
 //! Consumer groups ([`crate::history::GroupOp`]) have their own checkers, in [`groups`]: one owner
 //! per partition and generation, committed offsets that never go back or get lost, none above
@@ -38,6 +43,7 @@
 //! the offset it named may legitimately hold another value. `acks=0` offsets are never used.
 
 pub mod groups;
+pub mod offsets;
 pub mod replicas;
 
 use std::cmp::Ordering;
@@ -68,6 +74,8 @@ pub enum AnomalyKind {
     /// Jepsen's G1a.
     AbortedRead,
     UnknownValue,
+    /// Offsets a consumer read that are not contiguous from the log start ([`offsets`]).
+    OffsetGap,
     /// A partition handed to two members of a group in one generation.
     DoubleOwner,
     /// An acknowledged commit below one acknowledged before it was invoked.
@@ -84,7 +92,7 @@ pub enum AnomalyKind {
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 15] = [
+    pub const ALL: [AnomalyKind; 16] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -94,6 +102,7 @@ impl AnomalyKind {
         AnomalyKind::Unseen,
         AnomalyKind::AbortedRead,
         AnomalyKind::UnknownValue,
+        AnomalyKind::OffsetGap,
         AnomalyKind::DoubleOwner,
         AnomalyKind::CommitRegressed,
         AnomalyKind::LostCommit,
@@ -119,6 +128,7 @@ impl AnomalyKind {
             AnomalyKind::Unseen => "unseen",
             AnomalyKind::AbortedRead => "G1a",
             AnomalyKind::UnknownValue => "unknown-value",
+            AnomalyKind::OffsetGap => "offset-gap",
             AnomalyKind::DoubleOwner => "group-double-owner",
             AnomalyKind::CommitRegressed => "group-commit-regressed",
             AnomalyKind::LostCommit => "group-lost-commit",
@@ -211,6 +221,13 @@ pub struct Stats {
     /// those that completed before an `Ok` final read began are also reported as unseen
     /// anomalies; the rest (no final read, or sent after it began) only appear here.
     pub unseen: u64,
+    /// Reads whose first offset the offsets checker knew in advance (from the log start, or a
+    /// group member's fetched position) and that returned a record: how much `offset-gap` had
+    /// to bite on at the start of a log.
+    pub reads_from_known_start: u64,
+    /// Gaps (runs of missing offsets) in a read that transaction markers or compaction
+    /// explained.
+    pub offset_gaps_excused: u64,
     /// Consumer-group operations of any kind (none: the group counts are not displayed).
     pub group_ops: u64,
     /// JoinGroup + SyncGroup rounds, whatever their outcome.
@@ -258,7 +275,8 @@ impl fmt::Display for Stats {
         write!(
             f,
             ", polls: {}, final-reads: {}, assigns: {}, values-read: {}, keys: {}, \
-             acks1-lost: {}, acks1-unseen: {}, acks-all-unseen: {}",
+             acks1-lost: {}, acks1-unseen: {}, acks-all-unseen: {}, reads-from-known-start: {}, \
+             offset-gaps-excused: {}",
             self.polls,
             self.final_reads,
             self.assigns,
@@ -267,6 +285,8 @@ impl fmt::Display for Stats {
             self.acks1_lost,
             self.acks1_unseen,
             self.unseen,
+            self.reads_from_known_start,
+            self.offset_gaps_excused,
         )?;
         if self.group_ops > 0 {
             write!(
@@ -350,8 +370,20 @@ pub fn check(history: &History) -> CheckReport {
     check_with(history, CheckOptions::default())
 }
 
-/// Checks a whole history. Runs in O(n log n) in the number of operations and values read.
+/// Checks a whole history of a system whose logs all start at 0, with no compacted partition
+/// and no transaction markers ([`offsets::OffsetFacts::default`]).
 pub fn check_with(history: &History, options: CheckOptions) -> CheckReport {
+    check_with_facts(history, options, &offsets::OffsetFacts::default())
+}
+
+/// Checks a whole history, with what it cannot tell about offsets (moved log starts, compacted
+/// partitions, transaction markers) from `offset_facts`. Runs in O(n log n) in the number of
+/// operations and values read.
+pub fn check_with_facts(
+    history: &History,
+    options: CheckOptions,
+    offset_facts: &offsets::OffsetFacts,
+) -> CheckReport {
     let mut stats = Stats::default();
     let mut facts = gather(history, &mut stats);
     let mut findings = Findings::default();
@@ -385,6 +417,7 @@ pub fn check_with(history: &History, options: CheckOptions) -> CheckReport {
 
     check_process_order(history, &facts, &orders, &mut findings);
     groups::check(history, &mut stats, &mut findings);
+    offsets::check(history, offset_facts, &mut stats, &mut findings);
     findings.into_report(stats)
 }
 
@@ -975,6 +1008,24 @@ mod tests {
         report.anomalies.clone()
     }
 
+    /// The poll-skips of a report that holds poll-skips and offset-gaps only: skipping an offset
+    /// known to hold a value is always a gap in the offsets read too.
+    fn skips_and_gaps(report: &CheckReport) -> Vec<Anomaly> {
+        let skips = report.count(AnomalyKind::PollSkip);
+        assert!(skips > 0, "expected poll-skip: {report}");
+        assert_eq!(report.count(AnomalyKind::OffsetGap), skips, "{report}");
+        assert_eq!(
+            report.anomalies.len() as u64,
+            2 * skips,
+            "unexpected anomalies: {report}"
+        );
+        let skips = report
+            .anomalies
+            .iter()
+            .filter(|a| a.kind == AnomalyKind::PollSkip);
+        skips.cloned().collect()
+    }
+
     #[test]
     fn clean_history_is_valid() {
         let mut h = History::new();
@@ -1081,7 +1132,7 @@ mod tests {
         poll(&mut h, 3, &[(1, 11)]);
         let first = poll(&mut h, 2, &[(0, 10)]);
         let second = poll(&mut h, 2, &[(2, 12)]);
-        let anomalies = only(&check(&h), AnomalyKind::PollSkip);
+        let anomalies = skips_and_gaps(&check(&h));
         assert_eq!(anomalies.len(), 1);
         assert_eq!(anomalies[0].ops, vec![first, second]);
         assert!(anomalies[0].detail.contains("skipping known offsets [1]"));
@@ -1095,7 +1146,7 @@ mod tests {
         send_ok(&mut h, 1, 12, 2);
         poll(&mut h, 3, &[(1, 11)]);
         let reader = poll(&mut h, 2, &[(0, 10), (2, 12)]);
-        let anomalies = only(&check(&h), AnomalyKind::PollSkip);
+        let anomalies = skips_and_gaps(&check(&h));
         assert_eq!(anomalies.len(), 1);
         assert_eq!(anomalies[0].ops, vec![reader]);
     }
@@ -1108,14 +1159,14 @@ mod tests {
         send_ok(&mut h, 1, 12, 2);
         poll(&mut h, 3, &[(0, 10), (1, 11), (2, 12)]);
         let reader = final_read(&mut h, &[(0, 10), (2, 12)]);
-        let anomalies = only(&check(&h), AnomalyKind::PollSkip);
+        let anomalies = skips_and_gaps(&check(&h));
         assert_eq!(anomalies[0].ops, vec![reader]);
         assert!(anomalies[0].detail.starts_with("the final read"));
     }
 
     #[test]
     fn gaps_in_offsets_with_no_known_value_are_not_skips() {
-        // Offsets 1 and 3 are, say, transaction markers: nothing is known to live there.
+        // Offsets 1 and 3 are transaction markers: nothing is known to live there.
         let mut h = History::new();
         send_ok(&mut h, 1, 10, 0);
         send_ok(&mut h, 1, 11, 2);
@@ -1123,8 +1174,13 @@ mod tests {
         poll(&mut h, 2, &[(0, 10), (2, 11)]);
         poll(&mut h, 2, &[(4, 12)]);
         final_read(&mut h, &[(0, 10), (2, 11), (4, 12)]);
-        let report = check(&h);
+        let mut facts = offsets::OffsetFacts::default();
+        facts.markers.insert(key(), [1, 3].into());
+        let report = check_with_facts(&h, CheckOptions::default(), &facts);
         assert!(report.is_valid(), "{report}");
+        // Offsets taken by anything else are gaps (offsets::tests), still not skips.
+        let anomalies = only(&check(&h), AnomalyKind::OffsetGap);
+        assert_eq!(anomalies.len(), 4);
     }
 
     #[test]
@@ -1322,10 +1378,11 @@ mod tests {
         assert_eq!(
             report.to_string(),
             "lost-write: 0, duplicate: 0, inconsistent-offsets: 0, nonmonotonic-send: 0, \
-             nonmonotonic-poll: 0, poll-skip: 0, unseen: 0, G1a: 0, unknown-value: 1; \
-             sends ok/fail/info acks=0 0/0/0 acks=1 0/0/0 acks=all 0/0/0, polls: 1, \
-             final-reads: 0, assigns: 0, values-read: 1, keys: 1, acks1-lost: 0, \
-             acks1-unseen: 0, acks-all-unseen: 0"
+             nonmonotonic-poll: 0, poll-skip: 0, unseen: 0, G1a: 0, unknown-value: 1, \
+             offset-gap: 0; sends ok/fail/info acks=0 0/0/0 acks=1 0/0/0 acks=all 0/0/0, \
+             polls: 1, final-reads: 0, assigns: 0, values-read: 1, keys: 1, acks1-lost: 0, \
+             acks1-unseen: 0, acks-all-unseen: 0, reads-from-known-start: 0, \
+             offset-gaps-excused: 0"
         );
         assert_eq!(
             report.anomalies[0].to_json_line(),
@@ -1382,7 +1439,7 @@ mod tests {
             key: usize,
             acks: Acks,
             fate: Fate,
-            /// Offsets left empty before this one (control batches, compaction).
+            /// Offsets taken before this one by transaction markers.
             gap: u64,
         },
         Poll {
@@ -1431,6 +1488,15 @@ mod tests {
     /// contiguously from their position) and records the history; optionally ends with a final
     /// read of every key by a fresh process.
     fn execute(steps: &[Step], with_final_read: bool) -> History {
+        execute_with_markers(steps, with_final_read).0
+    }
+
+    /// [`execute`], with the offsets the model's transaction markers took.
+    fn execute_with_markers(
+        steps: &[Step],
+        with_final_read: bool,
+    ) -> (History, offsets::OffsetFacts) {
+        let mut facts = offsets::OffsetFacts::default();
         let mut logs: Vec<Vec<(u64, Value)>> = vec![Vec::new(); KEYS];
         let mut offset_next = [0u64; KEYS];
         let mut value_next: Value = 1;
@@ -1456,6 +1522,8 @@ mod tests {
                     value_next += 1;
                     let offset = offset_next[key] + gap;
                     if matches!(fate, Fate::Ok | Fate::InfoApplied) {
+                        let markers = facts.markers.entry(model_key(key)).or_default();
+                        markers.extend(offset_next[key]..offset);
                         logs[key].push((offset, value));
                         offset_next[key] = offset + 1;
                     }
@@ -1513,7 +1581,7 @@ mod tests {
             let t = steps.len() as u64 * 10;
             h.final_read(PROCESSES, reads, Outcome::Ok(()), t, t + 7);
         }
-        h
+        (h, facts)
     }
 
     fn final_reads_mut(h: &mut History) -> &mut Reads {
@@ -1529,7 +1597,8 @@ mod tests {
             steps in prop::collection::vec(step_strategy(), 0..200),
             with_final_read in any::<bool>(),
         ) {
-            let report = check(&execute(&steps, with_final_read));
+            let (h, facts) = execute_with_markers(&steps, with_final_read);
+            let report = check_with_facts(&h, CheckOptions::default(), &facts);
             prop_assert!(report.is_valid(), "{}\n{:?}", report, report.anomalies);
             prop_assert_eq!(report.stats.acks1_lost, 0);
             if with_final_read {

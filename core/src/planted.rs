@@ -33,10 +33,15 @@ pub enum Bug {
     /// assignment to another member, so two members consume it at once. Caught by the
     /// simulator's group checkers (`checker::groups`, group-double-owner) in `--scenario groups`.
     GroupDoubleAssign = 8,
+    /// A truncation of a replica's log suffix keeps a Raft-internal entry (a leader-epoch start)
+    /// that sat exactly at the cut in the offset translator, so every Kafka offset after it is
+    /// one too small. Caught by the simulator's offset checkers (lost writes, gaps) in the
+    /// cluster scenario.
+    OffsetMapOffByOne = 9,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -45,6 +50,7 @@ impl Bug {
         Bug::CommitOldTerm,
         Bug::NoDivergentTruncation,
         Bug::GroupDoubleAssign,
+        Bug::OffsetMapOffByOne,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +63,7 @@ impl Bug {
             Bug::CommitOldTerm => "commit-old-term",
             Bug::NoDivergentTruncation => "no-divergent-truncation",
             Bug::GroupDoubleAssign => "group-double-assign",
+            Bug::OffsetMapOffByOne => "offset-map-off-by-one",
         }
     }
 

@@ -513,7 +513,8 @@ impl Replica {
                 if self.storage_failed() || self.reset_to.is_some() {
                     continue;
                 }
-                let bytes = entry_bytes(&entry);
+                let kafka_offset = self.log.kafka_offset(entry.index - 1);
+                let bytes = entry_bytes(&entry, kafka_offset);
                 match self.log.append_replicated(bytes, self.now_ms) {
                     // The log has marked itself failed; the host reopens the partition.
                     Ok(_) | Err(crate::log::ReplicaAppendError::StorageFailed) => {}
@@ -567,6 +568,11 @@ fn check_entry_payload(entry: &Entry) -> Result<(), &'static str> {
     if u64::try_from(header.partition_leader_epoch) != Ok(entry.term) {
         return Err("an epoch other than the entry's term");
     }
+    // Raft's own entries take no Kafka offset: a normal entry posing as one would move every
+    // Kafka offset after it on this replica alone.
+    if header.is_control() && batch::is_raft_internal_batch(&entry.payload) {
+        return Err("a normal entry carrying one of Raft's own control batches");
+    }
     if header.record_count < 0 || header.record_count > header.last_offset_delta + 1 {
         return Err("a record count that does not fit the offsets");
     }
@@ -576,15 +582,20 @@ fn check_entry_payload(entry: &Entry) -> Result<(), &'static str> {
 /// The stored form of an entry: the batch itself, or a control batch for Raft's own entries.
 /// Every replica builds the control batches itself, so they must not depend on anything
 /// local (a clock): their timestamp is Kafka's "no timestamp", and replicas stay
-/// byte-identical.
-fn entry_bytes(entry: &Entry) -> Bytes {
+/// byte-identical. A leader-epoch start names the Kafka offset where it stands
+/// (`kafka_offset`, the same on every replica that holds the same log before it), so a log
+/// rebuilt without its checkpoint recovers its Kafka offsets.
+fn entry_bytes(entry: &Entry, kafka_offset: u64) -> Bytes {
     let offset = (entry.index - 1) as i64;
     let epoch = entry.term as i32;
     match entry.kind {
         EntryKind::Normal => entry.payload.clone(),
-        EntryKind::Empty => {
-            Bytes::from(batch::leader_epoch_start_batch(offset, epoch, NO_TIMESTAMP))
-        }
+        EntryKind::Empty => Bytes::from(batch::leader_epoch_start_batch_at(
+            offset,
+            epoch,
+            kafka_offset as i64,
+            NO_TIMESTAMP,
+        )),
         EntryKind::Membership => Bytes::from(batch::membership_batch(
             offset,
             epoch,

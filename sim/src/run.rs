@@ -571,10 +571,19 @@ fn judge(
         *count as usize > report.anomalies.iter().filter(|a| a.kind == *kind).count()
     });
     if !unexplained.is_empty() || (truncated && damage.is_empty()) {
-        let first = unexplained
+        let mut first = unexplained
             .first()
             .cloned()
             .unwrap_or_else(|| format!("{report}"));
+        // The first gap in the offsets a consumer read says where offsets stopped being
+        // Kafka's; show it even when anomalies of an earlier kind come first.
+        let gap = AnomalyKind::OffsetGap.name();
+        if !first.starts_with(gap) {
+            let prefix = format!("{gap} ");
+            if let Some(first_gap) = unexplained.iter().find(|a| a.starts_with(&prefix)) {
+                first.push_str(&format!("; first {first_gap}"));
+            }
+        }
         return (
             Status::Correctness(format!("{} anomalies; first: {first}", unexplained.len())),
             offending,

@@ -188,6 +188,14 @@ pub async fn run_client(
             complete_ms,
         });
     };
+    // The process starts assigned every partition at the beginning (its cursors are 0), so the
+    // offsets checker knows where its first reads must start: at the log start.
+    let kind = OpKind::Assign {
+        keys: all.iter().map(|p| key(*p)).collect(),
+        seek_to_beginning: true,
+        outcome: Outcome::Ok(()),
+    };
+    record(&mut ops, kind, trace.now_ms(), &trace);
     while trace.now_ms() < deadline_ms {
         let invoke_ms = trace.now_ms();
         let roll = rng.below(1000) as u32;

@@ -224,3 +224,20 @@ def node_metadata(host: str, port: int, topics, timeout: float = 5.0) -> dict:
             partitions[index] = {"error": perror, "leader": leader, "replicas": replicas, "isr": isr}
         out_topics[name] = {"error": error, "partitions": partitions}
     return {"brokers": brokers, "controller": controller, "topics": out_topics}
+
+
+def wait_for(what: str, timeout: float, probe, interval: float = 0.1):
+    """Polls `probe()` (a Metadata lookup, say: there is no event to subscribe to) until it returns a
+    truthy value; fails after `timeout` seconds with the last value or error."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = probe()
+            if last:
+                return last
+        except KafkaException as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
+        time.sleep(interval)

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, OFFSET_BEGINNING, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from helpers import consumer, node_metadata, unique_topic
+from helpers import consumer, node_metadata, unique_topic, wait_for
 
 PARTITIONS = 3
 # Bounds (seconds) of each wait below; together well under the pytest timeout.
@@ -143,23 +143,6 @@ def partition_leaders(admin: AdminClient, topic: str) -> dict:
     if t is None or t.error is not None:
         return {}
     return {p.id: p.leader for p in t.partitions.values()}
-
-
-def wait_for(what: str, timeout: float, probe, interval: float = 0.1):
-    """Polls `probe()` (a Metadata lookup: there is no event to subscribe to) until it returns a
-    truthy value; fails after `timeout` seconds with the last value or error."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = probe()
-            if last:
-                return last
-        except KafkaException as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
-        time.sleep(interval)
 
 
 def leaders_seen_by(node, topic: str) -> dict:

@@ -19,8 +19,9 @@ use std::collections::{BTreeMap, VecDeque};
 use super::epochs::LeaderEpochCache;
 use super::read::ReadIo;
 use super::segment::{parse_log_file_name, Segment};
+use super::translate::OffsetTranslator;
 use super::{LogConfig, LogOp, PartitionLog, Position, Undo};
-use crate::batch::{check_crc, BatchHeader};
+use crate::batch::{self, check_crc, BatchHeader};
 use crate::limits::RECOVERY_READ_BYTES;
 use crate::producer::ProducerStateTable;
 
@@ -41,6 +42,10 @@ pub struct Checkpoint {
     pub producers: ProducerStateTable,
     /// The leader epochs that start before `recovery_point`.
     pub epochs: LeaderEpochCache,
+    /// Raft's own entries below `recovery_point` (Kafka offsets), and the count of those below
+    /// the log start when it was written. With `recovery_point` 0 (a checkpoint that vouches
+    /// for nothing) it lists none and keeps only that count.
+    pub offsets: OffsetTranslator,
 }
 
 impl Checkpoint {
@@ -48,12 +53,14 @@ impl Checkpoint {
         recovery_point: u64,
         producers: &ProducerStateTable,
         epochs: &LeaderEpochCache,
+        offsets: &OffsetTranslator,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&CHECKPOINT_MAGIC.to_be_bytes());
         out.extend_from_slice(&recovery_point.to_be_bytes());
         producers.encode(&mut out);
         epochs.encode(&mut out);
+        offsets.encode(&mut out);
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         // Recovery takes producer state and epochs from this file alone: one that does not
@@ -61,14 +68,20 @@ impl Checkpoint {
         debug_assert!(
             Checkpoint::decode(&out).is_some_and(|c| c.recovery_point == recovery_point
                 && c.producers == *producers
-                && c.epochs == *epochs),
+                && c.epochs == *epochs
+                && c.offsets == *offsets),
             "the checkpoint at {recovery_point} does not decode to what was encoded"
         );
         out
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        Checkpoint::encode_parts(self.recovery_point, &self.producers, &self.epochs)
+        Checkpoint::encode_parts(
+            self.recovery_point,
+            &self.producers,
+            &self.epochs,
+            &self.offsets,
+        )
     }
 
     /// `None` for anything but an intact checkpoint.
@@ -87,10 +100,20 @@ impl Checkpoint {
         let mut rest = &body[12..];
         let producers = ProducerStateTable::decode(&mut rest)?;
         let epochs = LeaderEpochCache::decode(&mut rest)?;
+        let offsets = OffsetTranslator::decode(&mut rest)?;
+        // Every listed offset lies below the recovery point.
+        if offsets
+            .listed()
+            .last()
+            .is_some_and(|&l| l >= recovery_point)
+        {
+            return None;
+        }
         rest.is_empty().then_some(Checkpoint {
             recovery_point,
             producers,
             epochs,
+            offsets,
         })
     }
 }
@@ -129,6 +152,13 @@ pub struct Recovery {
     recovery_point: u64,
     producers: ProducerStateTable,
     epochs: LeaderEpochCache,
+    /// Raft's own entries: from the checkpoint, then the replayed tail.
+    offsets: OffsetTranslator,
+    /// Whether `offsets` came from a checkpoint (which knows the count below the log start).
+    offsets_known: bool,
+    /// The first leader-epoch start of the replayed tail that names its Kafka offset: (log
+    /// offset, Kafka offset). Without a checkpoint it tells the count below the log start.
+    anchor: Option<(u64, u64)>,
     /// Undo records of the replayed tail (see `PartitionLog::undo`).
     undo: VecDeque<Undo>,
     snapshots: VecDeque<(u64, Vec<u8>)>,
@@ -167,10 +197,28 @@ impl Recovery {
             // A recovery point must name a segment that exists; otherwise trust nothing.
             c.recovery_point == 0 || segments.contains_key(&c.recovery_point)
         });
-        let (recovery_point, producers, epochs) = match checkpoint {
-            Some(c) => (c.recovery_point, c.producers, c.epochs),
-            None => (0, ProducerStateTable::new(), LeaderEpochCache::new()),
+        let (recovery_point, producers, epochs, offsets, offsets_known) = match checkpoint {
+            Some(c) => (c.recovery_point, c.producers, c.epochs, c.offsets, true),
+            None => (
+                0,
+                ProducerStateTable::new(),
+                LeaderEpochCache::new(),
+                OffsetTranslator::new(),
+                false,
+            ),
         };
+        // Segments below the checkpoint's log start were deleted by retention before it was
+        // written, and the deletion did not reach the disk: finish it (the checkpoint knows only
+        // how many of Raft's own entries they held, not where).
+        let mut segments = segments;
+        let deleted: Vec<u64> = segments
+            .range(..offsets.start())
+            .map(|(base, _)| *base)
+            .collect();
+        for base in deleted {
+            segments.remove(&base);
+            repairs.push(LogOp::DeleteSegment { base_offset: base });
+        }
         Recovery {
             config,
             pending: segments.into_iter().collect(),
@@ -180,6 +228,9 @@ impl Recovery {
             recovery_point,
             producers,
             epochs,
+            offsets,
+            offsets_known,
+            anchor: None,
             undo: VecDeque::new(),
             snapshots: VecDeque::new(),
             dir_changed: !repairs.is_empty(),
@@ -258,7 +309,8 @@ impl Recovery {
                     self.snapshots.back().is_none_or(|(b, _)| *b < base),
                     "a snapshot at {base} after a later one"
                 );
-                let snapshot = Checkpoint::encode_parts(base, &self.producers, &self.epochs);
+                let snapshot =
+                    Checkpoint::encode_parts(base, &self.producers, &self.epochs, &self.offsets);
                 self.snapshots.push_back((base, snapshot));
             }
         }
@@ -384,6 +436,13 @@ impl Recovery {
                 if epoch >= 0 {
                     self.epochs.assign(epoch, start.offset);
                 }
+                if header.is_control() && batch::is_raft_internal_batch(&rest[..total]) {
+                    self.offsets.record(start.offset);
+                    if self.anchor.is_none() {
+                        self.anchor = batch::leader_epoch_start_anchor(&rest[..total])
+                            .map(|kafka| (start.offset, kafka));
+                    }
+                }
                 // The log takes these as its undo records, which cover the tail batch by batch.
                 assert!(
                     self.undo
@@ -466,6 +525,49 @@ impl Recovery {
         self.recovered.push(segment);
     }
 
+    /// Why the Kafka offsets of this log cannot be recovered, if they cannot: retention deleted
+    /// its start, the checkpoint (which counts Raft's entries there) is gone or damaged, and no
+    /// leader-epoch start in what is left names its Kafka offset. Guessing would move every
+    /// offset a consumer committed, so the log is not opened. (Repair from peers comes with
+    /// protocol-aware recovery.) Call after the last read, before [`finish`](Self::finish).
+    pub fn kafka_offsets_lost(&self) -> Option<String> {
+        let log_start = self.recovered.first().map_or(0, |s| s.base_offset);
+        (log_start > 0 && !self.offsets_known && self.anchor.is_none()).then(|| {
+            format!(
+                "the checkpoint is missing or damaged and the log starts at {log_start} (retention \
+                 deleted the rest): the Kafka offsets of its records cannot be recovered"
+            )
+        })
+    }
+
+    /// The offset translator of the recovered log `[log_start, log_end)`.
+    fn recovered_offsets(&self, log_start: u64, log_end: u64) -> OffsetTranslator {
+        let mut offsets = if self.offsets_known || log_start == 0 {
+            self.offsets.clone()
+        } else {
+            // Rebuilt from a scan of everything left: the first named Kafka offset tells how
+            // many of Raft's entries lay below the log start.
+            let (at, kafka) = self
+                .anchor
+                .expect("kafka_offsets_lost is checked before finish");
+            let listed_between = self
+                .offsets
+                .listed()
+                .iter()
+                .filter(|&&i| i >= log_start && i < at)
+                .count() as u64;
+            let below = (at - kafka).saturating_sub(listed_between).min(log_start);
+            let mut rebuilt = OffsetTranslator::with_base(log_start, below);
+            for &i in self.offsets.listed().iter().filter(|&&i| i >= log_start) {
+                rebuilt.record(i);
+            }
+            rebuilt
+        };
+        offsets.truncate_from_start(log_start);
+        offsets.truncate_from_end(log_end);
+        offsets
+    }
+
     /// Builds the recovered log. Returns it with the repairs to execute first (truncations,
     /// deletions, rewritten indexes). The recovered tail is fsynced by the first group commit
     /// before the high watermark moves past it, because a process crash can leave unsynced
@@ -505,6 +607,9 @@ impl Recovery {
             .last()
             .map(|s| s.base_offset)
             .expect("non-empty");
+        let log_start = self.recovered.first().map_or(0, |s| s.base_offset);
+        let log_end = self.recovered.last().map_or(0, |s| s.next_offset);
+        self.offsets = self.recovered_offsets(log_start, log_end);
         let mut ops = self.repairs;
         for segment in &self.recovered {
             if segment.base_offset != active_base
@@ -530,10 +635,16 @@ impl Recovery {
                 .any(|s| s.base_offset == self.recovery_point);
         if !checkpoint_alive {
             self.recovery_point = 0;
+            // It keeps the count of Raft's entries below the log start: the next recovery
+            // replays everything from there, and retention deletes nothing while it stands.
             let empty = Checkpoint {
                 recovery_point: 0,
                 producers: ProducerStateTable::new(),
                 epochs: LeaderEpochCache::new(),
+                offsets: OffsetTranslator::with_base(
+                    log_start,
+                    self.offsets.internal_below(log_start),
+                ),
             };
             ops.push(LogOp::WriteCheckpoint {
                 bytes: empty.encode(),
@@ -542,7 +653,6 @@ impl Recovery {
         // The recovered tail: the segments scanned and replayed. If none survived (trailing
         // segments emptied by a cut and removed), the log ends in segments that were sealed
         // below the checkpoint, which are durable.
-        let log_end = self.recovered.last().map_or(0, |s| s.next_offset);
         let tail_start = self
             .tail_start
             .filter(|t| self.recovered.iter().any(|s| s.base_offset == *t))
@@ -565,7 +675,6 @@ impl Recovery {
             .collect();
         // Producer state may remember batches that did not survive (a cut tail, deleted segments).
         self.producers.truncate(log_end);
-        let log_start = self.recovered.first().map_or(0, |s| s.base_offset);
         // Start first, then end, as a live log applies them (retention, then a suffix cut): an
         // empty log keeps no epoch, not the one that covered its deleted prefix.
         self.epochs.truncate_from_start(log_start);
@@ -577,12 +686,17 @@ impl Recovery {
             self.producers,
             self.recovery_point,
         );
+        // Snapshots taken while the count of Raft's entries below the log start was not yet
+        // known (a scan without a checkpoint of a log retention shortened) would persist a
+        // wrong count: the next rolls take fresh ones.
+        let snapshots_known = self.offsets_known || log_start == 0;
         log.snapshots = self
             .snapshots
             .into_iter()
-            .filter(|(b, _)| *b > log.recovery_point)
+            .filter(|(b, _)| *b > log.recovery_point && snapshots_known)
             .collect();
         log.epochs = self.epochs;
+        log.translator = self.offsets;
         log.undo = self.undo;
         log.mark_recovered_tail(tail_start, &tail, &rewritten, self.dir_changed);
         if !checkpoint_alive {

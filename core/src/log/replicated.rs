@@ -328,6 +328,7 @@ impl PartitionLog {
         // the checkpoint) and they are rewritten when it is sealed again.
         self.dirty_indexes.remove(&cut.segment);
         self.epochs.truncate_from_end(offset);
+        self.cut_internal(offset);
         self.snapshots.retain(|(base, _)| *base <= offset);
         self.durable = Self::clamp_position(self.durable, cut);
         self.trusted = Self::clamp_position(self.trusted, cut);

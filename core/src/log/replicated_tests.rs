@@ -212,6 +212,29 @@ impl Replica {
             epochs.entries(),
             "epoch cache differs"
         );
+        // Kafka offsets: every batch's as a count of the batches' offsets that are not Raft's
+        // own entries, from the first batch ever written (retention forgets none of them).
+        let mut kafka = 0u64;
+        let start = self.log.log_start_offset();
+        for b in self.deleted.iter().chain(&self.batches) {
+            let h = header(b);
+            let base = h.base_offset as u64;
+            if base >= start {
+                assert_eq!(
+                    self.log.kafka_offset(base),
+                    kafka,
+                    "the Kafka offset of the batch at {base}"
+                );
+            }
+            if !batch::is_raft_internal_batch(b) {
+                kafka += (h.last_offset_delta + 1) as u64;
+            }
+        }
+        assert_eq!(
+            self.log.kafka_log_end_offset(),
+            kafka,
+            "the Kafka log end offset"
+        );
     }
 }
 

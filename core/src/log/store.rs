@@ -187,6 +187,12 @@ impl<S: Storage> LogStore<S> {
                 }
             }
         }
+        if let Some(why) = recovery.kafka_offsets_lost() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {why}", store.dir.display()),
+            ));
+        }
         let (mut log, repairs) = recovery.finish();
         for op in repairs {
             match &op {

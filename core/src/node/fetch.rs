@@ -88,9 +88,9 @@ impl Node {
                             let checked = check_replica(replica, p.current_leader_epoch);
                             let log = replica.log();
                             if checked.is_ok() {
-                                data.high_watermark = log.high_watermark() as i64;
+                                data.high_watermark = log.kafka_high_watermark() as i64;
                                 data.last_stable_offset = data.high_watermark;
-                                data.log_start_offset = log.log_start_offset() as i64;
+                                data.log_start_offset = log.kafka_log_start_offset() as i64;
                             }
                             if let Err(code) = checked {
                                 data.error = code;
@@ -101,7 +101,10 @@ impl Node {
                                     disk,
                                     log: slot.log(),
                                 };
-                                match read_records(log, &view, p.fetch_offset as u64, limit) {
+                                let from = log.offsets().log(p.fetch_offset as u64);
+                                match read_records(log, &view, from, limit)
+                                    .map(|raw| kafka_batches(log, raw))
+                                {
                                     // KIP-74: only the first non-empty partition may exceed the
                                     // limit.
                                     Ok(records) if bytes > 0 && records.len() > limit => {}
@@ -197,6 +200,38 @@ pub(super) fn read_records(
         at = next;
     }
     Ok(out.freeze())
+}
+
+/// The batches of a read as clients see them: Raft's own entries left out, every other batch's
+/// base offset its Kafka offset (outside the CRC, so the batch stays valid). Whole batches in,
+/// whole batches out; the bytes are copied only when something changes.
+pub(super) fn kafka_batches(log: &PartitionLog, raw: Bytes) -> Bytes {
+    let mut out: Option<BytesMut> = None;
+    let mut at = 0usize;
+    while at < raw.len() {
+        let Ok(header) = crate::batch::BatchHeader::parse(&raw[at..]) else {
+            break;
+        };
+        let end = (at + header.total_bytes()).min(raw.len());
+        let batch = &raw[at..end];
+        let internal = header.is_control() && crate::batch::is_raft_internal_batch(batch);
+        let kafka = log.kafka_offset(header.base_offset as u64) as i64;
+        if internal || kafka != header.base_offset {
+            let out = out.get_or_insert_with(|| BytesMut::from(&raw[..at]));
+            if !internal {
+                let from = out.len();
+                out.extend_from_slice(batch);
+                crate::batch::set_base_offset(&mut out[from..], kafka);
+            }
+        } else if let Some(out) = out.as_mut() {
+            out.extend_from_slice(batch);
+        }
+        at = end;
+    }
+    match out {
+        Some(out) => out.freeze(),
+        None => raw,
+    }
 }
 
 /// The offset after the last whole batch of `buf`.

@@ -100,9 +100,11 @@ impl Node {
                         r.leader_epoch = epoch;
                         let log = replica.log();
                         match q.timestamp {
-                            LATEST_TIMESTAMP => r.offset = log.high_watermark() as i64,
+                            LATEST_TIMESTAMP => r.offset = log.kafka_high_watermark() as i64,
                             EARLIEST_TIMESTAMP | EARLIEST_LOCAL_TIMESTAMP
-                            | LATEST_TIERED_TIMESTAMP => r.offset = log.log_start_offset() as i64,
+                            | LATEST_TIERED_TIMESTAMP => {
+                                r.offset = log.kafka_log_start_offset() as i64
+                            }
                             MAX_TIMESTAMP | 0.. => {
                                 let target = if q.timestamp == MAX_TIMESTAMP {
                                     log.segments()
@@ -120,7 +122,7 @@ impl Node {
                                     });
                                 match found {
                                     Some(Ok(Some(hit))) => {
-                                        r.offset = hit.offset as i64;
+                                        r.offset = log.kafka_offset(hit.offset) as i64;
                                         r.timestamp = hit.timestamp;
                                     }
                                     Some(Ok(None)) | None => {}
@@ -174,14 +176,14 @@ impl Node {
                                     check_replica(replica, q.current_leader_epoch)?;
                                     let log = replica.log();
                                     let (epoch, end_offset) =
-                                        log.end_offset_for_epoch(q.leader_epoch);
+                                        log.kafka_end_offset_for_epoch(q.leader_epoch);
                                     // Either both undefined, or an epoch no later than asked
                                     // for that ends inside the log.
                                     assert_eq!(epoch == -1, end_offset == -1, "{tp}");
                                     assert!(
                                         end_offset == -1
                                             || (epoch <= q.leader_epoch
-                                                && (0..=log.log_end_offset() as i64)
+                                                && (0..=log.kafka_log_end_offset() as i64)
                                                     .contains(&end_offset)),
                                         "{tp}: epoch {} answered ({epoch}, {end_offset})",
                                         q.leader_epoch

@@ -85,7 +85,7 @@ impl Node {
                 };
                 match outcome {
                     Ok((tp, appended)) => {
-                        result.base_offset = appended.proposed.base_offset as i64;
+                        result.base_offset = appended.kafka_base_offset as i64;
                         result.log_start_offset = appended.log_start_offset as i64;
                         let early = self.config.planted.is(Bug::AckBeforeFsync);
                         let wait = match acks {
@@ -158,7 +158,9 @@ impl Node {
                 tracing::debug!(%tp, "produce rejected: {code:?}");
                 (code, format!("{code:?}"))
             })?;
-        let log_start_offset = h.machine.log().log_start_offset();
+        // Clients see Kafka offsets: Raft's own entries take none.
+        let log_start_offset = h.machine.log().kafka_log_start_offset();
+        let kafka_base_offset = h.machine.log().kafka_offset(proposed.base_offset);
         let committed = h.machine.is_committed(&proposed) == Some(true);
         // Pipelined: the append leaves for the followers in this same drain.
         let last_write = self.after_partition_input(tp, disk);
@@ -169,6 +171,7 @@ impl Node {
         );
         Ok(Appended {
             proposed,
+            kafka_base_offset,
             log_start_offset,
             committed,
             write,
@@ -257,6 +260,9 @@ impl Node {
 /// A batch in the log.
 pub(super) struct Appended {
     pub proposed: Proposed,
+    /// The Kafka offset of the batch's first record.
+    pub kafka_base_offset: u64,
+    /// The log start offset as clients see it.
     pub log_start_offset: u64,
     /// Committed already (a duplicate of a committed batch, or a group of one that synced).
     pub committed: bool,

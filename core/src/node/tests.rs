@@ -2412,3 +2412,150 @@ proptest! {
         }
     }
 }
+
+// ---- Kafka offsets: Raft's own entries take none --------------------------------------------
+
+fn list_offset(c: &mut Cluster, at: usize, topic: &str, timestamp: i64) -> i64 {
+    let reply = c.call(
+        at,
+        Request::ListOffsets(ListOffsetsRequest {
+            replica_id: -1,
+            topics: vec![(
+                topic.into(),
+                vec![OffsetQuery {
+                    partition: 0,
+                    timestamp,
+                    current_leader_epoch: NO_LEADER_EPOCH,
+                }],
+            )],
+        }),
+    );
+    let Reply::ListOffsets(mut topics) = reply else {
+        panic!("not a ListOffsets reply: {reply:?}")
+    };
+    let listed = topics.remove(0).1.remove(0);
+    assert_eq!(listed.error, ErrorCode::None, "{listed:?}");
+    listed.offset
+}
+
+/// The Kafka offset of every record a consumer reads from offset 0, and the batches' control
+/// flags (a consumer must never see one of Raft's own entries).
+fn kafka_offsets(c: &mut Cluster, at: usize, topic: &str) -> Vec<i64> {
+    let mut offset = 0;
+    let mut out = Vec::new();
+    for _ in 0..1_000 {
+        let f = fetched(c.call(at, fetch(topic, 0, offset)));
+        assert_eq!(f.error, ErrorCode::None, "{f:?}");
+        if f.records.is_empty() {
+            assert!(offset >= f.high_watermark, "an empty read below the end");
+            return out;
+        }
+        let batches = crate::batch::split_batches(&f.records).unwrap();
+        for (h, range) in &batches {
+            assert!(!h.is_control(), "a control batch reached a consumer: {h:?}");
+            let records = crate::batch::Records::new(&f.records[range.clone()]).unwrap();
+            for (i, _) in records.enumerate() {
+                out.push(h.base_offset + i as i64);
+            }
+            offset = h.next_offset();
+        }
+    }
+    panic!("never reached the high watermark");
+}
+
+fn new_leader_after_crash(c: &mut Cluster, leader: usize) -> usize {
+    c.crash(leader, CrashMode::Clean);
+    for _ in 0..400 {
+        c.advance(20);
+        if let Some(l) = c.leader_of("t", 0).filter(|l| *l != leader) {
+            return l;
+        }
+    }
+    panic!("no new leader after the crash of {leader}");
+}
+
+/// Kafka's model: records take offsets 0, 1, 2, … and a leader change writes nothing at a Kafka
+/// offset. Raft's term-start entries used to take one each (the first record was at 1, and
+/// every failover left a hole), and a group that had read everything showed lag 1 after a
+/// leader change with no new data.
+#[test]
+fn kafka_offsets_start_at_zero_and_leader_changes_take_none() {
+    let mut c = Cluster::new(3, 7);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let mut leader = c.leader_of("t", 0).expect("a leader");
+    let wall = c.now.wall_ms as i64;
+    let first = produced(c.call(leader, produce("t", 0, -1, records(&[b"a", b"b"], wall))));
+    assert_eq!((first.error, first.base_offset), (ErrorCode::None, 0));
+    assert_eq!(list_offset(&mut c, leader, "t", EARLIEST_TIMESTAMP), 0);
+    assert_eq!(list_offset(&mut c, leader, "t", LATEST_TIMESTAMP), 2);
+    // Two leader changes with no new data: the end stays at 2 (a consumer that read everything
+    // has lag 0).
+    for _ in 0..2 {
+        leader = new_leader_after_crash(&mut c, leader);
+        // The new leader commits its term-start entry before it answers at the new end.
+        for _ in 0..100 {
+            if list_offset(&mut c, leader, "t", LATEST_TIMESTAMP) == 2 {
+                break;
+            }
+            c.advance(20);
+        }
+        assert_eq!(list_offset(&mut c, leader, "t", LATEST_TIMESTAMP), 2);
+        let f = fetched(c.call(leader, fetch("t", 0, 2)));
+        assert_eq!((f.error, f.high_watermark), (ErrorCode::None, 2), "{f:?}");
+        assert!(f.records.is_empty());
+    }
+    let next = produced(c.call(leader, produce("t", 0, -1, records(&[b"c"], wall))));
+    assert_eq!((next.error, next.base_offset), (ErrorCode::None, 2));
+    leader = new_leader_after_crash(&mut c, leader);
+    let last = produced(c.call(leader, produce("t", 0, -1, records(&[b"d", b"e"], wall))));
+    assert_eq!((last.error, last.base_offset), (ErrorCode::None, 3));
+    assert_eq!(kafka_offsets(&mut c, leader, "t"), vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        read_all(&mut c, leader, "t", 0),
+        vec![
+            b"a".to_vec(),
+            b"b".to_vec(),
+            b"c".to_vec(),
+            b"d".to_vec(),
+            b"e".to_vec()
+        ]
+    );
+    // Every replica translates the same way (followers serve ListOffsets to the debug
+    // consumer, and any of them may lead next).
+    for h in c.hosts.iter().flatten() {
+        h.node.check_invariants();
+    }
+    // A fetch past the end is out of range, one at the end is empty.
+    let f = fetched(c.call(leader, fetch("t", 0, 6)));
+    assert_eq!(f.error, ErrorCode::OffsetOutOfRange);
+    let f = fetched(c.call(leader, fetch("t", 0, 5)));
+    assert_eq!((f.error, f.high_watermark), (ErrorCode::None, 5));
+    // OffsetForLeaderEpoch speaks Kafka offsets: the epoch of "c" ends where "d" starts.
+    let epoch_of_d = leader_epoch_of(&mut c, leader, 3);
+    let reply = c.call(
+        leader,
+        Request::OffsetForLeaderEpoch(vec![(
+            "t".into(),
+            vec![EpochQuery {
+                partition: 0,
+                current_leader_epoch: NO_LEADER_EPOCH,
+                leader_epoch: epoch_of_d - 1,
+            }],
+        )]),
+    );
+    let Reply::OffsetForLeaderEpoch(mut topics) = reply else {
+        panic!("not an OffsetForLeaderEpoch reply")
+    };
+    let end = topics.remove(0).1.remove(0);
+    assert_eq!((end.error, end.end_offset), (ErrorCode::None, 3), "{end:?}");
+}
+
+/// The partition leader epoch of the batch holding Kafka offset `offset`.
+fn leader_epoch_of(c: &mut Cluster, at: usize, offset: i64) -> i32 {
+    let f = fetched(c.call(at, fetch("t", 0, offset)));
+    let (h, _) = crate::batch::split_batches(&f.records)
+        .unwrap_or_else(|e| panic!("{e:?}: {f:?}"))
+        .remove(0);
+    h.partition_leader_epoch
+}
