@@ -244,9 +244,10 @@ class ClusterNode(Broker):
     `wait_ready` waits for an answered Kafka request, i.e. until the node has registered with
     the controller and serves clients."""
 
-    def __init__(self, binary: Path, workdir: Path, node_id: int):
+    def __init__(self, binary: Path, workdir: Path, node_id: int, extra_args=()):
         super().__init__(binary, workdir)
         self.node_id = node_id
+        self.extra_args = list(extra_args)  # further `sluice serve` flags
         self.rpc_port = free_port()
         self.rpc_address = f"{self.host}:{self.rpc_port}"
         self.peers = ""  # set by Cluster once every node has its RPC port
@@ -256,7 +257,7 @@ class ClusterNode(Broker):
     def serve_args(self) -> list:
         return ["serve", "--node-id", str(self.node_id), "--listen", self.bootstrap,
                 "--advertised-listener", self.bootstrap, "--rpc-listen", self.rpc_address,
-                "--peers", self.peers, "--data-dir", str(self.data_dir)]
+                "--peers", self.peers, "--data-dir", str(self.data_dir), *self.extra_args]
 
     def child_env(self) -> dict:
         env = super().child_env()
@@ -280,8 +281,9 @@ class ClusterNode(Broker):
 class Cluster:
     """N nodes started together (a node serves only once a metadata quorum exists)."""
 
-    def __init__(self, binary: Path, workdir: Path, nodes: int = 3):
-        self.nodes = [ClusterNode(binary, workdir / f"node-{i}", i) for i in range(1, nodes + 1)]
+    def __init__(self, binary: Path, workdir: Path, nodes: int = 3, extra_args=()):
+        self.nodes = [ClusterNode(binary, workdir / f"node-{i}", i, extra_args)
+                      for i in range(1, nodes + 1)]
         peers = ",".join(f"{n.node_id}@{n.rpc_address}" for n in self.nodes)
         for n in self.nodes:
             n.peers = peers

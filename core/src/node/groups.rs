@@ -46,6 +46,9 @@ pub(super) struct Groups {
     /// and each part's parent.
     gathers: BTreeMap<group::RequestId, (Vec<(String, ErrorCode)>, usize)>,
     parents: BTreeMap<group::RequestId, group::RequestId>,
+    /// OffsetCommit partitions of topics this node does not know, answered
+    /// UNKNOWN_TOPIC_OR_PARTITION together with the coordinator's answer for the others.
+    commit_unknown: BTreeMap<group::RequestId, Vec<(String, i32, ErrorCode)>>,
 }
 
 impl Groups {
@@ -82,6 +85,16 @@ impl Groups {
             assert!(
                 self.waiters.contains_key(parent),
                 "a gather answers a request"
+            );
+        }
+        for (id, unknown) in &self.commit_unknown {
+            assert!(
+                !unknown.is_empty(),
+                "only commits with unknown partitions are kept"
+            );
+            assert!(
+                self.waiters.contains_key(id),
+                "unknown partitions wait with their commit"
             );
         }
     }
@@ -368,22 +381,51 @@ impl Node {
 
     // ---- Offsets -------------------------------------------------------------------------
 
+    /// As Kafka (`KafkaApis.handleOffsetCommitRequest`): partitions of topics missing from this
+    /// node's metadata are answered UNKNOWN_TOPIC_OR_PARTITION and never reach the coordinator
+    /// (committing offsets does not create topics); the others go to the group's coordinator.
     pub(super) fn offset_commit(
         &mut self,
         request: RequestId,
-        commit: CommitRequest,
+        mut commit: CommitRequest,
         disk: &impl LogReader,
     ) {
+        let (known, unknown): (Vec<_>, Vec<_>) = std::mem::take(&mut commit.partitions)
+            .into_iter()
+            .partition(|p| {
+                self.topics
+                    .get(&p.topic)
+                    .is_some_and(|t| (0..t.partitions()).contains(&p.partition))
+            });
+        let unknown: Vec<(String, i32, ErrorCode)> = unknown
+            .into_iter()
+            .map(|p| (p.topic, p.partition, ErrorCode::UnknownTopicOrPartition))
+            .collect();
+        commit.partitions = known;
+        if commit.partitions.is_empty() && !unknown.is_empty() {
+            self.reply(request, Reply::OffsetCommit(unknown));
+            return;
+        }
         let refused: Vec<(String, i32)> = commit
             .partitions
             .iter()
             .map(|p| (p.topic.clone(), p.partition))
             .collect();
+        let unknown_refused = unknown.clone();
         let Some((partition, id)) = self.route_group(&commit.group_id.clone(), request, |code| {
-            Reply::OffsetCommit(refused.into_iter().map(|(t, p)| (t, p, code)).collect())
+            Reply::OffsetCommit(
+                refused
+                    .into_iter()
+                    .map(|(t, p)| (t, p, code))
+                    .chain(unknown_refused)
+                    .collect(),
+            )
         }) else {
             return;
         };
+        if !unknown.is_empty() {
+            self.groups.commit_unknown.insert(id, unknown);
+        }
         let now = self.now;
         self.coordinator_mut(partition)
             .commit_offsets(now, id, commit);
@@ -721,13 +763,17 @@ impl Node {
             }
             return;
         }
+        let unknown = self.groups.commit_unknown.remove(&id);
         let Some(request) = self.groups.waiters.remove(&id) else {
             return;
         };
         let reply = match reply {
             GroupReply::Join(j) => Reply::JoinGroup(j),
             GroupReply::Sync(s) => Reply::SyncGroup(s),
-            GroupReply::Commit(results) => Reply::OffsetCommit(results),
+            GroupReply::Commit(mut results) => {
+                results.extend(unknown.into_iter().flatten());
+                Reply::OffsetCommit(results)
+            }
             GroupReply::DeleteOffsets(code, results) => Reply::OffsetDelete(code, results),
             GroupReply::DeleteGroups(results) => Reply::DeleteGroups(results),
         };

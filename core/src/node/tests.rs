@@ -653,6 +653,7 @@ fn a_three_node_cluster_replicates_and_survives_a_leader_crash() {
 fn a_consumer_group_joins_syncs_and_commits_through_the_facade() {
     let mut c = Cluster::new(1, 5);
     c.wait_ready();
+    c.create_topic("t", 1);
     let coordinator = loop {
         let Reply::FindCoordinator(found) = c.call(
             0,
@@ -737,6 +738,122 @@ fn a_consumer_group_joins_syncs_and_commits_through_the_facade() {
         unreachable!()
     };
     assert_eq!(groups[0].offsets[0].2.as_ref().map(|v| v.offset), Some(42));
+}
+
+fn commit_outside_a_generation(group_id: &str, partitions: &[(&str, i32)]) -> Request {
+    Request::OffsetCommit(CommitRequest {
+        group_id: group_id.into(),
+        generation: -1,
+        member_id: String::new(),
+        instance_id: None,
+        partitions: partitions
+            .iter()
+            .map(|(topic, partition)| CommitPartition {
+                topic: (*topic).into(),
+                partition: *partition,
+                offset: 7,
+                leader_epoch: -1,
+                metadata: None,
+            })
+            .collect(),
+    })
+}
+
+/// Committing offsets does not create topics: as in Kafka, a partition of a topic the node does
+/// not know (or past the topic's partitions) is answered UNKNOWN_TOPIC_OR_PARTITION and nothing
+/// is stored for it, while the known partitions of the same request are committed (librdkafka's
+/// test 0030, do_nonexist_commit).
+#[test]
+fn an_offset_commit_for_a_topic_that_does_not_exist_is_refused_per_partition() {
+    let mut c = Cluster::new(1, 21);
+    c.wait_ready();
+    c.create_topic("t", 2);
+    let sorted = |mut r: Vec<(String, i32, ErrorCode)>| {
+        r.sort();
+        r
+    };
+    // FindCoordinator creates the offsets topic on first use.
+    for attempt in 0.. {
+        assert!(attempt < 200, "no coordinator for g");
+        let Reply::FindCoordinator(found) = c.call(
+            0,
+            Request::FindCoordinator(FindCoordinatorRequest {
+                key_type: 0,
+                keys: vec!["g".into()],
+            }),
+        ) else {
+            unreachable!()
+        };
+        if found[0].1.is_ok() {
+            break;
+        }
+        c.advance(50);
+    }
+    // Until the coordinator is up, the known partition gets a retriable coordinator error.
+    let mut answer = Vec::new();
+    for attempt in 0.. {
+        assert!(
+            attempt < 200,
+            "the commit never reached a loaded coordinator"
+        );
+        let Reply::OffsetCommit(r) = c.call(
+            0,
+            commit_outside_a_generation("g", &[("t", 1), ("nope", 0), ("t", 2)]),
+        ) else {
+            unreachable!()
+        };
+        let known = r
+            .iter()
+            .find(|(t, p, _)| t == "t" && *p == 1)
+            .expect("answered");
+        match known.2 {
+            ErrorCode::CoordinatorNotAvailable
+            | ErrorCode::CoordinatorLoadInProgress
+            | ErrorCode::NotCoordinator => c.advance(50),
+            _ => {
+                answer = r;
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        sorted(answer),
+        vec![
+            ("nope".to_string(), 0, ErrorCode::UnknownTopicOrPartition),
+            ("t".to_string(), 1, ErrorCode::None),
+            ("t".to_string(), 2, ErrorCode::UnknownTopicOrPartition),
+        ]
+    );
+    // A commit of unknown partitions only is answered at once, whatever the coordinator.
+    let Reply::OffsetCommit(r) = c.call(
+        0,
+        commit_outside_a_generation("another-group", &[("nope", 0), ("nope", 1)]),
+    ) else {
+        unreachable!()
+    };
+    assert_eq!(
+        sorted(r),
+        vec![
+            ("nope".to_string(), 0, ErrorCode::UnknownTopicOrPartition),
+            ("nope".to_string(), 1, ErrorCode::UnknownTopicOrPartition),
+        ]
+    );
+    let Reply::OffsetFetch(groups) = c.call(0, Request::OffsetFetch(vec![("g".into(), None)]))
+    else {
+        unreachable!()
+    };
+    let stored: Vec<(String, i32)> = groups[0]
+        .offsets
+        .iter()
+        .filter(|o| o.2.is_some())
+        .map(|o| (o.0.clone(), o.1))
+        .collect();
+    assert_eq!(
+        stored,
+        vec![("t".to_string(), 1)],
+        "only the known partition is stored"
+    );
+    c.host(0).node.check_invariants();
 }
 
 /// A node whose storage fails an fsync drops what was not durable, fails the waiting produce
@@ -2077,6 +2194,7 @@ fn leadership_announcements_keep_the_latest_term() {
 fn delete_groups_fans_out_over_coordinators_and_gathers_one_answer() {
     let mut c = Cluster::new(1, 13);
     c.wait_ready();
+    c.create_topic("t", 1);
     // Two groups on different partitions of the 2-partition offsets topic.
     let a = "a".to_string();
     let b = (0..100)
