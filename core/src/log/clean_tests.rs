@@ -322,7 +322,10 @@ proptest! {
         // (Checked as the topic was written: the retries may hold records without a key.)
         rig.log.set_config(LogConfig { compact: false, delete: true, ..rig.config.clone() });
         for (pid, last) in rig.last_batch.clone() {
-            let appended = rig.log.append(BytesMut::from(&last[..]), 0, 1_000_000).unwrap();
+            // A producer's retry carries base offset 0 (Kafka refuses any other).
+            let mut retry = BytesMut::from(&last[..]);
+            batch::set_base_offset(&mut retry, 0);
+            let appended = rig.log.append(retry, 0, 1_000_000).unwrap();
             prop_assert!(appended.duplicate, "producer {}: retry appended again", pid);
         }
     }
