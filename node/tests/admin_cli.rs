@@ -505,13 +505,13 @@ fn group_lag_reset_offsets_and_delete() {
         addr,
         &["topic", "create", "--topic", "events", "--partitions", "2"],
     );
-    // Offset 0 of each partition is its leader's term-start batch: records start at 1, so the
-    // log end is 11 and 5.
+    // Records start at Kafka offset 0 (the leader's term-start entry takes none): the log end is
+    // 10 and 4.
     rt.block_on(async {
         produce(&mut c, "events", 0, 10).await;
         produce(&mut c, "events", 1, 4).await;
         wait_for_coordinator(&mut c, "billing").await;
-        commit(&mut c, "billing", "events", &[(0, 4), (1, 5)]).await;
+        commit(&mut c, "billing", "events", &[(0, 4), (1, 4)]).await;
     });
 
     let out = ok(addr, &["group", "describe", "--group", "billing"]);
@@ -527,8 +527,8 @@ fn group_lag_reset_offsets_and_delete() {
     assert_eq!(
         table(&out, "TOPIC"),
         vec![
-            row(&["events", "0", "4", "11", "7", "-"]),
-            row(&["events", "1", "5", "5", "0", "-"]),
+            row(&["events", "0", "4", "10", "6", "-"]),
+            row(&["events", "1", "4", "4", "0", "-"]),
         ],
         "{out}"
     );
@@ -552,7 +552,7 @@ fn group_lag_reset_offsets_and_delete() {
         table(&text(&out.stdout), "GROUP"),
         vec![
             row(&["billing", "events", "0", "4", "0"]),
-            row(&["billing", "events", "1", "5", "0"]),
+            row(&["billing", "events", "1", "4", "0"]),
         ]
     );
     assert!(
@@ -562,7 +562,7 @@ fn group_lag_reset_offsets_and_delete() {
     );
     assert_eq!(
         rt.block_on(committed(&mut c, "billing", "events", 2)),
-        [4, 5]
+        [4, 4]
     );
 
     let reset = |args: &[&str]| {
@@ -585,24 +585,24 @@ fn group_lag_reset_offsets_and_delete() {
     reset(&["--topic", "events:0", "--to-offset", "99"]);
     assert_eq!(
         rt.block_on(committed(&mut c, "billing", "events", 2)),
-        [11, 2]
+        [10, 2]
     );
     reset(&["--topic", "events", "--shift-by", "-3"]);
     assert_eq!(
         rt.block_on(committed(&mut c, "billing", "events", 2)),
-        [8, 0]
+        [7, 0]
     );
     // Record i has timestamp BASE + i ms: the first at or after BASE + 5 ms is record 5 at
-    // offset 6; partition 1 has nothing that recent and goes to its end.
+    // offset 5; partition 1 has nothing that recent and goes to its end.
     reset(&["--all-topics", "--to-datetime", "2023-11-14T22:13:20.005Z"]);
     assert_eq!(
         rt.block_on(committed(&mut c, "billing", "events", 2)),
-        [6, 5]
+        [5, 4]
     );
     reset(&["--topic", "events", "--to-latest"]);
     assert_eq!(
         rt.block_on(committed(&mut c, "billing", "events", 2)),
-        [11, 5]
+        [10, 4]
     );
     let err = fails(
         addr,
@@ -664,8 +664,8 @@ fn group_lag_reset_offsets_and_delete() {
     assert_eq!(
         table(&out, "TOPIC"),
         vec![
-            row(&["events", "0", "11", "11", "0", &member]),
-            row(&["events", "1", "5", "5", "0", &member]),
+            row(&["events", "0", "10", "10", "0", &member]),
+            row(&["events", "1", "4", "4", "0", &member]),
         ],
         "{out}"
     );
@@ -688,7 +688,7 @@ fn group_lag_reset_offsets_and_delete() {
     );
     assert_eq!(
         rt.block_on(committed(&mut c, "billing", "events", 2)),
-        [11, 5]
+        [10, 4]
     );
     let err = fails(addr, &["group", "delete", "--group", "billing"]);
     assert!(

@@ -240,9 +240,8 @@ fn every_version_of_every_served_api_round_trips() {
                 node.addr.rsplit(':').next().unwrap()
             );
         }
-        // A new partition's log starts with its leader's term-start control batch (one offset,
-        // skipped by clients): the first records land after it.
-        let start = 1i64;
+        // Kafka offsets: the first record is at 0 (the leader's term-start entry takes none).
+        let start = 0i64;
         let mut expected_offset = start;
         for v in supported_versions(ApiKey::Produce).min..=supported_versions(ApiKey::Produce).max {
             let mut req = produce_request("versions", 0, -1, records(3, &format!("v{v}")));
@@ -270,12 +269,14 @@ fn every_version_of_every_served_api_round_trips() {
             assert_eq!(p.high_watermark, expected_offset, "fetch v{v}");
             let records = p.records.as_ref().unwrap();
             let batches = batch::split_batches(records).unwrap();
+            // The data batches only: Raft's term-start entry never reaches a client.
             assert_eq!(
                 batches.len() as i64,
-                1 + (expected_offset - start) / 3,
+                (expected_offset - start) / 3,
                 "fetch v{v}"
             );
-            assert!(batches[0].0.is_control(), "fetch v{v}");
+            assert!(batches.iter().all(|(h, _)| !h.is_control()), "fetch v{v}");
+            assert_eq!(batches[0].0.base_offset, 0, "fetch v{v}");
         }
         for v in supported_versions(ApiKey::ListOffsets).min
             ..=supported_versions(ApiKey::ListOffsets).max
@@ -815,8 +816,8 @@ fn garbage_on_one_connection_leaves_the_others_working() {
             .call(&fetch_request("survivor", Uuid::nil(), 0, 0), 12)
             .await
             .unwrap();
-        // Six records after the term-start control batch at offset 0.
-        assert_eq!(f.responses[0].partitions[0].high_watermark, 1 + 6);
+        // Six records, at Kafka offsets 0..=5.
+        assert_eq!(f.responses[0].partitions[0].high_watermark, 6);
     });
 }
 
