@@ -91,11 +91,11 @@ fn produced_records_read_back_exactly_at_their_acknowledged_offsets() {
             .push((offset, record.clone()));
     }
     // One producer, one connection, one request in flight: within a partition, records land in
-    // send order, and in a new topic their offsets are 1, 2, 3, ... (offset 0 holds the leader's
-    // term-start control batch, which consumers skip).
+    // send order, and in a new topic their offsets are 0, 1, 2, ... (the leader's term-start
+    // entry takes no Kafka offset).
     for (partition, records) in &expected {
         let offsets: Vec<i64> = records.iter().map(|(offset, _)| *offset).collect();
-        let dense: Vec<i64> = (1..=records.len() as i64).collect();
+        let dense: Vec<i64> = (0..records.len() as i64).collect();
         assert_eq!(
             offsets, dense,
             "acknowledged offsets of partition {partition}, in send order"
