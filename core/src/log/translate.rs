@@ -73,15 +73,6 @@ impl OffsetTranslator {
         offset
     }
 
-    /// Like [`log`](Self::log) for a Kafka offset from a request (`i64`); a negative one stays
-    /// negative (the caller answers it).
-    pub fn log_i64(&self, kafka: i64) -> i64 {
-        match u64::try_from(kafka) {
-            Ok(k) => i64::try_from(self.log(k)).unwrap_or(i64::MAX),
-            Err(_) => kafka,
-        }
-    }
-
     /// Like [`kafka`](Self::kafka) for an offset in a reply; -1 ("undefined") stays.
     pub fn kafka_i64(&self, offset: i64) -> i64 {
         if offset == UNDEFINED_EPOCH_OFFSET {
@@ -150,14 +141,6 @@ impl OffsetTranslator {
             below,
             internal: Vec::new(),
         }
-    }
-
-    /// The translator of a log whose first kept segments are a prefix of this one's below
-    /// `end` (a checkpoint's part): the listed offsets below `end`.
-    pub fn below_end(&self, end: u64) -> OffsetTranslator {
-        let mut t = self.clone();
-        t.truncate_from_end(end);
-        t
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
