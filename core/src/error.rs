@@ -45,6 +45,8 @@ pub enum ErrorCode {
     NotController = 41,
     ClusterAuthorizationFailed = 31,
     TransactionalIdAuthorizationFailed = 53,
+    /// An ACL API on a broker with no authorizer (Sluice has none: no authentication either).
+    SecurityDisabled = 54,
     KafkaStorageError = 56,
     UnknownProducerId = 59,
     NonEmptyGroup = 68,
@@ -71,6 +73,96 @@ impl ErrorCode {
     pub fn is_none(self) -> bool {
         self == ErrorCode::None
     }
+
+    /// The error of Kafka code `code`, if it is one Sluice knows (a peer's answer carries
+    /// codes as numbers).
+    pub fn from_code(code: i16) -> Option<ErrorCode> {
+        Some(match code {
+            c if c == ErrorCode::None as i16 => ErrorCode::None,
+            c if c == ErrorCode::OffsetOutOfRange as i16 => ErrorCode::OffsetOutOfRange,
+            c if c == ErrorCode::CorruptMessage as i16 => ErrorCode::CorruptMessage,
+            c if c == ErrorCode::UnknownTopicOrPartition as i16 => {
+                ErrorCode::UnknownTopicOrPartition
+            }
+            c if c == ErrorCode::InvalidFetchSize as i16 => ErrorCode::InvalidFetchSize,
+            c if c == ErrorCode::LeaderNotAvailable as i16 => ErrorCode::LeaderNotAvailable,
+            c if c == ErrorCode::NotLeaderOrFollower as i16 => ErrorCode::NotLeaderOrFollower,
+            c if c == ErrorCode::RequestTimedOut as i16 => ErrorCode::RequestTimedOut,
+            c if c == ErrorCode::MessageTooLarge as i16 => ErrorCode::MessageTooLarge,
+            c if c == ErrorCode::OffsetMetadataTooLarge as i16 => ErrorCode::OffsetMetadataTooLarge,
+            c if c == ErrorCode::CoordinatorLoadInProgress as i16 => {
+                ErrorCode::CoordinatorLoadInProgress
+            }
+            c if c == ErrorCode::CoordinatorNotAvailable as i16 => {
+                ErrorCode::CoordinatorNotAvailable
+            }
+            c if c == ErrorCode::NotCoordinator as i16 => ErrorCode::NotCoordinator,
+            c if c == ErrorCode::InvalidTopicException as i16 => ErrorCode::InvalidTopicException,
+            c if c == ErrorCode::RecordListTooLarge as i16 => ErrorCode::RecordListTooLarge,
+            c if c == ErrorCode::NotEnoughReplicas as i16 => ErrorCode::NotEnoughReplicas,
+            c if c == ErrorCode::InvalidRequiredAcks as i16 => ErrorCode::InvalidRequiredAcks,
+            c if c == ErrorCode::IllegalGeneration as i16 => ErrorCode::IllegalGeneration,
+            c if c == ErrorCode::InconsistentGroupProtocol as i16 => {
+                ErrorCode::InconsistentGroupProtocol
+            }
+            c if c == ErrorCode::InvalidGroupId as i16 => ErrorCode::InvalidGroupId,
+            c if c == ErrorCode::UnknownMemberId as i16 => ErrorCode::UnknownMemberId,
+            c if c == ErrorCode::InvalidSessionTimeout as i16 => ErrorCode::InvalidSessionTimeout,
+            c if c == ErrorCode::RebalanceInProgress as i16 => ErrorCode::RebalanceInProgress,
+            c if c == ErrorCode::InvalidCommitOffsetSize as i16 => {
+                ErrorCode::InvalidCommitOffsetSize
+            }
+            c if c == ErrorCode::InvalidTimestamp as i16 => ErrorCode::InvalidTimestamp,
+            c if c == ErrorCode::UnsupportedVersion as i16 => ErrorCode::UnsupportedVersion,
+            c if c == ErrorCode::TopicAlreadyExists as i16 => ErrorCode::TopicAlreadyExists,
+            c if c == ErrorCode::InvalidPartitions as i16 => ErrorCode::InvalidPartitions,
+            c if c == ErrorCode::InvalidReplicationFactor as i16 => {
+                ErrorCode::InvalidReplicationFactor
+            }
+            c if c == ErrorCode::InvalidReplicaAssignment as i16 => {
+                ErrorCode::InvalidReplicaAssignment
+            }
+            c if c == ErrorCode::InvalidRequest as i16 => ErrorCode::InvalidRequest,
+            c if c == ErrorCode::UnsupportedForMessageFormat as i16 => {
+                ErrorCode::UnsupportedForMessageFormat
+            }
+            c if c == ErrorCode::OutOfOrderSequenceNumber as i16 => {
+                ErrorCode::OutOfOrderSequenceNumber
+            }
+            c if c == ErrorCode::DuplicateSequenceNumber as i16 => {
+                ErrorCode::DuplicateSequenceNumber
+            }
+            c if c == ErrorCode::InvalidProducerEpoch as i16 => ErrorCode::InvalidProducerEpoch,
+            c if c == ErrorCode::InvalidConfig as i16 => ErrorCode::InvalidConfig,
+            c if c == ErrorCode::NotController as i16 => ErrorCode::NotController,
+            c if c == ErrorCode::ClusterAuthorizationFailed as i16 => {
+                ErrorCode::ClusterAuthorizationFailed
+            }
+            c if c == ErrorCode::TransactionalIdAuthorizationFailed as i16 => {
+                ErrorCode::TransactionalIdAuthorizationFailed
+            }
+            c if c == ErrorCode::SecurityDisabled as i16 => ErrorCode::SecurityDisabled,
+            c if c == ErrorCode::KafkaStorageError as i16 => ErrorCode::KafkaStorageError,
+            c if c == ErrorCode::UnknownProducerId as i16 => ErrorCode::UnknownProducerId,
+            c if c == ErrorCode::NonEmptyGroup as i16 => ErrorCode::NonEmptyGroup,
+            c if c == ErrorCode::GroupIdNotFound as i16 => ErrorCode::GroupIdNotFound,
+            c if c == ErrorCode::MemberIdRequired as i16 => ErrorCode::MemberIdRequired,
+            c if c == ErrorCode::GroupMaxSizeReached as i16 => ErrorCode::GroupMaxSizeReached,
+            c if c == ErrorCode::FencedInstanceId as i16 => ErrorCode::FencedInstanceId,
+            c if c == ErrorCode::GroupSubscribedToTopic as i16 => ErrorCode::GroupSubscribedToTopic,
+            c if c == ErrorCode::UnknownServerError as i16 => ErrorCode::UnknownServerError,
+            c if c == ErrorCode::FencedLeaderEpoch as i16 => ErrorCode::FencedLeaderEpoch,
+            c if c == ErrorCode::UnknownLeaderEpoch as i16 => ErrorCode::UnknownLeaderEpoch,
+            c if c == ErrorCode::StaleBrokerEpoch as i16 => ErrorCode::StaleBrokerEpoch,
+            c if c == ErrorCode::InvalidRecord as i16 => ErrorCode::InvalidRecord,
+            c if c == ErrorCode::UnknownTopicId as i16 => ErrorCode::UnknownTopicId,
+            c if c == ErrorCode::DuplicateBrokerRegistration as i16 => {
+                ErrorCode::DuplicateBrokerRegistration
+            }
+            c if c == ErrorCode::BrokerIdNotRegistered as i16 => ErrorCode::BrokerIdNotRegistered,
+            _ => return None,
+        })
+    }
 }
 
 /// A refused part of a request: the code the client gets and, for the broker's debug log, what
@@ -95,5 +187,22 @@ impl Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}: {}", self.code, self.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn every_code_maps_back() {
+        for code in -1..=120i16 {
+            if let Some(e) = ErrorCode::from_code(code) {
+                assert_eq!(e.code(), code);
+            }
+        }
+        assert_eq!(ErrorCode::from_code(54), Some(ErrorCode::SecurityDisabled));
+        assert_eq!(ErrorCode::from_code(41), Some(ErrorCode::NotController));
+        assert_eq!(ErrorCode::from_code(9999), None);
     }
 }

@@ -14,7 +14,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::messages::{ApiKey, ResponseKind};
 pub use sluice_core::checker::replicas::Observation;
 use sluice_core::format;
 use sluice_core::node::{
@@ -55,6 +55,7 @@ pub type SyncDelay = std::sync::Arc<dyn Fn() -> Duration + Send + Sync>;
 /// A reply owed to a connection: where it goes, and the version to encode it in.
 struct Owed {
     reply: oneshot::Sender<ResponseKind>,
+    api_key: ApiKey,
     version: i16,
 }
 
@@ -294,7 +295,14 @@ impl<S: Storage> Broker<S> {
                 self.next_request += 1;
                 let id = self.next_request;
                 if let Some(reply) = reply {
-                    self.owed.insert(id, Owed { reply, version });
+                    self.owed.insert(
+                        id,
+                        Owed {
+                            reply,
+                            api_key: request.api_key,
+                            version,
+                        },
+                    );
                 }
                 let client = ClientInfo {
                     client_id: request.client_id.unwrap_or_default(),
@@ -359,7 +367,7 @@ impl<S: Storage> Broker<S> {
                 }
                 Output::Reply { request, reply } => {
                     if let Some(owed) = self.owed.remove(&request) {
-                        let response = codec::encode(reply, owed.version);
+                        let response = codec::encode(reply, owed.api_key, owed.version);
                         let _ = owed.reply.send(response);
                     }
                 }

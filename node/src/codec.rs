@@ -4,19 +4,25 @@
 //! left out). ApiVersions is the codec's own: it describes what the codec speaks.
 
 use bytes::Bytes;
+use kafka_protocol::messages::alter_configs_response::{
+    AlterConfigsResourceResponse as LegacyAlterConfigsResourceResponse, AlterConfigsResponse,
+};
 use kafka_protocol::messages::api_versions_response::{ApiVersion, ApiVersionsResponse};
+use kafka_protocol::messages::create_acls_response::{AclCreationResult, CreateAclsResponse};
 use kafka_protocol::messages::create_partitions_response::{
     CreatePartitionsResponse, CreatePartitionsTopicResult,
 };
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
 };
+use kafka_protocol::messages::delete_acls_response::{DeleteAclsFilterResult, DeleteAclsResponse};
 use kafka_protocol::messages::delete_groups_response::{
     DeletableGroupResult, DeleteGroupsResponse,
 };
 use kafka_protocol::messages::delete_topics_response::{
     DeletableTopicResult, DeleteTopicsResponse,
 };
+use kafka_protocol::messages::describe_acls_response::DescribeAclsResponse;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
 };
@@ -79,7 +85,11 @@ pub const SERVED_APIS: &[ApiKey] = &[
     ApiKey::CreatePartitions,
     ApiKey::InitProducerId,
     ApiKey::DescribeConfigs,
+    ApiKey::AlterConfigs,
     ApiKey::IncrementalAlterConfigs,
+    ApiKey::DescribeAcls,
+    ApiKey::CreateAcls,
+    ApiKey::DeleteAcls,
     ApiKey::OffsetForLeaderEpoch,
     ApiKey::FindCoordinator,
     ApiKey::JoinGroup,
@@ -253,7 +263,36 @@ pub fn decode(body: RequestKind, version: i16) -> Decoded {
                 })
                 .collect(),
             validate_only: r.validate_only,
+            replace: false,
         }),
+        // The legacy API: the configs given are all the resource is to override. A config with
+        // a null value is not set (so it goes too).
+        RequestKind::AlterConfigs(r) => Request::AlterConfigs(AlterConfigsRequest {
+            resources: r
+                .resources
+                .into_iter()
+                .map(|res| AlterResource {
+                    resource_type: res.resource_type,
+                    name: res.resource_name.to_string(),
+                    changes: res
+                        .configs
+                        .iter()
+                        .filter_map(|c| {
+                            Some(ConfigChange {
+                                name: c.name.to_string(),
+                                operation: CONFIG_SET,
+                                value: Some(c.value.as_ref()?.to_string()),
+                            })
+                        })
+                        .collect(),
+                })
+                .collect(),
+            validate_only: r.validate_only,
+            replace: true,
+        }),
+        RequestKind::DescribeAcls(_) => Request::Acls(AclRequest::Describe),
+        RequestKind::CreateAcls(r) => Request::Acls(AclRequest::Create(r.creations.len())),
+        RequestKind::DeleteAcls(r) => Request::Acls(AclRequest::Delete(r.filters.len())),
         RequestKind::ListOffsets(r) => Request::ListOffsets(ListOffsetsRequest {
             replica_id: r.replica_id.0,
             topics: r
@@ -480,7 +519,9 @@ pub fn decode(body: RequestKind, version: i16) -> Decoded {
 }
 
 /// The Kafka response of `version` for a core reply.
-pub fn encode(reply: Reply, version: i16) -> ResponseKind {
+/// The response of `api_key` v`version` for a core reply (AlterConfigs and
+/// IncrementalAlterConfigs share one reply).
+pub fn encode(reply: Reply, api_key: ApiKey, version: i16) -> ResponseKind {
     match reply {
         Reply::Metadata(m) => ResponseKind::Metadata(metadata(m)),
         Reply::CreateTopics(topics) => ResponseKind::CreateTopics(
@@ -573,6 +614,55 @@ pub fn encode(reply: Reply, version: i16) -> ResponseKind {
                     .collect(),
             ),
         ),
+        Reply::AlterConfigs(resources) if api_key == ApiKey::AlterConfigs => {
+            ResponseKind::AlterConfigs(
+                AlterConfigsResponse::default().with_responses(
+                    resources
+                        .into_iter()
+                        .map(|res| {
+                            LegacyAlterConfigsResourceResponse::default()
+                                .with_resource_type(res.resource_type)
+                                .with_resource_name(str_bytes(res.name))
+                                .with_error_code(res.error.code())
+                                .with_error_message(res.message.map(str_bytes))
+                        })
+                        .collect(),
+                ),
+            )
+        }
+        Reply::Acls(acls) => {
+            let code = acls.error.code();
+            let message = || Some(str_bytes(acls.message.clone()));
+            match acls.request {
+                AclRequest::Describe => ResponseKind::DescribeAcls(
+                    DescribeAclsResponse::default()
+                        .with_error_code(code)
+                        .with_error_message(message()),
+                ),
+                AclRequest::Create(n) => ResponseKind::CreateAcls(
+                    CreateAclsResponse::default().with_results(
+                        (0..n)
+                            .map(|_| {
+                                AclCreationResult::default()
+                                    .with_error_code(code)
+                                    .with_error_message(message())
+                            })
+                            .collect(),
+                    ),
+                ),
+                AclRequest::Delete(n) => ResponseKind::DeleteAcls(
+                    DeleteAclsResponse::default().with_filter_results(
+                        (0..n)
+                            .map(|_| {
+                                DeleteAclsFilterResult::default()
+                                    .with_error_code(code)
+                                    .with_error_message(message())
+                            })
+                            .collect(),
+                    ),
+                ),
+            }
+        }
         Reply::AlterConfigs(resources) => ResponseKind::IncrementalAlterConfigs(
             IncrementalAlterConfigsResponse::default().with_responses(
                 resources

@@ -54,7 +54,11 @@ pub fn supported_versions(api_key: ApiKey) -> VersionRange {
         ApiKey::CreatePartitions => both::<CreatePartitionsRequest>(),
         ApiKey::InitProducerId => both::<InitProducerIdRequest>(),
         ApiKey::DescribeConfigs => both::<DescribeConfigsRequest>(),
+        ApiKey::AlterConfigs => both::<AlterConfigsRequest>(),
         ApiKey::IncrementalAlterConfigs => both::<IncrementalAlterConfigsRequest>(),
+        ApiKey::DescribeAcls => both::<DescribeAclsRequest>(),
+        ApiKey::CreateAcls => both::<CreateAclsRequest>(),
+        ApiKey::DeleteAcls => both::<DeleteAclsRequest>(),
         ApiKey::OffsetForLeaderEpoch => both::<OffsetForLeaderEpochRequest>(),
         // Group APIs up to the last version of the classic protocol's layout: later versions
         // name topics by id (OffsetCommit 10, OffsetFetch 10) or carry KIP-848/932 fields

@@ -2,8 +2,12 @@
 
 import time
 
+import pytest
+
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType, AdminClient,
+                                  ConfigResource, ConfigSource, NewPartitions, NewTopic, ResourcePatternType,
+                                  ResourceType)
 
 from helpers import (FIRST_OFFSET, OP_TIMEOUT_S, assert_rows_equal, consumer, expected_rows, produce_all, producer,
                      read_partition, record, unique_topic)
@@ -136,3 +140,61 @@ def test_admin_create_partitions_grows_a_topic_whose_new_partition_takes_records
     assert create_partitions_error(broker.bootstrap, topic, 6, validate_only=True) is None
     md = admin(broker.bootstrap).list_topics(topic=topic, timeout=OP_TIMEOUT_S)
     assert sorted(md.topics[topic].partitions) == [0, 1, 2], "validate_only changed nothing"
+
+
+def topic_overrides(client, topic):
+    """{name: value} of the topic's overrides, as DescribeConfigs shows them."""
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    entries = client.describe_configs([res], request_timeout=OP_TIMEOUT_S)[res].result(timeout=OP_TIMEOUT_S)
+    return {name: e.value for name, e in entries.items()
+            if e.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value}
+
+
+@pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")
+def test_admin_legacy_alter_configs_replaces_the_overrides(broker):
+    """AlterConfigs (API 33, which librdkafka's alter_configs sends) replaces a topic's overrides;
+    message.format.version, removed in Kafka 4, is accepted and not stored."""
+    client = admin(broker.bootstrap)
+    topic = unique_topic("ck-alter")
+    assert create_topic_error(broker.bootstrap, topic, 1) is None
+
+    def alter(configs):
+        res = ConfigResource(ConfigResource.Type.TOPIC, topic, set_config=configs)
+        return client.alter_configs([res], request_timeout=OP_TIMEOUT_S)[res]
+
+    alter({"retention.ms": "3600000", "flush.ms": "12345678",
+           "message.format.version": "0.10.0.0"}).result(timeout=OP_TIMEOUT_S)
+    assert topic_overrides(client, topic) == {"retention.ms": "3600000", "flush.ms": "12345678"}
+    alter({"segment.ms": "600000"}).result(timeout=OP_TIMEOUT_S)
+    assert topic_overrides(client, topic) == {"segment.ms": "600000"}, "the others went back to defaults"
+    try:
+        alter({"retention.ms": "soon"}).result(timeout=OP_TIMEOUT_S)
+        raise AssertionError("a bad value was accepted")
+    except KafkaException as e:
+        assert e.args[0].code() == KafkaError.INVALID_CONFIG, e
+        assert "retention.ms" in e.args[0].str(), e
+    assert topic_overrides(client, topic) == {"segment.ms": "600000"}, "a refused change changes nothing"
+
+
+def test_admin_acls_answer_security_disabled(broker):
+    """No authorizer (as Kafka without authorizer.class.name): ACL requests fail SECURITY_DISABLED."""
+    client = admin(broker.bootstrap)
+    binding = AclBinding(ResourceType.TOPIC, "t", ResourcePatternType.LITERAL, "User:alice", "*",
+                         AclOperation.READ, AclPermissionType.ALLOW)
+    for future in client.create_acls([binding], request_timeout=OP_TIMEOUT_S).values():
+        try:
+            future.result(timeout=OP_TIMEOUT_S)
+            raise AssertionError("an ACL was accepted")
+        except KafkaException as e:
+            assert e.args[0].code() == KafkaError.SECURITY_DISABLED, e
+    flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                           AclOperation.ANY, AclPermissionType.ANY)
+    for future in client.delete_acls([flt], request_timeout=OP_TIMEOUT_S).values():
+        try:
+            future.result(timeout=OP_TIMEOUT_S)
+            raise AssertionError("DeleteAcls answered without an error")
+        except KafkaException as e:
+            assert e.args[0].code() == KafkaError.SECURITY_DISABLED, e
+    # librdkafka reads DescribeAcls' top-level error and drops it (its DescribeAclsResponse
+    # parser): the answer shows as no ACLs.
+    assert client.describe_acls(flt, request_timeout=OP_TIMEOUT_S).result(timeout=OP_TIMEOUT_S) == []

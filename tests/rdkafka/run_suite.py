@@ -11,7 +11,12 @@ afresh for the tests after it.
 
 Lists (in --list-dir): must-pass.txt, the tests that must pass (a must-pass test that fails or
 is skipped fails the step); excluded.txt, the tests that are not run, each with its reason.
-Prints one line per test, then `N passed, M failed, S skipped, E excluded`.
+An entry is a test number (`0081`) or a test number and a subtest (`0081:do_test_DeleteRecords`):
+a test named with subtests in either list is run once per subtest of must-pass.txt (the runner's
+SUBTESTS=<subtest>, a substring of librdkafka's subtest names `function:line: description`), for
+a test that cannot pass whole (one subtest needs what Sluice does not serve, with its reason in
+excluded.txt) but whose other subtests must keep passing. Its subtests listed in neither list do
+not run. Prints one line per test or subtest, then `N passed, M failed, S skipped, E excluded`.
 """
 
 import argparse
@@ -67,19 +72,31 @@ def broker_tests(test_c: Path) -> dict:
 
 
 def read_list(path: Path) -> dict:
-    """`NNNN rest-of-line` per line (# comments and blank lines ignored) -> {NNNN: rest}."""
+    """`NNNN[:subtest] rest-of-line` per line (# comments and blank lines ignored)
+    -> {NNNN or NNNN:subtest: rest}."""
     out = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
         if not line:
             continue
-        number, _, rest = line.partition(" ")
-        if not re.fullmatch(r"\d{4}", number):
-            raise SystemExit(f"{path}: not a test number: {line!r}")
-        if number in out:
-            raise SystemExit(f"{path}: {number} listed twice")
-        out[number] = rest.strip()
+        item, _, rest = line.partition(" ")
+        if not re.fullmatch(r"\d{4}(:\w+)?", item):
+            raise SystemExit(f"{path}: not a test number or number:subtest: {line!r}")
+        if item in out:
+            raise SystemExit(f"{path}: {item} listed twice")
+        out[item] = rest.strip()
     return out
+
+
+def test_number(item: str) -> str:
+    return item.split(":", 1)[0]
+
+
+def items_of(number: str, must_pass: dict, excluded: dict) -> list:
+    """What runs (or is reported excluded) for test `number`: the test itself, or, when either
+    list names subtests of it, each of those subtests."""
+    subtests = sorted(i for i in list(must_pass) + list(excluded) if i.startswith(number + ":"))
+    return subtests or [number]
 
 
 def outcome(output: str):
@@ -110,11 +127,14 @@ def failure_reason(output: str) -> str:
     return ""
 
 
-def run_one(runner_dir: Path, number: str, conf: Path, log: Path) -> tuple:
-    """Runs one test in its own runner process. It works in `runner_dir` (tests read files such
-    as ../src/statistics_schema.json from there); the stats_*.json files a test writes there
-    are moved next to its log."""
+def run_one(runner_dir: Path, item: str, conf: Path, log: Path) -> tuple:
+    """Runs one test (or one subtest, `NNNN:subtest`) in its own runner process. It works in
+    `runner_dir` (tests read files such as ../src/statistics_schema.json from there); the
+    stats_*.json files a test writes there are moved next to its log."""
     env = {k: v for k, v in os.environ.items() if k not in ("TESTS", "TESTS_SKIP", "SUBTESTS")}
+    number, _, subtest = item.partition(":")
+    if subtest:
+        env["SUBTESTS"] = subtest
     env.update({
         "TESTS": number,
         "RDKAFKA_TEST_CONF": str(conf),
@@ -167,9 +187,11 @@ def main() -> int:
     tests = broker_tests(args.runner_dir / "test.c")
     must_pass = read_list(args.list_dir / "must-pass.txt")
     excluded = read_list(args.list_dir / "excluded.txt")
-    for number in list(must_pass) + list(excluded):
-        if number not in tests:
-            raise SystemExit(f"test {number} is listed but is not a broker test of this runner")
+    for item in list(must_pass) + list(excluded):
+        if test_number(item) not in tests:
+            raise SystemExit(f"test {item} is listed but is not a broker test of this runner")
+        if ":" in item and test_number(item) in set(must_pass) | set(excluded):
+            raise SystemExit(f"{item}: test {test_number(item)} is listed whole and by subtest")
     both = set(must_pass) & set(excluded)
     if both:
         raise SystemExit(f"tests both must pass and are excluded: {sorted(both)}")
@@ -196,11 +218,11 @@ def main() -> int:
     clusters_started = 0
     t_all = time.monotonic()
     try:
-        for number in chosen:
-            names = ", ".join(tests[number])
-            if number in excluded:
-                results[number] = ("EXCLUDED", excluded[number], 0.0)
-                print(f"  {number} EXCLUDED  {names}: {excluded[number]}", flush=True)
+        for item in (i for number in chosen for i in items_of(number, must_pass, excluded)):
+            names = ", ".join(tests[test_number(item)])
+            if item in excluded:
+                results[item] = ("EXCLUDED", excluded[item], 0.0)
+                print(f"  {item} EXCLUDED  {names}: {excluded[item]}", flush=True)
                 continue
             if cluster is None:
                 clusters_started += 1
@@ -209,17 +231,18 @@ def main() -> int:
                 cluster.start()
                 conf = workdir / "test.conf"
                 conf.write_text(f"metadata.broker.list={cluster.bootstrap}\n")
-            state, detail, took = run_one(args.runner_dir, number, conf, args.out_dir / f"{number}.log")
+            log = args.out_dir / f"{item.replace(':', '-')}.log"
+            state, detail, took = run_one(args.runner_dir, item, conf, log)
             dead = [n for n in cluster.nodes if not n.alive()]
             if dead:
                 what = ", ".join(f"node {n.node_id} (status {n.proc.returncode}, log {n.log_path})" for n in dead)
-                node_deaths.append(f"{number}: {what}")
+                node_deaths.append(f"{item}: {what}")
                 state, detail = "FAILED", f"sluice died during the test: {what}; {detail}"
                 cluster.kill_all()
                 cluster = None
-            results[number] = (state, detail, took)
-            mark = "" if state != "FAILED" or number not in must_pass else "  <-- MUST PASS"
-            print(f"  {number} {state:<8} {took:6.1f}s  {names}{': ' + detail if detail else ''}{mark}",
+            results[item] = (state, detail, took)
+            mark = "" if state != "FAILED" or item not in must_pass else "  <-- MUST PASS"
+            print(f"  {item} {state:<8} {took:6.1f}s  {names}{': ' + detail if detail else ''}{mark}",
                   flush=True)
     finally:
         if cluster is not None:
@@ -232,8 +255,8 @@ def main() -> int:
           f"{count['EXCLUDED']} excluded ({time.monotonic() - t_all:.0f}s)")
     for number in broken:
         state, detail, _ = results[number]
-        print(f"\nmust-pass test {number} {state}: {detail}\n--- {args.out_dir / (number + '.log')} (tail) ---\n"
-              f"{tail(args.out_dir / (number + '.log'))}")
+        log = args.out_dir / f"{number.replace(':', '-')}.log"
+        print(f"\nmust-pass test {number} {state}: {detail}\n--- {log} (tail) ---\n{tail(log)}")
     if newly_passing:
         print(f"passing but not in must-pass.txt (add them, unless a comment there says why not): "
               f"{' '.join(newly_passing)}")

@@ -890,7 +890,7 @@ fn translated_replica(
     c.retention_bytes = 1500;
     let mut r = Replica::new(c);
     let mut epoch = 1;
-    let mut new_epoch = |r: &mut Replica, epoch: &mut i32| {
+    let new_epoch = |r: &mut Replica, epoch: &mut i32| {
         *epoch += 1;
         let kafka = r.log.kafka_log_end_offset() as i64;
         r.append(batch::leader_epoch_start_batch_at(

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::image::MetadataImage;
 use super::placement::place_replicas;
 use super::record::{BrokerId, MetadataRecord, PartitionAssignment, TopicId};
-use super::topic_config::{topic_log_config, validate_topic_name, TOPIC_CONFIG_NAMES};
+use super::topic_config::{
+    is_ignored_topic_config, topic_log_config, validate_topic_name, TOPIC_CONFIG_NAMES,
+};
 use crate::group::OFFSETS_TOPIC;
 use crate::limits::{
     METADATA_STRING_BYTES_MAX, TOPIC_CONFIGS_MAX, TOPIC_PARTITIONS_MAX, TOPIC_REPLICAS_MAX,
@@ -260,6 +262,17 @@ pub fn alter_configs(
     let topic = image.topic_by_name(name).ok_or_else(|| {
         AlterConfigsError::UnknownTopicOrPartition(format!("unknown topic {name:?}"))
     })?;
+    // Configs Kafka 4 ignores are dropped here, after the duplicate check below sees them.
+    let kept_set: Vec<(String, String)> = set
+        .iter()
+        .filter(|(k, _)| !is_ignored_topic_config(k))
+        .cloned()
+        .collect();
+    let kept_delete: Vec<String> = delete
+        .iter()
+        .filter(|k| !is_ignored_topic_config(k))
+        .cloned()
+        .collect();
     let mut touched = BTreeSet::new();
     for key in set.iter().map(|(k, _)| k).chain(delete) {
         if !touched.insert(key) {
@@ -268,7 +281,7 @@ pub fn alter_configs(
             )));
         }
     }
-    if let Some(unknown) = delete
+    if let Some(unknown) = kept_delete
         .iter()
         .find(|k| !TOPIC_CONFIG_NAMES.contains(&k.as_str()))
     {
@@ -276,12 +289,12 @@ pub fn alter_configs(
             "unknown topic config {unknown:?}"
         )));
     }
-    check_configs(set, &topic.configs, delete, defaults)
+    check_configs(&kept_set, &topic.configs, &kept_delete, defaults)
         .map_err(AlterConfigsError::InvalidConfig)?;
     Ok(MetadataRecord::AlterTopicConfig {
         topic_id: topic.topic_id,
-        set: set.to_vec(),
-        delete: delete.to_vec(),
+        set: kept_set,
+        delete: kept_delete,
     })
 }
 
@@ -513,6 +526,9 @@ fn check_configs(
     for (name, value) in set {
         if !seen.insert(name) {
             return Err(format!("config {name:?} given twice"));
+        }
+        if is_ignored_topic_config(name) {
+            continue;
         }
         if name.len() > METADATA_STRING_BYTES_MAX || value.len() > METADATA_STRING_BYTES_MAX {
             return Err(format!(

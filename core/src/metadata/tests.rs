@@ -907,3 +907,61 @@ fn placement_spreads_racks_when_balance_allows() {
         "{all_three} of 120 partitions span 3 racks"
     );
 }
+
+#[test]
+fn message_format_version_is_accepted_and_dropped_and_flush_ms_is_kept() {
+    let (mut image, mut offset) = cluster(1, &[]);
+    let mut request = topic("t", 1, 1);
+    request.configs = pairs(&[("message.format.version", "0.10.0.0"), ("flush.ms", "1000")]);
+    create(&mut image, &mut offset, &request);
+    let configs = &image.topic_by_name("t").unwrap().configs;
+    assert_eq!(configs.keys().collect::<Vec<_>>(), vec!["flush.ms"]);
+    let log = LogConfig::default();
+    let record = alter_configs(
+        &image,
+        "t",
+        &pairs(&[("message.format.version", "2.8"), ("retention.ms", "5")]),
+        &["message.format.version".into()],
+        &log,
+    );
+    assert_eq!(
+        record.unwrap_err().code(),
+        ErrorCode::InvalidRequest,
+        "named twice is refused even for an ignored config"
+    );
+    let record = alter_configs(
+        &image,
+        "t",
+        &pairs(&[("message.format.version", "2.8")]),
+        &["message.format.version".into(), "flush.ms".into()],
+        &log,
+    );
+    assert_eq!(record.unwrap_err().code(), ErrorCode::InvalidRequest);
+    let record = alter_configs(
+        &image,
+        "t",
+        &pairs(&[("message.format.version", "2.8")]),
+        &["flush.ms".into()],
+        &log,
+    )
+    .unwrap();
+    assert_eq!(
+        record,
+        MetadataRecord::AlterTopicConfig {
+            topic_id: image.topic_by_name("t").unwrap().topic_id,
+            set: vec![],
+            delete: vec!["flush.ms".into()],
+        }
+    );
+    for bad in [("flush.ms", "-1"), ("flush.messages", "1")] {
+        let request = CreateTopicRequest {
+            configs: pairs(&[bad]),
+            ..topic("u", 1, 1)
+        };
+        assert_eq!(
+            create_err(&image, &request),
+            ErrorCode::InvalidConfig,
+            "{bad:?}"
+        );
+    }
+}

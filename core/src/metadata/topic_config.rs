@@ -38,6 +38,7 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "cleanup.policy",
     "delete.retention.ms",
+    "flush.ms",
     "index.interval.bytes",
     "max.message.bytes",
     "message.timestamp.after.max.ms",
@@ -49,6 +50,18 @@ pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "segment.bytes",
     "segment.ms",
 ];
+
+/// Topic configs Kafka 4.0 removed and ignores when a topic is created or altered (KIP-724:
+/// `message.format.version`, a no-op since Kafka 3.0; Sluice writes only v2 batches): accepted
+/// in CreateTopics and AlterConfigs, never stored, not described.
+pub const IGNORED_TOPIC_CONFIG_NAMES: &[&str] = &["message.format.version"];
+
+pub fn is_ignored_topic_config(name: &str) -> bool {
+    IGNORED_TOPIC_CONFIG_NAMES.contains(&name)
+}
+
+/// Kafka's default of `flush.ms` (`Long.MAX_VALUE`: no periodic flush).
+const FLUSH_NEVER: i64 = i64::MAX;
 
 /// Applies topic overrides to the broker defaults. Errors name the config and map to
 /// INVALID_CONFIG.
@@ -94,6 +107,14 @@ pub fn topic_log_config(
                 }
             }
             "delete.retention.ms" => config.delete_retention_ms = non_negative()?,
+            // Kafka's periodic flush: accepted (with Kafka's bound) and shown, with no effect.
+            // Sluice syncs every write right after it (a group commit), not on a timer, so the
+            // data is on disk sooner than any interval would put it there. (`flush.messages`,
+            // which in Kafka makes an acks=1 answer wait for the leader's fsync, is not
+            // accepted: Sluice's acks=1 answers before that fsync.)
+            "flush.ms" => {
+                non_negative()?;
+            }
             "min.cleanable.dirty.ratio" => {
                 let ratio = value
                     .parse::<f64>()
@@ -146,6 +167,10 @@ pub fn describe_topic_config(
             let value = match *name {
                 "cleanup.policy" => cleanup_policy(&effective).to_string(),
                 "delete.retention.ms" => effective.delete_retention_ms.to_string(),
+                "flush.ms" => overrides
+                    .get(*name)
+                    .cloned()
+                    .unwrap_or_else(|| FLUSH_NEVER.to_string()),
                 "min.cleanable.dirty.ratio" => {
                     (f64::from(effective.min_cleanable_dirty_ratio_bp) / 10_000.0).to_string()
                 }

@@ -8,17 +8,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::api::{
-    AlterConfigsRequest, AlterResource, AlteredResource, BrokerInfo, ConfigEntry, ConfigResource,
-    CreatePartitionsRequest, CreateTopicsRequest, CreatedPartitions, CreatedTopic,
-    DeleteTopicsRequest, DeletedTopic, DescribedResource, MetadataReply, MetadataRequest,
-    PartitionMetadata, Reply, RequestId, TopicKey, TopicMetadata, CONFIG_DELETE, CONFIG_SET,
-    RESOURCE_BROKER, RESOURCE_TOPIC, SOURCE_DEFAULT, SOURCE_TOPIC,
+    AclReply, AclRequest, AlterConfigsRequest, AlterResource, AlteredResource, BrokerInfo,
+    ConfigEntry, ConfigResource, CreatePartitionsRequest, CreateTopicsRequest, CreatedPartitions,
+    CreatedTopic, DeleteTopicsRequest, DeletedTopic, DescribedResource, MetadataReply,
+    MetadataRequest, PartitionMetadata, Reply, RequestId, TopicKey, TopicMetadata, CONFIG_DELETE,
+    CONFIG_SET, RESOURCE_BROKER, RESOURCE_TOPIC, SOURCE_DEFAULT, SOURCE_TOPIC,
 };
 use super::controller::TicketOwner;
 use super::disk::LogReader;
-use super::{ControllerRequest, Node, TopicPartition, View};
+use super::{ControllerReply, ControllerRequest, Node, TopicPartition, View};
 use crate::metadata::topic_config::{describe_topic_config, validate_topic_name};
-use crate::metadata::{controller, CreateTopicRequest, Outcome, Ticket, TopicId, TopicRef};
+use crate::metadata::{
+    controller, CreateTopicRequest, MetadataImage, Outcome, Ticket, TopicId, TopicRef,
+};
 use crate::time::Instant;
 use crate::ErrorCode;
 
@@ -398,6 +400,8 @@ impl Node {
         let is_controller = self.meta.quorum().is_some_and(|q| q.is_active());
         let mut results = Vec::with_capacity(alter.resources.len());
         let mut proposals = Vec::new();
+        let mut forwards = Vec::new();
+        let mut refused = None;
         for (index, resource) in alter.resources.into_iter().enumerate() {
             let mut result = AlteredResource {
                 resource_type: resource.resource_type,
@@ -405,18 +409,38 @@ impl Node {
                 error: ErrorCode::None,
                 message: None,
             };
-            match self.check_alter(&resource, is_controller, alter.validate_only) {
-                Ok(Some(change)) => proposals.push((index, change)),
-                Ok(None) => {}
-                Err((code, message)) => {
-                    tracing::debug!(resource = resource.name, "alter configs refused: {message}");
-                    result.error = code;
-                    result.message = Some(message);
+            let checked = check_alter_syntax(&resource);
+            match checked {
+                Ok((name, set, delete)) if !is_controller => {
+                    forwards.push((
+                        index,
+                        ControllerRequest::AlterConfigs {
+                            topic: name,
+                            set,
+                            delete,
+                            replace: alter.replace,
+                            validate_only: alter.validate_only,
+                        },
+                    ));
                 }
+                Ok(change) => match self.check_alter(change, alter.validate_only, alter.replace) {
+                    Ok(Some(change)) => proposals.push((index, change)),
+                    Ok(None) => {}
+                    Err(refusal) => refused = Some(refusal),
+                },
+                Err(refusal) => refused = Some(refusal),
+            }
+            if let Some((code, message)) = refused.take() {
+                tracing::debug!(resource = resource.name, "alter configs refused: {message}");
+                result.error = code;
+                result.message = Some(message);
             }
             results.push(result);
         }
         let mut reply = Reply::AlterConfigs(results);
+        if !forwards.is_empty() {
+            return self.forward_admin(request, reply, forwards, disk);
+        }
         let tickets = self.propose_admin(
             &mut reply,
             proposals,
@@ -428,60 +452,91 @@ impl Node {
         self.wait_for_admin(request, reply, tickets, admin_timeout_ms(0));
     }
 
-    /// Checks one resource of an IncrementalAlterConfigs: the change to propose (topic name,
-    /// configs to set, configs to delete), or `None` when it was only validated.
+    /// Sends entries of a client's admin request to the active controller (this node is not
+    /// it) and answers once each is answered, refused, or past the admin timeout.
+    fn forward_admin(
+        &mut self,
+        request: RequestId,
+        reply: Reply,
+        forwards: Vec<(usize, ControllerRequest)>,
+        disk: &impl LogReader,
+    ) {
+        if self.admin.waiters.len() >= ADMIN_WAITERS_MAX {
+            let mut reply = reply;
+            for (index, _) in &forwards {
+                set_error(&mut reply, *index, ErrorCode::RequestTimedOut, None);
+            }
+            return self.reply(request, reply);
+        }
+        let id = self.admin.next;
+        self.admin.next += 1;
+        let waiter = AdminWaiter {
+            request,
+            reply,
+            outstanding: forwards.iter().map(|(i, _)| *i).collect(),
+            opening: Vec::new(),
+            deadline: self.deadline_after(admin_timeout_ms(0)),
+        };
+        self.admin.waiters.insert(id, waiter);
+        for (index, call) in forwards {
+            self.call_controller_for(call, Some((id, index)), disk);
+        }
+    }
+
+    /// The controller's answer to a forwarded entry of an admin request.
+    pub(super) fn on_forwarded_admin(
+        &mut self,
+        waiter: u64,
+        index: usize,
+        answer: ControllerReply,
+    ) {
+        let Some(w) = self.admin.waiters.get_mut(&waiter) else {
+            return;
+        };
+        if !w.outstanding.remove(&index) {
+            return;
+        }
+        match answer {
+            ControllerReply::Done => {}
+            ControllerReply::Refused { code, message } => {
+                set_error(&mut w.reply, index, error_code(code), Some(message))
+            }
+            ControllerReply::Error { code } => {
+                let code = error_code(code);
+                set_error(&mut w.reply, index, code, Some(format!("{code:?}")))
+            }
+            ControllerReply::ProducerIds { .. } => {
+                tracing::error!("unexpected answer to a forwarded admin request");
+                set_error(&mut w.reply, index, ErrorCode::UnknownServerError, None)
+            }
+        }
+        self.answer_admin_waiter(waiter);
+    }
+
+    /// Decides one resource of an AlterConfigs or IncrementalAlterConfigs on the controller:
+    /// the change to propose (topic name, configs to set, configs to delete), or `None` when it
+    /// was only validated. With `replace` (AlterConfigs) every override of the topic that the
+    /// request does not set is deleted, as of the controller's image now; the proposal is made
+    /// in the same step, so no other change comes between.
     #[allow(clippy::type_complexity)]
     fn check_alter(
         &self,
-        resource: &AlterResource,
-        is_controller: bool,
+        (name, set, delete): (String, Vec<(String, String)>, Vec<String>),
         validate_only: bool,
+        replace: bool,
     ) -> Result<Option<(String, Vec<(String, String)>, Vec<String>)>, (ErrorCode, String)> {
-        match resource.resource_type {
-            RESOURCE_TOPIC => {}
-            RESOURCE_BROKER => {
-                return Err((
-                    ErrorCode::InvalidRequest,
-                    "broker configs are read-only: set them in each node's config file".into(),
-                ))
-            }
-            other => {
-                return Err((
-                    ErrorCode::InvalidRequest,
-                    format!("resource type {other} is not supported"),
-                ))
-            }
-        }
-        let mut set = Vec::new();
-        let mut delete = Vec::new();
-        for c in &resource.changes {
-            match (c.operation, &c.value) {
-                (CONFIG_SET, Some(value)) => set.push((c.name.clone(), value.clone())),
-                (CONFIG_SET, None) => {
-                    return Err((
-                        ErrorCode::InvalidConfig,
-                        format!("config {:?}: SET needs a value", c.name),
-                    ))
-                }
-                (CONFIG_DELETE, _) => delete.push(c.name.clone()),
-                (op, _) => {
-                    return Err((
-                        ErrorCode::InvalidRequest,
-                        format!(
-                            "config {:?}: operation {op} is not supported (only SET and DELETE)",
-                            c.name
-                        ),
-                    ))
-                }
-            }
-        }
+        let Some(quorum) = self.meta.quorum() else {
+            return Err(not_controller());
+        };
+        let delete = if replace {
+            replaced_overrides(quorum.image(), &name, &set)
+        } else {
+            delete
+        };
         if validate_only {
-            let Some(quorum) = self.meta.quorum() else {
-                return Err(not_controller());
-            };
             return controller::alter_configs(
                 quorum.image(),
-                &resource.name,
+                &name,
                 &set,
                 &delete,
                 &self.config.topic_defaults.log,
@@ -489,10 +544,7 @@ impl Node {
             .map(|_| None)
             .map_err(|e| (e.code(), e.message().to_string()));
         }
-        if !is_controller {
-            return Err(not_controller());
-        }
-        Ok(Some((resource.name.clone(), set, delete)))
+        Ok(Some((name, set, delete)))
     }
 
     /// Proposes each entry through the quorum: a ticket per entry accepted, an error in its reply
@@ -745,6 +797,92 @@ impl Node {
                 result
             })
             .collect()
+    }
+}
+
+/// Checks what any node can check of one resource of an AlterConfigs or
+/// IncrementalAlterConfigs: topic configs only (broker settings come from each node's config
+/// file), SET and DELETE only. The topic name, configs to set, and configs to delete.
+#[allow(clippy::type_complexity)]
+fn check_alter_syntax(
+    resource: &AlterResource,
+) -> Result<(String, Vec<(String, String)>, Vec<String>), (ErrorCode, String)> {
+    match resource.resource_type {
+        RESOURCE_TOPIC => {}
+        RESOURCE_BROKER => {
+            return Err((
+                ErrorCode::InvalidRequest,
+                "broker configs are read-only: set them in each node's config file".into(),
+            ))
+        }
+        other => {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("resource type {other} is not supported"),
+            ))
+        }
+    }
+    let mut set = Vec::new();
+    let mut delete = Vec::new();
+    for c in &resource.changes {
+        match (c.operation, &c.value) {
+            (CONFIG_SET, Some(value)) => set.push((c.name.clone(), value.clone())),
+            (CONFIG_SET, None) => {
+                return Err((
+                    ErrorCode::InvalidConfig,
+                    format!("config {:?}: SET needs a value", c.name),
+                ))
+            }
+            (CONFIG_DELETE, _) => delete.push(c.name.clone()),
+            (op, _) => {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "config {:?}: operation {op} is not supported (only SET and DELETE)",
+                        c.name
+                    ),
+                ))
+            }
+        }
+    }
+    Ok((resource.name.clone(), set, delete))
+}
+
+/// The overrides of topic `name` that a legacy AlterConfigs setting `set` removes: every one it
+/// does not set (none if the topic does not exist: the change is refused for that).
+pub(super) fn replaced_overrides(
+    image: &MetadataImage,
+    name: &str,
+    set: &[(String, String)],
+) -> Vec<String> {
+    image
+        .topic_by_name(name)
+        .map(|topic| {
+            topic
+                .configs
+                .keys()
+                .filter(|key| !set.iter().any(|(n, _)| n == *key))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A Kafka error code a peer sent, as core's (an unknown one is UNKNOWN_SERVER_ERROR).
+fn error_code(code: i16) -> ErrorCode {
+    ErrorCode::from_code(code).unwrap_or(ErrorCode::UnknownServerError)
+}
+
+/// Every ACL request, answered as Kafka answers it with no authorizer configured
+/// (`authorizer.class.name` unset): SECURITY_DISABLED. Sluice has no authorizer, and no
+/// authentication that would name a principal for an ACL to match (every client is
+/// `User:ANONYMOUS`), so an ACL it stored could never be enforced; accepting one would only
+/// suggest a protection that is not there.
+pub(super) fn acls(request: AclRequest) -> AclReply {
+    AclReply {
+        request,
+        error: ErrorCode::SecurityDisabled,
+        message: "No Authorizer is configured on the broker".to_string(),
     }
 }
 

@@ -65,6 +65,8 @@ pub enum Request {
     /// The states to list (empty: all).
     ListGroups(Vec<String>),
     DeleteGroups(Vec<String>),
+    /// DescribeAcls, CreateAcls or DeleteAcls.
+    Acls(AclRequest),
 }
 
 /// The answer to a [`Request`], of the same kind.
@@ -98,6 +100,8 @@ pub enum Reply {
     DescribeGroups(Vec<(String, Result<GroupDescription, ErrorCode>)>),
     ListGroups(ErrorCode, Vec<ListedGroup>),
     DeleteGroups(Vec<(String, ErrorCode)>),
+    /// One error for DescribeAcls, one per creation (CreateAcls) or per filter (DeleteAcls).
+    Acls(AclReply),
 }
 
 // ---- Metadata -------------------------------------------------------------------------------
@@ -264,7 +268,8 @@ pub struct DescribedResource {
     pub configs: Vec<ConfigEntry>,
 }
 
-/// IncrementalAlterConfigs operations.
+/// IncrementalAlterConfigs operations (AlterConfigs, the legacy API, only sets: its request is
+/// every config the resource is to override, each a [`CONFIG_SET`]).
 pub const CONFIG_SET: i8 = 0;
 pub const CONFIG_DELETE: i8 = 1;
 
@@ -287,6 +292,9 @@ pub struct AlterResource {
 pub struct AlterConfigsRequest {
     pub resources: Vec<AlterResource>,
     pub validate_only: bool,
+    /// The legacy AlterConfigs (API 33): each resource's changes replace all of its overrides
+    /// (an override the request does not name is removed). IncrementalAlterConfigs: `false`.
+    pub replace: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,6 +303,27 @@ pub struct AlteredResource {
     pub name: String,
     pub error: ErrorCode,
     pub message: Option<String>,
+}
+
+// ---- ACLs -------------------------------------------------------------------------------------
+
+/// An ACL request: what a reply needs to have one entry per item asked about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AclRequest {
+    Describe,
+    /// CreateAcls with this many creations.
+    Create(usize),
+    /// DeleteAcls with this many filters.
+    Delete(usize),
+}
+
+/// The answer to an [`AclRequest`]: the error of the request (Describe) or of each creation or
+/// filter, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclReply {
+    pub request: AclRequest,
+    pub error: ErrorCode,
+    pub message: String,
 }
 
 // ---- Offsets ----------------------------------------------------------------------------------

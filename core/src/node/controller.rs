@@ -15,8 +15,8 @@ use super::{
 };
 use crate::log::LogConfig;
 use crate::metadata::{
-    topic_config::topic_log_config, CreateTopicRequest, MetadataQuorum, Outcome, QuorumConfig,
-    Ticket, TopicId, METADATA_TOPIC,
+    controller, topic_config::topic_log_config, CreateTopicRequest, MetadataQuorum, Outcome,
+    QuorumConfig, Ticket, TopicId, METADATA_TOPIC,
 };
 use crate::raft::{Membership, NodeId};
 use crate::time::Instant;
@@ -68,6 +68,8 @@ pub(super) enum TicketOwner {
 pub(super) struct ControllerCall {
     pub request: ControllerRequest,
     pub deadline: Instant,
+    /// The entry (admin waiter, index) of a client's request that this call answers.
+    pub admin: Option<(u64, usize)>,
 }
 
 /// Cluster bookkeeping outside the Raft groups.
@@ -513,13 +515,7 @@ impl Node {
                             .tickets
                             .insert(ticket, TicketOwner::Remote { from, id });
                     }
-                    Err(code) => self.send(
-                        from,
-                        PeerMessage::ControllerReply {
-                            id,
-                            reply: ControllerReply::Error { code },
-                        },
-                    ),
+                    Err(reply) => self.send(from, PeerMessage::ControllerReply { id, reply }),
                 }
                 self.after_metadata_input(disk);
             }
@@ -540,16 +536,19 @@ impl Node {
     }
 
     /// Hands a controller request to this node's quorum (which refuses unless it is the active
-    /// controller).
+    /// controller): a ticket for the records it proposed, or the answer now (a refusal, or the
+    /// verdict of a validate-only check).
     fn controller_call(
         &mut self,
         request: &ControllerRequest,
         disk: &impl LogReader,
-    ) -> Result<Ticket, i16> {
+    ) -> Result<Ticket, ControllerReply> {
         let log = self.meta.log_id();
         let now = self.now;
         let Some(h) = self.meta.hosted_mut() else {
-            return Err(ErrorCode::NotController.code());
+            return Err(ControllerReply::Error {
+                code: ErrorCode::NotController.code(),
+            });
         };
         let quorum = &mut h.machine;
         let view = View { disk, log };
@@ -588,14 +587,71 @@ impl Node {
             ControllerRequest::AllocateProducerIds { node_id } => {
                 quorum.allocate_producer_ids(*node_id, now, &view)
             }
+            ControllerRequest::AlterConfigs {
+                topic,
+                set,
+                delete,
+                replace,
+                validate_only,
+            } => {
+                if !quorum.is_active() {
+                    return Err(ControllerReply::Error {
+                        code: ErrorCode::NotController.code(),
+                    });
+                }
+                let delete = if *replace {
+                    super::admin::replaced_overrides(quorum.image(), topic, set)
+                } else {
+                    delete.clone()
+                };
+                if *validate_only {
+                    let verdict = controller::alter_configs(
+                        quorum.image(),
+                        topic,
+                        set,
+                        &delete,
+                        &self.config.topic_defaults.log,
+                    );
+                    return Err(match verdict {
+                        Ok(_) => ControllerReply::Done,
+                        Err(e) => ControllerReply::Refused {
+                            code: e.code().code(),
+                            message: e.message().to_string(),
+                        },
+                    });
+                }
+                return quorum
+                    .alter_configs(topic, set, &delete, now, &view)
+                    .map_err(|e| ControllerReply::Refused {
+                        code: e.code.code(),
+                        message: e.message,
+                    });
+            }
         };
-        result.map_err(|e| e.code.code())
+        result.map_err(|e| ControllerReply::Error {
+            code: e.code.code(),
+        })
     }
 
     /// Sends a controller request to the active controller, which may be this node.
     pub(super) fn call_controller(&mut self, request: ControllerRequest, disk: &impl LogReader) {
+        self.call_controller_for(request, None, disk)
+    }
+
+    /// [`Self::call_controller`] on behalf of entry `admin` (waiter, index) of a client's
+    /// request, which the answer (or a refusal to send) goes to.
+    pub(super) fn call_controller_for(
+        &mut self,
+        request: ControllerRequest,
+        admin: Option<(u64, usize)>,
+        disk: &impl LogReader,
+    ) {
+        let unsent = |code: ErrorCode| ControllerReply::Error { code: code.code() };
         if self.cluster.calls.len() >= CONTROLLER_CALLS_MAX {
             tracing::warn!(?request, "too many controller calls waiting; not sent");
+            if let Some((waiter, index)) = admin {
+                self.on_forwarded_admin(waiter, index, unsent(ErrorCode::RequestTimedOut));
+            }
             return;
         }
         let id = self.cluster.next_call_id;
@@ -609,8 +665,11 @@ impl Node {
                         .insert(ticket, TicketOwner::Local { call: id });
                     self.after_metadata_input(disk);
                 }
-                Err(code) => {
-                    tracing::debug!(?request, code, "controller request refused");
+                Err(reply) => {
+                    tracing::debug!(?request, ?reply, "controller request refused");
+                    if let Some((waiter, index)) = admin {
+                        self.on_forwarded_admin(waiter, index, reply);
+                    }
                     return;
                 }
             },
@@ -621,7 +680,12 @@ impl Node {
                     request: request.clone(),
                 },
             ),
-            None => return,
+            None => {
+                if let Some((waiter, index)) = admin {
+                    self.on_forwarded_admin(waiter, index, unsent(ErrorCode::NotController));
+                }
+                return;
+            }
         }
         // A heartbeat is given up at the next one's time: a lost one (a dropped link) must
         // not hold back the next, or the session expires while the link is back.
@@ -630,9 +694,14 @@ impl Node {
             _ => CONTROLLER_CALL_TIMEOUT_MS,
         };
         let deadline = self.now.instant.plus_millis(timeout_ms);
-        self.cluster
-            .calls
-            .insert(id, ControllerCall { request, deadline });
+        self.cluster.calls.insert(
+            id,
+            ControllerCall {
+                request,
+                deadline,
+                admin,
+            },
+        );
     }
 
     fn on_ticket(&mut self, ticket: Ticket, result: Result<Outcome, ErrorCode>) {
@@ -660,6 +729,9 @@ impl Node {
         let Some(call) = self.cluster.calls.remove(&id) else {
             return;
         };
+        if let Some((waiter, index)) = call.admin {
+            return self.on_forwarded_admin(waiter, index, reply);
+        }
         match (&call.request, reply) {
             (
                 ControllerRequest::AllocateProducerIds { .. },
@@ -704,7 +776,20 @@ impl Node {
             }
         }
         let instant = now.instant;
-        self.cluster.calls.retain(|_, call| call.deadline > instant);
+        let expired: Vec<u64> = self
+            .cluster
+            .calls
+            .iter()
+            .filter(|(_, call)| call.deadline <= instant)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let call = self.cluster.calls.remove(&id).expect("listed");
+            if let Some((waiter, index)) = call.admin {
+                let timed_out = ErrorCode::RequestTimedOut.code();
+                self.on_forwarded_admin(waiter, index, ControllerReply::Error { code: timed_out });
+            }
+        }
         // Until registered and unfenced, every tick: a starting node serves no client before.
         if self.cluster.ticks % HEARTBEAT_TICKS == 1 || !self.is_ready() {
             self.heartbeat(disk);

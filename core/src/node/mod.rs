@@ -432,6 +432,7 @@ impl Node {
                 Reply::ListGroups(code, groups)
             }
             Request::DeleteGroups(r) => return self.delete_groups(request, r, disk),
+            Request::Acls(r) => Reply::Acls(admin::acls(r)),
         };
         self.reply(request, reply);
     }
@@ -471,7 +472,10 @@ impl Node {
                 ControllerRequest::AllocateProducerIds { .. } => self
                     .cluster
                     .calling(|r| matches!(r, ControllerRequest::AllocateProducerIds { .. })),
-                ControllerRequest::Heartbeat { .. } => false,
+                // Client requests are forwarded at once (`call_controller_for`), never queued.
+                ControllerRequest::Heartbeat { .. } | ControllerRequest::AlterConfigs { .. } => {
+                    false
+                }
             };
             if !duplicate {
                 self.call_controller(request, disk);

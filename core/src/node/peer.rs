@@ -41,6 +41,17 @@ pub enum ControllerRequest {
     },
     /// The next block of producer ids for this node's InitProducerId answers.
     AllocateProducerIds { node_id: i32 },
+    /// One topic of a client's AlterConfigs or IncrementalAlterConfigs sent to a node that is
+    /// not the controller (Kafka's brokers forward these; Java's admin client sends them to any
+    /// broker). `replace`: the legacy API's meaning (overrides not in `set` are deleted, as of
+    /// the controller's image).
+    AlterConfigs {
+        topic: String,
+        set: Vec<(String, String)>,
+        delete: Vec<String>,
+        replace: bool,
+        validate_only: bool,
+    },
 }
 
 /// The controller's answer to a [`ControllerRequest`].
@@ -54,6 +65,8 @@ pub enum ControllerReply {
     ProducerIds { first: i64, end: i64 },
     /// Refused, with a Kafka error code (NOT_CONTROLLER: ask the new controller).
     Error { code: i16 },
+    /// Refused, with a Kafka error code and the message for the client.
+    Refused { code: i16, message: String },
 }
 
 /// One partition's leader as the sender knows it.

@@ -21,7 +21,6 @@ struct Host {
     node: Node,
     disk: Disk<MemStorage>,
     storage: MemStorage,
-    config: NodeConfig,
     /// Blocking jobs, run one at a time when the harness says (their order is the disk's).
     jobs: VecDeque<Job<MemStorage>>,
     done: VecDeque<StorageDone>,
@@ -50,12 +49,11 @@ fn job_kind(job: &Job<MemStorage>) -> String {
 
 impl Host {
     fn start(config: NodeConfig, storage: MemStorage, seed: u64, now: Now) -> Host {
-        let node = Node::new(config.clone(), seed, now).expect("valid config");
+        let node = Node::new(config, seed, now).expect("valid config");
         Host {
             node,
             disk: Disk::new(storage.clone()),
             storage,
-            config,
             jobs: VecDeque::new(),
             done: VecDeque::new(),
             replies: BTreeMap::new(),
@@ -1791,6 +1789,34 @@ fn arb_peer_message() -> impl Strategy<Value = (u64, PeerMessage)> {
                 },
             }
         )),
+        (
+            0u64..4,
+            any::<u64>(),
+            "[a-z]{0,2}",
+            "[a-z.]{0,14}",
+            "[-0-9a-z]{0,4}",
+            any::<(bool, bool)>()
+        )
+            .prop_map(|(from, id, topic, key, value, (replace, validate_only))| (
+                from,
+                PeerMessage::Controller {
+                    id,
+                    request: ControllerRequest::AlterConfigs {
+                        topic,
+                        set: vec![(key.clone(), value)],
+                        delete: vec![key],
+                        replace,
+                        validate_only,
+                    },
+                }
+            )),
+        (0u64..4, 0u64..16, -40i16..120, "[a-z ]{0,8}").prop_map(|(from, id, code, message)| (
+            from,
+            PeerMessage::ControllerReply {
+                id,
+                reply: ControllerReply::Refused { code, message },
+            }
+        )),
         // Small ids reach the calls this node has in flight; blocks may be empty or negative.
         (0u64..4, 0u64..16, -3i64..5, -3i64..5).prop_map(|(from, id, first, end)| (
             from,
@@ -2503,10 +2529,10 @@ fn arb_hostile_request() -> impl Strategy<Value = Request> {
             any::<i8>(),
             "[a-z.]{0,20}",
             proptest::option::of("[-0-9a-z]{0,6}"),
-            any::<bool>()
+            any::<(bool, bool)>()
         )
             .prop_map(
-                |(resource_type, name, operation, key, value, validate_only)| {
+                |(resource_type, name, operation, key, value, (validate_only, replace))| {
                     Request::AlterConfigs(AlterConfigsRequest {
                         resources: vec![AlterResource {
                             resource_type,
@@ -2518,9 +2544,15 @@ fn arb_hostile_request() -> impl Strategy<Value = Request> {
                             }],
                         }],
                         validate_only,
+                        replace,
                     })
                 }
             ),
+        (0..3u8, 0..4usize).prop_map(|(kind, n)| Request::Acls(match kind {
+            0 => AclRequest::Describe,
+            1 => AclRequest::Create(n),
+            _ => AclRequest::Delete(n),
+        })),
         (any::<i64>(), any::<i16>()).prop_map(|(producer_id, producer_epoch)| {
             Request::InitProducerId(InitProducerIdRequest {
                 transactional_id: None,
@@ -2793,4 +2825,218 @@ fn leader_epoch_of(c: &mut Cluster, at: usize, offset: i64) -> i32 {
         .unwrap_or_else(|e| panic!("{e:?}: {f:?}"))
         .remove(0);
     h.partition_leader_epoch
+}
+
+// ---- AlterConfigs (legacy), ignored configs, ACLs --------------------------------------------
+
+fn alter(
+    c: &mut Cluster,
+    at: usize,
+    name: &str,
+    set: &[(&str, &str)],
+    replace: bool,
+) -> AlteredResource {
+    let Reply::AlterConfigs(mut r) = c.call(
+        at,
+        Request::AlterConfigs(AlterConfigsRequest {
+            resources: vec![AlterResource {
+                resource_type: RESOURCE_TOPIC,
+                name: name.into(),
+                changes: set
+                    .iter()
+                    .map(|(k, v)| ConfigChange {
+                        name: (*k).into(),
+                        operation: CONFIG_SET,
+                        value: Some((*v).into()),
+                    })
+                    .collect(),
+            }],
+            validate_only: false,
+            replace,
+        }),
+    ) else {
+        unreachable!()
+    };
+    r.remove(0)
+}
+
+/// The topic's overrides, as DescribeConfigs shows them.
+fn overrides(c: &mut Cluster, at: usize, name: &str) -> Vec<(String, String)> {
+    let Reply::DescribeConfigs(r) = c.call(
+        at,
+        Request::DescribeConfigs(vec![ConfigResource {
+            resource_type: RESOURCE_TOPIC,
+            name: name.into(),
+            keys: None,
+        }]),
+    ) else {
+        unreachable!()
+    };
+    assert_eq!(r[0].error, ErrorCode::None, "{r:?}");
+    r[0].configs
+        .iter()
+        .filter(|e| e.source == SOURCE_TOPIC)
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect()
+}
+
+/// The legacy AlterConfigs replaces a topic's overrides (what it does not name goes back to the
+/// default); IncrementalAlterConfigs only changes what it names. `message.format.version`,
+/// which Kafka 4 removed, is accepted and dropped by both.
+#[test]
+fn legacy_alter_configs_replaces_every_override_and_kafka_4_ignored_configs_are_dropped() {
+    let mut c = Cluster::new(1, 5);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let r = alter(
+        &mut c,
+        0,
+        "t",
+        &[("retention.ms", "1000"), ("segment.ms", "5000")],
+        false,
+    );
+    assert_eq!(r.error, ErrorCode::None, "{r:?}");
+    let r = alter(
+        &mut c,
+        0,
+        "t",
+        &[
+            ("flush.ms", "12345678"),
+            ("message.format.version", "0.10.0.0"),
+        ],
+        false,
+    );
+    assert_eq!(r.error, ErrorCode::None, "{r:?}");
+    c.settle();
+    assert_eq!(
+        overrides(&mut c, 0, "t"),
+        vec![
+            ("flush.ms".to_string(), "12345678".to_string()),
+            ("retention.ms".to_string(), "1000".to_string()),
+            ("segment.ms".to_string(), "5000".to_string()),
+        ],
+        "incremental: the earlier overrides stay, message.format.version is not stored"
+    );
+    let r = alter(
+        &mut c,
+        0,
+        "t",
+        &[
+            ("retention.bytes", "4096"),
+            ("message.format.version", "0.10.0.0"),
+        ],
+        true,
+    );
+    assert_eq!(r.error, ErrorCode::None, "{r:?}");
+    c.settle();
+    assert_eq!(
+        overrides(&mut c, 0, "t"),
+        vec![("retention.bytes".to_string(), "4096".to_string())],
+        "legacy: every override the request does not name is removed"
+    );
+    let r = alter(&mut c, 0, "t", &[("flush.ms", "-1")], true);
+    assert_eq!(r.error, ErrorCode::InvalidConfig, "{r:?}");
+    let r = alter(&mut c, 0, "t", &[("flush.messages", "1")], true);
+    assert_eq!(r.error, ErrorCode::InvalidConfig, "{r:?}");
+    let r = alter(&mut c, 0, "nope", &[("retention.ms", "1")], true);
+    assert_eq!(r.error, ErrorCode::UnknownTopicOrPartition, "{r:?}");
+    c.settle();
+    assert_eq!(
+        overrides(&mut c, 0, "t"),
+        vec![("retention.bytes".to_string(), "4096".to_string())],
+        "a refused replacement changes nothing"
+    );
+}
+
+/// Like Kafka without an authorizer: every ACL request answers SECURITY_DISABLED, one entry
+/// per creation or filter.
+#[test]
+fn acl_requests_answer_security_disabled() {
+    let mut c = Cluster::new(1, 6);
+    c.wait_ready();
+    for request in [
+        AclRequest::Describe,
+        AclRequest::Create(2),
+        AclRequest::Delete(3),
+    ] {
+        let Reply::Acls(r) = c.call(0, Request::Acls(request.clone())) else {
+            unreachable!()
+        };
+        assert_eq!(r.request, request);
+        assert_eq!(r.error, ErrorCode::SecurityDisabled);
+        assert!(r.message.contains("Authorizer"), "{r:?}");
+    }
+}
+
+/// Java's admin client sends (Incremental)AlterConfigs to any broker and Kafka's brokers
+/// forward them to the controller; librdkafka sends an AlterConfigs naming a broker resource to
+/// that broker. A node that is not the controller forwards each topic resource, answers with the
+/// controller's verdict (its message too), and the change is applied cluster-wide.
+#[test]
+fn alter_configs_at_a_node_that_is_not_the_controller_is_forwarded() {
+    let mut c = Cluster::new(3, 45);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let follower = (c.controller() + 1) % 3;
+    let r = alter(
+        &mut c,
+        follower,
+        "t",
+        &[("retention.ms", "1000"), ("segment.ms", "5000")],
+        false,
+    );
+    assert_eq!(r.error, ErrorCode::None, "{r:?}");
+    c.settle();
+    for at in 0..3 {
+        assert_eq!(
+            overrides(&mut c, at, "t"),
+            vec![
+                ("retention.ms".to_string(), "1000".to_string()),
+                ("segment.ms".to_string(), "5000".to_string()),
+            ],
+            "node {at}"
+        );
+    }
+    // The legacy API's replacement is decided on the controller's image.
+    let r = alter(&mut c, follower, "t", &[("retention.bytes", "4096")], true);
+    assert_eq!(r.error, ErrorCode::None, "{r:?}");
+    c.settle();
+    assert_eq!(
+        overrides(&mut c, follower, "t"),
+        vec![("retention.bytes".to_string(), "4096".to_string())]
+    );
+    // Refusals carry the controller's code and message.
+    let r = alter(&mut c, follower, "t", &[("retention.ms", "soon")], false);
+    assert_eq!(r.error, ErrorCode::InvalidConfig, "{r:?}");
+    assert!(
+        r.message.as_deref().unwrap_or("").contains("retention.ms"),
+        "{r:?}"
+    );
+    let r = alter(&mut c, follower, "nope", &[("retention.ms", "1")], false);
+    assert_eq!(r.error, ErrorCode::UnknownTopicOrPartition, "{r:?}");
+    // validate_only is decided by the controller too, and writes nothing.
+    let Reply::AlterConfigs(r) = c.call(
+        follower,
+        Request::AlterConfigs(AlterConfigsRequest {
+            resources: vec![AlterResource {
+                resource_type: RESOURCE_TOPIC,
+                name: "t".into(),
+                changes: vec![ConfigChange {
+                    name: "segment.ms".into(),
+                    operation: CONFIG_SET,
+                    value: Some("7000".into()),
+                }],
+            }],
+            validate_only: true,
+            replace: false,
+        }),
+    ) else {
+        unreachable!()
+    };
+    assert_eq!(r[0].error, ErrorCode::None, "{r:?}");
+    c.settle();
+    assert_eq!(
+        overrides(&mut c, follower, "t"),
+        vec![("retention.bytes".to_string(), "4096".to_string())]
+    );
 }
