@@ -10,7 +10,14 @@
 //!
 //! Nothing here panics on any input: bytes come from clients and from disk.
 
+use bytes::BytesMut;
+
 use crate::limits::{BATCH_HEADER_BYTES, BATCH_LOG_OVERHEAD_BYTES};
+
+pub mod compression;
+pub use compression::{
+    recompression, BatchCodec, Codec, CompressionLevels, CompressionType, NoCodecs, Recompression,
+};
 
 const OFFSET_BATCH_LENGTH: usize = 8;
 const OFFSET_LEADER_EPOCH: usize = 12;
@@ -101,6 +108,12 @@ pub enum BatchError {
     /// A record without a key sent to a compacted topic (Kafka refuses it too: compaction
     /// keeps the latest record per key, so a keyless record has no meaning there).
     KeylessRecordInCompactedTopic,
+    /// A compressed batch the leader must rewrite (`compression.type`) whose records do not
+    /// decompress with its codec.
+    Undecompressable { codec: &'static str, reason: String },
+    /// The leader could not compress a batch it rewrites (the broker's failure, not the
+    /// producer's).
+    Uncompressable { codec: &'static str, reason: String },
 }
 
 impl BatchError {
@@ -113,7 +126,9 @@ impl BatchError {
             BatchError::BadLength(_)
             | BatchError::BadCrc { .. }
             | BatchError::TrailingBytes(_)
-            | BatchError::UnknownCompression(_) => ErrorCode::CorruptMessage,
+            | BatchError::UnknownCompression(_)
+            | BatchError::Undecompressable { .. } => ErrorCode::CorruptMessage,
+            BatchError::Uncompressable { .. } => ErrorCode::UnknownServerError,
             // Kafka sees no batch in a buffer cut short and says "at least one record batch".
             BatchError::Truncated { .. }
             | BatchError::Empty
@@ -190,6 +205,17 @@ impl std::fmt::Display for BatchError {
                 "producer id {producer_id} with invalid base sequence {base_sequence}"
             ),
             BatchError::UnknownCompression(c) => write!(f, "unknown compression codec {c}"),
+            BatchError::Undecompressable { codec, reason } => write!(
+                f,
+                "the records do not decompress with {codec} ({reason}); the topic's \
+                 compression.type needs them rewritten"
+            ),
+            BatchError::Uncompressable { codec, reason } => {
+                write!(
+                    f,
+                    "the broker could not compress the batch with {codec}: {reason}"
+                )
+            }
             BatchError::TimestampOutOfRange { timestamp, max, .. } if timestamp > max => write!(
                 f,
                 "record timestamp {timestamp} is later than {max}, the latest \
@@ -538,6 +564,10 @@ pub struct ProduceRules {
     pub timestamp_before_max_ms: i64,
     /// `message.timestamp.after.max.ms`: how far in the future a `CreateTime` timestamp may be.
     pub timestamp_after_max_ms: i64,
+    /// `compression.type`: the codec batches are stored in (`producer`: as sent).
+    pub compression_type: CompressionType,
+    /// `compression.{gzip,lz4,zstd}.level`: what a rewrite compresses with.
+    pub compression_levels: CompressionLevels,
 }
 
 impl ProduceRules {
@@ -550,6 +580,8 @@ impl ProduceRules {
             timestamp_type: TimestampType::CreateTime,
             timestamp_before_max_ms: i64::MAX,
             timestamp_after_max_ms: i64::MAX,
+            compression_type: CompressionType::Producer,
+            compression_levels: CompressionLevels::default(),
         }
     }
 }
@@ -570,17 +602,44 @@ pub fn validate_produce(buf: &[u8], message_bytes_max: u32) -> Result<BatchHeade
 }
 
 /// Validates a producer's batch for a topic with `rules` at the leader's wall clock `now_ms` and
-/// repairs it in place as Kafka's `LogValidator` does: `maxTimestamp` is set from the records
-/// (or to `now_ms` on a `LogAppendTime` topic, which also sets the timestamp-type bit) and the
-/// CRC is recomputed. Offsets and the leader epoch are stamped later ([`stamp`]). The leader
-/// runs this once, before the batch enters Raft, so every replica stores the same bytes.
-/// Returns the header of the batch as it now is.
+/// repairs it as Kafka's `LogValidator` does: a batch not in the topic's `compression.type` is
+/// rebuilt in that codec through `codec` (its records read, checked and kept as they are); then
+/// `maxTimestamp` is set from the records (or to `now_ms` on a `LogAppendTime` topic, which also
+/// sets the timestamp-type bit) and the CRC is recomputed. Offsets and the leader epoch are
+/// stamped later ([`stamp`]). The leader runs this once, before the batch enters Raft, so every
+/// replica stores the same bytes. Returns the header of the batch as it now is.
 pub fn accept_produce(
-    buf: &mut [u8],
+    buf: &mut BytesMut,
     rules: &ProduceRules,
     now_ms: i64,
+    codec: &dyn BatchCodec,
 ) -> Result<BatchHeader, BatchError> {
-    let verdict = check_produce(buf, rules, now_ms)?;
+    let header = check_batch(buf, rules)?;
+    let verdict = match recompression(&header, rules.compression_type, &rules.compression_levels) {
+        Recompression::Keep => check_records(buf, header, rules, now_ms)?,
+        Recompression::Rewrite { to, level } => {
+            // Kafka's validator reads every record of a batch it rebuilds: keys, timestamps and
+            // the largest timestamp are checked as in an uncompressed batch.
+            let records = compression::records_uncompressed(buf, &header, codec)?;
+            let mut plain = header;
+            plain.attributes &= !ATTR_COMPRESSION_MASK;
+            let plain = encode_batch(&plain, &records, header.record_count);
+            let mut verdict = check_records(&plain, BatchHeader::parse(&plain)?, rules, now_ms)?;
+            let rebuilt = compression::rewrite(&header, &records, to, level, codec)?;
+            // `UnifiedLog.append` checks the size again when validation changed it.
+            if rebuilt.len() > rules.message_bytes_max as usize {
+                return Err(BatchError::TooLarge {
+                    bytes: rebuilt.len(),
+                    max: rules.message_bytes_max,
+                });
+            }
+            buf.clear();
+            buf.extend_from_slice(&rebuilt);
+            verdict.header = BatchHeader::parse(buf)?;
+            assert_eq!(verdict.header.compression(), to.id());
+            verdict
+        }
+    };
     let mut header = verdict.header;
     let (log_append_time, max_timestamp) = match rules.timestamp_type {
         TimestampType::LogAppendTime => (true, now_ms),
@@ -609,6 +668,13 @@ pub fn accept_produce(
 }
 
 fn check_produce(buf: &[u8], rules: &ProduceRules, now_ms: i64) -> Result<Verdict, BatchError> {
+    let header = check_batch(buf, rules)?;
+    check_records(buf, header, rules, now_ms)
+}
+
+/// The checks of the batch as a whole, in Kafka's order: `KafkaApis`, then
+/// `UnifiedLog.analyzeAndValidateRecords`, then the header part of `LogValidator.validateBatch`.
+fn check_batch(buf: &[u8], rules: &ProduceRules) -> Result<BatchHeader, BatchError> {
     // KafkaApis: exactly one batch, magic 2.
     if buf.is_empty() {
         return Err(BatchError::Empty);
@@ -664,6 +730,17 @@ fn check_produce(buf: &[u8], rules: &ProduceRules, now_ms: i64) -> Result<Verdic
     // `segment.bytes` (RECORD_LIST_TOO_LARGE): Sluice puts such a batch alone in a segment, and
     // allows segments far below Kafka 4's 1 MiB minimum (its own tests roll 1 KiB segments), where
     // that refusal would turn away ordinary batches.
+    Ok(header)
+}
+
+/// `LogValidator`'s checks of the records (timestamps, keys) and the largest timestamp: every
+/// record of an uncompressed batch; the header's `maxTimestamp` of a compressed one.
+fn check_records(
+    buf: &[u8],
+    header: BatchHeader,
+    rules: &ProduceRules,
+    now_ms: i64,
+) -> Result<Verdict, BatchError> {
     let min = now_ms.saturating_sub(rules.timestamp_before_max_ms);
     let max = now_ms.saturating_add(rules.timestamp_after_max_ms);
     // LogValidator.validateTimestamp, for one record's timestamp.

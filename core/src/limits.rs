@@ -16,6 +16,11 @@ pub const TIMESTAMP_BEFORE_MAX_MS_DEFAULT: i64 = i64::MAX;
 /// `message.timestamp.after.max.ms`: how far in the future a `CreateTime` record timestamp may
 /// be (Kafka 4: one hour; `ServerLogConfigs.LOG_MESSAGE_TIMESTAMP_AFTER_MAX_MS_DEFAULT`).
 pub const TIMESTAMP_AFTER_MAX_MS_DEFAULT: i64 = 60 * 60 * 1000;
+/// The most bytes a compressed batch's records may decompress to when the leader rewrites it
+/// into the topic's `compression.type` (Kafka sets no bound). A producer's batch is at most
+/// `max.message.bytes`, but a codec can expand a few KiB into gigabytes; 256 MiB is a ratio of
+/// 256 for a default-sized batch, far beyond what real records compress by.
+pub const RECORDS_DECOMPRESSED_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// `segment.bytes`: a segment rolls when an append would take it past this size (Kafka: 1 GiB).
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
 /// The smallest segment size accepted (Kafka: 14 bytes; we require room for one full batch header).
@@ -68,6 +73,9 @@ pub const RECOVERY_READ_BYTES: u32 = 1024 * 1024;
 
 const _: () = assert!(SEGMENT_BYTES_MAX_DEFAULT <= SEGMENT_BYTES_LIMIT);
 const _: () = assert!(MESSAGE_BYTES_MAX_DEFAULT as u64 <= SEGMENT_BYTES_MAX_DEFAULT);
+// A rewritten batch's length must fit `batchLength` (an i32).
+const _: () = assert!(RECORDS_DECOMPRESSED_BYTES_MAX < i32::MAX as usize - BATCH_HEADER_BYTES);
+const _: () = assert!(RECORDS_DECOMPRESSED_BYTES_MAX >= MESSAGE_BYTES_MAX_DEFAULT as usize);
 const _: () = assert!(INDEX_INTERVAL_BYTES_DEFAULT <= INDEX_INTERVAL_BYTES_MAX);
 const _: () = assert!(RECOVERY_READ_BYTES as usize >= BATCH_HEADER_BYTES);
 const _: () = assert!(RAFT_ENTRY_SPAN_MAX >= 1 && RAFT_ENTRY_SPAN_MAX < RAFT_INDEX_LIMIT);

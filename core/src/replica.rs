@@ -177,13 +177,15 @@ impl Replica {
 
     // ---- Inputs ----------------------------------------------------------------------------
 
-    /// Leader: validates a producer's batch, answers a retried idempotent batch with its
-    /// original offsets, and proposes anything new (stamped with its offsets and the term).
+    /// Leader: validates a producer's batch (rewriting it into the topic's `compression.type`
+    /// through `codec`), answers a retried idempotent batch with its original offsets, and
+    /// proposes anything new (stamped with its offsets and the term).
     pub fn produce(
         &mut self,
         mut records: BytesMut,
         now_ms: u64,
         reader: &impl SegmentReader,
+        codec: &dyn batch::BatchCodec,
     ) -> Result<Proposed, Refusal> {
         self.now_ms = now_ms;
         if self.storage_failed() {
@@ -200,7 +202,7 @@ impl Replica {
         let header = self
             .log
             .config()
-            .validate_produce(&mut records, now_ms)
+            .validate_produce(&mut records, now_ms, codec)
             .map_err(AppendError::Batch)?;
         let term = self.raft.term();
         match self.log.check_produce(&header)? {

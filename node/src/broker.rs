@@ -109,7 +109,8 @@ impl<S: Storage> Broker<S> {
             .finish();
         let origin = Instant::now();
         let now = Now::new(CoreInstant::ZERO, now_ms());
-        let node = Node::new(config.node_config(), seed, now)
+        let codecs = Box::new(crate::compression::KafkaCodecs);
+        let node = Node::new(config.node_config(), codecs, seed, now)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let mut broker = Broker {

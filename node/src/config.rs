@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use sluice_core::batch::{CompressionLevels, CompressionType};
 use sluice_core::limits;
 use sluice_core::log::LogConfig;
 
@@ -67,6 +68,27 @@ pub struct ServeArgs {
     /// Default index.interval.bytes [default: 4096].
     #[arg(long, env = "SLUICE_INDEX_INTERVAL_BYTES")]
     pub index_interval_bytes: Option<u32>,
+    /// Default compression.type for topics (Kafka's broker compression.type): uncompressed,
+    /// zstd, lz4, snappy, gzip, or producer to keep the producer's codec [default: producer].
+    #[arg(long, env = "SLUICE_COMPRESSION_TYPE")]
+    pub compression_type: Option<String>,
+    /// Default compression.gzip.level: 1 to 9, or -1 for zlib's default [default: -1].
+    #[arg(
+        long,
+        env = "SLUICE_COMPRESSION_GZIP_LEVEL",
+        allow_hyphen_values = true
+    )]
+    pub compression_gzip_level: Option<i32>,
+    /// Default compression.lz4.level: 1 to 17 [default: 9].
+    #[arg(long, env = "SLUICE_COMPRESSION_LZ4_LEVEL")]
+    pub compression_lz4_level: Option<i32>,
+    /// Default compression.zstd.level: -131072 to 22 [default: 3].
+    #[arg(
+        long,
+        env = "SLUICE_COMPRESSION_ZSTD_LEVEL",
+        allow_hyphen_values = true
+    )]
+    pub compression_zstd_level: Option<i32>,
     /// How often retention runs (log.retention.check.interval.ms) [default: 300000].
     #[arg(long, env = "SLUICE_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
@@ -234,6 +256,22 @@ impl Config {
                 "log.retention.check.interval.ms",
                 self.retention_check_interval_ms.to_string(),
             ),
+            (
+                "compression.type",
+                self.log.compression_type.name().to_string(),
+            ),
+            (
+                "compression.gzip.level",
+                self.log.compression_levels.gzip.to_string(),
+            ),
+            (
+                "compression.lz4.level",
+                self.log.compression_levels.lz4.to_string(),
+            ),
+            (
+                "compression.zstd.level",
+                self.log.compression_levels.zstd.to_string(),
+            ),
             ("socket.request.max.bytes", self.frame_bytes_max.to_string()),
             (
                 "queued.max.requests",
@@ -298,6 +336,21 @@ impl Config {
             .or_else(|| peers.get(&(node_id as u64)).cloned());
         let nodes = peers.len().max(1);
         let log_defaults = LogConfig::default();
+        let compression_type = match a.compression_type.as_deref() {
+            None => log_defaults.compression_type,
+            Some(value) => CompressionType::parse(value).ok_or_else(|| {
+                format!(
+                    "compression_type {value:?} is not one of {}",
+                    CompressionType::NAMES.join(", ")
+                )
+            })?,
+        };
+        let levels = log_defaults.compression_levels;
+        let compression_levels = CompressionLevels {
+            gzip: a.compression_gzip_level.unwrap_or(levels.gzip),
+            lz4: a.compression_lz4_level.unwrap_or(levels.lz4),
+            zstd: a.compression_zstd_level.unwrap_or(levels.zstd),
+        };
         let config = Config {
             advertised_listener: a.advertised_listener.unwrap_or_else(|| listen.clone()),
             listen,
@@ -321,6 +374,8 @@ impl Config {
                 message_bytes_max: a
                     .message_bytes_max
                     .unwrap_or(limits::MESSAGE_BYTES_MAX_DEFAULT),
+                compression_type,
+                compression_levels,
                 ..log_defaults
             },
             retention_check_interval_ms: a.retention_check_interval_ms.unwrap_or(300_000),
@@ -441,6 +496,10 @@ impl ServeArgs {
             retention_bytes: self.retention_bytes.or(file.retention_bytes),
             message_bytes_max: self.message_bytes_max.or(file.message_bytes_max),
             index_interval_bytes: self.index_interval_bytes.or(file.index_interval_bytes),
+            compression_type: self.compression_type.or(file.compression_type),
+            compression_gzip_level: self.compression_gzip_level.or(file.compression_gzip_level),
+            compression_lz4_level: self.compression_lz4_level.or(file.compression_lz4_level),
+            compression_zstd_level: self.compression_zstd_level.or(file.compression_zstd_level),
             retention_check_interval_ms: self
                 .retention_check_interval_ms
                 .or(file.retention_check_interval_ms),
@@ -554,6 +613,38 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(Config::resolve(bad).unwrap_err().contains("num_partitions"));
+    }
+
+    #[test]
+    fn the_broker_compression_defaults_reach_every_topic_and_describe_configs() {
+        let c = Config::default();
+        assert_eq!(c.log.compression_type, CompressionType::Producer);
+        let file: ServeArgs = toml::from_str(
+            "compression_type = \"zstd\"\ncompression_zstd_level = -5\ncompression_gzip_level = 9",
+        )
+        .unwrap();
+        let c = Config::resolve(file).unwrap();
+        let log = &c.node_config().topic_defaults.log;
+        assert_eq!(
+            log.compression_type,
+            CompressionType::Codec(sluice_core::batch::Codec::Zstd)
+        );
+        assert_eq!(
+            (log.compression_levels.gzip, log.compression_levels.zstd),
+            (9, -5)
+        );
+        let shown = c.broker_configs();
+        assert!(shown.contains(&("compression.type".to_string(), "zstd".to_string())));
+        assert!(shown.contains(&("compression.lz4.level".to_string(), "9".to_string())));
+        for bad in [
+            "compression_type = \"none\"",
+            "compression_lz4_level = 18",
+            "compression_gzip_level = 0",
+        ] {
+            let file: ServeArgs = toml::from_str(bad).unwrap();
+            let err = Config::resolve(file).unwrap_err();
+            assert!(err.contains("compression"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod codec;
+pub mod compression;
 pub mod config;
 #[cfg(not(madsim))]
 pub mod dev_cluster;

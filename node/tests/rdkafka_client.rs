@@ -2,7 +2,8 @@
 //! headers go to a topic the producer's first send auto-creates, with acks=all; a consumer then
 //! assigns every partition from the beginning and must read back exactly what was acknowledged —
 //! the same keys, values, headers and timestamps, at the acknowledged offsets, in offset order,
-//! and nothing else.
+//! and nothing else. A second test produces with each codec to topics whose `compression.type`
+//! makes the broker rewrite the batches.
 #![cfg(not(madsim))]
 
 use std::collections::BTreeMap;
@@ -15,12 +16,23 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kafka_protocol::messages::create_topics_request::{
+    CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
+};
+use kafka_protocol::messages::describe_configs_request::{
+    DescribeConfigsRequest, DescribeConfigsResource,
+};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::{BrokerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders, Timestamp};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use sluice_core::batch;
+use sluice_node::client::Connection;
 
 const RECORDS: usize = 500;
 const TOPIC: &str = "rdkafka-round-trip";
@@ -82,7 +94,7 @@ fn produced_records_read_back_exactly_at_their_acknowledged_offsets() {
     let sent: Vec<Record> = (0..RECORDS).map(|i| record(i, base_timestamp_ms)).collect();
 
     // Produce with acks=all; the delivery reports say where each record landed.
-    let acked = produce(&broker.bootstrap(), &sent);
+    let acked = produce(&broker.bootstrap(), TOPIC, &sent, &[]);
     let mut expected: BTreeMap<i32, Vec<(i64, Record)>> = BTreeMap::new();
     for (record, &(partition, offset)) in sent.iter().zip(&acked) {
         expected
@@ -103,7 +115,7 @@ fn produced_records_read_back_exactly_at_their_acknowledged_offsets() {
     }
 
     // Consume everything from the beginning, in assign mode.
-    let consumed = consume(&broker.bootstrap());
+    let consumed = consume(&broker.bootstrap(), TOPIC, RECORDS);
     assert_eq!(
         consumed.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>(),
@@ -126,6 +138,236 @@ fn produced_records_read_back_exactly_at_their_acknowledged_offsets() {
     }
     let consumed_count: usize = consumed.values().map(Vec::len).sum();
     assert_eq!(consumed_count, RECORDS, "records read back");
+}
+
+/// A topic's `compression.type` decides the codec its batches are stored in, whatever codec the
+/// producer used: the leader rewrites them once (Kafka's `LogValidator`), keeping every record
+/// (keys, values, headers, timestamps) and the idempotent producer's id, epoch and sequences, so
+/// offsets stay dense and a consumer reads exactly what was sent. `producer` keeps the
+/// producer's codec.
+#[test]
+fn a_topics_compression_type_decides_the_stored_codec_and_records_read_back_unchanged() {
+    const COMPRESSED_RECORDS: usize = 200;
+    let broker = Broker::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let base_timestamp_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let sent: Vec<Record> = (0..COMPRESSED_RECORDS)
+        .map(|i| record(i, base_timestamp_ms))
+        .collect();
+    // (what the producer compresses with, the topic's compression.type, the stored codec id)
+    for (producer_codec, compression_type, stored_codec) in [
+        ("lz4", "gzip", 1),
+        ("none", "zstd", 4),
+        ("gzip", "uncompressed", 0),
+        ("snappy", "lz4", 3),
+        ("zstd", "producer", 4),
+    ] {
+        let topic = format!("compress-{producer_codec}-as-{compression_type}");
+        let case = format!("{producer_codec} on a {compression_type} topic");
+        runtime.block_on(create_topic_with(
+            &broker.bootstrap(),
+            &topic,
+            &[("compression.type", compression_type)],
+        ));
+        let acked = produce(
+            &broker.bootstrap(),
+            &topic,
+            &sent,
+            &[
+                ("compression.codec", producer_codec),
+                ("enable.idempotence", "true"),
+                ("linger.ms", "20"),
+            ],
+        );
+        let offsets: Vec<(i32, i64)> = (0..COMPRESSED_RECORDS as i64).map(|o| (0, o)).collect();
+        assert_eq!(acked, offsets, "{case}: acknowledged offsets");
+
+        // The batches as stored: the topic's codec, the producer's id and sequences.
+        let batches = runtime.block_on(fetch_batches(
+            &broker.bootstrap(),
+            &topic,
+            COMPRESSED_RECORDS,
+        ));
+        assert!(
+            batches.len() < COMPRESSED_RECORDS,
+            "{case}: records travel in batches of several ({} batches)",
+            batches.len()
+        );
+        let producer_id = batches[0].producer_id;
+        assert!(producer_id >= 0, "{case}: an idempotent producer's batches");
+        for header in &batches {
+            assert_eq!(header.compression(), stored_codec, "{case}: {header:?}");
+            assert_eq!(
+                (header.producer_id, header.producer_epoch),
+                (producer_id, batches[0].producer_epoch),
+                "{case}: {header:?}"
+            );
+            // One producer on a new topic: its sequence numbers are its offsets.
+            assert_eq!(
+                i64::from(header.base_sequence),
+                header.base_offset,
+                "{case}: {header:?}"
+            );
+        }
+        let stored: i32 = batches.iter().map(|h| h.record_count).sum();
+        assert_eq!(stored, COMPRESSED_RECORDS as i32, "{case}: records stored");
+
+        // And a consumer reads back exactly what was sent, at the acknowledged offsets.
+        let consumed = consume(&broker.bootstrap(), &topic, COMPRESSED_RECORDS);
+        let want: Vec<(i64, Record)> = (0..).zip(sent.iter().cloned()).collect();
+        assert_eq!(consumed.len(), 1, "{case}: one partition");
+        for (index, (have, want)) in consumed[&0].iter().zip(&want).enumerate() {
+            assert_eq!(have, want, "{case}: record {index}");
+        }
+        assert_eq!(
+            consumed[&0].len(),
+            COMPRESSED_RECORDS,
+            "{case}: records read"
+        );
+
+        // DescribeConfigs shows the override as the topic's.
+        let described = runtime.block_on(describe_topic(&broker.bootstrap(), &topic));
+        assert!(
+            described.contains(&(
+                "compression.type".to_string(),
+                compression_type.to_string(),
+                1
+            )),
+            "{case}: {described:?}"
+        );
+        assert!(
+            described.contains(&("compression.zstd.level".to_string(), "3".to_string(), 5)),
+            "{case}: Kafka's default level: {described:?}"
+        );
+    }
+    // A value Kafka does not know is refused, naming the config.
+    let refused = runtime.block_on(async {
+        let mut c = Connection::connect(&broker.bootstrap()).await.unwrap();
+        let response = c
+            .call(
+                &create_topics(&["compression-brotli"], &[("compression.type", "brotli")]),
+                7,
+            )
+            .await
+            .unwrap();
+        response.topics[0].clone()
+    });
+    assert_eq!(refused.error_code, 40, "INVALID_CONFIG");
+    let message = refused
+        .error_message
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    assert!(message.contains("compression.type"), "{message}");
+}
+
+fn create_topics(names: &[&str], configs: &[(&str, &str)]) -> CreateTopicsRequest {
+    let configs: Vec<CreatableTopicConfig> = configs
+        .iter()
+        .map(|(name, value)| {
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from_string(name.to_string()))
+                .with_value(Some(StrBytes::from_string(value.to_string())))
+        })
+        .collect();
+    CreateTopicsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(
+            names
+                .iter()
+                .map(|name| {
+                    CreatableTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                        .with_num_partitions(1)
+                        .with_replication_factor(1)
+                        .with_configs(configs.clone())
+                })
+                .collect(),
+        )
+}
+
+/// Creates a one-partition topic with `configs`, through Sluice's own client.
+async fn create_topic_with(bootstrap: &str, topic: &str, configs: &[(&str, &str)]) {
+    let mut c = Connection::connect(bootstrap).await.unwrap();
+    let response = c.call(&create_topics(&[topic], configs), 7).await.unwrap();
+    let result = &response.topics[0];
+    assert_eq!(
+        result.error_code, 0,
+        "create {topic}: {:?}",
+        result.error_message
+    );
+}
+
+/// The headers of the batches of partition 0 of `topic` up to `records` records, fetched as a
+/// consumer fetches them (each checked whole, with a good CRC).
+async fn fetch_batches(bootstrap: &str, topic: &str, records: usize) -> Vec<batch::BatchHeader> {
+    let mut c = Connection::connect(bootstrap).await.unwrap();
+    let mut headers: Vec<batch::BatchHeader> = Vec::new();
+    let mut next = 0i64;
+    let deadline = Instant::now() + CONSUME_TIMEOUT;
+    while next < records as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "fetched only up to offset {next}"
+        );
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(100)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(next)
+                    .with_partition_max_bytes(1 << 20)
+                    .with_current_leader_epoch(-1)
+                    .with_last_fetched_epoch(-1)
+                    .with_log_start_offset(-1)])]);
+        let response = c.call(&request, 12).await.unwrap();
+        let partition = &response.responses[0].partitions[0];
+        assert_eq!(partition.error_code, 0, "fetch {topic} at {next}");
+        let bytes = partition.records.clone().unwrap_or_default();
+        if bytes.is_empty() {
+            continue;
+        }
+        for (header, _) in batch::split_batches(&bytes).expect("whole batches, good CRCs") {
+            if header.next_offset() > next {
+                next = header.next_offset();
+                headers.push(header);
+            }
+        }
+    }
+    headers
+}
+
+/// Every config DescribeConfigs shows for `topic`: (name, value, config source).
+async fn describe_topic(bootstrap: &str, topic: &str) -> Vec<(String, String, i8)> {
+    let mut c = Connection::connect(bootstrap).await.unwrap();
+    let request =
+        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(topic.to_string()))
+            .with_configuration_keys(None)]);
+    let response = c.call(&request, 4).await.unwrap();
+    assert_eq!(response.results[0].error_code, 0);
+    response.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                c.value.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                c.config_source,
+            )
+        })
+        .collect()
 }
 
 /// Where a record was acknowledged, (partition, offset), or why it failed.
@@ -155,12 +397,19 @@ impl ProducerContext for DeliveryLog {
     }
 }
 
-/// Sends every record and returns the (partition, offset) each was acknowledged at.
-fn produce(bootstrap: &str, records: &[Record]) -> Vec<(i32, i64)> {
+/// Sends every record to `topic` and returns the (partition, offset) each was acknowledged at.
+/// `settings` are librdkafka settings on top of the test's own.
+fn produce(
+    bootstrap: &str,
+    topic: &str,
+    records: &[Record],
+    settings: &[(&str, &str)],
+) -> Vec<(i32, i64)> {
     let context = DeliveryLog {
         reports: Mutex::new(vec![None; records.len()]),
     };
-    let producer: BaseProducer<DeliveryLog> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "false")
@@ -169,7 +418,11 @@ fn produce(bootstrap: &str, records: &[Record]) -> Vec<(i32, i64)> {
         .set(
             "message.timeout.ms",
             DELIVERY_TIMEOUT.as_millis().to_string(),
-        )
+        );
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let producer: BaseProducer<DeliveryLog> = config
         .create_with_context(context)
         .expect("create producer");
     for (index, record) in records.iter().enumerate() {
@@ -180,7 +433,7 @@ fn produce(bootstrap: &str, records: &[Record]) -> Vec<(i32, i64)> {
                 value: value.as_deref(),
             });
         }
-        let mut message = BaseRecord::with_opaque_to(TOPIC, index)
+        let mut message = BaseRecord::with_opaque_to(topic, index)
             .key(&record.key[..])
             .headers(headers)
             .timestamp(record.timestamp_ms);
@@ -210,10 +463,10 @@ fn produce(bootstrap: &str, records: &[Record]) -> Vec<(i32, i64)> {
         .collect()
 }
 
-/// Reads every partition of `TOPIC` from the beginning until `RECORDS` records have arrived (and
+/// Reads every partition of `topic` from the beginning until `expected` records have arrived (and
 /// `EXTRA_RECORDS_WAIT` more, to see any surplus), returning (offset, record) per partition in the
 /// order received.
-fn consume(bootstrap: &str) -> BTreeMap<i32, Vec<(i64, Record)>> {
+fn consume(bootstrap: &str, topic: &str, expected: usize) -> BTreeMap<i32, Vec<(i64, Record)>> {
     // librdkafka's assign() wants a group.id, but assign mode never joins the group and nothing
     // is committed, so the group coordinator is not needed.
     let consumer: BaseConsumer = ClientConfig::new()
@@ -230,23 +483,23 @@ fn consume(bootstrap: &str) -> BTreeMap<i32, Vec<(i64, Record)>> {
         .create()
         .expect("create consumer");
     let metadata = consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(10))
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("metadata");
-    let topic = metadata
+    let described = metadata
         .topics()
         .iter()
-        .find(|t| t.name() == TOPIC)
+        .find(|t| t.name() == topic)
         .expect("topic in metadata");
     assert!(
-        topic.error().is_none(),
+        described.error().is_none(),
         "topic error in metadata: {:?}",
-        topic.error()
+        described.error()
     );
-    assert!(!topic.partitions().is_empty(), "topic has partitions");
+    assert!(!described.partitions().is_empty(), "topic has partitions");
     let mut assignment = TopicPartitionList::new();
-    for partition in topic.partitions() {
+    for partition in described.partitions() {
         assignment
-            .add_partition_offset(TOPIC, partition.id(), Offset::Beginning)
+            .add_partition_offset(topic, partition.id(), Offset::Beginning)
             .unwrap();
     }
     consumer.assign(&assignment).expect("assign");
@@ -260,7 +513,7 @@ fn consume(bootstrap: &str) -> BTreeMap<i32, Vec<(i64, Record)>> {
             continue;
         };
         let message = result.expect("consumer error");
-        assert_eq!(message.topic(), TOPIC);
+        assert_eq!(message.topic(), topic);
         let headers = message.headers().map_or_else(Vec::new, |headers| {
             headers
                 .iter()
@@ -285,13 +538,13 @@ fn consume(bootstrap: &str) -> BTreeMap<i32, Vec<(i64, Record)>> {
             .or_default()
             .push((message.offset(), record));
         count += 1;
-        if count == RECORDS {
+        if count == expected {
             stop_at = Instant::now() + EXTRA_RECORDS_WAIT;
         }
     }
     assert!(
-        count >= RECORDS,
-        "read only {count} of {RECORDS} records within {CONSUME_TIMEOUT:?}"
+        count >= expected,
+        "read only {count} of {expected} records within {CONSUME_TIMEOUT:?}"
     );
     consumed
 }

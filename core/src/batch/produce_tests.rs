@@ -50,9 +50,9 @@ fn rules() -> ProduceRules {
 }
 
 fn accept(bytes: &[u8], rules: &ProduceRules) -> Result<(Vec<u8>, BatchHeader), BatchError> {
-    let mut bytes = bytes.to_vec();
-    let header = accept_produce(&mut bytes, rules, NOW_MS)?;
-    Ok((bytes, header))
+    let mut bytes = BytesMut::from(bytes);
+    let header = accept_produce(&mut bytes, rules, NOW_MS, &compression::ToyCodec)?;
+    Ok((bytes.to_vec(), header))
 }
 
 fn refusal(bytes: &[u8], rules: &ProduceRules) -> (BatchError, ErrorCode) {
@@ -455,8 +455,8 @@ fn an_unknown_compression_codec_is_corrupt() {
 
 #[test]
 fn every_refusal_names_what_was_wrong() {
-    let mut sent = batch_at(&[NOW_MS + 2 * 3_600_000]);
-    let err = accept_produce(&mut sent, &rules(), NOW_MS).unwrap_err();
+    let sent = batch_at(&[NOW_MS + 2 * 3_600_000]);
+    let err = accept(&sent, &rules()).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("timestamp") && text.contains(&(NOW_MS + 2 * 3_600_000).to_string()));
 }

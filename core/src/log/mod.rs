@@ -35,7 +35,10 @@ pub use segment::{
 pub use store::{CleanProgress, LogStore, SwapJob, SyncJob, CLEANED_SUFFIX};
 pub use translate::OffsetTranslator;
 
-use crate::batch::{self, BatchError, BatchHeader, ProduceRules, TimestampType};
+use crate::batch::{
+    self, BatchCodec, BatchError, BatchHeader, CompressionLevels, CompressionType, ProduceRules,
+    TimestampType,
+};
 use crate::limits::*;
 use crate::planted::{Bug, Planted};
 use crate::producer::{ProducerError, ProducerStateTable, ProducerUndo};
@@ -73,6 +76,10 @@ pub struct LogConfig {
     /// `message.timestamp.after.max.ms`: a `CreateTime` timestamp further in the future than
     /// this is refused (INVALID_TIMESTAMP).
     pub timestamp_after_max_ms: i64,
+    /// `compression.type`: the codec the leader stores batches in (`producer`: as sent).
+    pub compression_type: CompressionType,
+    /// `compression.gzip.level`, `compression.lz4.level`, `compression.zstd.level`.
+    pub compression_levels: CompressionLevels,
     /// A deliberate defect for the simulator's checker tests (nothing outside them).
     pub planted: Planted,
 }
@@ -93,6 +100,8 @@ impl Default for LogConfig {
             timestamp_type: TimestampType::CreateTime,
             timestamp_before_max_ms: TIMESTAMP_BEFORE_MAX_MS_DEFAULT,
             timestamp_after_max_ms: TIMESTAMP_AFTER_MAX_MS_DEFAULT,
+            compression_type: CompressionType::Producer,
+            compression_levels: CompressionLevels::default(),
             planted: Planted::NONE,
         }
     }
@@ -107,18 +116,22 @@ impl LogConfig {
             timestamp_type: self.timestamp_type,
             timestamp_before_max_ms: self.timestamp_before_max_ms,
             timestamp_after_max_ms: self.timestamp_after_max_ms,
+            compression_type: self.compression_type,
+            compression_levels: self.compression_levels,
         }
     }
 
     /// A producer's batch checked as this topic takes it at the wall clock `now_ms`, and
-    /// repaired in place as Kafka repairs it (`maxTimestamp`, CRC): [`batch::accept_produce`].
+    /// repaired as Kafka repairs it (rewritten into `compression.type` through `codec`,
+    /// `maxTimestamp`, CRC): [`batch::accept_produce`].
     pub fn validate_produce(
         &self,
-        records: &mut [u8],
+        records: &mut BytesMut,
         now_ms: u64,
+        codec: &dyn BatchCodec,
     ) -> Result<BatchHeader, BatchError> {
         let now_ms = i64::try_from(now_ms).unwrap_or(i64::MAX);
-        batch::accept_produce(records, &self.produce_rules(), now_ms)
+        batch::accept_produce(records, &self.produce_rules(), now_ms, codec)
     }
 
     /// Checks ranges; the error names the offending setting.
@@ -151,6 +164,7 @@ impl LogConfig {
                 "message.timestamp.before.max.ms and after.max.ms must not be negative".into(),
             );
         }
+        self.compression_levels.validate()?;
         if (self.message_bytes_max as usize) < BATCH_HEADER_BYTES {
             return Err(format!(
                 "max.message.bytes must be at least {BATCH_HEADER_BYTES}"
@@ -577,7 +591,10 @@ impl PartitionLog {
         }
         let header = self
             .config
-            .validate_produce(&mut records, now_ms)
+            // A log without a node has no codecs (tests and benchmarks): a batch `compression.type`
+            // would rewrite from or into a compressed codec is refused here. The node's replicas
+            // use the codecs the shell gave the node.
+            .validate_produce(&mut records, now_ms, &batch::NoCodecs)
             .map_err(AppendError::Batch)?;
         if let ProduceCheck::Duplicate(appended) = self.check_produce(&header)? {
             return Ok(appended);

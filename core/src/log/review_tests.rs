@@ -242,8 +242,15 @@ fn a_header_max_timestamp_that_disagrees_with_the_records_is_repaired_before_the
     let mut lying = batch(2, 5, 5_000, None);
     lying[35..43].copy_from_slice(&1_000i64.to_be_bytes());
     fix_crc(&mut lying);
-    let header =
-        batch::accept_produce(&mut lying, &batch::ProduceRules::structural(1 << 20), 0).unwrap();
+    let mut repaired = bytes::BytesMut::from(&lying[..]);
+    let header = batch::accept_produce(
+        &mut repaired,
+        &batch::ProduceRules::structural(1 << 20),
+        0,
+        &batch::NoCodecs,
+    )
+    .unwrap();
+    let lying = repaired.to_vec();
     assert_eq!(header.max_timestamp, 5_001);
     assert!(
         batch::check_crc(&lying, &header).is_ok(),

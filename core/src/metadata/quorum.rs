@@ -753,7 +753,12 @@ impl MetadataQuorum {
             });
         }
         let bytes = BytesMut::from(&builder.build()[..]);
-        let proposed = match self.replica.produce(bytes, now_ms, reader) {
+        // The metadata log's batches are the controller's own, uncompressed, and its log keeps
+        // them as they are (`compression.type=producer`): no codec is ever needed.
+        let proposed = match self
+            .replica
+            .produce(bytes, now_ms, reader, &crate::batch::NoCodecs)
+        {
             Ok(p) => p,
             Err(refusal) if refusal.code == ErrorCode::NotLeaderOrFollower => {
                 return Err(ControllerError::not_controller())

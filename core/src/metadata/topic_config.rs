@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::batch::TimestampType;
+use crate::batch::{CompressionType, TimestampType};
 use crate::log::LogConfig;
 use crate::ErrorCode;
 
@@ -37,6 +37,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
 /// Topic configs Sluice understands, with how each maps onto [`LogConfig`]. Sorted.
 pub const TOPIC_CONFIG_NAMES: &[&str] = &[
     "cleanup.policy",
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.type",
+    "compression.zstd.level",
     "delete.retention.ms",
     "flush.ms",
     "index.interval.bytes",
@@ -132,6 +136,24 @@ pub fn topic_log_config(
             }
             "message.timestamp.before.max.ms" => config.timestamp_before_max_ms = non_negative()?,
             "message.timestamp.after.max.ms" => config.timestamp_after_max_ms = non_negative()?,
+            "compression.type" => {
+                config.compression_type = CompressionType::parse(value).ok_or_else(|| {
+                    bad(&format!(
+                        "expected one of {}",
+                        CompressionType::NAMES.join(", ")
+                    ))
+                })?
+            }
+            "compression.gzip.level" | "compression.lz4.level" | "compression.zstd.level" => {
+                let level = i32::try_from(int()?).map_err(|_| bad("out of range"))?;
+                let levels = &mut config.compression_levels;
+                match name.as_str() {
+                    "compression.gzip.level" => levels.gzip = level,
+                    "compression.lz4.level" => levels.lz4 = level,
+                    _ => levels.zstd = level,
+                }
+                levels.validate().map_err(|e| bad(&e))?;
+            }
             _ => {
                 return Err((
                     ErrorCode::InvalidConfig,
@@ -166,6 +188,10 @@ pub fn describe_topic_config(
         .map(|name| {
             let value = match *name {
                 "cleanup.policy" => cleanup_policy(&effective).to_string(),
+                "compression.type" => effective.compression_type.name().to_string(),
+                "compression.gzip.level" => effective.compression_levels.gzip.to_string(),
+                "compression.lz4.level" => effective.compression_levels.lz4.to_string(),
+                "compression.zstd.level" => effective.compression_levels.zstd.to_string(),
                 "delete.retention.ms" => effective.delete_retention_ms.to_string(),
                 "flush.ms" => overrides
                     .get(*name)
@@ -232,15 +258,22 @@ mod tests {
         assert!(topic_log_config(&LogConfig::default(), &unknown).is_err());
     }
 
+    /// `pairs` as topic overrides of the defaults: the resulting config, and the overrides.
+    fn set(
+        pairs: &[(&str, &str)],
+    ) -> (
+        Result<LogConfig, (ErrorCode, String)>,
+        BTreeMap<String, String>,
+    ) {
+        let o: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (topic_log_config(&LogConfig::default(), &o), o)
+    }
+
     #[test]
     fn timestamp_settings_parse_and_describe() {
-        let set = |pairs: &[(&str, &str)]| {
-            let o: BTreeMap<String, String> = pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            (topic_log_config(&LogConfig::default(), &o), o)
-        };
         let defaults = LogConfig::default();
         assert_eq!(defaults.timestamp_type, TimestampType::CreateTime);
         assert_eq!(
@@ -316,5 +349,86 @@ mod tests {
         let described = describe_topic_config(&LogConfig::default(), &o);
         assert!(described.contains(&("cleanup.policy", "compact".to_string(), true)));
         assert!(described.contains(&("min.cleanable.dirty.ratio", "0.5".to_string(), false)));
+    }
+
+    #[test]
+    fn compression_type_and_levels_parse_describe_and_refuse_bad_values() {
+        use crate::batch::{Codec, CompressionLevels};
+        let defaults = LogConfig::default();
+        assert_eq!(defaults.compression_type, CompressionType::Producer);
+        assert_eq!(defaults.compression_levels, CompressionLevels::default());
+        let described = describe_topic_config(&defaults, &BTreeMap::new());
+        for (name, value) in [
+            ("compression.type", "producer"),
+            ("compression.gzip.level", "-1"),
+            ("compression.lz4.level", "9"),
+            ("compression.zstd.level", "3"),
+        ] {
+            assert!(
+                described.contains(&(name, value.to_string(), false)),
+                "{name}: Kafka's default, not an override"
+            );
+        }
+        for (value, want) in [
+            ("uncompressed", CompressionType::Codec(Codec::None)),
+            ("gzip", CompressionType::Codec(Codec::Gzip)),
+            ("snappy", CompressionType::Codec(Codec::Snappy)),
+            ("lz4", CompressionType::Codec(Codec::Lz4)),
+            ("zstd", CompressionType::Codec(Codec::Zstd)),
+            ("producer", CompressionType::Producer),
+        ] {
+            let (c, o) = set(&[("compression.type", value)]);
+            assert_eq!(c.unwrap().compression_type, want, "{value}");
+            let described = describe_topic_config(&defaults, &o);
+            assert!(described.contains(&("compression.type", value.to_string(), true)));
+        }
+        let (c, o) = set(&[
+            ("compression.type", "zstd"),
+            ("compression.zstd.level", "-7"),
+            ("compression.gzip.level", "9"),
+            ("compression.lz4.level", "17"),
+        ]);
+        let c = c.unwrap();
+        assert_eq!(
+            (
+                c.compression_levels.gzip,
+                c.compression_levels.lz4,
+                c.compression_levels.zstd
+            ),
+            (9, 17, -7)
+        );
+        assert!(describe_topic_config(&defaults, &o).contains(&(
+            "compression.zstd.level",
+            "-7".to_string(),
+            true
+        )));
+        // A broker default shows as the effective value, not as an override.
+        let gzip_broker = LogConfig {
+            compression_type: CompressionType::Codec(Codec::Gzip),
+            ..LogConfig::default()
+        };
+        assert!(
+            describe_topic_config(&gzip_broker, &BTreeMap::new()).contains(&(
+                "compression.type",
+                "gzip".to_string(),
+                false
+            ))
+        );
+        for (name, value) in [
+            ("compression.type", "none"),
+            ("compression.type", "GZIP"),
+            ("compression.type", ""),
+            ("compression.gzip.level", "0"),
+            ("compression.gzip.level", "10"),
+            ("compression.lz4.level", "18"),
+            ("compression.lz4.level", "fast"),
+            ("compression.zstd.level", "23"),
+            ("compression.zstd.level", "-131073"),
+            ("compression.zstd.level", "99999999999"),
+        ] {
+            let (code, message) = set(&[(name, value)]).0.unwrap_err();
+            assert_eq!(code, ErrorCode::InvalidConfig, "{name}={value}");
+            assert!(message.contains(name), "{name}={value}: {message}");
+        }
     }
 }

@@ -352,14 +352,20 @@ impl Node {
             self.delete_local_topic(&name);
         }
         for (name, topic) in wanted {
-            let log_config = match topic_log_config(&self.config.topic_defaults.log, &topic.configs)
-            {
-                Ok(c) => c,
-                Err((_, e)) => {
-                    tracing::error!(topic = name, "the topic's configs are unusable here: {e}");
-                    continue;
-                }
-            };
+            let mut log_config =
+                match topic_log_config(&self.config.topic_defaults.log, &topic.configs) {
+                    Ok(c) => c,
+                    Err((_, e)) => {
+                        tracing::error!(topic = name, "the topic's configs are unusable here: {e}");
+                        continue;
+                    }
+                };
+            if name == crate::group::OFFSETS_TOPIC {
+                // An offsets topic created before it carried `compression.type=producer` must
+                // not take a compressing broker default: its coordinator reads its batches back
+                // without codecs.
+                log_config.compression_type = crate::batch::CompressionType::Producer;
+            }
             let assignments: Vec<Vec<i32>> = topic
                 .partitions
                 .iter()

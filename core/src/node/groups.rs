@@ -266,7 +266,9 @@ impl Node {
         );
         // Compacted, as in Kafka: the latest record per group and per committed partition
         // stays, and a deleted group's or expired offset's tombstone goes after
-        // delete.retention.ms.
+        // delete.retention.ms. `compression.type=producer`, as Kafka's offsets topic: the
+        // coordinator's batches are stored as it writes them (uncompressed; it reads them back
+        // without codecs), whatever the broker's default.
         self.pending_controller_calls
             .push(ControllerRequest::CreateTopic {
                 name: OFFSETS_TOPIC.to_string(),
@@ -274,6 +276,7 @@ impl Node {
                 replication_factor,
                 configs: vec![
                     ("cleanup.policy".to_string(), "compact".to_string()),
+                    ("compression.type".to_string(), "producer".to_string()),
                     (
                         "segment.bytes".to_string(),
                         self.config.offsets_topic_segment_bytes.to_string(),

@@ -60,6 +60,7 @@ pub use config::NodeConfig;
 pub use disk::{Disk, Finished, Job, LogId, LogReader, OpenedLog, StorageDone, StorageOp};
 pub use peer::{ControllerReply, ControllerRequest, GroupId, Leadership, PeerMessage};
 
+use crate::batch::BatchCodec;
 use crate::checker::replicas::Observation;
 use crate::log::{ReadError, ReadIo, SegmentReader};
 use crate::metadata::TopicId;
@@ -165,6 +166,9 @@ impl TopicState {
 /// The node (see the module docs).
 pub struct Node {
     config: NodeConfig,
+    /// Compresses and decompresses record batches for `compression.type` rewrites: a pure
+    /// function the shell supplies (core carries no codec libraries).
+    batch_codec: Box<dyn BatchCodec>,
     rng: Rng,
     /// Drawn at each start: tells the controller this is a new run of the node.
     incarnation: u64,
@@ -214,8 +218,14 @@ impl Node {
     /// A node that first opens its metadata log (the [`StorageOp::Open`] it hands out), then the
     /// partitions the metadata assigns to it. `seed` drives every random choice it makes (topic
     /// ids, election jitter, member ids): the host draws it from the OS, the simulator from its
-    /// seed.
-    pub fn new(config: NodeConfig, seed: u64, now: Now) -> Result<Node, String> {
+    /// seed. `batch_codec` compresses and decompresses the batches a topic's `compression.type`
+    /// has the leader rewrite.
+    pub fn new(
+        config: NodeConfig,
+        batch_codec: Box<dyn BatchCodec>,
+        seed: u64,
+        now: Now,
+    ) -> Result<Node, String> {
         config.validate()?;
         let mut rng = Rng::new(seed);
         let incarnation = rng.next_u64();
@@ -224,6 +234,7 @@ impl Node {
             next_clean: now.instant.plus_millis(config.log_cleaner_backoff_ms),
             cluster: controller::ClusterState::new(now.instant),
             config,
+            batch_codec,
             rng,
             incarnation,
             now,

@@ -137,6 +137,7 @@ impl Node {
     ) -> Result<Appended, (ErrorCode, String)> {
         let wall_ms = self.now.wall_ms;
         let missing = self.missing_partition_error(tp);
+        let batch_codec = &*self.batch_codec;
         let Some(slot) = self.partitions.get_mut(tp) else {
             return Err((missing, format!("{tp}: {missing:?} on this broker")));
         };
@@ -163,7 +164,7 @@ impl Node {
             .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         let proposed = h
             .machine
-            .produce(records, wall_ms, &View { disk, log })
+            .produce(records, wall_ms, &View { disk, log }, batch_codec)
             .map_err(|refusal| {
                 tracing::debug!(%tp, "produce rejected: {refusal}");
                 (refusal.code, format!("{tp}: {}", refusal.reason))

@@ -49,7 +49,13 @@ fn job_kind(job: &Job<MemStorage>) -> String {
 
 impl Host {
     fn start(config: NodeConfig, storage: MemStorage, seed: u64, now: Now) -> Host {
-        let node = Node::new(config, seed, now).expect("valid config");
+        let node = Node::new(
+            config,
+            Box::new(crate::batch::compression::ToyCodec),
+            seed,
+            now,
+        )
+        .expect("valid config");
         Host {
             node,
             disk: Disk::new(storage.clone()),

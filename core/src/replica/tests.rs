@@ -179,9 +179,12 @@ impl Group {
 
     fn produce(&mut self, id: usize, bytes: Vec<u8>) -> Result<Proposed, ErrorCode> {
         let node = self.nodes[id].as_mut().expect("up");
-        let result = node
-            .replica
-            .produce(BytesMut::from(&bytes[..]), self.now_ms, &node.store);
+        let result = node.replica.produce(
+            BytesMut::from(&bytes[..]),
+            self.now_ms,
+            &node.store,
+            &crate::batch::compression::ToyCodec,
+        );
         self.deliver_all();
         result.map_err(|refusal| refusal.code)
     }
@@ -623,6 +626,49 @@ fn a_log_append_time_topic_stores_the_leaders_append_time_on_every_replica() {
 }
 
 #[test]
+fn the_leader_rewrites_into_the_topics_codec_once_and_every_replica_stores_it() {
+    use batch::compression::ToyCodec;
+    use batch::{BatchCodec, Codec, CompressionType};
+    let config = LogConfig {
+        compression_type: CompressionType::Codec(Codec::Zstd),
+        ..small_config()
+    };
+    let mut g = Group::with_config(config);
+    let leader = g.elect();
+    let sent = batch(3, 10, 900, Some((7, 0, 0)));
+    let first = g.produce(leader, sent.clone()).unwrap();
+    let second = g
+        .produce(leader, batch(2, 10, 910, Some((7, 0, 3))))
+        .unwrap();
+    g.tick(2);
+    // Offsets as for any batch: the rewrite keeps the record count.
+    assert_eq!(
+        (first.last_offset - first.base_offset, second.base_offset),
+        (2, first.last_offset + 1)
+    );
+    let stored = stored_everywhere(&g, first.base_offset);
+    let header = batch::BatchHeader::parse(&stored).unwrap();
+    assert_eq!(header.compression(), Codec::Zstd.id());
+    assert_eq!(batch::check_crc(&stored, &header), Ok(()));
+    assert_eq!(
+        (
+            header.producer_id,
+            header.base_sequence,
+            header.record_count
+        ),
+        (7, 0, 3)
+    );
+    let records = ToyCodec
+        .decompress(Codec::Zstd, &stored[61..], 1 << 20)
+        .unwrap();
+    assert_eq!(records, sent[61..], "the producer's records, recompressed");
+    // A retry of the rewritten batch is still recognised by its sequence numbers.
+    let retry = g.produce(leader, sent).unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.base_offset, first.base_offset);
+}
+
+#[test]
 fn a_refused_batch_reaches_no_replica_and_says_why() {
     let mut g = Group::new();
     let leader = g.elect();
@@ -631,7 +677,12 @@ fn a_refused_batch_reaches_no_replica_and_says_why() {
     let end = node.replica.log().log_end_offset();
     let refusal = node
         .replica
-        .produce(BytesMut::from(&future[..]), g.now_ms, &node.store)
+        .produce(
+            BytesMut::from(&future[..]),
+            g.now_ms,
+            &node.store,
+            &crate::batch::NoCodecs,
+        )
         .unwrap_err();
     assert_eq!(refusal.code, ErrorCode::InvalidTimestamp);
     assert!(refusal.reason.contains("timestamp"), "{refusal}");

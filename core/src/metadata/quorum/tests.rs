@@ -790,7 +790,12 @@ fn a_corrupt_committed_record_stops_applying_and_is_reported() {
     let proposed = node
         .quorum
         .replica
-        .produce(BytesMut::from(&b.build()[..]), c.now_ms, &node.store)
+        .produce(
+            BytesMut::from(&b.build()[..]),
+            c.now_ms,
+            &node.store,
+            &crate::batch::NoCodecs,
+        )
         .unwrap();
     // Drive without the harness's "no apply error" check.
     for _ in 0..20 {
