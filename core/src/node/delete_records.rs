@@ -24,6 +24,9 @@ impl Node {
         delete: DeleteRecordsRequest,
         disk: &impl LogReader,
     ) {
+        // The waiters are bounded: a node with as many answers waiting proposes nothing more
+        // and says so (clients retry a timeout).
+        let full = self.produce_waiters.len() >= super::WAITERS_MAX;
         let mut reply = Vec::with_capacity(delete.topics.len());
         let mut waits = Vec::new();
         for (t, (topic, partitions)) in delete.topics.into_iter().enumerate() {
@@ -35,6 +38,11 @@ impl Node {
                     error: ErrorCode::None,
                 };
                 let tp = TopicPartition::new(topic.clone(), partition);
+                if full {
+                    result.error = ErrorCode::RequestTimedOut;
+                    results.push(result);
+                    continue;
+                }
                 match self.delete_records_on_leader(&tp, offset, disk) {
                     Ok(LogStartChange::Done { low_watermark }) => {
                         result.low_watermark = low_watermark as i64;
@@ -59,6 +67,10 @@ impl Node {
         } else {
             self.deadline_after(timeout_ms)
         };
+        if full {
+            self.reply(request, reply.into_reply());
+            return;
+        }
         self.produce_waiters.push(ProduceWaiter {
             request,
             reply,

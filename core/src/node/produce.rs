@@ -60,7 +60,7 @@ impl WaiterReply {
         }
     }
 
-    fn into_reply(self) -> Reply {
+    pub fn into_reply(self) -> Reply {
         match self {
             WaiterReply::Produce(topics) => Reply::Produce(topics),
             WaiterReply::DeleteRecords(topics) => Reply::DeleteRecords(topics),
