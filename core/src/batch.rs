@@ -385,6 +385,10 @@ pub fn stamp(batch: &mut [u8], base_offset: i64, partition_leader_epoch: i32) {
 pub const CONTROL_TYPE_LEADER_EPOCH_START: i16 = 100;
 /// Control record type of a Raft membership entry; its value is the opaque payload.
 pub const CONTROL_TYPE_MEMBERSHIP: i16 = 101;
+/// Control record type of the entry a leader appends for DeleteRecords: once committed it raises
+/// the partition's log start (Kafka's low watermark) to the Kafka offset its value names.
+/// Value: version i16 0, then the Kafka offset i64.
+pub const CONTROL_TYPE_LOG_START: i16 = 102;
 
 /// A control batch (attributes bit 5) of one record whose key is version 0 and `control_type`,
 /// as Kafka's transaction markers are: it occupies one offset and consumers skip it. Producer id,
@@ -420,7 +424,7 @@ pub fn control_batch(
 pub fn is_raft_internal(control_type: i16) -> bool {
     matches!(
         control_type,
-        CONTROL_TYPE_LEADER_EPOCH_START | CONTROL_TYPE_MEMBERSHIP
+        CONTROL_TYPE_LEADER_EPOCH_START | CONTROL_TYPE_MEMBERSHIP | CONTROL_TYPE_LOG_START
     )
 }
 
@@ -493,6 +497,45 @@ pub fn membership_batch(
         payload,
         timestamp_ms,
     )
+}
+
+/// The control batch a leader appends for DeleteRecords: the log starts at Kafka offset
+/// `kafka_offset` once it is committed (see [`CONTROL_TYPE_LOG_START`]).
+pub fn log_start_batch(
+    base_offset: i64,
+    epoch: i32,
+    kafka_offset: u64,
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let mut value = Vec::with_capacity(10);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&(kafka_offset as i64).to_be_bytes());
+    let out = control_batch(
+        base_offset,
+        epoch,
+        CONTROL_TYPE_LOG_START,
+        &value,
+        timestamp_ms,
+    );
+    debug_assert_eq!(log_start_of(&out), Some(kafka_offset));
+    out
+}
+
+/// The Kafka log start a DeleteRecords batch names: `None` unless `batch` is one, well formed
+/// (one record, value version 0, a non-negative offset).
+pub fn log_start_of(batch: &[u8]) -> Option<u64> {
+    if control_type_of(batch)? != CONTROL_TYPE_LOG_START {
+        return None;
+    }
+    let header = BatchHeader::parse(batch).ok()?;
+    if header.record_count != 1 || header.last_offset_delta != 0 {
+        return None;
+    }
+    let value = control_value(batch)?;
+    if value.len() != 10 || value[0..2] != 0i16.to_be_bytes() {
+        return None;
+    }
+    u64::try_from(i64::from_be_bytes(value[2..10].try_into().ok()?)).ok()
 }
 
 /// The control type of one whole batch: `None` unless it is an uncompressed control batch whose

@@ -37,6 +37,7 @@ pub enum ErrorCode {
     InvalidReplicaAssignment = 39,
     InvalidRequest = 42,
     UnsupportedForMessageFormat = 43,
+    PolicyViolation = 44,
     OutOfOrderSequenceNumber = 45,
     DuplicateSequenceNumber = 46,
     InvalidProducerEpoch = 47,

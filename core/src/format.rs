@@ -8,7 +8,8 @@
 //! | the directory holds | decision |
 //! |---|---|
 //! | no format file and nothing of Sluice's | a new directory: store the current version |
-//! | a format file naming a version in [`FORMAT_VERSION_READ_MIN`]`..=`[`FORMAT_VERSION`] | open it |
+//! | a format file naming [`FORMAT_VERSION`] | open it |
+//! | a format file naming a version in [`FORMAT_VERSION_READ_MIN`]`..`[`FORMAT_VERSION`] | store the current version, then open it (an upgrade: this Sluice reads the older format as it is, and from now on may write what only the current one holds, so an older Sluice must refuse the directory) |
 //! | no format file but Sluice's data (`__cluster_metadata-0`, a `<topic>-<partition>` directory, the pre-quorum `metadata.toml`) | format 1, written before the file existed: refuse |
 //! | a format file naming an older version, a newer one, or damaged | refuse |
 //!
@@ -37,7 +38,7 @@ use crate::storage::{Storage, StorageFile};
 
 /// The format this Sluice writes. Bump it with every change on disk that an older Sluice would
 /// misread, and add a line to [`FORMAT_HISTORY`].
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format this Sluice opens as it is.
 pub const FORMAT_VERSION_READ_MIN: u32 = 2;
 /// The format of a directory with Sluice's data and no format file: it was written before the
@@ -52,6 +53,11 @@ pub const FORMAT_HISTORY: &[(u32, &str)] = &[
          take Kafka offsets in it",
     ),
     (2, "Kafka-exact offsets: only records take Kafka offsets"),
+    (
+        3,
+        "DeleteRecords: Raft's log-start entries (control type 102) and checkpoints that hold \
+         the log start (SLC3)",
+    ),
 ];
 
 const _: () = assert!(FORMAT_VERSION_READ_MIN <= FORMAT_VERSION);
@@ -77,8 +83,11 @@ const CRC_KEY: &str = "crc32c=";
 pub enum Decision {
     /// A new directory: store [`FORMAT_VERSION`], then open it.
     Initialise,
-    /// A directory of a format this Sluice reads.
+    /// A directory of the current format.
     Open { version: u32 },
+    /// A directory of an older format this Sluice reads as it is: store [`FORMAT_VERSION`]
+    /// before anything else is written, then open it.
+    Upgrade { from: u32 },
 }
 
 /// Why a data directory is refused.
@@ -182,6 +191,9 @@ pub fn decide(stored: Option<&[u8]>, entries: &[String]) -> Result<Decision, Ref
     if version > FORMAT_VERSION {
         return Err(Refusal::Newer { version });
     }
+    if version < FORMAT_VERSION {
+        return Ok(Decision::Upgrade { from: version });
+    }
     Ok(Decision::Open { version })
 }
 
@@ -282,8 +294,11 @@ pub fn open_data_dir<S: Storage>(storage: &S, data_dir: &Path) -> io::Result<Dec
             DataDirRefused { refusal, message },
         )
     })?;
-    if decision == Decision::Initialise {
-        assert!(stored.is_none(), "only a directory without the file is new");
+    if matches!(decision, Decision::Initialise | Decision::Upgrade { .. }) {
+        assert!(
+            stored.is_none() == (decision == Decision::Initialise),
+            "only a directory without the file is new"
+        );
         store(storage, FORMAT_VERSION).map_err(context("cannot write", file))?;
         // Read back what was stored: a directory that does not keep it must not be used.
         let back = read(storage).map_err(context("cannot read back", file))?;
@@ -378,7 +393,12 @@ mod tests {
                 "{message}"
             );
             assert!(message.contains(&format!("it has {entry} and no sluice-format")));
-            assert!(message.contains("this sluice reads format 2"), "{message}");
+            assert!(
+                message.contains(&format!(
+                    "this sluice reads formats {FORMAT_VERSION_READ_MIN} to {FORMAT_VERSION}"
+                )),
+                "{message}"
+            );
             assert!(message.contains("copy the data out with a Kafka client"));
             assert!(message.contains("run the older sluice"));
         }
@@ -413,6 +433,30 @@ mod tests {
         assert!(older
             .describe(Path::new("d"))
             .contains("or run the older sluice"));
+    }
+
+    /// Format 2 (before DeleteRecords) is read as it is; opening it stores format 3 first, so
+    /// that a format-2 Sluice refuses the directory once it may hold log-start entries.
+    #[test]
+    fn a_format_2_directory_is_upgraded_durably_on_open() {
+        let storage = MemStorage::new();
+        store(&storage, 2).unwrap();
+        storage.crash(CrashMode::Clean);
+        assert_eq!(
+            open_data_dir(&storage, Path::new("data")).unwrap(),
+            Decision::Upgrade { from: 2 }
+        );
+        storage.crash(CrashMode::Clean);
+        assert_eq!(
+            storage.read_file(Path::new(FORMAT_FILE)),
+            Some(encode(FORMAT_VERSION))
+        );
+        assert_eq!(
+            open_data_dir(&storage, Path::new("data")).unwrap(),
+            Decision::Open {
+                version: FORMAT_VERSION
+            }
+        );
     }
 
     #[test]
@@ -464,7 +508,10 @@ mod tests {
             Decision::Initialise
         );
         storage.crash(CrashMode::Clean);
-        assert_eq!(storage.read_file(Path::new(FORMAT_FILE)), Some(encode(2)));
+        assert_eq!(
+            storage.read_file(Path::new(FORMAT_FILE)),
+            Some(encode(FORMAT_VERSION))
+        );
         assert!(!storage.exists(Path::new(FORMAT_TMP_FILE)));
         assert_eq!(
             open_data_dir(&storage, Path::new("data")).unwrap(),
@@ -488,12 +535,20 @@ mod tests {
             let again = open_data_dir(&storage, Path::new("data"))
                 .unwrap_or_else(|e| panic!("cut after {ops} ops ({first:?}): {e}"));
             assert!(
-                matches!(again, Decision::Initialise | Decision::Open { version: 2 }),
+                matches!(
+                    again,
+                    Decision::Initialise
+                        | Decision::Open {
+                            version: FORMAT_VERSION
+                        }
+                ),
                 "{again:?}"
             );
             assert_eq!(
                 open_data_dir(&storage, Path::new("data")).unwrap(),
-                Decision::Open { version: 2 }
+                Decision::Open {
+                    version: FORMAT_VERSION
+                }
             );
         }
     }

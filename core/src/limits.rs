@@ -171,3 +171,9 @@ const _: () = assert!(GROUP_STRING_BYTES_MAX <= i16::MAX as usize);
 const _: () = assert!(OFFSET_METADATA_BYTES_MAX <= i16::MAX as usize);
 const _: () = assert!(2 * GROUP_MEMBER_BLOB_BYTES_MAX <= GROUP_RECORD_BYTES_MAX);
 const _: () = assert!(GROUP_MIN_SESSION_TIMEOUT_MS_DEFAULT <= GROUP_MAX_SESSION_TIMEOUT_MS_DEFAULT);
+
+/// DeleteRecords: how long an answer waits for its log-start entries to commit at least,
+/// whatever the request's `timeout_ms`. Kafka raises the log start in memory and answers at
+/// once when the leader is the only in-sync replica, so clients ask with a timeout of 0
+/// (librdkafka's test 0081 does); in Sluice even a group of one commits only after an fsync.
+pub const DELETE_RECORDS_WAIT_MS_MIN: u64 = 1_000;

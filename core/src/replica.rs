@@ -62,6 +62,18 @@ pub struct Proposed {
     pub duplicate: bool,
 }
 
+/// DeleteRecords' offset meaning "the high watermark".
+pub const DELETE_TO_HIGH_WATERMARK: i64 = -1;
+
+/// What a leader did with a DeleteRecords offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStartChange {
+    /// The log start was already there: this is the low watermark.
+    Done { low_watermark: u64 },
+    /// A log-start entry was proposed; the low watermark moves once it is committed.
+    Proposed(Proposed),
+}
+
 /// A group commit handed to the host, with the last Raft write it covers.
 #[derive(Debug)]
 pub struct ReplicaSync {
@@ -188,15 +200,7 @@ impl Replica {
         codec: &dyn batch::BatchCodec,
     ) -> Result<Proposed, Refusal> {
         self.now_ms = now_ms;
-        if self.storage_failed() {
-            return Err(AppendError::StorageFailed.into());
-        }
-        if !self.raft.is_leader() {
-            return Err(Refusal::new(
-                ErrorCode::NotLeaderOrFollower,
-                "this replica is not the leader",
-            ));
-        }
+        self.check_leader_can_write()?;
         // Validated and repaired once, here on the leader, before the batch enters Raft: every
         // replica stores these bytes (followers check their CRC against the entry).
         let header = self
@@ -242,6 +246,93 @@ impl Replica {
             term,
             duplicate: false,
         })
+    }
+
+    /// Leader: DeleteRecords (Kafka's `Partition.deleteRecordsOnLeader`). `offset` is a Kafka
+    /// offset, or -1 for the high watermark. A log start already at or past it is answered at
+    /// once ([`LogStartChange::Done`]); otherwise a log-start entry is proposed, and the log
+    /// start moves on every replica when it commits ([`LogStartChange::Proposed`]).
+    pub fn delete_records(
+        &mut self,
+        offset: i64,
+        now_ms: u64,
+        reader: &impl SegmentReader,
+    ) -> Result<LogStartChange, Refusal> {
+        self.now_ms = now_ms;
+        self.check_leader_can_write()?;
+        if !self.log.config().delete {
+            return Err(Refusal::new(
+                ErrorCode::PolicyViolation,
+                "records of a compacted topic cannot be deleted (cleanup.policy=compact)",
+            ));
+        }
+        let high_watermark = self.log.kafka_high_watermark();
+        let target = if offset == DELETE_TO_HIGH_WATERMARK {
+            high_watermark
+        } else {
+            match u64::try_from(offset) {
+                Ok(o) if o <= high_watermark => o,
+                _ => {
+                    return Err(Refusal::new(
+                        ErrorCode::OffsetOutOfRange,
+                        format!(
+                            "offset {offset} is not in [0, high watermark {high_watermark}] (or -1)"
+                        ),
+                    ))
+                }
+            }
+        };
+        let low_watermark = self.log.kafka_log_start_offset();
+        if target <= low_watermark {
+            return Ok(LogStartChange::Done { low_watermark });
+        }
+        let term = self.raft.term();
+        let Ok(epoch) = i32::try_from(term) else {
+            return Err(Refusal::new(
+                ErrorCode::UnknownServerError,
+                format!("term {term} is beyond any leader epoch"),
+            ));
+        };
+        let first = self.raft.last_index() + 1;
+        let entry = batch::log_start_batch((first - 1) as i64, epoch, target, NO_TIMESTAMP);
+        let (index, last) = self
+            .raft
+            .propose(Bytes::from(entry), 1)
+            .map_err(|e| Refusal::new(e.error_code(), format!("Raft refused it: {e:?}")))?;
+        assert_eq!(
+            (index, last),
+            (first, first),
+            "a log-start entry is one index"
+        );
+        self.drive(reader);
+        // The entry is Raft-internal: it takes no Kafka offset, and it names at most the Kafka
+        // offset where it stands (the target is at most the high watermark below it).
+        debug_assert!(
+            self.log
+                .pending_log_starts()
+                .any(|&(at, kafka)| at == index - 1 && kafka == target)
+                || self.log.log_end_offset() < index
+        );
+        Ok(LogStartChange::Proposed(Proposed {
+            base_offset: index - 1,
+            last_offset: index - 1,
+            term,
+            duplicate: false,
+        }))
+    }
+
+    /// A leader whose storage works: what every client write needs first.
+    fn check_leader_can_write(&self) -> Result<(), Refusal> {
+        if self.storage_failed() {
+            return Err(AppendError::StorageFailed.into());
+        }
+        if !self.raft.is_leader() {
+            return Err(Refusal::new(
+                ErrorCode::NotLeaderOrFollower,
+                "this replica is not the leader",
+            ));
+        }
+        Ok(())
     }
 
     /// A message from a peer replica. An append whose payload disagrees with its entries is
@@ -577,9 +668,15 @@ fn check_entry_payload(entry: &Entry) -> Result<(), &'static str> {
         return Err("an epoch other than the entry's term");
     }
     // Raft's own entries take no Kafka offset: a normal entry posing as one would move every
-    // Kafka offset after it on this replica alone.
+    // Kafka offset after it on this replica alone. The one a leader proposes as a normal entry,
+    // DeleteRecords' log start, must be well formed (one record naming an offset).
     if header.is_control() && batch::is_raft_internal_batch(&entry.payload) {
-        return Err("a normal entry carrying one of Raft's own control batches");
+        if batch::control_type_of(&entry.payload) != Some(batch::CONTROL_TYPE_LOG_START) {
+            return Err("a normal entry carrying one of Raft's own control batches");
+        }
+        if batch::log_start_of(&entry.payload).is_none() {
+            return Err("a log-start entry that names no offset");
+        }
     }
     if header.record_count < 0 || header.record_count > header.last_offset_delta + 1 {
         return Err("a record count that does not fit the offsets");

@@ -96,12 +96,19 @@ impl<S: Storage> Broker<S> {
     /// [`format::DataDirRefused`].
     pub fn open(config: Config, storage: S) -> io::Result<Broker<S>> {
         let decision = format::open_data_dir(&storage, &config.data_dir)?;
-        if decision == format::Decision::Initialise {
-            tracing::info!(
+        match decision {
+            format::Decision::Initialise => tracing::info!(
                 data_dir = %config.data_dir.display(),
                 format = format::FORMAT_VERSION,
                 "new data directory: format version stored"
-            );
+            ),
+            format::Decision::Upgrade { from } => tracing::info!(
+                data_dir = %config.data_dir.display(),
+                from,
+                to = format::FORMAT_VERSION,
+                "data directory format upgraded (an older sluice now refuses it)"
+            ),
+            format::Decision::Open { .. } => {}
         }
         // Seeded once from the OS (or madsim): ids, election jitter, member ids.
         let seed = std::collections::hash_map::RandomState::new()

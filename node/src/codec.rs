@@ -19,6 +19,9 @@ use kafka_protocol::messages::delete_acls_response::{DeleteAclsFilterResult, Del
 use kafka_protocol::messages::delete_groups_response::{
     DeletableGroupResult, DeleteGroupsResponse,
 };
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsResponse, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::{
     DeletableTopicResult, DeleteTopicsResponse,
 };
@@ -78,6 +81,7 @@ pub const SERVED_APIS: &[ApiKey] = &[
     ApiKey::Produce,
     ApiKey::Fetch,
     ApiKey::ListOffsets,
+    ApiKey::DeleteRecords,
     ApiKey::Metadata,
     ApiKey::ApiVersions,
     ApiKey::CreateTopics,
@@ -311,6 +315,21 @@ pub fn decode(body: RequestKind, version: i16) -> Decoded {
                     (string(&t.name.0), queries)
                 })
                 .collect(),
+        }),
+        RequestKind::DeleteRecords(r) => Request::DeleteRecords(DeleteRecordsRequest {
+            topics: r
+                .topics
+                .into_iter()
+                .map(|t| {
+                    let partitions = t
+                        .partitions
+                        .iter()
+                        .map(|p| (p.partition_index, p.offset))
+                        .collect();
+                    (string(&t.name.0), partitions)
+                })
+                .collect(),
+            timeout_ms: r.timeout_ms,
         }),
         RequestKind::OffsetForLeaderEpoch(r) => Request::OffsetForLeaderEpoch(
             r.topics
@@ -697,6 +716,28 @@ pub fn encode(reply: Reply, api_key: ApiKey, version: i16) -> ResponseKind {
                                             r.leader_epoch = p.leader_epoch;
                                         }
                                         r
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+        Reply::DeleteRecords(topics) => ResponseKind::DeleteRecords(
+            DeleteRecordsResponse::default().with_topics(
+                topics
+                    .into_iter()
+                    .map(|(name, partitions)| {
+                        DeleteRecordsTopicResult::default()
+                            .with_name(TopicName(str_bytes(name)))
+                            .with_partitions(
+                                partitions
+                                    .into_iter()
+                                    .map(|p| {
+                                        DeleteRecordsPartitionResult::default()
+                                            .with_partition_index(p.partition)
+                                            .with_low_watermark(p.low_watermark)
+                                            .with_error_code(p.error.code())
                                     })
                                     .collect(),
                             )

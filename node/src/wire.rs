@@ -47,6 +47,7 @@ pub fn supported_versions(api_key: ApiKey) -> VersionRange {
         ApiKey::Produce => both::<ProduceRequest>(),
         ApiKey::Fetch => both::<FetchRequest>(),
         ApiKey::ListOffsets => both::<ListOffsetsRequest>(),
+        ApiKey::DeleteRecords => both::<DeleteRecordsRequest>(),
         ApiKey::Metadata => both::<MetadataRequest>(),
         ApiKey::ApiVersions => both::<ApiVersionsRequest>(),
         ApiKey::CreateTopics => both::<CreateTopicsRequest>(),

@@ -800,3 +800,46 @@ fn bad_input_and_unreachable_brokers_fail_cleanly() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn topic_delete_records_moves_the_start_of_a_partition() {
+    let node = Node::start(ServeArgs::default());
+    let addr = node.addr.as_str();
+    ok(
+        addr,
+        &["topic", "create", "--topic", "cut", "--partitions", "1"],
+    );
+    client_runtime().block_on(async {
+        let mut c = Connection::connect(addr).await.unwrap();
+        produce(&mut c, "cut", 0, 5).await;
+    });
+    let delete = |offset: &'static str| {
+        [
+            "topic",
+            "delete-records",
+            "--topic",
+            "cut",
+            "--partition",
+            "0",
+            "--offset",
+            offset,
+        ]
+    };
+    assert_eq!(
+        ok(addr, &delete("2")),
+        "Partition cut-0 now starts at offset 2.\n"
+    );
+    // -1 is the high watermark; a lower offset leaves the start where it is.
+    assert_eq!(
+        ok(addr, &delete("-1")),
+        "Partition cut-0 now starts at offset 5.\n"
+    );
+    assert_eq!(
+        ok(addr, &delete("1")),
+        "Partition cut-0 now starts at offset 5.\n"
+    );
+    assert_eq!(
+        fails(addr, &delete("6")),
+        "sluice topic delete-records: OFFSET_OUT_OF_RANGE: deleting records of cut-0 below 6\n"
+    );
+}

@@ -10,6 +10,9 @@ use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsAssignment, CreatePartitionsRequest, CreatePartitionsTopic,
 };
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::{
     DescribeConfigsRequest, DescribeConfigsResource,
@@ -146,6 +149,22 @@ fn fetch_request(topic: &str, topic_id: Uuid, offset: i64, max_wait_ms: i32) -> 
                 .with_current_leader_epoch(-1)
                 .with_last_fetched_epoch(-1)
                 .with_log_start_offset(-1)])])
+}
+
+/// ListOffsets of partition 0 of `topic` at `timestamp`, as a consumer asks it.
+fn list_offsets_request(
+    topic: &str,
+    timestamp: i64,
+    current_leader_epoch: i32,
+) -> ListOffsetsRequest {
+    ListOffsetsRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(name(topic))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(timestamp)
+                .with_current_leader_epoch(current_leader_epoch)])])
 }
 
 async fn create_topic(c: &mut Connection, topic: &str, partitions: i32) -> Uuid {
@@ -370,6 +389,44 @@ fn every_version_of_every_served_api_round_trips() {
             assert_eq!(
                 resp.responses[0].error_code, 0,
                 "delete topics v{v} ({topic})"
+            );
+        }
+        // DeleteRecords: each version moves the low watermark one record further, which
+        // ListOffsets EARLIEST then reports; past the high watermark is OFFSET_OUT_OF_RANGE.
+        for v in supported_versions(ApiKey::DeleteRecords).min
+            ..=supported_versions(ApiKey::DeleteRecords).max
+        {
+            let delete = |offset: i64| {
+                DeleteRecordsRequest::default()
+                    .with_timeout_ms(5_000)
+                    .with_topics(vec![DeleteRecordsTopic::default()
+                        .with_name(name("versions"))
+                        .with_partitions(vec![DeleteRecordsPartition::default()
+                            .with_partition_index(0)
+                            .with_offset(offset)])])
+            };
+            let low = i64::from(v) + 1;
+            let resp = c.call(&delete(low), v).await.unwrap();
+            let p = &resp.topics[0].partitions[0];
+            assert_eq!(
+                (p.error_code, p.low_watermark),
+                (0, low),
+                "delete records v{v}"
+            );
+            let resp = c.call(&delete(expected_offset + 1), v).await.unwrap();
+            let p = &resp.topics[0].partitions[0];
+            assert_eq!(
+                (p.error_code, p.low_watermark),
+                (1, -1),
+                "delete records v{v}"
+            );
+            let resp = c
+                .call(&list_offsets_request("versions", -2, -1), 1)
+                .await
+                .unwrap();
+            assert_eq!(
+                resp.topics[0].partitions[0].offset, low,
+                "delete records v{v}"
             );
         }
     });
@@ -1038,14 +1095,7 @@ fn leader_epoch_fencing_and_unknown_partitions_in_offset_for_leader_epoch_fetch_
                 if v < 4 && current != -1 {
                     continue;
                 }
-                let req = ListOffsetsRequest::default()
-                    .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-                    .with_topics(vec![ListOffsetsTopic::default()
-                        .with_name(name("fenced"))
-                        .with_partitions(vec![ListOffsetsPartition::default()
-                            .with_partition_index(0)
-                            .with_timestamp(-1)
-                            .with_current_leader_epoch(current)])]);
+                let req = list_offsets_request("fenced", -1, current);
                 let resp = c.call(&req, v).await.unwrap();
                 let p = &resp.topics[0].partitions[0];
                 let expected = if code == 0 {

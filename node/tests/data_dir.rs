@@ -241,7 +241,7 @@ fn a_format_1_data_directory_is_refused_with_status_2_and_left_as_it_was() {
         "{stderr}"
     );
     assert!(
-        stderr.contains(&format!("this sluice reads format {FORMAT_VERSION}")),
+        stderr.contains(&format!("this sluice reads formats 2 to {FORMAT_VERSION}")),
         "{stderr}"
     );
     assert!(

@@ -3,7 +3,8 @@
 //! assigns every partition from the beginning and must read back exactly what was acknowledged —
 //! the same keys, values, headers and timestamps, at the acknowledged offsets, in offset order,
 //! and nothing else. A second test produces with each codec to topics whose `compression.type`
-//! makes the broker rewrite the batches.
+//! makes the broker rewrite the batches. A third moves low watermarks with DeleteRecords through
+//! librdkafka's admin client; a consumer starting from the beginning starts there.
 #![cfg(not(madsim))]
 
 use std::collections::BTreeMap;
@@ -25,7 +26,8 @@ use kafka_protocol::messages::describe_configs_request::{
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use rdkafka::client::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{DeliveryResult, Header, Headers, Message, OwnedHeaders, Timestamp};
@@ -84,14 +86,19 @@ fn record(i: usize, base_timestamp_ms: i64) -> Record {
     }
 }
 
-#[test]
-fn produced_records_read_back_exactly_at_their_acknowledged_offsets() {
-    let broker = Broker::start();
+/// The `RECORDS` records of a test, timestamped from now.
+fn records_now() -> Vec<Record> {
     let base_timestamp_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let sent: Vec<Record> = (0..RECORDS).map(|i| record(i, base_timestamp_ms)).collect();
+    (0..RECORDS).map(|i| record(i, base_timestamp_ms)).collect()
+}
+
+#[test]
+fn produced_records_read_back_exactly_at_their_acknowledged_offsets() {
+    let broker = Broker::start();
+    let sent = records_now();
 
     // Produce with acks=all; the delivery reports say where each record landed.
     let acked = produce(&broker.bootstrap(), TOPIC, &sent, &[]);
@@ -368,6 +375,104 @@ async fn describe_topic(bootstrap: &str, topic: &str) -> Vec<(String, String, i8
             )
         })
         .collect()
+}
+
+/// Kafka's DeleteRecords through librdkafka's admin client (`rd_kafka_DeleteRecords`): the first
+/// partition is cut to its end (-1, the high watermark), the others to half their records, one
+/// offset past the end is OFFSET_OUT_OF_RANGE; the watermarks then report the new low
+/// watermarks, and a consumer reading from the beginning starts at them.
+#[test]
+fn delete_records_moves_the_low_watermark_where_consumers_start() {
+    let broker = Broker::start();
+    let sent = records_now();
+    let acked = produce(&broker.bootstrap(), TOPIC, &sent, &[]);
+    let mut counts: BTreeMap<i32, i64> = BTreeMap::new();
+    for (partition, _) in &acked {
+        *counts.entry(*partition).or_default() += 1;
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .create()
+        .expect("create admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let first = *counts.keys().next().expect("a partition holds records");
+    let mut want: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut offsets = TopicPartitionList::new();
+    for (&partition, &count) in &counts {
+        let (offset, low) = if partition == first {
+            (Offset::End, count)
+        } else {
+            (Offset::Offset(count / 2), count / 2)
+        };
+        offsets
+            .add_partition_offset(TOPIC, partition, offset)
+            .unwrap();
+        want.insert(partition, low);
+    }
+    let result = runtime
+        .block_on(admin.delete_records(&offsets, &options))
+        .expect("DeleteRecords");
+    for element in result.elements() {
+        element
+            .error()
+            .unwrap_or_else(|e| panic!("partition {}: {e}", element.partition()));
+        assert_eq!(
+            element.offset(),
+            Offset::Offset(want[&element.partition()]),
+            "low watermark of partition {}",
+            element.partition()
+        );
+    }
+    // Past the high watermark: refused, nothing moves.
+    let mut past = TopicPartitionList::new();
+    past.add_partition_offset(TOPIC, first, Offset::Offset(counts[&first] + 1))
+        .unwrap();
+    let refused = runtime
+        .block_on(admin.delete_records(&past, &options))
+        .expect("DeleteRecords");
+    let error = refused.elements()[0].error().expect_err("past the end");
+    assert!(
+        error.to_string().contains("out of range"),
+        "OFFSET_OUT_OF_RANGE, not: {error}"
+    );
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "sluice-rdkafka-delete-records")
+        .create()
+        .expect("create consumer");
+    for (&partition, &count) in &counts {
+        let (low, high) = consumer
+            .fetch_watermarks(TOPIC, partition, Duration::from_secs(10))
+            .expect("watermarks");
+        assert_eq!(
+            (low, high),
+            (want[&partition], count),
+            "partition {partition}"
+        );
+    }
+    drop(consumer);
+    let expected: usize = counts
+        .iter()
+        .map(|(partition, count)| (count - want[partition]) as usize)
+        .sum();
+    let consumed = consume(&broker.bootstrap(), TOPIC, expected);
+    for (partition, records) in &consumed {
+        assert_eq!(
+            records.first().map(|(offset, _)| *offset),
+            Some(want[partition]),
+            "partition {partition} starts at its low watermark"
+        );
+        assert_eq!(records.len() as i64, counts[partition] - want[partition]);
+    }
+    assert!(
+        !consumed.contains_key(&first),
+        "the first partition was emptied"
+    );
 }
 
 /// Where a record was acknowledged, (partition, offset), or why it failed.

@@ -350,6 +350,14 @@ pub struct PartitionLog {
     epochs: LeaderEpochCache,
     /// Kafka offsets over the log's offsets: Raft's own entries take none.
     translator: OffsetTranslator,
+    /// The Kafka log start DeleteRecords set (the largest one a committed log-start entry
+    /// named; 0 if none). Clients see `max(this, kafka(first segment base))`. Never decreases,
+    /// never passes the Kafka high watermark; stored in every checkpoint.
+    kafka_start: u64,
+    /// Log-start entries written and not yet committed, oldest first: (log offset, the Kafka
+    /// offset it names, at most its own Kafka offset). Each lies in `[high watermark, log end)`;
+    /// a commit past one applies it to `kafka_start`, a truncation forgets it.
+    pending_starts: VecDeque<(u64, u64)>,
     /// One record per batch in `[high watermark, log end)`, oldest first: how to take it back
     /// when Raft truncates the uncommitted suffix. Bounded by what is appended and not yet
     /// committed (Raft bounds a leader's uncommitted entries; recovery adds the replayed tail).
@@ -424,6 +432,8 @@ impl PartitionLog {
             commit_target: 0,
             epochs: LeaderEpochCache::new(),
             translator: OffsetTranslator::new(),
+            kafka_start: 0,
+            pending_starts: VecDeque::new(),
             undo: VecDeque::new(),
             cut_during_sync: None,
             ops: VecDeque::new(),
@@ -509,9 +519,27 @@ impl PartitionLog {
         self.translator.kafka(self.high_watermark.offset)
     }
 
-    /// The log start offset as clients see it.
+    /// The log start offset as clients see it (Kafka's low watermark): where the first
+    /// segment starts, or where committed DeleteRecords moved it, whichever is later.
     pub fn kafka_log_start_offset(&self) -> u64 {
-        self.translator.kafka(self.log_start_offset())
+        self.translator
+            .kafka(self.log_start_offset())
+            .max(self.kafka_start)
+    }
+
+    /// The Kafka log start every log-start entry written so far names, committed or not: what
+    /// a checkpoint at the log end records (it is written only once everything below it is
+    /// committed).
+    fn kafka_start_written(&self) -> u64 {
+        self.pending_starts
+            .iter()
+            .map(|(_, kafka)| *kafka)
+            .fold(self.kafka_start, u64::max)
+    }
+
+    /// Log-start entries written and not yet committed: (log offset, Kafka offset named).
+    pub fn pending_log_starts(&self) -> impl Iterator<Item = &(u64, u64)> {
+        self.pending_starts.iter()
     }
 
     /// The log end offset as clients see it.
@@ -667,7 +695,14 @@ impl PartitionLog {
                 .assign(header.partition_leader_epoch, header.base_offset as u64);
         }
         if header.is_control() && batch::is_raft_internal_batch(&bytes) {
-            self.record_internal(header.base_offset as u64);
+            let offset = header.base_offset as u64;
+            if let Some(named) = batch::log_start_of(&bytes) {
+                // Every replica holds the same log below this entry, so the cap is the same
+                // everywhere: a log start never passes the entry that set it.
+                let kafka = named.min(self.translator.kafka(offset));
+                self.pending_starts.push_back((offset, kafka));
+            }
+            self.record_internal(offset);
         }
         let interval = self.config.index_interval_bytes;
         let segment = self.active_mut();
@@ -773,8 +808,13 @@ impl PartitionLog {
             self.snapshots.back().is_none_or(|(base, _)| *base <= next),
             "a snapshot at {next} after a later one"
         );
-        let snapshot =
-            Checkpoint::encode_parts(next, &self.producers, &self.epochs, &self.translator);
+        let snapshot = Checkpoint::encode_parts(
+            next,
+            &self.producers,
+            &self.epochs,
+            &self.translator,
+            self.kafka_start_written(),
+        );
         self.snapshots.push_back((next, snapshot));
     }
 
@@ -912,6 +952,18 @@ impl PartitionLog {
             "high watermark past the synced end"
         );
         self.high_watermark = position;
+        while let Some(&(offset, kafka)) = self.pending_starts.front() {
+            if offset >= position.offset {
+                break;
+            }
+            self.pending_starts.pop_front();
+            // Committed: every replica applies it at this same point of the log.
+            assert!(
+                kafka <= self.translator.kafka(position.offset),
+                "a log start past the high watermark"
+            );
+            self.kafka_start = self.kafka_start.max(kafka);
+        }
         while self
             .undo
             .front()
@@ -993,7 +1045,7 @@ impl PartitionLog {
     pub fn enforce_retention(&mut self, now_ms: u64) -> usize {
         // Compacted-only topics keep everything the cleaner keeps; retention also waits for a
         // cleaning in progress to finish, so the segments it reads stay.
-        if !self.config.delete || self.cleaner.is_some() {
+        if self.cleaner.is_some() {
             return 0;
         }
         let mut deleted = 0;
@@ -1014,11 +1066,20 @@ impl PartitionLog {
             {
                 break;
             }
-            let expired = self.config.retention_ms >= 0
+            let delete = self.config.delete;
+            let expired = delete
+                && self.config.retention_ms >= 0
                 && oldest.max_timestamp < (now_ms as i64).saturating_sub(self.config.retention_ms);
-            let oversized = self.config.retention_bytes >= 0
+            let oversized = delete
+                && self.config.retention_bytes >= 0
                 && total.saturating_sub(oldest.size_bytes) >= self.config.retention_bytes as u64;
-            if !(expired || oversized) {
+            // Kafka's deleteLogStartOffsetBreachedSegments: every record of the segment lies
+            // below the log start DeleteRecords set (also on a compacted topic, as in Kafka).
+            // Without one, a segment of Raft's own entries alone (below Kafka offset 0) stays:
+            // a log start above 0 changes how an unknown idempotent producer is judged.
+            let below_start = self.kafka_start > 0
+                && self.translator.kafka(oldest.next_offset) <= self.kafka_start;
+            if !(expired || oversized || below_start) {
                 break;
             }
             let base = oldest.base_offset;
@@ -1030,8 +1091,15 @@ impl PartitionLog {
             self.dirty_dir = true;
             deleted += 1;
         }
+        let kafka_start_before = self.kafka_log_start_offset();
         self.epochs.truncate_from_start(self.log_start_offset());
         self.translator.truncate_from_start(self.log_start_offset());
+        // Deleting segments wholly below the DeleteRecords start leaves clients' low watermark
+        // where it was; retention may only raise it.
+        assert!(
+            self.kafka_log_start_offset() >= kafka_start_before,
+            "retention moved the log start back"
+        );
         // A deletion is durable only with a directory sync, so the next group commit must do one.
         assert!(
             deleted == 0 || self.dirty_dir,
@@ -1413,6 +1481,33 @@ impl PartitionLog {
                 *base <= self.high_watermark.offset.max(self.log_start_offset()),
                 "a checkpoint past the high watermark"
             );
+        }
+        // DeleteRecords' log start: committed, so at most the high watermark; the entries not
+        // yet committed lie between the high watermark and the log end, each one of Raft's own
+        // entries, naming at most its own Kafka offset.
+        assert!(
+            self.kafka_start <= self.translator.kafka(hw),
+            "the log start passed the high watermark"
+        );
+        let mut previous = None;
+        for &(offset, kafka) in &self.pending_starts {
+            assert!(
+                offset >= hw && offset < self.log_end_offset(),
+                "an uncommitted log start at {offset} outside [high watermark, log end)"
+            );
+            assert!(
+                previous.is_none_or(|p| p < offset),
+                "uncommitted log starts out of order"
+            );
+            assert!(
+                self.translator.listed().binary_search(&offset).is_ok(),
+                "the log start entry at {offset} is not one of Raft's own entries"
+            );
+            assert!(
+                kafka <= self.translator.kafka(offset),
+                "a log start past its own entry"
+            );
+            previous = Some(offset);
         }
         self.producers.check_invariants();
     }

@@ -29,9 +29,11 @@ use crate::producer::ProducerStateTable;
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 /// Where a new checkpoint is written before it is renamed over the old one.
 pub const CHECKPOINT_TMP_FILE: &str = "checkpoint.tmp";
-/// "SLC2": version 2 added the leader-epoch cache. A version 1 checkpoint ("SLCP") does not
-/// decode, which costs one full scan after an upgrade and never a wrong epoch cache.
-const CHECKPOINT_MAGIC: u32 = 0x534c_4332;
+/// "SLC3": version 3 added the DeleteRecords log start. A version 2 checkpoint ("SLC2", the
+/// same without it) decodes with log start 0; a version 1 checkpoint ("SLCP") does not decode,
+/// which costs one full scan after an upgrade and never a wrong epoch cache.
+const CHECKPOINT_MAGIC: u32 = 0x534c_4333;
+const CHECKPOINT_MAGIC_V2: u32 = 0x534c_4332;
 
 /// The durable facts a partition keeps besides its segments.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +48,9 @@ pub struct Checkpoint {
     /// the log start when it was written. With `recovery_point` 0 (a checkpoint that vouches
     /// for nothing) it lists none and keeps only that count.
     pub offsets: OffsetTranslator,
+    /// The Kafka log start DeleteRecords set below `recovery_point` (its entries there are
+    /// committed: a checkpoint is written only below the high watermark), 0 if none.
+    pub log_start: u64,
 }
 
 impl Checkpoint {
@@ -54,6 +59,7 @@ impl Checkpoint {
         producers: &ProducerStateTable,
         epochs: &LeaderEpochCache,
         offsets: &OffsetTranslator,
+        log_start: u64,
     ) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&CHECKPOINT_MAGIC.to_be_bytes());
@@ -61,6 +67,7 @@ impl Checkpoint {
         producers.encode(&mut out);
         epochs.encode(&mut out);
         offsets.encode(&mut out);
+        out.extend_from_slice(&log_start.to_be_bytes());
         let crc = crc32c::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         // Recovery takes producer state and epochs from this file alone: one that does not
@@ -69,7 +76,8 @@ impl Checkpoint {
             Checkpoint::decode(&out).is_some_and(|c| c.recovery_point == recovery_point
                 && c.producers == *producers
                 && c.epochs == *epochs
-                && c.offsets == *offsets),
+                && c.offsets == *offsets
+                && c.log_start == log_start),
             "the checkpoint at {recovery_point} does not decode to what was encoded"
         );
         out
@@ -81,6 +89,7 @@ impl Checkpoint {
             &self.producers,
             &self.epochs,
             &self.offsets,
+            self.log_start,
         )
     }
 
@@ -93,7 +102,8 @@ impl Checkpoint {
         if crc32c::crc32c(body) != u32::from_be_bytes(crc.try_into().ok()?) {
             return None;
         }
-        if u32::from_be_bytes(body[0..4].try_into().ok()?) != CHECKPOINT_MAGIC {
+        let magic = u32::from_be_bytes(body[0..4].try_into().ok()?);
+        if magic != CHECKPOINT_MAGIC && magic != CHECKPOINT_MAGIC_V2 {
             return None;
         }
         let recovery_point = u64::from_be_bytes(body[4..12].try_into().ok()?);
@@ -101,6 +111,13 @@ impl Checkpoint {
         let producers = ProducerStateTable::decode(&mut rest)?;
         let epochs = LeaderEpochCache::decode(&mut rest)?;
         let offsets = OffsetTranslator::decode(&mut rest)?;
+        let log_start = if magic == CHECKPOINT_MAGIC {
+            let (bytes, tail) = rest.split_first_chunk::<8>()?;
+            rest = tail;
+            u64::from_be_bytes(*bytes)
+        } else {
+            0
+        };
         // Every listed offset lies below the recovery point.
         if offsets
             .listed()
@@ -114,6 +131,7 @@ impl Checkpoint {
             producers,
             epochs,
             offsets,
+            log_start,
         })
     }
 }
@@ -159,6 +177,11 @@ pub struct Recovery {
     /// The first leader-epoch start of the replayed tail that names its Kafka offset: (log
     /// offset, Kafka offset). Without a checkpoint it tells the count below the log start.
     anchor: Option<(u64, u64)>,
+    /// The DeleteRecords log start of the checkpoint (0 without one).
+    log_start: u64,
+    /// Log-start entries of the replayed tail: (log offset, Kafka offset named). Not known to be
+    /// committed; the log applies them when its high watermark passes them.
+    log_starts: Vec<(u64, u64)>,
     /// Undo records of the replayed tail (see `PartitionLog::undo`).
     undo: VecDeque<Undo>,
     snapshots: VecDeque<(u64, Vec<u8>)>,
@@ -197,16 +220,25 @@ impl Recovery {
             // A recovery point must name a segment that exists; otherwise trust nothing.
             c.recovery_point == 0 || segments.contains_key(&c.recovery_point)
         });
-        let (recovery_point, producers, epochs, offsets, offsets_known) = match checkpoint {
-            Some(c) => (c.recovery_point, c.producers, c.epochs, c.offsets, true),
-            None => (
-                0,
-                ProducerStateTable::new(),
-                LeaderEpochCache::new(),
-                OffsetTranslator::new(),
-                false,
-            ),
-        };
+        let (recovery_point, producers, epochs, offsets, offsets_known, log_start) =
+            match checkpoint {
+                Some(c) => (
+                    c.recovery_point,
+                    c.producers,
+                    c.epochs,
+                    c.offsets,
+                    true,
+                    c.log_start,
+                ),
+                None => (
+                    0,
+                    ProducerStateTable::new(),
+                    LeaderEpochCache::new(),
+                    OffsetTranslator::new(),
+                    false,
+                    0,
+                ),
+            };
         // Segments below the checkpoint's log start were deleted by retention before it was
         // written, and the deletion did not reach the disk: finish it (the checkpoint knows only
         // how many of Raft's own entries they held, not where).
@@ -231,6 +263,8 @@ impl Recovery {
             offsets,
             offsets_known,
             anchor: None,
+            log_start,
+            log_starts: Vec::new(),
             undo: VecDeque::new(),
             snapshots: VecDeque::new(),
             dir_changed: !repairs.is_empty(),
@@ -309,8 +343,18 @@ impl Recovery {
                     self.snapshots.back().is_none_or(|(b, _)| *b < base),
                     "a snapshot at {base} after a later one"
                 );
-                let snapshot =
-                    Checkpoint::encode_parts(base, &self.producers, &self.epochs, &self.offsets);
+                let log_start = self
+                    .log_starts
+                    .iter()
+                    .map(|(_, kafka)| *kafka)
+                    .fold(self.log_start, u64::max);
+                let snapshot = Checkpoint::encode_parts(
+                    base,
+                    &self.producers,
+                    &self.epochs,
+                    &self.offsets,
+                    log_start,
+                );
                 self.snapshots.push_back((base, snapshot));
             }
         }
@@ -438,6 +482,9 @@ impl Recovery {
                 }
                 if header.is_control() && batch::is_raft_internal_batch(&rest[..total]) {
                     self.offsets.record(start.offset);
+                    if let Some(kafka) = batch::log_start_of(&rest[..total]) {
+                        self.log_starts.push((start.offset, kafka));
+                    }
                     if self.anchor.is_none() {
                         self.anchor = batch::leader_epoch_start_anchor(&rest[..total])
                             .map(|kafka| (start.offset, kafka));
@@ -645,6 +692,9 @@ impl Recovery {
                     log_start,
                     self.offsets.internal_below(log_start),
                 ),
+                // Vouches for nothing: the log start comes back from the entries a later
+                // recovery replays (those below the log start are lost with this checkpoint).
+                log_start: 0,
             };
             ops.push(LogOp::WriteCheckpoint {
                 bytes: empty.encode(),
@@ -699,6 +749,28 @@ impl Recovery {
         log.translator = self.offsets;
         log.undo = self.undo;
         log.mark_recovered_tail(tail_start, &tail, &rewritten, self.dir_changed);
+        // The checkpoint's log start is committed; the replayed tail's entries are not known to
+        // be, so they wait for the high watermark (which starts at the tail). Entries cut off
+        // with a damaged tail are gone; each named offset is capped where its entry stands, as
+        // when it was first written.
+        let high_watermark = log.high_watermark();
+        log.kafka_start = if checkpoint_alive {
+            self.log_start.min(log.translator.kafka(high_watermark))
+        } else {
+            0
+        };
+        for (offset, kafka) in self.log_starts {
+            if offset < log.log_start_offset() || offset >= log.log_end_offset() {
+                continue;
+            }
+            assert!(
+                offset >= high_watermark,
+                "a replayed log start at {offset} below the recovered high watermark"
+            );
+            let kafka = kafka.min(log.translator.kafka(offset));
+            log.pending_starts.push_back((offset, kafka));
+        }
+        log.check_invariants();
         if !checkpoint_alive {
             // The empty checkpoint written among the repairs becomes durable with the first
             // group commit.

@@ -329,6 +329,8 @@ impl PartitionLog {
         self.dirty_indexes.remove(&cut.segment);
         self.epochs.truncate_from_end(offset);
         self.cut_internal(offset);
+        // An uncommitted DeleteRecords that was cut never happened.
+        self.pending_starts.retain(|(at, _)| *at < offset);
         self.snapshots.retain(|(base, _)| *base <= offset);
         self.durable = Self::clamp_position(self.durable, cut);
         self.trusted = Self::clamp_position(self.trusted, cut);

@@ -48,6 +48,7 @@ pub enum Request {
     DescribeConfigs(Vec<ConfigResource>),
     AlterConfigs(AlterConfigsRequest),
     ListOffsets(ListOffsetsRequest),
+    DeleteRecords(DeleteRecordsRequest),
     OffsetForLeaderEpoch(Vec<(String, Vec<EpochQuery>)>),
     InitProducerId(InitProducerIdRequest),
     Produce(ProduceRequest),
@@ -80,6 +81,8 @@ pub enum Reply {
     DescribeConfigs(Vec<DescribedResource>),
     AlterConfigs(Vec<AlteredResource>),
     ListOffsets(Vec<(String, Vec<ListedOffset>)>),
+    /// Per topic and partition, in the request's order.
+    DeleteRecords(Vec<(String, Vec<DeletedRecords>)>),
     OffsetForLeaderEpoch(Vec<(String, Vec<EpochEnd>)>),
     InitProducerId(ProducerIdReply),
     Produce(Vec<(TopicKey, Vec<ProducedPartition>)>),
@@ -365,6 +368,24 @@ pub struct ListedOffset {
     pub timestamp: i64,
     pub offset: i64,
     pub leader_epoch: i32,
+}
+
+/// DeleteRecords (API key 21): per partition, the Kafka offset the log should start at from now
+/// on, or [`crate::replica::DELETE_TO_HIGH_WATERMARK`] (-1) for the high watermark.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsRequest {
+    /// (topic, [(partition, offset)]).
+    pub topics: Vec<(String, Vec<(i32, i64)>)>,
+    /// How long the answer may wait for the change to commit (REQUEST_TIMED_OUT after).
+    pub timeout_ms: i32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeletedRecords {
+    pub partition: i32,
+    /// The partition's log start (low watermark) after the deletion; -1 with an error.
+    pub low_watermark: i64,
+    pub error: ErrorCode,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -94,7 +94,10 @@ impl Node {
                             }
                             if let Err(code) = checked {
                                 data.error = code;
-                            } else if p.fetch_offset < 0 {
+                            } else if p.fetch_offset < 0
+                                || (p.fetch_offset as u64) < log.kafka_log_start_offset()
+                            {
+                                // Below the log start (retention or DeleteRecords): gone.
                                 data.error = ErrorCode::OffsetOutOfRange;
                             } else if limit > 0 || bytes == 0 {
                                 let view = View {

@@ -43,6 +43,7 @@ pub mod peer;
 mod admin;
 mod config;
 mod controller;
+mod delete_records;
 mod fetch;
 mod groups;
 mod offsets;
@@ -420,6 +421,7 @@ impl Node {
             Request::DescribeConfigs(r) => Reply::DescribeConfigs(self.describe_configs(r)),
             Request::AlterConfigs(r) => return self.alter_configs(request, r, disk),
             Request::ListOffsets(r) => Reply::ListOffsets(self.list_offsets(r, disk)),
+            Request::DeleteRecords(r) => return self.delete_records(request, r, disk),
             Request::OffsetForLeaderEpoch(r) => {
                 Reply::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r))
             }

@@ -122,7 +122,12 @@ impl Node {
                                     });
                                 match found {
                                     Some(Ok(Some(hit))) => {
-                                        r.offset = log.kafka_offset(hit.offset) as i64;
+                                        // A hit below DeleteRecords' log start (in a segment
+                                        // it has not deleted yet) answers the log start.
+                                        r.offset = log
+                                            .kafka_offset(hit.offset)
+                                            .max(log.kafka_log_start_offset())
+                                            as i64;
                                         r.timestamp = hit.timestamp;
                                     }
                                     Some(Ok(None)) | None => {}

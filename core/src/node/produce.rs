@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 
-use super::api::{ProduceRequest, ProducedPartition, Reply, RequestId, TopicKey};
+use super::api::{DeletedRecords, ProduceRequest, ProducedPartition, Reply, RequestId, TopicKey};
 use super::disk::{LogId, LogReader};
 use super::partitions::report_write;
 use super::{Node, TopicPartition, View};
@@ -16,22 +16,56 @@ use crate::replica::Proposed;
 use crate::time::Instant;
 use crate::ErrorCode;
 
-/// What a partition of a produce waits for.
+/// What a partition of a produce (or of a DeleteRecords) waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Wait {
+pub(super) enum Wait {
     /// acks=1: the write with this sequence number reached the OS.
     Written { log: LogId, seq: u64 },
     /// acks=all: the batch is committed.
     Committed(Proposed),
 }
 
-/// A produce reply waiting on its partitions.
+/// A reply waiting on writes to its partitions: a produce's (acks=1 or all), or a
+/// DeleteRecords' (its log-start entries committed). Both share the deadline, the failure of a
+/// partition and the answer path.
 pub(super) struct ProduceWaiter {
-    request: RequestId,
-    reply: Vec<(TopicKey, Vec<ProducedPartition>)>,
+    pub request: RequestId,
+    pub reply: WaiterReply,
     /// (partition, what it waits for, index of the topic and partition in the reply).
-    waits: Vec<(TopicPartition, Wait, usize, usize)>,
+    pub waits: Vec<(TopicPartition, Wait, usize, usize)>,
     pub deadline: Instant,
+}
+
+/// The reply a [`ProduceWaiter`] completes.
+pub(super) enum WaiterReply {
+    Produce(Vec<(TopicKey, Vec<ProducedPartition>)>),
+    DeleteRecords(Vec<(String, Vec<DeletedRecords>)>),
+}
+
+impl WaiterReply {
+    /// Partition `p` of topic `t` failed: no offsets, the error.
+    fn fail(&mut self, t: usize, p: usize, code: ErrorCode) {
+        match self {
+            WaiterReply::Produce(topics) => {
+                let r = &mut topics[t].1[p];
+                r.error = code;
+                r.base_offset = -1;
+                r.log_append_time_ms = -1;
+            }
+            WaiterReply::DeleteRecords(topics) => {
+                let r = &mut topics[t].1[p];
+                r.error = code;
+                r.low_watermark = -1;
+            }
+        }
+    }
+
+    pub fn into_reply(self) -> Reply {
+        match self {
+            WaiterReply::Produce(topics) => Reply::Produce(topics),
+            WaiterReply::DeleteRecords(topics) => Reply::DeleteRecords(topics),
+        }
+    }
 }
 
 impl Node {
@@ -121,7 +155,7 @@ impl Node {
         let timeout_ms = u64::try_from(produce.timeout_ms).unwrap_or(0).max(1);
         self.produce_waiters.push(ProduceWaiter {
             request,
-            reply,
+            reply: WaiterReply::Produce(reply),
             waits,
             deadline: self.deadline_after(timeout_ms),
         });
@@ -215,24 +249,35 @@ impl Node {
                 self.produce_waiters.push(waiter);
                 continue;
             }
-            for ((_, _, t, p), state) in waiter.waits.iter().zip(states) {
+            for ((tp, _, t, p), state) in waiter.waits.iter().zip(states) {
                 let code = match state {
-                    Some(Ok(())) => continue,
+                    Some(Ok(())) => {
+                        if let WaiterReply::DeleteRecords(topics) = &mut waiter.reply {
+                            // Committed, so applied: the low watermark as of now.
+                            topics[*t].1[*p].low_watermark = self
+                                .partitions
+                                .get(tp)
+                                .and_then(|slot| slot.replica())
+                                .map_or(-1, |r| r.log().kafka_log_start_offset() as i64);
+                        }
+                        continue;
+                    }
                     Some(Err(code)) => code,
                     None => ErrorCode::RequestTimedOut,
                 };
-                let r = &mut waiter.reply[*t].1[*p];
-                r.error = code;
-                r.base_offset = -1;
-                r.log_append_time_ms = -1;
+                waiter.reply.fail(*t, *p, code);
             }
-            self.reply(waiter.request, Reply::Produce(waiter.reply));
+            self.reply(waiter.request, waiter.reply.into_reply());
         }
     }
 
     /// Whether a partition's wait is over: `Some(Ok)` done, `Some(Err)` failed for good, `None`
     /// still waiting.
-    fn wait_state(&self, tp: &TopicPartition, wait: &Wait) -> Option<Result<(), ErrorCode>> {
+    pub(super) fn wait_state(
+        &self,
+        tp: &TopicPartition,
+        wait: &Wait,
+    ) -> Option<Result<(), ErrorCode>> {
         let Some(slot) = self.partitions.get(tp) else {
             return Some(Err(ErrorCode::UnknownTopicOrPartition));
         };
@@ -259,14 +304,12 @@ impl Node {
         let now = self.now.instant;
         for waiter in &mut self.produce_waiters {
             let mut hit = false;
+            let reply = &mut waiter.reply;
             waiter.waits.retain(|(wtp, _, t, p)| {
                 if wtp != tp {
                     return true;
                 }
-                let r = &mut waiter.reply[*t].1[*p];
-                r.error = code;
-                r.base_offset = -1;
-                r.log_append_time_ms = -1;
+                reply.fail(*t, *p, code);
                 hit = true;
                 false
             });

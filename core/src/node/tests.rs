@@ -2632,6 +2632,13 @@ fn arb_hostile_request() -> impl Strategy<Value = Request> {
         }),
         proptest::collection::vec("[a-z]{0,2}", 0..4).prop_map(Request::DeleteGroups),
         proptest::collection::vec("[A-Za-z]{0,6}", 0..3).prop_map(Request::ListGroups),
+        (edge_name(), edge_i32(), edge_i64(), edge_i32()).prop_map(|(t, p, offset, timeout_ms)| {
+            Request::DeleteRecords(DeleteRecordsRequest {
+                topics: vec![(t, vec![(p, offset)])],
+                // The answer may wait for a commit, but not for days in a test.
+                timeout_ms: timeout_ms.clamp(i32::MIN, 2_000),
+            })
+        }),
         (any::<i8>(), edge_name()).prop_map(|(resource_type, name)| Request::DescribeConfigs(
             vec![ConfigResource {
                 resource_type,
@@ -3045,4 +3052,111 @@ fn alter_configs_at_a_node_that_is_not_the_controller_is_forwarded() {
         overrides(&mut c, follower, "t"),
         vec![("retention.bytes".to_string(), "4096".to_string())]
     );
+}
+
+// ---- DeleteRecords ----------------------------------------------------------------------------
+
+fn delete_records(c: &mut Cluster, at: usize, topic: &str, offset: i64) -> DeletedRecords {
+    let reply = c.call(
+        at,
+        Request::DeleteRecords(DeleteRecordsRequest {
+            topics: vec![(topic.into(), vec![(0, offset)])],
+            timeout_ms: 5_000,
+        }),
+    );
+    let Reply::DeleteRecords(mut topics) = reply else {
+        panic!("not a DeleteRecords reply: {reply:?}")
+    };
+    topics.remove(0).1.remove(0)
+}
+
+/// Kafka's DeleteRecords: the low watermark moves on the leader and every replica once the
+/// change commits; ListOffsets EARLIEST, Fetch's log start and a fetch below it agree; the
+/// change takes no Kafka offset; and a leader elected afterwards serves the same low
+/// watermark (the change is in the log every replica holds, not in the old leader's memory).
+#[test]
+fn delete_records_moves_the_low_watermark_and_a_new_leader_keeps_it() {
+    let mut c = Cluster::new(3, 11);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let leader = c.leader_of("t", 0).expect("a leader");
+    let wall = c.now.wall_ms as i64;
+    for i in 0..5u8 {
+        let p = produced(c.call(leader, produce("t", 0, -1, records(&[&[i], &[i]], wall))));
+        assert_eq!(
+            (p.error, p.base_offset),
+            (ErrorCode::None, i64::from(i) * 2)
+        );
+    }
+    let follower = (leader + 1) % 3;
+    let refused = delete_records(&mut c, follower, "t", 3);
+    assert_eq!(refused.error, ErrorCode::NotLeaderOrFollower, "{refused:?}");
+    for bad in [11, -2, -1001] {
+        let refused = delete_records(&mut c, leader, "t", bad);
+        assert_eq!(
+            refused.error,
+            ErrorCode::OffsetOutOfRange,
+            "{bad}: {refused:?}"
+        );
+        assert_eq!(refused.low_watermark, -1);
+    }
+    let unknown = delete_records(&mut c, leader, "nope", 0);
+    assert_eq!(unknown.error, ErrorCode::UnknownTopicOrPartition);
+    let internal = delete_records(&mut c, leader, "__consumer_offsets", 0);
+    assert_eq!(internal.error, ErrorCode::InvalidTopicException);
+
+    let deleted = delete_records(&mut c, leader, "t", 3);
+    assert_eq!((deleted.error, deleted.low_watermark), (ErrorCode::None, 3));
+    assert_eq!(list_offset(&mut c, leader, "t", EARLIEST_TIMESTAMP), 3);
+    assert_eq!(list_offset(&mut c, leader, "t", LATEST_TIMESTAMP), 10);
+    let below = fetched(c.call(leader, fetch("t", 0, 2)));
+    assert_eq!(below.error, ErrorCode::OffsetOutOfRange, "{below:?}");
+    let at = fetched(c.call(leader, fetch("t", 0, 3)));
+    assert_eq!(
+        (at.error, at.log_start_offset),
+        (ErrorCode::None, 3),
+        "{at:?}"
+    );
+    // A lower offset does not move it back, and is answered with where it is.
+    let lower = delete_records(&mut c, leader, "t", 1);
+    assert_eq!((lower.error, lower.low_watermark), (ErrorCode::None, 3));
+    // The log-start entry took no Kafka offset.
+    let next = produced(c.call(leader, produce("t", 0, -1, records(&[b"x"], wall))));
+    assert_eq!(
+        (next.error, next.base_offset, next.log_start_offset),
+        (ErrorCode::None, 10, 3)
+    );
+    // -1 is the high watermark.
+    let all = delete_records(&mut c, leader, "t", -1);
+    assert_eq!((all.error, all.low_watermark), (ErrorCode::None, 11));
+    c.advance(200);
+    for h in c.hosts.iter().flatten() {
+        let replica = h.node.partitions[&TopicPartition::new("t", 0)]
+            .replica()
+            .expect("open");
+        assert_eq!(replica.log().kafka_log_start_offset(), 11, "every replica");
+    }
+
+    let new = new_leader_after_crash(&mut c, leader);
+    for _ in 0..100 {
+        if list_offset(&mut c, new, "t", LATEST_TIMESTAMP) == 11 {
+            break;
+        }
+        c.advance(20);
+    }
+    assert_eq!(list_offset(&mut c, new, "t", EARLIEST_TIMESTAMP), 11);
+    let f = fetched(c.call(new, fetch("t", 0, 10)));
+    assert_eq!(f.error, ErrorCode::OffsetOutOfRange, "{f:?}");
+    let f = fetched(c.call(new, fetch("t", 0, 11)));
+    assert_eq!(
+        (f.error, f.log_start_offset, f.high_watermark),
+        (ErrorCode::None, 11, 11)
+    );
+    // The crashed leader came back from its disk with the same low watermark.
+    c.advance(500);
+    let back = c.hosts[leader].as_ref().expect("restarted");
+    let replica = back.node.partitions[&TopicPartition::new("t", 0)]
+        .replica()
+        .expect("open");
+    assert_eq!(replica.log().kafka_log_start_offset(), 11);
 }

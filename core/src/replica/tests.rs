@@ -11,6 +11,7 @@ use super::*;
 use crate::log::testkit::{batch, committed_batches, small_config};
 use crate::log::{LogConfig, LogStore};
 use crate::raft::{HardState, Membership, Message, RaftConfig};
+use crate::storage::Storage;
 use crate::testing::{CrashMode, MemStorage};
 
 struct Node {
@@ -694,4 +695,327 @@ fn a_refused_batch_reaches_no_replica_and_says_why() {
         Err(ErrorCode::InvalidRecord),
         "base offset 3"
     );
+}
+
+// ---- DeleteRecords: a replicated log start ---------------------------------------------------
+
+impl Group {
+    fn delete_records(&mut self, id: usize, offset: i64) -> Result<LogStartChange, ErrorCode> {
+        let node = self.nodes[id].as_mut().expect("up");
+        let result = node
+            .replica
+            .delete_records(offset, self.now_ms, &node.store);
+        self.deliver_all();
+        result.map_err(|refusal| refusal.code)
+    }
+
+    /// Kafka's low watermark on every replica that is up.
+    fn log_starts(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| n.replica.log().kafka_log_start_offset())
+            .collect()
+    }
+
+    fn crash_all_and_restart(&mut self) {
+        for id in 0..3 {
+            self.crash(id);
+        }
+        for id in 0..3 {
+            self.restart(id);
+        }
+    }
+}
+
+/// Ten batches of two records: Kafka offsets 0..20.
+fn twenty_records(g: &mut Group, leader: usize) {
+    for i in 0..10 {
+        g.produce(leader, batch(2, 30, 1_000 + i, None)).unwrap();
+    }
+}
+
+#[test]
+fn a_committed_log_start_entry_raises_the_log_start_on_every_replica() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    twenty_records(&mut g, leader);
+    let log_end = g.nodes[leader]
+        .as_ref()
+        .unwrap()
+        .replica
+        .log()
+        .log_end_offset();
+    let Ok(LogStartChange::Proposed(p)) = g.delete_records(leader, 7) else {
+        panic!("a log start past the current one is proposed")
+    };
+    g.tick(2);
+    assert_eq!(
+        g.nodes[leader].as_ref().unwrap().replica.is_committed(&p),
+        Some(true)
+    );
+    assert_eq!(g.log_starts(), vec![7, 7, 7]);
+    for node in g.nodes.iter().flatten() {
+        let log = node.replica.log();
+        // The entry took a log offset and no Kafka offset; nothing was deleted from disk yet.
+        assert_eq!(log.log_end_offset(), log_end + 1);
+        assert_eq!(log.kafka_high_watermark(), 20);
+        assert_eq!(log.log_start_offset(), 0);
+        assert_eq!(log.pending_log_starts().count(), 0);
+    }
+    // At or below the log start: answered at once, nothing proposed.
+    assert_eq!(
+        g.delete_records(leader, 7),
+        Ok(LogStartChange::Done { low_watermark: 7 })
+    );
+    assert_eq!(
+        g.delete_records(leader, 2),
+        Ok(LogStartChange::Done { low_watermark: 7 })
+    );
+    // The next record still gets Kafka offset 20.
+    let p = g.produce(leader, batch(1, 5, 2_000, None)).unwrap();
+    let log = g.nodes[leader].as_ref().unwrap().replica.log();
+    assert_eq!(log.kafka_offset(p.base_offset), 20);
+    g.assert_agreement();
+}
+
+#[test]
+fn delete_records_to_minus_one_takes_the_high_watermark_and_past_it_is_out_of_range() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    twenty_records(&mut g, leader);
+    for bad in [21, -2, -1001, i64::MIN, i64::MAX] {
+        assert_eq!(
+            g.delete_records(leader, bad),
+            Err(ErrorCode::OffsetOutOfRange),
+            "{bad}"
+        );
+    }
+    let follower = (leader + 1) % 3;
+    assert_eq!(
+        g.delete_records(follower, 3),
+        Err(ErrorCode::NotLeaderOrFollower)
+    );
+    assert!(matches!(
+        g.delete_records(leader, -1),
+        Ok(LogStartChange::Proposed(_))
+    ));
+    g.tick(2);
+    assert_eq!(g.log_starts(), vec![20, 20, 20]);
+    assert_eq!(
+        g.delete_records(leader, 20),
+        Ok(LogStartChange::Done { low_watermark: 20 })
+    );
+}
+
+#[test]
+fn a_compacted_topic_refuses_delete_records_with_policy_violation() {
+    let mut g = Group::with_config(LogConfig {
+        delete: false,
+        compact: true,
+        ..small_config()
+    });
+    let leader = g.elect();
+    twenty_records(&mut g, leader);
+    assert_eq!(g.delete_records(leader, 3), Err(ErrorCode::PolicyViolation));
+}
+
+#[test]
+fn an_uncommitted_log_start_entry_cut_with_the_suffix_changes_nothing() {
+    let mut g = Group::new();
+    let old = g.elect();
+    twenty_records(&mut g, old);
+    // The leader is cut off: its log-start entry never reaches a majority.
+    g.isolated[old] = true;
+    let Ok(LogStartChange::Proposed(lost)) = g.delete_records(old, 15) else {
+        panic!("proposed")
+    };
+    {
+        let log = g.nodes[old].as_ref().unwrap().replica.log();
+        assert_eq!(log.pending_log_starts().count(), 1);
+        assert_eq!(
+            log.kafka_log_start_offset(),
+            0,
+            "not committed, not applied"
+        );
+    }
+    let new = g.elect();
+    assert_ne!(new, old);
+    g.produce(new, batch(3, 10, 5_000, None)).unwrap();
+    g.isolated[old] = false;
+    g.tick(30);
+    let old_node = g.nodes[old].as_ref().unwrap();
+    assert_eq!(old_node.replica.is_committed(&lost), Some(false));
+    assert_eq!(old_node.replica.log().pending_log_starts().count(), 0);
+    assert_eq!(g.log_starts(), vec![0, 0, 0]);
+    g.assert_agreement();
+    // And it stays so after a restart (nothing of the cut entry is replayed).
+    g.crash_all_and_restart();
+    g.elect();
+    g.tick(5);
+    assert_eq!(g.log_starts(), vec![0, 0, 0]);
+}
+
+/// Enough data to roll several 700-byte segments, so the checkpoint moves past the entry.
+fn many_records(g: &mut Group, leader: usize, from: i64) {
+    for i in 0..40 {
+        g.produce(leader, batch(2, 60, from + i, None)).unwrap();
+    }
+    g.tick(3);
+}
+
+#[test]
+fn a_raised_log_start_survives_a_restart_through_the_checkpoint_and_without_it() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    many_records(&mut g, leader, 1_000);
+    assert!(matches!(
+        g.delete_records(leader, 33),
+        Ok(LogStartChange::Proposed(_))
+    ));
+    many_records(&mut g, leader, 2_000);
+    assert_eq!(g.log_starts(), vec![33, 33, 33]);
+    // The entry lies below every replica's checkpoint now, which records the log start.
+    for (id, storage) in g.storages.iter().enumerate() {
+        let bytes = storage
+            .read_file(&PathBuf::from("p/checkpoint"))
+            .expect("a checkpoint");
+        let checkpoint = crate::log::Checkpoint::decode(&bytes).expect("intact");
+        assert_eq!(checkpoint.log_start, 33, "replica {id}");
+    }
+    // Restart every replica: read back from the checkpoint at once, before any election.
+    g.crash_all_and_restart();
+    assert_eq!(g.log_starts(), vec![33, 33, 33]);
+    g.elect();
+    g.tick(3);
+    assert_eq!(g.log_starts(), vec![33, 33, 33]);
+    // Without checkpoints: a full scan replays the entry, which applies once committed again.
+    for storage in &g.storages {
+        storage.remove_file(&PathBuf::from("p/checkpoint")).unwrap();
+        storage.sync_dir(&PathBuf::from("p")).unwrap();
+    }
+    g.crash_all_and_restart();
+    let leader = g.elect();
+    g.tick(3);
+    assert_eq!(g.log_starts(), vec![33, 33, 33]);
+    // Still not reversible, and the log keeps serving.
+    assert_eq!(
+        g.delete_records(leader, 10),
+        Ok(LogStartChange::Done { low_watermark: 33 })
+    );
+    g.assert_agreement();
+}
+
+#[test]
+fn retention_deletes_the_segments_wholly_below_the_log_start_and_nothing_else() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    many_records(&mut g, leader, 1_000);
+    many_records(&mut g, leader, 2_000);
+    // Retention by time and size is off: without DeleteRecords nothing goes.
+    for id in 0..3 {
+        let node = g.nodes[id].as_mut().unwrap();
+        assert_eq!(node.replica.enforce_retention(g.now_ms), 0);
+    }
+    assert!(matches!(
+        g.delete_records(leader, 101),
+        Ok(LogStartChange::Proposed(_))
+    ));
+    many_records(&mut g, leader, 3_000);
+    for id in 0..3 {
+        g.flush(id);
+        let now_ms = g.now_ms;
+        let node = g.nodes[id].as_mut().unwrap();
+        let segments_before = node.replica.log().segments().count();
+        let deleted = node.replica.enforce_retention(now_ms);
+        let log = node.replica.log();
+        assert!(deleted > 0, "replica {id} deleted nothing");
+        assert_eq!(log.segments().count(), segments_before - deleted);
+        // Kafka's low watermark did not move; the first segment left holds it (or later data
+        // the checkpoint's segment keeps).
+        assert_eq!(log.kafka_log_start_offset(), 101);
+        let first = log.segments().next().unwrap();
+        assert!(log.kafka_offset(first.base_offset) <= 101);
+        assert!(
+            log.kafka_offset(first.next_offset) > 101
+                || first.base_offset >= log.log_start_offset(),
+            "a segment wholly below the log start was kept"
+        );
+        node.replica.check_invariants();
+        g.flush(id);
+    }
+    // The deletions and the log start survive a restart.
+    g.crash_all_and_restart();
+    assert_eq!(g.log_starts(), vec![101, 101, 101]);
+    let leader = g.elect();
+    g.tick(3);
+    let p = g.produce(leader, batch(1, 5, 9_000, None)).unwrap();
+    g.tick(2);
+    let log = g.nodes[leader].as_ref().unwrap().replica.log();
+    assert_eq!(
+        log.kafka_offset(p.base_offset),
+        240,
+        "no Kafka offset moved"
+    );
+    g.assert_agreement();
+}
+
+/// A follower takes a well-formed log-start entry as a normal entry (that is how the leader
+/// replicates it) and refuses one that names no offset, or any other of Raft's own batches.
+#[test]
+fn a_follower_checks_the_payload_of_a_log_start_entry() {
+    use crate::raft::{Entry, EntryKind};
+    let entry = |payload: Vec<u8>| Entry {
+        index: 4,
+        last: 4,
+        term: 2,
+        kind: EntryKind::Normal,
+        payload: Bytes::from(payload),
+    };
+    assert_eq!(
+        check_entry_payload(&entry(batch::log_start_batch(3, 2, 17, -1))),
+        Ok(())
+    );
+    let mut negative = Vec::new();
+    negative.extend_from_slice(&0i16.to_be_bytes());
+    negative.extend_from_slice(&(-5i64).to_be_bytes());
+    let malformed = [
+        batch::control_batch(3, 2, batch::CONTROL_TYPE_LOG_START, &negative, -1),
+        batch::control_batch(3, 2, batch::CONTROL_TYPE_LOG_START, b"short", -1),
+        batch::leader_epoch_start_batch(3, 2, -1),
+        batch::membership_batch(3, 2, b"voters", -1),
+    ];
+    for (i, bytes) in malformed.into_iter().enumerate() {
+        assert!(check_entry_payload(&entry(bytes)).is_err(), "case {i}");
+    }
+}
+
+/// A checkpoint written before the log start existed ("SLC2") still decodes, with log start 0.
+#[test]
+fn a_version_two_checkpoint_decodes_with_log_start_zero() {
+    use crate::log::Checkpoint;
+    let mut g = Group::new();
+    let leader = g.elect();
+    many_records(&mut g, leader, 1_000);
+    let bytes = g.storages[leader]
+        .read_file(&PathBuf::from("p/checkpoint"))
+        .expect("a checkpoint");
+    let current = Checkpoint::decode(&bytes).expect("intact");
+    assert_eq!(current.log_start, 0);
+    // The same body in version 2: its magic, no log start, its own CRC.
+    let mut v2 = bytes[..bytes.len() - 4 - 8].to_vec();
+    v2[0..4].copy_from_slice(&0x534c_4332u32.to_be_bytes());
+    let crc = crc32c::crc32c(&v2);
+    v2.extend_from_slice(&crc.to_be_bytes());
+    assert_eq!(Checkpoint::decode(&v2), Some(current.clone()));
+    // A version-3 body cut short is damage, not version 2.
+    let mut cut = bytes[..bytes.len() - 4 - 8].to_vec();
+    let crc = crc32c::crc32c(&cut);
+    cut.extend_from_slice(&crc.to_be_bytes());
+    assert_eq!(Checkpoint::decode(&cut), None);
+    let with_start = Checkpoint {
+        log_start: 42,
+        ..current
+    };
+    assert_eq!(Checkpoint::decode(&with_start.encode()), Some(with_start));
 }

@@ -33,8 +33,8 @@ const BOOTSTRAP_SERVERS_MAX: usize = 64;
 
 // The error codes the CLI reacts to.
 pub(super) const UNKNOWN_TOPIC_OR_PARTITION: i16 = ErrorCode::UnknownTopicOrPartition as i16;
-const LEADER_NOT_AVAILABLE: i16 = ErrorCode::LeaderNotAvailable as i16;
-const NOT_LEADER_OR_FOLLOWER: i16 = ErrorCode::NotLeaderOrFollower as i16;
+pub(super) const LEADER_NOT_AVAILABLE: i16 = ErrorCode::LeaderNotAvailable as i16;
+pub(super) const NOT_LEADER_OR_FOLLOWER: i16 = ErrorCode::NotLeaderOrFollower as i16;
 const REQUEST_TIMED_OUT: i16 = ErrorCode::RequestTimedOut as i16;
 const COORDINATOR_LOAD_IN_PROGRESS: i16 = ErrorCode::CoordinatorLoadInProgress as i16;
 const COORDINATOR_NOT_AVAILABLE: i16 = ErrorCode::CoordinatorNotAvailable as i16;
@@ -526,6 +526,34 @@ impl Admin {
             }
             backoff(attempt).await;
         }
+    }
+
+    /// The address of the leader of `topic`-`partition` per a fresh Metadata; `None` while the
+    /// partition has none (an election).
+    pub async fn partition_leader(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<String>, CliError> {
+        let metadata = self.metadata(Some(&[topic.to_string()])).await?;
+        let Some(t) = metadata
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+        else {
+            return Err(CliError::failed(format!("no metadata for topic {topic:?}")));
+        };
+        match t.error_code {
+            0 | LEADER_NOT_AVAILABLE => {}
+            code => return Err(CliError::kafka(code, format!("topic {topic:?}"))),
+        }
+        let Some(p) = t.partitions.iter().find(|p| p.partition_index == partition) else {
+            return Err(CliError::kafka(
+                UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic {topic:?} has no partition {partition}"),
+            ));
+        };
+        Ok(self.broker_addr(p.leader_id).filter(|_| p.leader_id.0 >= 0))
     }
 
     /// The offset of each partition at `timestamp` (`LATEST`, `EARLIEST` or a time in ms; -1

@@ -101,6 +101,17 @@ pub enum TopicCommand {
         #[arg(long)]
         partitions: i32,
     },
+    /// Delete a partition's records below an offset (Kafka's DeleteRecords): its log start
+    /// moves there on every replica, and consumers reading from the beginning start there.
+    DeleteRecords {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        /// The new start offset; -1 for the high watermark (everything written so far).
+        #[arg(long, allow_negative_numbers = true)]
+        offset: i64,
+    },
     /// Set or remove topic config overrides.
     #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
     AlterConfig {
@@ -261,6 +272,11 @@ pub fn topic(args: TopicArgs, out: &mut dyn Write) -> Result<(), CliError> {
                 let name = name.or(topic).expect("clap requires one of them");
                 topic::alter_partitions(&mut admin, &name, partitions, out).await
             }
+            TopicCommand::DeleteRecords {
+                topic,
+                partition,
+                offset,
+            } => topic::delete_records(&mut admin, &topic, partition, offset, out).await,
             TopicCommand::AlterConfig {
                 topic,
                 add_config,
@@ -303,6 +319,7 @@ pub fn run_topic(args: TopicArgs) -> ExitCode {
         TopicCommand::Delete { .. } => "delete",
         TopicCommand::Alter { .. } => "alter",
         TopicCommand::AlterConfig { .. } => "alter-config",
+        TopicCommand::DeleteRecords { .. } => "delete-records",
     };
     finish("topic", verb, topic(args, &mut std::io::stdout().lock()))
 }

@@ -11,6 +11,9 @@ use kafka_protocol::messages::create_partitions_request::{
 use kafka_protocol::messages::create_topics_request::{
     CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
 };
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::delete_topics_request::{DeleteTopicState, DeleteTopicsRequest};
 use kafka_protocol::messages::describe_configs_request::{
     DescribeConfigsRequest, DescribeConfigsResource,
@@ -24,7 +27,8 @@ use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use super::admin::{
-    str_bytes, topic_name, Admin, NOT_CONTROLLER, UNKNOWN_TOPIC_OR_PARTITION, UNSUPPORTED_VERSION,
+    backoff, str_bytes, topic_name, Admin, LEADER_NOT_AVAILABLE, NOT_CONTROLLER,
+    NOT_LEADER_OR_FOLLOWER, RETRIES_MAX, UNKNOWN_TOPIC_OR_PARTITION, UNSUPPORTED_VERSION,
 };
 use super::table::Table;
 use super::{warn, CliError};
@@ -35,6 +39,7 @@ const CREATE_PARTITIONS_VERSIONS: RangeInclusive<i16> = 0..=3;
 const DESCRIBE_CONFIGS_VERSIONS: RangeInclusive<i16> = 1..=4;
 const INCREMENTAL_ALTER_CONFIGS_VERSIONS: RangeInclusive<i16> = 0..=1;
 const ALTER_CONFIGS_VERSIONS: RangeInclusive<i16> = 0..=2;
+const DELETE_RECORDS_VERSIONS: RangeInclusive<i16> = 0..=2;
 
 const TOPIC_ALREADY_EXISTS: i16 = sluice_core::ErrorCode::TopicAlreadyExists as i16;
 const RESOURCE_TOPIC: i8 = 2;
@@ -351,6 +356,67 @@ pub async fn delete(
         }
     }
     Ok(())
+}
+
+/// Moves the start of `name`-`partition` to `offset` (-1: its high watermark): DeleteRecords at
+/// the partition's leader, asked again while leadership moves. Prints the new low watermark.
+pub async fn delete_records(
+    admin: &mut Admin,
+    name: &str,
+    partition: i32,
+    offset: i64,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let timeout_ms = admin.broker_timeout_ms();
+    let request = DeleteRecordsRequest::default()
+        .with_timeout_ms(timeout_ms)
+        .with_topics(vec![DeleteRecordsTopic::default()
+            .with_name(topic_name(name))
+            .with_partitions(vec![DeleteRecordsPartition::default()
+                .with_partition_index(partition)
+                .with_offset(offset)])]);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let moving = |why: String| CliError::kafka(LEADER_NOT_AVAILABLE, why);
+        let result = match admin.partition_leader(name, partition).await? {
+            None => Err(moving(format!("{name}-{partition} has no leader"))),
+            Some(addr) => {
+                let (response, _) = admin
+                    .call(&addr, DELETE_RECORDS_VERSIONS, |_| request.clone())
+                    .await?;
+                let answer = response
+                    .topics
+                    .first()
+                    .and_then(|t| t.partitions.first())
+                    .map(|p| (p.error_code, p.low_watermark));
+                match answer {
+                    Some((0, low_watermark)) => Ok(low_watermark),
+                    Some((code @ (NOT_LEADER_OR_FOLLOWER | LEADER_NOT_AVAILABLE), _)) => Err(
+                        CliError::kafka(code, format!("{name}-{partition}: leadership moved")),
+                    ),
+                    Some((code, _)) => {
+                        return Err(CliError::kafka(
+                            code,
+                            format!("deleting records of {name}-{partition} below {offset}"),
+                        ))
+                    }
+                    None => return Err(CliError::failed("the leader answered for no partition")),
+                }
+            }
+        };
+        match result {
+            Ok(low_watermark) => {
+                writeln!(
+                    out,
+                    "Partition {name}-{partition} now starts at offset {low_watermark}."
+                )?;
+                return Ok(());
+            }
+            Err(e) if attempt >= RETRIES_MAX => return Err(e),
+            Err(_) => backoff(attempt).await,
+        }
+    }
 }
 
 /// Grows `name` to `partitions` partitions (CreatePartitions at the controller); the broker
