@@ -676,8 +676,13 @@ impl Node {
         self.reply(w.request, w.reply);
     }
 
-    /// Whether the partitions of topic `id` hosted here are open, and those this node alone
-    /// replicates lead (a partition that failed to open does not hold the answer back).
+    /// Whether the partitions of topic `id` hosted here are open, and every partition of it has
+    /// a leader this node knows (a partition here that failed to open does not hold the answer
+    /// back). Kafka's CreateTopics and CreatePartitions answer with the leaders already in the
+    /// metadata (the controller names them in the same records); here Raft elects them, so the
+    /// answer waits for the elections, up to the request's timeout: a client that asks for
+    /// metadata next finds every leader (librdkafka's admin client fails DeleteRecords or
+    /// ListOffsets for a partition its metadata shows without one).
     fn serving_here(&self, id: &TopicId) -> bool {
         let Some(name) = self.topic_ids.get(id) else {
             return true;
@@ -685,16 +690,14 @@ impl Node {
         let me = self.config.node_id;
         let topic = &self.topics[name];
         topic.assignments.iter().enumerate().all(|(p, replicas)| {
-            if !replicas.contains(&me) {
-                return true;
-            }
             let tp = TopicPartition::new(name.clone(), p as i32);
+            if !replicas.contains(&me) {
+                return self.leader_of(&tp, *id).is_some();
+            }
             match self.partitions.get(&tp) {
                 None => true,
                 Some(slot) if slot.is_offline() => true,
-                Some(slot) => slot
-                    .replica()
-                    .is_some_and(|r| replicas.len() > 1 || r.is_leader()),
+                Some(slot) => slot.replica().is_some() && self.leader_of(&tp, *id).is_some(),
             }
         })
     }

@@ -3160,3 +3160,48 @@ fn delete_records_moves_the_low_watermark_and_a_new_leader_keeps_it() {
         .expect("open");
     assert_eq!(replica.log().kafka_log_start_offset(), 11);
 }
+
+/// Kafka's CreateTopics answers with the new partitions' leaders already in the metadata; a
+/// client that asks the same broker for metadata next (librdkafka's admin client before
+/// DeleteRecords, say) must find a leader for every partition, also those this broker does not
+/// host.
+#[test]
+fn create_topics_answers_once_every_new_partition_has_a_known_leader() {
+    let mut c = Cluster::new(3, 47);
+    c.wait_ready();
+    let controller = c.controller();
+    for (name, replication_factor) in [("one", 1), ("three", 3)] {
+        let Reply::CreateTopics(r) = c.call(
+            controller,
+            Request::CreateTopics(CreateTopicsRequest {
+                topics: vec![NewTopic {
+                    name: name.into(),
+                    num_partitions: 9,
+                    replication_factor,
+                    assignment: None,
+                    configs: Vec::new(),
+                }],
+                validate_only: false,
+                timeout_ms: 5_000,
+            }),
+        ) else {
+            unreachable!()
+        };
+        assert_eq!(r[0].error, ErrorCode::None, "{r:?}");
+        let Reply::Metadata(m) = c.call(
+            controller,
+            Request::Metadata(MetadataRequest {
+                topics: Some(vec![TopicKey::Name(name.into())]),
+                allow_auto_create: false,
+            }),
+        ) else {
+            unreachable!()
+        };
+        let leaders: Vec<i32> = m.topics[0].partitions.iter().map(|p| p.leader).collect();
+        assert_eq!(leaders.len(), 9, "{m:?}");
+        assert!(
+            leaders.iter().all(|l| *l >= 0),
+            "{name}: partitions without a leader right after CreateTopics: {leaders:?}"
+        );
+    }
+}
