@@ -8,6 +8,7 @@ SLUICE_TEST_LOG sets their log filter (SLUICE_LOG), e.g. SLUICE_TEST_LOG=info,sl
 """
 
 import os
+import random
 import signal
 import socket
 import struct
@@ -36,7 +37,38 @@ def sluice_bin() -> Path:
     return target / "release" / "sluice"
 
 
+def ephemeral_port_range() -> tuple:
+    """The kernel's range for the source ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+# Ports handed out by free_port in this process, never handed out twice.
+_given_ports = set()
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on, below the ephemeral range. A port the kernel picks
+    for `bind(0)` comes from the ephemeral range, where the nodes' own outgoing connections
+    (RPC between nodes, clients) also take their source ports: one of those could take a
+    listener's port between this call and the node's bind ("Address already in use"). Below the
+    range only listeners take ports."""
+    low, _ = ephemeral_port_range()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        if port in _given_ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given_ports.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

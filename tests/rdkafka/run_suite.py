@@ -47,6 +47,11 @@ RUNNER_ARGS = ["-Q", "-L", "-E", "-p1", "-V", BROKER_VERSION]
 # that hangs past them is killed here instead of holding up the step).
 TEST_DEADLINE_S = 240.0
 OUTPUT_TAIL_LINES = 40
+# Tests after which the cluster is started afresh, with why. 0081's CreateTopics subtest leaves
+# about 300 partitions (900 Raft groups) behind; every partition is its own Raft group on Sluice
+# (docs/architecture.md, Known limits), and on the 2-core machine that load shifted the timing of
+# the later timing-sensitive 0086 purge_remote (2 of 3 passes after it, 3 of 3 alone).
+FRESH_CLUSTER_AFTER = {"0081": "its CreateTopics subtest leaves ~300 partitions behind"}
 ANSI = re.compile(r"\x1b\[[0-9;]*m|\x1b\(B")
 # A summary row: "| 0001_multiobj | PASSED | 3.512s | reason"
 SUMMARY_ROW = re.compile(r"^\|\s*(\d{4}\w*)\s*\|\s*([A-Z]+)\s*\|\s*([\d.]+)s\s*\|\s*(.*)$")
@@ -218,8 +223,16 @@ def main() -> int:
     clusters_started = 0
     t_all = time.monotonic()
     try:
+        previous = None
         for item in (i for number in chosen for i in items_of(number, must_pass, excluded)):
-            names = ", ".join(tests[test_number(item)])
+            number = test_number(item)
+            if cluster is not None and previous in FRESH_CLUSTER_AFTER and number != previous:
+                print(f"  (a fresh cluster for the tests after {previous}: "
+                      f"{FRESH_CLUSTER_AFTER[previous]})", flush=True)
+                cluster.kill_all()
+                cluster = None
+            previous = number
+            names = ", ".join(tests[number])
             if item in excluded:
                 results[item] = ("EXCLUDED", excluded[item], 0.0)
                 print(f"  {item} EXCLUDED  {names}: {excluded[item]}", flush=True)
