@@ -583,6 +583,13 @@ impl MetadataQuorum {
         &self.image
     }
 
+    /// The image the active controller decides on: the committed image plus every record it
+    /// proposed in its term (what its proposals are validated against); the committed image when
+    /// not active.
+    pub fn deciding_image(&self) -> &MetadataImage {
+        self.active.as_ref().map_or(&self.image, |a| &a.image)
+    }
+
     /// Offsets below this are applied.
     pub fn applied_end(&self) -> u64 {
         self.applied_end

@@ -38,8 +38,16 @@ struct AdminWaiter {
     /// (as the broker answered before its partitions opened off the loop: a client may produce
     /// at once).
     opening: Vec<TopicId>,
+    /// Until when the answer also waits for every partition of `opening` to have a known
+    /// leader ([`LEADER_WAIT_MS`] at most): past it, it answers without (a partition whose
+    /// replicas cannot elect one must not hold the answer until the request's timeout).
+    leaders_by: Instant,
     deadline: Instant,
 }
+
+/// How long a CreateTopics or CreatePartitions answer waits for the new partitions' leaders
+/// after its records commit: a few election timeouts.
+const LEADER_WAIT_MS: u64 = 5_000;
 
 #[derive(Default)]
 pub(super) struct AdminWaiters {
@@ -475,6 +483,7 @@ impl Node {
             reply,
             outstanding: forwards.iter().map(|(i, _)| *i).collect(),
             opening: Vec::new(),
+            leaders_by: self.deadline_after(LEADER_WAIT_MS.min(admin_timeout_ms(0))),
             deadline: self.deadline_after(admin_timeout_ms(0)),
         };
         self.admin.waiters.insert(id, waiter);
@@ -516,8 +525,9 @@ impl Node {
     /// Decides one resource of an AlterConfigs or IncrementalAlterConfigs on the controller:
     /// the change to propose (topic name, configs to set, configs to delete), or `None` when it
     /// was only validated. With `replace` (AlterConfigs) every override of the topic that the
-    /// request does not set is deleted, as of the controller's image now; the proposal is made
-    /// in the same step, so no other change comes between.
+    /// request does not set is deleted, as of the image the controller decides on (committed
+    /// plus proposed records), in the same step as the proposal, so no other change comes
+    /// between.
     #[allow(clippy::type_complexity)]
     fn check_alter(
         &self,
@@ -529,13 +539,13 @@ impl Node {
             return Err(not_controller());
         };
         let delete = if replace {
-            replaced_overrides(quorum.image(), &name, &set)
+            replaced_overrides(quorum.deciding_image(), &name, &set)
         } else {
             delete
         };
         if validate_only {
             return controller::alter_configs(
-                quorum.image(),
+                quorum.deciding_image(),
                 &name,
                 &set,
                 &delete,
@@ -619,6 +629,7 @@ impl Node {
             reply,
             outstanding: tickets.iter().map(|(_, i)| *i).collect(),
             opening: Vec::new(),
+            leaders_by: self.deadline_after(LEADER_WAIT_MS.min(timeout_ms)),
             deadline: self.deadline_after(timeout_ms),
         };
         self.admin.waiters.insert(id, waiter);
@@ -669,7 +680,13 @@ impl Node {
         let Some(w) = self.admin.waiters.get(&waiter) else {
             return;
         };
-        if !w.outstanding.is_empty() || !w.opening.iter().all(|id| self.serving_here(id)) {
+        let need_leaders = self.now.instant < w.leaders_by;
+        if !w.outstanding.is_empty()
+            || !w
+                .opening
+                .iter()
+                .all(|id| self.serving_here(id, need_leaders))
+        {
             return;
         }
         let w = self.admin.waiters.remove(&waiter).expect("present");
@@ -683,7 +700,7 @@ impl Node {
     /// answer waits for the elections, up to the request's timeout: a client that asks for
     /// metadata next finds every leader (librdkafka's admin client fails DeleteRecords or
     /// ListOffsets for a partition its metadata shows without one).
-    fn serving_here(&self, id: &TopicId) -> bool {
+    fn serving_here(&self, id: &TopicId, need_leaders: bool) -> bool {
         let Some(name) = self.topic_ids.get(id) else {
             return true;
         };
@@ -691,13 +708,14 @@ impl Node {
         let topic = &self.topics[name];
         topic.assignments.iter().enumerate().all(|(p, replicas)| {
             let tp = TopicPartition::new(name.clone(), p as i32);
+            let led = !need_leaders || self.leader_of(&tp, *id).is_some();
             if !replicas.contains(&me) {
-                return self.leader_of(&tp, *id).is_some();
+                return led;
             }
             match self.partitions.get(&tp) {
                 None => true,
                 Some(slot) if slot.is_offline() => true,
-                Some(slot) => slot.replica().is_some() && self.leader_of(&tp, *id).is_some(),
+                Some(slot) => slot.replica().is_some() && led,
             }
         })
     }

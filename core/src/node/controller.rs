@@ -29,6 +29,10 @@ pub(super) const HEARTBEAT_TICKS: u64 = 10;
 const CONTROLLER_CALL_TIMEOUT_MS: u64 = 10_000;
 /// Controller calls a node keeps waiting at most (heartbeat, topic creations, id blocks).
 const CONTROLLER_CALLS_MAX: usize = 1024;
+/// Of those, at most this many forwarded for clients (AlterConfigs resources): one request with
+/// thousands of resources must not fill the table, where heartbeats, auto-creation and
+/// producer-id calls wait too. A forward past it is answered REQUEST_TIMED_OUT (retriable).
+const FORWARDED_CALLS_MAX: usize = 256;
 
 /// The metadata log's slot.
 pub(super) type MetaSlot = LogSlot<MetadataQuorum>;
@@ -108,7 +112,7 @@ impl ClusterState {
 
     pub fn check_invariants(&self) {
         assert!(
-            self.calls.len() <= CONTROLLER_CALLS_MAX,
+            self.calls.len() <= CONTROLLER_CALLS_MAX + 1,
             "controller calls are bounded"
         );
         assert!(
@@ -606,13 +610,13 @@ impl Node {
                     });
                 }
                 let delete = if *replace {
-                    super::admin::replaced_overrides(quorum.image(), topic, set)
+                    super::admin::replaced_overrides(quorum.deciding_image(), topic, set)
                 } else {
                     delete.clone()
                 };
                 if *validate_only {
                     let verdict = controller::alter_configs(
-                        quorum.image(),
+                        quorum.deciding_image(),
                         topic,
                         set,
                         &delete,
@@ -653,7 +657,26 @@ impl Node {
         disk: &impl LogReader,
     ) {
         let unsent = |code: ErrorCode| ControllerReply::Error { code: code.code() };
-        if self.cluster.calls.len() >= CONTROLLER_CALLS_MAX {
+        let forwarded = self
+            .cluster
+            .calls
+            .values()
+            .filter(|c| c.admin.is_some())
+            .count();
+        if admin.is_some() && forwarded >= FORWARDED_CALLS_MAX {
+            tracing::debug!(
+                ?request,
+                "too many forwarded client calls waiting; not sent"
+            );
+            if let Some((waiter, index)) = admin {
+                self.on_forwarded_admin(waiter, index, unsent(ErrorCode::RequestTimedOut));
+            }
+            return;
+        }
+        // A heartbeat always goes (one is in flight at most): a full table must not get this
+        // node fenced.
+        let is_heartbeat = matches!(request, ControllerRequest::Heartbeat { .. });
+        if self.cluster.calls.len() >= CONTROLLER_CALLS_MAX && !is_heartbeat {
             tracing::warn!(?request, "too many controller calls waiting; not sent");
             if let Some((waiter, index)) = admin {
                 self.on_forwarded_admin(waiter, index, unsent(ErrorCode::RequestTimedOut));

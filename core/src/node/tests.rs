@@ -3205,3 +3205,53 @@ fn create_topics_answers_once_every_new_partition_has_a_known_leader() {
         );
     }
 }
+
+/// One AlterConfigs with thousands of resources at a node that is not the controller must not
+/// fill the node's controller calls: the excess is answered REQUEST_TIMED_OUT, and the node keeps
+/// heartbeating (it is not fenced, it keeps serving).
+#[test]
+fn a_huge_forwarded_alter_configs_does_not_starve_the_heartbeats() {
+    let mut c = Cluster::new(3, 48);
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let follower = (c.controller() + 1) % 3;
+    let resources: Vec<AlterResource> = (0..3_000)
+        .map(|i| AlterResource {
+            resource_type: RESOURCE_TOPIC,
+            name: format!("missing-{i}"),
+            changes: vec![ConfigChange {
+                name: "retention.ms".into(),
+                operation: CONFIG_SET,
+                value: Some("1000".into()),
+            }],
+        })
+        .collect();
+    let Reply::AlterConfigs(r) = c.call(
+        follower,
+        Request::AlterConfigs(AlterConfigsRequest {
+            resources,
+            validate_only: false,
+            replace: false,
+        }),
+    ) else {
+        unreachable!()
+    };
+    assert_eq!(r.len(), 3_000);
+    let timed_out = r
+        .iter()
+        .filter(|a| a.error == ErrorCode::RequestTimedOut)
+        .count();
+    let unknown = r
+        .iter()
+        .filter(|a| a.error == ErrorCode::UnknownTopicOrPartition)
+        .count();
+    assert_eq!(timed_out + unknown, 3_000, "{:?}", &r[..3]);
+    // All resources are forwarded in one step, so at most the budget of forwarded calls (256
+    // of the 1,024 controller calls) reaches the controller; heartbeats keep the rest.
+    assert!(unknown <= 256, "{unknown} forwarded at once");
+    // Sessions are a few seconds: the follower must still be registered and serving after.
+    c.advance(10_000);
+    let r = alter(&mut c, follower, "t", &[("retention.ms", "2000")], false);
+    assert_eq!(r.error, ErrorCode::None, "{r:?}");
+    assert!(c.host(follower).ready);
+}
