@@ -39,10 +39,23 @@ pub enum Bug {
     /// truncation. Caught by the simulator's offset checkers (offset-gap, inconsistent-offsets)
     /// in the cluster scenario.
     OffsetMapOffByOne = 9,
+    /// A Raft follower that already voted in a term grants a second candidate's vote request in
+    /// that term too (the check against its vote is gone; the vote it records stays the first,
+    /// so its one-vote-per-term invariant does not see it). Two candidates of one term can then
+    /// both win. Caught by the simulator's election-safety checker (`checker::replicas`: two
+    /// leaders in one term) in the cluster scenario, and by the Raft cluster harness (its
+    /// durability check: the grant claims a vote the voter's synced hard state does not hold).
+    VoteTwice = 10,
+    /// A Raft voter grants (pre-)votes without checking that the candidate's log is at least as
+    /// up to date as its own, so a candidate missing committed entries can win. Caught by the
+    /// simulator's leader-completeness checker (`checker::replicas`: a leader elected without
+    /// an entry committed in an earlier term) in the cluster scenario, and by the Raft cluster
+    /// harness (its leader-completeness check).
+    VoteIgnoresLog = 11,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 11] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -52,6 +65,8 @@ impl Bug {
         Bug::NoDivergentTruncation,
         Bug::GroupDoubleAssign,
         Bug::OffsetMapOffByOne,
+        Bug::VoteTwice,
+        Bug::VoteIgnoresLog,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +80,8 @@ impl Bug {
             Bug::NoDivergentTruncation => "no-divergent-truncation",
             Bug::GroupDoubleAssign => "group-double-assign",
             Bug::OffsetMapOffByOne => "offset-map-off-by-one",
+            Bug::VoteTwice => "vote-twice",
+            Bug::VoteIgnoresLog => "vote-ignores-log",
         }
     }
 

@@ -36,7 +36,7 @@ struct Args {
     scenario: String,
     /// Plant a deliberate bug: ack-before-fsync, skip-recovery-crc, recovery-off-by-one,
     /// fetch-past-high-watermark, idempotence-off, commit-old-term, no-divergent-truncation,
-    /// group-double-assign.
+    /// offset-map-off-by-one, vote-twice, vote-ignores-log, group-double-assign.
     #[arg(long)]
     planted_bug: Option<String>,
     /// With --planted-bug: succeed as soon as a seed fails (the checkers caught the bug), fail if

@@ -196,7 +196,10 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
         let observer_replicas = replicas.clone();
         let observer_trace = trace.clone();
         let observer: sluice_node::broker::Observer = Arc::new(move |o: Observation| {
-            if let Observation::Leader { group, node, term } = &o {
+            if let Observation::Leader {
+                group, node, term, ..
+            } = &o
+            {
                 observer_trace.record(
                     "replica",
                     "leader",
@@ -439,9 +442,10 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
             "checker",
             "replicas",
             format!(
-                "{} observations, {} terms led, {} violations",
+                "{} observations, {} terms led, {} leader-completeness checks, {} violations",
                 checker.observations(),
                 checker.terms_led(),
+                checker.completeness_checks(),
                 checker.violation_count()
             ),
         );

@@ -2,6 +2,14 @@
 //! feeds them; a replica reports through its host's observer hook):
 //!
 //! - **election safety:** at most one leader per term per group.
+//! - **leader completeness:** a leader elected in term `t` holds, when elected, every entry
+//!   committed in a term before `t` (Raft's Leader Completeness). What a leader of term `v`
+//!   reports committed was committed in a term at most `v` (a leader's commit index moves only
+//!   by its own decisions, above what it inherited), so every leader of a later term must hold
+//!   it, with the same epoch runs, above its own log start (retention may have removed what is
+//!   below). A commit reported after a later term's leader was elected (a deposed leader whose
+//!   majority acknowledged before voting) is checked against that leader's log as it was at its
+//!   election.
 //! - **committed agreement:** no two replicas ever hold different committed entries at one
 //!   offset, and no replica's committed entry ever changes (Raft's State Machine Safety, checked
 //!   on the terms of committed entries: every entry carries its term as its batch's leader epoch,
@@ -15,16 +23,28 @@ use std::fmt;
 /// What a replica reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observation {
-    /// `node` became the leader of `group` in `term`.
-    Leader { group: String, node: u64, term: u64 },
+    /// `node` became the leader of `group` in `term`. Its log as it was elected spans
+    /// `[log_start, log_end)`, and `epochs` are its epoch runs as `(epoch, start offset)`, oldest
+    /// first (the run of `term` itself may already be there: a new leader's first entry).
+    Leader {
+        group: String,
+        node: u64,
+        term: u64,
+        log_start: u64,
+        log_end: u64,
+        epochs: Vec<(i32, u64)>,
+    },
     /// `node`'s committed prefix of `group` is `[log_start, end)`, and `epochs` are its log's
     /// epoch runs as `(epoch, start offset)`, oldest first (runs may go past `end`).
+    /// `leader_term` is the term `node` leads the group in as it reports (`None` for a
+    /// follower): then everything below `end` was committed in a term at most that one.
     Committed {
         group: String,
         node: u64,
         log_start: u64,
         end: u64,
         epochs: Vec<(i32, u64)>,
+        leader_term: Option<u64>,
     },
 }
 
@@ -54,21 +74,50 @@ struct Committed {
     runs: BTreeMap<u64, (i32, u64)>,
 }
 
+/// A leader's log as it was elected, kept so that commits of earlier terms reported later can
+/// still be checked against it.
+#[derive(Debug)]
+struct Elected {
+    node: u64,
+    log_start: u64,
+    log_end: u64,
+    /// Run start offset -> epoch, over `[log_start, log_end)`.
+    runs: BTreeMap<u64, i32>,
+    /// The offsets below this were checked against the commits of earlier terms.
+    checked_end: u64,
+}
+
 fn epoch_at<V: Copy>(runs: &BTreeMap<u64, V>, offset: u64) -> Option<V> {
     runs.range(..=offset).next_back().map(|(_, v)| *v)
+}
+
+/// The runs of `epochs` over `[start, end)`: the run covering `start` begins there.
+fn runs_over(start: u64, end: u64, epochs: &[(i32, u64)]) -> BTreeMap<u64, i32> {
+    let mut runs = BTreeMap::new();
+    for (epoch, run_start) in epochs {
+        if *run_start < end {
+            runs.insert((*run_start).max(start), *epoch);
+        }
+    }
+    runs
 }
 
 /// Feeds on [`Observation`]s; [`violations`](Self::violations) says what broke.
 #[derive(Debug, Default)]
 pub struct ReplicaChecker {
-    /// (group, term) -> the node that led it.
-    leaders: BTreeMap<(String, u64), u64>,
+    /// (group, term) -> the leader elected in it, with its log at election.
+    leaders: BTreeMap<(String, u64), Elected>,
     committed: BTreeMap<String, Committed>,
+    /// group -> (term -> the end of the longest committed prefix a leader of that term
+    /// reported).
+    decided: BTreeMap<String, BTreeMap<u64, u64>>,
     /// (group, node) -> the end of the node's committed prefix, as last reported.
     ends: BTreeMap<(String, u64), u64>,
     violations: Vec<Violation>,
     violation_count: u64,
     observations: u64,
+    /// Committed ranges compared with a later term's leader's log (to show the check bites).
+    completeness_checks: u64,
 }
 
 impl ReplicaChecker {
@@ -79,26 +128,150 @@ impl ReplicaChecker {
     pub fn observe(&mut self, observation: Observation) {
         self.observations += 1;
         match observation {
-            Observation::Leader { group, node, term } => {
-                match self.leaders.get(&(group.clone(), term)) {
-                    Some(first) if *first != node => {
-                        let detail =
-                            format!("two leaders in term {term}: nodes {first} and {node}");
-                        self.violate(group, detail);
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.leaders.insert((group, term), node);
-                    }
-                }
-            }
+            Observation::Leader {
+                group,
+                node,
+                term,
+                log_start,
+                log_end,
+                epochs,
+            } => self.leader(group, node, term, log_start, log_end, &epochs),
             Observation::Committed {
                 group,
                 node,
                 log_start,
                 end,
                 epochs,
-            } => self.committed(group, node, log_start, end, &epochs),
+                leader_term,
+            } => {
+                self.committed(group.clone(), node, log_start, end, &epochs);
+                if let Some(term) = leader_term {
+                    self.decided(group, term, end);
+                }
+            }
+        }
+    }
+
+    fn leader(
+        &mut self,
+        group: String,
+        node: u64,
+        term: u64,
+        log_start: u64,
+        log_end: u64,
+        epochs: &[(i32, u64)],
+    ) {
+        assert!(log_start <= log_end, "a leader's log ends before it starts");
+        match self.leaders.get(&(group.clone(), term)) {
+            Some(first) if first.node != node => {
+                let detail = format!(
+                    "two leaders in term {term}: nodes {} and {node}",
+                    first.node
+                );
+                self.violate(group, detail);
+            }
+            Some(_) => {}
+            None => {
+                let elected = Elected {
+                    node,
+                    log_start,
+                    log_end,
+                    runs: runs_over(log_start, log_end, epochs),
+                    checked_end: 0,
+                };
+                self.leaders.insert((group.clone(), term), elected);
+                // Everything leaders of earlier terms reported committed (so far: later
+                // reports of theirs are checked as they come, in `decided`).
+                let decided_end = self
+                    .decided
+                    .get(&group)
+                    .and_then(|by_term| by_term.range(..term).map(|(_, end)| *end).max());
+                if let Some(end) = decided_end {
+                    self.check_complete(&group, term, end);
+                }
+            }
+        }
+    }
+
+    /// A leader of `term` reported `[.., end)` committed: every leader of a later term must
+    /// hold it.
+    fn decided(&mut self, group: String, term: u64, end: u64) {
+        let longest = self
+            .decided
+            .entry(group.clone())
+            .or_default()
+            .entry(term)
+            .or_insert(0);
+        if end <= *longest {
+            return;
+        }
+        *longest = end;
+        // Usually none: a leader reports commits while it leads the latest term.
+        let later: Vec<u64> = self
+            .leaders
+            .range((group.clone(), term.saturating_add(1))..=(group.clone(), u64::MAX))
+            .map(|((_, t), _)| *t)
+            .collect();
+        for t in later {
+            self.check_complete(&group, t, end);
+        }
+    }
+
+    /// Leader completeness: the leader of `term`, as elected, holds the reference's committed
+    /// entries below `end` (committed in earlier terms) with the same epochs, above its log
+    /// start.
+    fn check_complete(&mut self, group: &str, term: u64, end: u64) {
+        let Some(elected) = self.leaders.get_mut(&(group.to_string(), term)) else {
+            return;
+        };
+        if end <= elected.checked_end {
+            return;
+        }
+        let from = std::mem::replace(&mut elected.checked_end, end);
+        let Some(reference) = self.committed.get(group) else {
+            return;
+        };
+        let lo = from.max(elected.log_start).max(reference.start);
+        let hi = end.min(reference.end);
+        if lo >= hi {
+            return;
+        }
+        self.completeness_checks += 1;
+        // Where both logs exist, compare them at every step of either (and at `lo`), as the
+        // agreement check does; then the leader must not end before the committed range.
+        // The leader's log may end before `lo` (then nothing is held to compare).
+        let held = hi.min(elected.log_end).max(lo);
+        let points = std::iter::once(lo)
+            .chain(elected.runs.range(lo..held).map(|(o, _)| *o))
+            .chain(reference.runs.range(lo..held).map(|(o, _)| *o));
+        let mut detail = None;
+        for point in points.filter(|p| *p < held) {
+            let (Some(mine), Some((theirs, by))) = (
+                epoch_at(&elected.runs, point),
+                epoch_at(&reference.runs, point),
+            ) else {
+                continue;
+            };
+            if mine != theirs {
+                detail = Some(format!(
+                    "node {} was elected leader in term {term} holding offset {point} in epoch \
+                     {mine}, but it was committed in epoch {theirs} (node {by}) in an earlier term",
+                    elected.node
+                ));
+                break;
+            }
+        }
+        if detail.is_none() && elected.log_end < hi {
+            detail = Some(format!(
+                "node {} was elected leader in term {term} with its log ending at offset {}, \
+                 but offsets up to {} were committed in earlier terms",
+                elected.node,
+                elected.log_end,
+                hi - 1
+            ));
+        }
+        if let Some(detail) = detail {
+            self.violate(group.to_string(), detail);
         }
     }
 
@@ -107,13 +280,7 @@ impl ReplicaChecker {
         if end <= start {
             return;
         }
-        // The report's runs over [start, end): the run covering `start` begins there.
-        let mut runs: BTreeMap<u64, i32> = BTreeMap::new();
-        for (epoch, run_start) in epochs {
-            if *run_start < end {
-                runs.insert((*run_start).max(start), *epoch);
-            }
-        }
+        let runs = runs_over(start, end, epochs);
         if runs.is_empty() {
             return;
         }
@@ -188,6 +355,11 @@ impl ReplicaChecker {
         self.observations
     }
 
+    /// How many committed ranges were compared with a later term's leader's log as elected.
+    pub fn completeness_checks(&self) -> u64 {
+        self.completeness_checks
+    }
+
     /// How many (group, term) pairs had a leader.
     pub fn terms_led(&self) -> usize {
         self.leaders.len()
@@ -203,7 +375,7 @@ impl ReplicaChecker {
         self.leaders
             .range((group.to_string(), 0)..=(group.to_string(), u64::MAX))
             .next_back()
-            .map(|((_, term), node)| (*term, *node))
+            .map(|((_, term), elected)| (*term, elected.node))
     }
 }
 
@@ -218,14 +390,41 @@ mod tests {
             log_start: start,
             end,
             epochs: epochs.to_vec(),
+            leader_term: None,
+        }
+    }
+
+    /// What the leader of `term` reports committed.
+    fn decided(node: u64, term: u64, end: u64, epochs: &[(i32, u64)]) -> Observation {
+        Observation::Committed {
+            group: "t-0".into(),
+            node,
+            log_start: 0,
+            end,
+            epochs: epochs.to_vec(),
+            leader_term: Some(term),
         }
     }
 
     fn leader(node: u64, term: u64) -> Observation {
+        elected(node, term, 0, 0, &[])
+    }
+
+    /// `node` elected in `term` with its log `[log_start, log_end)` in `epochs`.
+    fn elected(
+        node: u64,
+        term: u64,
+        log_start: u64,
+        log_end: u64,
+        epochs: &[(i32, u64)],
+    ) -> Observation {
         Observation::Leader {
             group: "t-0".into(),
             node,
             term,
+            log_start,
+            log_end,
+            epochs: epochs.to_vec(),
         }
     }
 
@@ -286,5 +485,101 @@ mod tests {
         c.observe(committed(3, 0, 15, &[(1, 0), (3, 8)]));
         assert_eq!(c.violation_count(), 1);
         assert!(c.violations()[0].detail.contains("node 2"));
+    }
+
+    #[test]
+    fn leaders_holding_every_earlier_commit_pass() {
+        let mut c = ReplicaChecker::new();
+        c.observe(elected(1, 1, 0, 0, &[]));
+        c.observe(decided(1, 1, 10, &[(1, 0)]));
+        // Holds the commit, an uncommitted tail of term 1 and its own first entry.
+        c.observe(elected(2, 2, 0, 13, &[(1, 0), (2, 12)]));
+        c.observe(decided(2, 2, 13, &[(1, 0), (2, 12)]));
+        // Retention removed offsets below 11: only what is left is compared.
+        c.observe(elected(3, 3, 11, 14, &[(1, 11), (2, 12), (3, 13)]));
+        // Everything committed is gone from this one's log (below its start).
+        c.observe(elected(1, 4, 14, 15, &[(4, 14)]));
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        // Terms 2 and 3 were compared; term 4's leader had nothing left to compare.
+        assert_eq!(c.completeness_checks(), 2);
+    }
+
+    #[test]
+    fn a_leader_missing_an_entry_committed_in_an_earlier_term_fails() {
+        let mut c = ReplicaChecker::new();
+        c.observe(elected(1, 1, 0, 0, &[]));
+        c.observe(decided(1, 1, 10, &[(1, 0)]));
+        c.observe(committed(2, 0, 10, &[(1, 0)]));
+        // Node 3 missed offsets 6..10 and was elected anyway (a vote that ignored the log).
+        c.observe(elected(3, 2, 0, 7, &[(1, 0), (2, 6)]));
+        assert_eq!(c.violation_count(), 1, "{:?}", c.violations());
+        let detail = &c.violations()[0].detail;
+        assert!(detail.contains("offset 6 in epoch 2"), "{detail}");
+    }
+
+    #[test]
+    fn a_leader_whose_log_ends_before_an_earlier_commit_fails() {
+        let mut c = ReplicaChecker::new();
+        c.observe(elected(1, 1, 0, 0, &[]));
+        c.observe(decided(1, 1, 10, &[(1, 0)]));
+        c.observe(elected(2, 3, 0, 4, &[(1, 0)]));
+        assert_eq!(c.violation_count(), 1, "{:?}", c.violations());
+        let detail = &c.violations()[0].detail;
+        assert!(detail.contains("log ending at offset 4"), "{detail}");
+        assert!(detail.contains("up to 9"), "{detail}");
+    }
+
+    #[test]
+    fn a_leader_whose_log_ends_below_the_known_commits_fails() {
+        let mut c = ReplicaChecker::new();
+        c.observe(elected(1, 1, 0, 0, &[]));
+        // Only offsets 5..10 were reported (the reporter's log starts at 5).
+        c.observe(Observation::Committed {
+            group: "t-0".into(),
+            node: 1,
+            log_start: 5,
+            end: 10,
+            epochs: vec![(1, 0)],
+            leader_term: Some(1),
+        });
+        c.observe(elected(2, 2, 0, 3, &[(1, 0)]));
+        assert_eq!(c.violation_count(), 1, "{:?}", c.violations());
+        let detail = &c.violations()[0].detail;
+        assert!(detail.contains("log ending at offset 3"), "{detail}");
+    }
+
+    #[test]
+    fn commits_of_the_leaders_own_or_later_terms_are_not_required_of_it() {
+        let mut c = ReplicaChecker::new();
+        c.observe(elected(1, 2, 0, 5, &[(1, 0), (2, 4)]));
+        // The leader of term 4 committed offsets 0..20, after term 3's leader (elected with
+        // less, and deposed since) was elected: it owed none of them.
+        c.observe(elected(2, 3, 0, 4, &[(1, 0)]));
+        c.observe(elected(3, 4, 0, 6, &[(1, 0), (2, 4), (4, 5)]));
+        c.observe(decided(3, 4, 20, &[(1, 0), (2, 4), (4, 5)]));
+        // A follower's report says nothing about the term its entries were committed in.
+        c.observe(committed(1, 0, 20, &[(1, 0), (2, 4), (4, 5)]));
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+    }
+
+    #[test]
+    fn a_commit_reported_after_a_later_leaders_election_is_checked_against_its_log_then() {
+        let mut c = ReplicaChecker::new();
+        c.observe(elected(1, 2, 0, 5, &[(1, 0), (2, 4)]));
+        c.observe(decided(1, 2, 4, &[(1, 0), (2, 4)]));
+        // Node 2 wins term 3 without offsets 4..8, which term 2's leader then reports
+        // committed (a majority acknowledged them in term 2).
+        c.observe(elected(2, 3, 0, 5, &[(1, 0), (3, 4)]));
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        c.observe(decided(1, 2, 8, &[(1, 0), (2, 4)]));
+        assert_eq!(c.violation_count(), 1, "{:?}", c.violations());
+        let detail = &c.violations()[0].detail;
+        assert!(
+            detail.contains("term 3 holding offset 4 in epoch 3"),
+            "{detail}"
+        );
+        // Checked once: the same commit reported again adds nothing.
+        c.observe(decided(1, 2, 8, &[(1, 0), (2, 4)]));
+        assert_eq!(c.violation_count(), 1);
     }
 }

@@ -842,7 +842,8 @@ impl<M> LogSlot<M> {
     }
 }
 
-/// Reports a replica's new leadership or high watermark as an observation.
+/// Reports a replica's new leadership (with its log as elected) or high watermark as an
+/// observation.
 pub(super) fn observe(
     outputs: &mut VecDeque<Output>,
     observed: &mut std::collections::BTreeMap<String, (u64, u64)>,
@@ -853,15 +854,24 @@ pub(super) fn observe(
     use crate::checker::replicas::Observation;
     let last = observed.entry(group.clone()).or_insert((0, 0));
     let term = replica.term();
+    let log: &PartitionLog = replica.log();
+    let epochs = || -> Vec<(i32, u64)> {
+        log.epoch_runs()
+            .iter()
+            .map(|e| (e.epoch, e.start_offset))
+            .collect()
+    };
     if replica.is_leader() && last.1 != term {
         last.1 = term;
         outputs.push_back(Output::Observe(Observation::Leader {
             group: group.clone(),
             node,
             term,
+            log_start: log.log_start_offset(),
+            log_end: log.log_end_offset(),
+            epochs: epochs(),
         }));
     }
-    let log: &PartitionLog = replica.log();
     let hw = log.high_watermark();
     if hw != last.0 {
         last.0 = hw;
@@ -870,11 +880,10 @@ pub(super) fn observe(
             node,
             log_start: log.log_start_offset(),
             end: hw,
-            epochs: log
-                .epoch_runs()
-                .iter()
-                .map(|e| (e.epoch, e.start_offset))
-                .collect(),
+            epochs: epochs(),
+            // A leader's commit index moves only by its own decisions, so the checker may
+            // require what it reports of every later term's leader.
+            leader_term: replica.is_leader().then_some(term),
         }));
     }
 }

@@ -792,9 +792,17 @@ impl Raft {
             "a vote request of another term"
         );
         let (last_index, last_term) = last;
-        let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index());
+        let up_to_date = (last_term, last_index) >= (self.log.last_term(), self.log.last_index())
+            || self.config.planted.is(Bug::VoteIgnoresLog);
         let free = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
-        let granted = up_to_date && (free || (pre && term > self.term));
+        // Planted: a follower that voted for another candidate in this term (and knows no
+        // leader) grants this one too.
+        let twice = !pre
+            && self.config.planted.is(Bug::VoteTwice)
+            && self.role == Role::Follower
+            && self.vote.is_some()
+            && self.leader.is_none();
+        let granted = up_to_date && (free || twice || (pre && term > self.term));
         if pre {
             // A grant echoes the term asked for, so the pre-candidate can tell rounds apart.
             let term = if granted { term } else { self.term };
@@ -806,8 +814,11 @@ impl Raft {
                 "a {:?} voted for another replica in its own term",
                 self.role
             );
-            self.vote = Some(from);
-            self.hard_state_dirty = true;
+            // A second grant (planted) leaves the first vote recorded.
+            if free {
+                self.vote = Some(from);
+                self.hard_state_dirty = true;
+            }
             self.election_elapsed = 0;
             self.send_durable(from, MessageBody::VoteResponse { granted: true });
         } else {

@@ -14,7 +14,10 @@ use crate::testing::raft_harness::Cluster;
 /// leader's commit-rule invariant; before that invariant, the cluster checkers' leader
 /// completeness caught it at the 12,137th, once a Figure 8 history came up: a follower
 /// acknowledging an old entry but not the new leader's first, then a rival with a later last
-/// term elected).
+/// term elected). vote-ignores-log is caught by the 4th (leader completeness), vote-twice by
+/// the 8th (the harness's durability check: a vote granted that the voter's stored hard state
+/// does not hold, since the planted grant leaves the first vote recorded; the simulator's
+/// election-safety checker sees the two leaders it lets in).
 const SCHEDULES_MAX: u64 = 50_000;
 
 /// The panic message of a failed schedule: which checker (or invariant) caught the bug.
@@ -32,7 +35,12 @@ fn planted_raft_bugs_are_caught() {
     let default_hook = take_hook();
     set_hook(Box::new(|_| {}));
     let mut report = Vec::new();
-    for bug in [Bug::CommitOldTerm, Bug::NoDivergentTruncation] {
+    for bug in [
+        Bug::CommitOldTerm,
+        Bug::NoDivergentTruncation,
+        Bug::VoteTwice,
+        Bug::VoteIgnoresLog,
+    ] {
         let caught = (0..SCHEDULES_MAX).find_map(|seed| {
             catch_unwind(|| Cluster::run_schedule_with(seed, false, Planted::new(Some(bug))))
                 .err()
