@@ -39,10 +39,17 @@ pub enum Bug {
     /// truncation. Caught by the simulator's offset checkers (offset-gap, inconsistent-offsets)
     /// in the cluster scenario.
     OffsetMapOffByOne = 9,
+    /// A group coordinator accepts an OffsetCommit from an older generation, or from a member
+    /// it no longer has, as if it came from the current generation: a zombie member's late
+    /// commit overwrites what the partition's current owner committed. Caught by the
+    /// simulator's group checkers (`checker::groups`, group-late-commit-accepted and
+    /// group-late-commit-visible) in `--scenario groups`, whose members sometimes stall past
+    /// their session and then commit late.
+    StaleGenerationCommit = 10,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -52,6 +59,7 @@ impl Bug {
         Bug::NoDivergentTruncation,
         Bug::GroupDoubleAssign,
         Bug::OffsetMapOffByOne,
+        Bug::StaleGenerationCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +73,7 @@ impl Bug {
             Bug::NoDivergentTruncation => "no-divergent-truncation",
             Bug::GroupDoubleAssign => "group-double-assign",
             Bug::OffsetMapOffByOne => "offset-map-off-by-one",
+            Bug::StaleGenerationCommit => "stale-generation-commit",
         }
     }
 
