@@ -35,7 +35,8 @@
 //!
 //! Consumer groups ([`crate::history::GroupOp`]) have their own checkers, in [`groups`]: one owner
 //! per partition and generation, committed offsets that never go back or get lost, none above
-//! the high watermark, and members that resume exactly at the committed offset.
+//! the high watermark, members that resume exactly at the committed offset, and commits from a
+//! generation the group had left behind that are fenced and never seen.
 //!
 //! Losing acknowledged `acks=1` or `acks=0` writes in a crash is allowed on a single node, so
 //! those are counted ([`Stats::acks1_lost`]) and never reported as lost writes. For the same
@@ -88,11 +89,16 @@ pub enum AnomalyKind {
     CommitAboveHighWatermark,
     /// A member that did not resume consuming at the committed offset.
     WrongStart,
+    /// A commit from a generation the group had left behind (a zombie's) that the coordinator
+    /// acknowledged, or refused with an error that does not fence its sender.
+    LateCommitAccepted,
+    /// OffsetFetch returned an offset that only late commits wrote.
+    LateCommitVisible,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 16] = [
+    pub const ALL: [AnomalyKind; 18] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -109,6 +115,8 @@ impl AnomalyKind {
         AnomalyKind::UnknownCommit,
         AnomalyKind::CommitAboveHighWatermark,
         AnomalyKind::WrongStart,
+        AnomalyKind::LateCommitAccepted,
+        AnomalyKind::LateCommitVisible,
     ];
 
     /// Whether the kind is one of the consumer-group checkers' ([`groups`]).
@@ -135,6 +143,8 @@ impl AnomalyKind {
             AnomalyKind::UnknownCommit => "group-unknown-commit",
             AnomalyKind::CommitAboveHighWatermark => "group-commit-above-hw",
             AnomalyKind::WrongStart => "group-wrong-start",
+            AnomalyKind::LateCommitAccepted => "group-late-commit-accepted",
+            AnomalyKind::LateCommitVisible => "group-late-commit-visible",
         }
     }
 }
@@ -238,6 +248,9 @@ pub struct Stats {
     pub group_leaves: u64,
     /// Members killed without LeaveGroup.
     pub group_crashes: u64,
+    /// Commits from a generation the group had left behind ([`groups`]' *late* commits), by
+    /// outcome: what the late-commit checkers had to bite on.
+    pub group_late_commits: SendCounts,
 }
 
 impl Stats {
@@ -292,7 +305,7 @@ impl fmt::Display for Stats {
             write!(
                 f,
                 ", group joins: {}, commits ok/fail/info {}/{}/{}, offset-fetches: {}, resets: {}, \
-                 leaves: {}, member crashes: {}",
+                 leaves: {}, member crashes: {}, late commits ok/fail/info {}/{}/{}",
                 self.group_joins,
                 self.group_commits.ok,
                 self.group_commits.fail,
@@ -301,6 +314,9 @@ impl fmt::Display for Stats {
                 self.group_resets,
                 self.group_leaves,
                 self.group_crashes,
+                self.group_late_commits.ok,
+                self.group_late_commits.fail,
+                self.group_late_commits.info,
             )?;
         }
         Ok(())

@@ -142,13 +142,18 @@ pub enum GroupOp {
         outcome: Outcome<Assignment>,
     },
     /// OffsetCommit of the member's positions (the next offset it would consume) in
-    /// `generation`.
+    /// `generation`. A member may commit late, with a generation the group has left behind (a
+    /// "zombie" after a stall): whether it was late is the checker's judgement from the rest
+    /// of the history, not something the member records.
     Commit {
         group: String,
         member: String,
         generation: i32,
         offsets: Vec<(Key, u64)>,
         outcome: Outcome<()>,
+        /// The Kafka error code the coordinator answered with (the first partition's that is
+        /// not 0), or `None` if it answered without an error or did not answer at all.
+        error_code: Option<i16>,
     },
     /// OffsetFetch of the partitions the member was handed in `generation`. `Ok`: per partition
     /// the committed offset (`None`: nothing committed) and where the member starts consuming.

@@ -52,10 +52,17 @@ pub enum Bug {
     /// an entry committed in an earlier term) in the cluster scenario, and by the Raft cluster
     /// harness (its leader-completeness check).
     VoteIgnoresLog = 11,
+    /// A group coordinator accepts an OffsetCommit from an older generation, or from a member
+    /// it no longer has, as if it came from the current generation: a zombie member's late
+    /// commit overwrites what the partition's current owner committed. Caught by the
+    /// simulator's group checkers (`checker::groups`, group-late-commit-accepted and
+    /// group-late-commit-visible) in `--scenario groups`, whose members sometimes stall past
+    /// their session and then commit late.
+    StaleGenerationCommit = 12,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -67,6 +74,7 @@ impl Bug {
         Bug::OffsetMapOffByOne,
         Bug::VoteTwice,
         Bug::VoteIgnoresLog,
+        Bug::StaleGenerationCommit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +90,7 @@ impl Bug {
             Bug::OffsetMapOffByOne => "offset-map-off-by-one",
             Bug::VoteTwice => "vote-twice",
             Bug::VoteIgnoresLog => "vote-ignores-log",
+            Bug::StaleGenerationCommit => "stale-generation-commit",
         }
     }
 

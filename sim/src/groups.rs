@@ -9,6 +9,11 @@
 //! COORDINATOR_NOT_AVAILABLE, COORDINATOR_LOAD_IN_PROGRESS, a lost connection: it looks for the
 //! coordinator again. Each member slot runs incarnations one after another: some crash (the task
 //! is killed, no LeaveGroup), the rest leave gracefully, and a new incarnation joins afresh.
+//! Some incarnations (`GroupParams::zombie_per_mille`) stall once: the whole member stops, its
+//! heartbeats too, for longer than its session and rebalance timeouts, so that the group
+//! rebalances without it; then, like a consumer back from a long GC pause that finishes what
+//! it was doing, it commits with its old generation and member id for the partitions it no
+//! longer owns (a zombie's commit, which the coordinator must fence), and rejoins.
 //!
 //! Every join, commit, OffsetFetch, reset, leave and crash is recorded as a
 //! [`GroupOp`] for `sluice_core::checker::groups`; polls are ordinary `Poll`s, so the Jepsen
@@ -58,6 +63,12 @@ const ASSIGNORS: [&str; 2] = ["range", "roundrobin"];
 const JOIN_ATTEMPTS_MAX: u32 = 3;
 /// OffsetFetch attempts after a join before rejoining.
 const OFFSET_FETCH_ATTEMPTS_MAX: u32 = 5;
+/// Mixed into the seed of each member slot's own PRNG for stalls, so that the slot's other
+/// draws (and so the seeds of runs without stalls) are the same as before stalls existed.
+const ZOMBIE_SEED_SALT: u64 = 0x2b1e_5ea1_c0ff_ee00;
+/// A stall lasts the session and rebalance timeouts plus this much more at most, so that the
+/// group has rebalanced without the staller when it wakes (unless faults delayed it).
+const STALL_MARGIN_MS_MAX: u64 = 1_500;
 
 /// What every member incarnation of a run records, shared so that a killed incarnation's work
 /// survives it.
@@ -382,6 +393,10 @@ struct Member {
     offset_fetch_version: i16,
     think_ms: (u64, u64),
     rng: Rng,
+    /// When this incarnation stalls and for how long (then it commits late, once), if it does.
+    stall: Option<(u64, u64)>,
+    /// Draws of the stall (its length, the zombie's offsets), apart from `rng`.
+    zombie_rng: Rng,
     log: GroupLog,
     trace: Trace,
 }
@@ -708,6 +723,51 @@ impl Member {
             .filter(|(p, o)| self.committed.get(p) != Some(o))
             .map(|(p, o)| (*p, *o))
             .collect();
+        self.commit_offsets(offsets, stop_at_ms).await
+    }
+
+    /// The stall of a zombie: no heartbeats and no polls for longer than the session and
+    /// rebalance timeouts, then a commit of the partitions it owned with its old generation and
+    /// member id. The offsets are its positions moved on to somewhere at or below the highest
+    /// high watermark seen, as if it had processed records it had buffered: a commit no current
+    /// owner is likely to make, so that one that became visible would show, and one a
+    /// coordinator rightly took (the member was not replaced after all, e.g. because a new
+    /// coordinator restarted its session) is still a commit of offsets that exist.
+    async fn stall_then_commit_late(&mut self, stall_ms: u64, stop_at_ms: u64) {
+        lock(&self.shared).generation = None;
+        self.trace.record(
+            &self.source,
+            "stall",
+            format!(
+                "generation {} member {}: {stall_ms} ms without heartbeats or polls",
+                self.generation, self.member_id
+            ),
+        );
+        tokio::time::sleep(ms(stall_ms)).await;
+        let high_watermarks = self.log.high_watermarks();
+        let positions: Vec<(i32, u64)> = self.positions.iter().map(|(p, o)| (*p, *o)).collect();
+        let offsets: Vec<(i32, u64)> = positions
+            .into_iter()
+            .map(|(p, position)| {
+                let top = high_watermarks.get(&p).copied().unwrap_or(0);
+                let offset = if top > position {
+                    self.zombie_rng.between(position + 1, top)
+                } else {
+                    position
+                };
+                (p, offset)
+            })
+            .collect();
+        self.trace.record(
+            &self.source,
+            "zombie-commit",
+            format!("generation {} offsets {offsets:?}", self.generation),
+        );
+        self.commit_offsets(offsets, stop_at_ms).await;
+    }
+
+    /// OffsetCommit of `offsets` with the member's generation and member id.
+    async fn commit_offsets(&mut self, offsets: Vec<(i32, u64)>, stop_at_ms: u64) -> Next {
         if offsets.is_empty() || self.generation <= 0 {
             return Next::Stay;
         }
@@ -717,20 +777,22 @@ impl Member {
         let invoke_ms = self.now();
         let (member, generation) = (self.member_id.clone(), self.generation);
         let keyed: Vec<(Key, u64)> = offsets.iter().map(|(p, o)| (key(*p), *o)).collect();
-        let kind = |outcome| {
+        let kind = |outcome, error_code| {
             OpKind::Group(GroupOp::Commit {
                 group: GROUP_ID.to_string(),
                 member: member.clone(),
                 generation,
                 offsets: keyed.clone(),
                 outcome,
+                error_code,
             })
         };
         self.log.begin(
             self.process,
-            kind(Outcome::Info(
-                "the member was killed with the commit in flight".into(),
-            )),
+            kind(
+                Outcome::Info("the member was killed with the commit in flight".into()),
+                None,
+            ),
             invoke_ms,
         );
         let request = OffsetCommitRequest::default()
@@ -751,6 +813,7 @@ impl Member {
                         })
                         .collect(),
                 )]);
+        let mut error_code = None;
         let (outcome, next) = match self.client.call_at(&addr, &request, 7).await {
             Ok(r) => {
                 let code = r
@@ -766,6 +829,7 @@ impl Member {
                     }
                     (Outcome::Ok(()), Next::Stay)
                 } else {
+                    error_code = Some(code);
                     let next = self.on_error(code);
                     let why = format!("error code {code}");
                     // Refused before anything was written, or perhaps written by a coordinator
@@ -797,7 +861,7 @@ impl Member {
             }
         };
         self.log.end(self.process);
-        self.record(kind(outcome), invoke_ms);
+        self.record(kind(outcome, error_code), invoke_ms);
         next
     }
 
@@ -868,6 +932,13 @@ impl Member {
                         self.commit(stop_at_ms).await;
                     }
                     self.on_error(code);
+                    continue 'session;
+                }
+                let stall_due = self.stall.filter(|&(at_ms, _)| self.now() >= at_ms);
+                if let Some((_, stall_ms)) = stall_due.filter(|_| !self.positions.is_empty()) {
+                    self.stall = None;
+                    // Whatever the coordinator answers, the zombie's generation is over for it.
+                    self.stall_then_commit_late(stall_ms, stop_at_ms).await;
                     continue 'session;
                 }
                 if self.now() >= next_commit_ms {
@@ -954,11 +1025,24 @@ pub async fn run_slot(
     let settings = params.groups.clone().expect("the groups scenario");
     let process = MEMBER_PROCESS_BASE + slot;
     let source = format!("member-{slot}");
+    let mut zombie_rng = Rng::new(params.seed ^ ZOMBIE_SEED_SALT ^ u64::from(slot));
     tokio::time::sleep(ms(rng.between(0, 300))).await;
     while trace.now_ms() + 200 < deadline_ms {
         let life_ms = rng.between(settings.lifetime_ms.0, settings.lifetime_ms.1);
         let crash = rng.chance(settings.crash_per_mille);
-        let end_ms = trace.now_ms() + life_ms;
+        // A stalling incarnation lives the stall longer, so that the stall is over (and the
+        // zombie has committed) before its end comes.
+        let stall = (settings.zombie_per_mille > 0 && zombie_rng.chance(settings.zombie_per_mille))
+            .then(|| {
+                let margin_ms = zombie_rng.between(100, STALL_MARGIN_MS_MAX);
+                let stall_ms =
+                    settings.session_timeout_ms + settings.rebalance_timeout_ms + margin_ms;
+                (
+                    trace.now_ms() + zombie_rng.between(300, life_ms.max(300)),
+                    stall_ms,
+                )
+            });
+        let end_ms = trace.now_ms() + life_ms + stall.map_or(0, |(_, stall_ms)| stall_ms);
         let crash = crash && end_ms < deadline_ms;
         let stop_at_ms = if crash {
             deadline_ms
@@ -983,6 +1067,8 @@ pub async fn run_slot(
             offset_fetch_version: if rng.chance(500) { 8 } else { 7 },
             think_ms: params.think_ms,
             rng: rng.fork(),
+            stall,
+            zombie_rng: zombie_rng.fork(),
             log: log.clone(),
             trace: trace.clone(),
         };
@@ -993,7 +1079,9 @@ pub async fn run_slot(
                 format!("to be killed at {end_ms} ms")
             } else {
                 format!("to leave at {stop_at_ms} ms")
-            },
+            } + &stall.map_or(String::new(), |(at_ms, stall_ms)| {
+                format!(", to stall at {at_ms} ms for {stall_ms} ms")
+            }),
         );
         let heartbeat = tokio::spawn(heartbeat_loop(
             shared,
@@ -1071,6 +1159,7 @@ pub async fn final_offsets(
             crash_per_mille: 0,
             offsets_segment_bytes: 0,
             cleaner_backoff_ms: 0,
+            zombie_per_mille: 0,
         },
         partitions,
         shared: SharedState::default(),
@@ -1084,6 +1173,8 @@ pub async fn final_offsets(
         offset_fetch_version: 7,
         think_ms: (0, 0),
         rng: Rng::new(0),
+        stall: None,
+        zombie_rng: Rng::new(0),
         log: log.clone(),
         trace: trace.clone(),
     };

@@ -94,6 +94,7 @@ pub fn describe_group(op: &GroupOp) -> String {
             generation,
             offsets,
             outcome: o,
+            ..
         } => {
             let offsets: Vec<String> = offsets
                 .iter()

@@ -187,6 +187,11 @@ pub struct GroupParams {
     pub offsets_segment_bytes: u64,
     /// `log_cleaner_backoff_ms`.
     pub cleaner_backoff_ms: u64,
+    /// Share of incarnations that stall once — no heartbeats, no polls, as a consumer whose
+    /// process stops for a long GC pause — for longer than the session and rebalance
+    /// timeouts, while the group rebalances without them, and then commit late with their old
+    /// generation and member id (a zombie's commit). Zero for a quarter of the seeds.
+    pub zombie_per_mille: u32,
 }
 
 impl Params {
@@ -314,6 +319,12 @@ impl Params {
                 crash_per_mille: rng.between(300, 800) as u32,
                 offsets_segment_bytes: rng.between(1024, 16 * 1024),
                 cleaner_backoff_ms: rng.between(100, 2_000),
+                // Drawn last, so adding it left earlier seeds' other parameters as they were.
+                zombie_per_mille: if rng.chance(750) {
+                    rng.between(100, 500) as u32
+                } else {
+                    0
+                },
             });
         }
         params
@@ -337,7 +348,7 @@ impl Params {
             format!(
                 " members={} offsets_partitions={} session_timeout_ms={} rebalance_timeout_ms={} \
                  initial_rebalance_delay_ms={} crash_per_mille={} offsets_segment_bytes={} \
-                 cleaner_backoff_ms={}",
+                 cleaner_backoff_ms={} zombie_per_mille={}",
                 g.members,
                 g.offsets_partitions,
                 g.session_timeout_ms,
@@ -345,7 +356,8 @@ impl Params {
                 g.initial_rebalance_delay_ms,
                 g.crash_per_mille,
                 g.offsets_segment_bytes,
-                g.cleaner_backoff_ms
+                g.cleaner_backoff_ms,
+                g.zombie_per_mille
             )
         })
     }

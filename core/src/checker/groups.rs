@@ -20,14 +20,42 @@
 //!   partition afterwards lies below that position or skips an offset known to hold a value
 //!   (read by anyone, or acknowledged with acks=all) at or above it.
 //!
+//! - group-late-commit-accepted: a *late* commit (below) that the coordinator acknowledged, or
+//!   refused with an error that does not fence its sender. A late commit must be refused with
+//!   ILLEGAL_GENERATION (22), UNKNOWN_MEMBER_ID (25), REBALANCE_IN_PROGRESS (27) or
+//!   FENCED_INSTANCE_ID (82), Kafka's answers to a zombie, or by a broker that is not (or not
+//!   yet) the coordinator (COORDINATOR_LOAD_IN_PROGRESS 14, COORDINATOR_NOT_AVAILABLE 15,
+//!   NOT_COORDINATOR 16); it may also be indeterminate (no answer).
+//! - group-late-commit-visible: an OffsetFetch returned an offset that only late commits wrote
+//!   (whatever their outcome): no commit that was not late and may have taken effect, invoked
+//!   before the fetch completed, wrote it. Members start at the offset OffsetFetch returned
+//!   (group-wrong-start checks it), so this also covers a late offset used as a start position.
+//!
+//! A commit is *late* when the history proves that the group had left the committer's
+//! generation behind before the commit was invoked: some `Ok` join of the same group with a
+//! higher generation completed before the commit's invocation. That is sound whatever the
+//! outcomes of the other operations: an `Ok` join is a SyncGroup answered with an assignment,
+//! which a coordinator sends only once the generation is stored in its log, so every later
+//! coordinator of the group knows that generation or a newer one, and a group's generations
+//! only grow (the workloads never delete their group). Indeterminate joins prove nothing and
+//! are not used. Commits without a generation (negative: Kafka's commits from outside the
+//! group) are never late. A member that lost its membership without a newer generation being
+//! observed (its session expired and the group emptied, or it left) is not judged: a LeaveGroup
+//! or an expiry is not stored, so a coordinator failover may restore the member.
+//!
+//! Late commits are judged only by the two late-commit kinds: they are left out of
+//! group-commit-regressed and group-lost-commit's comparisons, which would otherwise report the
+//! same defect again.
+//!
 //! An explicit reset ([`GroupOp::Reset`], `auto.offset.reset` after OFFSET_OUT_OF_RANGE) lets
 //! the group-key's later commits go below the earlier ones: commits that completed before the
 //! latest reset preceding an operation are not compared with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{list, AnomalyKind, Findings, Stats};
+use super::{list, AnomalyKind, Findings, SendCounts, Stats};
 use crate::history::{Acks, GroupOp, History, Key, OpKind, Outcome};
+use crate::ErrorCode;
 
 /// A group and one of its partitions.
 type GroupKey<'h> = (&'h str, &'h Key);
@@ -43,6 +71,74 @@ struct Commit {
     invoke_ms: u64,
     complete_ms: u64,
     acked: bool,
+    /// Refused: it never took effect, unless it was late (a late commit must never be seen,
+    /// whatever its sender was told).
+    failed: bool,
+    /// The history proves the group had a newer generation when it was invoked.
+    late: bool,
+}
+
+/// Error codes that fence a late commit's sender: Kafka's answers to a zombie member.
+const FENCING_CODES: [ErrorCode; 4] = [
+    ErrorCode::IllegalGeneration,
+    ErrorCode::UnknownMemberId,
+    ErrorCode::RebalanceInProgress,
+    ErrorCode::FencedInstanceId,
+];
+
+/// Error codes of a broker that is not (or not yet) the group's coordinator: it judged
+/// nothing, and its client looks for the coordinator again.
+const NOT_COORDINATOR_CODES: [ErrorCode; 3] = [
+    ErrorCode::CoordinatorLoadInProgress,
+    ErrorCode::CoordinatorNotAvailable,
+    ErrorCode::NotCoordinator,
+];
+
+/// The `Ok` joins of one group ordered by completion, with the running maximum generation, to
+/// find the newest generation known to be established before a given time.
+struct Generations {
+    /// (complete_ms, generation, op), ascending.
+    joins: Vec<(u64, i32, usize)>,
+    /// For each position: the (generation, op) of the highest generation up to it.
+    running_max: Vec<(i32, usize)>,
+}
+
+impl Generations {
+    fn new(mut joins: Vec<(u64, i32, usize)>) -> Generations {
+        joins.sort_unstable();
+        let mut running_max: Vec<(i32, usize)> = Vec::with_capacity(joins.len());
+        for &(_, generation, op) in &joins {
+            let best = match running_max.last() {
+                Some(&(max, max_op)) if max >= generation => (max, max_op),
+                _ => (generation, op),
+            };
+            running_max.push(best);
+        }
+        debug_assert_eq!(running_max.len(), joins.len());
+        Generations { joins, running_max }
+    }
+
+    /// The highest generation (and the join that established it) of an `Ok` join that
+    /// completed strictly before `t_ms`.
+    fn newest_before(&self, t_ms: u64) -> Option<(i32, usize)> {
+        let count = self
+            .joins
+            .partition_point(|&(complete_ms, _, _)| complete_ms < t_ms);
+        count.checked_sub(1).map(|last| self.running_max[last])
+    }
+}
+
+/// One commit operation, as gathered before it can be judged late.
+struct CommitOp<'h> {
+    op: usize,
+    group: &'h str,
+    member: &'h str,
+    generation: i32,
+    offsets: &'h [(Key, u64)],
+    outcome: &'h Outcome<()>,
+    error_code: Option<i16>,
+    invoke_ms: u64,
+    complete_ms: u64,
 }
 
 /// One `Ok` OffsetFetch answer for a group-key.
@@ -79,7 +175,7 @@ impl AckedOrder {
         let mut acked: Vec<(u64, u64, usize)> = facts
             .commits
             .iter()
-            .filter(|c| c.acked)
+            .filter(|c| c.acked && !c.late)
             .map(|c| (c.complete_ms, c.offset, c.op))
             .collect();
         acked.sort_unstable();
@@ -134,6 +230,9 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
     let mut facts: BTreeMap<GroupKey<'_>, GroupKeyFacts> = BTreeMap::new();
     let mut owners: Owners<'_> = BTreeMap::new();
     let mut high_watermarks: BTreeMap<&Key, u64> = BTreeMap::new();
+    // Per group: (complete_ms, generation, op) of every `Ok` join.
+    let mut joins: BTreeMap<&str, Vec<(u64, i32, usize)>> = BTreeMap::new();
+    let mut commits: Vec<CommitOp<'_>> = Vec::new();
 
     for op in &history.ops {
         let OpKind::Group(group_op) = &op.kind else {
@@ -144,6 +243,11 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
             GroupOp::Join { group, outcome } => {
                 stats.group_joins += 1;
                 if let Outcome::Ok(assignment) = outcome {
+                    joins.entry(group.as_str()).or_default().push((
+                        op.complete_ms,
+                        assignment.generation,
+                        op.index,
+                    ));
                     for key in &assignment.keys {
                         owners
                             .entry((group.as_str(), assignment.generation, key))
@@ -154,32 +258,26 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
             }
             GroupOp::Commit {
                 group,
+                member,
+                generation,
                 offsets,
                 outcome,
-                ..
+                error_code,
             } => {
-                let counts = &mut stats.group_commits;
-                match outcome {
-                    Outcome::Ok(()) => counts.ok += 1,
-                    Outcome::Fail(_) => counts.fail += 1,
-                    Outcome::Info(_) => counts.info += 1,
-                }
-                if outcome.is_fail() {
-                    continue; // Refused: it never took effect.
-                }
-                for (key, offset) in offsets {
-                    facts
-                        .entry((group.as_str(), key))
-                        .or_default()
-                        .commits
-                        .push(Commit {
-                            op: op.index,
-                            offset: *offset,
-                            invoke_ms: op.invoke_ms,
-                            complete_ms: op.complete_ms,
-                            acked: outcome.is_ok(),
-                        });
-                }
+                count(&mut stats.group_commits, outcome);
+                // Judged once every join is known: a join recorded after the commit may
+                // still have completed before it was invoked.
+                commits.push(CommitOp {
+                    op: op.index,
+                    group,
+                    member,
+                    generation: *generation,
+                    offsets,
+                    outcome,
+                    error_code: *error_code,
+                    invoke_ms: op.invoke_ms,
+                    complete_ms: op.complete_ms,
+                });
             }
             GroupOp::OffsetFetch { group, outcome, .. } => {
                 stats.group_offset_fetches += 1;
@@ -217,6 +315,38 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
         }
     }
 
+    let generations: BTreeMap<&str, Generations> = joins
+        .into_iter()
+        .map(|(group, joins)| (group, Generations::new(joins)))
+        .collect();
+    for commit in &commits {
+        let newer = generations
+            .get(commit.group)
+            .and_then(|g| g.newest_before(commit.invoke_ms))
+            .filter(|&(newest, _)| commit.generation >= 0 && newest > commit.generation);
+        if let Some((newest, join_op)) = newer {
+            count(&mut stats.group_late_commits, commit.outcome);
+            check_late_commit(commit, newest, join_op, findings);
+        } else if commit.outcome.is_fail() {
+            continue; // Refused: it never took effect.
+        }
+        for (key, offset) in commit.offsets {
+            facts
+                .entry((commit.group, key))
+                .or_default()
+                .commits
+                .push(Commit {
+                    op: commit.op,
+                    offset: *offset,
+                    invoke_ms: commit.invoke_ms,
+                    complete_ms: commit.complete_ms,
+                    acked: commit.outcome.is_ok(),
+                    failed: commit.outcome.is_fail(),
+                    late: newer.is_some(),
+                });
+        }
+    }
+
     check_owners(&owners, findings);
     for ((group, key), key_facts) in &mut facts {
         key_facts.resets_ms.sort_unstable();
@@ -229,6 +359,43 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
         );
     }
     check_starts(history, findings);
+}
+
+fn count<T>(counts: &mut SendCounts, outcome: &Outcome<T>) {
+    match outcome {
+        Outcome::Ok(_) => counts.ok += 1,
+        Outcome::Fail(_) => counts.fail += 1,
+        Outcome::Info(_) => counts.info += 1,
+    }
+}
+
+/// group-late-commit-accepted: `commit` was invoked after generation `newest` of its group was
+/// established (by the join `join_op`), so the coordinator must have fenced it.
+fn check_late_commit(commit: &CommitOp<'_>, newest: i32, join_op: usize, findings: &mut Findings) {
+    debug_assert!(newest > commit.generation);
+    let is_code = |codes: &[ErrorCode], code: i16| codes.iter().any(|c| c.code() == code);
+    let answer = match (commit.outcome, commit.error_code) {
+        (Outcome::Ok(()), _) => "was acknowledged".to_string(),
+        (Outcome::Fail(_), Some(code))
+            if !is_code(&FENCING_CODES, code) && !is_code(&NOT_COORDINATOR_CODES, code) =>
+        {
+            format!("was refused with error code {code}, which does not fence a zombie")
+        }
+        // Fenced, refused by a broker that is not the coordinator, not sent, or no answer.
+        _ => return,
+    };
+    let detail = format!(
+        "commit of group {} by member {} in generation {} {answer}, though generation {newest} was established before it was invoked",
+        commit.group, commit.member, commit.generation
+    );
+    for (key, _) in commit.offsets {
+        findings.push(
+            AnomalyKind::LateCommitAccepted,
+            key,
+            detail.clone(),
+            vec![join_op, commit.op],
+        );
+    }
 }
 
 /// group-double-owner.
@@ -269,7 +436,11 @@ fn check_commits(
 
     // Acknowledged commits, in invocation order (ties by op), against what was acknowledged
     // before each was invoked.
-    let mut by_invoke: Vec<&Commit> = facts.commits.iter().filter(|c| c.acked).collect();
+    let mut by_invoke: Vec<&Commit> = facts
+        .commits
+        .iter()
+        .filter(|c| c.acked && !c.late)
+        .collect();
     by_invoke.sort_by_key(|c| (c.invoke_ms, c.op));
     for commit in &by_invoke {
         if let Some((earlier, earlier_op)) = order.max_before(commit.invoke_ms) {
@@ -298,20 +469,29 @@ fn check_commits(
         }
     }
 
-    // Offsets that some commit that may have taken effect wrote, by the time it was invoked.
-    let mut written: Vec<(u64, u64)> = facts
-        .commits
-        .iter()
-        .map(|c| (c.offset, c.invoke_ms))
-        .collect();
-    written.sort_unstable();
-    let wrote = |offset: u64, by_ms: u64| {
-        let from = written.partition_point(|&(o, _)| o < offset);
+    // Offsets that some commit that may have taken effect wrote, by the time it was invoked:
+    // commits that were not late, and, apart, late ones (whatever their outcome).
+    let written_by = |late: bool| {
+        let mut written: Vec<(u64, u64, usize)> = facts
+            .commits
+            .iter()
+            .filter(|c| c.late == late)
+            .map(|c| (c.offset, c.invoke_ms, c.op))
+            .collect();
+        written.sort_unstable();
+        written
+    };
+    let (written, written_late) = (written_by(false), written_by(true));
+    // The first commit in `written` that wrote `offset` and was invoked by `by_ms`.
+    let writer = |written: &[(u64, u64, usize)], offset: u64, by_ms: u64| {
+        let from = written.partition_point(|&(o, _, _)| o < offset);
         written[from..]
             .iter()
-            .take_while(|&&(o, _)| o == offset)
-            .any(|&(_, invoke_ms)| invoke_ms <= by_ms)
+            .take_while(|&&(o, _, _)| o == offset)
+            .find(|&&(_, invoke_ms, _)| invoke_ms <= by_ms)
+            .map(|&(_, _, op)| op)
     };
+    debug_assert!(facts.commits.iter().all(|c| c.late || !c.failed));
 
     for fetched in &facts.fetched {
         if let Some((earlier, earlier_op)) = order.max_before(fetched.invoke_ms) {
@@ -330,11 +510,19 @@ fn check_commits(
         let Some(committed) = fetched.committed else {
             continue;
         };
-        if !wrote(committed, fetched.complete_ms) {
-            let detail = format!(
-                "OffsetFetch of group {group} returned offset {committed}, which no commit wrote"
-            );
-            findings.push(AnomalyKind::UnknownCommit, key, detail, vec![fetched.op]);
+        if writer(&written, committed, fetched.complete_ms).is_none() {
+            if let Some(late_op) = writer(&written_late, committed, fetched.complete_ms) {
+                let detail = format!(
+                    "OffsetFetch of group {group} returned offset {committed}, which only late commits (from a generation the group had left) wrote"
+                );
+                let ops = vec![late_op, fetched.op];
+                findings.push(AnomalyKind::LateCommitVisible, key, detail, ops);
+            } else {
+                let detail = format!(
+                    "OffsetFetch of group {group} returned offset {committed}, which no commit wrote"
+                );
+                findings.push(AnomalyKind::UnknownCommit, key, detail, vec![fetched.op]);
+            }
         }
         if let Some(mark) = high_watermark.filter(|m| committed > *m) {
             let detail = format!(
@@ -492,18 +680,21 @@ mod tests {
         }
 
         fn join(&mut self, process: u32, member: &str, generation: i32, partitions: &[i32]) {
+            let join = Run::join_op(member, generation, partitions);
+            self.op(process, join);
+        }
+
+        /// An `Ok` join of `member` into `generation`, handed `partitions`.
+        fn join_op(member: &str, generation: i32, partitions: &[i32]) -> GroupOp {
             let assignment = Assignment {
                 member: member.to_string(),
                 generation,
                 keys: partitions.iter().map(|p| key(*p)).collect(),
             };
-            self.op(
-                process,
-                GroupOp::Join {
-                    group: GROUP.to_string(),
-                    outcome: Outcome::Ok(assignment),
-                },
-            );
+            GroupOp::Join {
+                group: GROUP.to_string(),
+                outcome: Outcome::Ok(assignment),
+            }
         }
 
         fn commit(&self, member: &str, generation: i32, partition: i32, offset: u64) -> GroupOp {
@@ -513,6 +704,27 @@ mod tests {
                 generation,
                 offsets: vec![(key(partition), offset)],
                 outcome: Outcome::Ok(()),
+                error_code: None,
+            }
+        }
+
+        /// A commit answered with `outcome` and `error_code`.
+        fn commit_answered(
+            &self,
+            member: &str,
+            generation: i32,
+            partition: i32,
+            offset: u64,
+            outcome: Outcome<()>,
+            error_code: Option<i16>,
+        ) -> GroupOp {
+            GroupOp::Commit {
+                group: GROUP.to_string(),
+                member: member.to_string(),
+                generation,
+                offsets: vec![(key(partition), offset)],
+                outcome,
+                error_code,
             }
         }
 
@@ -722,23 +934,7 @@ mod tests {
             Outcome::Fail("illegal generation".into()),
             Outcome::Info("timeout".into()),
         ] {
-            let GroupOp::Commit {
-                group,
-                member,
-                generation,
-                offsets,
-                ..
-            } = run.commit("b", 1, 0, 4)
-            else {
-                unreachable!()
-            };
-            let op = GroupOp::Commit {
-                group,
-                member,
-                generation,
-                offsets,
-                outcome,
-            };
+            let op = run.commit_answered("b", 1, 0, 4, outcome, None);
             run.op(2, op);
         }
         assert!(run.check().is_valid(), "{}", run.check());
@@ -799,6 +995,7 @@ mod tests {
             generation: 1,
             offsets: vec![(key(0), 6)],
             outcome: Outcome::Info("member crashed".into()),
+            error_code: None,
         };
         run.op(1, op);
         run.offset_fetch(2, "b", 2, &[(0, Some(6), 6)]);
@@ -902,5 +1099,196 @@ mod tests {
         run.offset_fetch(1, "a", 2, &[(0, None, 0)]);
         run.poll(1, 0, &[(0, 1)]);
         assert!(run.check().is_valid(), "{}", run.check());
+    }
+
+    /// `a` and `b` share generation 1; `a` stalls, and `b` rejoins alone as generation 2 and
+    /// commits partition 0 at offset 5 (op 3 is the join of generation 2).
+    fn zombie_run() -> Run {
+        let mut run = Run::new();
+        run.join(1, "a", 1, &[0]);
+        run.join(2, "b", 1, &[1]);
+        let commit = run.commit("a", 1, 0, 2);
+        run.op(1, commit);
+        run.join(2, "b", 2, &[0, 1]);
+        let commit = run.commit("b", 2, 0, 5);
+        run.op(2, commit);
+        run
+    }
+
+    const ILLEGAL_GENERATION: i16 = 22;
+    const UNKNOWN_MEMBER_ID: i16 = 25;
+    const REBALANCE_IN_PROGRESS: i16 = 27;
+    const NOT_COORDINATOR: i16 = 16;
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+
+    #[test]
+    fn a_late_commit_fenced_with_kafkas_codes_or_indeterminate_is_valid() {
+        for (outcome, code) in [
+            (Outcome::Fail("fenced".into()), Some(ILLEGAL_GENERATION)),
+            (Outcome::Fail("fenced".into()), Some(UNKNOWN_MEMBER_ID)),
+            (Outcome::Fail("fenced".into()), Some(REBALANCE_IN_PROGRESS)),
+            (Outcome::Fail("not sent".into()), None),
+            (Outcome::Info("no answer".into()), None),
+            (Outcome::Info("moved".into()), Some(NOT_COORDINATOR)),
+        ] {
+            let mut run = zombie_run();
+            let late = run.commit_answered("a", 1, 0, 9, outcome, code);
+            run.op(1, late);
+            let report = run.check();
+            assert!(report.is_valid(), "{report}");
+            assert_eq!(
+                report.stats.group_late_commits.ok
+                    + report.stats.group_late_commits.fail
+                    + report.stats.group_late_commits.info,
+                1,
+                "{report}"
+            );
+        }
+    }
+
+    #[test]
+    fn late_commit_accepted_is_an_acknowledged_commit_from_a_generation_left_behind() {
+        let mut run = zombie_run();
+        let late = run.commit("a", 1, 0, 3);
+        let late_op = run.op(1, late);
+        let report = run.check();
+        // Below b's acknowledged 5, but reported once: as late, not as a regression too.
+        let found = only(&report, AnomalyKind::LateCommitAccepted);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("member a in generation 1 was acknowledged")
+                && found[0].contains("generation 2 was established"),
+            "{found:?}"
+        );
+        assert_eq!(report.anomalies[0].ops, vec![3, late_op]);
+        assert_eq!(report.stats.group_late_commits.ok, 1);
+        assert!(report
+            .to_string()
+            .contains("late commits ok/fail/info 1/0/0"));
+    }
+
+    #[test]
+    fn late_commit_accepted_is_also_a_refusal_that_does_not_fence_the_zombie() {
+        let mut run = zombie_run();
+        let late = run.commit_answered(
+            "a",
+            1,
+            0,
+            9,
+            Outcome::Fail("unknown partition".into()),
+            Some(UNKNOWN_TOPIC_OR_PARTITION),
+        );
+        run.op(1, late);
+        let found = only(&run.check(), AnomalyKind::LateCommitAccepted);
+        assert!(found[0].contains("error code 3"), "{found:?}");
+    }
+
+    #[test]
+    fn a_commit_invoked_before_the_newer_generation_completed_is_not_late() {
+        // Kafka takes a commit of the current generation while the group prepares a
+        // rebalance: only a newer generation's completion, seen before the commit began,
+        // proves it late.
+        let mut run = Run::new();
+        run.join(1, "a", 1, &[0]);
+        let join = Run::join_op("b", 2, &[0]);
+        run.op_at(2, join, 20, 40);
+        let commit = run.commit("a", 1, 0, 4);
+        run.op_at(1, commit, 40, 45);
+        let report = run.check();
+        assert!(report.is_valid(), "{report}");
+        assert_eq!(report.stats.group_late_commits, Default::default());
+    }
+
+    #[test]
+    fn lateness_follows_real_time_not_the_order_operations_were_recorded_in() {
+        let mut run = Run::new();
+        run.join(1, "a", 1, &[0]);
+        let commit = run.commit("a", 1, 0, 4);
+        run.op_at(1, commit, 100, 110);
+        // Recorded after the commit, but completed before it was invoked.
+        let join = Run::join_op("b", 2, &[0]);
+        run.op_at(2, join, 50, 60);
+        only(&run.check(), AnomalyKind::LateCommitAccepted);
+    }
+
+    #[test]
+    fn indeterminate_joins_and_commits_outside_a_generation_prove_nothing() {
+        let mut run = Run::new();
+        run.join(1, "a", 1, &[0]);
+        let join = GroupOp::Join {
+            group: GROUP.into(),
+            outcome: Outcome::Info("sync timed out".into()),
+        };
+        run.op(2, join);
+        let commit = run.commit("a", 1, 0, 4);
+        run.op(1, commit);
+        run.join(2, "b", 2, &[0]);
+        // Kafka's commit from outside the group (generation -1) has no generation to outlive.
+        let outside = run.commit("", -1, 0, 4);
+        run.op(3, outside);
+        let report = run.check();
+        assert!(report.is_valid(), "{report}");
+    }
+
+    #[test]
+    fn late_commit_visible_is_an_offset_fetch_returning_what_only_a_late_commit_wrote() {
+        for (outcome, code) in [
+            (Outcome::Fail("fenced".into()), Some(UNKNOWN_MEMBER_ID)),
+            (Outcome::Info("no answer".into()), None),
+        ] {
+            let mut run = zombie_run();
+            let late = run.commit_answered("a", 1, 0, 9, outcome, code);
+            let late_op = run.op(1, late);
+            let fetch = run.offset_fetch(3, "c", 3, &[(0, Some(9), 9)]);
+            let report = run.check();
+            // A refused commit wrote nothing, so without the late-commit check this would be
+            // an unknown commit; an indeterminate one would pass unnoticed.
+            let found = only(&report, AnomalyKind::LateCommitVisible);
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert!(found[0].contains("only late commits"), "{found:?}");
+            assert_eq!(report.anomalies[0].ops, vec![late_op, fetch]);
+        }
+    }
+
+    #[test]
+    fn an_acknowledged_late_commit_that_becomes_visible_is_reported_twice() {
+        let mut run = zombie_run();
+        let late = run.commit("a", 1, 0, 9);
+        run.op(1, late);
+        run.offset_fetch(3, "c", 3, &[(0, Some(9), 9)]);
+        let report = run.check();
+        assert_eq!(report.count(AnomalyKind::LateCommitAccepted), 1, "{report}");
+        assert_eq!(report.count(AnomalyKind::LateCommitVisible), 1, "{report}");
+        assert_eq!(report.anomaly_counts.values().sum::<u64>(), 2, "{report}");
+    }
+
+    #[test]
+    fn an_offset_a_current_member_also_wrote_is_not_evidence_of_a_late_commit() {
+        let mut run = zombie_run();
+        let late = run.commit_answered("a", 1, 0, 7, Outcome::Info("no answer".into()), None);
+        run.op(1, late);
+        let commit = run.commit("b", 2, 0, 7);
+        run.op(2, commit);
+        run.offset_fetch(3, "c", 3, &[(0, Some(7), 7)]);
+        assert!(run.check().is_valid(), "{}", run.check());
+    }
+
+    #[test]
+    fn late_kinds_are_group_kinds_with_json_names() {
+        for kind in [
+            AnomalyKind::LateCommitAccepted,
+            AnomalyKind::LateCommitVisible,
+        ] {
+            assert!(kind.is_group());
+            assert!(AnomalyKind::ALL.contains(&kind));
+        }
+        let mut run = zombie_run();
+        let late = run.commit("a", 1, 0, 3);
+        run.op(1, late);
+        let line = run.check().anomalies[0].to_json_line();
+        assert!(
+            line.starts_with("{\"kind\":\"group-late-commit-accepted\",\"topic\":\"t\""),
+            "{line}"
+        );
     }
 }

@@ -1123,6 +1123,10 @@ impl GroupCoordinator {
             self.reply(request, refuse(code));
             return;
         }
+        let stale_accepted = self
+            .config
+            .planted
+            .is(crate::planted::Bug::StaleGenerationCommit);
         let code = match self.groups.get_mut(&req.group_id) {
             None if req.generation < 0 => {
                 self.groups.insert(req.group_id.clone(), Group::new(now));
@@ -1131,6 +1135,11 @@ impl GroupCoordinator {
             None => ErrorCode::IllegalGeneration,
             Some(g) => match check_member(g, &req.member_id, req.instance_id.as_deref()) {
                 _ if req.generation < 0 && g.state == GroupState::Empty => ErrorCode::None,
+                // The planted bug `stale-generation-commit`: a zombie's commit, from an older
+                // generation or a member the group dropped, is taken as if it were current.
+                _ if stale_accepted && (0..g.generation).contains(&req.generation) => {
+                    ErrorCode::None
+                }
                 Err(code) => code,
                 Ok(()) if req.generation != g.generation => ErrorCode::IllegalGeneration,
                 Ok(()) if g.state == GroupState::CompletingRebalance => {

@@ -906,3 +906,46 @@ fn planted_group_double_assign_hands_a_partition_to_two_members() {
         "one partition handed to both: {first:?} and {second:?}"
     );
 }
+
+/// The planted bug `stale-generation-commit` really takes a zombie's late commit (what the
+/// simulator's group-late-commit checkers catch); without it the zombie is fenced:
+///
+/// `cargo test -p sluice-core --features planted-bugs --lib planted_group`
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_group_stale_generation_commit_takes_a_zombies_commit() {
+    use crate::planted::{Bug, Planted};
+    let zombie_commit = |planted_bug: Option<Bug>| {
+        let mut h = Harness::new(CoordinatorConfig {
+            initial_rebalance_delay_ms: 0,
+            planted: Planted::new(planted_bug),
+            ..CoordinatorConfig::default()
+        });
+        let (leader, follower) = h.stable_pair();
+        // The follower stalls; the leader keeps its session and rejoins without it.
+        for _ in 0..4 {
+            h.advance(3_000);
+            h.c.heartbeat(at(h.now), "g", &leader, None, 2);
+        }
+        let jl = h.join_request(&leader, None);
+        assert_eq!(h.join_reply(jl).expect("alone").generation, 3);
+        let sl = h.sync_request(&leader, 3, vec![(leader.clone(), b"L".to_vec())]);
+        h.commit();
+        assert!(h.sync_reply(sl).is_some());
+        let r = h.commit_request(&leader, 3, 10);
+        h.commit();
+        assert_eq!(h.commit_reply(r), Some(ErrorCode::None));
+        // The zombie wakes up and commits with its old generation and member id.
+        let r = h.commit_request(&follower, 2, 4);
+        h.commit();
+        (h.commit_reply(r), h.committed())
+    };
+    assert_eq!(
+        zombie_commit(None),
+        (Some(ErrorCode::UnknownMemberId), Some(10))
+    );
+    assert_eq!(
+        zombie_commit(Some(Bug::StaleGenerationCommit)),
+        (Some(ErrorCode::None), Some(4))
+    );
+}
