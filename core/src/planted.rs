@@ -39,10 +39,15 @@ pub enum Bug {
     /// truncation. Caught by the simulator's offset checkers (offset-gap, inconsistent-offsets)
     /// in the cluster scenario.
     OffsetMapOffByOne = 9,
+    /// A partition takes an idempotent producer's batch of an epoch older than the one its
+    /// producer state holds (no INVALID_PRODUCER_EPOCH), so a zombie incarnation keeps
+    /// appending after the epoch bump. Caught by the simulator's fencing checker
+    /// (`checker::fencing`, zombie-write) against the pipelining producer's zombies.
+    NoEpochFencing = 10,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -52,6 +57,7 @@ impl Bug {
         Bug::NoDivergentTruncation,
         Bug::GroupDoubleAssign,
         Bug::OffsetMapOffByOne,
+        Bug::NoEpochFencing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +71,7 @@ impl Bug {
             Bug::NoDivergentTruncation => "no-divergent-truncation",
             Bug::GroupDoubleAssign => "group-double-assign",
             Bug::OffsetMapOffByOne => "offset-map-off-by-one",
+            Bug::NoEpochFencing => "no-epoch-fencing",
         }
     }
 
