@@ -33,6 +33,10 @@
 //!   at the log start, each next record at the previous offset + 1 — except where compaction
 //!   removed a superseded record or a transaction marker sits ([`offsets::OffsetFacts`]).
 //!
+//! - zombie-write ([`fencing`], Sluice's own): a value sent under an idempotent producer's epoch
+//!   after a newer epoch of the same producer id was acknowledged (`acks=all`) on that
+//!   partition was read: the broker must have fenced that older incarnation.
+//!
 //! Consumer groups ([`crate::history::GroupOp`]) have their own checkers, in [`groups`]: one owner
 //! per partition and generation, committed offsets that never go back or get lost, none above
 //! the high watermark, members that resume exactly at the committed offset, and commits from a
@@ -43,6 +47,7 @@
 //! reason an `acks=1` acknowledgement alone is not evidence of the log's content: after a crash
 //! the offset it named may legitimately hold another value. `acks=0` offsets are never used.
 
+pub mod fencing;
 pub mod groups;
 pub mod offsets;
 pub mod replicas;
@@ -77,6 +82,9 @@ pub enum AnomalyKind {
     UnknownValue,
     /// Offsets a consumer read that are not contiguous from the log start ([`offsets`]).
     OffsetGap,
+    /// A value an older epoch of an idempotent producer sent after a newer epoch was
+    /// acknowledged on the partition, read all the same ([`fencing`]).
+    ZombieWrite,
     /// A partition handed to two members of a group in one generation.
     DoubleOwner,
     /// An acknowledged commit below one acknowledged before it was invoked.
@@ -98,7 +106,7 @@ pub enum AnomalyKind {
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 18] = [
+    pub const ALL: [AnomalyKind; 19] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -109,6 +117,7 @@ impl AnomalyKind {
         AnomalyKind::AbortedRead,
         AnomalyKind::UnknownValue,
         AnomalyKind::OffsetGap,
+        AnomalyKind::ZombieWrite,
         AnomalyKind::DoubleOwner,
         AnomalyKind::CommitRegressed,
         AnomalyKind::LostCommit,
@@ -137,6 +146,7 @@ impl AnomalyKind {
             AnomalyKind::AbortedRead => "G1a",
             AnomalyKind::UnknownValue => "unknown-value",
             AnomalyKind::OffsetGap => "offset-gap",
+            AnomalyKind::ZombieWrite => "zombie-write",
             AnomalyKind::DoubleOwner => "group-double-owner",
             AnomalyKind::CommitRegressed => "group-commit-regressed",
             AnomalyKind::LostCommit => "group-lost-commit",
@@ -238,6 +248,10 @@ pub struct Stats {
     /// Gaps (runs of missing offsets) in a read that transaction markers or compaction
     /// explained.
     pub offset_gaps_excused: u64,
+    /// Sends by an idempotent producer invoked after a newer epoch of its producer id was
+    /// acknowledged (`acks=all`) on the partition: the ones the broker must fence, and how
+    /// much zombie-write had to bite on (displayed only when non-zero).
+    pub sends_after_fence: u64,
     /// Consumer-group operations of any kind (none: the group counts are not displayed).
     pub group_ops: u64,
     /// JoinGroup + SyncGroup rounds, whatever their outcome.
@@ -301,6 +315,9 @@ impl fmt::Display for Stats {
             self.reads_from_known_start,
             self.offset_gaps_excused,
         )?;
+        if self.sends_after_fence > 0 {
+            write!(f, ", sends-after-fence: {}", self.sends_after_fence)?;
+        }
         if self.group_ops > 0 {
             write!(
                 f,
@@ -432,6 +449,7 @@ pub fn check_with_facts(
     assert_eq!(orders.len(), facts.keys.len());
 
     check_process_order(history, &facts, &orders, &mut findings);
+    fencing::check(history, &mut stats, &mut findings);
     groups::check(history, &mut stats, &mut findings);
     offsets::check(history, offset_facts, &mut stats, &mut findings);
     findings.into_report(stats)
@@ -531,6 +549,7 @@ fn gather<'h>(history: &'h History, stats: &mut Stats) -> Facts<'h> {
                 value,
                 acks,
                 outcome,
+                ..
             } => {
                 let counts = stats.sends_mut(*acks);
                 let outcome = match outcome {
@@ -1395,7 +1414,7 @@ mod tests {
             report.to_string(),
             "lost-write: 0, duplicate: 0, inconsistent-offsets: 0, nonmonotonic-send: 0, \
              nonmonotonic-poll: 0, poll-skip: 0, unseen: 0, G1a: 0, unknown-value: 1, \
-             offset-gap: 0; sends ok/fail/info acks=0 0/0/0 acks=1 0/0/0 acks=all 0/0/0, \
+             offset-gap: 0, zombie-write: 0; sends ok/fail/info acks=0 0/0/0 acks=1 0/0/0 acks=all 0/0/0, \
              polls: 1, final-reads: 0, assigns: 0, values-read: 1, keys: 1, acks1-lost: 0, \
              acks1-unseen: 0, acks-all-unseen: 0, reads-from-known-start: 0, \
              offset-gaps-excused: 0"
@@ -1629,7 +1648,7 @@ mod tests {
         ) {
             let mut h = execute(&steps, true);
             let acked: Vec<(Key, Value)> = h.ops.iter().filter_map(|op| match &op.kind {
-                OpKind::Send { key, value, acks: Acks::All, outcome: Outcome::Ok(_) } => {
+                OpKind::Send { key, value, acks: Acks::All, outcome: Outcome::Ok(_), .. } => {
                     Some((key.clone(), *value))
                 }
                 _ => None,

@@ -10,8 +10,9 @@
 //! Invariants the producer of a history must keep (the checker relies on them):
 //! - every value sent to a key is unique across the whole history (the workload draws values from
 //!   a counter), so a value names exactly one send;
-//! - for each process, its operations appear in the order the process performed them (a process
-//!   runs one operation at a time);
+//! - for each process, its operations appear in the order the process invoked them; a process
+//!   runs one operation at a time, except that a pipelining producer's sends overlap (each is
+//!   invoked at its own millisecond, in the order the producer numbered them);
 //! - `ops[i].index == i` ([`History::push`] and the builders ensure it).
 
 use std::collections::BTreeMap;
@@ -112,6 +113,9 @@ pub enum OpKind {
         value: Value,
         acks: Acks,
         outcome: Outcome<u64>,
+        /// The idempotent producer identity the value was sent under (its last attempt's), or
+        /// `None` for a producer without idempotence. Judged by [`crate::checker::fencing`].
+        producer: Option<ProducerStamp>,
     },
     /// One consumer poll. The reads are facts whatever the outcome: a poll records only what it
     /// actually received.
@@ -185,6 +189,21 @@ pub enum GroupOp {
     Crash { group: String },
     /// At the end of the run: the highest high watermark any fetch reported, per partition.
     HighWatermarks { marks: Vec<(Key, u64)> },
+}
+
+/// An idempotent producer's identity: the producer id and epoch from InitProducerId. A newer
+/// epoch of the same id fences the older ones (KIP-360's bump, or an older incarnation: a
+/// zombie).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProducerStamp {
+    pub producer_id: i64,
+    pub epoch: i16,
+}
+
+impl fmt::Display for ProducerStamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "producer {} epoch {}", self.producer_id, self.epoch)
+    }
 }
 
 /// What one member was handed in one generation.
@@ -272,8 +291,32 @@ impl History {
             value,
             acks,
             outcome,
+            producer: None,
         };
         self.push(process, kind, invoke_ms, complete_ms)
+    }
+
+    /// A send by the idempotent producer `producer`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_as(
+        &mut self,
+        process: u32,
+        producer: ProducerStamp,
+        key: Key,
+        value: Value,
+        acks: Acks,
+        outcome: Outcome<u64>,
+        invoke_ms: u64,
+        complete_ms: u64,
+    ) -> usize {
+        let index = self.send(process, key, value, acks, outcome, invoke_ms, complete_ms);
+        if let OpKind::Send {
+            producer: stamp, ..
+        } = &mut self.ops[index].kind
+        {
+            *stamp = Some(producer);
+        }
+        index
     }
 
     pub fn poll(

@@ -59,10 +59,15 @@ pub enum Bug {
     /// group-late-commit-visible) in `--scenario groups`, whose members sometimes stall past
     /// their session and then commit late.
     StaleGenerationCommit = 12,
+    /// A partition takes an idempotent producer's batch of an epoch older than the one its
+    /// producer state holds (no INVALID_PRODUCER_EPOCH), so a zombie incarnation keeps
+    /// appending after the epoch bump. Caught by the simulator's fencing checker
+    /// (`checker::fencing`, zombie-write) against the pipelining producer's zombies.
+    NoEpochFencing = 13,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -75,6 +80,7 @@ impl Bug {
         Bug::VoteTwice,
         Bug::VoteIgnoresLog,
         Bug::StaleGenerationCommit,
+        Bug::NoEpochFencing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -91,6 +97,7 @@ impl Bug {
             Bug::VoteTwice => "vote-twice",
             Bug::VoteIgnoresLog => "vote-ignores-log",
             Bug::StaleGenerationCommit => "stale-generation-commit",
+            Bug::NoEpochFencing => "no-epoch-fencing",
         }
     }
 

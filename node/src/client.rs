@@ -83,6 +83,17 @@ impl Connection {
     /// Sends `request` and waits for its response.
     pub async fn call<R: Request>(&mut self, request: &R, version: i16) -> io::Result<R::Response> {
         let correlation_id = self.send(request, version).await?;
+        self.receive::<R>(correlation_id, version).await
+    }
+
+    /// Reads the next response, which must answer the request sent as `correlation_id` at
+    /// `version`: a broker answers one connection's requests in order, so a client that
+    /// pipelines (sends several before reading) reads their answers in the order it sent them.
+    pub async fn receive<R: Request>(
+        &mut self,
+        correlation_id: i32,
+        version: i16,
+    ) -> io::Result<R::Response> {
         let (got, mut body) = self.receive_raw().await?;
         if got != correlation_id {
             return Err(io::Error::new(

@@ -25,7 +25,7 @@ use crate::trace::Trace;
 /// How long a client waits for any single response before calling the operation indeterminate.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client waits to connect.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Fetch limits used by polls.
 const POLL_MAX_BYTES: i32 = 64 * 1024;
 pub(crate) const POLL_MAX_WAIT_MS: i32 = 100;
@@ -218,9 +218,15 @@ impl Client {
         Ok(answer)
     }
 
+    /// Marks the leaders stale: the next request refreshes them first (after an error from a
+    /// connection the client manages itself).
+    pub(crate) fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
     /// The address of `partition`'s leader, refreshing the leaders first if they may have
     /// moved; `None` (and stale leaders) if no broker knows one.
-    async fn leader_addr(&mut self, partition: i32) -> Option<String> {
+    pub(crate) async fn leader_addr(&mut self, partition: i32) -> Option<String> {
         if self.stale || !self.leaders.contains_key(&partition) {
             self.refresh().await;
         }

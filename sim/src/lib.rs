@@ -15,6 +15,7 @@ pub mod groups;
 pub mod nemesis;
 pub mod ops;
 pub mod params;
+pub mod pipeline;
 pub mod run;
 pub mod timeline;
 pub mod trace;

@@ -37,11 +37,17 @@ pub fn describe(kind: &OpKind) -> String {
             value,
             acks,
             outcome: o,
-        } => format!(
-            "send {key} value={value:#x} acks={} -> {}",
-            acks.name(),
-            outcome(o)
-        ),
+            producer,
+        } => {
+            let producer = producer.map_or(String::new(), |p| {
+                format!(" producer={} epoch={}", p.producer_id, p.epoch)
+            });
+            format!(
+                "send {key} value={value:#x} acks={}{producer} -> {}",
+                acks.name(),
+                outcome(o)
+            )
+        }
         OpKind::Poll {
             reads: r,
             outcome: o,

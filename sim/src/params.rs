@@ -163,6 +163,21 @@ pub struct Params {
     pub sync_latency_ms: u64,
     /// The consumer group of the `groups` scenario (none elsewhere).
     pub groups: Option<GroupParams>,
+    /// The client process that is a pipelining idempotent producer with epoch bumps and
+    /// zombies (`None`: every process sends one request at a time).
+    pub pipeline: Option<PipelineParams>,
+}
+
+/// One client process's producer pipelines up to five requests per partition, bumps its epoch
+/// now and then and leaves a zombie behind each time (`sim/src/pipeline.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineParams {
+    /// The client process whose sends go through the pipelining producer.
+    pub process: u32,
+    /// Time between its voluntary epoch bumps (KIP-360's InitProducerId with its id and epoch).
+    pub bump_interval_ms: (u64, u64),
+    /// How long the zombie left behind by a bump keeps sending under the old epoch.
+    pub zombie_lifetime_ms: (u64, u64),
 }
 
 /// The consumer group's members and the coordinator's settings (`--scenario groups`).
@@ -261,6 +276,7 @@ impl Params {
             election_timeout_ms: 1000,
             replica_fetch_max_bytes: 1024 * 1024,
             groups: None,
+            pipeline: None,
         };
         if matches!(
             scenario,
@@ -327,6 +343,16 @@ impl Params {
                 },
             });
         }
+        // Drawn after everything else, so that no other parameter of any seed changed.
+        if rng.chance(800) {
+            let bump_lo = rng.between(300, 1_500);
+            let zombie_lo = rng.between(200, 1_000);
+            params.pipeline = Some(PipelineParams {
+                process: rng.below(u64::from(params.clients)) as u32,
+                bump_interval_ms: (bump_lo, bump_lo + rng.between(200, 2_500)),
+                zombie_lifetime_ms: (zombie_lo, zombie_lo + rng.between(200, 2_000)),
+            });
+        }
         params
     }
 
@@ -344,7 +370,12 @@ impl Params {
             self.segment_bytes,
             self.flush_interval_ms,
             self.sync_latency_ms,
-        ) + &self.groups.as_ref().map_or(String::new(), |g| {
+        ) + &self.pipeline.as_ref().map_or(String::new(), |p| {
+            format!(
+                " pipelined_process={} bump_interval_ms={:?} zombie_lifetime_ms={:?}",
+                p.process, p.bump_interval_ms, p.zombie_lifetime_ms
+            )
+        }) + &self.groups.as_ref().map_or(String::new(), |g| {
             format!(
                 " members={} offsets_partitions={} session_timeout_ms={} rebalance_timeout_ms={} \
                  initial_rebalance_delay_ms={} crash_per_mille={} offsets_segment_bytes={} \

@@ -100,6 +100,10 @@ pub fn render(run: &RunOutcome, replay: &str) -> String {
     for (row, process) in rows.iter().enumerate() {
         let y = 10.0 + row as f64 * ROW_PX;
         let label = match process.checked_sub(run.params.clients) {
+            _ if *process >= crate::pipeline::ZOMBIE_PROCESS_BASE => {
+                let zombie = process - crate::pipeline::ZOMBIE_PROCESS_BASE;
+                format!("zombie {}.{}", zombie / 100, zombie % 100)
+            }
             _ if *process == crate::groups::FINAL_OFFSETS_PROCESS => "final offsets".to_string(),
             _ if *process >= crate::groups::MEMBER_PROCESS_BASE => {
                 format!("member {}", process - crate::groups::MEMBER_PROCESS_BASE)

@@ -1,15 +1,16 @@
 //! Workload clients in the spirit of Jepsen's Kafka workload: each process sends unique values to
 //! random partitions (acks=all or acks=1), polls its assigned partitions in assign mode,
 //! sometimes reassigns and seeks to the beginning, and records every operation with its invoke
-//! and completion time and what it returned. At the end a fresh process reads every partition
-//! from the beginning.
+//! and completion time and what it returned. One process may be a pipelining idempotent
+//! producer whose sends go to a sender task (`pipeline`). At the end a fresh process reads
+//! every partition from the beginning.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
 use kafka_protocol::messages::ProducerId;
-use sluice_core::history::{Acks, OpKind, Outcome, Reads};
+use sluice_core::history::{Acks, OpKind, Outcome, ProducerStamp, Reads};
 use sluice_core::rng::Rng;
 use sluice_core::ErrorCode;
 
@@ -18,19 +19,20 @@ use crate::client::{
 };
 use crate::ops::{describe, Recorded};
 use crate::params::Params;
+use crate::pipeline::{SendJob, Sender, QUEUED_SENDS_MAX};
 use crate::trace::Trace;
 
 /// Produce error codes that mean the batch is not in the log and never will be: corrupt message,
 /// unknown topic or partition, message too large, invalid acks, and not the leader (refused by
 /// a follower, or appended by a leader whose entry a new leader then cut).
-fn refused_before_write(code: i16) -> bool {
+pub(crate) fn refused_before_write(code: i16) -> bool {
     [2, 3, 6, 10, 21].contains(&code)
 }
 
 /// Record timestamps: September 2020, before any simulated wall clock (madsim starts it in
 /// 2022), so brokers never refuse them as too far in the future (Kafka 4's
 /// `message.timestamp.after.max.ms`, one hour).
-const TIMESTAMP_BASE_MS: i64 = 1_600_000_000_000;
+pub(crate) const TIMESTAMP_BASE_MS: i64 = 1_600_000_000_000;
 
 /// Sends once; the outcome as the checker should see it.
 async fn send_once(
@@ -68,6 +70,9 @@ const IDEMPOTENT_ATTEMPTS_MAX: u32 = 6;
 struct IdempotentProducer {
     id: Option<(i64, i16)>,
     sequences: BTreeMap<i32, i32>,
+    /// The identity the last send went out under (none if InitProducerId failed); the caller
+    /// takes it for the history.
+    sent_as: Option<ProducerStamp>,
 }
 
 impl IdempotentProducer {
@@ -105,6 +110,7 @@ impl IdempotentProducer {
             }
         };
         let sequence = *self.sequences.get(&partition).unwrap_or(&0);
+        self.sent_as = Some(ProducerStamp { producer_id, epoch });
         let request = produce_request_as(
             partition,
             acks,
@@ -183,6 +189,24 @@ pub async fn run_client(
     let mut idempotence = rng
         .chance(params.idempotent_per_mille)
         .then(IdempotentProducer::default);
+    // The pipelining producer of this run, if it is this process: its sends go to a sender
+    // task (Kafka's sender thread) while the process goes on polling.
+    let pipeline = params
+        .pipeline
+        .as_ref()
+        .filter(|p| p.process == process)
+        .map(|_| {
+            let (queue, jobs) = tokio::sync::mpsc::channel(QUEUED_SENDS_MAX);
+            let sender = Sender::new(
+                process,
+                bootstrap.clone(),
+                params.clone(),
+                rng.fork(),
+                trace.clone(),
+                deadline_ms,
+            );
+            (queue, tokio::spawn(sender.run(jobs)))
+        });
     let record = |ops: &mut Vec<Recorded>, kind: OpKind, invoke_ms: u64, trace: &Trace| {
         let complete_ms = trace.now_ms();
         trace.record(&source, "op", describe(&kind));
@@ -216,25 +240,44 @@ pub async fn run_client(
             let value = (u64::from(process) << 40) | next_value;
             next_value += 1;
             let timestamp = TIMESTAMP_BASE_MS + invoke_ms as i64;
-            let outcome = match idempotence.as_mut() {
-                None => send_once(&mut client, partition, acks_code, value, timestamp).await,
-                Some(producer) => {
-                    producer
-                        .send(&mut client, partition, acks_code, value, timestamp)
-                        .await
-                }
-            };
-            record(
-                &mut ops,
-                OpKind::Send {
-                    key: key(partition),
-                    value,
+            if let Some((queue, _)) = &pipeline {
+                // The sender records the send once it is resolved. Waits while the sender's
+                // queue is full, as a Kafka producer's send does when its buffer is.
+                let job = SendJob {
+                    partition,
                     acks,
-                    outcome,
-                },
-                invoke_ms,
-                &trace,
-            );
+                    value,
+                    invoke_ms,
+                };
+                if queue.send(job).await.is_err() {
+                    unreachable!("the sender runs until the queue is closed");
+                }
+            } else {
+                let (outcome, producer) = match idempotence.as_mut() {
+                    None => (
+                        send_once(&mut client, partition, acks_code, value, timestamp).await,
+                        None,
+                    ),
+                    Some(producer) => {
+                        let outcome = producer
+                            .send(&mut client, partition, acks_code, value, timestamp)
+                            .await;
+                        (outcome, producer.sent_as.take())
+                    }
+                };
+                record(
+                    &mut ops,
+                    OpKind::Send {
+                        key: key(partition),
+                        value,
+                        acks,
+                        outcome,
+                        producer,
+                    },
+                    invoke_ms,
+                    &trace,
+                );
+            }
         } else if roll < params.send_per_mille + 60 {
             // Reassign: a random non-empty subset of partitions, sometimes seeking to the start.
             let mut keys: Vec<i32> = all.iter().copied().filter(|_| rng.chance(600)).collect();
@@ -298,6 +341,11 @@ pub async fn run_client(
         }
         let think = rng.between(params.think_ms.0, params.think_ms.1);
         tokio::time::sleep(Duration::from_millis(think)).await;
+    }
+    if let Some((queue, sender)) = pipeline {
+        // Closing the queue lets the sender resolve what is left and return.
+        drop(queue);
+        ops.extend(sender.await.expect("sender task"));
     }
     ops
 }
@@ -436,6 +484,7 @@ pub async fn liveness(
             value,
             acks: Acks::All,
             outcome: outcome.clone(),
+            producer: None,
         };
         trace.record("liveness", "op", describe(&kind));
         ops.push(Recorded {

@@ -304,6 +304,7 @@ impl<'f> Excuses<'f> {
                     value,
                     acks,
                     outcome,
+                    ..
                 } => {
                     let (offset, written) = match outcome {
                         Outcome::Ok(offset) if *acks == Acks::All => (Some(*offset), true),

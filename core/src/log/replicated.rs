@@ -24,7 +24,7 @@ use super::{
 };
 use crate::batch::{self, BatchError, BatchHeader};
 use crate::limits::RAFT_INDEX_LIMIT;
-use crate::producer::SequenceCheck;
+use crate::producer::{ProducerError, SequenceCheck};
 
 /// The leader's verdict on a producer's batch before proposing it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,10 +161,16 @@ impl PartitionLog {
             return Ok(ProduceCheck::Append);
         }
         let state_may_be_lost = self.log_start_offset() > 0;
-        let check = self
-            .producers
-            .check(header, state_may_be_lost)
-            .map_err(AppendError::Producer)?;
+        let check = match self.producers.check(header, state_may_be_lost) {
+            // Planted: an older epoch's batch is taken as new data, so a zombie incarnation of
+            // the producer keeps appending after the bump.
+            Err(ProducerError::FencedEpoch { .. })
+                if self.config.planted.is(crate::planted::Bug::NoEpochFencing) =>
+            {
+                SequenceCheck::Append
+            }
+            check => check.map_err(AppendError::Producer)?,
+        };
         Ok(match check {
             SequenceCheck::Duplicate(_)
                 if self.config.planted.is(crate::planted::Bug::IdempotenceOff) =>

@@ -981,3 +981,28 @@ fn without_its_checkpoint_or_a_named_offset_a_shortened_log_is_not_opened() {
         "{message}"
     );
 }
+
+/// The producer's epoch 1 is in the log, so a batch of its epoch 0 (a zombie incarnation) is
+/// refused with INVALID_PRODUCER_EPOCH — unless `no-epoch-fencing` is planted, which takes it.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_no_epoch_fencing_takes_a_zombies_batch() {
+    use crate::planted::{Bug, Planted};
+    for bug in [None, Some(Bug::NoEpochFencing)] {
+        let mut r = Replica::new(LogConfig {
+            planted: Planted::new(bug),
+            ..config()
+        });
+        r.append(r.stamped(1, Some((5, 0, 0)), 1));
+        r.append(r.stamped(1, Some((5, 1, 0)), 1));
+        let zombie = batch::validate_produce(&batch(1, 20, 0, Some((5, 0, 1))), 1 << 20).unwrap();
+        let check = r.log.check_produce(&zombie);
+        match bug {
+            None => assert_eq!(
+                check.unwrap_err().error_code(),
+                ErrorCode::InvalidProducerEpoch
+            ),
+            Some(_) => assert_eq!(check, Ok(ProduceCheck::Append)),
+        }
+    }
+}
