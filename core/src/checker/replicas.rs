@@ -26,6 +26,14 @@ pub enum Observation {
         end: u64,
         epochs: Vec<(i32, u64)>,
     },
+    /// `node`'s replica of `group` entered (`repairing`) or left repair mode: it lost data it
+    /// may have acknowledged, and neither votes nor campaigns until it holds every committed
+    /// entry again (protocol-aware recovery). The nemesis damages no other replica meanwhile.
+    Repair {
+        group: String,
+        node: u64,
+        repairing: bool,
+    },
 }
 
 /// A broken cluster property, with what showed it.
@@ -69,6 +77,8 @@ pub struct ReplicaChecker {
     violations: Vec<Violation>,
     violation_count: u64,
     observations: u64,
+    repairing: std::collections::BTreeSet<(String, u64)>,
+    repairs_started: u64,
 }
 
 impl ReplicaChecker {
@@ -99,7 +109,29 @@ impl ReplicaChecker {
                 end,
                 epochs,
             } => self.committed(group, node, log_start, end, &epochs),
+            Observation::Repair {
+                group,
+                node,
+                repairing,
+            } => {
+                if repairing {
+                    self.repairing.insert((group, node));
+                    self.repairs_started += 1;
+                } else {
+                    self.repairing.remove(&(group, node));
+                }
+            }
         }
+    }
+
+    /// Replicas in repair mode now: (group, node).
+    pub fn repairing(&self) -> &std::collections::BTreeSet<(String, u64)> {
+        &self.repairing
+    }
+
+    /// How many repairs have started.
+    pub fn repairs_started(&self) -> u64 {
+        self.repairs_started
     }
 
     fn committed(&mut self, group: String, node: u64, start: u64, end: u64, epochs: &[(i32, u64)]) {
