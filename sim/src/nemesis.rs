@@ -131,6 +131,12 @@ pub struct Nemesis {
     pub damage: Vec<MediaDamage>,
     /// Brokers killed and not yet restarted.
     down: BTreeSet<usize>,
+    /// Cluster runs: the broker whose replicas' disks the nemesis last damaged, and when it came
+    /// back. No other broker is damaged until its repairs are done (see `may_damage`): the
+    /// promise holds while at most one replica of a group at a time has lost data.
+    damaged: Option<(usize, u64)>,
+    /// Bits the nemesis flipped in replicas' synced data (cluster runs; nothing is excused).
+    pub replica_flips: u64,
 }
 
 impl Nemesis {
@@ -139,6 +145,8 @@ impl Nemesis {
             spans: Vec::new(),
             damage: Vec::new(),
             down: BTreeSet::new(),
+            damaged: None,
+            replica_flips: 0,
         }
     }
 
@@ -191,7 +199,7 @@ impl Nemesis {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(wait)).await;
-            let kind = *rng.pick(&kinds);
+            let kind = pick_weighted(&kinds, &params.fault_weights, &mut rng);
             let start_ms = trace.now_ms();
             let detail = self.inject(kind, cluster, &mut rng, trace).await;
             let end_ms = trace.now_ms();
@@ -336,6 +344,66 @@ impl Nemesis {
                 format!("broker {from} -/-> broker {to}")
             }
             "bit-flip" => self.flip_bit(cluster, rng),
+            "replica-damage" | "hard-state-damage" => {
+                let b = cluster.pick(rng);
+                if !self.may_damage(cluster, b, trace.now_ms()) {
+                    return format!("broker {b}: skipped, another broker's replicas still repair");
+                }
+                self.kill(cluster, b, CrashMode::Clean, trace);
+                let detail = if kind == "replica-damage" {
+                    flip_in_tail(&cluster.brokers[b].storage, rng)
+                } else {
+                    flip_in_hard_state(&cluster.brokers[b].storage, rng)
+                };
+                if detail.is_some() {
+                    self.replica_flips += 1;
+                    self.damaged = Some((b, u64::MAX));
+                }
+                tokio::time::sleep(Duration::from_millis(rng.between(50, 1_000))).await;
+                self.restart(cluster, b, trace);
+                if detail.is_some() {
+                    self.damaged = Some((b, trace.now_ms()));
+                }
+                format!(
+                    "broker {b}: {}",
+                    detail.unwrap_or_else(|| "nothing synced to damage yet".into())
+                )
+            }
+            "power-cut-all" => {
+                let mut lost = 0;
+                for b in 0..cluster.brokers.len() {
+                    // Each loses its unsynced writes; some keep a prefix of their last one (a
+                    // tear that ends the file inside a batch, never a whole garbage batch).
+                    let mode = if rng.chance(500) {
+                        CrashMode::TearLastWrite {
+                            keep_bytes: rng.below(120),
+                            garbage: false,
+                        }
+                    } else {
+                        CrashMode::Clean
+                    };
+                    lost += self.kill(cluster, b, mode, trace);
+                }
+                tokio::time::sleep(Duration::from_millis(rng.between(100, 2_000))).await;
+                for b in 0..cluster.brokers.len() {
+                    self.restart(cluster, b, trace);
+                }
+                format!("every broker lost power ({lost} unsynced bytes)")
+            }
+            "recovery-crash" => {
+                let b = cluster.pick(rng);
+                self.kill(cluster, b, CrashMode::Clean, trace);
+                tokio::time::sleep(Duration::from_millis(rng.between(50, 500))).await;
+                self.restart(cluster, b, trace);
+                // Soon enough to catch it opening its logs (each is recovered by a job of its
+                // own, after the metadata log).
+                let again = rng.between(0, 40);
+                tokio::time::sleep(Duration::from_millis(again)).await;
+                self.kill(cluster, b, CrashMode::Clean, trace);
+                tokio::time::sleep(Duration::from_millis(rng.between(50, 500))).await;
+                self.restart(cluster, b, trace);
+                format!("broker {b} crashed again {again} ms into its restart")
+            }
             "io-error" => {
                 let sync = rng.chance(600);
                 let faults = Faults {
@@ -460,6 +528,25 @@ impl Nemesis {
         )
     }
 
+    /// Whether broker `b`'s disk may be damaged now: no other broker holds damage that may not
+    /// be repaired yet (back for less than 5 s, or with a replica still repairing).
+    fn may_damage(&self, cluster: &Cluster, b: usize, now_ms: u64) -> bool {
+        let Some((last, back_ms)) = self.damaged else {
+            return true;
+        };
+        if last == b {
+            return true;
+        }
+        let repairing = cluster
+            .replicas
+            .lock()
+            .expect("checker lock")
+            .repairing()
+            .iter()
+            .any(|(_, node)| *node == last as u64);
+        back_ms != u64::MAX && now_ms >= back_ms + 5_000 && !repairing
+    }
+
     /// Cuts brokers `a` off from brokers `b` for 0.5–5 s, then reconnects every broker.
     async fn split_for_a_while(&self, cluster: &Cluster, a: &[usize], b: &[usize], rng: &mut Rng) {
         cut(&NetSim::current(), &cluster.ids(a), &cluster.ids(b));
@@ -503,6 +590,93 @@ impl Default for Nemesis {
     fn default() -> Nemesis {
         Nemesis::new()
     }
+}
+
+/// Picks one of `kinds` with the seed's weights (swarm testing).
+fn pick_weighted(
+    kinds: &[&'static str],
+    weights: &std::collections::BTreeMap<&'static str, u32>,
+    rng: &mut Rng,
+) -> &'static str {
+    let weight = |k: &&str| u64::from(weights.get(k).copied().unwrap_or(1).max(1));
+    let total: u64 = kinds.iter().map(weight).sum();
+    let mut at = rng.below(total);
+    for kind in kinds {
+        if at < weight(kind) {
+            return kind;
+        }
+        at -= weight(kind);
+    }
+    unreachable!("a pick below the total weight")
+}
+
+/// The replica directories of a broker's disk: the workload's partitions, `__consumer_offsets`
+/// and the metadata log.
+fn replica_dirs(storage: &MemStorage) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = storage
+        .paths()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .filter_map(|p| p.parent().map(PathBuf::from))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Flips a bit in the synced data of a replica's log tail: a segment at or above its
+/// checkpoint's recovery point, which the next recovery scans batch by batch. Damage below the
+/// recovery point is caught by reads instead (never served), and is not in this model: a replica
+/// cannot yet repair it from its peers (docs/simulation.md, "Limits of the model").
+fn flip_in_tail(storage: &MemStorage, rng: &mut Rng) -> Option<String> {
+    let mut candidates = Vec::new();
+    for dir in replica_dirs(storage) {
+        let recovery_point = storage
+            .read_file(&dir.join(sluice_core::log::CHECKPOINT_FILE))
+            .and_then(|b| sluice_core::log::Checkpoint::decode(&b))
+            .map_or(0, |c| c.recovery_point);
+        for path in storage.paths() {
+            let in_tail = path.parent() == Some(dir.as_path())
+                && path.extension().is_some_and(|e| e == "log")
+                && path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .is_some_and(|base| base >= recovery_point);
+            if in_tail && storage.durable_len(&path) > 0 {
+                candidates.push(path);
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return None;
+    }
+    let path = rng.pick(&candidates).clone();
+    let bit = rng.below(storage.durable_len(&path) * 8);
+    storage
+        .flip_bit(&path, bit)
+        .then(|| format!("flipped bit {bit} of {}", path.display()))
+}
+
+/// Flips a bit in one of the two copies of a replica's Raft hard state.
+fn flip_in_hard_state(storage: &MemStorage, rng: &mut Rng) -> Option<String> {
+    let copies: Vec<PathBuf> = storage
+        .paths()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n == "raft-state" || n == "raft-state-2")
+                && storage.durable_len(p) > 0
+        })
+        .collect();
+    if copies.is_empty() {
+        return None;
+    }
+    let path = rng.pick(&copies).clone();
+    let bit = rng.below(storage.durable_len(&path) * 8);
+    storage
+        .flip_bit(&path, bit)
+        .then(|| format!("flipped bit {bit} of {}", path.display()))
 }
 
 /// `sim-2/000….log` → 2.

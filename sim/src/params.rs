@@ -94,6 +94,19 @@ pub struct FaultMix {
     /// Cluster only: a follower cut off (it falls behind), the leader killed, the follower
     /// back: the next leader is elected with a lagging follower it must catch up.
     pub lagging_failover: bool,
+    /// Cluster only: a power cut of one broker, a flipped bit in synced data of its log tail
+    /// (a data partition's or the metadata log's), and a restart: recovery finds the damage,
+    /// and the replica must repair it from its peers before it votes again (protocol-aware
+    /// recovery). One broker at a time holds damage.
+    pub replica_damage: bool,
+    /// Cluster only: a power cut of one broker, a flipped bit in one copy of a replica's Raft
+    /// hard state, and a restart: the other copy must bring back the term and the vote.
+    pub hard_state_damage: bool,
+    /// Cluster only: every broker loses power at once (each loses its unsynced writes, some
+    /// tear their last one), then all restart.
+    pub power_cut_all: bool,
+    /// Cluster only: a broker crashes again while it recovers from a crash.
+    pub recovery_crash: bool,
 }
 
 impl FaultMix {
@@ -115,6 +128,10 @@ impl FaultMix {
             (self.rolling_restart, "rolling-restart"),
             (self.isolate_leader, "isolate-leader"),
             (self.lagging_failover, "lagging-failover"),
+            (self.replica_damage, "replica-damage"),
+            (self.hard_state_damage, "hard-state-damage"),
+            (self.power_cut_all, "power-cut-all"),
+            (self.recovery_crash, "recovery-crash"),
         ] {
             if on {
                 names.push(name);
@@ -166,6 +183,9 @@ pub struct Params {
     /// The client process that is a pipelining idempotent producer with epoch bumps and
     /// zombies (`None`: every process sends one request at a time).
     pub pipeline: Option<PipelineParams>,
+    /// Swarm testing: how often each enabled fault kind is picked relative to the others
+    /// (1 to 8), drawn per seed, so that each seed stresses its own few faults hardest.
+    pub fault_weights: std::collections::BTreeMap<&'static str, u32>,
 }
 
 /// One client process's producer pipelines up to five requests per partition, bumps its epoch
@@ -277,6 +297,7 @@ impl Params {
             replica_fetch_max_bytes: 1024 * 1024,
             groups: None,
             pipeline: None,
+            fault_weights: std::collections::BTreeMap::new(),
         };
         if matches!(
             scenario,
@@ -353,6 +374,22 @@ impl Params {
                 zombie_lifetime_ms: (zombie_lo, zombie_lo + rng.between(200, 2_000)),
             });
         }
+        // Storage faults on replicas and the swarm's weights come from a stream of their own, so
+        // every parameter drawn above is what it was before they existed.
+        let mut swarm = Rng::new(seed ^ 0x5a5a_0f0f_5a5a_0f0f);
+        if matches!(scenario, Scenario::Cluster | Scenario::Groups) {
+            let faults = &mut params.faults;
+            faults.replica_damage = swarm.chance(500);
+            faults.hard_state_damage = swarm.chance(300);
+            faults.power_cut_all = swarm.chance(300);
+            faults.recovery_crash = swarm.chance(300);
+            faults.io_error = swarm.chance(300);
+        }
+        for kind in params.faults.names() {
+            params
+                .fault_weights
+                .insert(kind, swarm.between(1, 8) as u32);
+        }
         params
     }
 
@@ -366,7 +403,12 @@ impl Params {
             self.partitions,
             self.clients,
             self.fault_phase_ms,
-            self.faults.names().join(","),
+            self.faults
+                .names()
+                .iter()
+                .map(|k| format!("{k}*{}", self.fault_weights.get(k).copied().unwrap_or(1)))
+                .collect::<Vec<_>>()
+                .join(","),
             self.segment_bytes,
             self.flush_interval_ms,
             self.sync_latency_ms,

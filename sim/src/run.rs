@@ -206,6 +206,19 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
                     format!("{group} term {term}: broker {node}"),
                 );
             }
+            if let Observation::Repair {
+                group,
+                node,
+                repairing,
+            } = &o
+            {
+                let kind = if *repairing {
+                    "repair-start"
+                } else {
+                    "repair-done"
+                };
+                observer_trace.record("replica", kind, format!("{group}: broker {node}"));
+            }
             observer_replicas.lock().expect("checker lock").observe(o);
         });
         let node = handle

@@ -46,6 +46,14 @@ pub enum Observation {
         epochs: Vec<(i32, u64)>,
         leader_term: Option<u64>,
     },
+    /// `node`'s replica of `group` entered (`repairing`) or left repair mode: it lost data it
+    /// may have acknowledged, and neither votes nor campaigns until it holds every committed
+    /// entry again (protocol-aware recovery). The nemesis damages no other replica meanwhile.
+    Repair {
+        group: String,
+        node: u64,
+        repairing: bool,
+    },
 }
 
 /// A broken cluster property, with what showed it.
@@ -118,6 +126,8 @@ pub struct ReplicaChecker {
     observations: u64,
     /// Committed ranges compared with a later term's leader's log (to show the check bites).
     completeness_checks: u64,
+    repairing: std::collections::BTreeSet<(String, u64)>,
+    repairs_started: u64,
 }
 
 impl ReplicaChecker {
@@ -147,6 +157,18 @@ impl ReplicaChecker {
                 self.committed(group.clone(), node, log_start, end, &epochs);
                 if let Some(term) = leader_term {
                     self.decided(group, term, end);
+                }
+            }
+            Observation::Repair {
+                group,
+                node,
+                repairing,
+            } => {
+                if repairing {
+                    self.repairing.insert((group, node));
+                    self.repairs_started += 1;
+                } else {
+                    self.repairing.remove(&(group, node));
                 }
             }
         }
@@ -273,6 +295,16 @@ impl ReplicaChecker {
         if let Some(detail) = detail {
             self.violate(group.to_string(), detail);
         }
+    }
+
+    /// Replicas in repair mode now: (group, node).
+    pub fn repairing(&self) -> &std::collections::BTreeSet<(String, u64)> {
+        &self.repairing
+    }
+
+    /// How many repairs have started.
+    pub fn repairs_started(&self) -> u64 {
+        self.repairs_started
     }
 
     fn committed(&mut self, group: String, node: u64, start: u64, end: u64, epochs: &[(i32, u64)]) {

@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 pub use clean::{trim_removed_run, CleanError, CleanReport, CleanStep, CleanTarget, Cleaner};
 pub use epochs::{EpochStart, LeaderEpochCache, UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET};
 pub use read::{ReadCursor, ReadIo, ReadTarget, SegmentReader, StoredBatch, TimestampHit};
-pub use recovery::{Checkpoint, Recovery, RecoveryIo, CHECKPOINT_FILE};
+pub use recovery::{Checkpoint, Damage, Recovery, RecoveryIo, CHECKPOINT_FILE};
 pub use replicated::{ProduceCheck, ReplicaAppendError, ReplicaAppended, TruncateError};
 pub use segment::{
     index_file_name, log_file_name, parse_log_file_name, time_index_file_name, OffsetEntry,

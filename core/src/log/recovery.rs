@@ -193,6 +193,22 @@ pub struct Recovery {
     stopped: bool,
     dir_changed: bool,
     epoch_max: Option<i32>,
+    /// The first log offset of data that was cut or removed although it may have been synced
+    /// (see [`Recovery::damage`]); `None` when only a torn tail, which was never synced, went.
+    damage: Option<u64>,
+    /// The log end before the damage, as far as the bytes tell for sure: past the base offset
+    /// of a damaged batch whose header still reads, or of a removed segment with bytes.
+    damaged_end: u64,
+}
+
+/// What recovery threw away although it may have been synced (see [`Recovery::damage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// The first log offset lost.
+    pub first_lost: u64,
+    /// The log end before the damage, as far as recovery can tell for sure (at least
+    /// `first_lost`; the true end may be larger).
+    pub end: u64,
 }
 
 impl Recovery {
@@ -273,7 +289,33 @@ impl Recovery {
             tail_start: None,
             stopped: false,
             epoch_max: None,
+            damage: None,
+            damaged_end: 0,
         }
+    }
+
+    /// Where recovery cut or removed data that may have been synced, and so acknowledged: the
+    /// first log offset lost, or `None` if all it cut was a torn tail. Call after the last read.
+    ///
+    /// Only the last write before a crash can be torn, and it was never synced: a batch cut off
+    /// by the end of the newest segment is such a tail. Anything else recovery throws away — a
+    /// whole batch that fails its CRC or its epoch bound, a header that does not parse with more
+    /// bytes after it, a segment after a cut or a gap — was damaged on the medium, or is the
+    /// remains of a write the disk claimed to have synced. A Raft replica that loses such data
+    /// may have acknowledged it, so it must not vote until peers have repaired it (see
+    /// `raft`'s repair mode). A whole batch with garbage in it (a tear in which the file's size
+    /// reached the disk and its data did not) is counted as damage too: it cannot be told from a
+    /// flipped bit, and the cautious reading costs only a repair.
+    pub fn damage(&self) -> Option<Damage> {
+        self.damage.map(|first_lost| Damage {
+            first_lost,
+            end: self.damaged_end.max(first_lost),
+        })
+    }
+
+    fn note_damage(&mut self, offset: u64, end: u64) {
+        self.damage = Some(self.damage.map_or(offset, |d| d.min(offset)));
+        self.damaged_end = self.damaged_end.max(end);
     }
 
     /// Epochs above `max` are damage: a Raft replica never stores a batch of a term it has not
@@ -315,6 +357,8 @@ impl Recovery {
             {
                 // After a cut-off tail, or after a gap in the offsets, nothing later can be trusted.
                 self.stopped = true;
+                // A segment with bytes held its base offset at least.
+                self.note_damage(base, if len > 0 { base + 1 } else { base });
                 self.repairs
                     .push(LogOp::DeleteSegment { base_offset: base });
                 self.dir_changed = true;
@@ -430,6 +474,11 @@ impl Recovery {
         let size_before = scan.segment.size_bytes;
         let mut at = 0usize;
         let mut bad = bytes.is_empty();
+        // Whether the bad data is a prefix of one batch cut off by the end of the file: what a
+        // torn last write leaves (see `Recovery::damage`).
+        let mut cut_by_end = bad;
+        // The end of a bad batch whose header still reads (a bound for `Damage::end`).
+        let mut bad_end = 0u64;
         while at < bytes.len() {
             let rest = &bytes[at..];
             let header = match BatchHeader::parse(rest) {
@@ -443,6 +492,8 @@ impl Recovery {
                 }
                 Err(_) => {
                     bad = true;
+                    cut_by_end = rest.len() < crate::limits::BATCH_HEADER_BYTES
+                        && chunk_end >= scan.file_len;
                     break;
                 }
             };
@@ -451,6 +502,7 @@ impl Recovery {
                 let position = scan.segment.size_bytes;
                 if position + total as u64 > scan.file_len {
                     bad = true; // Torn: the batch runs past the end of the file.
+                    cut_by_end = true;
                 } else {
                     scan.want = total as u32; // Read the whole batch next time.
                 }
@@ -466,6 +518,11 @@ impl Recovery {
                 || (self.epochs.accepts(epoch) && self.epoch_max.is_none_or(|max| epoch <= max));
             if !continuous || header.last_offset_delta < 0 || !crc_ok || !epoch_ok {
                 bad = true;
+                if continuous {
+                    // The batch held its base offset at least. Its offset delta is not
+                    // believed: a flipped bit may sit there.
+                    bad_end = scan.segment.next_offset + 1;
+                }
                 break;
             }
             let start = Position {
@@ -525,10 +582,14 @@ impl Recovery {
             // it goes.
             let base = scan.segment.base_offset;
             let len = scan.segment.size_bytes;
+            let first_lost = scan.segment.next_offset;
+            scan.file_len = len;
             self.repairs
                 .push(LogOp::TruncateSegment { segment: base, len });
-            scan.file_len = len;
             self.stopped = true;
+            if !(cut_by_end && self.pending.is_empty()) {
+                self.note_damage(first_lost, bad_end);
+            }
         }
     }
 

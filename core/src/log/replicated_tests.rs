@@ -659,9 +659,14 @@ fn recovery_bounded_by_the_stored_term_cuts_a_raised_epoch() {
     assert_eq!(log.log_end_offset(), 7);
     assert_eq!(log.epoch_runs().last().unwrap().epoch, 0x0200_0002);
 
-    let (mut log, store) =
-        LogStore::open_bounded(r.storage.clone(), r.dir.clone(), r.config.clone(), Some(2))
-            .unwrap();
+    let (mut log, store) = LogStore::open_bounded(
+        r.storage.clone(),
+        r.dir.clone(),
+        r.config.clone(),
+        Some(2),
+        |_| Ok(()),
+    )
+    .unwrap();
     log.set_replicated();
     assert_eq!(log.log_end_offset(), 4, "the damaged batch is cut");
     assert_eq!(log.epoch_runs().last().unwrap().epoch, 2);

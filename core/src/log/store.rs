@@ -135,16 +135,19 @@ impl<S: Storage> LogStore<S> {
         dir: PathBuf,
         config: LogConfig,
     ) -> io::Result<(PartitionLog, LogStore<S>)> {
-        LogStore::open_bounded(storage, dir, config, None)
+        LogStore::open_bounded(storage, dir, config, None, |_| Ok(()))
     }
 
     /// [`LogStore::open`] for a Raft replica: a batch whose leader epoch is above `epoch_max`
-    /// (the replica's stored term) is treated as damage, like a bad CRC.
+    /// (the replica's stored term) is treated as damage, like a bad CRC. If recovery found
+    /// damage ([`Recovery::damage`]), `on_damage` runs before any repair touches the files: a
+    /// replica stores that it must repair, so a crash after the cut cannot make it forget.
     pub fn open_bounded(
         storage: S,
         dir: PathBuf,
         config: LogConfig,
         epoch_max: Option<i32>,
+        on_damage: impl FnOnce(super::Damage) -> io::Result<()>,
     ) -> io::Result<(PartitionLog, LogStore<S>)> {
         storage.create_dir_all(&dir)?;
         let mut listing = Vec::new();
@@ -192,6 +195,14 @@ impl<S: Storage> LogStore<S> {
                 io::ErrorKind::InvalidData,
                 format!("{}: {why}", store.dir.display()),
             ));
+        }
+        if let Some(damage) = recovery.damage() {
+            store.repairs.push(format!(
+                "data that may have been synced is damaged from log offset {} (the log held at \
+                 least up to {})",
+                damage.first_lost, damage.end
+            ));
+            on_damage(damage)?;
         }
         let (mut log, repairs) = recovery.finish();
         for op in repairs {

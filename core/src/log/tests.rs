@@ -621,3 +621,69 @@ fn losing_the_checkpoints_segment_resets_the_checkpoint() {
     h.crash(CrashMode::Clean);
     h.check_all();
 }
+
+/// Recovery tells a torn tail (a prefix of the last write, which was never synced, so never
+/// acknowledged) from damage to data that may have been synced (which a Raft replica must
+/// repair from its peers before it votes again: see `raft`'s repair mode).
+#[test]
+fn recovery_tells_a_torn_tail_from_damage_to_synced_data() {
+    for case in ["intact", "torn", "flip-last", "flip-first", "garbage"] {
+        let mut h = Harness::new(small_config());
+        for _ in 0..4 {
+            h.append(2, 40, None);
+        }
+        h.sync();
+        let active = h.log.segments().last().unwrap().base_offset;
+        let path = h.dir.join(log_file_name(active));
+        let file = h.storage.open(&path, false).unwrap();
+        let len = file.len().unwrap();
+        let last_base = header(h.batches.last().unwrap()).base_offset as u64;
+        let expected = match case {
+            "intact" => None,
+            "torn" => {
+                file.truncate(len - 7).unwrap();
+                None
+            }
+            "flip-last" => {
+                assert!(h.storage.flip_bit(&path, (len - 20) * 8));
+                Some(last_base)
+            }
+            "flip-first" => {
+                // Inside the first batch's records (past its 61-byte header).
+                assert!(h.storage.flip_bit(&path, 70 * 8));
+                Some(active)
+            }
+            _ => {
+                // A whole batch's length of garbage: the size reached the disk, the data did
+                // not. It cannot be told from a flipped bit, so it counts as damage.
+                let garbage = vec![0xA5; h.batches.last().unwrap().len()];
+                file.append(&garbage).unwrap();
+                Some(h.next_offset())
+            }
+        };
+        file.sync().unwrap();
+        let mut seen = None;
+        let (log, _) = LogStore::open_bounded(
+            h.storage.clone(),
+            h.dir.clone(),
+            h.config.clone(),
+            None,
+            |damage| {
+                seen = Some(damage);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(seen.map(|d| d.first_lost), expected, "{case}");
+        if let Some(d) = seen {
+            // A flipped bit leaves the damaged batch's header readable; garbage does not.
+            let header_reads = case != "garbage";
+            assert_eq!(d.end > d.first_lost, header_reads, "{case}: {d:?}");
+            assert_eq!(
+                log.log_end_offset(),
+                d.first_lost,
+                "{case}: cut at the damage"
+            );
+        }
+    }
+}

@@ -802,6 +802,8 @@ impl Node {
             if let Some(h) = slot.hosted_mut() {
                 h.machine.tick(now.wall_ms, &View { disk, log });
                 self.after_partition_input(tp, disk);
+            } else {
+                self.tick_failed_partition(tp);
             }
         }
         let instant = now.instant;

@@ -112,7 +112,10 @@ impl StorageOp {
         match self {
             StorageOp::Open { log, .. } => Some(StorageDone::Opened {
                 log: *log,
-                result: Err(why.to_string()),
+                result: Err(OpenFailure {
+                    message: why.to_string(),
+                    retryable: false,
+                }),
             }),
             StorageOp::Sync { log, .. } => Some(StorageDone::Synced {
                 log: *log,
@@ -135,6 +138,22 @@ impl StorageOp {
     }
 }
 
+/// Why a log could not be opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenFailure {
+    /// What failed, naming the directory.
+    pub message: String,
+    /// An I/O error that may pass (a failed fsync): the node tries again later. Stored state
+    /// that does not decode is not retried: reading it again gives the same answer.
+    pub retryable: bool,
+}
+
+impl std::fmt::Display for OpenFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// A recovered log and its stored hard state.
 #[derive(Debug)]
 pub struct OpenedLog {
@@ -149,7 +168,7 @@ pub struct OpenedLog {
 pub enum StorageDone {
     Opened {
         log: LogId,
-        result: Result<OpenedLog, String>,
+        result: Result<OpenedLog, OpenFailure>,
     },
     /// Every op of the log up to the one written with `report: Some(seq)` reached the OS.
     Written { log: LogId, seq: u64 },
@@ -223,7 +242,7 @@ pub struct Finished<S: Storage> {
 }
 
 enum Outcome<S: Storage> {
-    Opened(Result<(OpenedLog, LogStore<S>), String>),
+    Opened(Result<(OpenedLog, LogStore<S>), OpenFailure>),
     Synced(Result<(), String>),
     Cut(Result<(), String>),
     HardState(Result<(), String>),
@@ -296,8 +315,11 @@ fn open<S: Storage>(
     config: LogConfig,
     cut: Vec<LogOp>,
     topic_id: Option<TopicId>,
-) -> Result<(OpenedLog, LogStore<S>), String> {
-    let context = |e: io::Error| format!("{}: {e}", dir.display());
+) -> Result<(OpenedLog, LogStore<S>), OpenFailure> {
+    let context = |e: io::Error| OpenFailure {
+        message: format!("{}: {e}", dir.display()),
+        retryable: e.kind() != io::ErrorKind::InvalidData,
+    };
     let mut repairs = Vec::new();
     if let Some(id) = topic_id {
         repairs.extend(claim_dir(&storage, &dir, id).map_err(context)?);
@@ -310,11 +332,18 @@ fn open<S: Storage>(
         }
         storage.sync_dir(&dir).map_err(context)?;
     }
-    let hard_state = hard_state::load(&storage, &dir).map_err(context)?;
+    let mut hard_state = hard_state::load(&storage, &dir).map_err(context)?;
     let epoch_max = (hard_state != HardState::default())
         .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
     let (log, store) =
-        LogStore::open_bounded(storage, dir.clone(), config, epoch_max).map_err(context)?;
+        LogStore::open_bounded(storage.clone(), dir.clone(), config, epoch_max, |damage| {
+            // Raft index = offset + 1: the replica held entries up to index `damage.end` at
+            // least. Stored before the cut, so a crash after it cannot forget the repair.
+            let end = hard_state.repair.unwrap_or(0).max(damage.end);
+            hard_state.repair = Some(end);
+            hard_state::store(&storage, &dir, hard_state)
+        })
+        .map_err(context)?;
     repairs.extend(store.repairs().iter().cloned());
     Ok((
         OpenedLog {
@@ -558,7 +587,10 @@ impl<S: Storage> Disk<S> {
                     // Closed while it opened: its store goes now (nobody waits for it).
                     done.push(StorageDone::Opened {
                         log,
-                        result: Err(format!("{log} was closed while it opened")),
+                        result: Err(OpenFailure {
+                            message: format!("{log} was closed while it opened"),
+                            retryable: false,
+                        }),
                     });
                     return;
                 }

@@ -1,7 +1,15 @@
-//! A partition replica's Raft hard state (term, vote, commit) in `raft-state` in the partition's
-//! directory: 4 magic bytes, term, vote (u64::MAX for none) and commit as big-endian u64s, then a
-//! CRC-32C of all that. Replaced atomically (temporary file, fsync, rename, fsync the directory),
-//! and only when the term or vote changes, which is rare.
+//! A partition replica's Raft hard state (term, vote, commit, repair) in two copies in the
+//! partition's directory, `raft-state` and `raft-state-2`: each is 4 magic bytes, then term, vote
+//! (u64::MAX for none), commit and the repair bound (u64::MAX for none) as big-endian u64s, then
+//! a CRC-32C of all that. A store replaces the first copy atomically (temporary file, fsync,
+//! rename, fsync the directory), then the second the same way, and happens only when the term,
+//! the vote or the repair mode changes, which is rare.
+//!
+//! Two copies because a replica that forgot its vote could vote twice in one term: a flipped
+//! bit in one copy is repaired from the other when the replica opens. Since the first copy is
+//! always written first, it is the newer one whenever both are readable; a crash between the two
+//! writes leaves the second one behind, never ahead. Both damaged is the one case the replica
+//! cannot restart from, and it says so.
 
 use std::io;
 use std::path::Path;
@@ -9,52 +17,102 @@ use std::path::Path;
 use crate::raft::HardState;
 use crate::storage::{read_all, Storage};
 
-const FILE: &str = "raft-state";
-const TMP_FILE: &str = "raft-state.tmp";
-const MAGIC: &[u8; 4] = b"SLHS";
-const BYTES: usize = 4 + 3 * 8 + 4;
-const NO_VOTE: u64 = u64::MAX;
+/// The two copies and the temporary file each is written through.
+const COPIES: [(&str, &str); 2] = [
+    ("raft-state", "raft-state.tmp"),
+    ("raft-state-2", "raft-state-2.tmp"),
+];
+/// "SLH2": version 2 added the repair bound. Version 1 ("SLHS", 32 bytes, no repair bound)
+/// still decodes.
+const MAGIC: &[u8; 4] = b"SLH2";
+const MAGIC_V1: &[u8; 4] = b"SLHS";
+const BYTES: usize = 4 + 4 * 8 + 4;
+const BYTES_V1: usize = 4 + 3 * 8 + 4;
+const NONE: u64 = u64::MAX;
 
-/// The stored hard state, or the default (term 0, no vote) for a new replica.
-pub fn load<S: Storage>(storage: &S, dir: &Path) -> io::Result<HardState> {
-    let tmp = dir.join(TMP_FILE);
+/// What one copy held.
+#[derive(Debug, PartialEq, Eq)]
+enum Copy {
+    Missing,
+    Damaged,
+    Good(HardState),
+}
+
+fn read_copy<S: Storage>(storage: &S, dir: &Path, name: &str, tmp: &str) -> io::Result<Copy> {
+    let tmp = dir.join(tmp);
     if storage.exists(&tmp) {
         storage.remove_file(&tmp)?;
     }
-    let path = dir.join(FILE);
+    let path = dir.join(name);
     if !storage.exists(&path) {
-        return Ok(HardState::default());
+        return Ok(Copy::Missing);
     }
     let bytes = read_all(&storage.open(&path, false)?)?;
-    decode(&bytes).ok_or_else(|| {
-        // A replica that forgot its vote could vote twice in one term: refuse to guess.
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} is damaged; the replica cannot safely restart",
-                path.display()
-            ),
-        )
-    })
+    Ok(decode(&bytes).map_or(Copy::Damaged, Copy::Good))
 }
 
-/// Durably replaces the stored hard state. Blocks on two fsyncs: the shell runs it off its
-/// event loop, one at a time per replica.
+/// The stored hard state, or the default (term 0, no vote) for a new replica. A copy that is
+/// damaged or missing while the other is good is rewritten from it before this returns.
+pub fn load<S: Storage>(storage: &S, dir: &Path) -> io::Result<HardState> {
+    let mut copies = Vec::with_capacity(COPIES.len());
+    for (name, tmp) in COPIES {
+        copies.push(read_copy(storage, dir, name, tmp)?);
+    }
+    let good: Vec<HardState> = copies
+        .iter()
+        .filter_map(|c| match c {
+            Copy::Good(hs) => Some(*hs),
+            _ => None,
+        })
+        .collect();
+    let Some(newest) = good.first().copied() else {
+        if copies.iter().all(|c| *c == Copy::Missing) {
+            return Ok(HardState::default());
+        }
+        // A replica that forgot its vote could vote twice in one term: refuse to guess.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: both copies of the Raft hard state ({} and {}) are damaged or missing; the \
+                 replica cannot safely restart (move the partition directory away so that it \
+                 is rebuilt from its peers as a new replica)",
+                dir.display(),
+                COPIES[0].0,
+                COPIES[1].0
+            ),
+        ));
+    };
+    if copies.iter().any(|c| *c != Copy::Good(newest)) {
+        // One copy damaged, missing (written by a version with one copy) or older (a crash
+        // between the two writes): make both whole again before the replica acts on them.
+        store(storage, dir, newest)?;
+    }
+    Ok(newest)
+}
+
+/// Durably replaces both stored copies. Blocks on four fsyncs: the shell runs it off its event
+/// loop, one at a time per replica.
 pub fn store<S: Storage>(storage: &S, dir: &Path, hs: HardState) -> io::Result<()> {
-    crate::storage::replace_durably(storage, &dir.join(TMP_FILE), &dir.join(FILE), &encode(hs))
+    let bytes = encode(hs);
+    for (name, tmp) in COPIES {
+        crate::storage::replace_durably(storage, &dir.join(tmp), &dir.join(name), &bytes)?;
+    }
+    Ok(())
 }
 
 fn encode(hs: HardState) -> Vec<u8> {
     assert_ne!(
         hs.vote,
-        Some(NO_VOTE),
+        Some(NONE),
         "no node has the id that stands for no vote"
     );
+    assert_ne!(hs.repair, Some(NONE), "a repair bound is an index");
     let mut out = Vec::with_capacity(BYTES);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&hs.term.to_be_bytes());
-    out.extend_from_slice(&hs.vote.unwrap_or(NO_VOTE).to_be_bytes());
+    out.extend_from_slice(&hs.vote.unwrap_or(NONE).to_be_bytes());
     out.extend_from_slice(&hs.commit.to_be_bytes());
+    out.extend_from_slice(&hs.repair.unwrap_or(NONE).to_be_bytes());
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     assert_eq!(out.len(), BYTES);
@@ -67,49 +125,138 @@ fn encode(hs: HardState) -> Vec<u8> {
 }
 
 fn decode(bytes: &[u8]) -> Option<HardState> {
-    if bytes.len() != BYTES || &bytes[..4] != MAGIC {
+    let len = match bytes.get(..4)? {
+        m if m == MAGIC => BYTES,
+        m if m == MAGIC_V1 => BYTES_V1,
+        _ => return None,
+    };
+    if bytes.len() != len {
         return None;
     }
-    let crc = u32::from_be_bytes(bytes[BYTES - 4..].try_into().ok()?);
-    if crc32c::crc32c(&bytes[..BYTES - 4]) != crc {
+    let crc = u32::from_be_bytes(bytes[len - 4..].try_into().ok()?);
+    if crc32c::crc32c(&bytes[..len - 4]) != crc {
         return None;
     }
     let word =
         |i: usize| u64::from_be_bytes(bytes[4 + 8 * i..12 + 8 * i].try_into().expect("8 bytes"));
-    let vote = word(1);
+    let optional = |w: u64| (w != NONE).then_some(w);
     Some(HardState {
         term: word(0),
-        vote: (vote != NO_VOTE).then_some(vote),
+        vote: optional(word(1)),
         commit: word(2),
+        repair: if len == BYTES {
+            optional(word(3))
+        } else {
+            None
+        },
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::StorageFile;
     use crate::testing::{CrashMode, MemStorage};
 
+    fn state() -> HardState {
+        HardState {
+            term: 7,
+            vote: Some(2),
+            commit: 40,
+            repair: None,
+        }
+    }
+
     #[test]
-    fn round_trips_survives_a_crash_and_refuses_damage() {
+    fn round_trips_and_survives_a_crash() {
         let storage = MemStorage::new();
         let dir = Path::new("p");
         storage.create_dir_all(dir).unwrap();
         assert_eq!(load(&storage, dir).unwrap(), HardState::default());
-        let hs = HardState {
-            term: 7,
-            vote: Some(2),
-            commit: 40,
-        };
+        let hs = state();
         store(&storage, dir, hs).unwrap();
         storage.crash(CrashMode::Clean);
         assert_eq!(load(&storage, dir).unwrap(), hs);
-        assert!(storage.flip_bit(&dir.join(FILE), 70));
-        assert!(load(&storage, dir).is_err());
+        let repairing = HardState {
+            vote: None,
+            repair: Some(12),
+            ..hs
+        };
+        assert_eq!(decode(&encode(repairing)), Some(repairing));
+    }
+
+    #[test]
+    fn a_flipped_bit_in_one_copy_is_repaired_from_the_other() {
+        for (damaged, _) in COPIES {
+            let storage = MemStorage::new();
+            let dir = Path::new("p");
+            storage.create_dir_all(dir).unwrap();
+            store(&storage, dir, state()).unwrap();
+            assert!(storage.flip_bit(&dir.join(damaged), 70));
+            assert_eq!(load(&storage, dir).unwrap(), state(), "{damaged} damaged");
+            // Both copies are whole again: damaging the other one now loses nothing either.
+            let other = COPIES.iter().find(|c| c.0 != damaged).unwrap().0;
+            assert!(storage.flip_bit(&dir.join(other), 75));
+            assert_eq!(
+                load(&storage, dir).unwrap(),
+                state(),
+                "then {other} damaged"
+            );
+        }
+    }
+
+    #[test]
+    fn both_copies_damaged_is_refused_naming_the_files() {
+        let storage = MemStorage::new();
+        let dir = Path::new("p");
+        storage.create_dir_all(dir).unwrap();
+        store(&storage, dir, state()).unwrap();
+        for (name, _) in COPIES {
+            assert!(storage.flip_bit(&dir.join(name), 33));
+        }
+        let e = load(&storage, dir).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("raft-state-2"), "{e}");
+    }
+
+    #[test]
+    fn a_crash_between_the_two_writes_keeps_the_newer_first_copy() {
+        let storage = MemStorage::new();
+        let dir = Path::new("p");
+        storage.create_dir_all(dir).unwrap();
+        store(&storage, dir, state()).unwrap();
+        let newer = HardState {
+            term: 8,
+            vote: None,
+            ..state()
+        };
+        let bytes = encode(newer);
+        let (name, tmp) = COPIES[0];
+        crate::storage::replace_durably(&storage, &dir.join(tmp), &dir.join(name), &bytes).unwrap();
+        storage.crash(CrashMode::Clean);
+        assert_eq!(load(&storage, dir).unwrap(), newer);
+        // And the older second copy was brought up to date.
         assert_eq!(
-            decode(&encode(HardState { vote: None, ..hs }))
-                .unwrap()
-                .vote,
-            None
+            decode(&read_all(&storage.open(&dir.join(COPIES[1].0), false).unwrap()).unwrap()),
+            Some(newer)
         );
+    }
+
+    #[test]
+    fn a_version_1_file_still_loads() {
+        let storage = MemStorage::new();
+        let dir = Path::new("p");
+        storage.create_dir_all(dir).unwrap();
+        let hs = state();
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC_V1);
+        for w in [hs.term, hs.vote.unwrap(), hs.commit] {
+            v1.extend_from_slice(&w.to_be_bytes());
+        }
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_be_bytes());
+        let f = storage.open(&dir.join(COPIES[0].0), true).unwrap();
+        f.append(&v1).unwrap();
+        assert_eq!(load(&storage, dir).unwrap(), hs);
     }
 }

@@ -206,7 +206,7 @@ pub struct Node {
     next_clean: Instant,
     ready_sent: bool,
     /// Per Raft group: the last high watermark and leader term reported as observations.
-    observed: BTreeMap<String, (u64, u64)>,
+    observed: BTreeMap<String, (u64, u64, bool)>,
     /// Peer messages dropped because they were malformed or not for this node.
     peer_messages_dropped: u64,
     /// Partitions with input since their last group-commit look.

@@ -104,7 +104,13 @@ struct Owed {
     sync: bool,
     hard_state: bool,
     swap: bool,
+    /// Ticks to wait before opening again after an open failed on an I/O error.
+    retry_ticks: u32,
 }
+
+/// Ticks between attempts to open a partition whose opening failed on an I/O error (a failed
+/// fsync may pass; a disk that keeps failing is tried again at this pace, not in a loop).
+const OPEN_RETRY_TICKS: u32 = 10;
 
 /// An open log's machine and the storage work in flight for it.
 pub(super) struct Hosted<M> {
@@ -348,6 +354,17 @@ impl Node {
             StorageDone::Opened { result, .. } => {
                 let opened = match result {
                     Ok(opened) => opened,
+                    Err(e) if e.retryable => {
+                        tracing::error!(%tp, "opening the partition failed: {e}; trying again in {OPEN_RETRY_TICKS} ticks");
+                        slot.state = State::Failed {
+                            cut: Vec::new(),
+                            owed: Owed {
+                                retry_ticks: OPEN_RETRY_TICKS,
+                                ..Owed::default()
+                            },
+                        };
+                        return;
+                    }
                     Err(e) => {
                         tracing::error!(%tp, "opening the partition failed: {e}; it stays offline");
                         slot.state = State::Offline;
@@ -478,6 +495,22 @@ impl Node {
         fail_slot(slot);
         self.fail_produce_waiters(tp, ErrorCode::KafkaStorageError);
         self.maybe_reopen_partition(tp);
+    }
+
+    /// A tick for a partition whose opening failed: counts down to the next attempt.
+    pub(super) fn tick_failed_partition(&mut self, tp: &TopicPartition) {
+        let Some(slot) = self.partitions.get_mut(tp) else {
+            return;
+        };
+        let State::Failed { owed, .. } = &mut slot.state else {
+            return;
+        };
+        if owed.retry_ticks > 0 {
+            owed.retry_ticks -= 1;
+            if owed.retry_ticks == 0 {
+                self.maybe_reopen_partition(tp);
+            }
+        }
     }
 
     fn maybe_reopen_partition(&mut self, tp: &TopicPartition) {
@@ -759,6 +792,7 @@ pub(super) fn fail_slot<M: Machine>(slot: &mut LogSlot<M>) -> Option<Box<Hosted<
                 sync: h.sync.is_some(),
                 hard_state: h.machine.replica().hard_state_in_flight(),
                 swap: h.swap.is_some(),
+                retry_ticks: 0,
             };
             slot.state = State::Failed { cut, owed };
             Some(h)
@@ -846,13 +880,27 @@ impl<M> LogSlot<M> {
 /// observation.
 pub(super) fn observe(
     outputs: &mut VecDeque<Output>,
-    observed: &mut std::collections::BTreeMap<String, (u64, u64)>,
+    observed: &mut std::collections::BTreeMap<String, (u64, u64, bool)>,
     node: u64,
     group: String,
     replica: &Replica,
 ) {
     use crate::checker::replicas::Observation;
-    let last = observed.entry(group.clone()).or_insert((0, 0));
+    let last = observed.entry(group.clone()).or_insert((0, 0, false));
+    let repairing = replica.raft().is_repairing();
+    if repairing != last.2 {
+        last.2 = repairing;
+        if repairing {
+            tracing::warn!(%group, "this replica lost data it may have acknowledged: it neither votes nor campaigns until it has caught up with a leader");
+        } else {
+            tracing::info!(%group, "repair done: this replica holds every committed entry again");
+        }
+        outputs.push_back(Output::Observe(Observation::Repair {
+            group: group.clone(),
+            node,
+            repairing,
+        }));
+    }
     let term = replica.term();
     let log: &PartitionLog = replica.log();
     let epochs = || -> Vec<(i32, u64)> {

@@ -1275,6 +1275,7 @@ fn a_deleted_log_directory_is_not_brought_back_by_a_job_still_running() {
                 term: 3,
                 vote: Some(1),
                 commit: 0,
+                repair: None,
             },
         },
         &mut done,
@@ -1730,12 +1731,15 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
                 }
             ),
         (0u64..60).prop_map(|match_index| MessageBody::AppendAccepted { match_index }),
-        (0u64..40, 0u64..40, 0u64..6, any::<bool>()).prop_map(
-            |(prev_index, hint_index, hint_term, hint_is_end)| MessageBody::AppendRejected {
-                prev_index,
-                hint_index,
-                hint_term,
-                hint_is_end
+        (0u64..40, 0u64..40, 0u64..6, any::<bool>(), any::<bool>()).prop_map(
+            |(prev_index, hint_index, hint_term, hint_is_end, lost_data)| {
+                MessageBody::AppendRejected {
+                    prev_index,
+                    hint_index,
+                    hint_term,
+                    hint_is_end,
+                    lost_data,
+                }
             }
         ),
         (0u64..60).prop_map(|commit| MessageBody::Heartbeat { commit }),

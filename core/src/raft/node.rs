@@ -199,6 +199,19 @@ struct Transfer {
 }
 
 /// One replica of one Raft group.
+///
+/// **Repair** (protocol-aware recovery, after Alagappan et al., FAST 2018). Raft assumes stable
+/// storage: a replica that acknowledged an entry still holds it. A replica whose recovery cut
+/// data that may have been synced (a flipped bit, a write the disk lost) breaks that, and with
+/// one more failure a committed entry could be lost: its shortened log makes it vote for a
+/// candidate without the entry. So it starts in repair mode ([`HardState::repair`]): it grants
+/// no vote and never campaigns; every rejection it sends says `lost_data`, and a leader that
+/// reads it forgets the follower's match index (which may count entries it no longer holds).
+/// The repair ends when the replica durably holds its leader's log up to the leader's commit
+/// index, that index is an entry of the leader's term, and it reaches the index the replica held
+/// before the damage (when recovery could tell). The other replicas stay a majority while one
+/// repairs; if every replica of a group lost data at once, nothing can be repaired from peers
+/// and the group stays without a leader (docs/architecture.md, "Protocol-aware recovery").
 #[derive(Debug)]
 pub struct Raft {
     config: RaftConfig,
@@ -243,6 +256,18 @@ pub struct Raft {
     held: VecDeque<(u64, Message)>,
     /// Messages dropped because a queue was full (a host that does not drain `ready`).
     messages_dropped: u64,
+    /// Repair mode (see the type's docs): `Some(end)` while this replica may lack entries it
+    /// acknowledged, up to index `end` at most (0: unknown).
+    repair: Option<u64>,
+    /// Follower: the largest commit index a leader of this term has sent in an append this
+    /// replica accepted (not capped by what it holds, unlike `commit_hint`). A repair ends only
+    /// once the commit index here has caught up with it. Only an accepted append counts: a
+    /// leader sends appends from after its match index, so one this replica accepts shows the
+    /// leader no longer counts acknowledgements the replica lost, and its commit index covers
+    /// every entry that counted them.
+    leader_commit_seen: u64,
+    /// Follower: it accepted an append from the leader of this term.
+    append_accepted: bool,
 }
 
 impl Raft {
@@ -293,8 +318,16 @@ impl Raft {
             outbox: Vec::new(),
             held: VecDeque::new(),
             messages_dropped: 0,
+            repair: hard_state.repair,
+            leader_commit_seen: 0,
+            append_accepted: false,
             config,
         };
+        if raft.repair.is_some() && raft.log.meta.membership().voters() == [raft.config.id] {
+            // A group of one has no peer to repair from: what recovery kept is all there is.
+            raft.repair = None;
+            raft.hard_state_dirty = true;
+        }
         raft.reset_election_timer();
         raft.check_invariants();
         Ok(raft)
@@ -369,7 +402,13 @@ impl Raft {
             term: self.term,
             vote: self.vote,
             commit: self.commit,
+            repair: self.repair,
         }
+    }
+
+    /// Whether this replica is repairing data it lost (see "Repair" in the type's docs).
+    pub fn is_repairing(&self) -> bool {
+        self.repair.is_some()
     }
 
     /// Leader: what it knows of follower `id`.
@@ -396,6 +435,10 @@ impl Raft {
     pub fn is_promotable(&self) -> bool {
         let meta = &self.log.meta;
         let me = self.config.id;
+        // A replica repairing lost entries could win without them (see "Repair").
+        if self.repair.is_some() {
+            return false;
+        }
         meta.membership().contains(me)
             || (meta.membership_index() > self.commit
                 && meta.membership_at(meta.membership_index() - 1).contains(me))
@@ -802,7 +845,10 @@ impl Raft {
             && self.role == Role::Follower
             && self.vote.is_some()
             && self.leader.is_none();
-        let granted = up_to_date && (free || twice || (pre && term > self.term));
+        // A replica repairing lost entries judges "up to date" against a log that is missing
+        // some: it grants nothing until the repair ends (see "Repair").
+        let granted =
+            up_to_date && (free || twice || (pre && term > self.term)) && self.repair.is_none();
         if pre {
             // A grant echoes the term asked for, so the pre-candidate can tell rounds apart.
             let term = if granted { term } else { self.term };
@@ -865,6 +911,8 @@ impl Raft {
             self.term = term;
             self.vote = None;
             self.hard_state_dirty = true;
+            self.leader_commit_seen = 0;
+            self.append_accepted = false;
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -1023,6 +1071,18 @@ impl Raft {
                     self.commit_hint = self.commit_hint.max(known);
                     self.advance_follower_commit();
                     self.send_now(from, self.term, HeartbeatResponse);
+                    if self.repair.is_some() && !self.append_accepted {
+                        // A leader with nothing new to send only heartbeats, and may still count
+                        // what this replica lost: tell it, so it probes and repairs us now.
+                        let body = MessageBody::AppendRejected {
+                            prev_index: self.log.last_index() + 1,
+                            hint_index: self.log.last_index(),
+                            hint_term: self.log.last_term(),
+                            hint_is_end: true,
+                            lost_data: true,
+                        };
+                        self.send_now(from, self.term, body);
+                    }
                 }
             }
             InstallSnapshot { snapshot } => {
@@ -1043,7 +1103,13 @@ impl Raft {
                 hint_index,
                 hint_term,
                 hint_is_end,
-            } => self.handle_rejected(from, prev_index, (hint_index, hint_term, hint_is_end)),
+                lost_data,
+            } => self.handle_rejected(
+                from,
+                prev_index,
+                (hint_index, hint_term, hint_is_end),
+                lost_data,
+            ),
             HeartbeatResponse => self.handle_heartbeat_response(from),
         }
     }
@@ -1131,6 +1197,7 @@ impl Raft {
                     hint_index: self.log.last_index(),
                     hint_term: self.log.last_term(),
                     hint_is_end: true,
+                    lost_data: self.repair.is_some(),
                 };
                 self.send_now(from, self.term, body);
                 return;
@@ -1147,6 +1214,7 @@ impl Raft {
                     hint_index,
                     hint_term,
                     hint_is_end: self.log.is_end(hint_index) == Some(true),
+                    lost_data: self.repair.is_some(),
                 };
                 self.send_now(from, self.term, body);
                 return;
@@ -1223,6 +1291,8 @@ impl Raft {
             "acknowledging up to the middle of an entry"
         );
         self.commit_hint = self.commit_hint.max(commit.min(last_new));
+        self.leader_commit_seen = self.leader_commit_seen.max(commit);
+        self.append_accepted = true;
         self.advance_follower_commit();
         self.send_durable(
             from,
@@ -1436,6 +1506,29 @@ impl Raft {
         if durable > self.commit {
             self.set_commit(durable);
         }
+        self.maybe_end_repair();
+    }
+
+    /// Ends a repair once this replica durably holds its leader's log up to the commit index of
+    /// an append it accepted, that index is an entry of the leader's own term, and it reaches
+    /// what recovery knows the replica held before the damage. The leader holds every committed
+    /// entry (Leader Completeness), and an entry of its term commits only with everything before
+    /// it, so this replica then holds every entry that was ever committed, including any that
+    /// counted its lost acknowledgements (see `leader_commit_seen`).
+    fn maybe_end_repair(&mut self) {
+        let Some(end) = self.repair else {
+            return;
+        };
+        let caught_up = self.role == Role::Follower
+            && self.leader.is_some()
+            && self.leader_commit_seen > 0
+            && self.commit >= self.leader_commit_seen
+            && self.commit >= end
+            && self.log.meta.term(self.commit) == Some(self.term);
+        if caught_up {
+            self.repair = None;
+            self.hard_state_dirty = true;
+        }
     }
 
     fn handle_accepted(&mut self, from: NodeId, match_index: u64) {
@@ -1453,13 +1546,32 @@ impl Raft {
     }
 
     /// `hint` is the rejection's `(hint_index, hint_term, hint_is_end)`.
-    fn handle_rejected(&mut self, from: NodeId, prev_index: u64, hint: (u64, u64, bool)) {
+    fn handle_rejected(
+        &mut self,
+        from: NodeId,
+        prev_index: u64,
+        hint: (u64, u64, bool),
+        lost_data: bool,
+    ) {
         if self.role != Role::Leader {
             return;
         }
         let Some(i) = self.progress_index(from) else {
             return;
         };
+        if lost_data {
+            // The follower lost entries it may have acknowledged to this leader: its match
+            // index no longer holds and must not count toward a commit. Probe from its hint.
+            let next = if prev_index == 0 {
+                1
+            } else {
+                self.resume_after_rejection(prev_index, hint).max(1)
+            };
+            let next = next.min(self.log.last_index() + 1);
+            self.progress[i].recent_active = true;
+            self.progress[i].forget_match(next);
+            return;
+        }
         let pr = &self.progress[i];
         use super::progress::ProgressState::*;
         let answers_last_send = match pr.state {
@@ -1778,6 +1890,12 @@ impl Raft {
     }
 
     pub fn check_invariants(&self) {
+        // A replica repairing lost entries never campaigns, so it only ever follows.
+        assert!(
+            self.repair.is_none() || self.role == Role::Follower,
+            "a {:?} in repair mode",
+            self.role
+        );
         self.log.check_invariants();
         let meta = &self.log.meta;
         let me = self.config.id;

@@ -143,6 +143,16 @@ impl Progress {
         self.inflight.clear();
     }
 
+    /// The follower lost entries it had acknowledged (recovery found damage on its disk): what
+    /// it matched no longer holds, so it counts for nothing until it acknowledges again, and
+    /// the leader probes from `next_index`.
+    pub fn forget_match(&mut self, next_index: u64) {
+        assert!(next_index >= 1, "index 0 is never sent");
+        self.match_index = 0;
+        self.commit_sent = 0;
+        self.become_probe(next_index);
+    }
+
     pub fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;
         self.next_index = self.match_index + 1;

@@ -18,6 +18,12 @@ pub struct HardState {
     pub term: u64,
     pub vote: Option<NodeId>,
     pub commit: u64,
+    /// `Some(end)`: the replica lost data it may have acknowledged (recovery found damage) and
+    /// has not yet caught up with a leader; `end` is the Raft index it held at most before the
+    /// damage, as far as recovery could tell (0 if it could not). Until the repair ends the
+    /// replica neither votes nor campaigns (see "Repair" in [`super::Raft`]). Stored, so a crash
+    /// in the middle of a repair does not forget it.
+    pub repair: Option<u64>,
 }
 
 /// What an entry carries.
@@ -326,6 +332,9 @@ pub enum MessageBody {
         hint_index: u64,
         hint_term: u64,
         hint_is_end: bool,
+        /// The follower is repairing data it lost (see "Repair" in [`super::Raft`]): the
+        /// leader must forget what it matched, which may include entries it no longer holds.
+        lost_data: bool,
     },
     /// Leader liveness; `commit` is at most what the follower is known to hold.
     Heartbeat {
@@ -510,12 +519,14 @@ mod tests {
                 hint_index: 7,
                 hint_term: 2,
                 hint_is_end: false,
+                lost_data: false,
             },
             MessageBody::AppendRejected {
                 prev_index: 1,
                 hint_index: 0,
                 hint_term: 0,
                 hint_is_end: true,
+                lost_data: true,
             },
             MessageBody::Heartbeat { commit: 5 },
             MessageBody::HeartbeatResponse,
@@ -546,6 +557,7 @@ mod tests {
             term: 8,
             vote: Some(2),
             commit: 30,
+            repair: Some(40),
         };
         let back: HardState = bincode::deserialize(&bincode::serialize(&hs).unwrap()).unwrap();
         assert_eq!(back, hs);

@@ -207,7 +207,9 @@ fn idle_group_memory() {
          {group_heap} = {} B",
         raft_bytes * 3 + group_heap
     );
-    assert!(raft_bytes <= 528, "Raft grew to {raft_bytes} bytes");
+    // 560: repair mode's bound, the leader commit it waits for and whether an append was
+    // accepted this term (protocol-aware recovery).
+    assert!(raft_bytes <= 560, "Raft grew to {raft_bytes} bytes");
     assert!(fresh_follower_heap <= 64);
     assert!(
         group_heap <= 1024,

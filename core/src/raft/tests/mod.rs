@@ -5,6 +5,7 @@ mod idle;
 #[cfg(feature = "planted-bugs")]
 mod planted;
 mod properties;
+mod repair;
 mod review;
 mod scenarios;
 mod unit;

@@ -77,6 +77,7 @@ fn review_append_disagreeing_with_snapshot_boundary_is_dropped_not_panicking() {
             term: 3,
             vote: None,
             commit: 5,
+            repair: None,
         },
         log: LogMeta::new(SnapshotMeta {
             index: 5,
@@ -138,6 +139,7 @@ fn review_restart_never_hands_out_already_applied_entries_again() {
         term: 1,
         vote: None,
         commit: 0,
+        repair: None,
     });
     r.on_persisted(w.seq);
     let _ = r.ready(&source);

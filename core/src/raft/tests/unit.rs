@@ -138,7 +138,8 @@ fn vote_grant_is_held_until_the_vote_is_synced() {
         Some(HardState {
             term: 1,
             vote: Some(2),
-            commit: 0
+            commit: 0,
+            repair: None,
         })
     );
     assert!(rd.messages.is_empty(), "no grant before the sync");
@@ -534,7 +535,8 @@ fn a_divergent_suffix_with_other_entry_boundaries_is_cut_at_an_entry_start() {
                 prev_index: 4,
                 hint_index: 4,
                 hint_term: 2,
-                hint_is_end: false
+                hint_is_end: false,
+                lost_data: false,
             }
         )]
     );
@@ -775,6 +777,7 @@ fn restore_checks_the_stored_state() {
         term: 2,
         vote: None,
         commit: 0,
+        repair: None,
     };
     assert_eq!(
         Raft::new(config(1), Rng::new(1), state.clone()).unwrap_err(),
@@ -864,6 +867,7 @@ fn a_rejection_hinting_at_the_inside_of_an_entry_is_not_believed() {
             hint_index: 3,
             hint_term: term,
             hint_is_end: true,
+            lost_data: false,
         },
     ));
     r.check_invariants();

@@ -1,0 +1,224 @@
+//! Repair mode (protocol-aware recovery): a replica that lost entries it may have acknowledged
+//! neither votes nor campaigns, makes its leader forget what it matched, and leaves the mode
+//! only once it holds everything committed.
+
+use crate::raft::*;
+use crate::rng::Rng;
+
+use super::{config, entry, msg, VecSource};
+
+/// A replica of group {1, 2, 3} whose durable log holds entries of these terms (one index
+/// each), at `term`, repairing up to `repair` if set.
+fn restored(id: NodeId, terms: &[u64], term: u64, repair: Option<u64>) -> (Raft, VecSource) {
+    let entries: Vec<Entry> = terms
+        .iter()
+        .enumerate()
+        .map(|(i, t)| entry(i as u64 + 1, *t))
+        .collect();
+    let mut state = RaftState::bootstrap(Membership::new([1, 2, 3]));
+    for e in &entries {
+        state.log.push(e.index, e.last, e.term, None).unwrap();
+    }
+    state.hard_state.term = term;
+    state.hard_state.repair = repair;
+    (
+        Raft::new(config(id), Rng::new(id), state).unwrap(),
+        VecSource(entries),
+    )
+}
+
+/// Runs `r` until idle, syncing every write at once; returns its messages.
+fn drain(r: &mut Raft, source: &VecSource) -> Vec<Message> {
+    let mut out = Vec::new();
+    while r.has_ready() {
+        let rd = r.ready(source);
+        out.extend(rd.messages);
+        if let Some(w) = rd.write {
+            r.on_persisted(w.seq);
+        }
+    }
+    out
+}
+
+/// Delivers messages between `a` (id 1) and `b` (id 2) until neither has any; messages to
+/// replica 3 are lost. `watch` sees every message delivered.
+fn exchange(
+    a: &mut Raft,
+    a_log: &VecSource,
+    b: &mut Raft,
+    b_log: &VecSource,
+    mut watch: impl FnMut(&Message, &Raft),
+) {
+    for _ in 0..100 {
+        let mut moved = false;
+        for m in drain(a, a_log) {
+            if m.to == 2 {
+                moved = true;
+                b.step(m.clone());
+                watch(&m, a);
+            }
+        }
+        for m in drain(b, b_log) {
+            if m.to == 1 {
+                moved = true;
+                a.step(m.clone());
+                watch(&m, a);
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+    panic!("the replicas never went quiet");
+}
+
+fn elect(r: &mut Raft, log: &VecSource) {
+    r.campaign(true);
+    drain(r, log);
+    let term = r.term();
+    r.step(msg(
+        3,
+        r.id(),
+        term,
+        MessageBody::VoteResponse { granted: true },
+    ));
+    // Its first appends are left for `exchange` to deliver.
+    assert!(r.is_leader());
+}
+
+#[test]
+fn a_repairing_replica_grants_no_vote_and_never_campaigns() {
+    let (mut r, log) = restored(2, &[1, 1], 1, Some(2));
+    assert!(r.is_repairing());
+    for pre in [true, false] {
+        let body = if pre {
+            MessageBody::PreVote {
+                last_index: 9,
+                last_term: 5,
+            }
+        } else {
+            MessageBody::Vote {
+                last_index: 9,
+                last_term: 5,
+                transfer: true,
+            }
+        };
+        r.step(msg(1, 2, 5, body));
+        let answers = drain(&mut r, &log);
+        assert!(
+            answers.iter().all(|m| matches!(
+                m.body,
+                MessageBody::PreVoteResponse { granted: false }
+                    | MessageBody::VoteResponse { granted: false }
+            )),
+            "a repairing replica granted: {answers:?}"
+        );
+        assert_eq!(r.vote(), None);
+    }
+    for _ in 0..100 {
+        r.tick();
+    }
+    r.campaign(true);
+    assert_eq!(r.role(), Role::Follower, "it campaigned");
+    assert!(drain(&mut r, &log).is_empty(), "it asked for votes");
+}
+
+#[test]
+fn a_group_of_one_has_nothing_to_repair_from() {
+    let mut state = RaftState::bootstrap(Membership::new([1]));
+    state.hard_state.repair = Some(4);
+    let mut r = Raft::new(config(1), Rng::new(1), state).unwrap();
+    assert!(!r.is_repairing());
+    // The cleared mode is stored with the next write.
+    r.campaign(true);
+    let rd = r.ready(&VecSource::default());
+    assert_eq!(rd.write.unwrap().hard_state.unwrap().repair, None);
+}
+
+/// Replica 2 acknowledged the leader's whole log, then lost its tail to damage (it restarts
+/// holding only the first two entries). The leader, which still counts its old match index,
+/// forgets it on the first rejection that says `lost_data`, repairs it, and replica 2 leaves
+/// repair mode only once it durably holds an entry of the leader's term that is committed.
+#[test]
+fn a_leader_forgets_what_a_damaged_follower_matched_and_repairs_it() {
+    let (mut leader, leader_log) = restored(1, &[1, 1, 1, 1], 1, None);
+    let (mut healthy, healthy_log) = restored(2, &[1, 1, 1, 1], 1, None);
+    elect(&mut leader, &leader_log);
+    exchange(
+        &mut leader,
+        &leader_log,
+        &mut healthy,
+        &healthy_log,
+        |_, _| {},
+    );
+    let matched = leader.progress(2).unwrap().match_index;
+    assert_eq!(
+        matched,
+        leader.last_index(),
+        "replica 2 acknowledged it all"
+    );
+    let term = leader.term();
+
+    // The damage: replica 2 comes back with two entries, in repair mode up to what it held.
+    let (mut damaged, damaged_log) = restored(2, &[1, 1], term, Some(matched));
+    leader.propose(bytes::Bytes::from_static(b"x"), 1).unwrap();
+    let mut forgot = false;
+    let mut repair_ended_at = None;
+    exchange(
+        &mut leader,
+        &leader_log,
+        &mut damaged,
+        &damaged_log,
+        |m, leader| {
+            if let MessageBody::AppendRejected { lost_data, .. } = m.body {
+                assert!(lost_data, "a repairing replica's rejection says so");
+                forgot |= leader.progress(2).unwrap().match_index == 0;
+            }
+        },
+    );
+    assert!(
+        forgot,
+        "the leader kept the match index of a follower that lost data"
+    );
+    // Heartbeats carry the commit index the follower still lacks.
+    for _ in 0..40 {
+        leader.tick();
+        exchange(
+            &mut leader,
+            &leader_log,
+            &mut damaged,
+            &damaged_log,
+            |_, _| {},
+        );
+        if !damaged.is_repairing() && repair_ended_at.is_none() {
+            repair_ended_at = Some(damaged.commit_index());
+        }
+    }
+    assert_eq!(damaged.last_index(), leader.last_index());
+    let ended = repair_ended_at.expect("the repair never ended");
+    assert_eq!(
+        damaged.log().term(ended),
+        Some(term),
+        "ended on an older term's entry"
+    );
+    assert!(
+        ended >= matched,
+        "ended below what it held before the damage"
+    );
+    assert_eq!(damaged.hard_state().repair, None);
+}
+
+/// A follower whose commit index already reaches old entries does not leave repair mode on
+/// them: only an entry of its leader's term, committed, shows it holds everything committed.
+#[test]
+fn old_committed_entries_do_not_end_a_repair() {
+    let (mut leader, leader_log) = restored(1, &[1, 1, 1], 1, None);
+    let (mut damaged, damaged_log) = restored(2, &[1, 1, 1], 1, Some(1));
+    elect(&mut leader, &leader_log);
+    // Only heartbeats, which cannot prove the leader's commit index is known.
+    let term = leader.term();
+    damaged.step(msg(1, 2, term, MessageBody::Heartbeat { commit: 3 }));
+    drain(&mut damaged, &damaged_log);
+    assert_eq!(damaged.commit_index(), 3);
+    assert!(damaged.is_repairing());
+}
