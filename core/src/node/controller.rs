@@ -259,7 +259,11 @@ impl Node {
                 }
                 Err(e) => {
                     tracing::error!("storing the metadata Raft state failed: {e}; reopening it");
-                    self.fail_metadata();
+                    fail_slot(&mut self.meta);
+                    // This was the store the failed slot would wait for (simulator seed 305 of
+                    // `--scenario cluster`: the metadata log stayed failed and the broker fenced).
+                    self.meta.settle_hard_state();
+                    self.maybe_reopen_metadata();
                 }
             },
             StorageDone::Swapped { .. } => {}

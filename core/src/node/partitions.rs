@@ -449,6 +449,13 @@ impl Node {
                     Err(e) => {
                         tracing::error!(%tp, "storing the Raft state failed: {e}; reopening the partition");
                         self.fail_partition(tp);
+                        // This was the store the failed slot would wait for: it is done.
+                        // Regression: simulator seed 305 of `--scenario cluster` (a write fault
+                        // in a hard-state store left the partition failed for good).
+                        if let Some(slot) = self.partitions.get_mut(tp) {
+                            slot.settle_hard_state();
+                        }
+                        self.maybe_reopen_partition(tp);
                     }
                 },
                 State::Opening | State::Offline => {}
@@ -852,6 +859,13 @@ impl<M> LogSlot<M> {
 
     pub(super) fn is_offline(&self) -> bool {
         matches!(self.state, State::Offline)
+    }
+
+    /// A failed slot's hard-state store finished (with the error that failed it).
+    pub(super) fn settle_hard_state(&mut self) {
+        if let State::Failed { owed, .. } = &mut self.state {
+            owed.hard_state = false;
+        }
     }
 
     /// Records a completion a failed slot was owed; `true` if the slot is failed.
