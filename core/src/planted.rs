@@ -64,10 +64,16 @@ pub enum Bug {
     /// appending after the epoch bump. Caught by the simulator's fencing checker
     /// (`checker::fencing`, zombie-write) against the pipelining producer's zombies.
     NoEpochFencing = 13,
+    /// A Raft replica whose recovery found damage to data it may have acknowledged starts as if
+    /// nothing happened (no repair mode): it votes and campaigns on a log that lost entries, so
+    /// with the leader's help (it still counts the lost acknowledgements) or one more failure a
+    /// committed entry is lost. Caught by the simulator's leader-completeness and lost-write
+    /// checkers in the cluster scenario, whose nemesis flips bits in replicas' log tails.
+    NoRepair = 14,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -81,6 +87,7 @@ impl Bug {
         Bug::VoteIgnoresLog,
         Bug::StaleGenerationCommit,
         Bug::NoEpochFencing,
+        Bug::NoRepair,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +105,7 @@ impl Bug {
             Bug::VoteIgnoresLog => "vote-ignores-log",
             Bug::StaleGenerationCommit => "stale-generation-commit",
             Bug::NoEpochFencing => "no-epoch-fencing",
+            Bug::NoRepair => "no-repair",
         }
     }
 

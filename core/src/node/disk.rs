@@ -344,6 +344,8 @@ fn open<S: Storage>(
             hard_state::store(&storage, &dir, hard_state)
         })
         .map_err(context)?;
+    // Raft counts the whole recovered log as persisted from the start.
+    store.sync_recovered().map_err(context)?;
     repairs.extend(store.repairs().iter().cloned());
     Ok((
         OpenedLog {

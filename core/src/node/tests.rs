@@ -3259,3 +3259,75 @@ fn a_huge_forwarded_alter_configs_does_not_starve_the_heartbeats() {
     assert_eq!(r.error, ErrorCode::None, "{r:?}");
     assert!(c.host(follower).ready);
 }
+
+/// After a process kill (not a power loss) the page cache still holds writes that were never
+/// synced, and recovery reads them like the rest. A Raft replica counts its recovered log as
+/// persisted from the start (it votes and acknowledges on it), so opening a log syncs what
+/// recovery read before the replica exists. An open that fails on an I/O error is retried.
+#[test]
+fn opening_a_log_makes_the_recovered_tail_durable_and_a_failed_open_is_retryable() {
+    use crate::log::LogConfig;
+    use crate::storage::{Storage, StorageFile};
+    use crate::testing::Faults;
+    let storage = MemStorage::new();
+    let dir = std::path::PathBuf::from("t-0");
+    let open = |disk: &mut Disk<MemStorage>, log: LogId| {
+        let (mut done, mut jobs) = (Vec::new(), Vec::new());
+        disk.execute(
+            StorageOp::Open {
+                log,
+                dir: dir.clone(),
+                config: LogConfig::default(),
+                cut: Vec::new(),
+                topic_id: None,
+            },
+            &mut done,
+            &mut jobs,
+        );
+        let job = jobs.pop().expect("an open job");
+        disk.finish(job.run(), &mut done, &mut jobs);
+        match done.pop() {
+            Some(StorageDone::Opened { result, .. }) => result.map(|o| o.log.log_end_offset()),
+            other => panic!("{other:?}"),
+        }
+    };
+    let mut disk = Disk::new(storage.clone());
+    assert_eq!(open(&mut disk, LogId(1)), Ok(0));
+    // A batch written by the killed process, never synced: it is in the page cache only.
+    let segment = dir.join(crate::log::log_file_name(0));
+    let bytes = crate::log::testkit::batch(3, 10, 1_000, None);
+    storage
+        .open(&segment, false)
+        .unwrap()
+        .append(&bytes)
+        .unwrap();
+    assert!(storage.unsynced_bytes() > 0);
+    // The next fsync fails: the open says it may be tried again.
+    storage.inject(Faults {
+        fail_next_sync: true,
+        ..Faults::default()
+    });
+    let mut disk = Disk::new(storage.clone());
+    let failed = open(&mut disk, LogId(2)).unwrap_err();
+    assert!(failed.retryable, "{failed}");
+    assert!(
+        failed.message.contains("t-0"),
+        "names the directory: {failed}"
+    );
+    // The failed fsync dropped the dirty pages (fsyncgate): reopened, the log is what the disk
+    // holds, and all of it is durable.
+    let mut disk = Disk::new(storage.clone());
+    assert_eq!(open(&mut disk, LogId(3)), Ok(0));
+    storage
+        .open(&segment, false)
+        .unwrap()
+        .append(&bytes)
+        .unwrap();
+    let mut disk = Disk::new(storage.clone());
+    assert_eq!(open(&mut disk, LogId(4)), Ok(3));
+    assert_eq!(
+        storage.unsynced_bytes(),
+        0,
+        "the recovered tail was not synced"
+    );
+}

@@ -318,7 +318,10 @@ impl Raft {
             outbox: Vec::new(),
             held: VecDeque::new(),
             messages_dropped: 0,
-            repair: hard_state.repair,
+            // Planted: the damage recovery found is ignored.
+            repair: hard_state
+                .repair
+                .filter(|_| !config.planted.is(Bug::NoRepair)),
             leader_commit_seen: 0,
             append_accepted: false,
             config,
