@@ -38,7 +38,7 @@ use crate::storage::{Storage, StorageFile};
 
 /// The format this Sluice writes. Bump it with every change on disk that an older Sluice would
 /// misread, and add a line to [`FORMAT_HISTORY`].
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format this Sluice opens as it is.
 pub const FORMAT_VERSION_READ_MIN: u32 = 2;
 /// The format of a directory with Sluice's data and no format file: it was written before the
@@ -57,6 +57,11 @@ pub const FORMAT_HISTORY: &[(u32, &str)] = &[
         3,
         "DeleteRecords: Raft's log-start entries (control type 102) and checkpoints that hold \
          the log start (SLC3)",
+    ),
+    (
+        4,
+        "protocol-aware recovery: the Raft hard state in two copies (raft-state, raft-state-2) \
+         with the repair bound (SLH2)",
     ),
 ];
 
@@ -435,8 +440,8 @@ mod tests {
             .contains("or run the older sluice"));
     }
 
-    /// Format 2 (before DeleteRecords) is read as it is; opening it stores format 3 first, so
-    /// that a format-2 Sluice refuses the directory once it may hold log-start entries.
+    /// Format 2 (before DeleteRecords) is read as it is; opening it stores the current format
+    /// first, so that a format-2 Sluice refuses the directory once it may hold log-start entries.
     #[test]
     fn a_format_2_directory_is_upgraded_durably_on_open() {
         let storage = MemStorage::new();
