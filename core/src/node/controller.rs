@@ -174,6 +174,15 @@ impl Node {
             StorageDone::Opened { result, .. } => {
                 let opened = match result {
                     Ok(opened) => opened,
+                    Err(e) if e.retryable => {
+                        // A failed fsync at start (or at a reopen) may pass: try again.
+                        let ticks = super::partitions::OPEN_RETRY_TICKS;
+                        tracing::error!(
+                            "opening the metadata log failed: {e}; trying again in {ticks} ticks"
+                        );
+                        self.meta.retry_open_later();
+                        return;
+                    }
                     Err(e) => return self.stop(format!("the metadata log cannot be opened: {e}")),
                 };
                 for repair in &opened.repairs {
@@ -796,6 +805,8 @@ impl Node {
         if let Some(h) = self.meta.hosted_mut() {
             h.machine.tick(now, &View { disk, log });
             self.after_metadata_input(disk);
+        } else if self.meta.tick_open_retry() {
+            self.maybe_reopen_metadata();
         }
         let tps: Vec<TopicPartition> = self.partitions.keys().cloned().collect();
         for tp in &tps {

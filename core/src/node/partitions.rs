@@ -110,7 +110,7 @@ struct Owed {
 
 /// Ticks between attempts to open a partition whose opening failed on an I/O error (a failed
 /// fsync may pass; a disk that keeps failing is tried again at this pace, not in a loop).
-const OPEN_RETRY_TICKS: u32 = 10;
+pub(super) const OPEN_RETRY_TICKS: u32 = 10;
 
 /// An open log's machine and the storage work in flight for it.
 pub(super) struct Hosted<M> {
@@ -356,13 +356,7 @@ impl Node {
                     Ok(opened) => opened,
                     Err(e) if e.retryable => {
                         tracing::error!(%tp, "opening the partition failed: {e}; trying again in {OPEN_RETRY_TICKS} ticks");
-                        slot.state = State::Failed {
-                            cut: Vec::new(),
-                            owed: Owed {
-                                retry_ticks: OPEN_RETRY_TICKS,
-                                ..Owed::default()
-                            },
-                        };
+                        slot.retry_open_later();
                         return;
                     }
                     Err(e) => {
@@ -509,14 +503,8 @@ impl Node {
         let Some(slot) = self.partitions.get_mut(tp) else {
             return;
         };
-        let State::Failed { owed, .. } = &mut slot.state else {
-            return;
-        };
-        if owed.retry_ticks > 0 {
-            owed.retry_ticks -= 1;
-            if owed.retry_ticks == 0 {
-                self.maybe_reopen_partition(tp);
-            }
+        if slot.tick_open_retry() {
+            self.maybe_reopen_partition(tp);
         }
     }
 
@@ -859,6 +847,30 @@ impl<M> LogSlot<M> {
 
     pub(super) fn is_offline(&self) -> bool {
         matches!(self.state, State::Offline)
+    }
+
+    /// Its opening failed on an I/O error that may pass: open it again in
+    /// [`OPEN_RETRY_TICKS`] ticks ([`LogSlot::tick_open_retry`]).
+    pub(super) fn retry_open_later(&mut self) {
+        self.state = State::Failed {
+            cut: Vec::new(),
+            owed: Owed {
+                retry_ticks: OPEN_RETRY_TICKS,
+                ..Owed::default()
+            },
+        };
+    }
+
+    /// A tick for a slot whose opening failed: whether it is time to open it again.
+    pub(super) fn tick_open_retry(&mut self) -> bool {
+        let State::Failed { owed, .. } = &mut self.state else {
+            return false;
+        };
+        if owed.retry_ticks == 0 {
+            return false;
+        }
+        owed.retry_ticks -= 1;
+        owed.retry_ticks == 0
     }
 
     /// A failed slot's hard-state store finished (with the error that failed it).
