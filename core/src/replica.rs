@@ -585,8 +585,10 @@ impl Replica {
         if let Some(write) = ready.write {
             self.written_seq = write.seq;
             if let Some(hs) = write.hard_state {
-                if (hs.term, hs.vote) != (self.stored_hard_state.term, self.stored_hard_state.vote)
-                {
+                // The repair mode is stored too: a replica that forgot its repair ended would
+                // refuse votes again after every restart (found by review).
+                let stored = &self.stored_hard_state;
+                if (hs.term, hs.vote, hs.repair) != (stored.term, stored.vote, stored.repair) {
                     self.hard_state = Some(hs);
                 } else {
                     // The commit index alone is an optimisation on disk; it rides along with

@@ -233,6 +233,25 @@ impl Nemesis {
                     }
                 };
                 let b = cluster.pick(rng);
+                // A whole batch of garbage at the end cannot be told from a flipped bit, so a
+                // replica treats it as damage and repairs (protocol-aware recovery): in a
+                // cluster it counts against the one damaged broker at a time.
+                let mut mode = mode;
+                let mut garbage_tear = false;
+                if let CrashMode::TearLastWrite {
+                    keep_bytes,
+                    garbage: true,
+                } = mode
+                {
+                    if cluster.brokers.len() > 1 && !self.may_damage(cluster, b, trace.now_ms()) {
+                        mode = CrashMode::TearLastWrite {
+                            keep_bytes,
+                            garbage: false,
+                        };
+                    } else {
+                        garbage_tear = cluster.brokers.len() > 1;
+                    }
+                }
                 if kind == "torn-write" {
                     // A tear needs a write in flight: wait (briefly) for one.
                     for _ in 0..500 {
@@ -243,8 +262,14 @@ impl Nemesis {
                     }
                 }
                 let unsynced = self.kill(cluster, b, mode, trace);
+                if garbage_tear {
+                    self.damaged = Some((b, u64::MAX));
+                }
                 tokio::time::sleep(Duration::from_millis(rng.between(50, 2_000))).await;
                 self.restart(cluster, b, trace);
+                if garbage_tear {
+                    self.damaged = Some((b, trace.now_ms()));
+                }
                 format!("broker {b}: {mode:?}, {unsynced} unsynced bytes")
             }
             "kill-leader" => {

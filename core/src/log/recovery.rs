@@ -199,6 +199,8 @@ pub struct Recovery {
     /// The log end before the damage, as far as the bytes tell for sure: past the base offset
     /// of a damaged batch whose header still reads, or of a removed segment with bytes.
     damaged_end: u64,
+    /// See [`Recovery::with_commit_floor`].
+    commit_floor: u64,
 }
 
 /// What recovery threw away although it may have been synced (see [`Recovery::damage`]).
@@ -291,6 +293,7 @@ impl Recovery {
             epoch_max: None,
             damage: None,
             damaged_end: 0,
+            commit_floor: 0,
         }
     }
 
@@ -323,6 +326,13 @@ impl Recovery {
     /// batch CRC; without this bound a flipped bit could raise it undetected.
     pub fn with_epoch_max(mut self, max: i32) -> Recovery {
         self.epoch_max = Some(max);
+        self
+    }
+
+    /// Offsets below `offset` are known committed (a Raft replica's stored commit index): a
+    /// cut below it is damage even where it looks like a torn tail.
+    pub fn with_commit_floor(mut self, offset: u64) -> Recovery {
+        self.commit_floor = offset;
         self
     }
 
@@ -460,6 +470,10 @@ impl Recovery {
     /// Feeds the bytes of the last `ReadSegment`.
     pub fn feed_segment(&mut self, bytes: &[u8]) {
         let interval = self.config.index_interval_bytes;
+        // No batch longer than this was ever appended: a length field claiming more is a
+        // flipped bit, not the start of a torn write (the length is outside the CRC).
+        let batch_bytes_max =
+            self.config.message_bytes_max as usize + crate::limits::BATCH_LOG_OVERHEAD_BYTES;
         let scan = self
             .scanning
             .as_mut()
@@ -502,7 +516,7 @@ impl Recovery {
                 let position = scan.segment.size_bytes;
                 if position + total as u64 > scan.file_len {
                     bad = true; // Torn: the batch runs past the end of the file.
-                    cut_by_end = true;
+                    cut_by_end = total <= batch_bytes_max;
                 } else {
                     scan.want = total as u32; // Read the whole batch next time.
                 }
@@ -587,7 +601,9 @@ impl Recovery {
             self.repairs
                 .push(LogOp::TruncateSegment { segment: base, len });
             self.stopped = true;
-            if !(cut_by_end && self.pending.is_empty()) {
+            // A cut below the stored commit index loses committed, hence synced, data: never
+            // a torn tail, whatever it looks like.
+            if !(cut_by_end && self.pending.is_empty()) || first_lost < self.commit_floor {
                 self.note_damage(first_lost, bad_end);
             }
         }

@@ -664,6 +664,7 @@ fn recovery_bounded_by_the_stored_term_cuts_a_raised_epoch() {
         r.dir.clone(),
         r.config.clone(),
         Some(2),
+        0,
         |_| Ok(()),
     )
     .unwrap();

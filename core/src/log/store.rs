@@ -135,7 +135,7 @@ impl<S: Storage> LogStore<S> {
         dir: PathBuf,
         config: LogConfig,
     ) -> io::Result<(PartitionLog, LogStore<S>)> {
-        LogStore::open_bounded(storage, dir, config, None, |_| Ok(()))
+        LogStore::open_bounded(storage, dir, config, None, 0, |_| Ok(()))
     }
 
     /// [`LogStore::open`] for a Raft replica: a batch whose leader epoch is above `epoch_max`
@@ -147,6 +147,7 @@ impl<S: Storage> LogStore<S> {
         dir: PathBuf,
         config: LogConfig,
         epoch_max: Option<i32>,
+        commit_floor: u64,
         on_damage: impl FnOnce(super::Damage) -> io::Result<()>,
     ) -> io::Result<(PartitionLog, LogStore<S>)> {
         storage.create_dir_all(&dir)?;
@@ -175,6 +176,7 @@ impl<S: Storage> LogStore<S> {
         if let Some(max) = epoch_max {
             recovery = recovery.with_epoch_max(max);
         }
+        recovery = recovery.with_commit_floor(commit_floor);
         while let Some(io) = recovery.next_io() {
             match io {
                 RecoveryIo::ReadIndexes { segment } => {

@@ -668,6 +668,7 @@ fn recovery_tells_a_torn_tail_from_damage_to_synced_data() {
             h.dir.clone(),
             h.config.clone(),
             None,
+            0,
             |damage| {
                 seen = Some(damage);
                 Ok(())

@@ -324,26 +324,45 @@ fn open<S: Storage>(
     if let Some(id) = topic_id {
         repairs.extend(claim_dir(&storage, &dir, id).map_err(context)?);
     }
+    let mut hard_state = hard_state::load(&storage, &dir).map_err(context)?;
+    let epoch_max = (hard_state != HardState::default())
+        .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
+    // Damage recovery finds puts the replica in repair mode (see `raft`'s "Repair"): stored
+    // before any cut, so a crash after the cut cannot forget it. Raft index = offset + 1: the
+    // replica held entries up to index `damage.end` at least.
+    // Offsets below the stored commit index were committed (Raft index c covers offsets < c).
+    let commit_floor = hard_state.commit;
+    let mark_repair = |hard_state: &mut HardState, damage: crate::log::Damage| {
+        let end = hard_state.repair.unwrap_or(0).max(damage.end);
+        hard_state.repair = Some(end);
+        hard_state::store(&storage, &dir, *hard_state)
+    };
     if !cut.is_empty() {
-        let (_, mut old) =
-            LogStore::open(storage.clone(), dir.clone(), config.clone()).map_err(context)?;
+        // The failure cut runs over a recovered log, whose recovery may find damage too (found
+        // by review: damage cut here, before the main recovery, escaped repair mode).
+        let (_, mut old) = LogStore::open_bounded(
+            storage.clone(),
+            dir.clone(),
+            config.clone(),
+            epoch_max,
+            commit_floor,
+            |damage| mark_repair(&mut hard_state, damage),
+        )
+        .map_err(context)?;
         for op in cut {
             old.apply(op).map_err(context)?;
         }
         storage.sync_dir(&dir).map_err(context)?;
     }
-    let mut hard_state = hard_state::load(&storage, &dir).map_err(context)?;
-    let epoch_max = (hard_state != HardState::default())
-        .then(|| i32::try_from(hard_state.term).unwrap_or(i32::MAX));
-    let (log, store) =
-        LogStore::open_bounded(storage.clone(), dir.clone(), config, epoch_max, |damage| {
-            // Raft index = offset + 1: the replica held entries up to index `damage.end` at
-            // least. Stored before the cut, so a crash after it cannot forget the repair.
-            let end = hard_state.repair.unwrap_or(0).max(damage.end);
-            hard_state.repair = Some(end);
-            hard_state::store(&storage, &dir, hard_state)
-        })
-        .map_err(context)?;
+    let (log, store) = LogStore::open_bounded(
+        storage.clone(),
+        dir.clone(),
+        config,
+        epoch_max,
+        commit_floor,
+        |damage| mark_repair(&mut hard_state, damage),
+    )
+    .map_err(context)?;
     // Raft counts the whole recovered log as persisted from the start.
     store.sync_recovered().map_err(context)?;
     repairs.extend(store.repairs().iter().cloned());

@@ -65,7 +65,19 @@ pub fn load<S: Storage>(storage: &S, dir: &Path) -> io::Result<HardState> {
             _ => None,
         })
         .collect();
-    let Some(newest) = good.first().copied() else {
+    // The newest copy: terms only grow, a vote only appears within a term, and the commit
+    // index only grows. (The first copy is written first, but a lost write could leave it
+    // older than the second.) A repair mode either copy holds is kept: ending one early is
+    // unsafe, repeating one only costs a catch-up.
+    let newest = good
+        .iter()
+        .copied()
+        .max_by_key(|hs| (hs.term, hs.vote.is_some(), hs.commit))
+        .map(|hs| HardState {
+            repair: good.iter().filter_map(|g| g.repair).max(),
+            ..hs
+        });
+    let Some(newest) = newest else {
         if copies.iter().all(|c| *c == Copy::Missing) {
             return Ok(HardState::default());
         }
