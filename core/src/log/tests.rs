@@ -688,3 +688,46 @@ fn recovery_tells_a_torn_tail_from_damage_to_synced_data() {
         }
     }
 }
+
+/// Review finding: a flipped bit in the length field of a synced batch of the newest segment
+/// makes the batch seem to run past the end of the file, which `feed_segment` classifies as a
+/// torn tail (`cut_by_end`): that batch and every later synced batch are cut, and
+/// `Recovery::damage` reports nothing, so a Raft replica starts without repair mode on a log
+/// that lost acknowledged entries.
+#[test]
+fn review_a_flipped_bit_in_a_batch_length_is_damage_not_a_torn_tail() {
+    let mut h = Harness::new(small_config());
+    for _ in 0..4 {
+        h.append(2, 40, None);
+    }
+    h.sync();
+    let end_before = h.log.log_end_offset();
+    let active = h.log.segments().last().unwrap().base_offset;
+    let path = h.dir.join(log_file_name(active));
+    // Byte 9 of the segment's first batch: bits 16..23 of its big-endian batch length (the
+    // batch is far smaller, so the bit was 0 and the length grows by 2^20).
+    assert!(h.storage.flip_bit(&path, 9 * 8 + 4));
+    let mut seen = None;
+    let (log, _) = LogStore::open_bounded(
+        h.storage.clone(),
+        h.dir.clone(),
+        h.config.clone(),
+        None,
+        0,
+        |damage| {
+            seen = Some(damage);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert!(
+        log.log_end_offset() < end_before,
+        "synced batches were cut: {} < {end_before}",
+        log.log_end_offset()
+    );
+    assert!(
+        seen.is_some(),
+        "synced batches {}..{end_before} were cut as a torn tail, without damage",
+        log.log_end_offset()
+    );
+}

@@ -271,4 +271,39 @@ mod tests {
         f.append(&v1).unwrap();
         assert_eq!(load(&storage, dir).unwrap(), hs);
     }
+
+    /// Review finding: "the first good copy is the newest" assumes every acknowledged fsync
+    /// kept its write. A lost write (the threat model of docs/architecture.md, "Protocol-aware
+    /// recovery") of the first copy leaves it older than the second; `load` then returns the
+    /// older state (here: the vote of term 8 forgotten) and overwrites the newer second copy
+    /// with it. Hard state only moves forward (term, then a vote within a term), so the newer
+    /// of two good copies can be told by its contents.
+    #[test]
+    fn review_a_lost_write_of_the_first_copy_does_not_roll_the_state_back() {
+        let storage = MemStorage::new();
+        let dir = Path::new("p");
+        storage.create_dir_all(dir).unwrap();
+        store(&storage, dir, state()).unwrap();
+        let newer = HardState {
+            term: 8,
+            vote: Some(3),
+            ..state()
+        };
+        store(&storage, dir, newer).unwrap();
+        // The disk lost the first copy's write: it still holds the older state.
+        let (name, tmp) = COPIES[0];
+        crate::storage::replace_durably(
+            &storage,
+            &dir.join(tmp),
+            &dir.join(name),
+            &encode(state()),
+        )
+        .unwrap();
+        storage.crash(CrashMode::Clean);
+        assert_eq!(
+            load(&storage, dir).unwrap(),
+            newer,
+            "the vote of term 8 was forgotten (and the second copy overwritten)"
+        );
+    }
 }

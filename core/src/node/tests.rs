@@ -3331,3 +3331,75 @@ fn opening_a_log_makes_the_recovered_tail_durable_and_a_failed_open_is_retryable
         "the recovered tail was not synced"
     );
 }
+
+/// Review finding: `disk::open` carries out a failed predecessor's cut through `LogStore::open`,
+/// whose recovery applies its own repairs with a no-op `on_damage`: damage it finds in the
+/// synced tail is cut before `hard_state::load` and `open_bounded` run, so the reopened replica
+/// is not in repair mode although it lost synced (maybe acknowledged) batches. A failing disk
+/// gives exactly this pair: a write or fsync error (the failure cut) and damaged data.
+#[test]
+fn review_damage_found_while_carrying_out_a_failure_cut_puts_the_replica_in_repair_mode() {
+    use crate::log::{LogConfig, LogOp};
+    use crate::storage::{Storage, StorageFile};
+    let dir = std::path::PathBuf::from("t-0");
+    let open = |storage: &MemStorage, log: LogId, cut: Vec<LogOp>| {
+        let mut disk = Disk::new(storage.clone());
+        let (mut done, mut jobs) = (Vec::new(), Vec::new());
+        disk.execute(
+            StorageOp::Open {
+                log,
+                dir: dir.clone(),
+                config: LogConfig::default(),
+                cut,
+                topic_id: None,
+            },
+            &mut done,
+            &mut jobs,
+        );
+        let job = jobs.pop().expect("an open job");
+        disk.finish(job.run(), &mut done, &mut jobs);
+        match done.pop() {
+            Some(StorageDone::Opened { result, .. }) => {
+                let opened = result.expect("opened");
+                (opened.log.log_end_offset(), opened.hard_state.repair)
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    // Three synced batches (offsets 0..9), a bit flipped inside the second one.
+    let damaged_disk = || {
+        let storage = MemStorage::new();
+        assert_eq!(open(&storage, LogId(1), Vec::new()), (0, None));
+        let segment = dir.join(crate::log::log_file_name(0));
+        let file = storage.open(&segment, false).unwrap();
+        let mut second_end = 0;
+        for base in [0i64, 3, 6] {
+            let mut bytes = crate::log::testkit::batch(3, 10, 1_000, None);
+            crate::batch::set_base_offset(&mut bytes, base);
+            file.append(&bytes).unwrap();
+            if base == 3 {
+                second_end = file.len().unwrap();
+            }
+        }
+        file.sync().unwrap();
+        assert!(storage.flip_bit(&segment, (second_end - 2) * 8));
+        (storage, file.len().unwrap())
+    };
+    // Control: a plain open finds the damage and stores the repair bound.
+    let (storage, _) = damaged_disk();
+    let (end, repair) = open(&storage, LogId(2), Vec::new());
+    assert_eq!(end, 3);
+    assert!(
+        repair.is_some(),
+        "a plain open puts the replica in repair mode"
+    );
+    // The same disk reopened after a storage failure, with its (here harmless) failure cut.
+    let (storage, len) = damaged_disk();
+    let cut = vec![LogOp::TruncateSegment { segment: 0, len }];
+    let (end, repair) = open(&storage, LogId(2), cut);
+    assert_eq!(end, 3, "the damaged batch and the one after it are gone");
+    assert!(
+        repair.is_some(),
+        "synced batches 3..9 were cut by the failure cut's recovery, without repair mode"
+    );
+}

@@ -1019,3 +1019,34 @@ fn a_version_two_checkpoint_decodes_with_log_start_zero() {
     };
     assert_eq!(Checkpoint::decode(&with_start.encode()), Some(with_start));
 }
+
+/// Review finding: when a replica's repair ends, Raft hands out a hard state with
+/// `repair: None`, but `Replica::execute` stores a hard state only when the term or the vote
+/// changed (the commit index "rides along"), so the end of the repair is never stored: after
+/// any later restart the replica is in repair mode again, and with a second replica that
+/// really lost data the group can have a majority that refuses every vote.
+#[test]
+fn review_the_end_of_a_repair_is_stored() {
+    let mut g = Group::new();
+    let leader = g.elect();
+    for i in 0..5 {
+        g.produce(leader, batch(2, 10, i, None)).unwrap();
+    }
+    g.tick(2);
+    let f = (leader + 1) % 3;
+    g.crash(f);
+    // What `node::disk::open` stores when recovery finds damage.
+    g.stored_hard_states[f].repair = Some(1);
+    g.restart(f);
+    assert!(g.nodes[f].as_ref().unwrap().replica.raft().is_repairing());
+    g.produce(leader, batch(1, 10, 100, None)).unwrap();
+    g.tick(10);
+    assert!(
+        !g.nodes[f].as_ref().unwrap().replica.raft().is_repairing(),
+        "the repair never ended"
+    );
+    assert_eq!(
+        g.stored_hard_states[f].repair, None,
+        "the repair ended in memory but its end was never stored"
+    );
+}
