@@ -6,9 +6,9 @@
 //! the vote or the repair mode changes, which is rare.
 //!
 //! Two copies because a replica that forgot its vote could vote twice in one term: a flipped
-//! bit in one copy is repaired from the other when the replica opens. Since the first copy is
-//! always written first, it is the newer one whenever both are readable; a crash between the two
-//! writes leaves the second one behind, never ahead. Both damaged is the one case the replica
+//! bit in one copy is repaired from the other when the replica opens. A load takes the newer
+//! good copy by term, vote and commit (all only grow), so neither a crash between the two writes
+//! nor a lost write of one copy rolls the state back. Both damaged is the one case the replica
 //! cannot restart from, and it says so.
 
 use std::io;
