@@ -673,14 +673,7 @@ fn flip_in_tail(storage: &MemStorage, rng: &mut Rng) -> Option<String> {
             }
         }
     }
-    if candidates.is_empty() {
-        return None;
-    }
-    let path = rng.pick(&candidates).clone();
-    let bit = rng.below(storage.durable_len(&path) * 8);
-    storage
-        .flip_bit(&path, bit)
-        .then(|| format!("flipped bit {bit} of {}", path.display()))
+    flip_synced_bit(storage, &candidates, rng)
 }
 
 /// Flips a bit in one of the two copies of a replica's Raft hard state.
@@ -694,13 +687,19 @@ fn flip_in_hard_state(storage: &MemStorage, rng: &mut Rng) -> Option<String> {
                 && storage.durable_len(p) > 0
         })
         .collect();
-    if copies.is_empty() {
+    flip_synced_bit(storage, &copies, rng)
+}
+
+/// Flips one bit in the synced part of one of `files` (which hold synced bytes), or `None` if
+/// there is none.
+fn flip_synced_bit(storage: &MemStorage, files: &[PathBuf], rng: &mut Rng) -> Option<String> {
+    if files.is_empty() {
         return None;
     }
-    let path = rng.pick(&copies).clone();
-    let bit = rng.below(storage.durable_len(&path) * 8);
+    let path = rng.pick(files);
+    let bit = rng.below(storage.durable_len(path) * 8);
     storage
-        .flip_bit(&path, bit)
+        .flip_bit(path, bit)
         .then(|| format!("flipped bit {bit} of {}", path.display()))
 }
 

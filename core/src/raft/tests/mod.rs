@@ -29,6 +29,19 @@ impl EntrySource for VecSource {
     }
 }
 
+/// Drains `r`, syncing every write at once; returns all messages.
+pub(super) fn drain_synced(r: &mut Raft, source: &VecSource) -> Vec<Message> {
+    let mut out = Vec::new();
+    while r.has_ready() {
+        let rd = r.ready(source);
+        out.extend(rd.messages);
+        if let Some(w) = rd.write {
+            r.on_persisted(w.seq);
+        }
+    }
+    out
+}
+
 pub(super) fn config(id: NodeId) -> RaftConfig {
     RaftConfig {
         election_ticks: 10,

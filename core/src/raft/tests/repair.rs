@@ -5,7 +5,7 @@
 use crate::raft::*;
 use crate::rng::Rng;
 
-use super::{config, entry, msg, VecSource};
+use super::{config, drain_synced, entry, msg, VecSource};
 
 /// A replica of group {1, 2, 3} whose durable log holds entries of these terms (one index
 /// each), at `term`, repairing up to `repair` if set.
@@ -27,19 +27,6 @@ fn restored(id: NodeId, terms: &[u64], term: u64, repair: Option<u64>) -> (Raft,
     )
 }
 
-/// Runs `r` until idle, syncing every write at once; returns its messages.
-fn drain(r: &mut Raft, source: &VecSource) -> Vec<Message> {
-    let mut out = Vec::new();
-    while r.has_ready() {
-        let rd = r.ready(source);
-        out.extend(rd.messages);
-        if let Some(w) = rd.write {
-            r.on_persisted(w.seq);
-        }
-    }
-    out
-}
-
 /// Delivers messages between `a` (id 1) and `b` (id 2) until neither has any; messages to
 /// replica 3 are lost. `watch` sees every message delivered.
 fn exchange(
@@ -51,14 +38,14 @@ fn exchange(
 ) {
     for _ in 0..100 {
         let mut moved = false;
-        for m in drain(a, a_log) {
+        for m in drain_synced(a, a_log) {
             if m.to == 2 {
                 moved = true;
                 b.step(m.clone());
                 watch(&m, a);
             }
         }
-        for m in drain(b, b_log) {
+        for m in drain_synced(b, b_log) {
             if m.to == 1 {
                 moved = true;
                 a.step(m.clone());
@@ -74,7 +61,7 @@ fn exchange(
 
 fn elect(r: &mut Raft, log: &VecSource) {
     r.campaign(true);
-    drain(r, log);
+    drain_synced(r, log);
     let term = r.term();
     r.step(msg(
         3,
@@ -104,7 +91,7 @@ fn a_repairing_replica_grants_no_vote_and_never_campaigns() {
             }
         };
         r.step(msg(1, 2, 5, body));
-        let answers = drain(&mut r, &log);
+        let answers = drain_synced(&mut r, &log);
         assert!(
             answers.iter().all(|m| matches!(
                 m.body,
@@ -120,7 +107,7 @@ fn a_repairing_replica_grants_no_vote_and_never_campaigns() {
     }
     r.campaign(true);
     assert_eq!(r.role(), Role::Follower, "it campaigned");
-    assert!(drain(&mut r, &log).is_empty(), "it asked for votes");
+    assert!(drain_synced(&mut r, &log).is_empty(), "it asked for votes");
 }
 
 #[test]
@@ -218,7 +205,7 @@ fn old_committed_entries_do_not_end_a_repair() {
     // Only heartbeats, which cannot prove the leader's commit index is known.
     let term = leader.term();
     damaged.step(msg(1, 2, term, MessageBody::Heartbeat { commit: 3 }));
-    drain(&mut damaged, &damaged_log);
+    drain_synced(&mut damaged, &damaged_log);
     assert_eq!(damaged.commit_index(), 3);
     assert!(damaged.is_repairing());
 }
@@ -240,9 +227,9 @@ fn review_a_stale_append_delivered_after_the_restart_does_not_end_the_repair() {
     elect(&mut leader, &leader_log); // term 2, its no-op at index 7
     let term = leader.term();
     // The first appends are lost.
-    drain(&mut leader, &leader_log);
+    drain_synced(&mut leader, &leader_log);
     leader.propose(bytes::Bytes::from_static(b"x"), 1).unwrap(); // index 8
-    drain(&mut leader, &leader_log);
+    drain_synced(&mut leader, &leader_log);
     // Replica 3 acknowledges 7..=8: committed with the leader.
     leader.step(msg(
         3,
@@ -250,7 +237,7 @@ fn review_a_stale_append_delivered_after_the_restart_does_not_end_the_repair() {
         term,
         MessageBody::AppendAccepted { match_index: 8 },
     ));
-    drain(&mut leader, &leader_log);
+    drain_synced(&mut leader, &leader_log);
     assert_eq!(leader.commit_index(), 8);
     // The leader probes replica 2 again from 7, with commit 8: keep a copy of that append.
     let mut stale: Option<Message> = None;
@@ -300,7 +287,7 @@ fn review_a_stale_append_delivered_after_the_restart_does_not_end_the_repair() {
     let (mut damaged, damaged_log) = restored(2, &six, term, Some(7));
     // The stale copy of the probe arrives after the restart.
     damaged.step(stale);
-    drain(&mut damaged, &damaged_log);
+    drain_synced(&mut damaged, &damaged_log);
     let ended_early = !damaged.is_repairing();
     // The leader never heard `lost_data`: it still counts replica 2 at 10.
     assert_eq!(leader.progress(2).unwrap().match_index, 10);
@@ -310,17 +297,17 @@ fn review_a_stale_append_delivered_after_the_restart_does_not_end_the_repair() {
     terms3.extend([term, term]);
     let (mut three, three_log) = restored(3, &terms3, term, None);
     three.campaign(true);
-    for m in drain(&mut three, &three_log) {
+    for m in drain_synced(&mut three, &three_log) {
         if m.to == 2 {
             damaged.step(m);
         }
     }
-    for m in drain(&mut damaged, &damaged_log) {
+    for m in drain_synced(&mut damaged, &damaged_log) {
         if m.to == 3 {
             three.step(m);
         }
     }
-    drain(&mut three, &three_log);
+    drain_synced(&mut three, &three_log);
     assert!(
         !three.is_leader(),
         "replica 3 won term {} with replica 2's vote (repair ended by the stale append: \

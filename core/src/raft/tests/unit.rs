@@ -6,7 +6,7 @@ use crate::limits::RAFT_ENTRY_SPAN_MAX;
 use crate::raft::*;
 use crate::rng::Rng;
 
-use super::{config, entry, msg, ranged, VecSource};
+use super::{config, drain_synced, entry, msg, ranged, VecSource};
 
 fn replica(id: NodeId, voters: &[NodeId]) -> Raft {
     let state = RaftState::bootstrap(Membership::new(voters.iter().copied()));
@@ -87,19 +87,6 @@ fn written_bounds(writes: &[Write]) -> Vec<(u64, u64, u64)> {
 /// `ready` with nothing cached needed.
 fn ready(r: &mut Raft) -> Ready {
     r.ready(&VecSource::default())
-}
-
-/// Drains `r`, syncing every write at once; returns all messages.
-fn drain_synced(r: &mut Raft, source: &VecSource) -> Vec<Message> {
-    let mut out = Vec::new();
-    while r.has_ready() {
-        let rd = r.ready(source);
-        out.extend(rd.messages);
-        if let Some(w) = rd.write {
-            r.on_persisted(w.seq);
-        }
-    }
-    out
 }
 
 /// Makes `r` (of a 3-voter group 1,2,3) the leader of its next term.
