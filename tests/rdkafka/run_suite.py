@@ -276,8 +276,13 @@ def main() -> int:
     for death in node_deaths:
         print(f"a sluice node died: {death}")
     if broken or node_deaths:
-        print(f"FAILED: {len(broken)} must-pass test(s) did not pass"
-              + (f", {len(node_deaths)} node death(s)" if node_deaths else ""))
+        verdict = (f"FAILED: {len(broken)} must-pass test(s) did not pass"
+                   + (f" ({', '.join(f'{n} {results[n][0]}: {results[n][1]}' for n in broken)})"
+                      if broken else "")
+                   + (f", {len(node_deaths)} node death(s)" if node_deaths else ""))
+        print(verdict)
+        # One line for scripts/test's summary, which is all a CI log may keep of this step.
+        (args.out_dir / "verdict.txt").write_text(verdict + "\n")
         return 1
     print(f"all {sum(1 for n in must_pass if n in results)} must-pass tests that ran passed")
     return 0
