@@ -128,6 +128,7 @@ fn step_cost(c: &mut Criterion) {
                         payload: payload.clone(),
                     }],
                     commit: index - 1,
+                    repair_seen: 0,
                 },
             });
             assert_eq!(drain(&mut f), 1);
@@ -160,7 +161,10 @@ fn step_cost(c: &mut Criterion) {
                     from: 2,
                     to: 1,
                     term,
-                    body: MessageBody::AppendAccepted { match_index: index },
+                    body: MessageBody::AppendAccepted {
+                        match_index: index,
+                        repair_seen: 0,
+                    },
                 };
                 let start = Instant::now();
                 l.step(ack);

@@ -1720,28 +1720,40 @@ fn arb_body() -> impl Strategy<Value = MessageBody> {
             0u64..40,
             0u64..6,
             proptest::collection::vec(arb_entry(), 0..3),
-            0u64..50
+            0u64..50,
+            0u64..4
         )
-            .prop_map(
-                |(prev_index, prev_term, entries, commit)| MessageBody::Append {
+            .prop_map(|(prev_index, prev_term, entries, commit, repair_seen)| {
+                MessageBody::Append {
                     prev_index,
                     prev_term,
                     entries,
                     commit,
+                    repair_seen,
+                }
+            }),
+        (0u64..60).prop_map(|match_index| MessageBody::AppendAccepted {
+            match_index,
+            repair_seen: 0
+        }),
+        (
+            0u64..40,
+            0u64..40,
+            0u64..6,
+            any::<bool>(),
+            proptest::option::of(1u64..4)
+        )
+            .prop_map(
+                |(prev_index, hint_index, hint_term, hint_is_end, lost_data)| {
+                    MessageBody::AppendRejected {
+                        prev_index,
+                        hint_index,
+                        hint_term,
+                        hint_is_end,
+                        lost_data,
+                    }
                 }
             ),
-        (0u64..60).prop_map(|match_index| MessageBody::AppendAccepted { match_index }),
-        (0u64..40, 0u64..40, 0u64..6, any::<bool>(), any::<bool>()).prop_map(
-            |(prev_index, hint_index, hint_term, hint_is_end, lost_data)| {
-                MessageBody::AppendRejected {
-                    prev_index,
-                    hint_index,
-                    hint_term,
-                    hint_is_end,
-                    lost_data,
-                }
-            }
-        ),
         (0u64..60).prop_map(|commit| MessageBody::Heartbeat { commit }),
         Just(MessageBody::HeartbeatResponse),
         Just(MessageBody::TimeoutNow),
@@ -2039,6 +2051,7 @@ fn forged_append(
             prev_term: last_term,
             entries: vec![entry],
             commit: 0,
+            repair_seen: 0,
         },
     };
     Some((from, PeerMessage::Raft { group, msg }))

@@ -6,6 +6,7 @@
 //! the election jitter drawn from the injected [`Rng`].
 
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 
 use bytes::Bytes;
 
@@ -205,13 +206,27 @@ struct Transfer {
 /// data that may have been synced (a flipped bit, a write the disk lost) breaks that, and with
 /// one more failure a committed entry could be lost: its shortened log makes it vote for a
 /// candidate without the entry. So it starts in repair mode ([`HardState::repair`]): it grants
-/// no vote and never campaigns; every rejection it sends says `lost_data`, and a leader that
-/// reads it forgets the follower's match index (which may count entries it no longer holds).
-/// The repair ends when the replica durably holds its leader's log up to the leader's commit
-/// index, that index is an entry of the leader's term, and it reaches the index the replica held
-/// before the damage (when recovery could tell). The other replicas stay a majority while one
+/// no vote and never campaigns; every rejection it sends says `lost_data` with the repair's id,
+/// and a leader that reads it forgets the follower's match index (which may count entries it no
+/// longer holds) and echoes the id in its appends from then on. The repair ends when the replica
+/// durably holds its leader's log up to the commit index of an append that echoed the id, that
+/// index is an entry of the leader's term, and it reaches the index the replica held before the
+/// damage (when recovery could tell). An append without the echo (sent before the leader forgot
+/// the match, and delivered late) does not count. The other replicas stay a majority while one
 /// repairs; if every replica of a group lost data at once, nothing can be repaired from peers
 /// and the group stays without a leader (docs/architecture.md, "Protocol-aware recovery").
+/// A repair in progress (see "Repair" in [`Raft`]).
+#[derive(Clone, Copy, Debug)]
+struct Repair {
+    /// The replica lacks entries up to this index at most (0: unknown).
+    end: u64,
+    /// Drawn when the replica opens: its `lost_data` rejections carry it, and only an append
+    /// that echoes it (`repair_seen`) counts toward the end of the repair. An append the leader
+    /// sent before it forgot this replica's match (delayed, reordered or queued across the
+    /// restart) echoes something else.
+    id: NonZeroU64,
+}
+
 #[derive(Debug)]
 pub struct Raft {
     config: RaftConfig,
@@ -256,17 +271,18 @@ pub struct Raft {
     held: VecDeque<(u64, Message)>,
     /// Messages dropped because a queue was full (a host that does not drain `ready`).
     messages_dropped: u64,
-    /// Repair mode (see the type's docs): `Some(end)` while this replica may lack entries it
-    /// acknowledged, up to index `end` at most (0: unknown).
-    repair: Option<u64>,
+    /// Repair mode (see the type's docs): set while this replica may lack entries it
+    /// acknowledged.
+    repair: Option<Repair>,
     /// Follower: the largest commit index a leader of this term has sent in an append this
-    /// replica accepted (not capped by what it holds, unlike `commit_hint`). A repair ends only
-    /// once the commit index here has caught up with it. Only an accepted append counts: a
-    /// leader sends appends from after its match index, so one this replica accepts shows the
-    /// leader no longer counts acknowledgements the replica lost, and its commit index covers
-    /// every entry that counted them.
+    /// replica accepted (not capped by what it holds, unlike `commit_hint`), counting, while
+    /// repairing, only appends that echo `repair_id`. A repair ends only once the commit index
+    /// here has caught up with it. Such an append was sent after the leader forgot this
+    /// replica's match, so the leader no longer counts acknowledgements the replica lost, and
+    /// its commit index covers every entry that counted them.
     leader_commit_seen: u64,
-    /// Follower: it accepted an append from the leader of this term.
+    /// Follower: it accepted an append from the leader of this term (while repairing: one that
+    /// echoes `repair_id`).
     append_accepted: bool,
 }
 
@@ -294,6 +310,15 @@ impl Raft {
             .commit
             .max(applied)
             .clamp(snapshot_index, log.last_index());
+        let mut rng = rng;
+        let repair = hard_state
+            .repair
+            // Planted: the damage recovery found is ignored.
+            .filter(|_| !config.planted.is(Bug::NoRepair))
+            .map(|end| Repair {
+                end,
+                id: NonZeroU64::new(rng.next_u64()).unwrap_or(NonZeroU64::MIN),
+            });
         let mut raft = Raft {
             rng,
             role: Role::Follower,
@@ -318,10 +343,7 @@ impl Raft {
             outbox: Vec::new(),
             held: VecDeque::new(),
             messages_dropped: 0,
-            // Planted: the damage recovery found is ignored.
-            repair: hard_state
-                .repair
-                .filter(|_| !config.planted.is(Bug::NoRepair)),
+            repair,
             leader_commit_seen: 0,
             append_accepted: false,
             config,
@@ -405,7 +427,7 @@ impl Raft {
             term: self.term,
             vote: self.vote,
             commit: self.commit,
-            repair: self.repair,
+            repair: self.repair.map(|r| r.end),
         }
     }
 
@@ -1061,10 +1083,12 @@ impl Raft {
                 prev_term,
                 entries,
                 commit,
+                repair_seen,
             } => {
                 if self.role != Role::Leader {
                     self.follow(from);
-                    self.handle_append(from, term, prev_index, prev_term, entries, commit);
+                    let append = (prev_index, prev_term, entries, commit, repair_seen);
+                    self.handle_append(from, term, append);
                 }
             }
             Heartbeat { commit } => {
@@ -1082,16 +1106,19 @@ impl Raft {
                             hint_index: self.log.last_index(),
                             hint_term: self.log.last_term(),
                             hint_is_end: true,
-                            lost_data: true,
+                            lost_data: self.repair.map(|r| r.id.get()),
                         };
                         self.send_now(from, self.term, body);
                     }
                 }
             }
-            InstallSnapshot { snapshot } => {
+            InstallSnapshot {
+                snapshot,
+                repair_seen,
+            } => {
                 if self.role != Role::Leader {
                     self.follow(from);
-                    self.handle_snapshot(from, term, snapshot);
+                    self.handle_snapshot(from, term, snapshot, repair_seen);
                 }
             }
             TimeoutNow => {
@@ -1100,7 +1127,10 @@ impl Raft {
                     self.start_election(true);
                 }
             }
-            AppendAccepted { match_index } => self.handle_accepted(from, match_index),
+            AppendAccepted {
+                match_index,
+                repair_seen,
+            } => self.handle_accepted(from, match_index, repair_seen),
             AppendRejected {
                 prev_index,
                 hint_index,
@@ -1142,15 +1172,9 @@ impl Raft {
         true
     }
 
-    fn handle_append(
-        &mut self,
-        from: NodeId,
-        term: u64,
-        mut prev_index: u64,
-        mut prev_term: u64,
-        mut entries: Vec<Entry>,
-        commit: u64,
-    ) {
+    /// `append` is the message's `(prev_index, prev_term, entries, commit, repair_seen)`.
+    fn handle_append(&mut self, from: NodeId, term: u64, append: (u64, u64, Vec<Entry>, u64, u64)) {
+        let (mut prev_index, mut prev_term, mut entries, commit, repair_seen) = append;
         if !Self::append_is_valid(term, prev_index, prev_term, &entries) {
             return;
         }
@@ -1172,6 +1196,7 @@ impl Raft {
                         from,
                         MessageBody::AppendAccepted {
                             match_index: snapshot_index,
+                            repair_seen,
                         },
                     );
                     return;
@@ -1200,7 +1225,7 @@ impl Raft {
                     hint_index: self.log.last_index(),
                     hint_term: self.log.last_term(),
                     hint_is_end: true,
-                    lost_data: self.repair.is_some(),
+                    lost_data: self.repair.map(|r| r.id.get()),
                 };
                 self.send_now(from, self.term, body);
                 return;
@@ -1217,7 +1242,7 @@ impl Raft {
                     hint_index,
                     hint_term,
                     hint_is_end: self.log.is_end(hint_index) == Some(true),
-                    lost_data: self.repair.is_some(),
+                    lost_data: self.repair.map(|r| r.id.get()),
                 };
                 self.send_now(from, self.term, body);
                 return;
@@ -1294,18 +1319,23 @@ impl Raft {
             "acknowledging up to the middle of an entry"
         );
         self.commit_hint = self.commit_hint.max(commit.min(last_new));
-        self.leader_commit_seen = self.leader_commit_seen.max(commit);
-        self.append_accepted = true;
+        // While repairing, only an append sent after the leader heard this repair's `lost_data`
+        // may end it.
+        if self.repair.is_none_or(|r| r.id.get() == repair_seen) {
+            self.leader_commit_seen = self.leader_commit_seen.max(commit);
+            self.append_accepted = true;
+        }
         self.advance_follower_commit();
         self.send_durable(
             from,
             MessageBody::AppendAccepted {
                 match_index: last_new,
+                repair_seen,
             },
         );
     }
 
-    fn handle_snapshot(&mut self, from: NodeId, term: u64, snapshot: Snapshot) {
+    fn handle_snapshot(&mut self, from: NodeId, term: u64, snapshot: Snapshot, repair_seen: u64) {
         assert_eq!(
             (self.role, self.term),
             (Role::Follower, term),
@@ -1324,6 +1354,7 @@ impl Raft {
                 from,
                 MessageBody::AppendAccepted {
                     match_index: self.commit,
+                    repair_seen,
                 },
             );
             return;
@@ -1333,7 +1364,13 @@ impl Raft {
             let index = meta.index;
             self.commit_hint = self.commit_hint.max(index);
             self.advance_follower_commit();
-            self.send_durable(from, MessageBody::AppendAccepted { match_index: index });
+            self.send_durable(
+                from,
+                MessageBody::AppendAccepted {
+                    match_index: index,
+                    repair_seen,
+                },
+            );
             return;
         }
         let index = meta.index;
@@ -1344,7 +1381,13 @@ impl Raft {
         // It lies above the commit index, so applying it never goes back.
         assert!(self.applied <= index, "a snapshot rewinds what was applied");
         self.applied = index;
-        self.send_durable(from, MessageBody::AppendAccepted { match_index: index });
+        self.send_durable(
+            from,
+            MessageBody::AppendAccepted {
+                match_index: index,
+                repair_seen,
+            },
+        );
     }
 
     // ---- Leader ----------------------------------------------------------------------------
@@ -1519,7 +1562,7 @@ impl Raft {
     /// it, so this replica then holds every entry that was ever committed, including any that
     /// counted its lost acknowledgements (see `leader_commit_seen`).
     fn maybe_end_repair(&mut self) {
-        let Some(end) = self.repair else {
+        let Some(Repair { end, .. }) = self.repair else {
             return;
         };
         let caught_up = self.role == Role::Follower
@@ -1534,13 +1577,18 @@ impl Raft {
         }
     }
 
-    fn handle_accepted(&mut self, from: NodeId, match_index: u64) {
+    fn handle_accepted(&mut self, from: NodeId, match_index: u64, repair_seen: u64) {
         if self.role != Role::Leader || match_index > self.log.last_index() {
             return;
         }
         let Some(i) = self.progress_index(from) else {
             return;
         };
+        if repair_seen != self.progress[i].repair_seen {
+            // Sent before this leader forgot the follower's match for a repair: it may speak
+            // for entries the follower has lost since.
+            return;
+        }
         self.progress[i].recent_active = true;
         if self.progress[i].on_accepted(match_index) {
             self.maybe_send_timeout_now();
@@ -1554,7 +1602,7 @@ impl Raft {
         from: NodeId,
         prev_index: u64,
         hint: (u64, u64, bool),
-        lost_data: bool,
+        lost_data: Option<u64>,
     ) {
         if self.role != Role::Leader {
             return;
@@ -1562,9 +1610,10 @@ impl Raft {
         let Some(i) = self.progress_index(from) else {
             return;
         };
-        if lost_data {
+        if let Some(repair) = lost_data {
             // The follower lost entries it may have acknowledged to this leader: its match
-            // index no longer holds and must not count toward a commit. Probe from its hint.
+            // index no longer holds and must not count toward a commit. Probe from its hint,
+            // echoing the repair's id from now on.
             let next = if prev_index == 0 {
                 1
             } else {
@@ -1572,7 +1621,7 @@ impl Raft {
             };
             let next = next.min(self.log.last_index() + 1);
             self.progress[i].recent_active = true;
-            self.progress[i].forget_match(next);
+            self.progress[i].forget_match(next, repair.max(1));
             return;
         }
         let pr = &self.progress[i];
@@ -1737,12 +1786,13 @@ impl Raft {
         let pr = &mut self.progress[i];
         pr.on_sent(entries.last().map(|e| e.last));
         pr.commit_sent = pr.commit_sent.max(commit.min(sent_to));
-        let to = pr.id;
+        let (to, repair_seen) = (pr.id, pr.repair_seen);
         let body = MessageBody::Append {
             prev_index,
             prev_term,
             entries,
             commit,
+            repair_seen,
         };
         self.send_now(to, self.term, body);
         true
@@ -1758,7 +1808,12 @@ impl Raft {
         self.progress[i].become_snapshot(index);
         let to = self.progress[i].id;
         let snapshot = Snapshot { meta, data };
-        self.send_now(to, self.term, MessageBody::InstallSnapshot { snapshot });
+        let repair_seen = self.progress[i].repair_seen;
+        let body = MessageBody::InstallSnapshot {
+            snapshot,
+            repair_seen,
+        };
+        self.send_now(to, self.term, body);
         true
     }
 
@@ -1812,8 +1867,12 @@ impl Raft {
         // A newer acknowledgement to the same leader supersedes one still held.
         if let Some((held_need, held)) = self.held.back_mut() {
             if let (
-                MessageBody::AppendAccepted { match_index: old },
-                MessageBody::AppendAccepted { match_index: new },
+                MessageBody::AppendAccepted {
+                    match_index: old, ..
+                },
+                MessageBody::AppendAccepted {
+                    match_index: new, ..
+                },
             ) = (&held.body, &msg.body)
             {
                 if held.to == msg.to && held.term == msg.term && new >= old {

@@ -103,6 +103,10 @@ pub(super) struct Progress {
     pub snapshot_heartbeats: u32,
     /// The commit index this follower has been told.
     pub commit_sent: u64,
+    /// The id of the follower's repair whose `lost_data` this leader acted on (0: none). Every
+    /// append echoes it: the follower counts an append toward the end of its repair only when
+    /// it does, so an append sent before the leader forgot the follower's match cannot end it.
+    pub repair_seen: u64,
     inflight: Inflights,
 }
 
@@ -119,6 +123,7 @@ impl Progress {
             want_empty_append: false,
             snapshot_heartbeats: 0,
             commit_sent: 0,
+            repair_seen: 0,
             inflight: Inflights::new(window),
         }
     }
@@ -143,11 +148,13 @@ impl Progress {
         self.inflight.clear();
     }
 
-    /// The follower lost entries it had acknowledged (recovery found damage on its disk): what
-    /// it matched no longer holds, so it counts for nothing until it acknowledges again, and
-    /// the leader probes from `next_index`.
-    pub fn forget_match(&mut self, next_index: u64) {
+    /// The follower lost entries it had acknowledged (recovery found damage on its disk), in
+    /// the repair with id `repair`: what it matched no longer holds, so it counts for nothing
+    /// until it acknowledges again, and the leader probes from `next_index`.
+    pub fn forget_match(&mut self, next_index: u64, repair: u64) {
         assert!(next_index >= 1, "index 0 is never sent");
+        assert_ne!(repair, 0, "a repair has an id");
+        self.repair_seen = repair;
         self.match_index = 0;
         self.commit_sent = 0;
         self.become_probe(next_index);

@@ -317,10 +317,18 @@ pub enum MessageBody {
         prev_term: u64,
         entries: Vec<Entry>,
         commit: u64,
+        /// The id of the follower's repair whose `lost_data` the leader acted on before sending
+        /// this (0: none). Only an append that echoes the follower's current repair counts
+        /// toward ending it (see "Repair" in [`super::Raft`]).
+        repair_seen: u64,
     },
     /// The follower's log now matches the leader's up to `match_index` (durably).
+    /// `repair_seen` echoes that of the append or snapshot acknowledged: a leader counts only
+    /// acknowledgements sent after it forgot a repairing follower's match (an earlier one, still
+    /// in flight, may speak for entries the follower lost since).
     AppendAccepted {
         match_index: u64,
+        repair_seen: u64,
     },
     /// The follower does not hold `prev_index` with the term asked for. The hint lets the leader
     /// skip back a whole term at a time: the follower's largest index `<= prev_index` whose term
@@ -332,9 +340,10 @@ pub enum MessageBody {
         hint_index: u64,
         hint_term: u64,
         hint_is_end: bool,
-        /// The follower is repairing data it lost (see "Repair" in [`super::Raft`]): the
-        /// leader must forget what it matched, which may include entries it no longer holds.
-        lost_data: bool,
+        /// `Some(id)`: the follower is repairing data it lost, in the repair `id` (see "Repair"
+        /// in [`super::Raft`]). The leader must forget what it matched, which may include
+        /// entries it no longer holds, and echo `id` in its appends from then on.
+        lost_data: Option<u64>,
     },
     /// Leader liveness; `commit` is at most what the follower is known to hold.
     Heartbeat {
@@ -345,6 +354,8 @@ pub enum MessageBody {
     TimeoutNow,
     InstallSnapshot {
         snapshot: Snapshot,
+        /// As in `Append`.
+        repair_seen: u64,
     },
 }
 
@@ -495,6 +506,7 @@ mod tests {
                 prev_term: 0,
                 entries: vec![],
                 commit: 0,
+                repair_seen: 0,
             },
             MessageBody::Append {
                 prev_index: 10,
@@ -512,30 +524,36 @@ mod tests {
                     entry(17, 17, 3, EntryKind::Normal, &[0xff; 300]),
                 ],
                 commit: 12,
+                repair_seen: 0x5eed,
             },
-            MessageBody::AppendAccepted { match_index: 42 },
+            MessageBody::AppendAccepted {
+                match_index: 42,
+                repair_seen: 3,
+            },
             MessageBody::AppendRejected {
                 prev_index: 9,
                 hint_index: 7,
                 hint_term: 2,
                 hint_is_end: false,
-                lost_data: false,
+                lost_data: None,
             },
             MessageBody::AppendRejected {
                 prev_index: 1,
                 hint_index: 0,
                 hint_term: 0,
                 hint_is_end: true,
-                lost_data: true,
+                lost_data: Some(0x5eed),
             },
             MessageBody::Heartbeat { commit: 5 },
             MessageBody::HeartbeatResponse,
             MessageBody::TimeoutNow,
             MessageBody::InstallSnapshot {
                 snapshot: snapshot(100, b""),
+                repair_seen: 0,
             },
             MessageBody::InstallSnapshot {
                 snapshot: snapshot(7, b"image bytes"),
+                repair_seen: 0,
             },
         ];
         let mut seen = [false; 11];

@@ -535,6 +535,7 @@ fn an_append_whose_payload_disagrees_with_its_entry_is_dropped_and_counted() {
                 prev_term: 0,
                 entries: vec![e],
                 commit: 0,
+                repair_seen: 0,
             },
         };
         node.replica.step(msg, 0, &node.store);
@@ -556,6 +557,7 @@ fn an_append_whose_payload_disagrees_with_its_entry_is_dropped_and_counted() {
             prev_term: 0,
             entries: vec![entry(1, 2, 1, good(0, 1))],
             commit: 0,
+            repair_seen: 0,
         },
     };
     node.replica.step(msg, 0, &node.store);

@@ -224,7 +224,7 @@ fn check_durable_claims(synced: &StoredLog, msg: &Message) {
             "durability: {} granted a vote it has not synced",
             msg.from
         ),
-        MessageBody::AppendAccepted { match_index } => assert!(
+        MessageBody::AppendAccepted { match_index, .. } => assert!(
             synced.last_index() >= match_index,
             "durability: {} acknowledged {match_index} but synced only {}",
             msg.from,
@@ -1308,8 +1308,9 @@ impl Cluster {
                     prev_term,
                     entries,
                     commit,
+                    repair_seen,
                 } => format!(
-                    "Append prev ({prev_index}, {prev_term}) entries {:?} commit {commit}",
+                    "Append prev ({prev_index}, {prev_term}) entries {:?} commit {commit} repair {repair_seen}",
                     entries
                         .iter()
                         .map(|e| (e.index, e.last, e.term))
@@ -1586,7 +1587,10 @@ mod tests {
             from: 1,
             to: 2,
             term: 1,
-            body: MessageBody::AppendAccepted { match_index: 2 },
+            body: MessageBody::AppendAccepted {
+                match_index: 2,
+                repair_seen: 0,
+            },
         };
         check_durable_claims(&log, &ack);
     }

@@ -158,7 +158,10 @@ fn a_leader_forgets_what_a_damaged_follower_matched_and_repairs_it() {
         &damaged_log,
         |m, leader| {
             if let MessageBody::AppendRejected { lost_data, .. } = m.body {
-                assert!(lost_data, "a repairing replica's rejection says so");
+                assert!(
+                    lost_data.is_some(),
+                    "a repairing replica's rejection says so"
+                );
                 forgot |= leader.progress(2).unwrap().match_index == 0;
             }
         },
@@ -218,8 +221,6 @@ fn old_committed_entries_do_not_end_a_repair() {
 /// counts the replica's lost acknowledgement, and the replica then votes for a candidate that
 /// lacks committed entries.
 #[test]
-#[ignore = "known limit (docs/architecture.md): over a network that reorders or duplicates, a \
-            stale append can end a repair early; Sluice's RPC delivers in order per connection"]
 fn review_a_stale_append_delivered_after_the_restart_does_not_end_the_repair() {
     let six = [1, 1, 1, 1, 1, 1];
     let (mut leader, leader_log) = restored(1, &six, 1, None);
@@ -235,7 +236,10 @@ fn review_a_stale_append_delivered_after_the_restart_does_not_end_the_repair() {
         3,
         1,
         term,
-        MessageBody::AppendAccepted { match_index: 8 },
+        MessageBody::AppendAccepted {
+            match_index: 8,
+            repair_seen: 0,
+        },
     ));
     drain_synced(&mut leader, &leader_log);
     assert_eq!(leader.commit_index(), 8);
@@ -314,4 +318,94 @@ fn review_a_stale_append_delivered_after_the_restart_does_not_end_the_repair() {
          {ended_early}) although it lacks 9 and 10, which leader 1 committed",
         three.term()
     );
+}
+
+/// Replica 2's acknowledgement of the leader's whole log is still in flight when replica 2
+/// crashes and comes back damaged. The leader forgets its match on the `lost_data` rejection;
+/// the old acknowledgement, delivered after that, must not bring the match index back (it would
+/// count entries replica 2 no longer holds toward the next commit).
+#[test]
+fn an_acknowledgement_sent_before_the_damage_does_not_count_after_the_leader_forgot() {
+    let (mut leader, leader_log) = restored(1, &[1, 1, 1, 1], 1, None);
+    let (mut healthy, healthy_log) = restored(2, &[1, 1, 1, 1], 1, None);
+    elect(&mut leader, &leader_log);
+    let term = leader.term();
+    exchange(
+        &mut leader,
+        &leader_log,
+        &mut healthy,
+        &healthy_log,
+        |_, _| {},
+    );
+    assert_eq!(
+        leader.commit_index(),
+        leader.last_index(),
+        "the no-op committed"
+    );
+    // Replica 2 takes one more entry; keep its acknowledgement instead of delivering it.
+    leader.propose(bytes::Bytes::from_static(b"x"), 1).unwrap();
+    let mut stale = None;
+    for _ in 0..10 {
+        for m in drain_synced(&mut leader, &leader_log) {
+            if m.to == 2 {
+                healthy.step(m);
+            }
+        }
+        for m in drain_synced(&mut healthy, &healthy_log) {
+            if matches!(m.body, MessageBody::AppendAccepted { .. }) {
+                stale = Some(m);
+            }
+        }
+        if stale.is_some() {
+            break;
+        }
+    }
+    let stale = stale.expect("replica 2 acknowledged");
+    let MessageBody::AppendAccepted { match_index, .. } = stale.body else {
+        unreachable!()
+    };
+    assert_eq!(match_index, leader.last_index(), "it acknowledged it all");
+
+    // Replica 2 comes back with two entries; a heartbeat draws its `lost_data` rejection.
+    let (mut damaged, damaged_log) = restored(2, &[1, 1], term, Some(match_index));
+    let committed = leader.commit_index();
+    damaged.step(msg(1, 2, term, MessageBody::Heartbeat { commit: 0 }));
+    let mut rejected = false;
+    for m in drain_synced(&mut damaged, &damaged_log) {
+        rejected |= matches!(
+            m.body,
+            MessageBody::AppendRejected {
+                lost_data: Some(_),
+                ..
+            }
+        );
+        leader.step(m);
+    }
+    assert!(rejected, "the repairing replica said it lost data");
+    assert_eq!(leader.progress(2).unwrap().match_index, 0, "forgotten");
+    // The old acknowledgement arrives now.
+    leader.step(stale);
+    assert_eq!(
+        leader.progress(2).unwrap().match_index,
+        0,
+        "an acknowledgement from before the damage counted after the leader forgot the match"
+    );
+    assert_eq!(
+        leader.commit_index(),
+        committed,
+        "the entry replica 2 lost committed on its old acknowledgement"
+    );
+    // The repair itself still completes.
+    for _ in 0..40 {
+        leader.tick();
+        exchange(
+            &mut leader,
+            &leader_log,
+            &mut damaged,
+            &damaged_log,
+            |_, _| {},
+        );
+    }
+    assert!(!damaged.is_repairing(), "the repair never ended");
+    assert_eq!(leader.progress(2).unwrap().match_index, leader.last_index());
 }

@@ -36,7 +36,15 @@ fn review_install_snapshot_at_u64_max_is_dropped_not_panicking() {
     };
     let panicked = step_panics(
         &mut r,
-        msg(2, 1, 1, MessageBody::InstallSnapshot { snapshot }),
+        msg(
+            2,
+            1,
+            1,
+            MessageBody::InstallSnapshot {
+                snapshot,
+                repair_seen: 0,
+            },
+        ),
     );
     assert!(
         !panicked,
@@ -60,6 +68,7 @@ fn review_append_with_prev_index_u64_max_is_dropped_not_panicking() {
                 prev_term: 1,
                 entries: vec![entry(0, 1)],
                 commit: 0,
+                repair_seen: 0,
             },
         ),
     );
@@ -99,6 +108,7 @@ fn review_append_disagreeing_with_snapshot_boundary_is_dropped_not_panicking() {
                 prev_term: 1,
                 entries: vec![entry(4, 1), entry(5, 1)],
                 commit: 0,
+                repair_seen: 0,
             },
         ),
     );
@@ -129,6 +139,7 @@ fn review_restart_never_hands_out_already_applied_entries_again() {
             prev_term: 0,
             entries: vec![entry(1, 1), entry(2, 1), entry(3, 1)],
             commit: 0,
+            repair_seen: 0,
         },
     ));
     let source = VecSource(vec![entry(1, 1), entry(2, 1), entry(3, 1)]);

@@ -167,6 +167,7 @@ fn append_acknowledgement_is_held_until_the_entries_are_synced() {
             prev_term: 0,
             entries: vec![entry(1, 1), entry(2, 1)],
             commit: 2,
+            repair_seen: 0,
         },
     ));
     assert_eq!(r.leader(), Some(2));
@@ -189,6 +190,7 @@ fn append_acknowledgement_is_held_until_the_entries_are_synced() {
             prev_term: 1,
             entries: vec![entry(3, 1)],
             commit: 2,
+            repair_seen: 0,
         },
     ));
     assert_eq!(r.held_messages(), 1);
@@ -205,7 +207,10 @@ fn append_acknowledgement_is_held_until_the_entries_are_synced() {
             2 - 1,
             2,
             1,
-            MessageBody::AppendAccepted { match_index: 3 }
+            MessageBody::AppendAccepted {
+                match_index: 3,
+                repair_seen: 0
+            }
         )]
     );
 }
@@ -390,6 +395,7 @@ fn a_stale_leader_learns_the_newer_term_from_the_answer() {
             prev_term: 1,
             entries: vec![],
             commit: 2,
+            repair_seen: 0,
         },
     ));
     let rd = ready(&mut f);
@@ -509,6 +515,7 @@ fn a_divergent_suffix_with_other_entry_boundaries_is_cut_at_an_entry_start() {
             prev_term: 3,
             entries: vec![ranged(5, 8, 3)],
             commit: 0,
+            repair_seen: 0,
         },
     ));
     let rd = follower.ready(&follower_log);
@@ -523,7 +530,7 @@ fn a_divergent_suffix_with_other_entry_boundaries_is_cut_at_an_entry_start() {
                 hint_index: 4,
                 hint_term: 2,
                 hint_is_end: false,
-                lost_data: false,
+                lost_data: None,
             }
         )]
     );
@@ -555,6 +562,7 @@ fn a_conflicting_suffix_is_truncated_and_rewritten() {
             prev_term: 1,
             entries: vec![entry(3, 3)],
             commit: 0,
+            repair_seen: 0,
         },
     ));
     assert_eq!(f.last_index(), 3);
@@ -582,6 +590,7 @@ fn malformed_messages_are_dropped() {
             prev_term: 0,
             entries: vec![entry(1, 1), entry(3, 1)],
             commit: 0,
+            repair_seen: 0,
         },
     );
     let future_term = msg(
@@ -593,6 +602,7 @@ fn malformed_messages_are_dropped() {
             prev_term: 0,
             entries: vec![entry(1, 2)],
             commit: 0,
+            repair_seen: 0,
         },
     );
     let bad_membership = msg(
@@ -607,6 +617,7 @@ fn malformed_messages_are_dropped() {
                 ..entry(1, 1)
             }],
             commit: 0,
+            repair_seen: 0,
         },
     );
     let misaddressed = msg(1, 3, 1, MessageBody::Heartbeat { commit: 0 });
@@ -620,6 +631,7 @@ fn malformed_messages_are_dropped() {
                 prev_term: 0,
                 entries,
                 commit: 0,
+                repair_seen: 0,
             },
         )
     };
@@ -817,7 +829,10 @@ fn compaction_needs_applied_entries_and_moves_the_log_start() {
         2,
         1,
         term,
-        MessageBody::AppendAccepted { match_index: 4 },
+        MessageBody::AppendAccepted {
+            match_index: 4,
+            repair_seen: 0,
+        },
     ));
     let _ = drain_synced(&mut r, &source);
     assert_eq!(r.applied_index(), 4);
@@ -840,7 +855,10 @@ fn a_rejection_hinting_at_the_inside_of_an_entry_is_not_believed() {
         2,
         1,
         term,
-        MessageBody::AppendAccepted { match_index: 1 },
+        MessageBody::AppendAccepted {
+            match_index: 1,
+            repair_seen: 0,
+        },
     ));
     let (first, last) = r.propose(Bytes::from_static(b"five"), 5).unwrap();
     assert_eq!((first, last), (2, 6));
@@ -854,7 +872,7 @@ fn a_rejection_hinting_at_the_inside_of_an_entry_is_not_believed() {
             hint_index: 3,
             hint_term: term,
             hint_is_end: true,
-            lost_data: false,
+            lost_data: None,
         },
     ));
     r.check_invariants();
