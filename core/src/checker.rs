@@ -37,6 +37,12 @@
 //!   after a newer epoch of the same producer id was acknowledged (`acks=all`) on that
 //!   partition was read: the broker must have fenced that older incarnation.
 //!
+//! Topic configs ([`crate::history::ConfigOp`]) have theirs in [`configs`]: every broker
+//! describes the same overrides after the heal (config-diverged), no acknowledged change is lost
+//! and no value appears that no change wrote (config-lost), and `max.message.bytes` is in force
+//! (config-not-in-force). [`images`] compares a node's metadata image with a replay of its
+//! metadata log from scratch.
+//!
 //! Consumer groups ([`crate::history::GroupOp`]) have their own checkers, in [`groups`]: one owner
 //! per partition and generation, committed offsets that never go back or get lost, none above
 //! the high watermark, members that resume exactly at the committed offset, and commits from a
