@@ -37,6 +37,12 @@
 //!   after a newer epoch of the same producer id was acknowledged (`acks=all`) on that
 //!   partition was read: the broker must have fenced that older incarnation.
 //!
+//! Topic configs ([`crate::history::ConfigOp`]) have theirs in [`configs`]: every broker
+//! describes the same overrides after the heal (config-diverged), no acknowledged change is lost
+//! and no value appears that no change wrote (config-lost), and `max.message.bytes` is in force
+//! (config-not-in-force). [`images`] compares a node's metadata image with a replay of its
+//! metadata log from scratch.
+//!
 //! Consumer groups ([`crate::history::GroupOp`]) have their own checkers, in [`groups`]: one owner
 //! per partition and generation, committed offsets that never go back or get lost, none above
 //! the high watermark, members that resume exactly at the committed offset, and commits from a
@@ -47,8 +53,10 @@
 //! reason an `acks=1` acknowledgement alone is not evidence of the log's content: after a crash
 //! the offset it named may legitimately hold another value. `acks=0` offsets are never used.
 
+pub mod configs;
 pub mod fencing;
 pub mod groups;
+pub mod images;
 pub mod offsets;
 pub mod replicas;
 
@@ -102,11 +110,19 @@ pub enum AnomalyKind {
     LateCommitAccepted,
     /// OffsetFetch returned an offset that only late commits wrote.
     LateCommitVisible,
+    /// Brokers that describe different overrides of one topic after the cluster healed.
+    ConfigDiverged,
+    /// A broker's final value of a topic config that no change allows: an acknowledged change
+    /// was lost, or a value appeared that no change wrote.
+    ConfigLost,
+    /// A produce that the topic's `max.message.bytes` in force should have refused was
+    /// appended, or one within it was refused as too large.
+    ConfigNotInForce,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 19] = [
+    pub const ALL: [AnomalyKind; 22] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -126,11 +142,19 @@ impl AnomalyKind {
         AnomalyKind::WrongStart,
         AnomalyKind::LateCommitAccepted,
         AnomalyKind::LateCommitVisible,
+        AnomalyKind::ConfigDiverged,
+        AnomalyKind::ConfigLost,
+        AnomalyKind::ConfigNotInForce,
     ];
 
     /// Whether the kind is one of the consumer-group checkers' ([`groups`]).
     pub fn is_group(self) -> bool {
-        self >= AnomalyKind::DoubleOwner
+        (AnomalyKind::DoubleOwner..=AnomalyKind::LateCommitVisible).contains(&self)
+    }
+
+    /// Whether the kind is one of the topic-config checkers' ([`configs`]).
+    pub fn is_config(self) -> bool {
+        self >= AnomalyKind::ConfigDiverged
     }
 
     /// Jepsen's name for the anomaly.
@@ -155,6 +179,9 @@ impl AnomalyKind {
             AnomalyKind::WrongStart => "group-wrong-start",
             AnomalyKind::LateCommitAccepted => "group-late-commit-accepted",
             AnomalyKind::LateCommitVisible => "group-late-commit-visible",
+            AnomalyKind::ConfigDiverged => "config-diverged",
+            AnomalyKind::ConfigLost => "config-lost",
+            AnomalyKind::ConfigNotInForce => "config-not-in-force",
         }
     }
 }
@@ -265,6 +292,16 @@ pub struct Stats {
     /// Commits from a generation the group had left behind ([`groups`]' *late* commits), by
     /// outcome: what the late-commit checkers had to bite on.
     pub group_late_commits: SendCounts,
+    /// Topic-config operations of any kind (none: the config counts are not displayed).
+    pub config_ops: u64,
+    /// IncrementalAlterConfigs by outcome.
+    pub config_alters: SendCounts,
+    /// DescribeConfigs answered after the heal, and the (topic, config) pairs whose final value
+    /// was judged against the changes.
+    pub config_describes: u64,
+    pub config_values_checked: u64,
+    /// Produces that probed `max.message.bytes` after the heal.
+    pub config_size_probes: u64,
 }
 
 impl Stats {
@@ -336,6 +373,19 @@ impl fmt::Display for Stats {
                 self.group_late_commits.info,
             )?;
         }
+        if self.config_ops > 0 {
+            write!(
+                f,
+                ", config alters ok/fail/info {}/{}/{}, describes: {}, values checked: {}, \
+                 size probes: {}",
+                self.config_alters.ok,
+                self.config_alters.fail,
+                self.config_alters.info,
+                self.config_describes,
+                self.config_values_checked,
+                self.config_size_probes,
+            )?;
+        }
         Ok(())
     }
 }
@@ -368,7 +418,8 @@ impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shown = AnomalyKind::ALL
             .iter()
-            .filter(|k| !k.is_group() || self.stats.group_ops > 0 || self.count(**k) > 0);
+            .filter(|k| !k.is_group() || self.stats.group_ops > 0 || self.count(**k) > 0)
+            .filter(|k| !k.is_config() || self.stats.config_ops > 0 || self.count(**k) > 0);
         for (i, kind) in shown.enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
@@ -451,6 +502,7 @@ pub fn check_with_facts(
     check_process_order(history, &facts, &orders, &mut findings);
     fencing::check(history, &mut stats, &mut findings);
     groups::check(history, &mut stats, &mut findings);
+    configs::check(history, &mut stats, &mut findings);
     offsets::check(history, offset_facts, &mut stats, &mut findings);
     findings.into_report(stats)
 }
@@ -598,7 +650,7 @@ fn gather<'h>(history: &'h History, stats: &mut Stats) -> Facts<'h> {
             }
             OpKind::Assign { .. } => stats.assigns += 1,
             // Counted by the group checkers.
-            OpKind::Group(_) => {}
+            OpKind::Group(_) | OpKind::Config(_) => {}
         }
     }
     stats.keys = facts.keys.len() as u64;
@@ -815,7 +867,8 @@ fn check_process_order(
                     check_reads(Reader::Final, key, order, None, pairs, op.index, findings);
                 }
             }
-            OpKind::Group(GroupOp::Commit { .. } | GroupOp::HighWatermarks { .. }) => {}
+            OpKind::Group(GroupOp::Commit { .. } | GroupOp::HighWatermarks { .. })
+            | OpKind::Config(_) => {}
             OpKind::Assign { .. } | OpKind::Group(_) => {
                 // A new assignment restarts every key's position (from the committed offset, the
                 // reset policy or a seek), so poll order is tracked afresh. A failed assign

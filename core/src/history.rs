@@ -134,6 +134,38 @@ pub enum OpKind {
     /// What a subscribe-mode consumer — a member of a consumer group — did, judged by
     /// [`crate::checker::groups`]. Its polls are ordinary [`OpKind::Poll`]s of the same process.
     Group(GroupOp),
+    /// A topic config change, or what a broker describes, judged by [`crate::checker::configs`].
+    Config(ConfigOp),
+}
+
+/// One topic-config operation (IncrementalAlterConfigs, DescribeConfigs, and a produce that
+/// probes whether a config is in force).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigOp {
+    /// IncrementalAlterConfigs of one topic: sets `set`, removes the overrides named in
+    /// `delete`. No name appears twice.
+    Alter {
+        topic: String,
+        set: Vec<(String, String)>,
+        delete: Vec<String>,
+        outcome: Outcome<()>,
+    },
+    /// DescribeConfigs of one topic at one broker, after the cluster healed: `Ok` holds the
+    /// topic's overrides (the configs whose source is the topic) as that broker shows them.
+    Describe {
+        topic: String,
+        node: i32,
+        outcome: Outcome<BTreeMap<String, String>>,
+    },
+    /// After the cluster healed and every broker described the same overrides: a produce of a
+    /// `batch_bytes` batch to `topic` whose `max.message.bytes` was then `limit_bytes`. `Ok`
+    /// holds the Kafka error code the partition leader answered (0: appended).
+    SizeProbe {
+        topic: String,
+        limit_bytes: u64,
+        batch_bytes: u64,
+        outcome: Outcome<i16>,
+    },
 }
 
 /// One consumer-group operation. Member ids and generations are the coordinator's.

@@ -70,10 +70,16 @@ pub enum Bug {
     /// committed entry is lost. Caught by the simulator's leader-completeness and lost-write
     /// checkers in the cluster scenario, whose nemesis flips bits in replicas' log tails.
     NoRepair = 14,
+    /// The active controller applies a topic config change to its own metadata images and
+    /// acknowledges it without writing a metadata record: the change is invisible to the other
+    /// brokers and is gone after a controller failover or a restart. Caught by the simulator's
+    /// config checkers (`checker::configs`: config-diverged, config-lost) and its image replay
+    /// checker (`checker::images`) in `--scenario configs`.
+    ConfigNotLogged = 15,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -88,6 +94,7 @@ impl Bug {
         Bug::StaleGenerationCommit,
         Bug::NoEpochFencing,
         Bug::NoRepair,
+        Bug::ConfigNotLogged,
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,6 +113,7 @@ impl Bug {
             Bug::StaleGenerationCommit => "stale-generation-commit",
             Bug::NoEpochFencing => "no-epoch-fencing",
             Bug::NoRepair => "no-repair",
+            Bug::ConfigNotLogged => "config-not-logged",
         }
     }
 

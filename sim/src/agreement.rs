@@ -51,6 +51,30 @@ fn committed_batches(storage: &MemStorage, group: &str, end: u64) -> BTreeMap<u6
     batches
 }
 
+/// Every broker whose last reported metadata image differs from a replay, from scratch, of its
+/// stored metadata log up to where it had applied it (`checker::images`).
+pub fn image_replays(cluster: &Cluster, checker: &ReplicaChecker) -> Vec<String> {
+    if cluster.brokers.len() < 2 {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    for (node, applied_end, image) in checker.metadata_images() {
+        let Some(broker) = cluster.brokers.get(node as usize) else {
+            continue;
+        };
+        let batches = committed_batches(&broker.storage, METADATA_GROUP, applied_end);
+        if let Some(v) = sluice_core::checker::images::check_replay(
+            node,
+            image,
+            applied_end,
+            batches.values().map(Vec::as_slice),
+        ) {
+            problems.push(v.to_string());
+        }
+    }
+    problems
+}
+
 /// Every disagreement between replicas' committed batches, for the workload topic's
 /// partitions and the metadata log.
 pub fn compare(cluster: &Cluster, checker: &ReplicaChecker) -> Vec<String> {

@@ -131,7 +131,7 @@ pub fn main() -> ExitCode {
     let Some(scenario) = Scenario::from_name(&args.scenario) else {
         eprintln!(
             "unknown scenario {:?}; choose one of: default, no-faults, crash, disk, network, \
-             cluster, split, groups",
+             cluster, split, groups, configs",
             args.scenario
         );
         return ExitCode::from(EXIT_USAGE);

@@ -241,6 +241,11 @@ impl Client {
         addr
     }
 
+    /// The bootstrap address of the next broker in turn.
+    pub(crate) fn next_broker(&mut self) -> String {
+        self.any_broker()
+    }
+
     /// Sends to the broker at `addr`; a failed call marks the leaders stale.
     pub(crate) async fn call_at<R: kafka_protocol::protocol::Request>(
         &mut self,
@@ -276,11 +281,22 @@ pub async fn create_topic(
     replication_factor: i16,
     trace: &Trace,
 ) {
+    create_named_topic(bootstrap, TOPIC, partitions, replication_factor, trace).await
+}
+
+/// Creates topic `name` without config overrides, as [`create_topic`] does the workload topic.
+pub async fn create_named_topic(
+    bootstrap: &[String],
+    name: &str,
+    partitions: i32,
+    replication_factor: i16,
+    trace: &Trace,
+) {
     let mut client = Client::new(bootstrap);
     let request = CreateTopicsRequest::default()
         .with_timeout_ms(5_000)
         .with_topics(vec![CreatableTopic::default()
-            .with_name(topic_name())
+            .with_name(TopicName(StrBytes::from_string(name.to_string())))
             .with_num_partitions(partitions)
             .with_replication_factor(replication_factor)]);
     loop {
@@ -292,7 +308,7 @@ pub async fn create_topic(
                 trace.record(
                     "setup",
                     "topic-created",
-                    format!("{TOPIC} with {partitions} partitions, {replication_factor} replicas"),
+                    format!("{name} with {partitions} partitions, {replication_factor} replicas"),
                 );
                 return;
             }

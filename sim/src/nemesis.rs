@@ -57,6 +57,9 @@ pub struct Cluster {
     /// The groups scenario: the `__consumer_offsets` partition of the workload's consumer
     /// group, whose leader (the group coordinator) half of the leader faults aim at.
     pub coordinator_partition: Option<i32>,
+    /// The configs scenario: half of the leader faults aim at the controller (the metadata
+    /// quorum's leader) instead.
+    pub aim_at_controller: bool,
 }
 
 impl Cluster {
@@ -81,12 +84,17 @@ impl Cluster {
 
     /// The broker that last became the leader of `partition` of the workload topic (in the
     /// groups scenario, half the time the group coordinator instead), or any broker if none has
-    /// yet; and what it leads.
+    /// yet; and what it leads. In the configs scenario, half the time the controller instead.
     fn leader_or_any(&self, partition: u64, rng: &mut Rng) -> (usize, String) {
-        let (group, target) = match self.coordinator_partition {
-            Some(p) if rng.chance(500) => {
+        let (group, target) = match (self.coordinator_partition, self.aim_at_controller) {
+            (Some(p), _) if rng.chance(500) => {
                 let group = format!("{}-{p}", sluice_core::group::OFFSETS_TOPIC);
                 let target = format!("the group coordinator, {group}");
+                (group, target)
+            }
+            (None, true) if rng.chance(500) => {
+                let group = format!("{}-0", sluice_core::metadata::METADATA_TOPIC);
+                let target = format!("the controller, {group}");
                 (group, target)
             }
             _ => (

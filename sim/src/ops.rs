@@ -1,7 +1,7 @@
 //! What a simulated process did: one recorded operation, and the line it makes in the trace and
 //! the timeline.
 
-use sluice_core::history::{GroupOp, Key, OpKind, Outcome, Reads};
+use sluice_core::history::{ConfigOp, GroupOp, Key, OpKind, Outcome, Reads};
 
 /// One recorded operation of one process, before the run merges them into a `History`.
 #[derive(Clone, Debug)]
@@ -12,15 +12,17 @@ pub struct Recorded {
     pub complete_ms: u64,
 }
 
+/// An outcome as the trace shows it.
+fn outcome<T: std::fmt::Debug>(o: &Outcome<T>) -> String {
+    match o {
+        Outcome::Ok(v) => format!("ok {v:?}"),
+        Outcome::Fail(why) => format!("fail ({why})"),
+        Outcome::Info(why) => format!("info ({why})"),
+    }
+}
+
 /// One line per operation for the trace.
 pub fn describe(kind: &OpKind) -> String {
-    fn outcome<T: std::fmt::Debug>(o: &Outcome<T>) -> String {
-        match o {
-            Outcome::Ok(v) => format!("ok {v:?}"),
-            Outcome::Fail(why) => format!("fail ({why})"),
-            Outcome::Info(why) => format!("info ({why})"),
-        }
-    }
     fn reads(r: &Reads) -> String {
         r.iter()
             .map(|(k, v)| {
@@ -68,6 +70,44 @@ pub fn describe(kind: &OpKind) -> String {
             outcome: o,
         } => format!("final-read {} -> {}", reads(r), outcome(o)),
         OpKind::Group(op) => describe_group(op),
+        OpKind::Config(op) => describe_config(op),
+    }
+}
+
+/// One line for the trace and the timeline.
+pub fn describe_config(op: &ConfigOp) -> String {
+    match op {
+        ConfigOp::Alter {
+            topic,
+            set,
+            delete,
+            outcome: o,
+        } => {
+            let set: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(
+                "alter-configs {topic} set [{}] delete [{}] -> {}",
+                set.join(" "),
+                delete.join(" "),
+                outcome(o)
+            )
+        }
+        ConfigOp::Describe {
+            topic,
+            node,
+            outcome: o,
+        } => format!(
+            "describe-configs {topic} at broker {node} -> {}",
+            outcome(o)
+        ),
+        ConfigOp::SizeProbe {
+            topic,
+            limit_bytes,
+            batch_bytes,
+            outcome: o,
+        } => format!(
+            "size-probe {topic} batch {batch_bytes} bytes, max.message.bytes {limit_bytes} -> {}",
+            outcome(o)
+        ),
     }
 }
 

@@ -26,10 +26,15 @@ pub enum Scenario {
     /// consume, commit, crash, restart and leave, while the nemesis crashes and cuts off the
     /// brokers that coordinate them.
     Groups,
+    /// The `cluster` scenario plus a config workload: IncrementalAlterConfigs of topic configs
+    /// (segment, retention, cleanup and size settings) throughout, while half of the leader
+    /// faults aim at the controller (the metadata quorum's leader); after the heal every broker
+    /// describes the configs, and a produce probes `max.message.bytes`.
+    Configs,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Default,
         Scenario::NoFaults,
         Scenario::Crash,
@@ -38,6 +43,7 @@ impl Scenario {
         Scenario::Cluster,
         Scenario::Split,
         Scenario::Groups,
+        Scenario::Configs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +56,7 @@ impl Scenario {
             Scenario::Cluster => "cluster",
             Scenario::Split => "split",
             Scenario::Groups => "groups",
+            Scenario::Configs => "configs",
         }
     }
 
@@ -186,6 +193,19 @@ pub struct Params {
     /// Swarm testing: how often each enabled fault kind is picked relative to the others
     /// (1 to 8), drawn per seed, so that each seed stresses its own few faults hardest.
     pub fault_weights: std::collections::BTreeMap<&'static str, u32>,
+    /// The config workload of the `configs` scenario (none elsewhere).
+    pub configs: Option<ConfigParams>,
+}
+
+/// The config workload (`--scenario configs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigParams {
+    /// Processes that alter topic configs, one request at a time each.
+    pub processes: u32,
+    /// Pause between one process's changes.
+    pub think_ms: (u64, u64),
+    /// How long a process waits for an answer before calling the change indeterminate.
+    pub timeout_ms: u64,
 }
 
 /// One client process's producer pipelines up to five requests per partition, bumps its epoch
@@ -266,7 +286,9 @@ impl Params {
                 ..FaultMix::default()
             },
             // Drawn below, after everything the single-node scenarios draw.
-            Scenario::Cluster | Scenario::Split | Scenario::Groups => FaultMix::default(),
+            Scenario::Cluster | Scenario::Split | Scenario::Groups | Scenario::Configs => {
+                FaultMix::default()
+            }
         };
         let think_lo = rng.between(1, 10);
         let interval_lo = rng.between(300, 1500);
@@ -298,10 +320,11 @@ impl Params {
             groups: None,
             pipeline: None,
             fault_weights: std::collections::BTreeMap::new(),
+            configs: None,
         };
         if matches!(
             scenario,
-            Scenario::Cluster | Scenario::Split | Scenario::Groups
+            Scenario::Cluster | Scenario::Split | Scenario::Groups | Scenario::Configs
         ) {
             params.nodes = if rng.chance(250) { 5 } else { 3 };
             params.replication_factor = 3;
@@ -377,13 +400,26 @@ impl Params {
         // Storage faults on replicas and the swarm's weights come from a stream of their own, so
         // every parameter drawn above is what it was before they existed.
         let mut swarm = Rng::new(seed ^ 0x5a5a_0f0f_5a5a_0f0f);
-        if matches!(scenario, Scenario::Cluster | Scenario::Groups) {
+        if matches!(
+            scenario,
+            Scenario::Cluster | Scenario::Groups | Scenario::Configs
+        ) {
             let faults = &mut params.faults;
             faults.replica_damage = swarm.chance(500);
             faults.hard_state_damage = swarm.chance(300);
             faults.power_cut_all = swarm.chance(300);
             faults.recovery_crash = swarm.chance(300);
             faults.io_error = swarm.chance(300);
+        }
+        if scenario == Scenario::Configs {
+            // A stream of its own: the cluster parameters above are the cluster scenario's.
+            let mut configs = Rng::new(seed ^ 0xc0f1_6c0f_16c0_f16c);
+            let think_lo = configs.between(20, 300);
+            params.configs = Some(ConfigParams {
+                processes: configs.between(1, 2) as u32,
+                think_ms: (think_lo, think_lo + configs.between(50, 600)),
+                timeout_ms: configs.between(1_000, 8_000),
+            });
         }
         for kind in params.faults.names() {
             params
@@ -416,6 +452,11 @@ impl Params {
             format!(
                 " pipelined_process={} bump_interval_ms={:?} zombie_lifetime_ms={:?}",
                 p.process, p.bump_interval_ms, p.zombie_lifetime_ms
+            )
+        }) + &self.configs.as_ref().map_or(String::new(), |c| {
+            format!(
+                " config_processes={} config_think_ms={:?} config_timeout_ms={}",
+                c.processes, c.think_ms, c.timeout_ms
             )
         }) + &self.groups.as_ref().map_or(String::new(), |g| {
             format!(

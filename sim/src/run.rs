@@ -16,6 +16,7 @@ use sluice_node::broker::Broker;
 use sluice_node::config::{Config, ServeArgs};
 
 use crate::client;
+use crate::configs;
 use crate::groups::{self, GroupLog};
 use crate::nemesis::{BrokerNode, Cluster, FaultSpan, MediaDamage, Nemesis};
 use crate::ops::Recorded;
@@ -292,6 +293,24 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
             .await
             .expect("setup");
     }
+    if params.configs.is_some() {
+        let (bootstrap, trace, rf) = (bootstrap.clone(), trace.clone(), params.replication_factor);
+        setup
+            .spawn(async move {
+                client::create_named_topic(&bootstrap, configs::CONFIG_TOPIC, 1, rf, &trace).await
+            })
+            .await
+            .expect("setup");
+    }
+    let config_nodes: Vec<_> = (0..params.configs.as_ref().map_or(0, |c| c.processes))
+        .map(|i| {
+            handle
+                .create_node()
+                .name(format!("config-{i}"))
+                .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 4, i as u8 + 1)))
+                .build()
+        })
+        .collect();
     let member_nodes: Vec<_> = (0..params.groups.as_ref().map_or(0, |g| g.members))
         .map(|m| {
             handle
@@ -337,6 +356,19 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
             deadline_ms,
         )));
     }
+    let mut config_tasks = Vec::new();
+    for (i, node) in config_nodes.iter().enumerate() {
+        let (bootstrap, params, trace, config_rng) =
+            (bootstrap.clone(), params.clone(), trace.clone(), rng.fork());
+        config_tasks.push(node.spawn(configs::run_process(
+            i as u32,
+            bootstrap,
+            params,
+            config_rng,
+            trace,
+            deadline_ms,
+        )));
+    }
     let cluster = Cluster {
         handle: handle.clone(),
         brokers,
@@ -344,6 +376,7 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
         clients: client_nodes
             .iter()
             .chain(&member_nodes)
+            .chain(&config_nodes)
             .map(|n| n.id())
             .collect(),
         sync_latency,
@@ -353,6 +386,7 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
             .groups
             .as_ref()
             .map(|g| sluice_core::group::partition_for(groups::GROUP_ID, g.offsets_partitions)),
+        aim_at_controller: params.configs.is_some(),
     };
     let mut nemesis = Nemesis::new();
     nemesis
@@ -364,6 +398,9 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
     }
     for task in member_tasks {
         task.await.expect("member task");
+    }
+    for task in config_tasks {
+        recorded.extend(task.await.expect("config task"));
     }
     recorded.extend(group_log.take_ops());
     nemesis.heal(&cluster, &trace);
@@ -441,6 +478,14 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
             .expect("probe");
     }
     recorded.push(final_read);
+    if params.configs.is_some() {
+        let (bootstrap, trace) = (bootstrap.clone(), trace.clone());
+        let ops = probe
+            .spawn(async move { configs::final_configs(&bootstrap, &trace).await })
+            .await
+            .expect("probe");
+        recorded.extend(ops);
+    }
 
     let history = to_history(recorded);
     let report = check_with(
@@ -477,6 +522,17 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
             .map(|v| v.to_string())
             .collect();
         problems.extend(crate::agreement::compare(&cluster, &checker));
+        let images = crate::agreement::image_replays(&cluster, &checker);
+        trace.record(
+            "checker",
+            "metadata-images",
+            format!(
+                "{} images compared with a replay of their log, {} differ",
+                checker.metadata_images().count(),
+                images.len()
+            ),
+        );
+        problems.extend(images);
         problems
     };
     let (status, offending_ops, excused) = judge(

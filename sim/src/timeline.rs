@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use sluice_core::history::{Acks, GroupOp, OpKind, Outcome};
+use sluice_core::history::{Acks, ConfigOp, GroupOp, OpKind, Outcome};
 
 use crate::ops::describe;
 use crate::run::RunOutcome;
@@ -66,6 +66,16 @@ fn color(kind: &OpKind) -> &'static str {
         OpKind::Group(GroupOp::Crash { .. }) => "#000000",
         OpKind::Group(GroupOp::Leave { .. }) => "#9e9e9e",
         OpKind::Group(_) => "#ef9a9a",
+        OpKind::Config(ConfigOp::Alter {
+            outcome: Outcome::Ok(_),
+            ..
+        }) => "#2e7d32",
+        OpKind::Config(ConfigOp::Alter {
+            outcome: Outcome::Info(_),
+            ..
+        }) => "#f9a825",
+        OpKind::Config(ConfigOp::Alter { .. }) => "#c62828",
+        OpKind::Config(_) => "#5c6bc0",
     }
 }
 

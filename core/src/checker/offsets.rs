@@ -126,7 +126,8 @@ pub(super) fn check(
         let process = op.process;
         match &op.kind {
             OpKind::Send { .. }
-            | OpKind::Group(GroupOp::Commit { .. } | GroupOp::HighWatermarks { .. }) => {}
+            | OpKind::Group(GroupOp::Commit { .. } | GroupOp::HighWatermarks { .. })
+            | OpKind::Config(_) => {}
             OpKind::Poll { reads, .. } => {
                 for (key, pairs) in reads {
                     let stream = streams.entry((process, key)).or_default();
@@ -329,7 +330,7 @@ impl<'f> Excuses<'f> {
                         }
                     }
                 }
-                OpKind::Assign { .. } | OpKind::Group(_) => {}
+                OpKind::Assign { .. } | OpKind::Group(_) | OpKind::Config(_) => {}
             }
         }
         for (facts_key, records) in &facts.compacted {

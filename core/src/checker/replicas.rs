@@ -54,6 +54,15 @@ pub enum Observation {
         node: u64,
         repairing: bool,
     },
+    /// `node` applied the metadata log below `applied_end`, and `image` is its metadata image
+    /// as it holds it then (built incrementally, record by record, since the node started).
+    /// Kept (the last per node) for [`super::images`], which compares it with a replay of the
+    /// node's log from scratch; not counted as an observation.
+    MetadataImage {
+        node: u64,
+        applied_end: u64,
+        image: Box<crate::metadata::MetadataImage>,
+    },
 }
 
 /// A broken cluster property, with what showed it.
@@ -128,6 +137,8 @@ pub struct ReplicaChecker {
     completeness_checks: u64,
     repairing: std::collections::BTreeSet<(String, u64)>,
     repairs_started: u64,
+    /// node -> (applied end, metadata image) as last reported.
+    images: BTreeMap<u64, (u64, Box<crate::metadata::MetadataImage>)>,
 }
 
 impl ReplicaChecker {
@@ -135,9 +146,28 @@ impl ReplicaChecker {
         ReplicaChecker::default()
     }
 
+    /// Each node's last reported metadata image, with the applied end it was reported at.
+    pub fn metadata_images(
+        &self,
+    ) -> impl Iterator<Item = (u64, u64, &crate::metadata::MetadataImage)> + '_ {
+        self.images
+            .iter()
+            .map(|(node, (end, image))| (*node, *end, image.as_ref()))
+    }
+
     pub fn observe(&mut self, observation: Observation) {
+        if let Observation::MetadataImage {
+            node,
+            applied_end,
+            image,
+        } = observation
+        {
+            self.images.insert(node, (applied_end, image));
+            return;
+        }
         self.observations += 1;
         match observation {
+            Observation::MetadataImage { .. } => unreachable!("kept above"),
             Observation::Leader {
                 group,
                 node,

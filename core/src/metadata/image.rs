@@ -137,6 +137,13 @@ impl MetadataImage {
         applied
     }
 
+    /// Applies `record` without moving the last applied offset: only the planted bug
+    /// [`crate::planted::Bug::ConfigNotLogged`] does this (a change no log record carries).
+    #[cfg_attr(not(feature = "planted-bugs"), allow(dead_code))]
+    pub(super) fn apply_unlogged(&mut self, record: &MetadataRecord) -> Applied {
+        self.apply_record(record)
+    }
+
     fn apply_record(&mut self, record: &MetadataRecord) -> Applied {
         use Applied::{Changed, Ignored};
         match record {

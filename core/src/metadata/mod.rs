@@ -33,8 +33,8 @@ pub use controller::{
 pub use image::{Applied, BrokerRegistration, MetadataImage, Topic, IMAGE_VERSION};
 pub use placement::place_replicas;
 pub use quorum::{
-    ApplyError, ControllerError, MetadataQuorum, Outcome, QuorumConfig, QuorumOutput, Ticket,
-    METADATA_TOPIC,
+    replay_metadata_log, ApplyError, ControllerError, MetadataQuorum, Outcome, QuorumConfig,
+    QuorumOutput, Ticket, METADATA_TOPIC,
 };
 pub use record::{BrokerId, MetadataRecord, PartitionAssignment, TopicId, RECORD_VERSION};
 

@@ -432,6 +432,22 @@ impl MetadataQuorum {
         let MetadataRecord::AlterTopicConfig { topic_id, .. } = record else {
             unreachable!("alter_configs decides an AlterTopicConfig")
         };
+        if self
+            .config
+            .raft
+            .planted
+            .is(crate::planted::Bug::ConfigNotLogged)
+        {
+            // Planted: the controller changes its own images and answers at once; no record is
+            // written, so no other node, and no replay of the log, ever sees the change.
+            let active = self.active.as_mut().expect("checked");
+            active.image.apply_unlogged(&record);
+            self.image.apply_unlogged(&record);
+            let ticket = self.issue_ticket();
+            self.completions
+                .push((ticket, Ok(Outcome::ConfigsAltered { topic_id })));
+            return Ok(ticket);
+        }
         self.propose_request(vec![record], Request::AlterConfigs { topic_id }, reader)
     }
 
@@ -1005,6 +1021,43 @@ impl MetadataQuorum {
             Request::Internal => unreachable!("nobody waits for the controller's own records"),
         }
     }
+}
+
+/// The image a replay of the metadata log from scratch builds: `batches` are the log's batches
+/// in offset order (as stored: data and control batches), each applied as
+/// [`MetadataQuorum`] applies a committed entry. What a node's image must equal once it has
+/// applied the same batches, however it got there (incrementally, across restarts).
+pub fn replay_metadata_log<'a>(
+    batches: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<MetadataImage, ApplyError> {
+    let mut image = MetadataImage::new();
+    let mut next_offset = 0u64;
+    for bytes in batches {
+        let header = BatchHeader::parse(bytes).map_err(|e| ApplyError {
+            offset: next_offset,
+            reason: format!("batch header: {e}"),
+        })?;
+        let (Ok(base_offset), Ok(last_offset)) = (
+            u64::try_from(header.base_offset),
+            u64::try_from(header.last_offset()),
+        ) else {
+            return Err(ApplyError {
+                offset: next_offset,
+                reason: "a negative offset".into(),
+            });
+        };
+        if base_offset != next_offset || last_offset < base_offset {
+            return Err(ApplyError {
+                offset: next_offset,
+                reason: format!("batch {base_offset}..={last_offset} where {next_offset} was next"),
+            });
+        }
+        for (offset, record) in decode_batch(bytes, base_offset, last_offset)? {
+            image.apply(offset, &record);
+        }
+        next_offset = last_offset + 1;
+    }
+    Ok(image)
 }
 
 /// The metadata records of a committed batch with their offsets; nothing for a control batch.

@@ -13,6 +13,7 @@ use super::{
     ControllerReply, ControllerRequest, GroupId, Leadership, Node, Output, PeerMessage,
     TopicPartition, TopicState, View,
 };
+use crate::checker::replicas::Observation;
 use crate::log::LogConfig;
 use crate::metadata::{
     controller, topic_config::topic_log_config, CreateTopicRequest, MetadataQuorum, Outcome,
@@ -338,6 +339,15 @@ impl Node {
         if applied_end != self.applied_metadata_end && applied_end >= self.metadata_replay_floor {
             self.metadata_replay_floor = 0;
             self.applied_metadata_end = applied_end;
+            if self.config.observe {
+                let image = self.meta.quorum().expect("hosted above").image().clone();
+                self.outputs
+                    .push_back(Output::Observe(Observation::MetadataImage {
+                        node: self.config.node_id as u64,
+                        applied_end,
+                        image: Box::new(image),
+                    }));
+            }
             self.reconcile(disk);
         }
         for (ticket, result) in drained.completions {

@@ -50,6 +50,8 @@ struct Cluster {
     answers: Vec<Answer>,
     /// The image every node held after applying the offsets below the key.
     images_at: BTreeMap<u64, Vec<u8>>,
+    /// The bug every node plants (from its next start).
+    planted: crate::planted::Planted,
 }
 
 fn topic_defaults() -> TopicDefaults {
@@ -93,8 +95,21 @@ impl Cluster {
             reorder: false,
             answers: Vec::new(),
             images_at: BTreeMap::new(),
+            planted: crate::planted::Planted::NONE,
         };
         for id in 0..NODES {
+            c.start(id);
+        }
+        c
+    }
+
+    /// A cluster whose every node plants `bug`.
+    #[cfg(feature = "planted-bugs")]
+    fn planted(seed: u64, bug: crate::planted::Bug) -> Cluster {
+        let mut c = Cluster::new(seed);
+        c.planted = crate::planted::Planted::new(Some(bug));
+        for id in 0..NODES {
+            c.crash(id, CrashMode::Clean);
             c.start(id);
         }
         c
@@ -111,8 +126,10 @@ impl Cluster {
         .expect("open log");
         let store = RefCell::new(store);
         let seed = self.rng.next_u64() ^ (id as u64) << 32 ^ self.lives[id];
+        let mut node_config = config(id);
+        node_config.raft.planted = self.planted;
         let quorum = MetadataQuorum::open(
-            config(id),
+            node_config,
             Rng::new(seed),
             self.hard_states[id],
             log,
@@ -1099,4 +1116,28 @@ fn random_faults_keep_every_image_equal_at_equal_offsets() {
 #[test]
 fn regression_seed_4_replay_waits_for_the_recovered_tail_to_sync() {
     random_run(4);
+}
+
+/// The planted `config-not-logged`: the controller changes its image for a config change
+/// that no record carries, so its image differs from every other node's at the same applied
+/// offset: the harness's image agreement check (as the simulator's image replay checker)
+/// catches it at once.
+#[cfg(feature = "planted-bugs")]
+#[test]
+#[should_panic(expected = "holds another image after applying offsets below")]
+fn planted_config_not_logged_is_caught_by_image_agreement() {
+    let mut c = Cluster::planted(4, crate::planted::Bug::ConfigNotLogged);
+    let leader = c.elect();
+    c.live_brokers(leader, &[1, 2]);
+    let t = c.create_topic(leader, "cfg").unwrap();
+    topic_created(&c.await_answer(leader, t));
+    let _ = c.request(leader, |q, now, r| {
+        q.alter_configs(
+            "cfg",
+            &[("segment.bytes".into(), "4096".into())],
+            &[],
+            now,
+            r,
+        )
+    });
 }
