@@ -70,10 +70,15 @@ pub enum Bug {
     /// committed entry is lost. Caught by the simulator's leader-completeness and lost-write
     /// checkers in the cluster scenario, whose nemesis flips bits in replicas' log tails.
     NoRepair = 14,
+    /// Retention by size deletes the oldest segment while the log is at least
+    /// `retention.bytes` long *before* the deletion (Kafka's rule: after it), so it may leave the
+    /// log one segment short of `retention.bytes`. Caught by the simulator's retention checker
+    /// (`checker::retention`, retention-early) in `--scenario retention`.
+    RetentionSizeOffByOne = 15,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 15] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -88,6 +93,7 @@ impl Bug {
         Bug::StaleGenerationCommit,
         Bug::NoEpochFencing,
         Bug::NoRepair,
+        Bug::RetentionSizeOffByOne,
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,6 +112,7 @@ impl Bug {
             Bug::StaleGenerationCommit => "stale-generation-commit",
             Bug::NoEpochFencing => "no-epoch-fencing",
             Bug::NoRepair => "no-repair",
+            Bug::RetentionSizeOffByOne => "retention-size-off-by-one",
         }
     }
 

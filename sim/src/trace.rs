@@ -22,6 +22,9 @@ pub struct Trace {
     /// Set by the first call inside the simulation (madsim's clock exists only there), so a
     /// trace can be created outside and read after a panic.
     start: Arc<std::sync::OnceLock<Instant>>,
+    /// Log starts above 0 that fetches were told: (partition, t_ms, offset), for the retention
+    /// checker (kept apart from the events, which they would flood).
+    log_starts: Arc<Mutex<Vec<(i32, u64, u64)>>>,
 }
 
 impl Trace {
@@ -29,7 +32,27 @@ impl Trace {
         Trace {
             events: Arc::new(Mutex::new(Vec::new())),
             start: Arc::new(std::sync::OnceLock::new()),
+            log_starts: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// A fetch was told these partitions' log starts; those above 0 are kept.
+    pub fn observe_log_starts(&self, starts: &std::collections::BTreeMap<i32, u64>) {
+        let t_ms = self.now_ms();
+        let mut kept = self.log_starts.lock().unwrap_or_else(|e| e.into_inner());
+        for (partition, offset) in starts {
+            if *offset > 0 {
+                kept.push((*partition, t_ms, *offset));
+            }
+        }
+    }
+
+    /// Every log start above 0 a fetch was told, in order: (partition, t_ms, offset).
+    pub fn log_starts(&self) -> Vec<(i32, u64, u64)> {
+        self.log_starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn now_ms(&self) -> u64 {

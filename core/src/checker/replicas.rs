@@ -54,6 +54,13 @@ pub enum Observation {
         node: u64,
         repairing: bool,
     },
+    /// `node`'s retention deleted segments of `group`'s log (judged by
+    /// [`super::retention`], not here).
+    Retention {
+        group: String,
+        node: u64,
+        deletion: super::retention::Deletion,
+    },
 }
 
 /// A broken cluster property, with what showed it.
@@ -171,6 +178,7 @@ impl ReplicaChecker {
                     self.repairing.remove(&(group, node));
                 }
             }
+            Observation::Retention { .. } => {}
         }
     }
 
