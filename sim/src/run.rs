@@ -386,6 +386,7 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
         sync_latency,
         partitions: params.partitions,
         replicas: replicas.clone(),
+        retained: retained.clone(),
         coordinator_partition: params
             .groups
             .as_ref()

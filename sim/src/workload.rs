@@ -419,10 +419,13 @@ pub async fn final_read(
                     }
                     trace.observe_log_starts(&fetched.log_starts);
                     if !fetched.out_of_range.is_empty() {
-                        // Retention moved the log start past the cursor: read on from there.
+                        // Retention moved the log start past the cursor: start the partition
+                        // over from there (what was read so far sits below it, and a read that
+                        // jumped would look like a skip to the checkers).
                         match fetched.log_starts.get(&partition) {
                             Some(&start) if start > cursor => {
                                 cursor = start;
+                                values.clear();
                                 continue;
                             }
                             _ => {}
