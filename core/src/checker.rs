@@ -94,6 +94,9 @@ pub enum AnomalyKind {
     /// A client was told a log start that no lawful retention deletion produced
     /// ([`retention`]).
     LogStartUnjustified,
+    /// A client was told a lower log start than a fetch completed before it was invoked (one
+    /// node only; [`retention`]).
+    LogStartRegressed,
     /// A partition handed to two members of a group in one generation.
     DoubleOwner,
     /// An acknowledged commit below one acknowledged before it was invoked.
@@ -115,7 +118,7 @@ pub enum AnomalyKind {
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 22] = [
+    pub const ALL: [AnomalyKind; 23] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -130,6 +133,7 @@ impl AnomalyKind {
         AnomalyKind::RetentionEarly,
         AnomalyKind::RetentionPastHighWatermark,
         AnomalyKind::LogStartUnjustified,
+        AnomalyKind::LogStartRegressed,
         AnomalyKind::DoubleOwner,
         AnomalyKind::CommitRegressed,
         AnomalyKind::LostCommit,
@@ -152,6 +156,7 @@ impl AnomalyKind {
             AnomalyKind::RetentionEarly
                 | AnomalyKind::RetentionPastHighWatermark
                 | AnomalyKind::LogStartUnjustified
+                | AnomalyKind::LogStartRegressed
         )
     }
 
@@ -172,6 +177,7 @@ impl AnomalyKind {
             AnomalyKind::RetentionEarly => "retention-early",
             AnomalyKind::RetentionPastHighWatermark => "retention-past-hw",
             AnomalyKind::LogStartUnjustified => "log-start-unjustified",
+            AnomalyKind::LogStartRegressed => "log-start-regressed",
             AnomalyKind::DoubleOwner => "group-double-owner",
             AnomalyKind::CommitRegressed => "group-commit-regressed",
             AnomalyKind::LostCommit => "group-lost-commit",
@@ -1130,7 +1136,7 @@ mod tests {
             .into_iter()
             .filter(|k| k.is_retention())
             .collect();
-        assert_eq!(retention.len(), 3);
+        assert_eq!(retention.len(), 4);
         assert!(retention.iter().all(|k| !k.is_group()));
     }
 
@@ -1168,6 +1174,7 @@ mod tests {
         let retained = facts.retention.entry(key()).or_default();
         retained.deletions.push((0, deletion));
         retained.observed_starts.push(retention::ObservedStart {
+            invoke_ms: 0,
             at_ms: 1,
             offset: 3,
         });

@@ -484,13 +484,25 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
     let mut facts = OffsetFacts::default();
     if params.retention.is_some() {
         facts.retention = retained.lock().expect("retention lock").clone();
-        for (partition, at_ms, offset) in trace.log_starts() {
+        // One node serves every fetch from one log; a partition with no deletion reported has
+        // none yet, but clients may still have been told a log start.
+        for p in 0..params.partitions {
+            facts.retention.entry(client::key(p)).or_default();
+        }
+        for r in facts.retention.values_mut() {
+            r.monotonic = params.nodes == 1;
+        }
+        for (partition, invoke_ms, at_ms, offset) in trace.log_starts() {
             facts
                 .retention
                 .entry(client::key(partition))
                 .or_default()
                 .observed_starts
-                .push(ObservedStart { at_ms, offset });
+                .push(ObservedStart {
+                    invoke_ms,
+                    at_ms,
+                    offset,
+                });
         }
     }
     let report = check_with_facts(

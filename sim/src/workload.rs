@@ -323,7 +323,7 @@ pub async fn run_client(
             let (reads, outcome, reset) = match fetch(&mut client, &cursors, POLL_MAX_WAIT_MS).await
             {
                 Ok(fetched) => {
-                    trace.observe_log_starts(&fetched.log_starts);
+                    trace.observe_log_starts(invoke_ms, &fetched.log_starts);
                     log_starts = fetched.log_starts.clone();
                     // Past the last batch returned, like a Kafka consumer, which also steps over
                     // control batches.
@@ -399,6 +399,7 @@ pub async fn final_read(
                 break;
             }
             let cursors = BTreeMap::from([(partition, cursor)]);
+            let fetch_invoke_ms = trace.now_ms();
             match fetch(&mut client, &cursors, 0).await {
                 Ok(fetched) => {
                     if let Some((_, code)) = fetched.errors.first() {
@@ -417,7 +418,7 @@ pub async fn final_read(
                         ));
                         break;
                     }
-                    trace.observe_log_starts(&fetched.log_starts);
+                    trace.observe_log_starts(fetch_invoke_ms, &fetched.log_starts);
                     if !fetched.out_of_range.is_empty() {
                         // Retention moved the log start past the cursor: start the partition
                         // over from there (what was read so far sits below it, and a read that

@@ -17,6 +17,8 @@
 //! - **log-start-unjustified:** every log start a client was told is 0 or one that a deletion
 //!   judged lawful above produced (on some replica): a log start no lawful deletion explains means
 //!   records were removed by something other than retention.
+//! - **log-start-regressed** (only when [`Retained::monotonic`]: one replica serves every
+//!   fetch): a fetch invoked after another fetch completed was told a lower log start.
 //!
 //! The lost-write and unseen checkers ([`super`]) excuse an acknowledged value that no read
 //! returned only when it sits below the highest log start a *lawful* deletion produced
@@ -67,9 +69,11 @@ pub struct Deletion {
     pub kafka_high_watermark: u64,
 }
 
-/// A log start a client's fetch was told (Kafka offset), with when the fetch completed.
+/// A log start a client's fetch was told (Kafka offset), with when the fetch was invoked and
+/// when it completed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObservedStart {
+    pub invoke_ms: u64,
     pub at_ms: u64,
     pub offset: u64,
 }
@@ -81,6 +85,10 @@ pub struct Retained {
     pub deletions: Vec<(u64, Deletion)>,
     /// Log starts clients were told.
     pub observed_starts: Vec<ObservedStart>,
+    /// Whether the log start clients see must never go back (one node: every fetch is served
+    /// by the same log). With replicas each runs retention on its own, so a new leader's log
+    /// start may be lower than the old one's, as in Kafka.
+    pub monotonic: bool,
 }
 
 impl Retained {
@@ -201,6 +209,9 @@ pub(super) fn check(
                 findings.push(kind, key, detail, vec![anchor]);
             }
         }
+        if retained.monotonic {
+            regressions(key, &retained.observed_starts, anchor, findings);
+        }
         let lawful = retained.lawful_start();
         for observed in &retained.observed_starts {
             stats.log_starts_observed += 1;
@@ -212,6 +223,33 @@ pub(super) fn check(
                 );
                 findings.push(AnomalyKind::LogStartUnjustified, key, detail, vec![anchor]);
             }
+        }
+    }
+}
+
+/// log-start-regressed: a fetch invoked after another completed and told a lower log start
+/// (real-time order only: overlapping fetches may be served in either order).
+fn regressions(key: &Key, observed: &[ObservedStart], anchor: usize, findings: &mut Findings) {
+    let mut by_completion: Vec<&ObservedStart> = observed.iter().collect();
+    by_completion.sort_by_key(|o| (o.at_ms, o.offset));
+    let mut by_invocation: Vec<&ObservedStart> = observed.iter().collect();
+    by_invocation.sort_by_key(|o| (o.invoke_ms, o.offset));
+    // The highest log start among fetches completed before the current one was invoked.
+    let mut completed = by_completion.iter().peekable();
+    let mut highest: Option<&ObservedStart> = None;
+    for o in by_invocation {
+        while let Some(done) = completed.next_if(|c| c.at_ms < o.invoke_ms) {
+            if highest.is_none_or(|h| done.offset > h.offset) {
+                highest = Some(done);
+            }
+        }
+        if let Some(h) = highest.filter(|h| o.offset < h.offset) {
+            let detail = format!(
+                "a fetch invoked at {} ms was told log start {}, after a fetch that completed at \
+                 {} ms was told {}",
+                o.invoke_ms, o.offset, h.at_ms, h.offset
+            );
+            findings.push(AnomalyKind::LogStartRegressed, key, detail, vec![anchor]);
         }
     }
 }
@@ -349,6 +387,7 @@ mod tests {
         retained.deletions.push((1, deletion(4, -1, 650)));
         assert_eq!(retained.lawful_start(), 30);
         retained.observed_starts.push(ObservedStart {
+            invoke_ms: 4,
             at_ms: 5,
             offset: 30,
         });
@@ -364,9 +403,52 @@ mod tests {
         assert_eq!(report.count(AnomalyKind::LogStartUnjustified), 0);
         assert_eq!(report.stats.retention_deletions, 2);
         retained.observed_starts.push(ObservedStart {
+            invoke_ms: 5,
             at_ms: 6,
             offset: 40,
         });
         assert_eq!(run(&retained).count(AnomalyKind::LogStartUnjustified), 1);
+    }
+
+    #[test]
+    fn on_one_node_the_log_start_clients_see_never_goes_back() {
+        let key = Key::new("t", 0);
+        let mut history = History::new();
+        history.push(
+            0,
+            OpKind::FinalRead {
+                reads: Default::default(),
+                outcome: crate::history::Outcome::Ok(()),
+            },
+            0,
+            1,
+        );
+        let at = |invoke_ms, at_ms, offset| ObservedStart {
+            invoke_ms,
+            at_ms,
+            offset,
+        };
+        let run = |observed: Vec<ObservedStart>, monotonic: bool| {
+            let mut retained = Retained {
+                monotonic,
+                ..Retained::default()
+            };
+            retained.deletions.push((0, deletion(5, 0, -1)));
+            retained.observed_starts = observed;
+            let mut stats = Stats::default();
+            let mut findings = Findings::default();
+            let facts = BTreeMap::from([(key.clone(), retained)]);
+            check(&history, &facts, &mut stats, &mut findings);
+            findings
+                .into_report(stats)
+                .count(AnomalyKind::LogStartRegressed)
+        };
+        // Overlapping fetches may see the log starts in either order.
+        assert_eq!(run(vec![at(10, 20, 50), at(12, 15, 30)], true), 0);
+        // One invoked after the other completed must not see less.
+        assert_eq!(run(vec![at(10, 20, 50), at(21, 25, 30)], true), 1);
+        assert_eq!(run(vec![at(10, 20, 30), at(21, 25, 50)], true), 0);
+        // With replicas it is not judged.
+        assert_eq!(run(vec![at(10, 20, 50), at(21, 25, 30)], false), 0);
     }
 }
