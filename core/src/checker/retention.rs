@@ -292,6 +292,21 @@ mod tests {
         }
     }
 
+    /// A history of one empty final read: what broker-side anomalies name.
+    fn final_read_only() -> History {
+        let mut history = History::new();
+        history.push(
+            0,
+            OpKind::FinalRead {
+                reads: Default::default(),
+                outcome: crate::history::Outcome::Ok(()),
+            },
+            0,
+            1,
+        );
+        history
+    }
+
     fn kinds(d: &Deletion) -> Vec<AnomalyKind> {
         judge(d).into_iter().map(|(k, _)| k).collect()
     }
@@ -371,16 +386,7 @@ mod tests {
     #[test]
     fn a_log_start_no_lawful_deletion_explains_is_flagged() {
         let key = Key::new("t", 0);
-        let mut history = History::new();
-        history.push(
-            0,
-            OpKind::FinalRead {
-                reads: Default::default(),
-                outcome: crate::history::Outcome::Ok(()),
-            },
-            0,
-            1,
-        );
+        let history = final_read_only();
         let mut retained = Retained::default();
         retained.deletions.push((0, deletion(3, 0, -1)));
         // Lawful, to 30; and an early one, to 40, which justifies nothing.
@@ -413,16 +419,7 @@ mod tests {
     #[test]
     fn on_one_node_the_log_start_clients_see_never_goes_back() {
         let key = Key::new("t", 0);
-        let mut history = History::new();
-        history.push(
-            0,
-            OpKind::FinalRead {
-                reads: Default::default(),
-                outcome: crate::history::Outcome::Ok(()),
-            },
-            0,
-            1,
-        );
+        let history = final_read_only();
         let at = |invoke_ms, at_ms, offset| ObservedStart {
             invoke_ms,
             at_ms,
