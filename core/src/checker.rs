@@ -59,6 +59,7 @@ pub mod groups;
 pub mod images;
 pub mod offsets;
 pub mod replicas;
+pub mod retention;
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -93,6 +94,17 @@ pub enum AnomalyKind {
     /// A value an older epoch of an idempotent producer sent after a newer epoch was
     /// acknowledged on the partition, read all the same ([`fencing`]).
     ZombieWrite,
+    /// Retention deleted a segment neither due by time nor by size ([`retention`]).
+    RetentionEarly,
+    /// Retention deleted past the high watermark, the active segment, or moved the log start
+    /// wrong ([`retention`]).
+    RetentionPastHighWatermark,
+    /// A client was told a log start that no lawful retention deletion produced
+    /// ([`retention`]).
+    LogStartUnjustified,
+    /// A client was told a lower log start than a fetch completed before it was invoked (one
+    /// node only; [`retention`]).
+    LogStartRegressed,
     /// A partition handed to two members of a group in one generation.
     DoubleOwner,
     /// An acknowledged commit below one acknowledged before it was invoked.
@@ -122,7 +134,7 @@ pub enum AnomalyKind {
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 22] = [
+    pub const ALL: [AnomalyKind; 26] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -134,6 +146,10 @@ impl AnomalyKind {
         AnomalyKind::UnknownValue,
         AnomalyKind::OffsetGap,
         AnomalyKind::ZombieWrite,
+        AnomalyKind::RetentionEarly,
+        AnomalyKind::RetentionPastHighWatermark,
+        AnomalyKind::LogStartUnjustified,
+        AnomalyKind::LogStartRegressed,
         AnomalyKind::DoubleOwner,
         AnomalyKind::CommitRegressed,
         AnomalyKind::LostCommit,
@@ -157,6 +173,17 @@ impl AnomalyKind {
         self >= AnomalyKind::ConfigDiverged
     }
 
+    /// Whether the kind is one of the retention checker's ([`retention`]).
+    pub fn is_retention(self) -> bool {
+        matches!(
+            self,
+            AnomalyKind::RetentionEarly
+                | AnomalyKind::RetentionPastHighWatermark
+                | AnomalyKind::LogStartUnjustified
+                | AnomalyKind::LogStartRegressed
+        )
+    }
+
     /// Jepsen's name for the anomaly.
     pub fn name(self) -> &'static str {
         match self {
@@ -171,6 +198,10 @@ impl AnomalyKind {
             AnomalyKind::UnknownValue => "unknown-value",
             AnomalyKind::OffsetGap => "offset-gap",
             AnomalyKind::ZombieWrite => "zombie-write",
+            AnomalyKind::RetentionEarly => "retention-early",
+            AnomalyKind::RetentionPastHighWatermark => "retention-past-hw",
+            AnomalyKind::LogStartUnjustified => "log-start-unjustified",
+            AnomalyKind::LogStartRegressed => "log-start-regressed",
             AnomalyKind::DoubleOwner => "group-double-owner",
             AnomalyKind::CommitRegressed => "group-commit-regressed",
             AnomalyKind::LostCommit => "group-lost-commit",
@@ -279,6 +310,14 @@ pub struct Stats {
     /// acknowledged (`acks=all`) on the partition: the ones the broker must fence, and how
     /// much zombie-write had to bite on (displayed only when non-zero).
     pub sends_after_fence: u64,
+    /// Retention runs that deleted segments, on any replica ([`retention`]; the retention
+    /// counts are displayed only when non-zero).
+    pub retention_deletions: u64,
+    pub retention_segments_deleted: u64,
+    /// Log starts clients' fetches were told, judged by log-start-unjustified.
+    pub log_starts_observed: u64,
+    /// Acknowledged values never read that sat below a log start lawful retention produced.
+    pub retention_excused: u64,
     /// Consumer-group operations of any kind (none: the group counts are not displayed).
     pub group_ops: u64,
     /// JoinGroup + SyncGroup rounds, whatever their outcome.
@@ -355,6 +394,17 @@ impl fmt::Display for Stats {
         if self.sends_after_fence > 0 {
             write!(f, ", sends-after-fence: {}", self.sends_after_fence)?;
         }
+        if self.retention_deletions > 0 || self.log_starts_observed > 0 {
+            write!(
+                f,
+                ", retention deletions: {}, segments deleted: {}, log starts observed: {}, \
+                 retention-excused: {}",
+                self.retention_deletions,
+                self.retention_segments_deleted,
+                self.log_starts_observed,
+                self.retention_excused,
+            )?;
+        }
         if self.group_ops > 0 {
             write!(
                 f,
@@ -416,10 +466,14 @@ impl fmt::Display for CheckReport {
     /// `lost-write: 0, duplicate: 0, …, unknown-value: 0; sends ok/fail/info …` (the group
     /// kinds only for a history with group operations).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = AnomalyKind::ALL
-            .iter()
-            .filter(|k| !k.is_group() || self.stats.group_ops > 0 || self.count(**k) > 0)
-            .filter(|k| !k.is_config() || self.stats.config_ops > 0 || self.count(**k) > 0);
+        let shown = AnomalyKind::ALL.iter().filter(|k| {
+            let retention =
+                self.stats.retention_deletions > 0 || self.stats.log_starts_observed > 0;
+            (!k.is_group() || self.stats.group_ops > 0)
+                && (!k.is_retention() || retention)
+                && (!k.is_config() || self.stats.config_ops > 0)
+                || self.count(**k) > 0
+        });
         for (i, kind) in shown.enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
@@ -488,8 +542,13 @@ pub fn check_with_facts(
         .keys
         .iter_mut()
         .map(|key_facts| {
+            let retained_below = offset_facts
+                .retention
+                .get(key_facts.key)
+                .map_or(0, retention::Retained::lawful_start);
             check_key(
                 key_facts,
+                retained_below,
                 final_read_invoke_ms,
                 options,
                 &mut stats,
@@ -504,6 +563,7 @@ pub fn check_with_facts(
     groups::check(history, &mut stats, &mut findings);
     configs::check(history, &mut stats, &mut findings);
     offsets::check(history, offset_facts, &mut stats, &mut findings);
+    retention::check(history, &offset_facts.retention, &mut stats, &mut findings);
     findings.into_report(stats)
 }
 
@@ -661,6 +721,7 @@ fn gather<'h>(history: &'h History, stats: &mut Stats) -> Facts<'h> {
 /// inconsistent-offsets, duplicate, lost-write, unseen, G1a and unknown-value.
 fn check_key(
     facts: &mut KeyFacts<'_>,
+    retained_below: u64,
     final_read_invoke_ms: Option<u64>,
     options: CheckOptions,
     stats: &mut Stats,
@@ -751,6 +812,11 @@ fn check_key(
             continue;
         };
         if order.was_read(value) {
+            continue;
+        }
+        // Below a log start lawful retention produced: the record may be gone.
+        if offset < retained_below {
+            stats.retention_excused += 1;
             continue;
         }
         let below_read_max = read_max.is_some_and(|(max, _)| offset <= max);
@@ -1112,6 +1178,92 @@ mod tests {
             .iter()
             .filter(|a| a.kind == AnomalyKind::PollSkip);
         skips.cloned().collect()
+    }
+
+    #[test]
+    fn every_anomaly_kind_is_listed_once_with_its_own_name() {
+        let names: std::collections::BTreeSet<&str> =
+            AnomalyKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), AnomalyKind::ALL.len());
+        assert!(AnomalyKind::ALL.windows(2).all(|w| w[0] < w[1]));
+        let retention: Vec<AnomalyKind> = AnomalyKind::ALL
+            .into_iter()
+            .filter(|k| k.is_retention())
+            .collect();
+        assert_eq!(retention.len(), 4);
+        assert!(retention.iter().all(|k| !k.is_group()));
+    }
+
+    /// Offsets 0..5 hold values 10..15 (acks=all); retention deleted the segment [0, 3), lawfully
+    /// (`retention.ms` 0) or not (no limit at all), and the final read returns `read`.
+    fn retained_history(lawful: bool, read: &[(u64, Value)]) -> (History, offsets::OffsetFacts) {
+        let mut h = History::new();
+        for i in 0..5 {
+            send_ok(&mut h, 1, 10 + i, i);
+        }
+        final_read(&mut h, read);
+        let deletion = retention::Deletion {
+            now_ms: 10_000,
+            retention_ms: if lawful { 0 } else { -1 },
+            retention_bytes: -1,
+            delete_records_start: 0,
+            size_bytes_before: 500,
+            segments: vec![retention::DeletedSegment {
+                base_offset: 0,
+                next_offset: 3,
+                kafka_next_offset: 3,
+                max_timestamp: 1,
+                size_bytes: 300,
+            }],
+            segments_left: 1,
+            log_start_before: 0,
+            log_start_after: 3,
+            high_watermark: 5,
+            log_end: 5,
+            kafka_log_start_before: 0,
+            kafka_log_start_after: 3,
+            kafka_high_watermark: 5,
+        };
+        let mut facts = offsets::OffsetFacts::default();
+        let retained = facts.retention.entry(key()).or_default();
+        retained.deletions.push((0, deletion));
+        retained.observed_starts.push(retention::ObservedStart {
+            invoke_ms: 0,
+            at_ms: 1,
+            offset: 3,
+        });
+        (h, facts)
+    }
+
+    #[test]
+    fn values_below_a_lawful_log_start_are_excused_and_none_above_it() {
+        let read = [(3, 13), (4, 14)];
+        let (h, facts) = retained_history(true, &read);
+        // Without what retention did, the three deleted values are lost writes.
+        assert_eq!(check(&h).count(AnomalyKind::LostWrite), 3);
+        let report = check_with_facts(&h, CheckOptions::default(), &facts);
+        assert!(report.is_valid(), "{report}");
+        assert_eq!(report.stats.retention_excused, 3);
+        // A value at the log start itself must still be read.
+        let (h, facts) = retained_history(true, &[(4, 14)]);
+        let report = check_with_facts(&h, CheckOptions::default(), &facts);
+        let lost = only(&report, AnomalyKind::LostWrite);
+        assert_eq!(lost.len(), 1);
+        assert!(lost[0].detail.contains("value 13"), "{}", lost[0].detail);
+    }
+
+    #[test]
+    fn an_unlawful_deletion_excuses_nothing() {
+        let (h, facts) = retained_history(false, &[(3, 13), (4, 14)]);
+        let report = check_with_facts(&h, CheckOptions::default(), &facts);
+        assert_eq!(report.count(AnomalyKind::RetentionEarly), 1, "{report}");
+        assert_eq!(
+            report.count(AnomalyKind::LogStartUnjustified),
+            1,
+            "{report}"
+        );
+        assert_eq!(report.count(AnomalyKind::LostWrite), 3, "{report}");
+        assert_eq!(report.stats.retention_excused, 0);
     }
 
     #[test]

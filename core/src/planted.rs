@@ -76,10 +76,15 @@ pub enum Bug {
     /// config checkers (`checker::configs`: config-diverged, config-lost) and its image replay
     /// checker (`checker::images`) in `--scenario configs`.
     ConfigNotLogged = 15,
+    /// Retention by size deletes the oldest segment while the log is at least
+    /// `retention.bytes` long *before* the deletion (Kafka's rule: after it), so it may leave the
+    /// log one segment short of `retention.bytes`. Caught by the simulator's retention checker
+    /// (`checker::retention`, retention-early) in `--scenario retention`.
+    RetentionSizeOffByOne = 16,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 15] = [
+    pub const ALL: [Bug; 16] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -95,6 +100,7 @@ impl Bug {
         Bug::NoEpochFencing,
         Bug::NoRepair,
         Bug::ConfigNotLogged,
+        Bug::RetentionSizeOffByOne,
     ];
 
     pub fn name(self) -> &'static str {
@@ -114,6 +120,7 @@ impl Bug {
             Bug::NoEpochFencing => "no-epoch-fencing",
             Bug::NoRepair => "no-repair",
             Bug::ConfigNotLogged => "config-not-logged",
+            Bug::RetentionSizeOffByOne => "retention-size-off-by-one",
         }
     }
 

@@ -31,7 +31,8 @@ struct Args {
     #[arg(long)]
     seeds: Option<String>,
     /// Fault selection: default, no-faults, crash, disk, network (one node); cluster, split
-    /// (3 or 5 replicating nodes); groups (cluster, plus a consumer group).
+    /// (3 or 5 replicating nodes); groups (cluster, plus a consumer group); retention (one
+    /// node, retention by time and size on); retention-cluster (retention on a cluster).
     #[arg(long, default_value = "default")]
     scenario: String,
     /// Plant a deliberate bug: ack-before-fsync, skip-recovery-crc, recovery-off-by-one,

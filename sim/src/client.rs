@@ -443,6 +443,8 @@ pub(crate) struct Fetched {
     /// Per-partition error codes other than out-of-range.
     pub(crate) errors: Vec<(i32, i16)>,
     pub(crate) high_watermarks: BTreeMap<i32, u64>,
+    /// The log start each partition's answer reported (also with OFFSET_OUT_OF_RANGE).
+    pub(crate) log_starts: BTreeMap<i32, u64>,
     /// Where each partition's next fetch continues: past the last batch returned, control
     /// batches included (a log may end in one).
     pub(crate) next_offsets: BTreeMap<i32, u64>,
@@ -458,6 +460,7 @@ pub(crate) async fn fetch(
         out_of_range: Vec::new(),
         errors: Vec::new(),
         high_watermarks: BTreeMap::new(),
+        log_starts: BTreeMap::new(),
         next_offsets: BTreeMap::new(),
     };
     // One fetch per leader, as a Kafka consumer sends them.
@@ -514,6 +517,11 @@ pub(crate) fn decode_fetch(
             let Some(cursor) = cursors.get(&partition) else {
                 continue;
             };
+            if p.log_start_offset >= 0 {
+                fetched
+                    .log_starts
+                    .insert(partition, p.log_start_offset as u64);
+            }
             match p.error_code {
                 0 => {
                     fetched

@@ -1,8 +1,8 @@
 //! The nemesis: faults injected into the brokers' nodes, their disks and their links, one at a
 //! time, at seeded intervals, each logged with its simulated start and end.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ use madsim::runtime::Handle;
 use madsim::task::NodeId;
 use sluice_core::batch::BatchHeader;
 use sluice_core::checker::replicas::ReplicaChecker;
+use sluice_core::checker::retention::Retained;
+use sluice_core::history::Key;
 use sluice_core::rng::Rng;
 use sluice_core::testing::{CrashMode, Faults, MemStorage};
 
@@ -54,6 +56,9 @@ pub struct Cluster {
     pub partitions: i32,
     /// What the replicas reported: who leads which partition now.
     pub replicas: Arc<Mutex<ReplicaChecker>>,
+    /// What retention deleted, per workload partition (the `retention` scenarios): where each
+    /// replica's log start sits in Kafka offsets.
+    pub retained: Arc<Mutex<BTreeMap<Key, Retained>>>,
     /// The groups scenario: the `__consumer_offsets` partition of the workload's consumer
     /// group, whose leader (the group coordinator) half of the leader faults aim at.
     pub coordinator_partition: Option<i32>,
@@ -550,7 +555,28 @@ impl Nemesis {
             offset = header.next_offset().max(0) as u64;
         }
         // Clients see Kafka offsets: Raft's own entries below the damaged batch take none.
-        let kafka = offset - internal_entries_below(storage, &path, &bytes, offset);
+        // Those in segments retention deleted are no longer on disk: the deletion that moved
+        // the log start to the first segment left says how many there were.
+        let log_start = first_segment_base(storage, &path);
+        let below_log_start = if log_start == 0 {
+            0
+        } else {
+            let retained = cluster.retained.lock().expect("retention lock");
+            retained
+                .get(&crate::client::key(partition))
+                .and_then(|r| {
+                    r.deletions
+                        .iter()
+                        .rev()
+                        .find(|(node, d)| *node == 0 && d.log_start_after == log_start)
+                        .map(|(_, d)| d.log_start_after - d.kafka_log_start_after)
+                })
+                // Unknown: assume every offset below the log start was Raft's own, which puts
+                // the damage as low as it can be (excusing more, never less).
+                .unwrap_or(log_start)
+        };
+        let kafka =
+            offset - internal_entries_below(storage, &path, &bytes, offset) - below_log_start;
         self.damage.push(MediaDamage {
             partition,
             offset: kafka,
@@ -719,6 +745,18 @@ fn partition_of(path: &std::path::Path) -> i32 {
         .and_then(|n| n.rsplit_once('-'))
         .and_then(|(_, p)| p.parse().ok())
         .unwrap_or(-1)
+}
+
+/// The base offset of the first segment in the partition directory of `segment`: the log start.
+fn first_segment_base(storage: &MemStorage, segment: &Path) -> u64 {
+    let dir = segment.parent();
+    storage
+        .paths()
+        .into_iter()
+        .filter(|p| p.parent() == dir && p.extension().is_some_and(|e| e == "log"))
+        .filter_map(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
+        .min()
+        .unwrap_or(0)
 }
 
 /// How many of Raft's own entries (which take a log offset but no Kafka offset) the partition

@@ -38,7 +38,7 @@ use crate::client::{key, produce_request_as, CallError, Client, CONNECT_TIMEOUT,
 use crate::ops::{describe, Recorded};
 use crate::params::{Params, PipelineParams};
 use crate::trace::Trace;
-use crate::workload::{refused_before_write, TIMESTAMP_BASE_MS};
+use crate::workload::{record_timestamp, refused_before_write};
 
 /// Produce requests one partition keeps in flight at most: Kafka's
 /// `max.in.flight.requests.per.connection` with idempotence, which the broker's memory of the
@@ -391,6 +391,7 @@ impl Sender {
             partitions: self.params.partitions,
             acks_all_per_mille: self.params.acks_all_per_mille,
             think_ms: self.params.think_ms,
+            clock_timestamps: self.params.retention.is_some(),
             rng: self.rng.fork(),
             trace: self.trace.clone(),
             until_ms,
@@ -466,7 +467,11 @@ impl Sender {
                     partition,
                     acks_code(batch.job.acks),
                     batch.job.value,
-                    TIMESTAMP_BASE_MS + batch.job.invoke_ms as i64,
+                    record_timestamp(
+                        self.params.retention.is_some(),
+                        &self.trace,
+                        batch.job.invoke_ms,
+                    ),
                     Some((stamp.producer_id, stamp.epoch, sequence)),
                 );
                 batch.attempts += 1;
@@ -674,6 +679,8 @@ struct Zombie {
     partitions: i32,
     acks_all_per_mille: u32,
     think_ms: (u64, u64),
+    /// Record timestamps from the simulated wall clock ([`record_timestamp`]).
+    clock_timestamps: bool,
     rng: Rng,
     trace: Trace,
     until_ms: u64,
@@ -704,7 +711,7 @@ impl Zombie {
                 partition,
                 acks_code(acks),
                 value,
-                TIMESTAMP_BASE_MS + invoke_ms as i64,
+                record_timestamp(self.clock_timestamps, &self.trace, invoke_ms),
                 Some((self.stamp.producer_id, self.stamp.epoch, sequence)),
             );
             // One attempt per value: a refusal says this request was not written, and nothing

@@ -1,14 +1,17 @@
 //! One seeded run: build the simulated cluster, run the workload and the nemesis (safety phase),
 //! heal, check liveness, read everything back, and check the history.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sluice_core::checker::offsets::OffsetFacts;
 use sluice_core::checker::replicas::{Observation, ReplicaChecker};
-use sluice_core::checker::{check_with, AnomalyKind, CheckOptions, CheckReport};
-use sluice_core::history::{History, OpKind, Outcome};
+use sluice_core::checker::retention::{ObservedStart, Retained};
+use sluice_core::checker::{check_with_facts, AnomalyKind, CheckOptions, CheckReport};
+use sluice_core::history::{History, Key, OpKind, Outcome};
 use sluice_core::planted::{Bug, Planted};
 use sluice_core::rng::Rng;
 use sluice_core::testing::MemStorage;
@@ -158,8 +161,9 @@ fn broker_config(params: &Params, node: u32, bug: Option<Bug>) -> Config {
         segment_bytes: Some(params.segment_bytes),
         index_interval_bytes: Some(params.index_interval_bytes),
         flush_interval_ms: Some(params.flush_interval_ms),
-        retention_ms: Some(-1),
-        retention_bytes: Some(-1),
+        retention_ms: Some(params.retention.as_ref().map_or(-1, |r| r.retention_ms)),
+        retention_bytes: Some(params.retention.as_ref().map_or(-1, |r| r.retention_bytes)),
+        retention_check_interval_ms: params.retention.as_ref().map(|r| r.check_interval_ms),
         ..ServeArgs::default()
     };
     let args = match &params.groups {
@@ -188,6 +192,8 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
     // What every replica reports, checked as it arrives (a panic here would be lost in a node
     // task, so violations are collected and judged at the end).
     let replicas = Arc::new(Mutex::new(ReplicaChecker::new()));
+    // What retention deleted, per partition and replica, for the retention checker.
+    let retained: Arc<Mutex<BTreeMap<Key, Retained>>> = Arc::default();
     let mut brokers = Vec::new();
     for i in 0..params.nodes {
         let storage = MemStorage::new();
@@ -195,8 +201,39 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
         let config = broker_config(&params, i, bug);
         let (node_storage, node_trace) = (storage.clone(), trace.clone());
         let observer_replicas = replicas.clone();
+        let observer_retained = retained.clone();
         let observer_trace = trace.clone();
         let observer: sluice_node::broker::Observer = Arc::new(move |o: Observation| {
+            if let Observation::Retention {
+                group,
+                node,
+                deletion,
+            } = o
+            {
+                observer_trace.record(
+                    "replica",
+                    "retention",
+                    format!(
+                        "{group}: broker {node} deleted {} segments, log start {} -> {} \
+                         (Kafka {} -> {}), high watermark {}",
+                        deletion.segments.len(),
+                        deletion.log_start_before,
+                        deletion.log_start_after,
+                        deletion.kafka_log_start_before,
+                        deletion.kafka_log_start_after,
+                        deletion.high_watermark
+                    ),
+                );
+                if let Some(key) = topic_key(&group) {
+                    let mut retained = observer_retained.lock().expect("retention lock");
+                    retained
+                        .entry(key)
+                        .or_default()
+                        .deletions
+                        .push((node, deletion));
+                }
+                return;
+            }
             if let Observation::Leader {
                 group, node, term, ..
             } = &o
@@ -382,6 +419,7 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
         sync_latency,
         partitions: params.partitions,
         replicas: replicas.clone(),
+        retained: retained.clone(),
         coordinator_partition: params
             .groups
             .as_ref()
@@ -488,11 +526,36 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
     }
 
     let history = to_history(recorded);
-    let report = check_with(
+    let mut facts = OffsetFacts::default();
+    if params.retention.is_some() {
+        facts.retention = retained.lock().expect("retention lock").clone();
+        // One node serves every fetch from one log; a partition with no deletion reported has
+        // none yet, but clients may still have been told a log start.
+        for p in 0..params.partitions {
+            facts.retention.entry(client::key(p)).or_default();
+        }
+        for r in facts.retention.values_mut() {
+            r.monotonic = params.nodes == 1;
+        }
+        for (partition, invoke_ms, at_ms, offset) in trace.log_starts() {
+            facts
+                .retention
+                .entry(client::key(partition))
+                .or_default()
+                .observed_starts
+                .push(ObservedStart {
+                    invoke_ms,
+                    at_ms,
+                    offset,
+                });
+        }
+    }
+    let report = check_with_facts(
         &history,
         CheckOptions {
             acks1_offsets_final: params.nodes == 1,
         },
+        &facts,
     );
     let replica_problems = {
         let checker = replicas.lock().expect("checker lock");
@@ -558,6 +621,13 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
         offending_ops,
         excused,
     }
+}
+
+/// The workload topic's key for a Raft group name (`topic-partition`); `None` for any other
+/// log (the metadata log, the offsets topic).
+fn topic_key(group: &str) -> Option<Key> {
+    let partition = group.strip_prefix(client::TOPIC)?.strip_prefix('-')?;
+    Some(client::key(partition.parse().ok()?))
 }
 
 /// Merges the processes' operations into one history ordered by invocation (each process is

@@ -22,6 +22,9 @@ pub struct Trace {
     /// Set by the first call inside the simulation (madsim's clock exists only there), so a
     /// trace can be created outside and read after a panic.
     start: Arc<std::sync::OnceLock<Instant>>,
+    /// Log starts above 0 that fetches were told: (partition, invoke_ms, complete_ms, offset),
+    /// for the retention checker (kept apart from the events, which they would flood).
+    log_starts: Arc<Mutex<Vec<(i32, u64, u64, u64)>>>,
 }
 
 impl Trace {
@@ -29,7 +32,33 @@ impl Trace {
         Trace {
             events: Arc::new(Mutex::new(Vec::new())),
             start: Arc::new(std::sync::OnceLock::new()),
+            log_starts: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// A fetch invoked at `invoke_ms` (and completing now) was told these partitions' log
+    /// starts; those above 0 are kept.
+    pub fn observe_log_starts(
+        &self,
+        invoke_ms: u64,
+        starts: &std::collections::BTreeMap<i32, u64>,
+    ) {
+        let complete_ms = self.now_ms();
+        let mut kept = self.log_starts.lock().unwrap_or_else(|e| e.into_inner());
+        for (partition, offset) in starts {
+            if *offset > 0 {
+                kept.push((*partition, invoke_ms, complete_ms, *offset));
+            }
+        }
+    }
+
+    /// Every log start above 0 a fetch was told, in order:
+    /// (partition, invoke_ms, complete_ms, offset).
+    pub fn log_starts(&self) -> Vec<(i32, u64, u64, u64)> {
+        self.log_starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn now_ms(&self) -> u64 {

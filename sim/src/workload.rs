@@ -34,6 +34,20 @@ pub(crate) fn refused_before_write(code: i16) -> bool {
 /// `message.timestamp.after.max.ms`, one hour).
 pub(crate) const TIMESTAMP_BASE_MS: i64 = 1_600_000_000_000;
 
+/// A record's timestamp for a send invoked at `invoke_ms` (trace time): from the simulated wall
+/// clock the brokers read when retention is on (`clock`), so that time retention has records
+/// of every age to judge; otherwise [`TIMESTAMP_BASE_MS`] + `invoke_ms`.
+pub(crate) fn record_timestamp(clock: bool, trace: &Trace, invoke_ms: u64) -> i64 {
+    if !clock {
+        return TIMESTAMP_BASE_MS + invoke_ms as i64;
+    }
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the simulated clock is after 1970")
+        .as_millis() as i64;
+    wall_ms - trace.now_ms() as i64 + invoke_ms as i64
+}
+
 /// Sends once; the outcome as the checker should see it.
 async fn send_once(
     client: &mut Client,
@@ -239,7 +253,7 @@ pub async fn run_client(
             // Unique per key across the run: the process in the high bits, a counter below.
             let value = (u64::from(process) << 40) | next_value;
             next_value += 1;
-            let timestamp = TIMESTAMP_BASE_MS + invoke_ms as i64;
+            let timestamp = record_timestamp(params.retention.is_some(), &trace, invoke_ms);
             if let Some((queue, _)) = &pipeline {
                 // The sender records the send once it is resolved. Waits while the sender's
                 // queue is full, as a Kafka producer's send does when its buffer is.
@@ -305,9 +319,12 @@ pub async fn run_client(
             };
             record(&mut ops, kind, invoke_ms, &trace);
         } else {
+            let mut log_starts = BTreeMap::new();
             let (reads, outcome, reset) = match fetch(&mut client, &cursors, POLL_MAX_WAIT_MS).await
             {
                 Ok(fetched) => {
+                    trace.observe_log_starts(invoke_ms, &fetched.log_starts);
+                    log_starts = fetched.log_starts.clone();
                     // Past the last batch returned, like a Kafka consumer, which also steps over
                     // control batches.
                     for (partition, next) in &fetched.next_offsets {
@@ -326,11 +343,16 @@ pub async fn run_client(
             };
             record(&mut ops, OpKind::Poll { reads, outcome }, invoke_ms, &trace);
             if reset {
-                // Out of range (the log lost unsynced records in a crash): like a consumer with
-                // auto.offset.reset=earliest, start over — an assignment change for the checker.
+                // Out of range (the log lost unsynced records in a crash, or retention moved
+                // the log start past the cursor): like a consumer with
+                // auto.offset.reset=earliest, start over at the log start the fetch reported —
+                // an assignment change for the checker.
                 let invoke_ms = trace.now_ms();
                 let keys: Vec<i32> = cursors.keys().copied().collect();
-                cursors = keys.iter().map(|p| (*p, 0)).collect();
+                cursors = keys
+                    .iter()
+                    .map(|p| (*p, log_starts.get(p).copied().unwrap_or(0)))
+                    .collect();
                 let kind = OpKind::Assign {
                     keys: keys.iter().map(|p| key(*p)).collect(),
                     seek_to_beginning: true,
@@ -377,6 +399,7 @@ pub async fn final_read(
                 break;
             }
             let cursors = BTreeMap::from([(partition, cursor)]);
+            let fetch_invoke_ms = trace.now_ms();
             match fetch(&mut client, &cursors, 0).await {
                 Ok(fetched) => {
                     if let Some((_, code)) = fetched.errors.first() {
@@ -395,7 +418,19 @@ pub async fn final_read(
                         ));
                         break;
                     }
+                    trace.observe_log_starts(fetch_invoke_ms, &fetched.log_starts);
                     if !fetched.out_of_range.is_empty() {
+                        // Retention moved the log start past the cursor: start the partition
+                        // over from there (what was read so far sits below it, and a read that
+                        // jumped would look like a skip to the checkers).
+                        match fetched.log_starts.get(&partition) {
+                            Some(&start) if start > cursor => {
+                                cursor = start;
+                                values.clear();
+                                continue;
+                            }
+                            _ => {}
+                        }
                         problems.push(format!(
                             "partition {partition}: offset {cursor} out of range"
                         ));

@@ -81,10 +81,20 @@ pub struct OffsetFacts {
     /// offset in Kafka and clients skip it). Only markers: an offset taken by anything else a
     /// client never sees is the gap this checker exists to find.
     pub markers: BTreeMap<Key, BTreeSet<u64>>,
+    /// What retention deleted and which log starts clients were told ([`super::retention`]).
+    /// A partition retention deleted from has a moving log start.
+    pub retention: BTreeMap<Key, super::retention::Retained>,
 }
 
 impl OffsetFacts {
     fn log_start(&self, key: &Key) -> LogStart {
+        if self
+            .retention
+            .get(key)
+            .is_some_and(|r| !r.deletions.is_empty() || !r.observed_starts.is_empty())
+        {
+            return LogStart::Moving;
+        }
         self.log_starts.get(key).copied().unwrap_or(LogStart::At(0))
     }
 }

@@ -63,6 +63,13 @@ pub enum Observation {
         applied_end: u64,
         image: Box<crate::metadata::MetadataImage>,
     },
+    /// `node`'s retention deleted segments of `group`'s log (judged by
+    /// [`super::retention`], not here).
+    Retention {
+        group: String,
+        node: u64,
+        deletion: super::retention::Deletion,
+    },
 }
 
 /// A broken cluster property, with what showed it.
@@ -201,6 +208,7 @@ impl ReplicaChecker {
                     self.repairing.remove(&(group, node));
                 }
             }
+            Observation::Retention { .. } => {}
         }
     }
 

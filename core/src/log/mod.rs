@@ -395,6 +395,9 @@ pub struct PartitionLog {
     /// A cleaning found damage: none until the partition is reopened (and recovered).
     cleaning_halted: bool,
     last_clean: Option<CleanReport>,
+    /// What the last retention run that deleted segments did, until the host takes it
+    /// ([`PartitionLog::take_deletion`]) for the simulator's retention checker.
+    last_deletion: Option<crate::checker::retention::Deletion>,
 }
 
 impl PartitionLog {
@@ -453,6 +456,7 @@ impl PartitionLog {
             discard: None,
             cleaning_halted: false,
             last_clean: None,
+            last_deletion: None,
         };
         if let Some(last) = log.segments.values_mut().last() {
             last.sealed = false;
@@ -1050,6 +1054,22 @@ impl PartitionLog {
         }
         let mut deleted = 0;
         let mut total = self.size_bytes();
+        let mut report = crate::checker::retention::Deletion {
+            now_ms,
+            retention_ms: self.config.retention_ms,
+            retention_bytes: self.config.retention_bytes,
+            delete_records_start: self.kafka_start,
+            size_bytes_before: total,
+            segments: Vec::new(),
+            segments_left: 0,
+            log_start_before: self.log_start_offset(),
+            log_start_after: 0,
+            high_watermark: self.high_watermark.offset,
+            log_end: self.log_end_offset(),
+            kafka_log_start_before: self.kafka_log_start_offset(),
+            kafka_log_start_after: 0,
+            kafka_high_watermark: self.kafka_high_watermark(),
+        };
         loop {
             let mut iter = self.segments.values();
             let (Some(oldest), Some(_next)) = (iter.next(), iter.next()) else {
@@ -1070,9 +1090,16 @@ impl PartitionLog {
             let expired = delete
                 && self.config.retention_ms >= 0
                 && oldest.max_timestamp < (now_ms as i64).saturating_sub(self.config.retention_ms);
+            // The planted off-by-one deletes while the log is at least retention.bytes long
+            // before the deletion, so it may end one segment short of retention.bytes.
+            let left = if self.config.planted.is(Bug::RetentionSizeOffByOne) {
+                total
+            } else {
+                total.saturating_sub(oldest.size_bytes)
+            };
             let oversized = delete
                 && self.config.retention_bytes >= 0
-                && total.saturating_sub(oldest.size_bytes) >= self.config.retention_bytes as u64;
+                && left >= self.config.retention_bytes as u64;
             // Kafka's deleteLogStartOffsetBreachedSegments: every record of the segment lies
             // below the log start DeleteRecords set (also on a compacted topic, as in Kafka).
             // Without one, a segment of Raft's own entries alone (below Kafka offset 0) stays:
@@ -1083,6 +1110,15 @@ impl PartitionLog {
                 break;
             }
             let base = oldest.base_offset;
+            report
+                .segments
+                .push(crate::checker::retention::DeletedSegment {
+                    base_offset: base,
+                    next_offset: oldest.next_offset,
+                    kafka_next_offset: self.translator.kafka(oldest.next_offset),
+                    max_timestamp: oldest.max_timestamp,
+                    size_bytes: oldest.size_bytes,
+                });
             total -= oldest.size_bytes;
             self.segments.remove(&base);
             self.dirty_segments.remove(&base);
@@ -1109,10 +1145,22 @@ impl PartitionLog {
             self.log_start_offset() <= self.high_watermark.offset,
             "retention deleted uncommitted data"
         );
+        if deleted > 0 {
+            report.segments_left = self.segments.len();
+            report.log_start_after = self.log_start_offset();
+            report.kafka_log_start_after = self.kafka_log_start_offset();
+            self.last_deletion = Some(report);
+        }
         if cfg!(any(debug_assertions, madsim)) {
             self.check_invariants();
         }
         deleted
+    }
+
+    /// What the last retention run that deleted segments did, once (for the simulator's
+    /// retention checker, [`crate::checker::retention`]).
+    pub fn take_deletion(&mut self) -> Option<crate::checker::retention::Deletion> {
+        self.last_deletion.take()
     }
 
     /// The segments compaction may rewrite now, oldest first: sealed, below the checkpoint's

@@ -731,3 +731,42 @@ fn review_a_flipped_bit_in_a_batch_length_is_damage_not_a_torn_tail() {
         log.log_end_offset()
     );
 }
+
+/// Retention by size, as the simulator's retention checker sees it: the deletion the log
+/// reports is lawful (`checker::retention::judge`), and with the planted off-by-one the
+/// checker names the segment it deleted one too many.
+#[test]
+fn retention_reports_each_deletion_for_the_retention_checker() {
+    use crate::checker::retention::judge;
+    let run = |config: LogConfig| {
+        let mut h = Harness::new(config);
+        for _ in 0..40 {
+            h.append(2, 40, None);
+        }
+        h.sync();
+        let size_before = h.log.size_bytes();
+        assert!(h.log.enforce_retention(h.now_ms) > 0);
+        let deletion = h.log.take_deletion().expect("a deletion is reported");
+        assert!(h.log.take_deletion().is_none(), "reported once");
+        assert_eq!(deletion.size_bytes_before, size_before);
+        assert_eq!(deletion.log_start_after, h.log.log_start_offset());
+        assert_eq!(deletion.segments_left, h.log.segments().count());
+        judge(&deletion)
+    };
+    let mut config = small_config();
+    config.retention_bytes = 1500;
+    assert_eq!(run(config.clone()), Vec::new());
+    #[cfg(feature = "planted-bugs")]
+    {
+        use crate::checker::AnomalyKind;
+        config.planted =
+            crate::planted::Planted::new(Some(crate::planted::Bug::RetentionSizeOffByOne));
+        let problems = run(config);
+        assert!(
+            problems
+                .iter()
+                .any(|(kind, _)| *kind == AnomalyKind::RetentionEarly),
+            "{problems:?}"
+        );
+    }
+}

@@ -613,6 +613,16 @@ impl Node {
                     tracing::info!(%tp, log_start_offset = h.machine.log().log_start_offset(), "retention deleted segments");
                     changed.push(tp.clone());
                 }
+                let deletion = h.machine.log_mut().take_deletion();
+                if let (Some(deletion), true) = (deletion, self.config.observe) {
+                    use crate::checker::replicas::Observation;
+                    self.outputs
+                        .push_back(Output::Observe(Observation::Retention {
+                            group: tp.to_string(),
+                            node: self.config.node_id as u64,
+                            deletion,
+                        }));
+                }
             }
         }
         for tp in changed {
