@@ -760,9 +760,12 @@ impl<R: SegmentReader> EntrySource for LogSource<'_, R> {
     }
 
     fn snapshot_data(&self, _index: u64) -> Option<Bytes> {
-        // A partition's state is its log: a follower behind the log start restarts its log
-        // there, with no other state.
-        Some(Bytes::new())
+        // A follower behind the log start would restart its log there, but restarting a log at
+        // an offset (with the Kafka offset, leader epochs and producer state there) is not
+        // built yet (docs/architecture.md, Known limits). Sending it a snapshot would move its
+        // Raft log past its partition log, so nothing is sent: it stays behind, and the group
+        // runs on the other replicas.
+        None
     }
 }
 
