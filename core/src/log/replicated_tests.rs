@@ -725,13 +725,29 @@ fn single_node_mode_is_unchanged_and_refuses_an_external_high_watermark() {
 
 #[derive(Clone, Debug)]
 enum Step {
-    Append { records: u8, pid: Option<i64> },
+    Append {
+        records: u8,
+        pid: Option<i64>,
+    },
     NewEpoch,
     Sync,
-    Commit { pick: u16 },
-    Truncate { pick: u16 },
-    Retention { advance_ms: u16 },
-    Crash { tear: Option<(u16, bool)> },
+    Commit {
+        pick: u16,
+    },
+    Truncate {
+        pick: u16,
+    },
+    Retention {
+        advance_ms: u16,
+    },
+    Crash {
+        tear: Option<(u16, bool)>,
+    },
+    /// A crash that tears every file's unsynced writes (`CrashMode::TearEach`).
+    CrashTearEach {
+        seed: u64,
+        garbage: bool,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -743,6 +759,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => any::<u16>().prop_map(|pick| Step::Truncate { pick }),
         1 => (0u16..3000).prop_map(|advance_ms| Step::Retention { advance_ms }),
         1 => proptest::option::of((0u16..200, any::<bool>())).prop_map(|tear| Step::Crash { tear }),
+        1 => (any::<u64>(), any::<bool>()).prop_map(|(seed, garbage)| Step::CrashTearEach { seed, garbage }),
     ]
 }
 
@@ -821,6 +838,11 @@ fn run_steps(steps: Vec<Step>, retention: bool) {
                     },
                 };
                 r.crash(mode);
+                assert!(r.log.log_end_offset() >= hw, "a crash lost committed data");
+            }
+            Step::CrashTearEach { seed, garbage } => {
+                let hw = r.log.high_watermark();
+                r.crash(CrashMode::TearEach { seed, garbage });
                 assert!(r.log.log_end_offset() >= hw, "a crash lost committed data");
             }
         }
