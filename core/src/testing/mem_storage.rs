@@ -66,6 +66,17 @@ struct MemState {
     sync_latency: std::time::Duration,
     /// Writes not yet synced, in order, for tearing on crash: (file, offset, length).
     unsynced_writes: Vec<(PathBuf, u64, u64)>,
+    /// The last misdirected write, until [`MemStorage::persist_misdirected`] takes it.
+    misdirected: Option<Misdirected>,
+}
+
+/// Where a misdirected write went: `bytes` meant for `at` of `path` landed at `wrong`.
+#[derive(Clone, Debug)]
+struct Misdirected {
+    path: PathBuf,
+    at: u64,
+    wrong: u64,
+    bytes: Vec<u8>,
 }
 
 /// Injected faults. Each fires once, on the next matching operation.
@@ -298,6 +309,27 @@ impl MemStorage {
         lock(&self.state).files.keys().cloned().collect()
     }
 
+    /// Makes the last misdirected write durable, as a disk may write any dirty page before it
+    /// is asked to sync: the bytes it overwrote and the zeros left where it was meant to go
+    /// reach the disk image too. Returns the file and what happened, or `None` if no write was
+    /// misdirected since the last call (or its file is gone).
+    pub fn persist_misdirected(&self) -> Option<String> {
+        let mut state = lock(&self.state);
+        let m = state.misdirected.take()?;
+        let file = state.files.get(&m.path)?.clone();
+        drop(state);
+        let mut f = lock(&file);
+        write_into(&mut f.durable, m.at, &vec![0u8; m.bytes.len()]);
+        write_into(&mut f.durable, m.wrong, &m.bytes);
+        Some(format!(
+            "{}: {} bytes meant for byte {} landed at byte {}",
+            m.path.display(),
+            m.bytes.len(),
+            m.at,
+            m.wrong
+        ))
+    }
+
     /// The faults still armed (each is cleared when it fires).
     pub fn armed(&self) -> Faults {
         lock(&self.state).faults.clone()
@@ -491,6 +523,12 @@ impl StorageFile for MemFileHandle {
                     f.unsynced.push(Unsynced::Write { at, bytes: zeros });
                     f.unsynced.push(Unsynced::Write {
                         at: wrong,
+                        bytes: bytes.to_vec(),
+                    });
+                    lock(&self.storage.state).misdirected = Some(Misdirected {
+                        path: self.path.clone(),
+                        at,
+                        wrong,
                         bytes: bytes.to_vec(),
                     });
                 }
@@ -853,5 +891,25 @@ mod tests {
         a.sync().unwrap();
         s.crash(CrashMode::Clean);
         assert_eq!(reopen_all(&s), b"012345abcd\0\0\0\0ef");
+    }
+
+    #[test]
+    fn a_persisted_misdirected_write_survives_a_crash_without_a_sync() {
+        let s = MemStorage::new();
+        let a = synced_file(&s);
+        assert_eq!(s.persist_misdirected(), None, "nothing was misdirected");
+        s.inject(Faults {
+            misdirect_next_write: Some(20),
+            ..Faults::default()
+        });
+        a.append(b"abc").unwrap();
+        assert!(s.persist_misdirected().is_some());
+        assert_eq!(s.persist_misdirected(), None, "taken once");
+        s.crash(CrashMode::Clean);
+        assert_eq!(
+            reopen_all(&s),
+            b"abc3456789\0\0\0",
+            "clamped to the file's start, the synced bytes it hit are damaged"
+        );
     }
 }
