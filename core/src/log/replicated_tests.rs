@@ -675,6 +675,41 @@ fn recovery_bounded_by_the_stored_term_cuts_a_raised_epoch() {
     log.check_invariants();
 }
 
+/// Regression (seed 824 of `--scenario cluster`, 5 nodes): a flipped sign bit of a stored
+/// batch's leader epoch (outside the CRC) made it negative, which recovery took for a batch
+/// without an epoch and kept; the replica never repaired it, and its committed metadata log
+/// differed from its peers'. A replica stores no batch without an epoch: it is damage.
+#[test]
+fn a_flipped_sign_bit_of_a_replicas_epoch_is_damage() {
+    let mut r = Replica::new(config());
+    r.append(batch::leader_epoch_start_batch(0, 1, -1));
+    let last = r.stamped(2, None, 1);
+    let last_len = last.len() as u64;
+    r.append(last);
+    r.sync();
+    let segment = r.dir.join(segment::log_file_name(0));
+    let len = r.storage.open(&segment, false).unwrap().len().unwrap();
+    // Bit 7 of the epoch's most significant byte (batch byte 12): epoch 1 becomes negative.
+    assert!(r.storage.flip_bit(&segment, (len - last_len + 12) * 8 + 7));
+    let mut damage = None;
+    let (log, store) = LogStore::open_bounded(
+        r.storage.clone(),
+        r.dir.clone(),
+        r.config.clone(),
+        Some(1),
+        0,
+        |d| {
+            damage = Some(d);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(log.log_end_offset(), 1, "the damaged batch is cut");
+    assert!(damage.is_some(), "the cut is damage, not a torn tail");
+    assert!(!store.repairs().is_empty(), "the cut is reported");
+    log.check_invariants();
+}
+
 #[test]
 fn raft_reads_whole_batches_with_epochs_and_control_types() {
     let mut r = Replica::new(config());

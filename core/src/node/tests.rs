@@ -907,7 +907,8 @@ fn a_failed_fsync_fails_the_waiters_and_the_partition_is_reopened() {
 /// acknowledged record is still there.
 #[test]
 fn a_failed_directory_sync_rename_or_open_reopens_the_partition_and_loses_nothing_acknowledged() {
-    let kinds: [(&str, fn(&mut crate::testing::Faults)); 4] = [
+    type Arm = fn(&mut crate::testing::Faults);
+    let kinds: [(&str, Arm); 4] = [
         ("directory sync", |f| f.fail_next_sync_dir = true),
         ("rename", |f| f.fail_next_rename = true),
         ("open", |f| f.fail_next_open = true),
