@@ -150,6 +150,10 @@ pub struct Nemesis {
     damaged: Option<(usize, u64)>,
     /// Bits the nemesis flipped in replicas' synced data (cluster runs; nothing is excused).
     pub replica_flips: u64,
+    /// Draws of the storage faults added after the others (which directory operation an I/O
+    /// error hits, how a crash tears every file): a stream of its own, so that the draws of
+    /// `run`'s stream, and with them the older faults of every seed, stay as they were.
+    disk_rng: Rng,
 }
 
 impl Nemesis {
@@ -160,6 +164,7 @@ impl Nemesis {
             down: BTreeSet::new(),
             damaged: None,
             replica_flips: 0,
+            disk_rng: Rng::new(0),
         }
     }
 
@@ -194,6 +199,7 @@ impl Nemesis {
         trace: &Trace,
         deadline_ms: u64,
     ) {
+        self.disk_rng = Rng::new(params.seed ^ 0xd15c_d15c_0bad_f00d);
         let kinds = params.faults.names();
         if kinds.is_empty() {
             tokio::time::sleep(Duration::from_millis(
@@ -246,21 +252,25 @@ impl Nemesis {
                     }
                 };
                 let b = cluster.pick(rng);
+                // Half the tears tear every file: each keeps a prefix of its unsynced writes,
+                // the next one in part (drawn from the disk stream, which leaves `rng` as it
+                // was).
+                let mut mode = match mode {
+                    CrashMode::TearLastWrite { garbage, .. } if self.disk_rng.chance(500) => {
+                        CrashMode::TearEach {
+                            seed: self.disk_rng.next_u64(),
+                            garbage,
+                        }
+                    }
+                    mode => mode,
+                };
                 // A whole batch of garbage at the end cannot be told from a flipped bit, so a
                 // replica treats it as damage and repairs (protocol-aware recovery): in a
                 // cluster it counts against the one damaged broker at a time.
-                let mut mode = mode;
                 let mut garbage_tear = false;
-                if let CrashMode::TearLastWrite {
-                    keep_bytes,
-                    garbage: true,
-                } = mode
-                {
+                if mode.garbage() {
                     if cluster.brokers.len() > 1 && !self.may_damage(cluster, b, trace.now_ms()) {
-                        mode = CrashMode::TearLastWrite {
-                            keep_bytes,
-                            garbage: false,
-                        };
+                        mode = mode.without_garbage();
                     } else {
                         garbage_tear = cluster.brokers.len() > 1;
                     }
@@ -413,9 +423,17 @@ impl Nemesis {
                     // Each loses its unsynced writes; some keep a prefix of their last one (a
                     // tear that ends the file inside a batch, never a whole garbage batch).
                     let mode = if rng.chance(500) {
-                        CrashMode::TearLastWrite {
+                        let last = CrashMode::TearLastWrite {
                             keep_bytes: rng.below(120),
                             garbage: false,
+                        };
+                        if self.disk_rng.chance(500) {
+                            CrashMode::TearEach {
+                                seed: self.disk_rng.next_u64(),
+                                garbage: false,
+                            }
+                        } else {
+                            last
                         }
                     } else {
                         CrashMode::Clean
@@ -444,19 +462,39 @@ impl Nemesis {
             }
             "io-error" => {
                 let sync = rng.chance(600);
-                let faults = Faults {
+                let mut faults = Faults {
                     fail_next_sync: sync,
                     fail_next_write: !sync,
                     ..Faults::default()
                 };
+                let mut what = if sync { "fsync" } else { "write" };
+                // A third of them hit a directory operation or an open instead.
+                if self.disk_rng.chance(333) {
+                    faults = Faults::default();
+                    what = match self.disk_rng.below(4) {
+                        0 => {
+                            faults.fail_next_sync_dir = true;
+                            "directory sync"
+                        }
+                        1 => {
+                            faults.fail_next_rename = true;
+                            "rename"
+                        }
+                        2 => {
+                            faults.fail_next_remove = true;
+                            "file removal"
+                        }
+                        _ => {
+                            faults.fail_next_open = true;
+                            "open"
+                        }
+                    };
+                }
                 let b = cluster.pick(rng);
                 cluster.brokers[b].storage.inject(faults);
-                if sync {
-                    "next fsync fails".into()
-                } else {
-                    "next write fails".into()
-                }
+                format!("broker {b}: next {what} fails")
             }
+            "misdirected-write" => self.misdirect(cluster, rng, trace).await,
             "slow-disk" => {
                 let b = cluster.pick(rng);
                 let latency = Duration::from_millis(rng.between(10, 200));
@@ -585,6 +623,54 @@ impl Nemesis {
             "{} bit {bit} (batch at log offset {offset}, Kafka offset {kafka}, of partition {partition})",
             path.display()
         )
+    }
+
+    /// One append of a broker lands at a wrong, earlier offset of its file, and reaches the
+    /// disk (with the older, synced and possibly acknowledged, bytes it overwrote, and the zeros
+    /// left where it belonged) just before the broker loses power; then it restarts. The file is
+    /// its log's active segment, at or above the checkpoint's recovery point, so recovery scans
+    /// it, finds the damage, and the replica repairs it from its peers. (Had the broker run on,
+    /// its log could roll and its checkpoint pass the damaged segment: damage below the recovery
+    /// point is not repairable yet, see docs/simulation.md, "Limits of the model".) A cluster
+    /// fault only: on one node the only copy is gone.
+    async fn misdirect(&mut self, cluster: &Cluster, rng: &mut Rng, trace: &Trace) -> String {
+        assert!(
+            cluster.brokers.len() > 1,
+            "misdirected writes are a cluster fault"
+        );
+        let b = cluster.pick(rng);
+        if !self.may_damage(cluster, b, trace.now_ms()) {
+            return format!("broker {b}: skipped, another broker's replicas still repair");
+        }
+        let storage = &cluster.brokers[b].storage;
+        let back = rng.between(1, 4_096);
+        storage.inject(Faults {
+            misdirect_next_write: Some(back),
+            ..storage.armed()
+        });
+        let mut landed = None;
+        for _ in 0..2_000 {
+            if storage.armed().misdirect_next_write.is_none() {
+                // Nothing else runs before the power cut: no sync, roll or checkpoint.
+                landed = storage.persist_misdirected();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let Some(landed) = landed else {
+            storage.inject(Faults {
+                misdirect_next_write: None,
+                ..storage.armed()
+            });
+            return format!("broker {b}: no append to misdirect");
+        };
+        self.damaged = Some((b, u64::MAX));
+        self.replica_flips += 1;
+        self.kill(cluster, b, CrashMode::Clean, trace);
+        tokio::time::sleep(Duration::from_millis(rng.between(50, 1_000))).await;
+        self.restart(cluster, b, trace);
+        self.damaged = Some((b, trace.now_ms()));
+        format!("broker {b}: {landed}")
     }
 
     /// Whether broker `b`'s disk may be damaged now: no other broker holds damage that may not

@@ -128,6 +128,11 @@ pub struct FaultMix {
     pub power_cut_all: bool,
     /// Cluster only: a broker crashes again while it recovers from a crash.
     pub recovery_crash: bool,
+    /// Cluster only: one append of one broker lands at a wrong, earlier offset of its file
+    /// (overwriting older, possibly acknowledged, bytes; its own range keeps zeros), then the
+    /// broker loses power a little later: recovery finds the damage and the replica repairs it
+    /// from its peers (protocol-aware recovery). One broker at a time holds damage.
+    pub misdirected_write: bool,
 }
 
 impl FaultMix {
@@ -153,6 +158,7 @@ impl FaultMix {
             (self.hard_state_damage, "hard-state-damage"),
             (self.power_cut_all, "power-cut-all"),
             (self.recovery_crash, "recovery-crash"),
+            (self.misdirected_write, "misdirected-write"),
         ] {
             if on {
                 names.push(name);
@@ -477,6 +483,17 @@ impl Params {
             params
                 .fault_weights
                 .insert(kind, swarm.between(1, 8) as u32);
+        }
+        // Drawn after the weights above, so that every older fault kept its weight.
+        if matches!(
+            scenario,
+            Scenario::Cluster | Scenario::Groups | Scenario::Configs | Scenario::RetentionCluster
+        ) && swarm.chance(400)
+        {
+            params.faults.misdirected_write = true;
+            params
+                .fault_weights
+                .insert("misdirected-write", swarm.between(1, 8) as u32);
         }
         params
     }

@@ -271,9 +271,18 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
                 let observer = observer.clone();
                 async move {
                     // Recovery must never fail on anything a crash or the nemesis can do to
-                    // the disk.
-                    let mut broker =
-                        Broker::open(config.clone(), storage).expect("broker recovery failed");
+                    // the disk, except on an I/O error (an injected fault that fires during
+                    // the start): then the process exits and its supervisor starts it again.
+                    let mut broker = loop {
+                        match Broker::open(config.clone(), storage.clone()) {
+                            Ok(broker) => break broker,
+                            Err(e) if e.kind() != std::io::ErrorKind::InvalidData => {
+                                trace.record("broker", "start-failed", format!("broker {i}: {e}"));
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            }
+                            Err(e) => panic!("broker recovery failed: {e}"),
+                        }
+                    };
                     broker.set_observer(observer);
                     let disk = storage_for_delay.clone();
                     broker.set_sync_delay(Arc::new(move || disk.sync_latency()));

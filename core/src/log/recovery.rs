@@ -527,8 +527,10 @@ impl Recovery {
             let crc_ok = skip_crc || check_crc(&rest[..total], &header).is_ok();
             // An epoch is outside the CRC: one that goes backwards is damage, like a bad CRC.
             let epoch = header.partition_leader_epoch;
+            // A replica (`epoch_max` set) stores only batches of a term, never one without
+            // an epoch: a negative epoch there is a flipped sign bit.
             let epoch_ok = !scan.replay
-                || epoch < 0
+                || (epoch < 0 && self.epoch_max.is_none())
                 || (self.epochs.accepts(epoch) && self.epoch_max.is_none_or(|max| epoch <= max));
             if !continuous || header.last_offset_delta < 0 || !crc_ok || !epoch_ok {
                 bad = true;

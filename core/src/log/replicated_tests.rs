@@ -675,6 +675,41 @@ fn recovery_bounded_by_the_stored_term_cuts_a_raised_epoch() {
     log.check_invariants();
 }
 
+/// Regression (seed 824 of `--scenario cluster`, 5 nodes): a flipped sign bit of a stored
+/// batch's leader epoch (outside the CRC) made it negative, which recovery took for a batch
+/// without an epoch and kept; the replica never repaired it, and its committed metadata log
+/// differed from its peers'. A replica stores no batch without an epoch: it is damage.
+#[test]
+fn a_flipped_sign_bit_of_a_replicas_epoch_is_damage() {
+    let mut r = Replica::new(config());
+    r.append(batch::leader_epoch_start_batch(0, 1, -1));
+    let last = r.stamped(2, None, 1);
+    let last_len = last.len() as u64;
+    r.append(last);
+    r.sync();
+    let segment = r.dir.join(segment::log_file_name(0));
+    let len = r.storage.open(&segment, false).unwrap().len().unwrap();
+    // Bit 7 of the epoch's most significant byte (batch byte 12): epoch 1 becomes negative.
+    assert!(r.storage.flip_bit(&segment, (len - last_len + 12) * 8 + 7));
+    let mut damage = None;
+    let (log, store) = LogStore::open_bounded(
+        r.storage.clone(),
+        r.dir.clone(),
+        r.config.clone(),
+        Some(1),
+        0,
+        |d| {
+            damage = Some(d);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(log.log_end_offset(), 1, "the damaged batch is cut");
+    assert!(damage.is_some(), "the cut is damage, not a torn tail");
+    assert!(!store.repairs().is_empty(), "the cut is reported");
+    log.check_invariants();
+}
+
 #[test]
 fn raft_reads_whole_batches_with_epochs_and_control_types() {
     let mut r = Replica::new(config());
@@ -725,13 +760,29 @@ fn single_node_mode_is_unchanged_and_refuses_an_external_high_watermark() {
 
 #[derive(Clone, Debug)]
 enum Step {
-    Append { records: u8, pid: Option<i64> },
+    Append {
+        records: u8,
+        pid: Option<i64>,
+    },
     NewEpoch,
     Sync,
-    Commit { pick: u16 },
-    Truncate { pick: u16 },
-    Retention { advance_ms: u16 },
-    Crash { tear: Option<(u16, bool)> },
+    Commit {
+        pick: u16,
+    },
+    Truncate {
+        pick: u16,
+    },
+    Retention {
+        advance_ms: u16,
+    },
+    Crash {
+        tear: Option<(u16, bool)>,
+    },
+    /// A crash that tears every file's unsynced writes (`CrashMode::TearEach`).
+    CrashTearEach {
+        seed: u64,
+        garbage: bool,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -743,6 +794,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => any::<u16>().prop_map(|pick| Step::Truncate { pick }),
         1 => (0u16..3000).prop_map(|advance_ms| Step::Retention { advance_ms }),
         1 => proptest::option::of((0u16..200, any::<bool>())).prop_map(|tear| Step::Crash { tear }),
+        1 => (any::<u64>(), any::<bool>()).prop_map(|(seed, garbage)| Step::CrashTearEach { seed, garbage }),
     ]
 }
 
@@ -821,6 +873,11 @@ fn run_steps(steps: Vec<Step>, retention: bool) {
                     },
                 };
                 r.crash(mode);
+                assert!(r.log.log_end_offset() >= hw, "a crash lost committed data");
+            }
+            Step::CrashTearEach { seed, garbage } => {
+                let hw = r.log.high_watermark();
+                r.crash(CrashMode::TearEach { seed, garbage });
                 assert!(r.log.log_end_offset() >= hw, "a crash lost committed data");
             }
         }

@@ -944,6 +944,17 @@ enum Step {
     Crash {
         tear: Option<(u16, bool)>,
     },
+    /// An append and a group commit while the next directory sync, rename, removal or open
+    /// (`kind` 0 to 3) fails.
+    FailOther {
+        kind: u8,
+        records: u8,
+    },
+    /// A crash that tears every file's unsynced writes (`CrashMode::TearEach`).
+    CrashTearEach {
+        seed: u64,
+        garbage: bool,
+    },
     Restart,
 }
 
@@ -960,6 +971,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u16..3000).prop_map(|advance_ms| Step::Retention { advance_ms }),
         1 => proptest::option::of((0u16..200, any::<bool>())).prop_map(|tear| Step::Crash { tear }),
         1 => Just(Step::Restart),
+        1 => (0u8..4, 1u8..4).prop_map(|(kind, records)| Step::FailOther { kind, records }),
+        1 => (any::<u64>(), any::<bool>()).prop_map(|(seed, garbage)| Step::CrashTearEach { seed, garbage }),
     ]
 }
 
@@ -1012,6 +1025,19 @@ proptest! {
                     m.crash(Some(mode));
                 }
                 Step::Restart => m.crash(None),
+                Step::FailOther { kind, records } => {
+                    let mut faults = Faults::default();
+                    match kind {
+                        0 => faults.fail_next_sync_dir = true,
+                        1 => faults.fail_next_rename = true,
+                        2 => faults.fail_next_remove = true,
+                        _ => faults.fail_next_open = true,
+                    }
+                    m.rig.storage.inject(faults);
+                    m.append(records, 10, None);
+                    m.sync(false);
+                }
+                Step::CrashTearEach { seed, garbage } => m.crash(Some(CrashMode::TearEach { seed, garbage })),
             }
             m.rig.log.check_invariants();
         }

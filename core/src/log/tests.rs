@@ -488,6 +488,10 @@ enum Step {
     Crash {
         tear: Option<u16>,
     },
+    /// A crash that tears every file's unsynced writes (`CrashMode::TearEach`).
+    CrashTearEach {
+        seed: u64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -497,6 +501,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (any::<u16>(), 1u16..800).prop_map(|(pick, max_bytes)| Step::Read { pick, max_bytes }),
         1 => (0u16..3000).prop_map(|advance_ms| Step::Retention { advance_ms }),
         1 => proptest::option::of(0u16..200).prop_map(|tear| Step::Crash { tear }),
+        1 => any::<u64>().prop_map(|seed| Step::CrashTearEach { seed }),
     ]
 }
 
@@ -531,10 +536,12 @@ proptest! {
                     // The model keeps deleted batches: reads compare from the log start, and a
                     // crash before the next group commit may bring them back.
                 }
-                Step::Crash { tear } => {
-                    let mode = match tear {
-                        None => CrashMode::Clean,
-                        Some(keep_bytes) => CrashMode::TearLastWrite { keep_bytes: u64::from(keep_bytes), garbage: keep_bytes % 2 == 1 },
+                Step::Crash { .. } | Step::CrashTearEach { .. } => {
+                    let mode = match step {
+                        Step::Crash { tear: None } => CrashMode::Clean,
+                        Step::Crash { tear: Some(keep_bytes) } => CrashMode::TearLastWrite { keep_bytes: u64::from(keep_bytes), garbage: keep_bytes % 2 == 1 },
+                        Step::CrashTearEach { seed } => CrashMode::TearEach { seed, garbage: seed % 2 == 1 },
+                        _ => unreachable!("a crash step"),
                     };
                     // The producer's sequence must follow what survived.
                     h.crash(mode);

@@ -901,6 +901,65 @@ fn a_failed_fsync_fails_the_waiters_and_the_partition_is_reopened() {
     );
 }
 
+/// A failed directory sync, rename, removal or open (the checkpoint's rename, the directory
+/// sync of a group commit after a roll, a new segment's creation) is handled as a failed fsync:
+/// the node does not panic, the partition is reopened from disk and serves again, and every
+/// acknowledged record is still there.
+#[test]
+fn a_failed_directory_sync_rename_or_open_reopens_the_partition_and_loses_nothing_acknowledged() {
+    type Arm = fn(&mut crate::testing::Faults);
+    let kinds: [(&str, Arm); 4] = [
+        ("directory sync", |f| f.fail_next_sync_dir = true),
+        ("rename", |f| f.fail_next_rename = true),
+        ("open", |f| f.fail_next_open = true),
+        ("remove", |f| f.fail_next_remove = true),
+    ];
+    for (what, arm) in kinds {
+        let mut c = Cluster::with(1, 31, |config| {
+            config.topic_defaults.log.segment_bytes_max = 300;
+        });
+        c.wait_ready();
+        c.create_topic("t", 1);
+        let wall = c.now.wall_ms as i64;
+        let mut faults = crate::testing::Faults::default();
+        arm(&mut faults);
+        c.storages[0].inject(faults);
+        let mut acked = Vec::new();
+        for i in 0..120 {
+            let value = format!("{what}-{i:03}-{}", "x".repeat(60));
+            let p = produced(c.call(0, produce("t", 0, -1, records(&[value.as_bytes()], wall))));
+            // A produce may fail while the log (or the metadata log) is reopened.
+            if p.error == ErrorCode::None {
+                acked.push(value.into_bytes());
+            }
+            c.advance(20);
+        }
+        let fired = {
+            let armed = c.storages[0].armed();
+            !(armed.fail_next_sync_dir
+                || armed.fail_next_rename
+                || armed.fail_next_open
+                || armed.fail_next_remove)
+        };
+        if what != "remove" {
+            // Nothing removes a file of a growing partition without retention.
+            assert!(fired, "the {what} fault never fired");
+        }
+        assert!(
+            acked.len() > 60,
+            "{what}: the partition did not serve again"
+        );
+        let got = read_all(&mut c, 0, "t", 0);
+        for value in &acked {
+            assert!(
+                got.contains(value),
+                "{what}: an acknowledged record was lost"
+            );
+        }
+        c.host(0).node.check_invariants();
+    }
+}
+
 // ---- CreatePartitions ------------------------------------------------------------------------
 
 fn grow(name: &str, count: i32, assignment: Option<Vec<Vec<i32>>>) -> NewPartitions {
