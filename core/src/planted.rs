@@ -81,10 +81,15 @@ pub enum Bug {
     /// log one segment short of `retention.bytes`. Caught by the simulator's retention checker
     /// (`checker::retention`, retention-early) in `--scenario retention`.
     RetentionSizeOffByOne = 16,
+    /// The partition leader checks a producer's batch against the broker's default
+    /// `max.message.bytes` (1 MiB), not the topic's: a topic's smaller limit is shown by
+    /// DescribeConfigs but not in force. Caught by the simulator's config checker
+    /// (`checker::configs`, config-not-in-force) in `--scenario configs`.
+    MaxMessageBytesIgnored = 17,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -101,6 +106,7 @@ impl Bug {
         Bug::NoRepair,
         Bug::ConfigNotLogged,
         Bug::RetentionSizeOffByOne,
+        Bug::MaxMessageBytesIgnored,
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,6 +127,7 @@ impl Bug {
             Bug::NoRepair => "no-repair",
             Bug::ConfigNotLogged => "config-not-logged",
             Bug::RetentionSizeOffByOne => "retention-size-off-by-one",
+            Bug::MaxMessageBytesIgnored => "max-message-bytes-ignored",
         }
     }
 

@@ -111,7 +111,12 @@ impl LogConfig {
     /// What this topic demands of a producer's batch (Kafka's `LogValidator` inputs).
     pub fn produce_rules(&self) -> ProduceRules {
         ProduceRules {
-            message_bytes_max: self.message_bytes_max,
+            // Planted: the topic's limit is not in force, only the broker default.
+            message_bytes_max: if self.planted.is(Bug::MaxMessageBytesIgnored) {
+                MESSAGE_BYTES_MAX_DEFAULT.max(self.message_bytes_max)
+            } else {
+                self.message_bytes_max
+            },
             keys_required: self.compact,
             timestamp_type: self.timestamp_type,
             timestamp_before_max_ms: self.timestamp_before_max_ms,
