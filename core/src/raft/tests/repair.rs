@@ -59,6 +59,14 @@ fn exchange(
     panic!("the replicas never went quiet");
 }
 
+/// `rounds` leader ticks, each followed by an [`exchange`] with nothing watched.
+fn tick_rounds(a: &mut Raft, a_log: &VecSource, b: &mut Raft, b_log: &VecSource, rounds: u32) {
+    for _ in 0..rounds {
+        a.tick();
+        exchange(a, a_log, b, b_log, |_, _| {});
+    }
+}
+
 fn elect(r: &mut Raft, log: &VecSource) {
     r.campaign(true);
     drain_synced(r, log);
@@ -273,16 +281,7 @@ fn review_a_stale_append_delivered_after_the_restart_does_not_end_the_repair() {
     // Two more entries, committed by the leader and replica 2 only (replica 3 is cut off).
     leader.propose(bytes::Bytes::from_static(b"y"), 1).unwrap();
     leader.propose(bytes::Bytes::from_static(b"z"), 1).unwrap();
-    for _ in 0..4 {
-        leader.tick();
-        exchange(
-            &mut leader,
-            &leader_log,
-            &mut healthy,
-            &healthy_log,
-            |_, _| {},
-        );
-    }
+    tick_rounds(&mut leader, &leader_log, &mut healthy, &healthy_log, 4);
     assert_eq!(leader.commit_index(), 10, "9 and 10 committed");
     assert_eq!(leader.progress(2).unwrap().match_index, 10);
 
@@ -396,16 +395,7 @@ fn an_acknowledgement_sent_before_the_damage_does_not_count_after_the_leader_for
         "the entry replica 2 lost committed on its old acknowledgement"
     );
     // The repair itself still completes.
-    for _ in 0..40 {
-        leader.tick();
-        exchange(
-            &mut leader,
-            &leader_log,
-            &mut damaged,
-            &damaged_log,
-            |_, _| {},
-        );
-    }
+    tick_rounds(&mut leader, &leader_log, &mut damaged, &damaged_log, 40);
     assert!(!damaged.is_repairing(), "the repair never ended");
     assert_eq!(leader.progress(2).unwrap().match_index, leader.last_index());
 }
