@@ -41,6 +41,14 @@ pub enum ProducerError {
     OutOfOrder { expected: i32, received: i32 },
     /// The batch carries an epoch older than the producer's current one: a zombie.
     FencedEpoch { current: i16, received: i16 },
+    /// A retry of a batch already in the log whose Kafka offset this replica can no longer
+    /// tell (it lies below the log start, and Raft's entries there were only counted). Kafka's
+    /// answer when it has not kept a duplicate's offsets: the client takes the batch as written
+    /// with an unknown offset.
+    DuplicateOffsetUnknown {
+        first_sequence: i32,
+        last_sequence: i32,
+    },
 }
 
 impl ProducerError {
@@ -48,6 +56,7 @@ impl ProducerError {
         match self {
             ProducerError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequenceNumber,
             ProducerError::FencedEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+            ProducerError::DuplicateOffsetUnknown { .. } => ErrorCode::DuplicateSequenceNumber,
         }
     }
 }
@@ -65,6 +74,16 @@ impl std::fmt::Display for ProducerError {
                 write!(
                     f,
                     "producer epoch {received} is older than current epoch {current}"
+                )
+            }
+            ProducerError::DuplicateOffsetUnknown {
+                first_sequence,
+                last_sequence,
+            } => {
+                write!(
+                    f,
+                    "sequences {first_sequence}..={last_sequence} are a duplicate of a batch \
+                     below the log start, whose offset is no longer known"
                 )
             }
         }

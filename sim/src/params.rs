@@ -38,8 +38,8 @@ pub enum Scenario {
     Retention,
     /// `retention` on a replicated cluster (3 or 5 nodes, replication factor 3) under the
     /// `cluster` mix of faults. Not in CI yet: a replica that falls behind a log start that
-    /// retention moved stays behind (restarting a log at an offset is not built), and seed 37
-    /// shows an unexplained duplicate (docs/simulation.md, "Bugs it found").
+    /// retention moved stays behind (restarting a log at an offset is not built;
+    /// docs/simulation.md, "Bugs it found").
     RetentionCluster,
 }
 

@@ -58,6 +58,8 @@ const BUMPS_MAX: u32 = 99;
 pub const ZOMBIE_PROCESS_BASE: u32 = 2000;
 /// Produce request version (as the rest of the workload).
 const PRODUCE_VERSION: i16 = 9;
+/// The broker's answer to a retried batch it has but whose offset it no longer knows.
+const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
 
 /// Error codes that retire the producer's identity for a partition: the sequence no longer
 /// fits what the broker has (OUT_OF_ORDER_SEQUENCE_NUMBER), the epoch was fenced
@@ -576,6 +578,14 @@ impl Sender {
         if code == 0 {
             let batch = lane.queue.pop_front().expect("in flight");
             self.resolve(batch, Outcome::Ok(base_offset.max(0) as u64));
+            return;
+        }
+        if code == DUPLICATE_SEQUENCE_NUMBER {
+            // A retry of a batch the broker has, whose offset it can no longer tell (below its
+            // log start): written, as Kafka's client takes it, with no offset to check.
+            let batch = lane.queue.pop_front().expect("in flight");
+            let why = format!("error code {code}: a duplicate, offset unknown");
+            self.resolve(batch, Outcome::Info(why));
             return;
         }
         self.client.mark_stale();

@@ -145,6 +145,16 @@ impl IdempotentProducer {
                             self.sequences.insert(partition, sequence.wrapping_add(1));
                             return Outcome::Ok(p.base_offset as u64);
                         }
+                        // DUPLICATE_SEQUENCE_NUMBER: a retry of a batch the broker has, whose
+                        // offset it can no longer tell (below its log start). Written, as the
+                        // Java client takes it, but with no offset to check: the next value
+                        // goes on at the next sequence.
+                        46 => {
+                            self.sequences.insert(partition, sequence.wrapping_add(1));
+                            return Outcome::Info(
+                                "error code 46: a duplicate, offset unknown".to_string(),
+                            );
+                        }
                         code if refused_before_write(code) && !maybe_sent => {
                             return Outcome::Fail(format!("error code {code}"));
                         }

@@ -177,6 +177,19 @@ impl PartitionLog {
             {
                 ProduceCheck::Append
             }
+            // The batch's Kafka offset is its log offset translated, which is only known at or
+            // above the translator's start: below it, answering a guess would give the client
+            // an offset another record holds (sim seed 37 of `retention-cluster`: a retry of a
+            // batch at Kafka offset 290 answered 289 once retention passed it and the next
+            // term's start).
+            SequenceCheck::Duplicate(meta) if !self.translator.is_exact(meta.first_offset) => {
+                return Err(AppendError::Producer(
+                    ProducerError::DuplicateOffsetUnknown {
+                        first_sequence: meta.first_sequence,
+                        last_sequence: meta.last_sequence,
+                    },
+                ));
+            }
             SequenceCheck::Duplicate(meta) => ProduceCheck::Duplicate(Appended {
                 base_offset: meta.first_offset,
                 last_offset: meta.last_offset,

@@ -1045,6 +1045,81 @@ fn without_its_checkpoint_or_a_named_offset_a_shortened_log_is_not_opened() {
     );
 }
 
+/// Regression (sim seed 37 of `retention-cluster`): a producer's batch, then the next term's
+/// start, then retention past both. The translator only counts Raft's entries below the log
+/// start, so the batch's log offset no longer translates to its Kafka offset (it came out one
+/// too low: the offset of the record before it). A retry of that batch must not be answered
+/// with it: the broker says DUPLICATE_SEQUENCE_NUMBER (written, offset unknown), as Kafka does
+/// for a duplicate whose offsets it has not kept. A retry of a batch above the log start is
+/// still answered with its exact offsets.
+#[test]
+fn a_retry_of_a_batch_below_the_log_start_is_not_answered_with_a_guessed_offset() {
+    let mut c = config();
+    c.retention_bytes = 1500;
+    let mut r = Replica::new(c);
+    r.append(batch::leader_epoch_start_batch_at(0, 1, 0, -1));
+    r.append(r.stamped(3, None, 1));
+    let retried = batch(3, 20, r.now_ms as i64, Some((7, 0, 0)));
+    let mut stamped = retried.clone();
+    let at = r.log.log_end_offset();
+    batch::stamp(&mut stamped, at as i64, 1);
+    r.append(stamped);
+    let kafka = r.log.kafka_offset(at);
+    // The next term starts after it: a Raft entry above the batch, below the later log start.
+    let term_start = r.log.log_end_offset();
+    r.append(batch::leader_epoch_start_batch_at(
+        term_start as i64,
+        2,
+        r.log.kafka_log_end_offset() as i64,
+        -1,
+    ));
+    for _ in 0..30 {
+        r.append(r.stamped(3, None, 2));
+        r.sync();
+        let end = r.log.log_end_offset();
+        r.commit(end);
+    }
+    let late = batch(2, 20, r.now_ms as i64, Some((8, 0, 0)));
+    let mut stamped = late.clone();
+    let late_at = r.log.log_end_offset();
+    batch::stamp(&mut stamped, late_at as i64, 2);
+    r.append(stamped);
+    r.sync();
+    let end = r.log.log_end_offset();
+    r.commit(end);
+    let late_kafka = r.log.kafka_offset(late_at);
+    r.retention();
+    r.sync();
+    r.check();
+    assert!(
+        r.log.log_start_offset() > term_start,
+        "retention kept the term start at {term_start}: log start {}",
+        r.log.log_start_offset()
+    );
+    assert_ne!(
+        r.log.kafka_offset(at),
+        kafka,
+        "the translation below the log start is exact here: the test shows nothing"
+    );
+    let header = batch::validate_produce(&retried, 1 << 20).unwrap();
+    match r.log.check_produce(&header) {
+        Err(e) => assert_eq!(e.error_code(), ErrorCode::DuplicateSequenceNumber, "{e}"),
+        Ok(ProduceCheck::Duplicate(appended)) => panic!(
+            "a retry of the batch at Kafka offset {kafka} was answered Kafka offset {}",
+            r.log.kafka_offset(appended.base_offset)
+        ),
+        Ok(ProduceCheck::Append) => panic!("a retry of a batch in the log taken as new"),
+    }
+    let header = batch::validate_produce(&late, 1 << 20).unwrap();
+    match r.log.check_produce(&header) {
+        Ok(ProduceCheck::Duplicate(appended)) => {
+            assert_eq!(appended.base_offset, late_at);
+            assert_eq!(r.log.kafka_offset(appended.base_offset), late_kafka);
+        }
+        other => panic!("a retry above the log start answered {other:?}"),
+    }
+}
+
 /// The producer's epoch 1 is in the log, so a batch of its epoch 0 (a zombie incarnation) is
 /// refused with INVALID_PRODUCER_EPOCH — unless `no-epoch-fencing` is planted, which takes it.
 #[cfg(feature = "planted-bugs")]

@@ -73,6 +73,14 @@ impl OffsetTranslator {
         offset
     }
 
+    /// Whether [`kafka`](Self::kafka) is exact for `offset`: at or above `start`, or below it
+    /// with no internal offset below `start` at all. Below `start` with some, it is a guess: the
+    /// counted internal offsets may lie above `offset` as well as below (a duplicate answered
+    /// that way was one too low, sim seed 37 of `retention-cluster`).
+    pub fn is_exact(&self, offset: u64) -> bool {
+        offset >= self.start || self.below == 0
+    }
+
     /// Like [`kafka`](Self::kafka) for an offset in a reply; -1 ("undefined") stays.
     pub fn kafka_i64(&self, offset: i64) -> i64 {
         if offset == UNDEFINED_EPOCH_OFFSET {
