@@ -37,9 +37,9 @@ pub enum Scenario {
     /// (`checker::retention`).
     Retention,
     /// `retention` on a replicated cluster (3 or 5 nodes, replication factor 3) under the
-    /// `cluster` mix of faults. Not in CI yet: a replica that falls behind a log start that
-    /// retention moved stays behind (restarting a log at an offset is not built;
-    /// docs/simulation.md, "Bugs it found").
+    /// `cluster` mix of faults. A replica that falls behind a log start that retention moved
+    /// stays behind (restarting a log at an offset is not built; docs/simulation.md, "Bugs it
+    /// found").
     RetentionCluster,
 }
 
@@ -485,9 +485,12 @@ impl Params {
                 .insert(kind, swarm.between(1, 8) as u32);
         }
         // Drawn after the weights above, so that every older fault kept its weight.
+        // Not with retention in a cluster: a replica whose damage lies below the leader's log
+        // start cannot repair it until partition snapshots exist (seed 419 of
+        // retention-cluster wedged its group so).
         if matches!(
             scenario,
-            Scenario::Cluster | Scenario::Groups | Scenario::Configs | Scenario::RetentionCluster
+            Scenario::Cluster | Scenario::Groups | Scenario::Configs
         ) && swarm.chance(400)
         {
             params.faults.misdirected_write = true;
