@@ -219,6 +219,7 @@ def main() -> int:
 
     results = {}
     node_deaths = []
+    flaky = []
     cluster = None
     clusters_started = 0
     t_all = time.monotonic()
@@ -253,6 +254,26 @@ def main() -> int:
                 state, detail = "FAILED", f"sluice died during the test: {what}; {detail}"
                 cluster.kill_all()
                 cluster = None
+            if state == "FAILED" and item in must_pass and not dead:
+                # One more run of a failed must-pass test, reported as flaky: timing-bound tests
+                # (0001's 999 ms cycle, 0086's in-flight purge) failed under load on the 2-core
+                # machine (docs/rdkafka-suite.md). A second failure fails the step.
+                print(f"  {item} FAILED   {took:6.1f}s  {names}: {detail} (running it once more)",
+                      flush=True)
+                retry_log = args.out_dir / f"{item.replace(':', '-')}.retry.log"
+                state, retry_detail, took = run_one(args.runner_dir, item, conf, retry_log)
+                dead = [n for n in cluster.nodes if not n.alive()]
+                if dead:
+                    what = ", ".join(f"node {n.node_id} (status {n.proc.returncode}, log {n.log_path})" for n in dead)
+                    node_deaths.append(f"{item}: {what}")
+                    state, retry_detail = "FAILED", f"sluice died during the test: {what}; {retry_detail}"
+                    cluster.kill_all()
+                    cluster = None
+                if state == "PASSED":
+                    flaky.append(f"{item} ({detail})")
+                    detail = "passed on its second run (flaky; first run: " + detail + ")"
+                else:
+                    detail = f"failed twice: {detail}; then: {retry_detail}"
             results[item] = (state, detail, took)
             mark = "" if state != "FAILED" or item not in must_pass else "  <-- MUST PASS"
             print(f"  {item} {state:<8} {took:6.1f}s  {names}{': ' + detail if detail else ''}{mark}",
@@ -273,6 +294,8 @@ def main() -> int:
     if newly_passing:
         print(f"passing but not in must-pass.txt (add them, unless a comment there says why not): "
               f"{' '.join(newly_passing)}")
+    for f in flaky:
+        print(f"flaky: must-pass test {f} failed once and passed when run again")
     for death in node_deaths:
         print(f"a sluice node died: {death}")
     if broken or node_deaths:
