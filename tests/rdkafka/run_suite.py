@@ -245,30 +245,28 @@ def main() -> int:
                 cluster.start()
                 conf = workdir / "test.conf"
                 conf.write_text(f"metadata.broker.list={cluster.bootstrap}\n")
-            log = args.out_dir / f"{item.replace(':', '-')}.log"
-            state, detail, took = run_one(args.runner_dir, item, conf, log)
-            dead = [n for n in cluster.nodes if not n.alive()]
-            if dead:
-                what = ", ".join(f"node {n.node_id} (status {n.proc.returncode}, log {n.log_path})" for n in dead)
-                node_deaths.append(f"{item}: {what}")
-                state, detail = "FAILED", f"sluice died during the test: {what}; {detail}"
-                cluster.kill_all()
-                cluster = None
-            if state == "FAILED" and item in must_pass and not dead:
+            def run_on_cluster(log):
+                """Runs `item` into `log`; a node that died fails it and ends the cluster."""
+                nonlocal cluster
+                state, detail, took = run_one(args.runner_dir, item, conf, log)
+                dead = [n for n in cluster.nodes if not n.alive()]
+                if dead:
+                    what = ", ".join(f"node {n.node_id} (status {n.proc.returncode}, log {n.log_path})" for n in dead)
+                    node_deaths.append(f"{item}: {what}")
+                    state, detail = "FAILED", f"sluice died during the test: {what}; {detail}"
+                    cluster.kill_all()
+                    cluster = None
+                return state, detail, took, bool(dead)
+
+            stem = item.replace(':', '-')
+            state, detail, took, died = run_on_cluster(args.out_dir / f"{stem}.log")
+            if state == "FAILED" and item in must_pass and not died:
                 # One more run of a failed must-pass test, reported as flaky: timing-bound tests
                 # (0001's 999 ms cycle, 0086's in-flight purge) failed under load on the 2-core
                 # machine (docs/rdkafka-suite.md). A second failure fails the step.
                 print(f"  {item} FAILED   {took:6.1f}s  {names}: {detail} (running it once more)",
                       flush=True)
-                retry_log = args.out_dir / f"{item.replace(':', '-')}.retry.log"
-                state, retry_detail, took = run_one(args.runner_dir, item, conf, retry_log)
-                dead = [n for n in cluster.nodes if not n.alive()]
-                if dead:
-                    what = ", ".join(f"node {n.node_id} (status {n.proc.returncode}, log {n.log_path})" for n in dead)
-                    node_deaths.append(f"{item}: {what}")
-                    state, retry_detail = "FAILED", f"sluice died during the test: {what}; {retry_detail}"
-                    cluster.kill_all()
-                    cluster = None
+                state, retry_detail, took, _ = run_on_cluster(args.out_dir / f"{stem}.retry.log")
                 if state == "PASSED":
                     flaky.append(f"{item} ({detail})")
                     detail = "passed on its second run (flaky; first run: " + detail + ")"
