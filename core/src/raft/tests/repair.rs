@@ -67,6 +67,21 @@ fn tick_rounds(a: &mut Raft, a_log: &VecSource, b: &mut Raft, b_log: &VecSource,
     }
 }
 
+/// Replica 1 elected over four entries of term 1, and replica 2 caught up with it.
+fn elected_with_follower() -> (Raft, VecSource, Raft, VecSource) {
+    let (mut leader, leader_log) = restored(1, &[1, 1, 1, 1], 1, None);
+    let (mut healthy, healthy_log) = restored(2, &[1, 1, 1, 1], 1, None);
+    elect(&mut leader, &leader_log);
+    exchange(
+        &mut leader,
+        &leader_log,
+        &mut healthy,
+        &healthy_log,
+        |_, _| {},
+    );
+    (leader, leader_log, healthy, healthy_log)
+}
+
 fn elect(r: &mut Raft, log: &VecSource) {
     r.campaign(true);
     drain_synced(r, log);
@@ -136,16 +151,7 @@ fn a_group_of_one_has_nothing_to_repair_from() {
 /// repair mode only once it durably holds an entry of the leader's term that is committed.
 #[test]
 fn a_leader_forgets_what_a_damaged_follower_matched_and_repairs_it() {
-    let (mut leader, leader_log) = restored(1, &[1, 1, 1, 1], 1, None);
-    let (mut healthy, healthy_log) = restored(2, &[1, 1, 1, 1], 1, None);
-    elect(&mut leader, &leader_log);
-    exchange(
-        &mut leader,
-        &leader_log,
-        &mut healthy,
-        &healthy_log,
-        |_, _| {},
-    );
+    let (mut leader, leader_log, _, _) = elected_with_follower();
     let matched = leader.progress(2).unwrap().match_index;
     assert_eq!(
         matched,
@@ -325,17 +331,8 @@ fn review_a_stale_append_delivered_after_the_restart_does_not_end_the_repair() {
 /// count entries replica 2 no longer holds toward the next commit).
 #[test]
 fn an_acknowledgement_sent_before_the_damage_does_not_count_after_the_leader_forgot() {
-    let (mut leader, leader_log) = restored(1, &[1, 1, 1, 1], 1, None);
-    let (mut healthy, healthy_log) = restored(2, &[1, 1, 1, 1], 1, None);
-    elect(&mut leader, &leader_log);
+    let (mut leader, leader_log, mut healthy, healthy_log) = elected_with_follower();
     let term = leader.term();
-    exchange(
-        &mut leader,
-        &leader_log,
-        &mut healthy,
-        &healthy_log,
-        |_, _| {},
-    );
     assert_eq!(
         leader.commit_index(),
         leader.last_index(),
