@@ -1,7 +1,9 @@
 //! The command line behind `scripts/sim`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use clap::Parser;
@@ -169,29 +171,48 @@ pub fn main() -> ExitCode {
     let (mut ran, mut failed, mut simulated_ms) = (0u64, 0u64, 0u64);
     let mut exit = 0u8;
     let jobs = args.jobs.max(1) as u64;
-    let mut seed = first;
-    'outer: while seed < end {
-        let chunk: Vec<u64> = (seed..end.min(seed + jobs)).collect();
-        seed += chunk.len() as u64;
-        let runs: Vec<(RunOutcome, Option<RunOutcome>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|s| {
-                    let s = *s;
-                    let twice = args.check_determinism;
-                    scope.spawn(move || {
-                        let a = run_seed(s, scenario, bug);
-                        let b = twice.then(|| run_seed(s, scenario, bug));
-                        (a, b)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("seed thread"))
-                .collect()
+    // Each worker takes the next seed as soon as it is free (a slow seed does not hold up the
+    // other worker); results are judged and printed in seed order, so the output, the first
+    // failing seed and "caught by seed N after K seeds" do not depend on timing. Workers run at
+    // most `window` seeds ahead of the oldest unjudged one, which bounds the outcomes held.
+    let (work_tx, work_rx) = mpsc::channel::<u64>();
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let (done_tx, done_rx) = mpsc::channel::<(u64, RunOutcome, Option<RunOutcome>)>();
+    for _ in 0..jobs {
+        let work_rx = Arc::clone(&work_rx);
+        let done_tx = done_tx.clone();
+        let twice = args.check_determinism;
+        std::thread::spawn(move || loop {
+            let next = work_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            let Ok(s) = next else { break };
+            let a = run_seed(s, scenario, bug);
+            let b = twice.then(|| run_seed(s, scenario, bug));
+            if done_tx.send((s, a, b)).is_err() {
+                break;
+            }
         });
-        for (run, again) in runs {
+    }
+    drop(done_tx);
+    let window = 16 * jobs;
+    let (mut next_seed, mut next_judged, mut in_flight) = (first, first, 0u64);
+    let mut finished: BTreeMap<u64, (RunOutcome, Option<RunOutcome>)> = BTreeMap::new();
+    // Returning from main ends the process, and with it any seed still running on a worker.
+    'outer: while next_judged < end {
+        while in_flight < jobs && next_seed < end && next_seed < next_judged + window {
+            work_tx
+                .send(next_seed)
+                .expect("the workers outlive the range");
+            next_seed += 1;
+            in_flight += 1;
+        }
+        let Ok((s, a, b)) = done_rx.recv() else {
+            eprintln!("every simulation worker died (a panic outside a run?)");
+            return ExitCode::from(Status::Crash(String::new()).exit_code());
+        };
+        in_flight -= 1;
+        finished.insert(s, (a, b));
+        while let Some((run, again)) = finished.remove(&next_judged) {
+            next_judged += 1;
             ran += 1;
             simulated_ms += run.simulated_ms;
             let replay = replay_command(run.params.seed, scenario, bug);

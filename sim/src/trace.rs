@@ -86,15 +86,21 @@ impl Trace {
     }
 
     pub fn to_jsonl(&self) -> String {
-        let mut out = String::new();
-        for e in self.events() {
-            out.push_str(&format!(
-                "{{\"t_ms\":{},\"source\":{},\"kind\":{},\"detail\":{}}}\n",
-                e.t_ms,
-                json_string(&e.source),
-                json_string(&e.kind),
-                json_string(&e.detail)
-            ));
+        use std::fmt::Write as _;
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes: usize = events
+            .iter()
+            .map(|e| 48 + e.source.len() + e.kind.len() + e.detail.len())
+            .sum();
+        let mut out = String::with_capacity(bytes);
+        for e in events.iter() {
+            let _ = write!(out, "{{\"t_ms\":{},\"source\":", e.t_ms);
+            sluice_core::checker::push_json_string(&mut out, &e.source);
+            out.push_str(",\"kind\":");
+            sluice_core::checker::push_json_string(&mut out, &e.kind);
+            out.push_str(",\"detail\":");
+            sluice_core::checker::push_json_string(&mut out, &e.detail);
+            out.push_str("}\n");
         }
         out
     }

@@ -98,6 +98,14 @@ struct Committed {
     runs: BTreeMap<u64, (i32, u64)>,
 }
 
+/// A node's committed report: `[start, end)` in epoch runs.
+#[derive(Debug)]
+struct Report {
+    start: u64,
+    end: u64,
+    epochs: Vec<(i32, u64)>,
+}
+
 /// A leader's log as it was elected, kept so that commits of earlier terms reported later can
 /// still be checked against it.
 #[derive(Debug)]
@@ -144,6 +152,9 @@ pub struct ReplicaChecker {
     completeness_checks: u64,
     repairing: std::collections::BTreeSet<(String, u64)>,
     repairs_started: u64,
+    /// (group, node) -> its last committed report that was compared with (or added to) the
+    /// reference.
+    compared: BTreeMap<(String, u64), Report>,
     /// node -> (applied end, metadata image) as last reported.
     images: BTreeMap<u64, (u64, Box<crate::metadata::MetadataImage>)>,
 }
@@ -354,6 +365,32 @@ impl ReplicaChecker {
         if runs.is_empty() {
             return;
         }
+        // What this node's previous report already settled: `[start, its end)` lay inside the
+        // reference afterwards (compared with it, or added from it), and the reference never
+        // changes inside its range. So if this report starts at the same offset and has the same
+        // epoch runs below that end, only the offsets from there on are new.
+        let key = (group.clone(), node);
+        let settled = match self.compared.get(&key) {
+            Some(seen)
+                if seen.start == start
+                    && seen
+                        .epochs
+                        .iter()
+                        .filter(|(_, s)| *s < seen.end)
+                        .eq(epochs.iter().filter(|(_, s)| *s < seen.end)) =>
+            {
+                seen.end
+            }
+            _ => start,
+        };
+        self.compared.insert(
+            key,
+            Report {
+                start,
+                end,
+                epochs: epochs.to_vec(),
+            },
+        );
         let reference = self.committed.entry(group.clone()).or_default();
         if reference.runs.is_empty() {
             reference.start = start;
@@ -363,7 +400,10 @@ impl ReplicaChecker {
         }
         // Agreement on the overlap: both are step functions, so comparing at every step of
         // either (and at the overlap's start) compares them everywhere.
-        let (lo, hi) = (start.max(reference.start), end.min(reference.end));
+        let (lo, hi) = (
+            start.max(reference.start).max(settled),
+            end.min(reference.end),
+        );
         let mut conflict = None;
         if lo < hi {
             let points = std::iter::once(lo)
@@ -521,6 +561,41 @@ mod tests {
         c.observe(committed(3, 0, 20, &[(1, 0), (2, 6), (4, 12)]));
         c.observe(committed(1, 0, 20, &[(1, 0), (2, 6), (4, 12)]));
         assert!(c.violations().is_empty(), "{:?}", c.violations());
+    }
+
+    /// A node's later report is compared only where it is new, unless its start or its epoch
+    /// runs below its previous end changed: then all of it is compared again.
+    #[test]
+    fn a_node_that_rewrites_its_own_committed_prefix_fails() {
+        let mut c = ReplicaChecker::new();
+        c.observe(committed(1, 0, 10, &[(1, 0), (2, 6)]));
+        c.observe(committed(2, 0, 4, &[(1, 0)]));
+        c.observe(committed(2, 0, 8, &[(1, 0), (2, 6)]));
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        // Node 2 now says offsets 2.. are of epoch 3: below the end it reported before.
+        c.observe(committed(2, 0, 12, &[(1, 0), (3, 2)]));
+        assert_eq!(c.violation_count(), 1);
+        assert!(
+            c.violations()[0].detail.contains("offset 2"),
+            "{}",
+            c.violations()[0]
+        );
+        // Same runs, a later start (retention): compared again, and still agrees elsewhere.
+        let mut c = ReplicaChecker::new();
+        c.observe(committed(1, 0, 10, &[(1, 0), (2, 6)]));
+        c.observe(committed(2, 0, 10, &[(1, 0), (2, 6)]));
+        c.observe(committed(2, 3, 12, &[(1, 0), (2, 6)]));
+        assert!(c.violations().is_empty(), "{:?}", c.violations());
+        // A node whose earlier report was judged keeps being judged where it is new.
+        c.observe(committed(3, 0, 10, &[(1, 0), (2, 6)]));
+        c.observe(committed(1, 0, 14, &[(1, 0), (2, 6), (5, 12)]));
+        c.observe(committed(3, 0, 14, &[(1, 0), (2, 6), (4, 12)]));
+        assert_eq!(c.violation_count(), 1);
+        assert!(
+            c.violations()[0].detail.contains("offset 12"),
+            "{}",
+            c.violations()[0]
+        );
     }
 
     #[test]
