@@ -316,8 +316,12 @@ pub struct Stats {
     pub retention_segments_deleted: u64,
     /// Log starts clients' fetches were told, judged by log-start-unjustified.
     pub log_starts_observed: u64,
-    /// Acknowledged values never read that sat below a log start lawful retention produced.
+    /// Acknowledged values never read that sat below a log start lawful retention (or a
+    /// DeleteRecords) produced.
     pub retention_excused: u64,
+    /// Acknowledged DeleteRecords calls, judged by log-start-regressed and
+    /// log-start-unjustified.
+    pub delete_records_ok: u64,
     /// Consumer-group operations of any kind (none: the group counts are not displayed).
     pub group_ops: u64,
     /// JoinGroup + SyncGroup rounds, whatever their outcome.
@@ -404,6 +408,9 @@ impl fmt::Display for Stats {
                 self.log_starts_observed,
                 self.retention_excused,
             )?;
+        }
+        if self.delete_records_ok > 0 {
+            write!(f, ", delete-records ok: {}", self.delete_records_ok)?;
         }
         if self.group_ops > 0 {
             write!(

@@ -86,10 +86,17 @@ pub enum Bug {
     /// DescribeConfigs but not in force. Caught by the simulator's config checker
     /// (`checker::configs`, config-not-in-force) in `--scenario configs`.
     MaxMessageBytesIgnored = 17,
+    /// Recovery takes a partition's log start from its first segment's base offset and
+    /// forgets the DeleteRecords log start its checkpoint holds, as if that had never been
+    /// stored: after a crash (or a reopen after a failed fsync) the log start clients see
+    /// moves back below an acknowledged DeleteRecords, and records it deleted are served
+    /// again. Caught by the simulator's retention checker (`checker::retention`,
+    /// log-start-regressed) in `--scenario retention`, whose clients call DeleteRecords.
+    LogStartNotRecovered = 18,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 18] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -107,6 +114,7 @@ impl Bug {
         Bug::ConfigNotLogged,
         Bug::RetentionSizeOffByOne,
         Bug::MaxMessageBytesIgnored,
+        Bug::LogStartNotRecovered,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +136,7 @@ impl Bug {
             Bug::ConfigNotLogged => "config-not-logged",
             Bug::RetentionSizeOffByOne => "retention-size-off-by-one",
             Bug::MaxMessageBytesIgnored => "max-message-bytes-ignored",
+            Bug::LogStartNotRecovered => "log-start-not-recovered",
         }
     }
 

@@ -147,14 +147,23 @@ impl Replica {
         now_ms: u64,
     ) -> Result<Replica, OpenError> {
         log.set_replicated();
+        // A group whose only voter is this replica: every entry its recovered log holds is on
+        // its disk, and the next election (which it always wins) commits them all, so they are
+        // committed now. Taking them so at once keeps what they did in force across a restart:
+        // a DeleteRecords log start acknowledged before it (committed, but in the replayed
+        // tail) would otherwise go back until that election's commit, and a fetch in between
+        // would serve deleted records (`retention` seed 13).
+        let alone = voters.voters() == [config.id];
         let meta = log_meta(&log, voters)?;
         // The log's recovered high watermark was a commit index once (it only ever moves to
         // one), and the stored commit index may lag: take the larger.
+        let recovered = if alone {
+            meta.last_index()
+        } else {
+            log.high_watermark()
+        };
         let hard_state = HardState {
-            commit: hard_state
-                .commit
-                .max(log.high_watermark())
-                .min(meta.last_index()),
+            commit: hard_state.commit.max(recovered).min(meta.last_index()),
             ..hard_state
         };
         let applied = if config.apply_entries {

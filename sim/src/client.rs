@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::delete_records_request::{
+    DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic,
+};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
 use kafka_protocol::messages::produce_request::{
@@ -29,6 +32,9 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Fetch limits used by polls.
 const POLL_MAX_BYTES: i32 = 64 * 1024;
 pub(crate) const POLL_MAX_WAIT_MS: i32 = 100;
+/// How long a DeleteRecords may wait for its log-start entry to commit (below
+/// [`REQUEST_TIMEOUT`], so a slow commit is answered REQUEST_TIMED_OUT rather than dropped).
+const DELETE_RECORDS_TIMEOUT_MS: i32 = 1_500;
 
 pub const TOPIC: &str = "sim";
 
@@ -213,6 +219,35 @@ impl Client {
             .partition_responses
             .swap_remove(0);
         if answer.error_code != 0 {
+            self.stale = true;
+        }
+        Ok(answer)
+    }
+
+    /// DeleteRecords of one partition at its leader: the log start is to move to `offset`.
+    /// Returns the partition's (error code, low watermark); an error code marks the leaders
+    /// stale.
+    pub(crate) async fn delete_records(
+        &mut self,
+        partition: i32,
+        offset: u64,
+    ) -> Result<(i16, i64), CallError> {
+        let request = DeleteRecordsRequest::default()
+            .with_timeout_ms(DELETE_RECORDS_TIMEOUT_MS)
+            .with_topics(vec![DeleteRecordsTopic::default()
+                .with_name(topic_name())
+                .with_partitions(vec![DeleteRecordsPartition::default()
+                    .with_partition_index(partition)
+                    .with_offset(offset as i64)])]);
+        let response = self.call_leader(partition, &request, 2).await?;
+        let answer = response
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .map_or((ErrorCode::UnknownServerError.code(), -1), |p| {
+                (p.error_code, p.low_watermark)
+            });
+        if answer.0 != 0 {
             self.stale = true;
         }
         Ok(answer)

@@ -607,7 +607,12 @@ impl Nemesis {
                         .iter()
                         .rev()
                         .find(|(node, d)| *node == 0 && d.log_start_after == log_start)
-                        .map(|(_, d)| d.log_start_after - d.kafka_log_start_after)
+                        // The last deleted segment ends at the log start; its Kafka offset
+                        // there counts only records (a DeleteRecords start may lie higher).
+                        .and_then(|(_, d)| {
+                            let last = d.segments.last()?;
+                            Some(d.log_start_after - last.kafka_next_offset)
+                        })
                 })
                 // Unknown: assume every offset below the log start was Raft's own, which puts
                 // the damage as low as it can be (excusing more, never less).

@@ -252,6 +252,9 @@ pub struct RetentionParams {
     pub retention_bytes: i64,
     /// `log.retention.check.interval.ms`.
     pub check_interval_ms: u64,
+    /// The share of a workload process's operations that are a DeleteRecords (one node only;
+    /// 0 in a cluster).
+    pub delete_records_per_mille: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -477,6 +480,12 @@ impl Params {
                     -1
                 },
                 check_interval_ms: r.between(50, 1_000),
+                // Drawn last, so that the other retention parameters stayed what they were.
+                delete_records_per_mille: if retention_cluster {
+                    0
+                } else {
+                    r.between(10, 40) as u32
+                },
             });
         }
         for kind in params.faults.names() {
@@ -532,8 +541,9 @@ impl Params {
             )
         }) + &self.retention.as_ref().map_or(String::new(), |r| {
             format!(
-                " retention_ms={} retention_bytes={} retention_check_interval_ms={}",
-                r.retention_ms, r.retention_bytes, r.check_interval_ms
+                " retention_ms={} retention_bytes={} retention_check_interval_ms={} \
+                 delete_records_per_mille={}",
+                r.retention_ms, r.retention_bytes, r.check_interval_ms, r.delete_records_per_mille
             )
         }) + &self.groups.as_ref().map_or(String::new(), |g| {
             format!(

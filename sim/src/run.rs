@@ -546,6 +546,14 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
         for r in facts.retention.values_mut() {
             r.monotonic = params.nodes == 1;
         }
+        for (partition, call) in trace.delete_records() {
+            facts
+                .retention
+                .entry(client::key(partition))
+                .or_default()
+                .delete_records
+                .push(call);
+        }
         for (partition, invoke_ms, at_ms, offset) in trace.log_starts() {
             facts
                 .retention

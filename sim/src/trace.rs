@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use sluice_core::checker::retention::DeleteRecordsCall;
 use tokio::time::Instant;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub struct Trace {
     /// Log starts above 0 that fetches were told: (partition, invoke_ms, complete_ms, offset),
     /// for the retention checker (kept apart from the events, which they would flood).
     log_starts: Arc<Mutex<Vec<(i32, u64, u64, u64)>>>,
+    /// DeleteRecords calls, per partition, for the retention checker.
+    delete_records: Arc<Mutex<Vec<(i32, DeleteRecordsCall)>>>,
 }
 
 impl Trace {
@@ -33,6 +36,7 @@ impl Trace {
             events: Arc::new(Mutex::new(Vec::new())),
             start: Arc::new(std::sync::OnceLock::new()),
             log_starts: Arc::new(Mutex::new(Vec::new())),
+            delete_records: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -56,6 +60,32 @@ impl Trace {
     /// (partition, invoke_ms, complete_ms, offset).
     pub fn log_starts(&self) -> Vec<(i32, u64, u64, u64)> {
         self.log_starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A DeleteRecords of `partition` completed now (also recorded as an event).
+    pub fn observe_delete_records(&self, source: &str, partition: i32, call: DeleteRecordsCall) {
+        self.record(
+            source,
+            "op",
+            format!(
+                "delete-records {}-{partition} to {} -> {:?}",
+                crate::client::TOPIC,
+                call.offset,
+                call.outcome
+            ),
+        );
+        self.delete_records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((partition, call));
+    }
+
+    /// Every DeleteRecords call, in order of completion.
+    pub fn delete_records(&self) -> Vec<(i32, DeleteRecordsCall)> {
+        self.delete_records
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
 use kafka_protocol::messages::ProducerId;
+use sluice_core::checker::retention::DeleteRecordsCall;
 use sluice_core::history::{Acks, OpKind, Outcome, ProducerStamp, Reads};
 use sluice_core::rng::Rng;
 use sluice_core::ErrorCode;
@@ -193,6 +194,34 @@ impl IdempotentProducer {
     }
 }
 
+/// One DeleteRecords of `partition` to `offset`, recorded for the retention checker.
+async fn delete_records(
+    client: &mut Client,
+    partition: i32,
+    offset: u64,
+    source: &str,
+    trace: &Trace,
+) {
+    let invoke_ms = trace.now_ms();
+    let outcome = match client.delete_records(partition, offset).await {
+        Ok((0, low_watermark)) => Outcome::Ok(low_watermark.max(0) as u64),
+        // OFFSET_OUT_OF_RANGE (past the high watermark), UNKNOWN_TOPIC_OR_PARTITION and
+        // NOT_LEADER_OR_FOLLOWER are refusals before anything is proposed; any other error
+        // (REQUEST_TIMED_OUT: the entry may still commit) leaves it unknown.
+        Ok((code, _)) if [1, 3, 6].contains(&code) => Outcome::Fail(format!("error code {code}")),
+        Ok((code, _)) => Outcome::Info(format!("error code {code}")),
+        Err(CallError::NotSent(why)) => Outcome::Fail(why),
+        Err(CallError::Unknown(why)) => Outcome::Info(why),
+    };
+    let call = DeleteRecordsCall {
+        invoke_ms,
+        complete_ms: trace.now_ms(),
+        offset,
+        outcome,
+    };
+    trace.observe_delete_records(source, partition, call);
+}
+
 /// One client process, until `deadline_ms` of simulated time.
 pub async fn run_client(
     process: u32,
@@ -249,126 +278,150 @@ pub async fn run_client(
         outcome: Outcome::Ok(()),
     };
     record(&mut ops, kind, trace.now_ms(), &trace);
+    // In the `retention` scenario some operations are DeleteRecords (drawn only there, so no
+    // other scenario's seeds changed), to an offset between the log start and the high
+    // watermark this process last saw.
+    let delete_per_mille = params
+        .retention
+        .as_ref()
+        .map_or(0, |r| r.delete_records_per_mille);
+    let mut seen: BTreeMap<i32, (u64, u64)> = BTreeMap::new();
     while trace.now_ms() < deadline_ms {
         let invoke_ms = trace.now_ms();
-        let roll = rng.below(1000) as u32;
-        if roll < params.send_per_mille {
+        if delete_per_mille > 0 && rng.chance(delete_per_mille) {
             let partition = *rng.pick(&all);
-            let all_acks = rng.chance(params.acks_all_per_mille);
-            let (acks, acks_code) = if all_acks {
-                (Acks::All, -1)
-            } else {
-                (Acks::One, 1)
-            };
-            // Unique per key across the run: the process in the high bits, a counter below.
-            let value = (u64::from(process) << 40) | next_value;
-            next_value += 1;
-            let timestamp = record_timestamp(params.retention.is_some(), &trace, invoke_ms);
-            if let Some((queue, _)) = &pipeline {
-                // The sender records the send once it is resolved. Waits while the sender's
-                // queue is full, as a Kafka producer's send does when its buffer is.
-                let job = SendJob {
-                    partition,
-                    acks,
-                    value,
-                    invoke_ms,
-                };
-                if queue.send(job).await.is_err() {
-                    unreachable!("the sender runs until the queue is closed");
-                }
-            } else {
-                let (outcome, producer) = match idempotence.as_mut() {
-                    None => (
-                        send_once(&mut client, partition, acks_code, value, timestamp).await,
-                        None,
-                    ),
-                    Some(producer) => {
-                        let outcome = producer
-                            .send(&mut client, partition, acks_code, value, timestamp)
-                            .await;
-                        (outcome, producer.sent_as.take())
-                    }
-                };
-                record(
-                    &mut ops,
-                    OpKind::Send {
-                        key: key(partition),
-                        value,
-                        acks,
-                        outcome,
-                        producer,
-                    },
-                    invoke_ms,
-                    &trace,
-                );
+            let (start, hw) = seen.get(&partition).copied().unwrap_or((0, 0));
+            if hw > start {
+                let offset = rng.between(start + 1, hw);
+                delete_records(&mut client, partition, offset, &source, &trace).await;
             }
-        } else if roll < params.send_per_mille + 60 {
-            // Reassign: a random non-empty subset of partitions, sometimes seeking to the start.
-            let mut keys: Vec<i32> = all.iter().copied().filter(|_| rng.chance(600)).collect();
-            if keys.is_empty() {
-                keys.push(*rng.pick(&all));
-            }
-            let seek = rng.chance(500);
-            cursors = keys
-                .iter()
-                .map(|p| {
-                    (
-                        *p,
-                        if seek {
-                            0
-                        } else {
-                            cursors.get(p).copied().unwrap_or(0)
-                        },
-                    )
-                })
-                .collect();
-            let kind = OpKind::Assign {
-                keys: keys.iter().map(|p| key(*p)).collect(),
-                seek_to_beginning: seek,
-                outcome: Outcome::Ok(()),
-            };
-            record(&mut ops, kind, invoke_ms, &trace);
         } else {
-            let mut log_starts = BTreeMap::new();
-            let (reads, outcome, reset) = match fetch(&mut client, &cursors, POLL_MAX_WAIT_MS).await
-            {
-                Ok(fetched) => {
-                    trace.observe_log_starts(invoke_ms, &fetched.log_starts);
-                    log_starts = fetched.log_starts.clone();
-                    // Past the last batch returned, like a Kafka consumer, which also steps over
-                    // control batches.
-                    for (partition, next) in &fetched.next_offsets {
-                        if let Some(cursor) = cursors.get_mut(partition) {
-                            *cursor = (*cursor).max(*next);
-                        }
-                    }
-                    let outcome = if fetched.errors.is_empty() {
-                        Outcome::Ok(())
-                    } else {
-                        Outcome::Info(format!("partition errors {:?}", fetched.errors))
+            let roll = rng.below(1000) as u32;
+            if roll < params.send_per_mille {
+                let partition = *rng.pick(&all);
+                let all_acks = rng.chance(params.acks_all_per_mille);
+                let (acks, acks_code) = if all_acks {
+                    (Acks::All, -1)
+                } else {
+                    (Acks::One, 1)
+                };
+                // Unique per key across the run: the process in the high bits, a counter below.
+                let value = (u64::from(process) << 40) | next_value;
+                next_value += 1;
+                let timestamp = record_timestamp(params.retention.is_some(), &trace, invoke_ms);
+                if let Some((queue, _)) = &pipeline {
+                    // The sender records the send once it is resolved. Waits while the sender's
+                    // queue is full, as a Kafka producer's send does when its buffer is.
+                    let job = SendJob {
+                        partition,
+                        acks,
+                        value,
+                        invoke_ms,
                     };
-                    (fetched.reads, outcome, !fetched.out_of_range.is_empty())
+                    if queue.send(job).await.is_err() {
+                        unreachable!("the sender runs until the queue is closed");
+                    }
+                } else {
+                    let (outcome, producer) = match idempotence.as_mut() {
+                        None => (
+                            send_once(&mut client, partition, acks_code, value, timestamp).await,
+                            None,
+                        ),
+                        Some(producer) => {
+                            let outcome = producer
+                                .send(&mut client, partition, acks_code, value, timestamp)
+                                .await;
+                            (outcome, producer.sent_as.take())
+                        }
+                    };
+                    record(
+                        &mut ops,
+                        OpKind::Send {
+                            key: key(partition),
+                            value,
+                            acks,
+                            outcome,
+                            producer,
+                        },
+                        invoke_ms,
+                        &trace,
+                    );
                 }
-                Err(e) => (Reads::new(), Outcome::Info(e), false),
-            };
-            record(&mut ops, OpKind::Poll { reads, outcome }, invoke_ms, &trace);
-            if reset {
-                // Out of range (the log lost unsynced records in a crash, or retention moved
-                // the log start past the cursor): like a consumer with
-                // auto.offset.reset=earliest, start over at the log start the fetch reported —
-                // an assignment change for the checker.
-                let invoke_ms = trace.now_ms();
-                let keys: Vec<i32> = cursors.keys().copied().collect();
+            } else if roll < params.send_per_mille + 60 {
+                // Reassign: a random non-empty subset of partitions, sometimes seeking to the start.
+                let mut keys: Vec<i32> = all.iter().copied().filter(|_| rng.chance(600)).collect();
+                if keys.is_empty() {
+                    keys.push(*rng.pick(&all));
+                }
+                let seek = rng.chance(500);
                 cursors = keys
                     .iter()
-                    .map(|p| (*p, log_starts.get(p).copied().unwrap_or(0)))
+                    .map(|p| {
+                        (
+                            *p,
+                            if seek {
+                                0
+                            } else {
+                                cursors.get(p).copied().unwrap_or(0)
+                            },
+                        )
+                    })
                     .collect();
                 let kind = OpKind::Assign {
                     keys: keys.iter().map(|p| key(*p)).collect(),
-                    seek_to_beginning: true,
+                    seek_to_beginning: seek,
                     outcome: Outcome::Ok(()),
                 };
                 record(&mut ops, kind, invoke_ms, &trace);
+            } else {
+                let mut log_starts = BTreeMap::new();
+                let mut high_watermarks = BTreeMap::new();
+                let (reads, outcome, reset) =
+                    match fetch(&mut client, &cursors, POLL_MAX_WAIT_MS).await {
+                        Ok(fetched) => {
+                            trace.observe_log_starts(invoke_ms, &fetched.log_starts);
+                            log_starts = fetched.log_starts.clone();
+                            high_watermarks = fetched.high_watermarks.clone();
+                            // Past the last batch returned, like a Kafka consumer, which also steps over
+                            // control batches.
+                            for (partition, next) in &fetched.next_offsets {
+                                if let Some(cursor) = cursors.get_mut(partition) {
+                                    *cursor = (*cursor).max(*next);
+                                }
+                            }
+                            let outcome = if fetched.errors.is_empty() {
+                                Outcome::Ok(())
+                            } else {
+                                Outcome::Info(format!("partition errors {:?}", fetched.errors))
+                            };
+                            (fetched.reads, outcome, !fetched.out_of_range.is_empty())
+                        }
+                        Err(e) => (Reads::new(), Outcome::Info(e), false),
+                    };
+                record(&mut ops, OpKind::Poll { reads, outcome }, invoke_ms, &trace);
+                if reset {
+                    // Out of range (the log lost unsynced records in a crash, or retention moved
+                    // the log start past the cursor): like a consumer with
+                    // auto.offset.reset=earliest, start over at the log start the fetch reported —
+                    // an assignment change for the checker.
+                    let invoke_ms = trace.now_ms();
+                    let keys: Vec<i32> = cursors.keys().copied().collect();
+                    cursors = keys
+                        .iter()
+                        .map(|p| (*p, log_starts.get(p).copied().unwrap_or(0)))
+                        .collect();
+                    let kind = OpKind::Assign {
+                        keys: keys.iter().map(|p| key(*p)).collect(),
+                        seek_to_beginning: true,
+                        outcome: Outcome::Ok(()),
+                    };
+                    record(&mut ops, kind, invoke_ms, &trace);
+                }
+                for (partition, hw) in &high_watermarks {
+                    let entry = seen.entry(*partition).or_default();
+                    entry.0 = log_starts.get(partition).copied().unwrap_or(entry.0);
+                    entry.1 = *hw;
+                }
             }
         }
         let think = rng.between(params.think_ms.0, params.think_ms.1);

@@ -91,7 +91,7 @@ impl OffsetFacts {
         if self
             .retention
             .get(key)
-            .is_some_and(|r| !r.deletions.is_empty() || !r.observed_starts.is_empty())
+            .is_some_and(super::retention::Retained::moves)
         {
             return LogStart::Moving;
         }

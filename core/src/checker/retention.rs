@@ -14,11 +14,15 @@
 //! - **retention-past-hw:** no deleted segment reaches past the high watermark, the new log start
 //!   is at most the high watermark, the active segment (the last) is never deleted, and the log
 //!   start is where the last deleted segment ended, never below where it was.
-//! - **log-start-unjustified:** every log start a client was told is 0 or one that a deletion
-//!   judged lawful above produced (on some replica): a log start no lawful deletion explains means
-//!   records were removed by something other than retention.
-//! - **log-start-regressed** (only when [`Retained::monotonic`]: one replica serves every
-//!   fetch): a fetch invoked after another fetch completed was told a lower log start.
+//! - **log-start-unjustified:** every log start a client was told is 0, one that a deletion
+//!   judged lawful above produced (on some replica), or at most the offset of a DeleteRecords
+//!   that may have taken effect ([`DeleteRecordsCall`]): a log start nothing lawful explains
+//!   means records were removed by something other than retention or DeleteRecords.
+//! - **log-start-regressed:** an acknowledged DeleteRecords answered a low watermark below the
+//!   offset it asked for (Kafka: the log start becomes the requested offset, or stays where it
+//!   was if that is higher; the answer is the log start after the call). And, only when
+//!   [`Retained::monotonic`] (one replica serves every fetch): a fetch invoked after another
+//!   fetch, or an acknowledged DeleteRecords, completed was told a lower log start.
 //!
 //! The lost-write and unseen checkers ([`super`]) excuse an acknowledged value that no read
 //! returned only when it sits below the highest log start a *lawful* deletion produced
@@ -28,7 +32,7 @@
 use std::collections::BTreeMap;
 
 use super::{AnomalyKind, Findings, Stats};
-use crate::history::{History, Key, OpKind};
+use crate::history::{History, Key, OpKind, Outcome};
 
 /// One deleted segment, in the log's own offsets (Raft's entries included) and, for its end, in
 /// the Kafka offsets clients see.
@@ -78,6 +82,18 @@ pub struct ObservedStart {
     pub offset: u64,
 }
 
+/// One DeleteRecords of one partition a client sent (Kafka offsets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsCall {
+    pub invoke_ms: u64,
+    pub complete_ms: u64,
+    /// The offset the log start was asked to move to.
+    pub offset: u64,
+    /// `Ok(low watermark answered)`, `Fail` (refused: nothing moved) or `Info` (unknown: it
+    /// may have moved the log start, then or later).
+    pub outcome: Outcome<u64>,
+}
+
 /// What the system under test reported about retention on one partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Retained {
@@ -85,6 +101,8 @@ pub struct Retained {
     pub deletions: Vec<(u64, Deletion)>,
     /// Log starts clients were told.
     pub observed_starts: Vec<ObservedStart>,
+    /// DeleteRecords calls clients made.
+    pub delete_records: Vec<DeleteRecordsCall>,
     /// Whether the log start clients see must never go back (one node: every fetch is served
     /// by the same log). With replicas each runs retention on its own, so a new leader's log
     /// start may be lower than the old one's, as in Kafka.
@@ -92,15 +110,28 @@ pub struct Retained {
 }
 
 impl Retained {
-    /// The highest Kafka log start a lawful deletion produced: acknowledged values below it may
-    /// be gone.
+    /// The highest Kafka log start a lawful deletion produced, or a DeleteRecords that may have
+    /// taken effect asked for: acknowledged values below it may be gone.
     pub fn lawful_start(&self) -> u64 {
-        self.deletions
+        let deleted = self
+            .deletions
             .iter()
             .filter(|(_, d)| judge(d).is_empty())
-            .map(|(_, d)| d.kafka_log_start_after)
-            .max()
-            .unwrap_or(0)
+            .map(|(_, d)| d.kafka_log_start_after);
+        let asked = self
+            .delete_records
+            .iter()
+            .filter(|c| !matches!(c.outcome, Outcome::Fail(_)))
+            .map(|c| c.offset);
+        deleted.chain(asked).max().unwrap_or(0)
+    }
+
+    /// Whether anything moved (or may have moved) the log start: then it is not fixed at 0
+    /// for the offsets checker.
+    pub fn moves(&self) -> bool {
+        !self.deletions.is_empty()
+            || !self.observed_starts.is_empty()
+            || !self.delete_records.is_empty()
     }
 }
 
@@ -209,16 +240,38 @@ pub(super) fn check(
                 findings.push(kind, key, detail, vec![anchor]);
             }
         }
+        // An acknowledged DeleteRecords tells its client the log start after it: a log start
+        // like any fetch's, judged with them, and at least the offset it asked for.
+        let mut observed_starts = retained.observed_starts.clone();
+        for call in &retained.delete_records {
+            let Outcome::Ok(low_watermark) = call.outcome else {
+                continue;
+            };
+            stats.delete_records_ok += 1;
+            if low_watermark < call.offset {
+                let detail = format!(
+                    "a DeleteRecords to offset {} (invoked at {} ms) answered low watermark \
+                     {low_watermark}, below it",
+                    call.offset, call.invoke_ms
+                );
+                findings.push(AnomalyKind::LogStartRegressed, key, detail, vec![anchor]);
+            }
+            observed_starts.push(ObservedStart {
+                invoke_ms: call.invoke_ms,
+                at_ms: call.complete_ms,
+                offset: low_watermark,
+            });
+        }
         if retained.monotonic {
-            regressions(key, &retained.observed_starts, anchor, findings);
+            regressions(key, &observed_starts, anchor, findings);
         }
         let lawful = retained.lawful_start();
-        for observed in &retained.observed_starts {
+        for observed in &observed_starts {
             stats.log_starts_observed += 1;
             if observed.offset > 0 && observed.offset > lawful {
                 let detail = format!(
                     "a fetch at {} ms was told log start {}, but no lawful retention deletion \
-                     moved it past {lawful}",
+                     or DeleteRecords moved it past {lawful}",
                     observed.at_ms, observed.offset
                 );
                 findings.push(AnomalyKind::LogStartUnjustified, key, detail, vec![anchor]);
@@ -447,5 +500,61 @@ mod tests {
         assert_eq!(run(vec![at(10, 20, 30), at(21, 25, 50)], true), 0);
         // With replicas it is not judged.
         assert_eq!(run(vec![at(10, 20, 50), at(21, 25, 30)], false), 0);
+    }
+
+    #[test]
+    fn delete_records_moves_the_log_start_to_the_offset_it_asks_for() {
+        let key = Key::new("t", 0);
+        let history = final_read_only();
+        let call = |invoke_ms, complete_ms, offset, outcome| DeleteRecordsCall {
+            invoke_ms,
+            complete_ms,
+            offset,
+            outcome,
+        };
+        let at = |invoke_ms, at_ms, offset| ObservedStart {
+            invoke_ms,
+            at_ms,
+            offset,
+        };
+        let run = |calls: Vec<DeleteRecordsCall>, observed: Vec<ObservedStart>| {
+            let retained = Retained {
+                monotonic: true,
+                delete_records: calls,
+                observed_starts: observed,
+                ..Retained::default()
+            };
+            let mut stats = Stats::default();
+            let mut findings = Findings::default();
+            let facts = BTreeMap::from([(key.clone(), retained)]);
+            check(&history, &facts, &mut stats, &mut findings);
+            let report = findings.into_report(stats);
+            (
+                report.count(AnomalyKind::LogStartUnjustified),
+                report.count(AnomalyKind::LogStartRegressed),
+            )
+        };
+        // Acknowledged at 17: fetches see it, and values below it may be gone.
+        let ok = call(10, 20, 17, Outcome::Ok(17));
+        assert_eq!(run(vec![ok.clone()], vec![at(21, 22, 17)]), (0, 0));
+        let retained = Retained {
+            delete_records: vec![ok.clone()],
+            ..Retained::default()
+        };
+        assert_eq!(retained.lawful_start(), 17);
+        assert!(retained.moves());
+        // A start past what it asked for is unjustified; a refused call justifies nothing.
+        assert_eq!(run(vec![ok.clone()], vec![at(21, 22, 18)]), (1, 0));
+        let refused = call(10, 20, 17, Outcome::Fail("error code 1".into()));
+        assert_eq!(run(vec![refused], vec![at(21, 22, 17)]), (1, 0));
+        // An indeterminate one may have moved it, at any time after its invocation.
+        let unknown = call(10, 20, 17, Outcome::Info("timed out".into()));
+        assert_eq!(run(vec![unknown], vec![at(30, 31, 17)]), (0, 0));
+        // Answered below the offset asked for.
+        assert_eq!(run(vec![call(10, 20, 17, Outcome::Ok(12))], vec![]), (0, 1));
+        // On one node a fetch after the acknowledgement must not see less (a log start lost in
+        // a crash); one that overlaps it may.
+        assert_eq!(run(vec![ok.clone()], vec![at(21, 22, 12)]), (0, 1));
+        assert_eq!(run(vec![ok], vec![at(15, 22, 12)]), (0, 0));
     }
 }

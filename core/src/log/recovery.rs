@@ -833,7 +833,13 @@ impl Recovery {
         // with a damaged tail are gone; each named offset is capped where its entry stands, as
         // when it was first written.
         let high_watermark = log.high_watermark();
-        log.kafka_start = if checkpoint_alive {
+        // The planted defect forgets the checkpoint's DeleteRecords start: the log start is
+        // where the first segment begins.
+        let forget_start = log
+            .config
+            .planted
+            .is(crate::planted::Bug::LogStartNotRecovered);
+        log.kafka_start = if checkpoint_alive && !forget_start {
             self.log_start.min(log.translator.kafka(high_watermark))
         } else {
             0

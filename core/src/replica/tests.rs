@@ -1052,3 +1052,34 @@ fn review_the_end_of_a_repair_is_stored() {
         "the repair ended in memory but its end was never stored"
     );
 }
+
+/// The planted `log-start-not-recovered`: recovery forgets the DeleteRecords log start its
+/// checkpoint holds, so after a restart the log start is back at the first segment's base (the
+/// simulator's retention checker calls it log-start-regressed).
+/// `cargo test -p sluice-core --features planted-bugs --lib planted_log_start`
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_log_start_not_recovered_moves_the_log_start_back_after_a_restart() {
+    use crate::planted::{Bug, Planted};
+    let restarted_start = |bug: Option<Bug>| {
+        let mut config = small_config();
+        config.planted = Planted::new(bug);
+        let mut g = Group::with_config(config);
+        let leader = g.elect();
+        many_records(&mut g, leader, 1_000);
+        assert!(matches!(
+            g.delete_records(leader, 33),
+            Ok(LogStartChange::Proposed(_))
+        ));
+        // The entry ends up below every replica's checkpoint, which alone records the start.
+        many_records(&mut g, leader, 2_000);
+        assert_eq!(g.log_starts(), vec![33, 33, 33]);
+        g.crash_all_and_restart();
+        g.log_starts()
+    };
+    assert_eq!(restarted_start(None), vec![33, 33, 33]);
+    assert_eq!(
+        restarted_start(Some(Bug::LogStartNotRecovered)),
+        vec![0, 0, 0]
+    );
+}
