@@ -479,7 +479,8 @@ impl Storage for MemStorage {
         state.durable_entries.retain(|p, _| !in_dir(p));
         state.durable_entries.extend(current);
         // Files of subdirectories removed with remove_dir_all go with the parent's sync.
-        let dirs = state.dirs.clone();
+        let state = &mut *state;
+        let dirs = &state.dirs;
         state
             .durable_entries
             .retain(|p, _| !p.starts_with(dir) || dirs.contains(&parent(p)));
