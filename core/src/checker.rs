@@ -53,6 +53,7 @@
 //! reason an `acks=1` acknowledgement alone is not evidence of the log's content: after a crash
 //! the offset it named may legitimately hold another value. `acks=0` offsets are never used.
 
+pub mod compaction;
 pub mod configs;
 pub mod fencing;
 pub mod groups;
@@ -130,11 +131,17 @@ pub enum AnomalyKind {
     /// A produce that the topic's `max.message.bytes` in force should have refused was
     /// appended, or one within it was refused as too large.
     ConfigNotInForce,
+    /// A replica whose stored log, after the cleaner had its chance, still holds every
+    /// superseded record the compaction probe wrote ([`compaction`]).
+    CompactionNotInForce,
+    /// A replica that no longer holds the latest value of a key of a compacted topic
+    /// ([`compaction`]).
+    CompactionLostLatest,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 26] = [
+    pub const ALL: [AnomalyKind; 28] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -161,6 +168,8 @@ impl AnomalyKind {
         AnomalyKind::ConfigDiverged,
         AnomalyKind::ConfigLost,
         AnomalyKind::ConfigNotInForce,
+        AnomalyKind::CompactionNotInForce,
+        AnomalyKind::CompactionLostLatest,
     ];
 
     /// Whether the kind is one of the consumer-group checkers' ([`groups`]).
@@ -213,6 +222,8 @@ impl AnomalyKind {
             AnomalyKind::ConfigDiverged => "config-diverged",
             AnomalyKind::ConfigLost => "config-lost",
             AnomalyKind::ConfigNotInForce => "config-not-in-force",
+            AnomalyKind::CompactionNotInForce => "compaction-not-in-force",
+            AnomalyKind::CompactionLostLatest => "compaction-lost-latest",
         }
     }
 }
@@ -341,6 +352,14 @@ pub struct Stats {
     pub config_values_checked: u64,
     /// Produces that probed `max.message.bytes` after the heal.
     pub config_size_probes: u64,
+    /// Compaction probes after the heal ([`compaction`]), the replicas judged (and those not:
+    /// behind the probe's last acknowledged record), and the probe's superseded records the
+    /// judged replicas had removed or still held.
+    pub compaction_probes: u64,
+    pub compaction_replicas_judged: u64,
+    pub compaction_replicas_behind: u64,
+    pub compaction_superseded_removed: u64,
+    pub compaction_superseded_held: u64,
 }
 
 impl Stats {
@@ -434,6 +453,18 @@ impl fmt::Display for Stats {
                 self.config_describes,
                 self.config_values_checked,
                 self.config_size_probes,
+            )?;
+        }
+        if self.compaction_probes > 0 {
+            write!(
+                f,
+                ", compaction probes: {}, replicas judged/behind: {}/{}, superseded records \
+                 removed/held: {}/{}",
+                self.compaction_probes,
+                self.compaction_replicas_judged,
+                self.compaction_replicas_behind,
+                self.compaction_superseded_removed,
+                self.compaction_superseded_held,
             )?;
         }
         Ok(())

@@ -166,6 +166,9 @@ pub enum ConfigOp {
         batch_bytes: u64,
         outcome: Outcome<i16>,
     },
+    /// After the heal and the describes: the compaction probe, with every replica's stored
+    /// records of the probed partition ([`crate::checker::compaction`]).
+    Compaction(Box<crate::checker::compaction::CompactionProbe>),
 }
 
 /// One consumer-group operation. Member ids and generations are the coordinator's.

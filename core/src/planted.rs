@@ -86,10 +86,15 @@ pub enum Bug {
     /// DescribeConfigs but not in force. Caught by the simulator's config checker
     /// (`checker::configs`, config-not-in-force) in `--scenario configs`.
     MaxMessageBytesIgnored = 17,
+    /// A partition's log keeps the `cleanup.policy` it was opened with when the topic's config
+    /// changes (every other setting follows): compaction switched on after creation never runs
+    /// until the broker restarts. Caught by the simulator's compaction checker
+    /// (`checker::compaction`, compaction-not-in-force) in `--scenario configs`.
+    CompactionIgnored = 18,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 18] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -107,6 +112,7 @@ impl Bug {
         Bug::ConfigNotLogged,
         Bug::RetentionSizeOffByOne,
         Bug::MaxMessageBytesIgnored,
+        Bug::CompactionIgnored,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +134,7 @@ impl Bug {
             Bug::ConfigNotLogged => "config-not-logged",
             Bug::RetentionSizeOffByOne => "retention-size-off-by-one",
             Bug::MaxMessageBytesIgnored => "max-message-bytes-ignored",
+            Bug::CompactionIgnored => "compaction-ignored",
         }
     }
 

@@ -128,7 +128,7 @@ fn draw_alter(rng: &mut Rng, topic: &str) -> (Vec<(String, String)>, Vec<String>
     (set, delete)
 }
 
-fn alter_request(
+pub(crate) fn alter_request(
     topic: &str,
     set: &[(String, String)],
     delete: &[String],
@@ -217,7 +217,7 @@ pub async fn run_process(
 }
 
 /// One broker's overrides of `topic` (the configs whose source is the topic).
-async fn describe_at(
+pub(crate) async fn describe_at(
     client: &mut Client,
     addr: &str,
     topic: &str,

@@ -122,6 +122,9 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
                     });
             }
             ConfigOp::Describe { .. } => {}
+            ConfigOp::Compaction(probe) => {
+                super::compaction::check(probe, op.index, stats, findings);
+            }
             ConfigOp::SizeProbe {
                 topic,
                 limit_bytes,
