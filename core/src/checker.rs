@@ -344,8 +344,10 @@ pub struct Stats {
     pub group_late_commits: SendCounts,
     /// Topic-config operations of any kind (none: the config counts are not displayed).
     pub config_ops: u64,
-    /// IncrementalAlterConfigs by outcome.
+    /// IncrementalAlterConfigs and legacy AlterConfigs by outcome.
     pub config_alters: SendCounts,
+    /// Of those, legacy AlterConfigs (replace every override).
+    pub config_replaces: u64,
     /// DescribeConfigs answered after the heal, and the (topic, config) pairs whose final value
     /// was judged against the changes.
     pub config_describes: u64,
@@ -445,11 +447,12 @@ impl fmt::Display for Stats {
         if self.config_ops > 0 {
             write!(
                 f,
-                ", config alters ok/fail/info {}/{}/{}, describes: {}, values checked: {}, \
-                 size probes: {}",
+                ", config alters ok/fail/info {}/{}/{} (legacy replaces {}), describes: {}, \
+                 values checked: {}, size probes: {}",
                 self.config_alters.ok,
                 self.config_alters.fail,
                 self.config_alters.info,
+                self.config_replaces,
                 self.config_describes,
                 self.config_values_checked,
                 self.config_size_probes,

@@ -91,10 +91,16 @@ pub enum Bug {
     /// until the broker restarts. Caught by the simulator's compaction checker
     /// (`checker::compaction`, compaction-not-in-force) in `--scenario configs`.
     CompactionIgnored = 18,
+    /// The legacy AlterConfigs (API 33) merges the configs it names into the topic's overrides
+    /// like IncrementalAlterConfigs, instead of replacing them all (Kafka: every override it
+    /// does not name goes back to the default). Caught by the simulator's config checker
+    /// (`checker::configs`, config-lost: an override a replace removed is still described) in
+    /// `--scenario configs`, whose config processes sometimes use the legacy API.
+    LegacyAlterConfigsMerges = 19,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 19] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -113,6 +119,7 @@ impl Bug {
         Bug::RetentionSizeOffByOne,
         Bug::MaxMessageBytesIgnored,
         Bug::CompactionIgnored,
+        Bug::LegacyAlterConfigsMerges,
     ];
 
     pub fn name(self) -> &'static str {
@@ -135,6 +142,7 @@ impl Bug {
             Bug::RetentionSizeOffByOne => "retention-size-off-by-one",
             Bug::MaxMessageBytesIgnored => "max-message-bytes-ignored",
             Bug::CompactionIgnored => "compaction-ignored",
+            Bug::LegacyAlterConfigsMerges => "legacy-alter-configs-merges",
         }
     }
 

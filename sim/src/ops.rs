@@ -91,6 +91,18 @@ pub fn describe_config(op: &ConfigOp) -> String {
                 outcome(o)
             )
         }
+        ConfigOp::Replace {
+            topic,
+            set,
+            outcome: o,
+        } => {
+            let set: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(
+                "alter-configs (legacy, replace) {topic} [{}] -> {}",
+                set.join(" "),
+                outcome(o)
+            )
+        }
         ConfigOp::Describe {
             topic,
             node,

@@ -19,6 +19,9 @@
 //!   change lost across a controller failover or restart, or a value no change wrote, is
 //!   reported. Each name is judged on its own (a change of several names is atomic, which
 //!   this does not check).
+//!   A legacy AlterConfigs (a [`ConfigOp::Replace`]) replaces the topic's whole set of
+//!   overrides: for this model it writes the values it names and removes ("no override") every
+//!   other config name the history mentions for the topic.
 //! - config-not-in-force: after the describes agreed on `max.message.bytes`, a produce of a
 //!   batch larger than it was appended, or one within it was refused with MESSAGE_TOO_LARGE.
 //!
@@ -63,6 +66,8 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
     // topic -> name -> writes; topic -> describes.
     let mut writes: BTreeMap<&str, BTreeMap<&str, Vec<Write>>> = BTreeMap::new();
     let mut describes: BTreeMap<&str, Vec<Described>> = BTreeMap::new();
+    // Legacy replaces: (topic, the names they set, the write they made of every other name).
+    let mut replaces: Vec<(&str, BTreeSet<&str>, Write)> = Vec::new();
     for op in &history.ops {
         let OpKind::Config(config) = &op.kind else {
             continue;
@@ -72,9 +77,19 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
             ConfigOp::Alter {
                 topic,
                 set,
-                delete,
                 outcome,
+                ..
+            }
+            | ConfigOp::Replace {
+                topic,
+                set,
+                outcome,
+                ..
             } => {
+                let delete = match config {
+                    ConfigOp::Alter { delete, .. } => delete.as_slice(),
+                    _ => &[],
+                };
                 let acked = match outcome {
                     Outcome::Ok(()) => {
                         stats.config_alters.ok += 1;
@@ -89,6 +104,18 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
                         continue;
                     }
                 };
+                if let ConfigOp::Replace { .. } = config {
+                    stats.config_replaces += 1;
+                    let removed = Write {
+                        op: op.index,
+                        value: None,
+                        invoke_ms: op.invoke_ms,
+                        complete_ms: op.complete_ms,
+                        acked,
+                    };
+                    let named = set.iter().map(|(name, _)| name.as_str()).collect();
+                    replaces.push((topic.as_str(), named, removed));
+                }
                 let names = writes.entry(topic.as_str()).or_default();
                 let changes = set
                     .iter()
@@ -150,6 +177,22 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
                     findings.push(AnomalyKind::ConfigNotInForce, &key, detail, vec![op.index]);
                 }
             }
+        }
+    }
+    // A replace removes every override it does not name: a write of "no override" for every
+    // other name the history mentions for its topic (no other name can be described).
+    for (topic, named, removed) in replaces {
+        let mut mentioned: BTreeSet<&str> = writes
+            .get(topic)
+            .into_iter()
+            .flat_map(|names| names.keys().copied())
+            .collect();
+        for d in describes.get(topic).into_iter().flatten() {
+            mentioned.extend(d.overrides.keys().map(String::as_str));
+        }
+        let names = writes.entry(topic).or_default();
+        for name in mentioned.difference(&named) {
+            names.entry(name).or_default().push(removed.clone());
         }
     }
     let no_writes = BTreeMap::new();
@@ -397,6 +440,55 @@ mod tests {
             run.alter(&[("segment.bytes", "4096")], &[], refused, (10, 20));
             run.describe(0, shown, 100);
             assert_eq!(run.check().count(AnomalyKind::ConfigLost), lost);
+        }
+    }
+
+    #[test]
+    fn a_legacy_replace_removes_every_override_it_does_not_name() {
+        let replace = |run: &mut Run, set: &[(&str, &str)], outcome, at: (u64, u64)| {
+            let kind = OpKind::Config(ConfigOp::Replace {
+                topic: "cfg".into(),
+                set: set
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                outcome,
+            });
+            run.history.push(1, kind, at.0, at.1)
+        };
+        // Acknowledged: segment.bytes is gone, retention.ms is what it set.
+        for (shown, lost) in [
+            (&[("retention.ms", "5")][..], 0),
+            (&[("retention.ms", "5"), ("segment.bytes", "4096")][..], 1),
+            (&[][..], 1),
+        ] {
+            let mut run = Run::default();
+            run.alter(&[("segment.bytes", "4096")], &[], Outcome::Ok(()), (10, 20));
+            replace(
+                &mut run,
+                &[("retention.ms", "5")],
+                Outcome::Ok(()),
+                (30, 40),
+            );
+            run.describe(0, shown, 100);
+            let report = run.check();
+            assert_eq!(
+                report.count(AnomalyKind::ConfigLost),
+                lost,
+                "{shown:?}: {report}"
+            );
+            assert_eq!(report.stats.config_replaces, 1);
+        }
+        // Indeterminate: either all of it or none of it may show, name by name.
+        for shown in [
+            &[("segment.bytes", "4096")][..],
+            &[("retention.ms", "5")][..],
+        ] {
+            let mut run = Run::default();
+            run.alter(&[("segment.bytes", "4096")], &[], Outcome::Ok(()), (10, 20));
+            replace(&mut run, &[("retention.ms", "5")], info(), (30, 40));
+            run.describe(0, shown, 100);
+            assert!(run.check().is_valid(), "{shown:?}");
         }
     }
 
