@@ -54,6 +54,7 @@
 //! the offset it named may legitimately hold another value. `acks=0` offsets are never used.
 
 pub mod compaction;
+pub mod config_atomicity;
 pub mod configs;
 pub mod fencing;
 pub mod groups;
@@ -128,6 +129,10 @@ pub enum AnomalyKind {
     /// A broker's final value of a topic config that no change allows: an acknowledged change
     /// was lost, or a value appeared that no change wrote.
     ConfigLost,
+    /// A broker's final overrides of a topic that no set of whole changes explains (a change
+    /// of several configs applied in part), though each value alone is allowed
+    /// ([`config_atomicity`]).
+    ConfigNotAtomic,
     /// A produce that the topic's `max.message.bytes` in force should have refused was
     /// appended, or one within it was refused as too large.
     ConfigNotInForce,
@@ -141,7 +146,7 @@ pub enum AnomalyKind {
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 28] = [
+    pub const ALL: [AnomalyKind; 29] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -167,6 +172,7 @@ impl AnomalyKind {
         AnomalyKind::LateCommitVisible,
         AnomalyKind::ConfigDiverged,
         AnomalyKind::ConfigLost,
+        AnomalyKind::ConfigNotAtomic,
         AnomalyKind::ConfigNotInForce,
         AnomalyKind::CompactionNotInForce,
         AnomalyKind::CompactionLostLatest,
@@ -221,6 +227,7 @@ impl AnomalyKind {
             AnomalyKind::LateCommitVisible => "group-late-commit-visible",
             AnomalyKind::ConfigDiverged => "config-diverged",
             AnomalyKind::ConfigLost => "config-lost",
+            AnomalyKind::ConfigNotAtomic => "config-not-atomic",
             AnomalyKind::ConfigNotInForce => "config-not-in-force",
             AnomalyKind::CompactionNotInForce => "compaction-not-in-force",
             AnomalyKind::CompactionLostLatest => "compaction-lost-latest",
@@ -352,6 +359,10 @@ pub struct Stats {
     /// was judged against the changes.
     pub config_describes: u64,
     pub config_values_checked: u64,
+    /// Final describes whose combination of values was judged as a whole
+    /// ([`config_atomicity`]), and those left unjudged (too many combinations).
+    pub config_atomicity_judged: u64,
+    pub config_atomicity_unjudged: u64,
     /// Produces that probed `max.message.bytes` after the heal.
     pub config_size_probes: u64,
     /// Compaction probes after the heal ([`compaction`]), the replicas judged (and those not:
@@ -448,13 +459,15 @@ impl fmt::Display for Stats {
             write!(
                 f,
                 ", config alters ok/fail/info {}/{}/{} (legacy replaces {}), describes: {}, \
-                 values checked: {}, size probes: {}",
+                 values checked: {}, combinations judged/unjudged: {}/{}, size probes: {}",
                 self.config_alters.ok,
                 self.config_alters.fail,
                 self.config_alters.info,
                 self.config_replaces,
                 self.config_describes,
                 self.config_values_checked,
+                self.config_atomicity_judged,
+                self.config_atomicity_unjudged,
                 self.config_size_probes,
             )?;
         }

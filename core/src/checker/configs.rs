@@ -17,8 +17,10 @@
 //!   overwritten. The topic's state before any change (no override: the workloads create their
 //!   topics without) is allowed until an acknowledged change completed. So an acknowledged
 //!   change lost across a controller failover or restart, or a value no change wrote, is
-//!   reported. Each name is judged on its own (a change of several names is atomic, which
-//!   this does not check).
+//!   reported. Each name is judged on its own here.
+//! - config-not-atomic ([`super::config_atomicity`]): a broker's whole final describe of the
+//!   topic, every value of which is allowed on its own, is not what any set of whole changes
+//!   (all or nothing of each) gives, applied in an order consistent with real time.
 //!   A legacy AlterConfigs (a [`ConfigOp::Replace`]) replaces the topic's whole set of
 //!   overrides: for this model it writes the values it names and removes ("no override") every
 //!   other config name the history mentions for the topic.
@@ -31,6 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::config_atomicity::Verdict;
 use super::{AnomalyKind, Findings, Stats};
 use crate::history::{ConfigOp, History, Key, OpKind, Outcome};
 use crate::ErrorCode;
@@ -42,23 +45,23 @@ pub fn topic_key(topic: &str) -> Key {
 
 /// One change of one config name that may have taken effect.
 #[derive(Clone, Debug)]
-struct Write<'h> {
-    op: usize,
+pub(super) struct Write<'h> {
+    pub(super) op: usize,
     /// `None`: the override was deleted.
-    value: Option<&'h str>,
-    invoke_ms: u64,
-    complete_ms: u64,
-    acked: bool,
+    pub(super) value: Option<&'h str>,
+    pub(super) invoke_ms: u64,
+    pub(super) complete_ms: u64,
+    pub(super) acked: bool,
 }
 
 /// One successful describe of a topic.
 #[derive(Clone, Copy, Debug)]
-struct Described<'h> {
-    op: usize,
-    node: i32,
-    overrides: &'h BTreeMap<String, String>,
-    invoke_ms: u64,
-    complete_ms: u64,
+pub(super) struct Described<'h> {
+    pub(super) op: usize,
+    pub(super) node: i32,
+    pub(super) overrides: &'h BTreeMap<String, String>,
+    pub(super) invoke_ms: u64,
+    pub(super) complete_ms: u64,
 }
 
 /// Adds the config anomalies of `history` to `findings`.
@@ -221,6 +224,24 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
             for d in &described {
                 stats.config_values_checked += 1;
                 check_value(&key, name, changes, d, findings);
+            }
+        }
+        // The combination: all or nothing of each change (config_atomicity).
+        for d in &described {
+            match super::config_atomicity::judge(names, d) {
+                Verdict::Explained => stats.config_atomicity_judged += 1,
+                Verdict::Unjudged => stats.config_atomicity_unjudged += 1,
+                Verdict::PerName => {}
+                Verdict::Unexplained(ops) => {
+                    stats.config_atomicity_judged += 1;
+                    let detail = format!(
+                        "broker {} describes {:?}: each value alone is allowed, but no set of \
+                         whole changes applied in an order consistent with real time gives \
+                         this combination",
+                        d.node, d.overrides
+                    );
+                    findings.push(AnomalyKind::ConfigNotAtomic, &key, detail, ops);
+                }
             }
         }
     }
@@ -489,6 +510,81 @@ mod tests {
             replace(&mut run, &[("retention.ms", "5")], info(), (30, 40));
             run.describe(0, shown, 100);
             assert!(run.check().is_valid(), "{shown:?}");
+        }
+    }
+
+    #[test]
+    fn a_change_of_several_configs_applied_in_part_is_config_not_atomic() {
+        for (shown, not_atomic) in [
+            (&[("a", "2"), ("b", "1")][..], 1),
+            (&[("a", "1"), ("b", "2")][..], 1),
+            (&[("a", "2"), ("b", "2")][..], 0),
+            (&[("a", "1"), ("b", "1")][..], 0),
+        ] {
+            let mut run = Run::default();
+            run.alter(&[("a", "1"), ("b", "1")], &[], Outcome::Ok(()), (10, 20));
+            run.alter(&[("a", "2"), ("b", "2")], &[], info(), (30, 40));
+            run.describe(0, shown, 100);
+            let report = run.check();
+            assert_eq!(report.count(AnomalyKind::ConfigLost), 0, "{report}");
+            let found = report.count(AnomalyKind::ConfigNotAtomic);
+            assert_eq!(found, not_atomic, "{shown:?}: {report}");
+            assert_eq!(report.stats.config_atomicity_judged, 1);
+        }
+    }
+
+    #[test]
+    fn two_concurrent_changes_apply_one_after_the_other_never_interleaved() {
+        for (shown, not_atomic) in [
+            (&[("a", "1"), ("b", "2")][..], 1),
+            (&[("a", "1"), ("b", "1")][..], 0),
+            (&[("a", "2"), ("b", "2")][..], 0),
+        ] {
+            let mut run = Run::default();
+            run.alter(&[("a", "1"), ("b", "1")], &[], Outcome::Ok(()), (10, 50));
+            run.alter(&[("a", "2"), ("b", "2")], &[], Outcome::Ok(()), (20, 40));
+            run.describe(0, shown, 100);
+            let report = run.check();
+            assert_eq!(
+                report.count(AnomalyKind::ConfigNotAtomic),
+                not_atomic,
+                "{shown:?}"
+            );
+            assert!(report
+                .anomalies
+                .iter()
+                .all(|a| a.kind != AnomalyKind::ConfigLost));
+        }
+    }
+
+    #[test]
+    fn a_legacy_replace_applies_whole_or_not_at_all() {
+        let replace = ConfigOp::Replace {
+            topic: "cfg".into(),
+            set: vec![("b".into(), "1".into())],
+            outcome: info(),
+        };
+        for (shown, not_atomic) in [
+            // The replace set b but did not remove a: no order of whole changes gives it.
+            (&[("a", "1"), ("b", "1")][..], 1),
+            (&[("b", "1")][..], 0),
+            (&[("a", "1")][..], 0),
+        ] {
+            let mut run = Run::default();
+            run.alter(&[("a", "1")], &[], Outcome::Ok(()), (10, 20));
+            run.history.push(1, OpKind::Config(replace.clone()), 30, 40);
+            run.describe(0, shown, 100);
+            let report = run.check();
+            assert_eq!(
+                report.count(AnomalyKind::ConfigNotAtomic),
+                not_atomic,
+                "{shown:?}"
+            );
+            assert_eq!(
+                report.count(AnomalyKind::ConfigLost),
+                0,
+                "{shown:?}: {report}"
+            );
         }
     }
 
