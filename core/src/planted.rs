@@ -97,10 +97,16 @@ pub enum Bug {
     /// (`checker::configs`, config-lost: an override a replace removed is still described) in
     /// `--scenario configs`, whose config processes sometimes use the legacy API.
     LegacyAlterConfigsMerges = 19,
+    /// The controller writes a topic config change of several configs as one metadata record
+    /// per config, each its own log entry, and answers once the first is applied: a failover
+    /// between them leaves the change applied in part. Caught by the simulator's config
+    /// checkers (`checker::config_atomicity`, config-not-atomic; config-lost when the change
+    /// was acknowledged) in `--scenario configs`.
+    AlterConfigsNotAtomic = 20,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -120,6 +126,7 @@ impl Bug {
         Bug::MaxMessageBytesIgnored,
         Bug::CompactionIgnored,
         Bug::LegacyAlterConfigsMerges,
+        Bug::AlterConfigsNotAtomic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -143,6 +150,7 @@ impl Bug {
             Bug::MaxMessageBytesIgnored => "max-message-bytes-ignored",
             Bug::CompactionIgnored => "compaction-ignored",
             Bug::LegacyAlterConfigsMerges => "legacy-alter-configs-merges",
+            Bug::AlterConfigsNotAtomic => "alter-configs-not-atomic",
         }
     }
 
