@@ -53,6 +53,8 @@
 //! reason an `acks=1` acknowledgement alone is not evidence of the log's content: after a crash
 //! the offset it named may legitimately hold another value. `acks=0` offsets are never used.
 
+pub mod compaction;
+pub mod config_atomicity;
 pub mod configs;
 pub mod fencing;
 pub mod groups;
@@ -127,14 +129,24 @@ pub enum AnomalyKind {
     /// A broker's final value of a topic config that no change allows: an acknowledged change
     /// was lost, or a value appeared that no change wrote.
     ConfigLost,
+    /// A broker's final overrides of a topic that no set of whole changes explains (a change
+    /// of several configs applied in part), though each value alone is allowed
+    /// ([`config_atomicity`]).
+    ConfigNotAtomic,
     /// A produce that the topic's `max.message.bytes` in force should have refused was
     /// appended, or one within it was refused as too large.
     ConfigNotInForce,
+    /// A replica whose stored log, after the cleaner had its chance, still holds every
+    /// superseded record the compaction probe wrote ([`compaction`]).
+    CompactionNotInForce,
+    /// A replica that no longer holds the latest value of a key of a compacted topic
+    /// ([`compaction`]).
+    CompactionLostLatest,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 26] = [
+    pub const ALL: [AnomalyKind; 29] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -160,7 +172,10 @@ impl AnomalyKind {
         AnomalyKind::LateCommitVisible,
         AnomalyKind::ConfigDiverged,
         AnomalyKind::ConfigLost,
+        AnomalyKind::ConfigNotAtomic,
         AnomalyKind::ConfigNotInForce,
+        AnomalyKind::CompactionNotInForce,
+        AnomalyKind::CompactionLostLatest,
     ];
 
     /// Whether the kind is one of the consumer-group checkers' ([`groups`]).
@@ -212,7 +227,10 @@ impl AnomalyKind {
             AnomalyKind::LateCommitVisible => "group-late-commit-visible",
             AnomalyKind::ConfigDiverged => "config-diverged",
             AnomalyKind::ConfigLost => "config-lost",
+            AnomalyKind::ConfigNotAtomic => "config-not-atomic",
             AnomalyKind::ConfigNotInForce => "config-not-in-force",
+            AnomalyKind::CompactionNotInForce => "compaction-not-in-force",
+            AnomalyKind::CompactionLostLatest => "compaction-lost-latest",
         }
     }
 }
@@ -337,14 +355,28 @@ pub struct Stats {
     pub group_late_commits: SendCounts,
     /// Topic-config operations of any kind (none: the config counts are not displayed).
     pub config_ops: u64,
-    /// IncrementalAlterConfigs by outcome.
+    /// IncrementalAlterConfigs and legacy AlterConfigs by outcome.
     pub config_alters: SendCounts,
+    /// Of those, legacy AlterConfigs (replace every override).
+    pub config_replaces: u64,
     /// DescribeConfigs answered after the heal, and the (topic, config) pairs whose final value
     /// was judged against the changes.
     pub config_describes: u64,
     pub config_values_checked: u64,
+    /// Final describes whose combination of values was judged as a whole
+    /// ([`config_atomicity`]), and those left unjudged (too many combinations).
+    pub config_atomicity_judged: u64,
+    pub config_atomicity_unjudged: u64,
     /// Produces that probed `max.message.bytes` after the heal.
     pub config_size_probes: u64,
+    /// Compaction probes after the heal ([`compaction`]), the replicas judged (and those not:
+    /// behind the probe's last acknowledged record), and the probe's superseded records the
+    /// judged replicas had removed or still held.
+    pub compaction_probes: u64,
+    pub compaction_replicas_judged: u64,
+    pub compaction_replicas_behind: u64,
+    pub compaction_superseded_removed: u64,
+    pub compaction_superseded_held: u64,
 }
 
 impl Stats {
@@ -433,14 +465,29 @@ impl fmt::Display for Stats {
         if self.config_ops > 0 {
             write!(
                 f,
-                ", config alters ok/fail/info {}/{}/{}, describes: {}, values checked: {}, \
-                 size probes: {}",
+                ", config alters ok/fail/info {}/{}/{} (legacy replaces {}), describes: {}, \
+                 values checked: {}, combinations judged/unjudged: {}/{}, size probes: {}",
                 self.config_alters.ok,
                 self.config_alters.fail,
                 self.config_alters.info,
+                self.config_replaces,
                 self.config_describes,
                 self.config_values_checked,
+                self.config_atomicity_judged,
+                self.config_atomicity_unjudged,
                 self.config_size_probes,
+            )?;
+        }
+        if self.compaction_probes > 0 {
+            write!(
+                f,
+                ", compaction probes: {}, replicas judged/behind: {}/{}, superseded records \
+                 removed/held: {}/{}",
+                self.compaction_probes,
+                self.compaction_replicas_judged,
+                self.compaction_replicas_behind,
+                self.compaction_superseded_removed,
+                self.compaction_superseded_held,
             )?;
         }
         Ok(())

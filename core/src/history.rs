@@ -166,6 +166,16 @@ pub enum ConfigOp {
         batch_bytes: u64,
         outcome: Outcome<i16>,
     },
+    /// The legacy AlterConfigs of one topic: `set` becomes the topic's whole set of overrides
+    /// (every override it does not name is removed).
+    Replace {
+        topic: String,
+        set: Vec<(String, String)>,
+        outcome: Outcome<()>,
+    },
+    /// After the heal and the describes: the compaction probe, with every replica's stored
+    /// records of the probed partition ([`crate::checker::compaction`]).
+    Compaction(Box<crate::checker::compaction::CompactionProbe>),
 }
 
 /// One consumer-group operation. Member ids and generations are the coordinator's.

@@ -93,10 +93,27 @@ pub enum Bug {
     /// again. Caught by the simulator's retention checker (`checker::retention`,
     /// log-start-regressed) in `--scenario retention`, whose clients call DeleteRecords.
     LogStartNotRecovered = 18,
+    /// A partition's log keeps the `cleanup.policy` it was opened with when the topic's config
+    /// changes (every other setting follows): compaction switched on after creation never runs
+    /// until the broker restarts. Caught by the simulator's compaction checker
+    /// (`checker::compaction`, compaction-not-in-force) in `--scenario configs`.
+    CompactionIgnored = 19,
+    /// The legacy AlterConfigs (API 33) merges the configs it names into the topic's overrides
+    /// like IncrementalAlterConfigs, instead of replacing them all (Kafka: every override it
+    /// does not name goes back to the default). Caught by the simulator's config checker
+    /// (`checker::configs`, config-lost: an override a replace removed is still described) in
+    /// `--scenario configs`, whose config processes sometimes use the legacy API.
+    LegacyAlterConfigsMerges = 20,
+    /// The controller writes a topic config change of several configs as one metadata record
+    /// per config, each its own log entry, and answers once the first is applied: a failover
+    /// between them leaves the change applied in part. Caught by the simulator's config
+    /// checkers (`checker::config_atomicity`, config-not-atomic; config-lost when the change
+    /// was acknowledged) in `--scenario configs`.
+    AlterConfigsNotAtomic = 21,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 21] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -115,6 +132,9 @@ impl Bug {
         Bug::RetentionSizeOffByOne,
         Bug::MaxMessageBytesIgnored,
         Bug::LogStartNotRecovered,
+        Bug::CompactionIgnored,
+        Bug::LegacyAlterConfigsMerges,
+        Bug::AlterConfigsNotAtomic,
     ];
 
     pub fn name(self) -> &'static str {
@@ -137,6 +157,9 @@ impl Bug {
             Bug::RetentionSizeOffByOne => "retention-size-off-by-one",
             Bug::MaxMessageBytesIgnored => "max-message-bytes-ignored",
             Bug::LogStartNotRecovered => "log-start-not-recovered",
+            Bug::CompactionIgnored => "compaction-ignored",
+            Bug::LegacyAlterConfigsMerges => "legacy-alter-configs-merges",
+            Bug::AlterConfigsNotAtomic => "alter-configs-not-atomic",
         }
     }
 

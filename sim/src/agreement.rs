@@ -21,7 +21,11 @@ const PROBLEMS_MAX: usize = 10;
 
 /// The batches of the log in directory `group` on `storage` that end at or below `end`, by base
 /// offset. A batch that does not parse ends the scan of its segment (a torn tail).
-fn committed_batches(storage: &MemStorage, group: &str, end: u64) -> BTreeMap<u64, Vec<u8>> {
+pub(crate) fn committed_batches(
+    storage: &MemStorage,
+    group: &str,
+    end: u64,
+) -> BTreeMap<u64, Vec<u8>> {
     let mut segments: Vec<(u64, std::path::PathBuf)> = storage
         .paths()
         .into_iter()

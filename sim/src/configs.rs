@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::alter_configs_request::{
+    AlterConfigsRequest, AlterConfigsResource as LegacyResource, AlterableConfig as LegacyConfig,
+};
 use kafka_protocol::messages::describe_configs_request::{
     DescribeConfigsRequest, DescribeConfigsResource,
 };
@@ -49,6 +52,9 @@ const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
 /// DescribeConfigs' source of a topic override.
 const SOURCE_TOPIC: i8 = 1;
+
+/// The share of changes sent as a legacy AlterConfigs (replace), per mille.
+const LEGACY_PER_MILLE: u32 = 250;
 
 /// How long the describes after the heal may take to agree.
 const AGREEMENT_BOUND_MS: u64 = 20_000;
@@ -128,7 +134,7 @@ fn draw_alter(rng: &mut Rng, topic: &str) -> (Vec<(String, String)>, Vec<String>
     (set, delete)
 }
 
-fn alter_request(
+pub(crate) fn alter_request(
     topic: &str,
     set: &[(String, String)],
     delete: &[String],
@@ -149,6 +155,22 @@ fn alter_request(
         }))
         .collect();
     IncrementalAlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
+        .with_resource_type(RESOURCE_TOPIC)
+        .with_resource_name(StrBytes::from_string(topic.to_string()))
+        .with_configs(configs)])
+}
+
+/// The legacy AlterConfigs (API 33) of `topic`: `set` becomes its whole set of overrides.
+fn legacy_request(topic: &str, set: &[(String, String)]) -> AlterConfigsRequest {
+    let configs = set
+        .iter()
+        .map(|(name, value)| {
+            LegacyConfig::default()
+                .with_name(StrBytes::from_string(name.clone()))
+                .with_value(Some(StrBytes::from_string(value.clone())))
+        })
+        .collect();
+    AlterConfigsRequest::default().with_resources(vec![LegacyResource::default()
         .with_resource_type(RESOURCE_TOPIC)
         .with_resource_name(StrBytes::from_string(topic.to_string()))
         .with_configs(configs)])
@@ -180,17 +202,40 @@ pub async fn run_process(
     let source = format!("config-{index}");
     let mut client = Client::new(&bootstrap);
     let timeout = Duration::from_millis(settings.timeout_ms);
+    // Which changes use the legacy AlterConfigs: a stream of its own, so that the other draws
+    // of a seed are what they were before it existed.
+    let mut legacy_rng = Rng::new(params.seed ^ 0x1e9a_c7a1_7e2c_0a1d ^ u64::from(index));
     let mut ops = Vec::new();
     while trace.now_ms() < deadline_ms {
         let think = rng.between(settings.think_ms.0, settings.think_ms.1);
         tokio::time::sleep(Duration::from_millis(think)).await;
         let topic = if rng.chance(500) { TOPIC } else { CONFIG_TOPIC };
-        let (set, delete) = draw_alter(&mut rng, topic);
-        let request = alter_request(topic, &set, &delete);
+        let (mut set, delete) = draw_alter(&mut rng, topic);
+        let legacy = legacy_rng.chance(LEGACY_PER_MILLE);
+        if legacy && topic == CONFIG_TOPIC && !set.iter().any(|(n, _)| n == "max.message.bytes") {
+            // A replace removes what it does not name; the size probe needs the config topic's
+            // `max.message.bytes`.
+            let limit = legacy_rng.between(512, 32 * 1024).to_string();
+            set.push(("max.message.bytes".to_string(), limit));
+            set.sort();
+        }
         let invoke_ms = trace.now_ms();
         let addr = client.next_broker();
-        let outcome = match client.call_at_within(&addr, &request, 1, timeout).await {
-            Ok(response) => match response.responses.first().map(|r| r.error_code) {
+        let answer = if legacy {
+            let request = legacy_request(topic, &set);
+            client
+                .call_at_within(&addr, &request, 2, timeout)
+                .await
+                .map(|r| r.responses.first().map(|r| r.error_code))
+        } else {
+            let request = alter_request(topic, &set, &delete);
+            client
+                .call_at_within(&addr, &request, 1, timeout)
+                .await
+                .map(|r| r.responses.first().map(|r| r.error_code))
+        };
+        let outcome = match answer {
+            Ok(code) => match code {
                 Some(0) => Outcome::Ok(()),
                 Some(code) if refused(code) => Outcome::Fail(format!("error code {code}")),
                 Some(code) => Outcome::Info(format!("error code {code}")),
@@ -199,12 +244,20 @@ pub async fn run_process(
             Err(CallError::NotSent(why)) => Outcome::Fail(why),
             Err(CallError::Unknown(why)) => Outcome::Info(why),
         };
-        let kind = OpKind::Config(ConfigOp::Alter {
-            topic: topic.to_string(),
-            set,
-            delete,
-            outcome,
-        });
+        let kind = if legacy {
+            OpKind::Config(ConfigOp::Replace {
+                topic: topic.to_string(),
+                set,
+                outcome,
+            })
+        } else {
+            OpKind::Config(ConfigOp::Alter {
+                topic: topic.to_string(),
+                set,
+                delete,
+                outcome,
+            })
+        };
         trace.record(&source, "op", describe(&kind));
         ops.push(Recorded {
             process,
@@ -217,7 +270,7 @@ pub async fn run_process(
 }
 
 /// One broker's overrides of `topic` (the configs whose source is the topic).
-async fn describe_at(
+pub(crate) async fn describe_at(
     client: &mut Client,
     addr: &str,
     topic: &str,

@@ -11,6 +11,7 @@
 pub mod agreement;
 pub mod cli;
 pub mod client;
+pub mod compaction_probe;
 pub mod configs;
 pub mod groups;
 pub mod nemesis;

@@ -91,6 +91,18 @@ pub fn describe_config(op: &ConfigOp) -> String {
                 outcome(o)
             )
         }
+        ConfigOp::Replace {
+            topic,
+            set,
+            outcome: o,
+        } => {
+            let set: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(
+                "alter-configs (legacy, replace) {topic} [{}] -> {}",
+                set.join(" "),
+                outcome(o)
+            )
+        }
         ConfigOp::Describe {
             topic,
             node,
@@ -108,6 +120,24 @@ pub fn describe_config(op: &ConfigOp) -> String {
             "size-probe {topic} batch {batch_bytes} bytes, max.message.bytes {limit_bytes} -> {}",
             outcome(o)
         ),
+        ConfigOp::Compaction(p) => {
+            let acked = p.sends.iter().filter(|s| s.outcome.is_ok()).count();
+            let held: Vec<String> = p
+                .replicas
+                .iter()
+                .map(|r| format!("{}:{}", r.node, r.records.len()))
+                .collect();
+            format!(
+                "compaction-probe {}-{} compact described {}, {} records sent ({acked} ok), \
+                 waited {} ms, records held by broker [{}]",
+                p.topic,
+                p.partition,
+                p.compact_described,
+                p.sends.len(),
+                p.waited_ms,
+                held.join(" ")
+            )
+        }
     }
 }
 

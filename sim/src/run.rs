@@ -33,6 +33,8 @@ pub const LIVENESS_BOUND: Duration = Duration::from_secs(20);
 pub const SIMULATED_TIME_LIMIT: Duration = Duration::from_secs(600);
 
 const BROKER_PORT: u16 = 9092;
+/// `log_cleaner_backoff_ms` in the configs scenario (the broker default is 15 s).
+const CONFIGS_CLEANER_BACKOFF_MS: u64 = 100;
 const RPC_PORT: u16 = 9093;
 
 /// Broker `i`'s address in the simulated network.
@@ -175,6 +177,14 @@ fn broker_config(params: &Params, node: u32, bug: Option<Bug>) -> Config {
             group_min_session_timeout_ms: Some(100),
             offsets_topic_segment_bytes: Some(g.offsets_segment_bytes),
             log_cleaner_backoff_ms: Some(g.cleaner_backoff_ms),
+            ..args
+        },
+    };
+    // The configs scenario's compaction probe waits for the cleaner: let it look often.
+    let args = match &params.configs {
+        None => args,
+        Some(_) => ServeArgs {
+            log_cleaner_backoff_ms: Some(CONFIGS_CLEANER_BACKOFF_MS),
             ..args
         },
     };
@@ -526,9 +536,16 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
     }
     recorded.push(final_read);
     if params.configs.is_some() {
-        let (bootstrap, trace) = (bootstrap.clone(), trace.clone());
+        let (boot, tr) = (bootstrap.clone(), trace.clone());
         let ops = probe
-            .spawn(async move { configs::final_configs(&bootstrap, &trace).await })
+            .spawn(async move { configs::final_configs(&boot, &tr).await })
+            .await
+            .expect("probe");
+        recorded.extend(ops);
+        let (boot, tr) = (bootstrap.clone(), trace.clone());
+        let storages: Vec<_> = cluster.brokers.iter().map(|b| b.storage.clone()).collect();
+        let ops = probe
+            .spawn(async move { crate::compaction_probe::run(&boot, &storages, &tr).await })
             .await
             .expect("probe");
         recorded.extend(ops);

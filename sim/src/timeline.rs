@@ -66,15 +66,27 @@ fn color(kind: &OpKind) -> &'static str {
         OpKind::Group(GroupOp::Crash { .. }) => "#000000",
         OpKind::Group(GroupOp::Leave { .. }) => "#9e9e9e",
         OpKind::Group(_) => "#ef9a9a",
-        OpKind::Config(ConfigOp::Alter {
-            outcome: Outcome::Ok(_),
-            ..
-        }) => "#2e7d32",
-        OpKind::Config(ConfigOp::Alter {
-            outcome: Outcome::Info(_),
-            ..
-        }) => "#f9a825",
-        OpKind::Config(ConfigOp::Alter { .. }) => "#c62828",
+        OpKind::Config(
+            ConfigOp::Alter {
+                outcome: Outcome::Ok(_),
+                ..
+            }
+            | ConfigOp::Replace {
+                outcome: Outcome::Ok(_),
+                ..
+            },
+        ) => "#2e7d32",
+        OpKind::Config(
+            ConfigOp::Alter {
+                outcome: Outcome::Info(_),
+                ..
+            }
+            | ConfigOp::Replace {
+                outcome: Outcome::Info(_),
+                ..
+            },
+        ) => "#f9a825",
+        OpKind::Config(ConfigOp::Alter { .. } | ConfigOp::Replace { .. }) => "#c62828",
         OpKind::Config(_) => "#5c6bc0",
     }
 }

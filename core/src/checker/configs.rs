@@ -17,8 +17,13 @@
 //!   overwritten. The topic's state before any change (no override: the workloads create their
 //!   topics without) is allowed until an acknowledged change completed. So an acknowledged
 //!   change lost across a controller failover or restart, or a value no change wrote, is
-//!   reported. Each name is judged on its own (a change of several names is atomic, which
-//!   this does not check).
+//!   reported. Each name is judged on its own here.
+//! - config-not-atomic ([`super::config_atomicity`]): a broker's whole final describe of the
+//!   topic, every value of which is allowed on its own, is not what any set of whole changes
+//!   (all or nothing of each) gives, applied in an order consistent with real time.
+//!   A legacy AlterConfigs (a [`ConfigOp::Replace`]) replaces the topic's whole set of
+//!   overrides: for this model it writes the values it names and removes ("no override") every
+//!   other config name the history mentions for the topic.
 //! - config-not-in-force: after the describes agreed on `max.message.bytes`, a produce of a
 //!   batch larger than it was appended, or one within it was refused with MESSAGE_TOO_LARGE.
 //!
@@ -28,6 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::config_atomicity::Verdict;
 use super::{AnomalyKind, Findings, Stats};
 use crate::history::{ConfigOp, History, Key, OpKind, Outcome};
 use crate::ErrorCode;
@@ -39,23 +45,23 @@ pub fn topic_key(topic: &str) -> Key {
 
 /// One change of one config name that may have taken effect.
 #[derive(Clone, Debug)]
-struct Write<'h> {
-    op: usize,
+pub(super) struct Write<'h> {
+    pub(super) op: usize,
     /// `None`: the override was deleted.
-    value: Option<&'h str>,
-    invoke_ms: u64,
-    complete_ms: u64,
-    acked: bool,
+    pub(super) value: Option<&'h str>,
+    pub(super) invoke_ms: u64,
+    pub(super) complete_ms: u64,
+    pub(super) acked: bool,
 }
 
 /// One successful describe of a topic.
 #[derive(Clone, Copy, Debug)]
-struct Described<'h> {
-    op: usize,
-    node: i32,
-    overrides: &'h BTreeMap<String, String>,
-    invoke_ms: u64,
-    complete_ms: u64,
+pub(super) struct Described<'h> {
+    pub(super) op: usize,
+    pub(super) node: i32,
+    pub(super) overrides: &'h BTreeMap<String, String>,
+    pub(super) invoke_ms: u64,
+    pub(super) complete_ms: u64,
 }
 
 /// Adds the config anomalies of `history` to `findings`.
@@ -63,6 +69,8 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
     // topic -> name -> writes; topic -> describes.
     let mut writes: BTreeMap<&str, BTreeMap<&str, Vec<Write>>> = BTreeMap::new();
     let mut describes: BTreeMap<&str, Vec<Described>> = BTreeMap::new();
+    // Legacy replaces: (topic, the names they set, the write they made of every other name).
+    let mut replaces: Vec<(&str, BTreeSet<&str>, Write)> = Vec::new();
     for op in &history.ops {
         let OpKind::Config(config) = &op.kind else {
             continue;
@@ -72,9 +80,19 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
             ConfigOp::Alter {
                 topic,
                 set,
-                delete,
                 outcome,
+                ..
+            }
+            | ConfigOp::Replace {
+                topic,
+                set,
+                outcome,
+                ..
             } => {
+                let delete = match config {
+                    ConfigOp::Alter { delete, .. } => delete.as_slice(),
+                    _ => &[],
+                };
                 let acked = match outcome {
                     Outcome::Ok(()) => {
                         stats.config_alters.ok += 1;
@@ -89,6 +107,18 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
                         continue;
                     }
                 };
+                if let ConfigOp::Replace { .. } = config {
+                    stats.config_replaces += 1;
+                    let removed = Write {
+                        op: op.index,
+                        value: None,
+                        invoke_ms: op.invoke_ms,
+                        complete_ms: op.complete_ms,
+                        acked,
+                    };
+                    let named = set.iter().map(|(name, _)| name.as_str()).collect();
+                    replaces.push((topic.as_str(), named, removed));
+                }
                 let names = writes.entry(topic.as_str()).or_default();
                 let changes = set
                     .iter()
@@ -122,6 +152,9 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
                     });
             }
             ConfigOp::Describe { .. } => {}
+            ConfigOp::Compaction(probe) => {
+                super::compaction::check(probe, op.index, stats, findings);
+            }
             ConfigOp::SizeProbe {
                 topic,
                 limit_bytes,
@@ -147,6 +180,22 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
                     findings.push(AnomalyKind::ConfigNotInForce, &key, detail, vec![op.index]);
                 }
             }
+        }
+    }
+    // A replace removes every override it does not name: a write of "no override" for every
+    // other name the history mentions for its topic (no other name can be described).
+    for (topic, named, removed) in replaces {
+        let mut mentioned: BTreeSet<&str> = writes
+            .get(topic)
+            .into_iter()
+            .flat_map(|names| names.keys().copied())
+            .collect();
+        for d in describes.get(topic).into_iter().flatten() {
+            mentioned.extend(d.overrides.keys().map(String::as_str));
+        }
+        let names = writes.entry(topic).or_default();
+        for name in mentioned.difference(&named) {
+            names.entry(name).or_default().push(removed.clone());
         }
     }
     let no_writes = BTreeMap::new();
@@ -175,6 +224,24 @@ pub(super) fn check(history: &History, stats: &mut Stats, findings: &mut Finding
             for d in &described {
                 stats.config_values_checked += 1;
                 check_value(&key, name, changes, d, findings);
+            }
+        }
+        // The combination: all or nothing of each change (config_atomicity).
+        for d in &described {
+            match super::config_atomicity::judge(names, d) {
+                Verdict::Explained => stats.config_atomicity_judged += 1,
+                Verdict::Unjudged => stats.config_atomicity_unjudged += 1,
+                Verdict::PerName => {}
+                Verdict::Unexplained(ops) => {
+                    stats.config_atomicity_judged += 1;
+                    let detail = format!(
+                        "broker {} describes {:?}: each value alone is allowed, but no set of \
+                         whole changes applied in an order consistent with real time gives \
+                         this combination",
+                        d.node, d.overrides
+                    );
+                    findings.push(AnomalyKind::ConfigNotAtomic, &key, detail, ops);
+                }
             }
         }
     }
@@ -394,6 +461,130 @@ mod tests {
             run.alter(&[("segment.bytes", "4096")], &[], refused, (10, 20));
             run.describe(0, shown, 100);
             assert_eq!(run.check().count(AnomalyKind::ConfigLost), lost);
+        }
+    }
+
+    #[test]
+    fn a_legacy_replace_removes_every_override_it_does_not_name() {
+        let replace = |run: &mut Run, set: &[(&str, &str)], outcome, at: (u64, u64)| {
+            let kind = OpKind::Config(ConfigOp::Replace {
+                topic: "cfg".into(),
+                set: set
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                outcome,
+            });
+            run.history.push(1, kind, at.0, at.1)
+        };
+        // Acknowledged: segment.bytes is gone, retention.ms is what it set.
+        for (shown, lost) in [
+            (&[("retention.ms", "5")][..], 0),
+            (&[("retention.ms", "5"), ("segment.bytes", "4096")][..], 1),
+            (&[][..], 1),
+        ] {
+            let mut run = Run::default();
+            run.alter(&[("segment.bytes", "4096")], &[], Outcome::Ok(()), (10, 20));
+            replace(
+                &mut run,
+                &[("retention.ms", "5")],
+                Outcome::Ok(()),
+                (30, 40),
+            );
+            run.describe(0, shown, 100);
+            let report = run.check();
+            assert_eq!(
+                report.count(AnomalyKind::ConfigLost),
+                lost,
+                "{shown:?}: {report}"
+            );
+            assert_eq!(report.stats.config_replaces, 1);
+        }
+        // Indeterminate: either all of it or none of it may show, name by name.
+        for shown in [
+            &[("segment.bytes", "4096")][..],
+            &[("retention.ms", "5")][..],
+        ] {
+            let mut run = Run::default();
+            run.alter(&[("segment.bytes", "4096")], &[], Outcome::Ok(()), (10, 20));
+            replace(&mut run, &[("retention.ms", "5")], info(), (30, 40));
+            run.describe(0, shown, 100);
+            assert!(run.check().is_valid(), "{shown:?}");
+        }
+    }
+
+    #[test]
+    fn a_change_of_several_configs_applied_in_part_is_config_not_atomic() {
+        for (shown, not_atomic) in [
+            (&[("a", "2"), ("b", "1")][..], 1),
+            (&[("a", "1"), ("b", "2")][..], 1),
+            (&[("a", "2"), ("b", "2")][..], 0),
+            (&[("a", "1"), ("b", "1")][..], 0),
+        ] {
+            let mut run = Run::default();
+            run.alter(&[("a", "1"), ("b", "1")], &[], Outcome::Ok(()), (10, 20));
+            run.alter(&[("a", "2"), ("b", "2")], &[], info(), (30, 40));
+            run.describe(0, shown, 100);
+            let report = run.check();
+            assert_eq!(report.count(AnomalyKind::ConfigLost), 0, "{report}");
+            let found = report.count(AnomalyKind::ConfigNotAtomic);
+            assert_eq!(found, not_atomic, "{shown:?}: {report}");
+            assert_eq!(report.stats.config_atomicity_judged, 1);
+        }
+    }
+
+    #[test]
+    fn two_concurrent_changes_apply_one_after_the_other_never_interleaved() {
+        for (shown, not_atomic) in [
+            (&[("a", "1"), ("b", "2")][..], 1),
+            (&[("a", "1"), ("b", "1")][..], 0),
+            (&[("a", "2"), ("b", "2")][..], 0),
+        ] {
+            let mut run = Run::default();
+            run.alter(&[("a", "1"), ("b", "1")], &[], Outcome::Ok(()), (10, 50));
+            run.alter(&[("a", "2"), ("b", "2")], &[], Outcome::Ok(()), (20, 40));
+            run.describe(0, shown, 100);
+            let report = run.check();
+            assert_eq!(
+                report.count(AnomalyKind::ConfigNotAtomic),
+                not_atomic,
+                "{shown:?}"
+            );
+            assert!(report
+                .anomalies
+                .iter()
+                .all(|a| a.kind != AnomalyKind::ConfigLost));
+        }
+    }
+
+    #[test]
+    fn a_legacy_replace_applies_whole_or_not_at_all() {
+        let replace = ConfigOp::Replace {
+            topic: "cfg".into(),
+            set: vec![("b".into(), "1".into())],
+            outcome: info(),
+        };
+        for (shown, not_atomic) in [
+            // The replace set b but did not remove a: no order of whole changes gives it.
+            (&[("a", "1"), ("b", "1")][..], 1),
+            (&[("b", "1")][..], 0),
+            (&[("a", "1")][..], 0),
+        ] {
+            let mut run = Run::default();
+            run.alter(&[("a", "1")], &[], Outcome::Ok(()), (10, 20));
+            run.history.push(1, OpKind::Config(replace.clone()), 30, 40);
+            run.describe(0, shown, 100);
+            let report = run.check();
+            assert_eq!(
+                report.count(AnomalyKind::ConfigNotAtomic),
+                not_atomic,
+                "{shown:?}"
+            );
+            assert_eq!(
+                report.count(AnomalyKind::ConfigLost),
+                0,
+                "{shown:?}: {report}"
+            );
         }
     }
 

@@ -476,7 +476,12 @@ impl PartitionLog {
 
     /// Topic config changes (retention, segment size) apply from the next append or retention run.
     pub fn set_config(&mut self, config: LogConfig) {
+        let (delete, compact) = (self.config.delete, self.config.compact);
         self.config = config;
+        // Planted: a changed cleanup.policy is not taken up.
+        if self.config.planted.is(Bug::CompactionIgnored) {
+            (self.config.delete, self.config.compact) = (delete, compact);
+        }
     }
 
     pub fn log_start_offset(&self) -> u64 {

@@ -448,6 +448,50 @@ impl MetadataQuorum {
                 .push((ticket, Ok(Outcome::ConfigsAltered { topic_id })));
             return Ok(ticket);
         }
+        if self
+            .config
+            .raft
+            .planted
+            .is(crate::planted::Bug::AlterConfigsNotAtomic)
+            && matches!(&record, MetadataRecord::AlterTopicConfig { set, delete, .. }
+                if set.len() + delete.len() > 1)
+        {
+            // Planted: one record per config, each its own entry; the answer waits for the
+            // first only.
+            let MetadataRecord::AlterTopicConfig { set, delete, .. } = record else {
+                unreachable!("matched above")
+            };
+            let mut singles: Vec<MetadataRecord> = set
+                .into_iter()
+                .map(|s| MetadataRecord::AlterTopicConfig {
+                    topic_id,
+                    set: vec![s],
+                    delete: vec![],
+                })
+                .chain(
+                    delete
+                        .into_iter()
+                        .map(|d| MetadataRecord::AlterTopicConfig {
+                            topic_id,
+                            set: vec![],
+                            delete: vec![d],
+                        }),
+                )
+                .collect();
+            let first = singles.remove(0);
+            let ticket =
+                self.propose_request(vec![first], Request::AlterConfigs { topic_id }, reader)?;
+            for single in singles {
+                self.propose(
+                    vec![single],
+                    Request::AlterConfigs { topic_id },
+                    None,
+                    reader,
+                )?;
+                self.after_input(reader);
+            }
+            return Ok(ticket);
+        }
         self.propose_request(vec![record], Request::AlterConfigs { topic_id }, reader)
     }
 

@@ -538,7 +538,12 @@ impl Node {
         let Some(quorum) = self.meta.quorum() else {
             return Err(not_controller());
         };
-        let delete = if replace {
+        // Planted: the legacy API merges its configs into the overrides.
+        let merges = self
+            .config
+            .planted
+            .is(crate::planted::Bug::LegacyAlterConfigsMerges);
+        let delete = if replace && !merges {
             replaced_overrides(quorum.deciding_image(), &name, &set)
         } else {
             delete

@@ -632,7 +632,12 @@ impl Node {
                         code: ErrorCode::NotController.code(),
                     });
                 }
-                let delete = if *replace {
+                // Planted: the legacy API merges its configs into the overrides.
+                let merges = self
+                    .config
+                    .planted
+                    .is(crate::planted::Bug::LegacyAlterConfigsMerges);
+                let delete = if *replace && !merges {
                     super::admin::replaced_overrides(quorum.deciding_image(), topic, set)
                 } else {
                     delete.clone()
