@@ -40,8 +40,10 @@
 //! Topic configs ([`crate::history::ConfigOp`]) have theirs in [`configs`]: every broker
 //! describes the same overrides after the heal (config-diverged), no acknowledged change is lost
 //! and no value appears that no change wrote (config-lost), and `max.message.bytes` is in force
-//! (config-not-in-force). [`images`] compares a node's metadata image with a replay of its
-//! metadata log from scratch.
+//! (config-not-in-force). [`config_effects`] judges replicas' segment layouts: segments roll at
+//! the topic's `segment.bytes` (segment-bytes-not-in-force) and nothing its retention made due
+//! outlives a retention check (retention-not-in-force). [`images`] compares a node's metadata
+//! image with a replay of its metadata log from scratch.
 //!
 //! Consumer groups ([`crate::history::GroupOp`]) have their own checkers, in [`groups`]: one owner
 //! per partition and generation, committed offsets that never go back or get lost, none above
@@ -53,6 +55,7 @@
 //! reason an `acks=1` acknowledgement alone is not evidence of the log's content: after a crash
 //! the offset it named may legitimately hold another value. `acks=0` offsets are never used.
 
+pub mod config_effects;
 pub mod configs;
 pub mod fencing;
 pub mod groups;
@@ -130,11 +133,17 @@ pub enum AnomalyKind {
     /// A produce that the topic's `max.message.bytes` in force should have refused was
     /// appended, or one within it was refused as too large.
     ConfigNotInForce,
+    /// A replica's log rolled segments at another size than the topic's `segment.bytes` in
+    /// force ([`config_effects`]).
+    SegmentBytesNotInForce,
+    /// A replica kept a segment the topic's `retention.ms` or `retention.bytes` in force made
+    /// due, past a retention check ([`config_effects`]).
+    RetentionNotInForce,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 26] = [
+    pub const ALL: [AnomalyKind; 28] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -161,6 +170,8 @@ impl AnomalyKind {
         AnomalyKind::ConfigDiverged,
         AnomalyKind::ConfigLost,
         AnomalyKind::ConfigNotInForce,
+        AnomalyKind::SegmentBytesNotInForce,
+        AnomalyKind::RetentionNotInForce,
     ];
 
     /// Whether the kind is one of the consumer-group checkers' ([`groups`]).
@@ -213,6 +224,8 @@ impl AnomalyKind {
             AnomalyKind::ConfigDiverged => "config-diverged",
             AnomalyKind::ConfigLost => "config-lost",
             AnomalyKind::ConfigNotInForce => "config-not-in-force",
+            AnomalyKind::SegmentBytesNotInForce => "segment-bytes-not-in-force",
+            AnomalyKind::RetentionNotInForce => "retention-not-in-force",
         }
     }
 }
@@ -341,6 +354,11 @@ pub struct Stats {
     pub config_values_checked: u64,
     /// Produces that probed `max.message.bytes` after the heal.
     pub config_size_probes: u64,
+    /// Replicas whose segment layout was judged against the topic's `segment.bytes` and
+    /// retention in force, and those left unjudged because their log ended below another's
+    /// ([`config_effects`]).
+    pub config_effect_replicas: u64,
+    pub config_effect_replicas_behind: u64,
 }
 
 impl Stats {
@@ -434,6 +452,13 @@ impl fmt::Display for Stats {
                 self.config_describes,
                 self.config_values_checked,
                 self.config_size_probes,
+            )?;
+        }
+        if self.config_effect_replicas + self.config_effect_replicas_behind > 0 {
+            write!(
+                f,
+                ", layouts judged: {}, behind: {}",
+                self.config_effect_replicas, self.config_effect_replicas_behind,
             )?;
         }
         Ok(())
@@ -564,6 +589,12 @@ pub fn check_with_facts(
     configs::check(history, &mut stats, &mut findings);
     offsets::check(history, offset_facts, &mut stats, &mut findings);
     retention::check(history, &offset_facts.retention, &mut stats, &mut findings);
+    config_effects::check(
+        history,
+        &offset_facts.config_effects,
+        &mut stats,
+        &mut findings,
+    );
     findings.into_report(stats)
 }
 
