@@ -86,10 +86,20 @@ pub enum Bug {
     /// DescribeConfigs but not in force. Caught by the simulator's config checker
     /// (`checker::configs`, config-not-in-force) in `--scenario configs`.
     MaxMessageBytesIgnored = 17,
+    /// A broker hands its partitions' logs the broker default `segment.bytes`, not the topic's
+    /// override: DescribeConfigs (built from the metadata image) shows the override, but the
+    /// logs roll at the default size. Caught by the simulator's config-effects checker
+    /// (`checker::config_effects`, segment-bytes-not-in-force) in `--scenario configs`.
+    SegmentBytesIgnored = 18,
+    /// A broker hands its partitions' logs the broker default `retention.ms` and
+    /// `retention.bytes`, not the topic's overrides: described, but not in force. Caught by the
+    /// simulator's config-effects checker (`checker::config_effects`, retention-not-in-force)
+    /// in `--scenario configs`.
+    RetentionOverrideIgnored = 19,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 19] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -107,6 +117,8 @@ impl Bug {
         Bug::ConfigNotLogged,
         Bug::RetentionSizeOffByOne,
         Bug::MaxMessageBytesIgnored,
+        Bug::SegmentBytesIgnored,
+        Bug::RetentionOverrideIgnored,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +140,8 @@ impl Bug {
             Bug::ConfigNotLogged => "config-not-logged",
             Bug::RetentionSizeOffByOne => "retention-size-off-by-one",
             Bug::MaxMessageBytesIgnored => "max-message-bytes-ignored",
+            Bug::SegmentBytesIgnored => "segment-bytes-ignored",
+            Bug::RetentionOverrideIgnored => "retention-override-ignored",
         }
     }
 
