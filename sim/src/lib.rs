@@ -11,6 +11,7 @@
 pub mod agreement;
 pub mod cli;
 pub mod client;
+pub mod config_probes;
 pub mod configs;
 pub mod groups;
 pub mod nemesis;
