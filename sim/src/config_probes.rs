@@ -48,7 +48,7 @@ use crate::trace::Trace;
 /// How long after the probe's last append, beyond one retention check interval, every replica
 /// has its high watermark at its log end and its checkpoint past the last roll, so that its
 /// next retention check sees the whole probe.
-pub const SLACK_MS: u64 = 1_500;
+pub const SLACK_MS: u64 = 500;
 /// Batches the probe writes: half old, half new.
 const BATCHES: usize = 12;
 /// How long the describes after the probe's change may take to show it everywhere.
@@ -163,30 +163,64 @@ fn alter_request(set: &[(String, String)]) -> IncrementalAlterConfigsRequest {
         .with_configs(configs)])
 }
 
-/// Whether every broker describes the config topic with `set` among its overrides.
-async fn everywhere(client: &mut Client, bootstrap: &[String], set: &[(String, String)]) -> bool {
+/// The config topic's overrides (source `TOPIC_CONFIG`), if every broker describes the same ones
+/// and they include `set`.
+async fn everywhere(
+    client: &mut Client,
+    bootstrap: &[String],
+    set: &[(String, String)],
+) -> Option<BTreeMap<String, String>> {
     let request =
         DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
             .with_resource_type(2)
             .with_resource_name(StrBytes::from_static_str(CONFIG_TOPIC))
             .with_configuration_keys(None)]);
+    let mut agreed: Option<BTreeMap<String, String>> = None;
     for addr in bootstrap {
-        let Ok(response) = client.call_at(addr, &request, 4).await else {
-            return false;
-        };
-        let Some(result) = response.results.first().filter(|r| r.error_code == 0) else {
-            return false;
-        };
-        let shows = |name: &str, value: &str| {
-            result.configs.iter().any(|c| {
-                c.name.as_str() == name && c.value.as_ref().is_some_and(|v| v.as_str() == value)
+        let response = client.call_at(addr, &request, 4).await.ok()?;
+        let result = response.results.first().filter(|r| r.error_code == 0)?;
+        let overrides: BTreeMap<String, String> = result
+            .configs
+            .iter()
+            .filter(|c| c.config_source == 1)
+            .map(|c| {
+                let value = c.value.as_ref().map_or("", |v| v.as_str());
+                (c.name.to_string(), value.to_string())
             })
-        };
-        if !set.iter().all(|(name, value)| shows(name, value)) {
-            return false;
+            .collect();
+        if agreed.as_ref().is_some_and(|a| *a != overrides) {
+            return None;
         }
+        agreed = Some(overrides);
     }
-    true
+    let agreed = agreed?;
+    set.iter()
+        .all(|(name, value)| agreed.get(name) == Some(value))
+        .then_some(agreed)
+}
+
+/// The `segment.bytes`, `retention.ms` and `retention.bytes` the probe can be judged against,
+/// if `described` sets all three and nothing that would get in the way (compaction,
+/// LogAppendTime, a `max.message.bytes` below a segment).
+fn suitable(described: &BTreeMap<String, String>) -> Option<(u64, i64, i64)> {
+    let segment_bytes: u64 = described.get("segment.bytes")?.parse().ok()?;
+    let retention_ms: i64 = described.get("retention.ms")?.parse().ok()?;
+    let retention_bytes: i64 = described.get("retention.bytes")?.parse().ok()?;
+    let limit: u64 = described
+        .get("max.message.bytes")
+        .map_or(Some(u64::MAX), |v| v.parse().ok())?;
+    let fits = described
+        .get("cleanup.policy")
+        .is_none_or(|p| p == "delete")
+        && described
+            .get("message.timestamp.type")
+            .is_none_or(|t| t == "CreateTime")
+        && limit >= segment_bytes;
+    (fits && retention_ms >= 0 && retention_bytes >= 0).then_some((
+        segment_bytes,
+        retention_ms,
+        retention_bytes,
+    ))
 }
 
 /// A batch of one record, keyed `KEY_PREFIX` + `n`, stamped `timestamp`, about `bytes` long.
@@ -261,46 +295,74 @@ pub async fn probe_effects(
         return (ops, None);
     };
     let mut rng = Rng::new(seed ^ 0xeffe_c75e_ffec_75e0);
-    let (set, segment_bytes, retention_ms, retention_bytes) = choose(&mut rng, &described);
     let mut client = Client::new(&bootstrap);
-    let invoke_ms = trace.now_ms();
-    let outcome = match client.call_at(&bootstrap[0], &alter_request(&set), 1).await {
-        Ok(response) => match response.responses.first().map(|r| r.error_code) {
-            Some(0) => Outcome::Ok(()),
-            Some(code) => Outcome::Info(format!("error code {code}")),
-            None => Outcome::Info("no result".into()),
-        },
-        Err(CallError::NotSent(why) | CallError::Unknown(why)) => Outcome::Info(why),
-    };
-    let acked = matches!(outcome, Outcome::Ok(()));
-    let kind = OpKind::Config(ConfigOp::Alter {
-        topic: CONFIG_TOPIC.to_string(),
-        set: set.clone(),
-        delete: vec![],
-        outcome,
-    });
-    trace.record("config-effects", "op", describe(&kind));
-    ops.push(Recorded {
-        process: FINAL_CONFIG_PROCESS,
-        kind,
-        invoke_ms,
-        complete_ms: trace.now_ms(),
-    });
-    if !acked {
-        return (ops, None);
-    }
-    let started_ms = trace.now_ms();
-    while !everywhere(&mut client, &bootstrap, &set).await {
-        if trace.now_ms() >= started_ms + AGREEMENT_BOUND_MS {
+    let mut described = described;
+    // At least one change: its record, committed by the current controller, comes after every
+    // earlier change that may still commit (an indeterminate one of the fault phase), so what
+    // every broker describes once it shows is final. A change of the fault phase that applied
+    // after the describes may still leave something in the way: then one more round.
+    let mut rounds = 0;
+    let (segment_bytes, retention_ms, retention_bytes) = loop {
+        if let Some(values) = suitable(&described).filter(|_| rounds > 0) {
+            break values;
+        }
+        if rounds == 3 {
             trace.record(
                 "config-effects",
                 "skipped",
-                "the change never showed everywhere",
+                "no suitable configs after 3 changes",
             );
             return (ops, None);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        rounds += 1;
+        let (set, ..) = choose(&mut rng, &described);
+        let invoke_ms = trace.now_ms();
+        let outcome = match client.call_at(&bootstrap[0], &alter_request(&set), 1).await {
+            Ok(response) => match response.responses.first().map(|r| r.error_code) {
+                Some(0) => Outcome::Ok(()),
+                Some(code) => Outcome::Info(format!("error code {code}")),
+                None => Outcome::Info("no result".into()),
+            },
+            Err(CallError::NotSent(why) | CallError::Unknown(why)) => Outcome::Info(why),
+        };
+        let acked = matches!(outcome, Outcome::Ok(()));
+        let kind = OpKind::Config(ConfigOp::Alter {
+            topic: CONFIG_TOPIC.to_string(),
+            set: set.clone(),
+            delete: vec![],
+            outcome,
+        });
+        trace.record("config-effects", "op", describe(&kind));
+        ops.push(Recorded {
+            process: FINAL_CONFIG_PROCESS,
+            kind,
+            invoke_ms,
+            complete_ms: trace.now_ms(),
+        });
+        if !acked {
+            return (ops, None);
+        }
+        let started_ms = trace.now_ms();
+        described = loop {
+            if let Some(d) = everywhere(&mut client, &bootstrap, &set).await {
+                break d;
+            }
+            if trace.now_ms() >= started_ms + AGREEMENT_BOUND_MS {
+                trace.record(
+                    "config-effects",
+                    "skipped",
+                    "the change never showed everywhere",
+                );
+                return (ops, None);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+    };
+    trace.record(
+        "config-effects",
+        "configs",
+        format!("in force everywhere: {described:?}"),
+    );
     let old_ms = wall_ms() - 2 * retention_ms;
     let new_ms = wall_ms();
     let mut timestamps = BTreeSet::new();
@@ -322,6 +384,14 @@ pub async fn probe_effects(
         return (ops, None);
     }
     tokio::time::sleep(Duration::from_millis(check_interval_ms + SLACK_MS)).await;
+    if everywhere(&mut client, &bootstrap, &[]).await.as_ref() != Some(&described) {
+        trace.record(
+            "config-effects",
+            "skipped",
+            "the configs changed during the probe",
+        );
+        return (ops, None);
+    }
     let plan = Plan {
         segment_bytes,
         retention_ms,

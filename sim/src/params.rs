@@ -462,7 +462,7 @@ impl Params {
                 think_ms: (think_lo, think_lo + configs.between(50, 600)),
                 timeout_ms: configs.between(1_000, 8_000),
                 // Drawn last: the draws above are what they were before it.
-                retention_check_interval_ms: configs.between(100, 1_000),
+                retention_check_interval_ms: configs.between(100, 500),
             });
         }
         if matches!(scenario, Scenario::Retention | Scenario::RetentionCluster) {
