@@ -7,12 +7,17 @@
 //! IncrementalAlterConfigs, only what it needs: a `segment.bytes` and `retention.ms` where none
 //! is described, always a fresh `retention.bytes` (a few segments' worth, so size retention has
 //! work), `cleanup.policy=delete` and `message.timestamp.type=CreateTime` where another is
-//! described, and a `max.message.bytes` its batches fit under. Once every broker describes those
-//! values it produces a known sequence of batches (acks=all): the first half stamped twice
+//! described, and a `max.message.bytes` its batches fit under. That change is always made: once
+//! it shows at every broker, every change committed before it has too, so what the brokers then
+//! describe is what the checker judges against (up to three rounds, should a late change of the
+//! fault phase get in the way). Then it produces a known sequence of batches (acks=all): the
+//! first half stamped twice
 //! `retention.ms` ago (due by time at once), the rest stamped now, each a quarter to a half of
 //! `segment.bytes` (so segments roll every two or three batches). Then it waits one retention
-//! check interval plus [`SLACK_MS`] and the simulator reads every replica's segments of the
-//! partition from its disk ([`layouts`]) for `sluice_core::checker::config_effects`.
+//! check interval plus [`SLACK_MS`], describes once more (a change whose request was still on
+//! its way may have landed: then nothing is judged), and the simulator reads every replica's
+//! segments of the partition from its disk ([`layouts`]) for
+//! `sluice_core::checker::config_effects`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
