@@ -40,8 +40,10 @@
 //! Topic configs ([`crate::history::ConfigOp`]) have theirs in [`configs`]: every broker
 //! describes the same overrides after the heal (config-diverged), no acknowledged change is lost
 //! and no value appears that no change wrote (config-lost), and `max.message.bytes` is in force
-//! (config-not-in-force). [`images`] compares a node's metadata image with a replay of its
-//! metadata log from scratch.
+//! (config-not-in-force). [`config_effects`] judges replicas' segment layouts: segments roll at
+//! the topic's `segment.bytes` (segment-bytes-not-in-force) and nothing its retention made due
+//! outlives a retention check (retention-not-in-force). [`images`] compares a node's metadata
+//! image with a replay of its metadata log from scratch.
 //!
 //! Consumer groups ([`crate::history::GroupOp`]) have their own checkers, in [`groups`]: one owner
 //! per partition and generation, committed offsets that never go back or get lost, none above
@@ -55,6 +57,7 @@
 
 pub mod compaction;
 pub mod config_atomicity;
+pub mod config_effects;
 pub mod configs;
 pub mod fencing;
 pub mod groups;
@@ -142,11 +145,17 @@ pub enum AnomalyKind {
     /// A replica that no longer holds the latest value of a key of a compacted topic
     /// ([`compaction`]).
     CompactionLostLatest,
+    /// A replica's log rolled segments at another size than the topic's `segment.bytes` in
+    /// force ([`config_effects`]).
+    SegmentBytesNotInForce,
+    /// A replica kept a segment the topic's `retention.ms` or `retention.bytes` in force made
+    /// due, past a retention check ([`config_effects`]).
+    RetentionNotInForce,
 }
 
 impl AnomalyKind {
     /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 29] = [
+    pub const ALL: [AnomalyKind; 31] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Duplicate,
         AnomalyKind::InconsistentOffsets,
@@ -176,6 +185,8 @@ impl AnomalyKind {
         AnomalyKind::ConfigNotInForce,
         AnomalyKind::CompactionNotInForce,
         AnomalyKind::CompactionLostLatest,
+        AnomalyKind::SegmentBytesNotInForce,
+        AnomalyKind::RetentionNotInForce,
     ];
 
     /// Whether the kind is one of the consumer-group checkers' ([`groups`]).
@@ -231,6 +242,8 @@ impl AnomalyKind {
             AnomalyKind::ConfigNotInForce => "config-not-in-force",
             AnomalyKind::CompactionNotInForce => "compaction-not-in-force",
             AnomalyKind::CompactionLostLatest => "compaction-lost-latest",
+            AnomalyKind::SegmentBytesNotInForce => "segment-bytes-not-in-force",
+            AnomalyKind::RetentionNotInForce => "retention-not-in-force",
         }
     }
 }
@@ -377,6 +390,11 @@ pub struct Stats {
     pub compaction_replicas_behind: u64,
     pub compaction_superseded_removed: u64,
     pub compaction_superseded_held: u64,
+    /// Replicas whose segment layout was judged against the topic's `segment.bytes` and
+    /// retention in force, and those left unjudged because their log ended below another's
+    /// ([`config_effects`]).
+    pub config_effect_replicas: u64,
+    pub config_effect_replicas_behind: u64,
 }
 
 impl Stats {
@@ -488,6 +506,13 @@ impl fmt::Display for Stats {
                 self.compaction_replicas_behind,
                 self.compaction_superseded_removed,
                 self.compaction_superseded_held,
+            )?;
+        }
+        if self.config_effect_replicas + self.config_effect_replicas_behind > 0 {
+            write!(
+                f,
+                ", layouts judged: {}, behind: {}",
+                self.config_effect_replicas, self.config_effect_replicas_behind,
             )?;
         }
         Ok(())
@@ -618,6 +643,12 @@ pub fn check_with_facts(
     configs::check(history, &mut stats, &mut findings);
     offsets::check(history, offset_facts, &mut stats, &mut findings);
     retention::check(history, &offset_facts.retention, &mut stats, &mut findings);
+    config_effects::check(
+        history,
+        &offset_facts.config_effects,
+        &mut stats,
+        &mut findings,
+    );
     findings.into_report(stats)
 }
 

@@ -110,10 +110,20 @@ pub enum Bug {
     /// checkers (`checker::config_atomicity`, config-not-atomic; config-lost when the change
     /// was acknowledged) in `--scenario configs`.
     AlterConfigsNotAtomic = 21,
+    /// A broker hands its partitions' logs the broker default `segment.bytes`, not the topic's
+    /// override: DescribeConfigs (built from the metadata image) shows the override, but the
+    /// logs roll at the default size. Caught by the simulator's config-effects checker
+    /// (`checker::config_effects`, segment-bytes-not-in-force) in `--scenario configs`.
+    SegmentBytesIgnored = 22,
+    /// A broker hands its partitions' logs the broker default `retention.ms` and
+    /// `retention.bytes`, not the topic's overrides: described, but not in force. Caught by the
+    /// simulator's config-effects checker (`checker::config_effects`, retention-not-in-force)
+    /// in `--scenario configs`.
+    RetentionOverrideIgnored = 23,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 23] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -135,6 +145,8 @@ impl Bug {
         Bug::CompactionIgnored,
         Bug::LegacyAlterConfigsMerges,
         Bug::AlterConfigsNotAtomic,
+        Bug::SegmentBytesIgnored,
+        Bug::RetentionOverrideIgnored,
     ];
 
     pub fn name(self) -> &'static str {
@@ -160,6 +172,8 @@ impl Bug {
             Bug::CompactionIgnored => "compaction-ignored",
             Bug::LegacyAlterConfigsMerges => "legacy-alter-configs-merges",
             Bug::AlterConfigsNotAtomic => "alter-configs-not-atomic",
+            Bug::SegmentBytesIgnored => "segment-bytes-ignored",
+            Bug::RetentionOverrideIgnored => "retention-override-ignored",
         }
     }
 

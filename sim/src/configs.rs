@@ -342,6 +342,7 @@ pub async fn final_configs(bootstrap: &[String], trace: &Trace) -> Vec<Recorded>
             .ok()
     });
     if let Some(limit) = limit {
+        let probes_from = round.len();
         for batch_bytes in [limit, limit + 1] {
             let invoke_ms = trace.now_ms();
             let (actual, outcome) = probe(&mut client, bootstrap, batch_bytes).await;
@@ -358,6 +359,23 @@ pub async fn final_configs(bootstrap: &[String], trace: &Trace) -> Vec<Recorded>
                 invoke_ms,
                 complete_ms: trace.now_ms(),
             });
+        }
+        // An indeterminate change of the fault phase may still commit after the describes
+        // agreed (its request was still on its way): then the probes were judged against a
+        // limit no longer in force. Keep them only if every broker still describes it.
+        let mut still = true;
+        for addr in bootstrap {
+            let now = describe_at(&mut client, addr, CONFIG_TOPIC).await;
+            still &= matches!(&now, Outcome::Ok(o)
+                if o.get("max.message.bytes").and_then(|v| v.parse::<u64>().ok()) == Some(limit));
+        }
+        if !still {
+            trace.record(
+                "final-configs",
+                "skipped",
+                "max.message.bytes changed during the size probes",
+            );
+            round.truncate(probes_from);
         }
     }
     round

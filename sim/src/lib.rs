@@ -12,6 +12,7 @@ pub mod agreement;
 pub mod cli;
 pub mod client;
 pub mod compaction_probe;
+pub mod config_probes;
 pub mod configs;
 pub mod groups;
 pub mod nemesis;

@@ -228,6 +228,9 @@ pub struct ConfigParams {
     pub think_ms: (u64, u64),
     /// How long a process waits for an answer before calling the change indeterminate.
     pub timeout_ms: u64,
+    /// `log.retention.check.interval.ms`, so that the config-effects probe after the heal
+    /// (`sim/src/config_probes.rs`) sees retention run.
+    pub retention_check_interval_ms: u64,
 }
 
 /// One client process's producer pipelines up to five requests per partition, bumps its epoch
@@ -461,6 +464,8 @@ impl Params {
                 processes: configs.between(1, 2) as u32,
                 think_ms: (think_lo, think_lo + configs.between(50, 600)),
                 timeout_ms: configs.between(1_000, 8_000),
+                // Drawn last: the draws above are what they were before it.
+                retention_check_interval_ms: configs.between(100, 500),
             });
         }
         if matches!(scenario, Scenario::Retention | Scenario::RetentionCluster) {
@@ -536,8 +541,9 @@ impl Params {
             )
         }) + &self.configs.as_ref().map_or(String::new(), |c| {
             format!(
-                " config_processes={} config_think_ms={:?} config_timeout_ms={}",
-                c.processes, c.think_ms, c.timeout_ms
+                " config_processes={} config_think_ms={:?} config_timeout_ms={} \
+                 retention_check_interval_ms={}",
+                c.processes, c.think_ms, c.timeout_ms, c.retention_check_interval_ms
             )
         }) + &self.retention.as_ref().map_or(String::new(), |r| {
             format!(

@@ -19,6 +19,7 @@ use sluice_node::broker::Broker;
 use sluice_node::config::{Config, ServeArgs};
 
 use crate::client;
+use crate::config_probes;
 use crate::configs;
 use crate::groups::{self, GroupLog};
 use crate::nemesis::{BrokerNode, Cluster, FaultSpan, MediaDamage, Nemesis};
@@ -165,7 +166,12 @@ fn broker_config(params: &Params, node: u32, bug: Option<Bug>) -> Config {
         flush_interval_ms: Some(params.flush_interval_ms),
         retention_ms: Some(params.retention.as_ref().map_or(-1, |r| r.retention_ms)),
         retention_bytes: Some(params.retention.as_ref().map_or(-1, |r| r.retention_bytes)),
-        retention_check_interval_ms: params.retention.as_ref().map(|r| r.check_interval_ms),
+        retention_check_interval_ms: params.retention.as_ref().map(|r| r.check_interval_ms).or(
+            params
+                .configs
+                .as_ref()
+                .map(|c| c.retention_check_interval_ms),
+        ),
         ..ServeArgs::default()
     };
     let args = match &params.groups {
@@ -542,6 +548,8 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
             .await
             .expect("probe");
         recorded.extend(ops);
+        // Then compaction on `cfg`; the config-effects probe after it switches `cfg` back to
+        // `cleanup.policy=delete` (it sets what the brokers describe is in its way).
         let (boot, tr) = (bootstrap.clone(), trace.clone());
         let storages: Vec<_> = cluster.brokers.iter().map(|b| b.storage.clone()).collect();
         let ops = probe
@@ -550,9 +558,36 @@ async fn simulate(params: Params, bug: Option<Bug>, trace: Trace) -> RunOutcome 
             .expect("probe");
         recorded.extend(ops);
     }
+    let mut effects = Vec::new();
+    if params.configs.is_some() {
+        let described = config_probes::agreed_overrides(&recorded);
+        let (probe_bootstrap, probe_trace, seed) = (bootstrap.clone(), trace.clone(), params.seed);
+        let interval = params
+            .configs
+            .as_ref()
+            .map_or(0, |c| c.retention_check_interval_ms);
+        let (ops, plan) = probe
+            .spawn(config_probes::probe_effects(
+                probe_bootstrap,
+                probe_trace,
+                described,
+                seed,
+                interval,
+            ))
+            .await
+            .expect("probe");
+        recorded.extend(ops);
+        if let Some(plan) = plan {
+            let checker = replicas.lock().expect("checker lock");
+            effects.push(config_probes::layouts(&cluster, &checker, &plan, &trace));
+        }
+    }
 
     let history = to_history(recorded);
-    let mut facts = OffsetFacts::default();
+    let mut facts = OffsetFacts {
+        config_effects: effects,
+        ..OffsetFacts::default()
+    };
     if params.retention.is_some() {
         facts.retention = retained.lock().expect("retention lock").clone();
         // One node serves every fetch from one log; a partition with no deletion reported has

@@ -84,6 +84,8 @@ pub struct OffsetFacts {
     /// What retention deleted and which log starts clients were told ([`super::retention`]).
     /// A partition retention deleted from has a moving log start.
     pub retention: BTreeMap<Key, super::retention::Retained>,
+    /// Replicas' segment layouts after a config probe ([`super::config_effects`]).
+    pub config_effects: Vec<super::config_effects::EffectsProbe>,
 }
 
 impl OffsetFacts {

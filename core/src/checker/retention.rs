@@ -135,16 +135,49 @@ impl Retained {
     }
 }
 
+/// Whether Kafka's retention may delete the oldest segment of a log by time or by size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Due {
+    /// Its largest timestamp is older than `retention.ms` at `now_ms` (Kafka's
+    /// `deleteRetentionMsBreachedSegments`: `now − max_timestamp > retention.ms`).
+    pub expired: bool,
+    /// The log stays at least `retention.bytes` long without it (Kafka's
+    /// `deleteRetentionSizeBreachedSegments`: `size − segment ≥ retention.bytes`).
+    pub oversized: bool,
+}
+
+/// Kafka's rule for the oldest segment of a log of `log_bytes`: shared by the check that
+/// nothing went early ([`judge`]) and the check that nothing due stays
+/// ([`super::config_effects`]). A negative limit is off.
+pub fn due(
+    max_timestamp: i64,
+    segment_bytes: u64,
+    log_bytes: u64,
+    now_ms: u64,
+    retention_ms: i64,
+    retention_bytes: i64,
+) -> Due {
+    Due {
+        expired: retention_ms >= 0 && max_timestamp < (now_ms as i64).saturating_sub(retention_ms),
+        oversized: retention_bytes >= 0
+            && log_bytes.saturating_sub(segment_bytes) >= retention_bytes as u64,
+    }
+}
+
 /// Why a deletion broke Kafka's rules, if it did (empty when lawful).
 pub fn judge(d: &Deletion) -> Vec<(AnomalyKind, String)> {
     let mut problems = Vec::new();
     let mut size = d.size_bytes_before;
     let mut start = d.log_start_before;
     for s in &d.segments {
-        let expired = d.retention_ms >= 0
-            && s.max_timestamp < (d.now_ms as i64).saturating_sub(d.retention_ms);
-        let oversized =
-            d.retention_bytes >= 0 && size.saturating_sub(s.size_bytes) >= d.retention_bytes as u64;
+        let Due { expired, oversized } = due(
+            s.max_timestamp,
+            s.size_bytes,
+            size,
+            d.now_ms,
+            d.retention_ms,
+            d.retention_bytes,
+        );
         let below_start =
             d.delete_records_start > 0 && s.kafka_next_offset <= d.delete_records_start;
         if !(expired || oversized || below_start) {

@@ -387,6 +387,22 @@ impl Node {
                         continue;
                     }
                 };
+            let defaults = &self.config.topic_defaults.log;
+            // Planted: the partitions' logs keep the broker default instead of the topic's
+            // override (DescribeConfigs, built from the image, still shows the override).
+            if defaults
+                .planted
+                .is(crate::planted::Bug::SegmentBytesIgnored)
+            {
+                log_config.segment_bytes_max = defaults.segment_bytes_max;
+            }
+            if defaults
+                .planted
+                .is(crate::planted::Bug::RetentionOverrideIgnored)
+            {
+                log_config.retention_ms = defaults.retention_ms;
+                log_config.retention_bytes = defaults.retention_bytes;
+            }
             if name == crate::group::OFFSETS_TOPIC {
                 // An offsets topic created before it carried `compression.type=producer` must
                 // not take a compressing broker default: its coordinator reads its batches back
