@@ -120,10 +120,23 @@ pub enum Bug {
     /// simulator's config-effects checker (`checker::config_effects`, retention-not-in-force)
     /// in `--scenario configs`.
     RetentionOverrideIgnored = 23,
+    /// The cleaner's rewrite counts a key's latest record as superseded by itself (an
+    /// off-by-one in the offset map's comparison: `latest >= offset` for `latest > offset`), so
+    /// every keyed record in the cleaned range goes, the latest of each key with the rest.
+    /// Caught by the simulator's compaction checker (`checker::compaction`,
+    /// compaction-lost-latest) in `--scenario configs`.
+    CleanerDropsLatest = 24,
+    /// A follower's retention considers every sealed segment, ignoring its high watermark,
+    /// durable point and checkpoint, as if whatever its leader sent were committed, so it
+    /// deletes entries not yet committed. The log's own assertions that restate those bounds,
+    /// and Raft's refusal to compact past its commit, are skipped with it, so that the retention
+    /// checker is the one to see it: the simulator's retention checker (`checker::retention`,
+    /// retention-past-hw) in `--scenario retention-cluster`.
+    RetentionIgnoresHighWatermark = 25,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 23] = [
+    pub const ALL: [Bug; 25] = [
         Bug::AckBeforeFsync,
         Bug::SkipRecoveryCrc,
         Bug::RecoveryOffByOne,
@@ -147,6 +160,8 @@ impl Bug {
         Bug::AlterConfigsNotAtomic,
         Bug::SegmentBytesIgnored,
         Bug::RetentionOverrideIgnored,
+        Bug::CleanerDropsLatest,
+        Bug::RetentionIgnoresHighWatermark,
     ];
 
     pub fn name(self) -> &'static str {
@@ -174,6 +189,8 @@ impl Bug {
             Bug::AlterConfigsNotAtomic => "alter-configs-not-atomic",
             Bug::SegmentBytesIgnored => "segment-bytes-ignored",
             Bug::RetentionOverrideIgnored => "retention-override-ignored",
+            Bug::CleanerDropsLatest => "cleaner-drops-latest",
+            Bug::RetentionIgnoresHighWatermark => "retention-ignores-high-watermark",
         }
     }
 

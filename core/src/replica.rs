@@ -40,6 +40,7 @@ use crate::batch::{self, CONTROL_TYPE_LEADER_EPOCH_START, CONTROL_TYPE_MEMBERSHI
 use crate::log::{
     AppendError, LogOp, PartitionLog, ProduceCheck, SegmentReader, StoredBatch, SyncRequest,
 };
+use crate::planted::Bug;
 use crate::raft::{
     Entry, EntryKind, EntrySource, HardState, LogMeta, Membership, Message, MessageBody, Raft,
     RaftConfig, RaftState, Ready, Role, SnapshotMeta,
@@ -394,12 +395,21 @@ impl Replica {
     /// Retention: deletes whole committed segments past `retention.ms` / `retention.bytes` and
     /// moves Raft's log start with them. Returns how many segments went.
     pub fn enforce_retention(&mut self, now_ms: u64) -> usize {
+        let leads = self.raft.is_leader();
+        self.log.set_leads(leads);
         let deleted = self.log.enforce_retention(now_ms);
         if deleted > 0 {
             // The log start is a batch boundary below the high watermark, so applied and an
             // entry end; a refusal would only leave Raft believing in entries it cannot read.
             if let Err(e) = self.raft.compact(self.log.log_start_offset()) {
-                debug_assert!(false, "compaction to the log start refused: {e:?}");
+                // The planted retention bug deletes past the commit index, which Raft refuses.
+                debug_assert!(
+                    self.log
+                        .config()
+                        .planted
+                        .is(Bug::RetentionIgnoresHighWatermark),
+                    "compaction to the log start refused: {e:?}"
+                );
             }
         }
         deleted

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::batch::{check_crc, encode_batch, BatchError, BatchHeader, Records};
 use crate::limits::{BATCH_HEADER_BYTES, CLEANER_IO_BYTES};
+use crate::planted::{Bug, Planted};
 
 use super::{ReadIo, Segment};
 
@@ -141,6 +142,7 @@ pub struct Cleaner {
     now_ms: i64,
     delete_retention_ms: i64,
     index_interval_bytes: u32,
+    planted: Planted,
     pass: Pass,
     /// Index into `targets` of the segment being read.
     at: usize,
@@ -168,6 +170,7 @@ impl Cleaner {
         now_ms: u64,
         delete_retention_ms: i64,
         index_interval_bytes: u32,
+        planted: Planted,
     ) -> Cleaner {
         assert!(!targets.is_empty());
         assert!(targets
@@ -190,6 +193,7 @@ impl Cleaner {
             now_ms: now_ms.min(i64::MAX as u64) as i64,
             delete_retention_ms,
             index_interval_bytes,
+            planted,
             pass: Pass::Map,
             at: 0,
             position: 0,
@@ -394,13 +398,15 @@ impl Cleaner {
         let mut count = 0;
         let mut removed = 0;
         let mut tombstones = 0;
+        // The planted off-by-one counts a key's latest record as superseded by itself.
+        let drops_latest = self.planted.is(Bug::CleanerDropsLatest);
         for record in Records::new(batch)? {
             let record = record?;
             let offset = header.base_offset as u64 + record.offset_delta as u64;
             let keep = match record.key {
                 None => true,
                 Some(key) => match self.latest.get(key) {
-                    Some(&latest) if latest > offset => false,
+                    Some(&latest) if latest > offset || (drops_latest && latest == offset) => false,
                     _ if record.value.is_none() => {
                         let timestamp = header.record_timestamp(record.timestamp_delta);
                         let due = timestamp.saturating_add(self.delete_retention_ms);

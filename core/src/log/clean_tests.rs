@@ -462,6 +462,37 @@ fn removed_batches_collapse_per_epoch_and_replicas_accept_cleaned_batches() {
 
 /// A flipped bit in a sealed segment stops the cleaning: the damage is never rewritten under a
 /// fresh CRC, and nothing changes.
+/// The planted `cleaner-drops-latest`: the rewrite counts a key's latest record as superseded
+/// by itself, so a cleaning loses the latest value of every key in the cleaned range.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_cleaner_drops_latest_loses_the_latest_values() {
+    let specs: Vec<Spec> = (0..30u8)
+        .map(|n| Spec {
+            records: vec![Rec {
+                key: Some(n % 3),
+                value: Some(5 + n),
+                timestamp: 0,
+            }],
+            producer: None,
+        })
+        .collect();
+    let mut rig = Rig::build(&specs);
+    rig.config.planted =
+        crate::planted::Planted::new(Some(crate::planted::Bug::CleanerDropsLatest));
+    rig.log.set_config(rig.config.clone());
+    let before = rig.records();
+    let end = rig.cleanable_end();
+    assert!(end > 0, "no sealed segment to clean");
+    rig.clean().expect("a cleaning ran");
+    let after = rig.records();
+    assert!(
+        after.len() < expected(&before, end).len(),
+        "the latest records were kept"
+    );
+    assert_ne!(live(&after), live(&before));
+}
+
 #[test]
 fn damage_halts_cleaning_and_changes_nothing() {
     let specs: Vec<Spec> = (0..30)

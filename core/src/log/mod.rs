@@ -399,6 +399,9 @@ pub struct PartitionLog {
     discard: Option<u64>,
     /// A cleaning found damage: none until the partition is reopened (and recovered).
     cleaning_halted: bool,
+    /// Whether the replica holding this log leads it: read only by the planted retention bug,
+    /// which only followers have (set by [`crate::replica::Replica`] before each retention run).
+    leads: bool,
     last_clean: Option<CleanReport>,
     /// What the last retention run that deleted segments did, until the host takes it
     /// ([`PartitionLog::take_deletion`]) for the simulator's retention checker.
@@ -460,6 +463,7 @@ impl PartitionLog {
             tombstone_due_ms: None,
             discard: None,
             cleaning_halted: false,
+            leads: false,
             last_clean: None,
             last_deletion: None,
         };
@@ -1080,6 +1084,10 @@ impl PartitionLog {
             kafka_log_start_after: 0,
             kafka_high_watermark: self.kafka_high_watermark(),
         };
+        // The planted bug: a follower's retention judges every sealed segment by time and size
+        // alone, as if whatever its leader sent were committed.
+        let unbounded = self.config.planted.is(Bug::RetentionIgnoresHighWatermark);
+        let ignores_bounds = unbounded && !self.leads;
         loop {
             let mut iter = self.segments.values();
             let (Some(oldest), Some(_next)) = (iter.next(), iter.next()) else {
@@ -1090,9 +1098,10 @@ impl PartitionLog {
             // state and epochs, which cover everything deleted before it. Deleting it would
             // leave a checkpoint that names no segment, so a crash would rebuild producer state
             // and epochs from what is left and forget the deleted segments' share.
-            if oldest.next_offset > self.high_watermark.offset
-                || oldest.base_offset >= self.durable.segment
-                || oldest.base_offset >= self.recovery_point
+            if !ignores_bounds
+                && (oldest.next_offset > self.high_watermark.offset
+                    || oldest.base_offset >= self.durable.segment
+                    || oldest.base_offset >= self.recovery_point)
             {
                 break;
             }
@@ -1152,7 +1161,7 @@ impl PartitionLog {
             "segments deleted without a directory sync to follow"
         );
         assert!(
-            self.log_start_offset() <= self.high_watermark.offset,
+            unbounded || self.log_start_offset() <= self.high_watermark.offset,
             "retention deleted uncommitted data"
         );
         if deleted > 0 {
@@ -1165,6 +1174,11 @@ impl PartitionLog {
             self.check_invariants();
         }
         deleted
+    }
+
+    /// Whether the replica holding this log leads it (only the planted retention bug asks).
+    pub fn set_leads(&mut self, leads: bool) {
+        self.leads = leads;
     }
 
     /// What the last retention run that deleted segments did, once (for the simulator's
@@ -1235,6 +1249,7 @@ impl PartitionLog {
                 now_ms,
                 self.config.delete_retention_ms,
                 self.config.index_interval_bytes,
+                self.config.planted,
             ));
         }
         let cleaner = self.cleaner.as_mut().expect("set above");
@@ -1454,8 +1469,11 @@ impl PartitionLog {
             hw <= self.durable.offset,
             "high watermark past the synced end"
         );
+        // The planted retention bug deletes past the high watermark; the retention checker,
+        // not this restatement of its rule, is to catch it.
+        let retention_unbounded = self.config.planted.is(Bug::RetentionIgnoresHighWatermark);
         assert!(
-            hw >= self.log_start_offset(),
+            retention_unbounded || hw >= self.log_start_offset(),
             "high watermark below the log start"
         );
         if !self.replicated {

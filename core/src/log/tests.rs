@@ -739,6 +739,39 @@ fn review_a_flipped_bit_in_a_batch_length_is_damage_not_a_torn_tail() {
     );
 }
 
+/// The planted `retention-ignores-high-watermark`: with a tight `retention.bytes`, retention
+/// deletes sealed segments not yet synced (on one node: not yet committed), and the retention
+/// checker names the deletion past the high watermark.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn planted_retention_ignores_high_watermark_deletes_uncommitted_segments() {
+    use crate::checker::retention::judge;
+    use crate::checker::AnomalyKind;
+    let mut config = small_config();
+    config.retention_bytes = 700;
+    config.planted =
+        crate::planted::Planted::new(Some(crate::planted::Bug::RetentionIgnoresHighWatermark));
+    let mut h = Harness::new(config);
+    for _ in 0..10 {
+        h.append(2, 40, None);
+    }
+    h.sync();
+    for _ in 0..30 {
+        h.append(2, 40, None);
+    }
+    let high_watermark = h.log.high_watermark();
+    assert!(h.log.enforce_retention(h.now_ms) > 0);
+    assert!(h.log.log_start_offset() > high_watermark);
+    let deletion = h.log.take_deletion().expect("a deletion is reported");
+    let problems = judge(&deletion);
+    assert!(
+        problems
+            .iter()
+            .any(|(kind, _)| *kind == AnomalyKind::RetentionPastHighWatermark),
+        "{problems:?}"
+    );
+}
+
 /// Retention by size, as the simulator's retention checker sees it: the deletion the log
 /// reports is lawful (`checker::retention::judge`), and with the planted off-by-one the
 /// checker names the segment it deleted one too many.
