@@ -151,7 +151,7 @@ fn probe_configs() -> [(&'static str, String); 3] {
     [
         ("cleanup.policy", "compact".to_string()),
         ("segment.bytes", SEGMENT_BYTES.to_string()),
-        ("min.cleanable.dirty.ratio", "0.01".to_string()),
+        ("min.cleanable.dirty.ratio", "0".to_string()),
     ]
 }
 
