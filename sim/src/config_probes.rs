@@ -23,17 +23,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
 use kafka_protocol::messages::describe_configs_request::{
     DescribeConfigsRequest, DescribeConfigsResource,
 };
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig, IncrementalAlterConfigsRequest,
 };
-use kafka_protocol::messages::produce_request::{
-    PartitionProduceData, ProduceRequest, TopicProduceData,
-};
-use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::batch::{BatchBuilder, BatchHeader, NewRecord};
 use sluice_core::checker::config_effects::{
@@ -42,10 +37,9 @@ use sluice_core::checker::config_effects::{
 use sluice_core::checker::replicas::ReplicaChecker;
 use sluice_core::history::{ConfigOp, Key, OpKind, Outcome};
 use sluice_core::rng::Rng;
-use sluice_core::ErrorCode;
 
 use crate::client::{CallError, Client};
-use crate::configs::{CONFIG_TOPIC, FINAL_CONFIG_PROCESS};
+use crate::configs::{produce_to_config_topic, CONFIG_TOPIC, FINAL_CONFIG_PROCESS};
 use crate::nemesis::Cluster;
 use crate::ops::{describe, Recorded};
 use crate::trace::Trace;
@@ -244,46 +238,6 @@ fn batch(n: usize, bytes: u64, timestamp: i64) -> Vec<u8> {
     build(bytes.saturating_sub(overhead) as usize)
 }
 
-/// Produces `records` to the config topic's partition at each broker in turn until its leader
-/// takes it: the error code, or why no broker did.
-async fn produce(client: &mut Client, bootstrap: &[String], records: Vec<u8>) -> Outcome<i16> {
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5_000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(CONFIG_TOPIC)))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(Bytes::from(records)))])]);
-    let not_leader = [
-        ErrorCode::NotLeaderOrFollower.code(),
-        ErrorCode::LeaderNotAvailable.code(),
-        ErrorCode::NotEnoughReplicas.code(),
-        ErrorCode::RequestTimedOut.code(),
-    ];
-    let mut last = String::from("no broker answered");
-    for _ in 0..10 {
-        for addr in bootstrap {
-            match client.call_at(addr, &request, 9).await {
-                Ok(response) => {
-                    let code = response
-                        .responses
-                        .first()
-                        .and_then(|t| t.partition_responses.first())
-                        .map_or(-1, |p| p.error_code);
-                    if !not_leader.contains(&code) && code >= 0 {
-                        return Outcome::Ok(code);
-                    }
-                    last = format!("error code {code}");
-                }
-                Err(CallError::NotSent(why) | CallError::Unknown(why)) => last = why,
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Outcome::Info(last)
-}
-
 /// Runs the probe (see the module documentation): the alter it sent, for the history, and
 /// what the layouts are to be judged against (`None` if the probe could not run: the brokers
 /// did not agree, the change failed or never showed everywhere, or no batch was taken).
@@ -376,7 +330,7 @@ pub async fn probe_effects(
         let timestamp = if n < BATCHES / 2 { old_ms } else { new_ms } + n as i64;
         let bytes = rng.between(segment_bytes / 4, segment_bytes / 2);
         let records = batch(n, bytes, timestamp);
-        let outcome = produce(&mut client, &bootstrap, records).await;
+        let outcome = produce_to_config_topic(&mut client, &bootstrap, records).await;
         trace.record(
             "config-effects",
             "produce",

@@ -429,6 +429,19 @@ fn batch_of(bytes: u64) -> Vec<u8> {
 async fn probe(client: &mut Client, bootstrap: &[String], bytes: u64) -> (u64, Outcome<i16>) {
     let batch = batch_of(bytes);
     let actual = batch.len() as u64;
+    (
+        actual,
+        produce_to_config_topic(client, bootstrap, batch).await,
+    )
+}
+
+/// Produces `records` (acks=all) to the config topic's partition at each broker in turn until
+/// its leader takes it: the error code, or why no broker did.
+pub async fn produce_to_config_topic(
+    client: &mut Client,
+    bootstrap: &[String],
+    records: Vec<u8>,
+) -> Outcome<i16> {
     let request = ProduceRequest::default()
         .with_acks(-1)
         .with_timeout_ms(5_000)
@@ -436,7 +449,7 @@ async fn probe(client: &mut Client, bootstrap: &[String], bytes: u64) -> (u64, O
             .with_name(TopicName(StrBytes::from_static_str(CONFIG_TOPIC)))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(0)
-                .with_records(Some(Bytes::from(batch)))])]);
+                .with_records(Some(Bytes::from(records)))])]);
     let not_leader = [
         ErrorCode::NotLeaderOrFollower.code(),
         ErrorCode::LeaderNotAvailable.code(),
@@ -454,7 +467,7 @@ async fn probe(client: &mut Client, bootstrap: &[String], bytes: u64) -> (u64, O
                         .and_then(|t| t.partition_responses.first())
                         .map_or(-1, |p| p.error_code);
                     if !not_leader.contains(&code) && code >= 0 {
-                        return (actual, Outcome::Ok(code));
+                        return Outcome::Ok(code);
                     }
                     last = format!("error code {code}");
                 }
@@ -463,5 +476,5 @@ async fn probe(client: &mut Client, bootstrap: &[String], bytes: u64) -> (u64, O
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    (actual, Outcome::Info(last))
+    Outcome::Info(last)
 }
