@@ -105,10 +105,11 @@ pub enum Bug {
     /// `--scenario configs`, whose config processes sometimes use the legacy API.
     LegacyAlterConfigsMerges = 20,
     /// The controller writes a topic config change of several configs as one metadata record
-    /// per config, each its own log entry, and answers once the first is applied: a failover
-    /// between them leaves the change applied in part. Caught by the simulator's config
-    /// checkers (`checker::config_atomicity`, config-not-atomic; config-lost when the change
-    /// was acknowledged) in `--scenario configs`.
+    /// per config, each its own log entry, the next one at the first tick after the one before
+    /// is applied, and answers once the last is applied: a failover in between leaves the
+    /// change applied in part (its client sees NOT_CONTROLLER or a timeout), and a concurrent
+    /// change can land between its configs. Caught by the simulator's config checkers
+    /// (`checker::config_atomicity`, config-not-atomic) in `--scenario configs`.
     AlterConfigsNotAtomic = 21,
     /// A broker hands its partitions' logs the broker default `segment.bytes`, not the topic's
     /// override: DescribeConfigs (built from the metadata image) shows the override, but the

@@ -222,6 +222,17 @@ struct Pending {
     wait_offset: u64,
 }
 
+/// Planted ([`Bug::AlterConfigsNotAtomic`](crate::planted::Bug)): the rest of a config change
+/// written one config per entry, the next at the first tick after the one before is applied.
+#[derive(Clone, Debug)]
+struct Chained {
+    ticket: Ticket,
+    topic_id: TopicId,
+    rest: VecDeque<MetadataRecord>,
+    /// The last offset of the entry written before the next.
+    after_offset: u64,
+}
+
 /// The controller's state, present exactly while this node is the active controller.
 #[derive(Clone, Debug)]
 struct Active {
@@ -251,6 +262,8 @@ pub struct MetadataQuorum {
     /// Waiting requests, by `wait_offset` (non-decreasing). Empty unless active.
     pending: VecDeque<Pending>,
     completions: Vec<(Ticket, Result<Outcome, ErrorCode>)>,
+    /// Planted only: config changes written in part. Empty unless active.
+    chained: Vec<Chained>,
     next_ticket: u64,
     /// The first committed batch that could not be applied; nothing after it is applied.
     apply_error: Option<ApplyError>,
@@ -308,6 +321,7 @@ impl MetadataQuorum {
             active: None,
             pending: VecDeque::new(),
             completions: Vec::new(),
+            chained: Vec::new(),
             next_ticket: 0,
             apply_error: None,
             now,
@@ -343,8 +357,43 @@ impl MetadataQuorum {
                 let _ = self.propose(fence, Request::Internal, None, reader);
             }
             self.propose_cluster_id(reader);
+            self.advance_chained(reader);
         }
         self.after_input(reader);
+    }
+
+    /// Planted only: writes the next config of each change written in part whose entry before
+    /// is applied; the last one carries the change's answer.
+    fn advance_chained(&mut self, reader: &impl SegmentReader) {
+        for mut c in std::mem::take(&mut self.chained) {
+            if self.active.is_none() {
+                self.completions
+                    .push((c.ticket, Err(ErrorCode::NotController)));
+                continue;
+            }
+            if c.after_offset >= self.applied_end {
+                self.chained.push(c);
+                continue;
+            }
+            let next = c.rest.pop_front().expect("a chain is never empty");
+            let request = Request::AlterConfigs {
+                topic_id: c.topic_id,
+            };
+            let last = c.rest.is_empty();
+            let ticket = last.then_some(c.ticket);
+            match self.propose(vec![next], request, ticket, reader) {
+                Ok(()) if last => {}
+                Ok(()) => {
+                    c.after_offset = self
+                        .active
+                        .as_ref()
+                        .and_then(|a| a.last_proposed_offset)
+                        .expect("just proposed");
+                    self.chained.push(c);
+                }
+                Err(e) => self.completions.push((c.ticket, Err(e.code))),
+            }
+        }
     }
 
     pub fn campaign(&mut self, force: bool, reader: &impl SegmentReader) {
@@ -456,12 +505,14 @@ impl MetadataQuorum {
             && matches!(&record, MetadataRecord::AlterTopicConfig { set, delete, .. }
                 if set.len() + delete.len() > 1)
         {
-            // Planted: one record per config, each its own entry; the answer waits for the
-            // first only.
+            // Planted: one record per config, each its own entry, the next one written at the
+            // first tick after the one before is applied; the answer waits for the last. A
+            // failover in between leaves the change applied in part, and another change can
+            // come in between.
             let MetadataRecord::AlterTopicConfig { set, delete, .. } = record else {
                 unreachable!("matched above")
             };
-            let mut singles: Vec<MetadataRecord> = set
+            let mut singles: VecDeque<MetadataRecord> = set
                 .into_iter()
                 .map(|s| MetadataRecord::AlterTopicConfig {
                     topic_id,
@@ -478,18 +529,21 @@ impl MetadataQuorum {
                         }),
                 )
                 .collect();
-            let first = singles.remove(0);
-            let ticket =
-                self.propose_request(vec![first], Request::AlterConfigs { topic_id }, reader)?;
-            for single in singles {
-                self.propose(
-                    vec![single],
-                    Request::AlterConfigs { topic_id },
-                    None,
-                    reader,
-                )?;
-                self.after_input(reader);
-            }
+            let first = singles.pop_front().expect("more than one");
+            self.propose(vec![first], Request::Internal, None, reader)?;
+            let ticket = self.issue_ticket();
+            let after_offset = self
+                .active
+                .as_ref()
+                .and_then(|a| a.last_proposed_offset)
+                .expect("just proposed");
+            self.chained.push(Chained {
+                ticket,
+                topic_id,
+                rest: singles,
+                after_offset,
+            });
+            self.after_input(reader);
             return Ok(ticket);
         }
         self.propose_request(vec![record], Request::AlterConfigs { topic_id }, reader)
@@ -699,7 +753,10 @@ impl MetadataQuorum {
         );
         assert!(self.pending.len() + self.completions.len() <= METADATA_REQUESTS_IN_FLIGHT_MAX);
         match &self.active {
-            None => assert!(self.pending.is_empty(), "only the controller has waiters"),
+            None => assert!(
+                self.pending.is_empty() && self.chained.is_empty(),
+                "only the controller has waiters"
+            ),
             Some(active) => {
                 assert!(self.apply_error.is_none());
                 assert!(self.replica.is_leader() && self.replica.term() == active.term);
@@ -963,6 +1020,10 @@ impl MetadataQuorum {
         if let Some(active) = &self.active {
             if leading_term != Some(active.term) {
                 self.active = None;
+                for c in std::mem::take(&mut self.chained) {
+                    self.completions
+                        .push((c.ticket, Err(ErrorCode::NotController)));
+                }
                 for p in std::mem::take(&mut self.pending) {
                     if let Some(ticket) = p.ticket {
                         self.completions
