@@ -18,6 +18,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+mod describe;
+
+pub use describe::describe;
+
 /// A Jepsen "key": one topic-partition, the unit that has a total order of offsets.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {

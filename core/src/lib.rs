@@ -26,5 +26,6 @@ pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
+pub mod timeline;
 
 pub use error::{ErrorCode, Refusal};

@@ -90,7 +90,7 @@ fn write_triage(out: &Path, run: &RunOutcome, replay: &str) -> std::io::Result<P
             op.process,
             op.invoke_ms,
             op.complete_ms,
-            crate::ops::describe(&op.kind)
+            sluice_core::history::describe(&op.kind)
         ));
     }
     std::fs::write(dir.join("history.txt"), history)?;

@@ -18,13 +18,13 @@ use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::batch::{BatchBuilder, BatchHeader, NewRecord, Records};
 use sluice_core::checker::compaction::{CompactionProbe, ProbeSend, ReplicaRecords, StoredRecord};
-use sluice_core::history::{ConfigOp, OpKind, Outcome};
+use sluice_core::history::{describe, ConfigOp, OpKind, Outcome};
 use sluice_core::testing::MemStorage;
 use sluice_core::ErrorCode;
 
 use crate::client::{CallError, Client};
 use crate::configs::{alter_request, describe_at, CONFIG_TOPIC, FINAL_CONFIG_PROCESS};
-use crate::ops::{describe, Recorded};
+use crate::ops::Recorded;
 use crate::trace::Trace;
 
 /// The probe's keys, and how many values each gets (one batch per round, every key in it).

@@ -35,13 +35,13 @@ use sluice_core::checker::config_effects::{
     BatchLayout, EffectsProbe, ReplicaLayout, SegmentLayout,
 };
 use sluice_core::checker::replicas::ReplicaChecker;
-use sluice_core::history::{ConfigOp, Key, OpKind, Outcome};
+use sluice_core::history::{describe, ConfigOp, Key, OpKind, Outcome};
 use sluice_core::rng::Rng;
 
 use crate::client::{CallError, Client};
 use crate::configs::{produce_to_config_topic, CONFIG_TOPIC, FINAL_CONFIG_PROCESS};
 use crate::nemesis::Cluster;
-use crate::ops::{describe, Recorded};
+use crate::ops::Recorded;
 use crate::trace::Trace;
 
 /// How long after the probe's last append, beyond one retention check interval, every replica

@@ -29,12 +29,12 @@ use kafka_protocol::messages::produce_request::{
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::batch::{BatchBuilder, NewRecord};
-use sluice_core::history::{ConfigOp, OpKind, Outcome};
+use sluice_core::history::{describe, ConfigOp, OpKind, Outcome};
 use sluice_core::rng::Rng;
 use sluice_core::ErrorCode;
 
 use crate::client::{CallError, Client, TOPIC};
-use crate::ops::{describe, Recorded};
+use crate::ops::Recorded;
 use crate::params::Params;
 use crate::trace::Trace;
 

@@ -41,12 +41,12 @@ use kafka_protocol::messages::{
     OffsetFetchResponse, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use sluice_core::history::{Assignment, GroupOp, Key, OpKind, Outcome, Position, Reads};
+use sluice_core::history::{describe, Assignment, GroupOp, Key, OpKind, Outcome, Position, Reads};
 use sluice_core::rng::Rng;
 use sluice_core::ErrorCode;
 
 use crate::client::{self, fetch, key, CallError, Client, TOPIC};
-use crate::ops::{describe, Recorded};
+use crate::ops::Recorded;
 use crate::params::{GroupParams, Params};
 use crate::trace::Trace;
 

@@ -29,13 +29,13 @@ use std::time::Duration;
 
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
 use kafka_protocol::messages::{ProduceRequest, ProducerId};
-use sluice_core::history::{Acks, OpKind, Outcome, ProducerStamp};
+use sluice_core::history::{describe, Acks, OpKind, Outcome, ProducerStamp};
 use sluice_core::rng::Rng;
 use sluice_node::client::Connection;
 use tokio::sync::mpsc;
 
 use crate::client::{key, produce_request_as, CallError, Client, CONNECT_TIMEOUT, REQUEST_TIMEOUT};
-use crate::ops::{describe, Recorded};
+use crate::ops::Recorded;
 use crate::params::{Params, PipelineParams};
 use crate::trace::Trace;
 use crate::workload::{record_timestamp, refused_before_write};

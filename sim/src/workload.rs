@@ -11,14 +11,14 @@ use std::time::Duration;
 use kafka_protocol::messages::init_producer_id_request::InitProducerIdRequest;
 use kafka_protocol::messages::ProducerId;
 use sluice_core::checker::retention::DeleteRecordsCall;
-use sluice_core::history::{Acks, OpKind, Outcome, ProducerStamp, Reads};
+use sluice_core::history::{describe, Acks, OpKind, Outcome, ProducerStamp, Reads};
 use sluice_core::rng::Rng;
 use sluice_core::ErrorCode;
 
 use crate::client::{
     fetch, key, produce_request, produce_request_as, CallError, Client, POLL_MAX_WAIT_MS,
 };
-use crate::ops::{describe, Recorded};
+use crate::ops::Recorded;
 use crate::params::Params;
 use crate::pipeline::{SendJob, Sender, QUEUED_SENDS_MAX};
 use crate::trace::Trace;
