@@ -1,1 +1,4 @@
-//! Placeholder until issue [4/5]: Jepsen-style tests of real processes land here.
+//! Jepsen-style tests of real sluice processes. So far: [`faultfs`], the fault-injecting file
+//! system each node's data directory is mounted on.
+
+pub mod faultfs;
