@@ -178,13 +178,17 @@ fn passthrough_reads_writes_renames_lists_and_locks() {
 
 #[test]
 fn a_synced_write_survives_a_power_cut() {
-    let Some(f) = Fixture::new("synced") else {
+    let Some(mut f) = Fixture::new("synced") else {
         return;
     };
     write_synced(&f.mnt().join("a.log"), b"durable");
     let report = f.cut();
     assert_eq!(report, faultfs::DropReport::default());
     assert_eq!(fs::read(f.mnt().join("a.log")).unwrap(), b"durable");
+    // An explicit unmount leaves the backing directory as it was, with its trash (empty).
+    f.mounted.take().unwrap().unmount().unwrap();
+    assert!(!f.mnt().join("a.log").exists());
+    assert_eq!(fs::read(f.backing().join("a.log")).unwrap(), b"durable");
 }
 
 #[test]

@@ -139,7 +139,8 @@ pub struct Stats {
     pub undo_bytes: u64,
 }
 
-/// A mounted fault file system; unmounts when dropped.
+/// A mounted fault file system; unmounts when dropped (lazily, then waits for the session to
+/// end, which is when the last process using the mount has closed its files: kill them first).
 #[derive(Debug)]
 pub struct Mounted {
     session: Option<fuser::BackgroundSession>,
