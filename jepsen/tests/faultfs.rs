@@ -520,3 +520,59 @@ fn the_broker_runs_on_the_mount() {
     wait_listening(&mut broker);
     assert!(stop(broker, libc::SIGTERM).success());
 }
+
+/// Set in the environment of the child process `unmount_stale_clears_the_mount_of_a_killed_process`
+/// starts: the directory the child mounts in.
+const CHILD_DIR_ENV: &str = "SLUICE_FAULTFS_CHILD_DIR";
+
+/// In the child: mounts and waits to be killed (bounded, in case the parent died first).
+fn serve_as_the_killed_child(dir: &Path) {
+    let _mounted = faultfs::mount(&dir.join("backing2"), &dir.join("mnt2")).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+/// A harness killed with its mount up leaves a mount no process serves (`ENOTCONN`), which
+/// `unmount_stale` clears.
+#[test]
+fn unmount_stale_clears_the_mount_of_a_killed_process() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR_ENV) {
+        serve_as_the_killed_child(Path::new(&dir));
+        return;
+    }
+    let Some(f) = Fixture::new("killed") else {
+        return;
+    };
+    let mnt = f.dir.join("mnt2");
+    fs::create_dir_all(f.dir.join("backing2")).unwrap();
+    fs::create_dir_all(&mnt).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "unmount_stale_clears_the_mount_of_a_killed_process",
+            "--nocapture",
+        ])
+        .env(CHILD_DIR_ENV, &f.dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mounted = |p: &Path| {
+        fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(p.to_str().unwrap()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mounted(&mnt) {
+        assert!(child.try_wait().unwrap().is_none(), "the child exited");
+        assert!(Instant::now() < deadline, "the child did not mount in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let error = fs::metadata(mnt.join("x")).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::ENOTCONN), "{error}");
+    let cleared = faultfs::unmount_stale(&f.dir).unwrap();
+    assert!(cleared.contains(&mnt), "{cleared:?}");
+    assert!(!mounted(&mnt));
+    assert!(fs::read_dir(&mnt).unwrap().next().is_none());
+}
