@@ -270,6 +270,16 @@ pub struct Position {
     pub start: u64,
 }
 
+/// One operation as a client process recorded it, before a run merges every process's
+/// operations into a [`History`] (the simulator's and the Jepsen harness's workloads).
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub process: u32,
+    pub kind: OpKind,
+    pub invoke_ms: u64,
+    pub complete_ms: u64,
+}
+
 /// One completed client operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Op {

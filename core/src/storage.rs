@@ -12,12 +12,16 @@ use std::path::Path;
 pub trait Storage: Clone + Send + Sync + 'static {
     type File: StorageFile;
 
-    /// Opens a file, creating it (and its directory) when `create` is set.
+    /// Opens a file, creating it (and its directory, durably, as [`Storage::create_dir_all`])
+    /// when `create` is set. The new file's own entry is durable after [`Storage::sync_dir`].
     fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
     /// Whether a file or directory exists.
     fn exists(&self, path: &Path) -> bool;
     /// Names of the entries directly in `dir`, sorted; an empty list when `dir` does not exist.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Creates `dir` and its missing ancestors, durably: each new directory's entry in its
+    /// parent is synced before this returns (the files in it still need [`Storage::sync_dir`]
+    /// of `dir`).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Removes a directory and everything below it.

@@ -92,13 +92,25 @@ async fn shutdown_signal() {
 }
 
 fn serve(args: ServeArgs) -> std::process::ExitCode {
-    let config = match Config::load(args) {
+    #[allow(unused_mut)]
+    let mut config = match Config::load(args) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("sluice: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    // Only a build with the `planted-bugs` feature (the Jepsen harness's planted-bug run) can
+    // plant a bug; a broker built for use has no such code and ignores nothing here.
+    #[cfg(feature = "planted-bugs")]
+    if let Ok(name) = std::env::var("SLUICE_PLANTED_BUG") {
+        let Some(bug) = sluice_core::planted::Bug::from_name(&name) else {
+            eprintln!("sluice: SLUICE_PLANTED_BUG={name:?} names no planted bug");
+            return std::process::ExitCode::from(2);
+        };
+        eprintln!("sluice: planting bug {name} (a test build)");
+        config.plant(sluice_core::planted::Planted::new(Some(bug)));
+    }
     // One thread for the event loop, the connections and the RPC links; fsyncs and recovery
     // run on tokio's blocking pool. The node is one task, so more worker threads only add
     // cross-thread wake-ups: measured on the 2-core build machine, a 3-node cluster at 300 k

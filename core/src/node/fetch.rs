@@ -120,6 +120,9 @@ impl Node {
                                         if let ReadError::Corrupt(why) = &e {
                                             tracing::error!(%tp, offset = p.fetch_offset, "refusing to serve a damaged batch: {why}");
                                         }
+                                        if matches!(e, ReadError::OffsetOutOfRange { .. }) {
+                                            tracing::info!(%tp, offset = p.fetch_offset, log_end = log.kafka_log_end_offset(), high_watermark = log.kafka_high_watermark(), "fetch past the log end: OFFSET_OUT_OF_RANGE");
+                                        }
                                         data.error = e.error_code();
                                     }
                                 }

@@ -193,6 +193,18 @@ impl Node {
                                         "{tp}: epoch {} answered ({epoch}, {end_offset})",
                                         q.leader_epoch
                                     );
+                                    // Rare (after leader changes) and decisive for a
+                                    // consumer: an answer below its position is a truncation
+                                    // it resets for.
+                                    tracing::info!(
+                                        %tp,
+                                        asked = q.leader_epoch,
+                                        epoch,
+                                        end_offset,
+                                        log_end = log.kafka_log_end_offset(),
+                                        high_watermark = log.kafka_high_watermark(),
+                                        "OffsetForLeaderEpoch answered"
+                                    );
                                     Ok((epoch, end_offset))
                                 }),
                         };

@@ -208,6 +208,18 @@ impl Mounted {
         let session = self.session.take().expect("taken only here and in drop");
         session.umount_and_join()
     }
+
+    /// Detaches the mount lazily and leaves its session to end on its own, without waiting.
+    /// For a harness whose nodes ran under `ip netns exec`: each such process got a private
+    /// copy of the mount table, so another run's live nodes can hold this mount (unused) until
+    /// they end, and waiting would tie this run's end to theirs. The session's thread ends when
+    /// the last copy goes, or with the process.
+    pub fn detach(mut self) -> io::Result<()> {
+        let session = self.session.take().expect("taken only here and in drop");
+        let result = lazy_unmount(&self.mountpoint);
+        std::mem::forget(session);
+        result
+    }
 }
 
 impl Drop for Mounted {
