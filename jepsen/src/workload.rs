@@ -293,9 +293,15 @@ pub fn run_consumer(process: u32, settings: &Settings, recorder: &Recorder, stop
                 };
                 let seek_to_beginning = rng.chance(500);
                 // Without a seek, a key the consumer already reads keeps its position (as
-                // Jepsen's workload), and a new one starts at the beginning. Never a logical
-                // END: librdkafka may resolve it again later (a reset after a fetch error),
-                // which would look like a skip.
+                // Jepsen's workload), and a new one starts at the beginning. Always a concrete
+                // offset, never a logical one (BEGINNING, END): librdkafka resolves a logical
+                // offset with a ListOffsets of its own, and when the same partition is
+                // assigned again before that answer arrives, it can still apply the stale
+                // answer afterwards, moving the position under the new assignment. Seen here
+                // as a jump back to 0 (a stale BEGINNING) and a skip to the log end (a stale
+                // END), each right after two assigns in quick succession, with no reset or
+                // truncation answered by any broker. The workload's topics keep everything
+                // (no retention), so the beginning is offset 0.
                 let positions: BTreeMap<Key, i64> = c
                     .position()
                     .map(|list| {
@@ -312,7 +318,7 @@ pub fn run_consumer(process: u32, settings: &Settings, recorder: &Recorder, stop
                 for k in &chosen {
                     let offset = match positions.get(k) {
                         Some(&o) if !seek_to_beginning => Offset::Offset(o),
-                        _ => Offset::Beginning,
+                        _ => Offset::Offset(0),
                     };
                     list.add_partition_offset(&k.topic, k.partition, offset)
                         .expect("a valid offset");

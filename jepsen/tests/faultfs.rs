@@ -584,7 +584,7 @@ fn unmount_stale_clears_the_mount_of_a_killed_process() {
 #[test]
 fn the_brokers_new_partition_directory_survives_a_power_cut() {
     use sluice_core::storage::{Storage, StorageFile};
-    let Some(mut f) = Fixture::new("partition-dir") else {
+    let Some(f) = Fixture::new("partition-dir") else {
         return;
     };
     let storage = sluice_node::storage::FileStorage::new(f.mnt().join("data")).unwrap();
