@@ -33,6 +33,8 @@ struct Node {
     paused: bool,
     /// The fault file system's mountpoint: the node's data directory.
     data_dir: PathBuf,
+    /// What the node's disk holds (the file system's backing directory).
+    backing: PathBuf,
     fs: Option<Mounted>,
     log_path: PathBuf,
     /// Starts so far (the first one included).
@@ -87,6 +89,7 @@ impl Cluster {
                 child: None,
                 paused: false,
                 data_dir,
+                backing,
                 fs: Some(fs),
                 log_path: root.join("sluice.log"),
                 starts: 0,
@@ -268,6 +271,11 @@ impl Cluster {
 
     pub fn data_dir(&self, i: usize) -> &Path {
         &self.nodes[i - 1].data_dir
+    }
+
+    /// What node `i`'s disk holds: read it to see what the node stored.
+    pub fn backing_dir(&self, i: usize) -> &Path {
+        &self.nodes[i - 1].backing
     }
 
     /// Kills every node, unmounts every file system and removes the network.

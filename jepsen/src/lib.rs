@@ -6,6 +6,7 @@
 //! checkers as the simulator (`sluice_core::checker`).
 #![cfg(not(madsim))]
 
+pub mod agreement;
 pub mod cluster;
 pub mod faultfs;
 pub mod nemesis;

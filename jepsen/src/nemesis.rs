@@ -408,3 +408,68 @@ pub fn heal_all(cluster: &Arc<Mutex<Cluster>>) -> Result<(), String> {
     c.net().heal().map_err(|e| format!("network heal: {e}"))?;
     c.revive_all().map_err(|e| format!("restart: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn nodes_named(fault: Fault) -> Vec<usize> {
+        match fault {
+            Fault::OneWay(a, b) | Fault::Bridge(a, b) => vec![a, b],
+            Fault::Kill(Target::One(n))
+            | Fault::Pause(Target::One(n))
+            | Fault::Isolate(Target::One(n))
+            | Fault::PowerCut(Target::One(n))
+            | Fault::BitFlip(Target::One(n)) => vec![n],
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn a_schedule_is_a_function_of_its_seed_and_fits_the_phase() {
+        for family in [
+            Family::Kill,
+            Family::Pause,
+            Family::Partition,
+            Family::PowerCut,
+            Family::BitFlip,
+            Family::All,
+        ] {
+            for nodes in [3, 5] {
+                let steps = schedule(family, nodes, 120_000, 7);
+                assert_eq!(
+                    format!("{steps:?}"),
+                    format!("{:?}", schedule(family, nodes, 120_000, 7))
+                );
+                assert!(steps.len() >= 5, "{family:?}: {}", steps.len());
+                let total: u64 = steps.iter().map(|s| s.gap_ms + s.duration_ms).sum();
+                assert!(total <= 120_000, "{family:?}: {total} ms");
+                for s in &steps {
+                    let named = nodes_named(s.fault);
+                    assert!(named.iter().all(|n| (1..=nodes).contains(n)), "{}", s.fault);
+                    if let [a, b] = named[..] {
+                        assert_ne!(a, b, "{}", s.fault);
+                    }
+                }
+            }
+        }
+        assert_ne!(
+            format!("{:?}", schedule(Family::All, 3, 120_000, 1)),
+            format!("{:?}", schedule(Family::All, 3, 120_000, 2))
+        );
+    }
+
+    #[test]
+    fn all_draws_from_every_family() {
+        let kinds: BTreeSet<&str> = schedule(Family::All, 5, 3_600_000, 3)
+            .iter()
+            .map(|s| kind_name(s.fault))
+            .collect();
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            ["bit-flip", "kill", "partition", "pause", "power-cut"]
+        );
+    }
+}

@@ -12,6 +12,7 @@ use sluice_core::checker::{self, CheckOptions, CheckReport};
 use sluice_core::history::describe;
 use sluice_core::timeline::{self, Band, Timeline};
 
+use crate::agreement;
 use crate::cluster::{Cluster, Exited, NodeSettings};
 use crate::nemesis::{self, Family, Step};
 use crate::net::{self, Net};
@@ -26,6 +27,8 @@ const RECOVERY_MS: u64 = 10_000;
 const LIVENESS_BOUND_MS: u64 = 60_000;
 /// The final read must finish within this long.
 const FINAL_READ_BOUND_MS: u64 = 60_000;
+/// Replicas of a log have this long to end at the same offset before they are compared.
+const AGREEMENT_BOUND_MS: u64 = 15_000;
 
 /// Exit statuses, as the simulator's.
 pub const EXIT_CORRECTNESS: u8 = 1;
@@ -60,6 +63,8 @@ pub struct RunSettings {
 pub enum Verdict {
     Valid,
     Correctness(usize),
+    /// Replicas stored different batches below every replica's end (a correctness failure).
+    Disagreement(usize),
     Crash(Exited),
     Liveness(String),
     Setup(String),
@@ -70,7 +75,7 @@ impl Verdict {
     pub fn exit_code(&self) -> u8 {
         match self {
             Verdict::Valid => 0,
-            Verdict::Correctness(_) => EXIT_CORRECTNESS,
+            Verdict::Correctness(_) | Verdict::Disagreement(_) => EXIT_CORRECTNESS,
             Verdict::Liveness(_) => EXIT_LIVENESS,
             Verdict::Crash(_) => EXIT_CRASH,
             Verdict::Setup(_) => EXIT_SETUP,
@@ -326,6 +331,36 @@ fn phases(
         );
     }
     recorder.event("final read done");
+    let disks: Vec<PathBuf> = {
+        let c = cluster.lock().expect("cluster lock");
+        (1..=c.len())
+            .map(|i| c.backing_dir(i).to_path_buf())
+            .collect()
+    };
+    let mut groups: Vec<String> = workload::keys()
+        .iter()
+        .map(|k| format!("{}-{}", k.topic, k.partition))
+        .collect();
+    groups.push(agreement::METADATA_GROUP.to_string());
+    let found = agreement::compare(&groups, &disks, AGREEMENT_BOUND_MS);
+    recorder.event(format!(
+        "replica agreement: {} batches compared in {} logs, {} problems, {} logs still apart",
+        found.batches_compared,
+        groups.len(),
+        found.problems.len(),
+        found.behind.len()
+    ));
+    for (group, ends) in &found.behind {
+        recorder.event(format!(
+            "replica agreement: {group} replicas end at {ends:?}"
+        ));
+    }
+    if !found.problems.is_empty() {
+        for p in &found.problems {
+            recorder.event(format!("replica agreement: {p}"));
+        }
+        return (Verdict::Disagreement(found.problems.len()), bands);
+    }
     (Verdict::Valid, bands)
 }
 
@@ -333,6 +368,9 @@ fn verdict_line(v: &Verdict) -> String {
     match v {
         Verdict::Valid => "valid (0 anomalies)".into(),
         Verdict::Correctness(n) => format!("correctness: {n} anomalies"),
+        Verdict::Disagreement(n) => {
+            format!("correctness: replicas disagree ({n} batches differ; see the events)")
+        }
         Verdict::Crash(e) => format!("crash: node n{} exited on its own ({})", e.node, e.status),
         Verdict::Liveness(why) => format!("liveness: {why}"),
         Verdict::Setup(why) => format!("setup failed: {why}"),

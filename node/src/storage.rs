@@ -53,10 +53,8 @@ fn create_dirs_durably(dir: &Path) -> io::Result<()> {
         missing.push(d.to_path_buf());
         next = d.parent();
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    fs::create_dir_all(dir).map_err(about(dir))?;
+    // Also when nothing is missing: it refuses a file where the directory should be.
+    fs::create_dir_all(dir)?;
     for created in missing.iter().rev() {
         let parent = match created.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -87,7 +85,7 @@ impl Storage for FileStorage {
         let full = self.path(path);
         if create {
             if let Some(parent) = full.parent() {
-                create_dirs_durably(parent)?;
+                create_dirs_durably(parent).map_err(about(parent))?;
             }
         }
         let file = OpenOptions::new()
@@ -125,7 +123,8 @@ impl Storage for FileStorage {
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        create_dirs_durably(&self.path(dir))
+        let full = self.path(dir);
+        create_dirs_durably(&full).map_err(about(&full))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
