@@ -58,6 +58,11 @@ mod cli {
         consumers: u32,
         #[arg(long, default_value_t = 2)]
         subscribers: u32,
+        /// The nodes' group commit interval (`sluice serve --flush-interval-ms`): N > 0 lets
+        /// up to N ms of acknowledged-to-be writes wait for their fsync, so a power cut finds
+        /// more unsynced data (an ack before that fsync is what it must never lose).
+        #[arg(long)]
+        flush_interval_ms: Option<u64>,
         /// Only remove what a killed run with this id left behind (namespaces, mounts, nodes).
         #[arg(long)]
         clean: bool,
@@ -116,14 +121,22 @@ mod cli {
             node: NodeSettings {
                 binary: args.sluice.canonicalize().unwrap_or(args.sluice),
                 planted_bug: args.planted_bug,
-                serve_args: vec![
-                    "--election-timeout-ms".into(),
-                    "1000".into(),
-                    "--default-replication-factor".into(),
-                    "3".into(),
-                    "--group-initial-rebalance-delay-ms".into(),
-                    "0".into(),
-                ],
+                serve_args: [
+                    "--election-timeout-ms",
+                    "1000",
+                    "--default-replication-factor",
+                    "3",
+                    "--group-initial-rebalance-delay-ms",
+                    "0",
+                ]
+                .into_iter()
+                .map(String::from)
+                .chain(
+                    args.flush_interval_ms
+                        .into_iter()
+                        .flat_map(|ms| ["--flush-interval-ms".to_string(), ms.to_string()]),
+                )
+                .collect(),
             },
             producers: args.producers,
             consumers: args.consumers,

@@ -94,6 +94,14 @@ pub fn replay_command(s: &RunSettings) -> String {
         s.seed,
         s.phase_ms / 1000
     );
+    if let Some(w) = s
+        .node
+        .serve_args
+        .windows(2)
+        .find(|w| w[0] == "--flush-interval-ms")
+    {
+        let _ = write!(c, " --flush-interval-ms {}", w[1]);
+    }
     if let Some(bug) = &s.node.planted_bug {
         let _ = write!(c, " --planted-bug {bug}");
     }
