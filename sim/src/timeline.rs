@@ -43,6 +43,10 @@ pub fn render(run: &RunOutcome, replay: &str) -> String {
 /// `ZOMBIE_PROCESS_BASE`.
 fn label(process: u32, clients: u32) -> String {
     match process.checked_sub(clients) {
+        _ if process == crate::configs::FINAL_CONFIG_PROCESS => "final configs".to_string(),
+        _ if process >= crate::configs::CONFIG_PROCESS_BASE => {
+            format!("config {}", process - crate::configs::CONFIG_PROCESS_BASE)
+        }
         _ if process >= crate::pipeline::ZOMBIE_PROCESS_BASE => {
             let zombie = process - crate::pipeline::ZOMBIE_PROCESS_BASE;
             format!("zombie {}.{}", zombie / 100, zombie % 100)
