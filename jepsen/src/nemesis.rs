@@ -6,7 +6,8 @@
 //! `partition` (nftables: isolate a node, majority/minority, one-way, bridge, isolate a
 //! partition's leader), `power-cut` (kill -9, drop every write the node did not fsync, restart;
 //! one node or all at once), `bit-flip` (one replica: a bit of synced data of a partition's
-//! log flipped while it is down), and `all` (each fault drawn from every family).
+//! log flipped while it is down), `all` (each fault drawn from every family above), and
+//! `fail-fsync` (every fsync on the target nodes' file systems fails with EIO for a while).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,11 +33,21 @@ pub enum Family {
     PowerCut,
     BitFlip,
     All,
+    /// Not drawn by `all`, whose draws (and so its schedules per seed) stay as they were.
+    FailFsync,
 }
 
 impl Family {
-    pub const NAMES: [&'static str; 6] =
-        ["kill", "pause", "partition", "power-cut", "bit-flip", "all"];
+    /// In declaration order (`Family as usize` indexes it).
+    pub const NAMES: [&'static str; 7] = [
+        "kill",
+        "pause",
+        "partition",
+        "power-cut",
+        "bit-flip",
+        "all",
+        "fail-fsync",
+    ];
 
     pub fn from_name(name: &str) -> Option<Family> {
         Some(match name {
@@ -46,6 +57,7 @@ impl Family {
             "power-cut" => Family::PowerCut,
             "bit-flip" => Family::BitFlip,
             "all" => Family::All,
+            "fail-fsync" => Family::FailFsync,
             _ => return None,
         })
     }
@@ -76,6 +88,8 @@ pub enum Fault {
     Bridge(usize, usize),
     PowerCut(Target),
     BitFlip(Target),
+    /// Every fsync on the target's file systems fails with EIO (the data stays unsynced).
+    FailFsync(Target),
 }
 
 impl fmt::Display for Target {
@@ -99,6 +113,7 @@ impl fmt::Display for Fault {
             Fault::Bridge(a, b) => write!(f, "bridge: n{a} x n{b}"),
             Fault::PowerCut(t) => write!(f, "power cut {t}"),
             Fault::BitFlip(t) => write!(f, "bit flip on {t}"),
+            Fault::FailFsync(t) => write!(f, "failing fsyncs on {t}"),
         }
     }
 }
@@ -167,6 +182,10 @@ pub fn schedule(family: Family, nodes: usize, phase_ms: u64, seed: u64) -> Vec<S
             Family::BitFlip => (
                 Fault::BitFlip(Target::One(node(&mut rng))),
                 rng.between(500, 3_000),
+            ),
+            Family::FailFsync => (
+                Fault::FailFsync(target(&mut rng)),
+                rng.between(1_000, 6_000),
             ),
             Family::All => unreachable!("drawn above"),
         };
@@ -250,7 +269,8 @@ pub fn run(
                 | Fault::Pause(t)
                 | Fault::Isolate(t)
                 | Fault::PowerCut(t)
-                | Fault::BitFlip(t) => resolve(t, &c, &metadata),
+                | Fault::BitFlip(t)
+                | Fault::FailFsync(t) => resolve(t, &c, &metadata),
                 Fault::OneWay(a, b) | Fault::Bridge(a, b) => vec![a, b],
             }
         };
@@ -279,6 +299,7 @@ fn kind_name(fault: Fault) -> &'static str {
         Fault::Isolate(_) | Fault::OneWay(..) | Fault::Bridge(..) => "partition",
         Fault::PowerCut(_) => "power-cut",
         Fault::BitFlip(_) => "bit-flip",
+        Fault::FailFsync(_) => "fail-fsync",
     }
 }
 
@@ -345,6 +366,12 @@ fn apply(fault: Fault, nodes: &[usize], cluster: &Arc<Mutex<Cluster>>, rng: &mut
             }
             format!("power cut: {}", parts.join("; "))
         }
+        Fault::FailFsync(_) => {
+            for &n in nodes {
+                c.fs(n).set_fail_fsync(true);
+            }
+            format!("fsyncs fail on {}", names(nodes))
+        }
         Fault::BitFlip(_) => {
             let mut parts = Vec::new();
             for &n in nodes {
@@ -397,6 +424,12 @@ fn heal(fault: Fault, nodes: &[usize], cluster: &Arc<Mutex<Cluster>>) -> String 
             }
             format!("resumed {}", names(nodes))
         }
+        Fault::FailFsync(_) => {
+            for &n in nodes {
+                c.fs(n).set_fail_fsync(false);
+            }
+            format!("fsyncs work again on {}", names(nodes))
+        }
         Fault::Isolate(_) | Fault::OneWay(..) | Fault::Bridge(..) => match c.net().heal() {
             Ok(()) => "network healed".into(),
             Err(e) => format!("heal failed: {e}"),
@@ -424,7 +457,8 @@ mod tests {
             | Fault::Pause(Target::One(n))
             | Fault::Isolate(Target::One(n))
             | Fault::PowerCut(Target::One(n))
-            | Fault::BitFlip(Target::One(n)) => vec![n],
+            | Fault::BitFlip(Target::One(n))
+            | Fault::FailFsync(Target::One(n)) => vec![n],
             _ => vec![],
         }
     }
@@ -438,6 +472,7 @@ mod tests {
             Family::PowerCut,
             Family::BitFlip,
             Family::All,
+            Family::FailFsync,
         ] {
             for nodes in [3, 5] {
                 let steps = schedule(family, nodes, 120_000, 7);
