@@ -37,8 +37,6 @@ struct Node {
     backing: PathBuf,
     fs: Option<Mounted>,
     log_path: PathBuf,
-    /// Starts so far (the first one included).
-    starts: u32,
 }
 
 /// What [`Cluster::check_alive`] found: a node whose process ended without being killed.
@@ -92,7 +90,6 @@ impl Cluster {
                 backing,
                 fs: Some(fs),
                 log_path: root.join("sluice.log"),
-                starts: 0,
             });
         }
         for i in 1..=nodes {
@@ -130,10 +127,6 @@ impl Cluster {
 
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i - 1].child.is_some()
-    }
-
-    pub fn is_paused(&self, i: usize) -> bool {
-        self.nodes[i - 1].paused
     }
 
     pub fn pid(&self, i: usize) -> Option<u32> {
@@ -187,7 +180,6 @@ impl Cluster {
         let node = self.node(i);
         node.child = Some(child);
         node.paused = false;
-        node.starts += 1;
         Ok(())
     }
 
@@ -263,14 +255,6 @@ impl Cluster {
             }
         }
         Ok(())
-    }
-
-    pub fn starts(&self, i: usize) -> u32 {
-        self.nodes[i - 1].starts
-    }
-
-    pub fn data_dir(&self, i: usize) -> &Path {
-        &self.nodes[i - 1].data_dir
     }
 
     /// What node `i`'s disk holds: read it to see what the node stored.

@@ -49,6 +49,10 @@ impl Family {
         "fail-fsync",
     ];
 
+    pub fn name(self) -> &'static str {
+        Family::NAMES[self as usize]
+    }
+
     pub fn from_name(name: &str) -> Option<Family> {
         Some(match name {
             "kill" => Family::Kill,

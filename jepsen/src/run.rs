@@ -89,7 +89,7 @@ impl Verdict {
 pub fn replay_command(s: &RunSettings) -> String {
     let mut c = format!(
         "scripts/jepsen --nemesis {} --nodes {} --seed {} --time-limit {}",
-        Family::NAMES[s.family as usize],
+        s.family.name(),
         s.nodes,
         s.seed,
         s.phase_ms / 1000
@@ -166,7 +166,7 @@ pub fn run(settings: &RunSettings) -> Verdict {
         "run {}: {} nodes, nemesis {}, seed {}, fault phase {} s, {} faults scheduled",
         settings.id,
         settings.nodes,
-        Family::NAMES[settings.family as usize],
+        settings.family.name(),
         settings.seed,
         settings.phase_ms / 1000,
         steps.len()
@@ -236,9 +236,11 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Sleeps `ms` while watching for crashed nodes and interruptions.
+/// Sleeps `ms` while watching for crashed nodes and interruptions; rewrites the pid file when
+/// the nemesis restarted a node.
 fn watch(cluster: &Arc<Mutex<Cluster>>, out: &Path, ms: u64) -> Result<(), Verdict> {
     let deadline = Instant::now() + Duration::from_millis(ms);
+    let mut written = None;
     while Instant::now() < deadline {
         if INTERRUPTED.load(Ordering::Relaxed) {
             return Err(Verdict::Interrupted);
@@ -248,7 +250,11 @@ fn watch(cluster: &Arc<Mutex<Cluster>>, out: &Path, ms: u64) -> Result<(), Verdi
             if let Some(exited) = c.check_alive() {
                 return Err(Verdict::Crash(exited));
             }
-            write_pids(out, &c);
+            let pids: Vec<Option<u32>> = (1..=c.len()).map(|i| c.pid(i)).collect();
+            if written.as_ref() != Some(&pids) {
+                write_pids(out, &c);
+                written = Some(pids);
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -490,7 +496,7 @@ fn report(
     let summary = format!(
         "{} nodes, nemesis {}, seed {}, {} operations",
         settings.nodes,
-        Family::NAMES[settings.family as usize],
+        settings.family.name(),
         settings.seed,
         history.len()
     );

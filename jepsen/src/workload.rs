@@ -346,11 +346,14 @@ pub fn run_consumer(process: u32, settings: &Settings, recorder: &Recorder, stop
     }
 }
 
-/// Whether a librdkafka log line says the consumer moved its position on its own (an offset
-/// reset, a detected truncation): what a reader of a poll anomaly needs to see next to it.
-fn position_moved(message: &str) -> bool {
+/// Passes a librdkafka log line to the run's events if it says the consumer moved its
+/// position on its own (an offset reset, a detected truncation): what a reader of a poll
+/// anomaly needs to see next to it.
+fn forward_log(process: u32, recorder: &Recorder, fac: &str, message: &str) {
     let m = message.to_ascii_lowercase();
-    m.contains("reset") || m.contains("truncat") || m.contains("out of range")
+    if m.contains("reset") || m.contains("truncat") || m.contains("out of range") {
+        recorder.event(format!("process {process}: librdkafka {fac}: {message}"));
+    }
 }
 
 /// An assign-mode consumer's context: passes librdkafka's lines about offset resets to the
@@ -362,12 +365,7 @@ struct ClientLog {
 
 impl ClientContext for ClientLog {
     fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        if position_moved(message) {
-            self.recorder.event(format!(
-                "process {}: librdkafka {fac}: {message}",
-                self.process
-            ));
-        }
+        forward_log(self.process, &self.recorder, fac, message);
     }
 }
 
@@ -381,12 +379,7 @@ struct Rebalances {
 
 impl ClientContext for Rebalances {
     fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        if position_moved(message) {
-            self.recorder.event(format!(
-                "process {}: librdkafka {fac}: {message}",
-                self.process
-            ));
-        }
+        forward_log(self.process, &self.recorder, fac, message);
     }
 }
 
