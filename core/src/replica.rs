@@ -32,13 +32,15 @@
 //! and counted ([`Replica::appends_refused`]): a peer can never make the log refuse what Raft
 //! accepted.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::batch::{self, CONTROL_TYPE_LEADER_EPOCH_START, CONTROL_TYPE_MEMBERSHIP};
 use crate::log::{
-    AppendError, LogOp, PartitionLog, ProduceCheck, SegmentReader, StoredBatch, SyncRequest,
+    AppendError, LogOp, PartitionLog, ProduceCheck, ReadError, SegmentReader, StoredBatch,
+    SyncRequest,
 };
 use crate::planted::Bug;
 use crate::raft::{
@@ -131,6 +133,16 @@ pub struct Replica {
     reset_to: Option<u64>,
     /// Segment ages (rolling by `segment.ms`) use this.
     now_ms: u64,
+    /// A batch Raft asked for failed its checks on reading (see [`Replica::take_read_damage`]).
+    read_damage: Option<ReadDamage>,
+}
+
+/// A stored batch that failed its checks when it was read back: its log offset (where the read
+/// started) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadDamage {
+    pub offset: u64,
+    pub why: String,
 }
 
 impl Replica {
@@ -191,6 +203,7 @@ impl Replica {
             messages: VecDeque::new(),
             committed: Vec::new(),
             reset_to: None,
+            read_damage: None,
             now_ms,
         };
         replica.log.set_high_watermark(replica.raft.commit_index());
@@ -484,6 +497,13 @@ impl Replica {
         self.hard_state_in_flight
     }
 
+    /// Damage a read of Raft's entries found since the last call: a synced batch that fails its
+    /// checks. Raft gets nothing for it and asks again and again (a lagging follower would wait
+    /// forever), so the host reopens the log to cut the damage and repair it from peers.
+    pub fn take_read_damage(&mut self) -> Option<ReadDamage> {
+        self.read_damage.take()
+    }
+
     // ---- State -----------------------------------------------------------------------------
 
     pub fn raft(&self) -> &Raft {
@@ -561,8 +581,12 @@ impl Replica {
                 let source = LogSource {
                     log: &self.log,
                     reader,
+                    damage: RefCell::new(None),
                 };
                 let ready = self.raft.ready(&source);
+                if let Some(damage) = source.damage.into_inner() {
+                    self.read_damage.get_or_insert(damage);
+                }
                 // Raft stays ready while committed entries wait to be read back, but the log
                 // only serves synced data: a restarted replica whose recovered tail is not yet
                 // synced again (or a failed read) gets nothing until the next sync. Without
@@ -735,6 +759,8 @@ fn entry_bytes(entry: &Entry, kafka_offset: u64) -> Bytes {
 struct LogSource<'a, R> {
     log: &'a PartitionLog,
     reader: &'a R,
+    /// The first damaged batch a read met.
+    damage: RefCell<Option<ReadDamage>>,
 }
 
 impl<R: SegmentReader> EntrySource for LogSource<'_, R> {
@@ -746,8 +772,16 @@ impl<R: SegmentReader> EntrySource for LogSource<'_, R> {
             return;
         };
         // Returning fewer entries (none, after an I/O error) is allowed: Raft asks again.
-        if cursor.run(self.reader).is_err() {
-            return;
+        match cursor.run(self.reader) {
+            Ok(()) => {}
+            Err(ReadError::Corrupt(why)) => {
+                self.damage.borrow_mut().get_or_insert(ReadDamage {
+                    offset: lo - 1,
+                    why,
+                });
+                return;
+            }
+            Err(_) => return,
         }
         for mut batch in cursor.into_batches() {
             if batch.base_offset + 1 < lo {

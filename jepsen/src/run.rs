@@ -416,10 +416,13 @@ fn report(
     let verdict = match verdict {
         // Anomalies outrank the rest: a wrong answer is the worst finding.
         v @ (Verdict::Valid | Verdict::Crash(_) | Verdict::Liveness(_)) if anomalies > 0 => {
-            eprintln!(
-                "{anomalies} anomalies; the run itself ended {}",
-                verdict_line(&v)
-            );
+            match v {
+                Verdict::Valid => eprintln!("{anomalies} anomalies in the history"),
+                _ => eprintln!(
+                    "{anomalies} anomalies in the history; besides, {}",
+                    verdict_line(&v)
+                ),
+            }
             Verdict::Correctness(anomalies)
         }
         v => v,

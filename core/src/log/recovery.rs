@@ -134,6 +134,39 @@ impl Checkpoint {
             log_start,
         })
     }
+
+    /// A checkpoint that vouches for nothing: the next recovery scans and replays every segment
+    /// from `log_start` (the first one). It keeps only what no scan can find again, the count of
+    /// Raft's own entries below `log_start`; retention deletes nothing while it stands.
+    pub fn vouching_for_nothing(log_start: u64, internal_below: u64) -> Checkpoint {
+        Checkpoint {
+            recovery_point: 0,
+            producers: ProducerStateTable::new(),
+            epochs: LeaderEpochCache::new(),
+            offsets: OffsetTranslator::with_base(log_start, internal_below),
+            // The log start comes back from the log-start entries recovery replays (those below
+            // `log_start` went with their segments).
+            log_start: 0,
+        }
+    }
+
+    /// This checkpoint, made to vouch for nothing ([`Checkpoint::vouching_for_nothing`]) for a
+    /// log whose first segment starts at `first_segment`: what a recovery must start from when a
+    /// read found damage the checkpoint's promise hid (a batch below the recovery point that
+    /// fails its checks). `None` when it already vouches for nothing, or cannot say how many of
+    /// Raft's entries lie below `first_segment`.
+    pub fn distrusted(&self, first_segment: u64) -> Option<Checkpoint> {
+        if self.recovery_point == 0
+            || first_segment < self.offsets.start()
+            || first_segment > self.recovery_point
+        {
+            return None;
+        }
+        Some(Checkpoint::vouching_for_nothing(
+            first_segment,
+            self.offsets.internal_below(first_segment),
+        ))
+    }
 }
 
 /// A read recovery needs.
@@ -763,18 +796,8 @@ impl Recovery {
             self.recovery_point = 0;
             // It keeps the count of Raft's entries below the log start: the next recovery
             // replays everything from there, and retention deletes nothing while it stands.
-            let empty = Checkpoint {
-                recovery_point: 0,
-                producers: ProducerStateTable::new(),
-                epochs: LeaderEpochCache::new(),
-                offsets: OffsetTranslator::with_base(
-                    log_start,
-                    self.offsets.internal_below(log_start),
-                ),
-                // Vouches for nothing: the log start comes back from the entries a later
-                // recovery replays (those below the log start are lost with this checkpoint).
-                log_start: 0,
-            };
+            let empty =
+                Checkpoint::vouching_for_nothing(log_start, self.offsets.internal_below(log_start));
             ops.push(LogOp::WriteCheckpoint {
                 bytes: empty.encode(),
             });

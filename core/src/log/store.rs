@@ -11,14 +11,15 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::recovery::{CHECKPOINT_FILE, CHECKPOINT_TMP_FILE};
+use super::recovery::{Checkpoint, CHECKPOINT_FILE, CHECKPOINT_TMP_FILE};
+use super::segment::parse_log_file_name;
 use super::{
     index_file_name, log_file_name, time_index_file_name, CleanError, CleanReport, CleanStep,
     LogConfig, LogOp, PartitionLog, ReadCursor, ReadError, ReadIo, Recovery, RecoveryIo,
     SegmentReader, SyncRequest,
 };
 use crate::limits::CLEANER_IO_BYTES;
-use crate::storage::{read_all, Storage, StorageFile};
+use crate::storage::{read_all, replace_durably, Storage, StorageFile};
 
 /// Open segment files of one partition.
 #[derive(Debug)]
@@ -136,6 +137,39 @@ impl<S: Storage> LogStore<S> {
         config: LogConfig,
     ) -> io::Result<(PartitionLog, LogStore<S>)> {
         LogStore::open_bounded(storage, dir, config, None, 0, |_| Ok(()))
+    }
+
+    /// Before a recovery: makes the checkpoint in `dir` vouch for nothing
+    /// ([`Checkpoint::distrusted`]), durably, so that this recovery, and every one after it
+    /// until a group commit writes a fresh checkpoint, scans and replays every segment and cuts
+    /// at the first damaged batch. For a log a read found damaged below its recovery point,
+    /// which recovery otherwise trusts unread. Returns whether there was a checkpoint to
+    /// distrust (a missing or damaged one means a full scan anyway).
+    pub fn distrust_checkpoint(storage: &S, dir: &Path) -> io::Result<bool> {
+        let path = dir.join(CHECKPOINT_FILE);
+        if !storage.exists(&path) {
+            return Ok(false);
+        }
+        let bytes = read_all(&storage.open(&path, false)?)?;
+        let Some(checkpoint) = Checkpoint::decode(&bytes) else {
+            return Ok(false);
+        };
+        let first_segment = storage
+            .list(dir)?
+            .iter()
+            .filter_map(|name| parse_log_file_name(name))
+            .filter(|base| *base >= checkpoint.offsets.start())
+            .min();
+        let Some(distrusted) = first_segment.and_then(|first| checkpoint.distrusted(first)) else {
+            return Ok(false);
+        };
+        replace_durably(
+            storage,
+            &dir.join(CHECKPOINT_TMP_FILE),
+            &path,
+            &distrusted.encode(),
+        )?;
+        Ok(true)
     }
 
     /// [`LogStore::open`] for a Raft replica: a batch whose leader epoch is above `epoch_max`

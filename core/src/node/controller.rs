@@ -162,6 +162,7 @@ impl Node {
             config,
             cut,
             topic_id: None,
+            rescan: false,
         }));
     }
 

@@ -74,6 +74,10 @@ pub enum StorageOp {
         /// directory another topic of the same name left behind (deleted while this node did
         /// not see it) is emptied first, as Kafka's `partition.metadata` tells them apart.
         topic_id: Option<TopicId>,
+        /// A read found a damaged batch the checkpoint vouched for: recovery distrusts the
+        /// checkpoint ([`LogStore::distrust_checkpoint`]) and scans every segment, so the damage
+        /// is cut and the replica repaired from its peers like damage recovery finds itself.
+        rescan: bool,
     },
     /// One of the log's [`LogOp`]s. With `report: Some(seq)`, [`StorageDone::Written`] echoes
     /// `seq` once it (and everything before it) reached the OS.
@@ -216,6 +220,7 @@ enum Work<S: Storage> {
         config: LogConfig,
         cut: Vec<LogOp>,
         topic_id: Option<TopicId>,
+        rescan: bool,
     },
     Sync(SyncJob<S>),
     /// A [`LogOp::SyncCut`] barrier.
@@ -271,7 +276,8 @@ impl<S: Storage> Job<S> {
                 config,
                 cut,
                 topic_id,
-            } => Outcome::Opened(open(storage, dir, config, cut, topic_id)),
+                rescan,
+            } => Outcome::Opened(open(storage, dir, config, cut, topic_id, rescan)),
             Work::Sync(job) => Outcome::Synced(text(job.run())),
             Work::Cut(job) => Outcome::Cut(text(job.run())),
             Work::HardState {
@@ -308,13 +314,16 @@ impl<S: Storage> std::fmt::Debug for Job<S> {
 
 /// Carries out a failed predecessor's cut (best effort: its storage may still fail) and makes it
 /// durable, then recovers the log and loads its hard state, bounded by the stored term: no batch
-/// can be of a term the replica never durably adopted, so a higher epoch is damage.
+/// can be of a term the replica never durably adopted, so a higher epoch is damage. With
+/// `rescan`, the recovery scans every segment, not only those from the checkpoint's recovery
+/// point.
 fn open<S: Storage>(
     storage: S,
     dir: PathBuf,
     config: LogConfig,
     cut: Vec<LogOp>,
     topic_id: Option<TopicId>,
+    rescan: bool,
 ) -> Result<(OpenedLog, LogStore<S>), OpenFailure> {
     let context = |e: io::Error| OpenFailure {
         message: format!("{}: {e}", dir.display()),
@@ -353,6 +362,12 @@ fn open<S: Storage>(
             old.apply(op).map_err(context)?;
         }
         storage.sync_dir(&dir).map_err(context)?;
+    }
+    if rescan && LogStore::distrust_checkpoint(&storage, &dir).map_err(context)? {
+        repairs.push(
+            "a read found damage below the checkpoint's recovery point: every segment is scanned"
+                .to_string(),
+        );
     }
     let (log, store) = LogStore::open_bounded(
         storage.clone(),
@@ -506,6 +521,7 @@ impl<S: Storage> Disk<S> {
             config,
             cut,
             topic_id,
+            rescan,
             ..
         } = op
         {
@@ -518,6 +534,7 @@ impl<S: Storage> Disk<S> {
                     config,
                     cut,
                     topic_id,
+                    rescan,
                 });
                 return;
             }
@@ -530,6 +547,7 @@ impl<S: Storage> Disk<S> {
                     config,
                     cut,
                     topic_id,
+                    rescan,
                 },
             });
             return;

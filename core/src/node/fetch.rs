@@ -119,6 +119,13 @@ impl Node {
                                     Err(e) => {
                                         if let ReadError::Corrupt(why) = &e {
                                             tracing::error!(%tp, offset = p.fetch_offset, "refusing to serve a damaged batch: {why}");
+                                            self.read_damage.borrow_mut().push((
+                                                tp.clone(),
+                                                crate::replica::ReadDamage {
+                                                    offset: from,
+                                                    why: why.clone(),
+                                                },
+                                            ));
                                         }
                                         if matches!(e, ReadError::OffsetOutOfRange { .. }) {
                                             tracing::info!(%tp, offset = p.fetch_offset, log_end = log.kafka_log_end_offset(), high_watermark = log.kafka_high_watermark(), "fetch past the log end: OFFSET_OUT_OF_RANGE");

@@ -213,6 +213,9 @@ pub struct Node {
     dirty: BTreeSet<TopicPartition>,
     /// Controller requests decided where no storage reader was at hand, sent after the input.
     pending_controller_calls: Vec<ControllerRequest>,
+    /// Damaged batches reads met during this input (reads borrow the node immutably), handled
+    /// at its end ([`Node::on_read_damage`]).
+    read_damage: std::cell::RefCell<Vec<(TopicPartition, crate::replica::ReadDamage)>>,
 }
 
 impl Node {
@@ -260,6 +263,7 @@ impl Node {
             peer_messages_dropped: 0,
             dirty: BTreeSet::new(),
             pending_controller_calls: Vec::new(),
+            read_damage: Default::default(),
         };
         node.open_metadata(Vec::new());
         Ok(node)
@@ -499,6 +503,9 @@ impl Node {
         self.answer_produce_waiters();
         self.answer_fetch_waiters(disk);
         self.expire_admin_waiters();
+        for (tp, damage) in self.read_damage.take() {
+            self.on_read_damage(&tp, damage);
+        }
     }
 
     fn next_log_id(&mut self) -> LogId {

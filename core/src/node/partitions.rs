@@ -13,7 +13,7 @@ use super::{GroupId, Leadership, Node, Output, PeerMessage, TopicPartition, View
 use crate::log::{CleanStep, LogConfig, LogOp, PartitionLog};
 use crate::metadata::{MetadataQuorum, Outcome, QuorumOutput, Ticket};
 use crate::raft::{Membership, RaftConfig};
-use crate::replica::{Replica, ReplicaOutput, ReplicaSync};
+use crate::replica::{ReadDamage, Replica, ReplicaOutput, ReplicaSync};
 use crate::time::Instant;
 use crate::ErrorCode;
 
@@ -84,7 +84,15 @@ pub(super) struct LogSlot<M> {
     /// The topic the directory belongs to (`None` for the metadata log).
     topic_id: Option<crate::metadata::TopicId>,
     state: State<M>,
+    /// When a read's damage last reopened the log with a rescan (see
+    /// [`RESCAN_BACKOFF_MS`]).
+    last_rescan: Option<Instant>,
 }
+
+/// At most one reopen with a rescan per log in this long: a read that keeps failing on damage
+/// the rescan does not find (it checks what reads check, so this is a guard, not a plan) costs a
+/// full scan of the log now and then, not one per fetch.
+pub(super) const RESCAN_BACKOFF_MS: u64 = 10_000;
 
 enum State<M> {
     Opening,
@@ -93,6 +101,8 @@ enum State<M> {
     Failed {
         cut: Vec<LogOp>,
         owed: Owed,
+        /// The reopen distrusts the checkpoint and scans every segment (a read found damage).
+        rescan: bool,
     },
     Offline,
 }
@@ -155,6 +165,7 @@ impl<M: Machine> LogSlot<M> {
             group,
             topic_id: Some(topic_id),
             state: State::Opening,
+            last_rescan: None,
         }
     }
 
@@ -306,6 +317,7 @@ impl Node {
             config: log_config,
             cut: Vec::new(),
             topic_id: Some(topic_id),
+            rescan: false,
         }));
         self.log_owners.insert(log, Owner::Partition(tp.clone()));
         self.group_of.insert(group, tp.clone());
@@ -498,6 +510,42 @@ impl Node {
         self.maybe_reopen_partition(tp);
     }
 
+    /// A read of `tp`'s log met a synced batch that fails its checks. Such damage lies below
+    /// the checkpoint's recovery point (recovery scans everything above it) or came after the
+    /// open; it is never served, but nothing else would repair it: a lagging follower would wait
+    /// forever for the entries, and clients get KAFKA_STORAGE_ERROR. A replica with peers is
+    /// reopened with a rescan ([`LogStore::distrust_checkpoint`](crate::log::LogStore)):
+    /// recovery cuts the log at the damage and puts the replica in repair mode, as for damage it
+    /// finds itself, and the leader (another replica, if this one led) brings it back. A group of
+    /// one has nobody to repair from and keeps its log as it is.
+    pub(super) fn on_read_damage(&mut self, tp: &TopicPartition, damage: ReadDamage) {
+        let now = self.now.instant;
+        let Some(slot) = self.partitions.get_mut(tp) else {
+            return;
+        };
+        if slot.replica().is_none() {
+            return;
+        }
+        if slot.voters.len() < 2 {
+            tracing::error!(%tp, offset = damage.offset, "a stored batch is damaged: {}; no other replica to repair it from", damage.why);
+            return;
+        }
+        if slot
+            .last_rescan
+            .is_some_and(|at| now < at.plus_millis(RESCAN_BACKOFF_MS))
+        {
+            return;
+        }
+        tracing::error!(%tp, offset = damage.offset, "a stored batch is damaged: {}; reopening the partition to cut the damage and repair it from the other replicas", damage.why);
+        slot.last_rescan = Some(now);
+        fail_slot(slot);
+        if let State::Failed { rescan, .. } = &mut slot.state {
+            *rescan = true;
+        }
+        self.fail_produce_waiters(tp, ErrorCode::KafkaStorageError);
+        self.maybe_reopen_partition(tp);
+    }
+
     /// A tick for a partition whose opening failed: counts down to the next attempt.
     pub(super) fn tick_failed_partition(&mut self, tp: &TopicPartition) {
         let Some(slot) = self.partitions.get_mut(tp) else {
@@ -539,6 +587,9 @@ impl Node {
         let (log, group) = (slot.log, slot.group);
         let h = slot.hosted_mut()?;
         let drained = drain(h, log, group, &mut self.outputs);
+        if let Some(damage) = h.machine.take_read_damage() {
+            self.read_damage.get_mut().push((tp.clone(), damage));
+        }
         if let Some(offset) = drained.reset {
             // A snapshot install: the leader's log starts past our end. Restarting a log at an
             // offset is not built yet; the replica stays behind and says so.
@@ -799,7 +850,11 @@ pub(super) fn fail_slot<M: Machine>(slot: &mut LogSlot<M>) -> Option<Box<Hosted<
                 swap: h.swap.is_some(),
                 retry_ticks: 0,
             };
-            slot.state = State::Failed { cut, owed };
+            slot.state = State::Failed {
+                cut,
+                owed,
+                rescan: false,
+            };
             Some(h)
         }
         other => {
@@ -811,13 +866,14 @@ pub(super) fn fail_slot<M: Machine>(slot: &mut LogSlot<M>) -> Option<Box<Hosted<
 
 /// Whether the slot's reopen is due (failed, nothing owed), with the cut to carry out.
 pub(super) fn take_reopen<M>(slot: &mut LogSlot<M>, new_log: LogId) -> Option<StorageOp> {
-    let State::Failed { cut, owed } = &mut slot.state else {
+    let State::Failed { cut, owed, rescan } = &mut slot.state else {
         return None;
     };
     if *owed != Owed::default() {
         return None;
     }
     let cut = std::mem::take(cut);
+    let rescan = *rescan;
     slot.log = new_log;
     slot.state = State::Opening;
     Some(StorageOp::Open {
@@ -826,6 +882,7 @@ pub(super) fn take_reopen<M>(slot: &mut LogSlot<M>, new_log: LogId) -> Option<St
         config: slot.config.clone(),
         cut,
         topic_id: slot.topic_id,
+        rescan,
     })
 }
 
@@ -840,6 +897,7 @@ impl<M> LogSlot<M> {
             group: GroupId::Metadata,
             topic_id: None,
             state: State::Opening,
+            last_rescan: None,
         }
     }
 
@@ -868,6 +926,7 @@ impl<M> LogSlot<M> {
                 retry_ticks: OPEN_RETRY_TICKS,
                 ..Owed::default()
             },
+            rescan: false,
         };
     }
 

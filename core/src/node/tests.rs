@@ -1317,6 +1317,7 @@ fn a_deleted_log_directory_is_not_brought_back_by_a_job_still_running() {
             config: LogConfig::default(),
             cut: Vec::new(),
             topic_id: None,
+            rescan: false,
         },
         &mut done,
         &mut jobs,
@@ -3352,6 +3353,7 @@ fn opening_a_log_makes_the_recovered_tail_durable_and_a_failed_open_is_retryable
                 config: LogConfig::default(),
                 cut: Vec::new(),
                 topic_id: None,
+                rescan: false,
             },
             &mut done,
             &mut jobs,
@@ -3424,6 +3426,7 @@ fn review_damage_found_while_carrying_out_a_failure_cut_puts_the_replica_in_repa
                 config: LogConfig::default(),
                 cut,
                 topic_id: None,
+                rescan: false,
             },
             &mut done,
             &mut jobs,
@@ -3474,4 +3477,153 @@ fn review_damage_found_while_carrying_out_a_failure_cut_puts_the_replica_in_repa
         repair.is_some(),
         "synced batches 3..9 were cut by the failure cut's recovery, without repair mode"
     );
+}
+
+/// Jepsen finding (`scripts/jepsen --nemesis bit-flip --seed 2`): a bit flipped in a sealed
+/// segment below a replica's recovery point, which recovery trusts unread, was never served but
+/// never repaired either: the leader could not read the batch for a lagging follower, which
+/// waited for it forever, and clients got KAFKA_STORAGE_ERROR. Now the first read that meets the
+/// damage reopens the replica with a rescan: recovery cuts the log at the damaged batch, the
+/// replica goes into repair mode, and the leader (another replica, since this one led) brings
+/// it back. Every replica then holds every acknowledged record again.
+#[test]
+fn damage_below_the_recovery_point_found_by_a_client_read_is_cut_and_repaired_from_the_peers() {
+    damaged_leader_is_repaired(false);
+}
+
+/// The same damage met by Raft: the leader reads the damaged batch for a follower that lagged
+/// behind it (the jepsen run's case).
+#[test]
+fn damage_below_the_recovery_point_found_by_a_replication_read_is_cut_and_repaired() {
+    damaged_leader_is_repaired(true);
+}
+
+fn damaged_leader_is_repaired(follower_lags: bool) {
+    use crate::log::{log_file_name, Checkpoint, CHECKPOINT_FILE};
+    use crate::storage::{read_all as read_file, Storage};
+    let mut c = Cluster::with(3, 11, |config| {
+        config.topic_defaults.log.segment_bytes_max = 1024;
+    });
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let leader = c.leader_of("t", 0).expect("a leader");
+    let lagging = (leader + 1) % 3;
+    if follower_lags {
+        c.cut.push((leader as u64, lagging as u64));
+        c.cut.push((lagging as u64, leader as u64));
+    }
+    let wall = c.now.wall_ms as i64;
+    let mut want = Vec::new();
+    for i in 0..30 {
+        // A lagging follower's entries must come from the disk, not the leader's entry cache
+        // (RAFT_ENTRY_CACHE_BYTES_MAX_DEFAULT, 256 KiB): 30 values of 12 KB overflow it.
+        let pad = if follower_lags { 12_000 } else { 80 };
+        let value = format!("value {i:03} {}", "x".repeat(pad));
+        let p = produced(c.call(
+            leader,
+            produce("t", 0, -1, records(&[value.as_bytes()], wall)),
+        ));
+        assert_eq!(p.error, ErrorCode::None);
+        want.push(value.into_bytes());
+    }
+    c.advance(500);
+    let tp = TopicPartition::new("t", 0);
+    let dir = tp.dir();
+    let storage = c.storages[leader].clone();
+    let checkpoint = read_file(&storage.open(&dir.join(CHECKPOINT_FILE), false).unwrap())
+        .ok()
+        .and_then(|b| Checkpoint::decode(&b))
+        .expect("a checkpoint");
+    assert!(
+        checkpoint.recovery_point > 0,
+        "the first segment lies below the recovery point"
+    );
+    // A bit in the records of the first data batch (inside its CRC), in a segment the
+    // checkpoint vouches for.
+    let (segment, at) = storage
+        .list(&dir)
+        .unwrap()
+        .iter()
+        .filter_map(|name| crate::log::parse_log_file_name(name))
+        .filter(|base| *base < checkpoint.recovery_point)
+        .find_map(|base| {
+            let segment = dir.join(log_file_name(base));
+            let bytes = read_file(&storage.open(&segment, false).unwrap()).unwrap();
+            let at = bytes.windows(9).position(|w| w == b"value 000")?;
+            Some((segment, at))
+        })
+        .expect("the first record below the recovery point");
+    assert!(storage.flip_bit(&segment, (at as u64 + 2) * 8));
+    if follower_lags {
+        c.cut.clear();
+    } else {
+        let first = fetched(c.call(leader, fetch("t", 0, 0)));
+        assert_eq!(
+            first.error,
+            ErrorCode::KafkaStorageError,
+            "the damaged batch is never served"
+        );
+    }
+    let mut healed = false;
+    for _ in 0..1_000 {
+        c.advance(20);
+        let Some(now_leader) = c.leader_of("t", 0) else {
+            continue;
+        };
+        let all_hold_everything = (0..3).all(|i| {
+            let h = c.host(i);
+            h.node
+                .partitions
+                .get(&tp)
+                .and_then(|slot| slot.replica())
+                .is_some_and(|r| {
+                    !r.raft().is_repairing()
+                        && r.log().kafka_high_watermark() >= want.len() as u64
+                        && r.log().kafka_log_end_offset() >= want.len() as u64
+                })
+        });
+        // Checked on the replicas first: a client's fetch would find the damage itself.
+        if all_hold_everything
+            && fetched(c.call(now_leader, fetch("t", 0, 0))).error == ErrorCode::None
+            && read_all(&mut c, now_leader, "t", 0) == want
+        {
+            healed = true;
+            break;
+        }
+    }
+    assert!(healed, "the damaged replica was cut and repaired");
+    // Every replica's own log holds every record (the old leader was repaired, not bypassed).
+    for i in 0..3 {
+        assert_eq!(
+            show(&read_replica(&mut c, i, &tp)),
+            show(&want),
+            "replica {i}"
+        );
+    }
+    for h in c.hosts.iter().flatten() {
+        h.node.check_invariants();
+    }
+}
+
+/// The values of the data records in replica `i`'s own log below its high watermark, read from
+/// its disk (a follower answers fetches NOT_LEADER_OR_FOLLOWER).
+fn read_replica(c: &mut Cluster, i: usize, tp: &TopicPartition) -> Vec<Vec<u8>> {
+    let h = c.host(i);
+    let slot = h.node.partitions.get(tp).expect("hosted");
+    let log = slot.replica().expect("open").log();
+    let view = View {
+        disk: &h.disk,
+        log: slot.log(),
+    };
+    let mut out = Vec::new();
+    let mut at = log.log_start_offset();
+    while at < log.high_watermark() {
+        let raw = super::fetch::read_records(log, &view, at, 1 << 20).expect("a good read");
+        let Some((last, _)) = crate::batch::split_batches(&raw).unwrap().pop() else {
+            break;
+        };
+        out.extend(values(&raw));
+        at = last.next_offset() as u64;
+    }
+    out
 }
