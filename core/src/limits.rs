@@ -40,6 +40,13 @@ pub const MIN_CLEANABLE_DIRTY_RATIO_BP_DEFAULT: u32 = 5_000;
 pub const OFFSETS_TOPIC_SEGMENT_BYTES_DEFAULT: u64 = 100 * 1024 * 1024;
 /// Bytes of storage I/O the broker gives compaction per step before serving requests again.
 pub const CLEANER_STEP_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How often the scrubber reads a step of a log (`Node::scrub_logs`); a step is a tenth of a
+/// second's worth of `scrub_bytes_per_sec`.
+pub const SCRUB_INTERVAL_MS: u64 = 100;
+/// The scrubber's default read rate per node (`sluice serve --scrub-bytes-per-sec`): one pass
+/// over 100 GiB of logs in under four hours.
+pub const SCRUB_BYTES_PER_SEC_DEFAULT: u64 = 8 * 1024 * 1024;
 /// Bytes the cleaner reads per storage call, and how much cleaned output it buffers before a write.
 pub const CLEANER_IO_BYTES: u32 = 1024 * 1024;
 /// `index.interval.bytes`: bytes appended between two entries of the sparse indexes (Kafka: 4096).

@@ -96,6 +96,11 @@ pub struct ServeArgs {
     /// (log.cleaner.backoff.ms) [default: 15000].
     #[arg(long, env = "SLUICE_LOG_CLEANER_BACKOFF_MS")]
     pub log_cleaner_backoff_ms: Option<u64>,
+    /// Bytes of synced log per second the scrubber reads back in the background, checking every
+    /// batch, so that damage no client or follower reads is found and repaired from the other
+    /// replicas; 0 turns it off [default: 8388608].
+    #[arg(long, env = "SLUICE_SCRUB_BYTES_PER_SEC")]
+    pub scrub_bytes_per_sec: Option<u64>,
     /// Every node of the cluster as `id@host:rpc_port`, this node included, comma separated
     /// (the same list on every node). Unset or empty: a single node that needs no peers.
     #[arg(long, env = "SLUICE_PEERS", value_delimiter = ',')]
@@ -163,6 +168,7 @@ pub struct Config {
     pub log: LogConfig,
     pub retention_check_interval_ms: u64,
     pub log_cleaner_backoff_ms: u64,
+    pub scrub_bytes_per_sec: u64,
     /// The cluster's nodes by id with their RPC addresses; empty for a single node.
     pub peers: BTreeMap<u64, String>,
     pub rpc_listen: Option<String>,
@@ -222,6 +228,7 @@ impl Config {
             flush_interval_ms: self.flush_interval_ms,
             retention_check_interval_ms: self.retention_check_interval_ms,
             log_cleaner_backoff_ms: self.log_cleaner_backoff_ms,
+            scrub_bytes_per_sec: self.scrub_bytes_per_sec,
             raft_tick_ms: self.raft_tick_ms,
             election_timeout_ms: self.election_timeout_ms,
             replica_fetch_max_bytes: self.replica_fetch_max_bytes,
@@ -380,6 +387,9 @@ impl Config {
             },
             retention_check_interval_ms: a.retention_check_interval_ms.unwrap_or(300_000),
             log_cleaner_backoff_ms: a.log_cleaner_backoff_ms.unwrap_or(15_000),
+            scrub_bytes_per_sec: a
+                .scrub_bytes_per_sec
+                .unwrap_or(limits::SCRUB_BYTES_PER_SEC_DEFAULT),
             default_replication_factor: a.default_replication_factor.unwrap_or(3.min(nodes as i16)),
             raft_tick_ms: a.raft_tick_ms.unwrap_or(50),
             election_timeout_ms: a.election_timeout_ms.unwrap_or(1000),
@@ -504,6 +514,7 @@ impl ServeArgs {
                 .retention_check_interval_ms
                 .or(file.retention_check_interval_ms),
             log_cleaner_backoff_ms: self.log_cleaner_backoff_ms.or(file.log_cleaner_backoff_ms),
+            scrub_bytes_per_sec: self.scrub_bytes_per_sec.or(file.scrub_bytes_per_sec),
             peers: self.peers.or(file.peers),
             rpc_listen: self.rpc_listen.or(file.rpc_listen),
             default_replication_factor: self

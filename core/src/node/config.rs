@@ -29,6 +29,9 @@ pub struct NodeConfig {
     pub retention_check_interval_ms: u64,
     /// How long the log cleaner waits between looks for compacted partitions with work.
     pub log_cleaner_backoff_ms: u64,
+    /// How many bytes of synced log the scrubber reads back per second, checking every batch
+    /// (0: no scrubbing). See `Node::scrub_logs`.
+    pub scrub_bytes_per_sec: u64,
     /// Raft's clock: every Raft timeout is a whole number of these.
     pub raft_tick_ms: u64,
     pub election_timeout_ms: u64,
@@ -67,6 +70,7 @@ impl NodeConfig {
             flush_interval_ms: 0,
             retention_check_interval_ms: 300_000,
             log_cleaner_backoff_ms: 15_000,
+            scrub_bytes_per_sec: crate::limits::SCRUB_BYTES_PER_SEC_DEFAULT,
             raft_tick_ms: 50,
             election_timeout_ms: 1_000,
             replica_fetch_max_bytes: crate::limits::RAFT_APPEND_BYTES_MAX_DEFAULT,

@@ -204,6 +204,10 @@ pub struct Node {
     next_retention: Instant,
     /// When the log cleaner looks for work next (sooner while a cleaning is under way).
     next_clean: Instant,
+    /// When the scrubber reads its next step (`None`: scrubbing is off).
+    next_scrub: Option<Instant>,
+    /// The partition the scrubber read last; it goes on with the next one.
+    scrubbed_last: Option<TopicPartition>,
     ready_sent: bool,
     /// Per Raft group: the last high watermark and leader term reported as observations.
     observed: BTreeMap<String, (u64, u64, bool)>,
@@ -236,6 +240,9 @@ impl Node {
         let mut node = Node {
             next_retention: now.instant.plus_millis(config.retention_check_interval_ms),
             next_clean: now.instant.plus_millis(config.log_cleaner_backoff_ms),
+            next_scrub: (config.scrub_bytes_per_sec > 0)
+                .then(|| now.instant.plus_millis(crate::limits::SCRUB_INTERVAL_MS)),
+            scrubbed_last: None,
             cluster: controller::ClusterState::new(now.instant),
             config,
             batch_codec,
@@ -307,6 +314,9 @@ impl Node {
             .next_tick
             .min(self.next_retention)
             .min(self.next_clean);
+        if let Some(scrub) = self.next_scrub {
+            at = at.min(scrub);
+        }
         let deadlines = self
             .produce_waiters
             .iter()
@@ -477,6 +487,10 @@ impl Node {
         if now >= self.next_retention {
             self.next_retention = now.plus_millis(self.config.retention_check_interval_ms);
             self.enforce_retention(disk);
+        }
+        if self.next_scrub.is_some_and(|at| now >= at) {
+            self.next_scrub = Some(now.plus_millis(crate::limits::SCRUB_INTERVAL_MS));
+            self.scrub_logs(disk);
         }
         if now >= self.next_clean {
             self.clean_logs(disk);

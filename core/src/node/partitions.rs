@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use super::disk::{LogId, LogReader, StorageDone, StorageOp};
 use super::{GroupId, Leadership, Node, Output, PeerMessage, TopicPartition, View};
-use crate::log::{CleanStep, LogConfig, LogOp, PartitionLog};
+use crate::log::{CleanStep, LogConfig, LogOp, PartitionLog, ReadError};
 use crate::metadata::{MetadataQuorum, Outcome, QuorumOutput, Ticket};
 use crate::raft::{Membership, RaftConfig};
 use crate::replica::{ReadDamage, Replica, ReplicaOutput, ReplicaSync};
@@ -87,6 +87,8 @@ pub(super) struct LogSlot<M> {
     /// When a read's damage last reopened the log with a rescan (see
     /// [`RESCAN_BACKOFF_MS`]).
     last_rescan: Option<Instant>,
+    /// Where the scrubber reads next (a log offset; see [`Node::scrub_logs`]).
+    scrub_at: u64,
 }
 
 /// At most one reopen with a rescan per log in this long: a read that keeps failing on damage
@@ -166,6 +168,7 @@ impl<M: Machine> LogSlot<M> {
             topic_id: Some(topic_id),
             state: State::Opening,
             last_rescan: None,
+            scrub_at: 0,
         }
     }
 
@@ -526,24 +529,95 @@ impl Node {
         if slot.replica().is_none() {
             return;
         }
-        if slot.voters.len() < 2 {
-            tracing::error!(%tp, offset = damage.offset, "a stored batch is damaged: {}; no other replica to repair it from", damage.why);
-            return;
-        }
         if slot
             .last_rescan
             .is_some_and(|at| now < at.plus_millis(RESCAN_BACKOFF_MS))
         {
             return;
         }
-        tracing::error!(%tp, offset = damage.offset, "a stored batch is damaged: {}; reopening the partition to cut the damage and repair it from the other replicas", damage.why);
         slot.last_rescan = Some(now);
+        if slot.voters.len() < 2 {
+            tracing::error!(%tp, offset = damage.offset, "a stored batch is damaged: {}; no other replica to repair it from", damage.why);
+            return;
+        }
+        tracing::error!(%tp, offset = damage.offset, "a stored batch is damaged: {}; reopening the partition to cut the damage and repair it from the other replicas", damage.why);
         fail_slot(slot);
         if let State::Failed { rescan, .. } = &mut slot.state {
             *rescan = true;
         }
         self.fail_produce_waiters(tp, ErrorCode::KafkaStorageError);
         self.maybe_reopen_partition(tp);
+    }
+
+    /// The scrubber: reads the synced log of one open partition replica a step at a time
+    /// (partitions in turn, a tenth of `scrub_bytes_per_sec` per step), checking every batch as
+    /// any read does, and starts over at the log start after the end. Damage no client and no
+    /// follower reads would otherwise sit on a replica until it is needed, perhaps when the
+    /// other copies are gone (ZFS's scrub, TigerBeetle's grid scrubber); found, it is repaired
+    /// as any read's damage is ([`Node::on_read_damage`]).
+    pub(super) fn scrub_logs(&mut self, disk: &impl LogReader) {
+        use std::ops::Bound;
+        let per_step = 1000 / crate::limits::SCRUB_INTERVAL_MS;
+        let budget = (self.config.scrub_bytes_per_sec / per_step).clamp(1, u64::from(u32::MAX));
+        let after = match &self.scrubbed_last {
+            Some(tp) => (Bound::Excluded(tp), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        let next = self
+            .partitions
+            .range::<TopicPartition, _>(after)
+            .chain(self.partitions.iter())
+            .find(|(_, slot)| slot.replica().is_some())
+            .map(|(tp, _)| tp.clone());
+        let Some(tp) = next else {
+            return;
+        };
+        self.scrubbed_last = Some(tp.clone());
+        let Some(slot) = self.partitions.get_mut(&tp) else {
+            return;
+        };
+        let view = View {
+            disk,
+            log: slot.log,
+        };
+        let Some(log) = slot.replica().map(Replica::log) else {
+            return;
+        };
+        let start = log.log_start_offset();
+        let mut at = slot.scrub_at.max(start);
+        let mut spent = 0u64;
+        let mut damage = None;
+        while spent < budget {
+            let room = (budget - spent) as u32;
+            let mut cursor = match log.read_durable(at, room) {
+                Ok(cursor) => cursor,
+                Err(ReadError::OffsetOutOfRange { .. }) => {
+                    at = start;
+                    break;
+                }
+                Err(_) => break,
+            };
+            match cursor.run(&view) {
+                Ok(()) => {}
+                Err(ReadError::Corrupt(why)) => {
+                    damage = Some(ReadDamage { offset: at, why });
+                    break;
+                }
+                Err(_) => break,
+            }
+            let batches = cursor.into_batches();
+            let Some(last) = batches.last() else {
+                // The synced end: the pass is over, the next one starts at the log start.
+                at = start;
+                break;
+            };
+            spent += batches.iter().map(|b| b.bytes.len() as u64).sum::<u64>();
+            at = last.last_offset + 1;
+        }
+        slot.scrub_at = at;
+        if let Some(damage) = damage {
+            self.on_read_damage(&tp, damage);
+        }
     }
 
     /// A tick for a partition whose opening failed: counts down to the next attempt.
@@ -898,6 +972,7 @@ impl<M> LogSlot<M> {
             topic_id: None,
             state: State::Opening,
             last_rescan: None,
+            scrub_at: 0,
         }
     }
 

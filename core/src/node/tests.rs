@@ -3608,9 +3608,18 @@ fn damaged_leader_is_repaired(follower_lags: bool) {
 /// The values of the data records in replica `i`'s own log below its high watermark, read from
 /// its disk (a follower answers fetches NOT_LEADER_OR_FOLLOWER).
 fn read_replica(c: &mut Cluster, i: usize, tp: &TopicPartition) -> Vec<Vec<u8>> {
+    try_read_replica(c, i, tp).expect("a good read")
+}
+
+/// [`read_replica`], or why not: not open, or a read failed.
+fn try_read_replica(
+    c: &mut Cluster,
+    i: usize,
+    tp: &TopicPartition,
+) -> Result<Vec<Vec<u8>>, String> {
     let h = c.host(i);
-    let slot = h.node.partitions.get(tp).expect("hosted");
-    let log = slot.replica().expect("open").log();
+    let slot = h.node.partitions.get(tp).ok_or("not hosted")?;
+    let log = slot.replica().ok_or("not open")?.log();
     let view = View {
         disk: &h.disk,
         log: slot.log(),
@@ -3618,12 +3627,86 @@ fn read_replica(c: &mut Cluster, i: usize, tp: &TopicPartition) -> Vec<Vec<u8>> 
     let mut out = Vec::new();
     let mut at = log.log_start_offset();
     while at < log.high_watermark() {
-        let raw = super::fetch::read_records(log, &view, at, 1 << 20).expect("a good read");
+        let raw =
+            super::fetch::read_records(log, &view, at, 1 << 20).map_err(|e| format!("{e:?}"))?;
         let Some((last, _)) = crate::batch::split_batches(&raw).unwrap().pop() else {
             break;
         };
         out.extend(values(&raw));
         at = last.next_offset() as u64;
     }
-    out
+    Ok(out)
+}
+
+/// Damage that nobody reads: a bit flipped in a follower's checkpointed segment. No client
+/// fetches from a follower and the leader sends it nothing it has, so only the scrubber
+/// (`Node::scrub_logs`) meets it; then the follower is cut and repaired like any read's damage.
+/// With scrubbing off the damage stays (the control half).
+#[test]
+fn the_scrubber_finds_damage_nobody_reads_and_the_replica_is_repaired() {
+    for scrub in [true, false] {
+        let (healed, why) = damaged_follower(scrub);
+        assert_eq!(healed, scrub, "scrubbing {scrub}: {why}");
+    }
+}
+
+/// Flips a bit below a follower's recovery point, runs the cluster for 5 s and says whether
+/// that replica's log then reads back whole.
+fn damaged_follower(scrub: bool) -> (bool, String) {
+    use crate::log::{log_file_name, Checkpoint, CHECKPOINT_FILE};
+    use crate::storage::{read_all as read_file, Storage};
+    let mut c = Cluster::with(3, 13, |config| {
+        config.topic_defaults.log.segment_bytes_max = 1024;
+        if !scrub {
+            config.scrub_bytes_per_sec = 0;
+        }
+    });
+    c.wait_ready();
+    c.create_topic("t", 1);
+    let leader = c.leader_of("t", 0).expect("a leader");
+    let follower = (leader + 1) % 3;
+    let wall = c.now.wall_ms as i64;
+    let mut want = Vec::new();
+    for i in 0..30 {
+        let value = format!("value {i:03} {}", "x".repeat(80));
+        let p = produced(c.call(
+            leader,
+            produce("t", 0, -1, records(&[value.as_bytes()], wall)),
+        ));
+        assert_eq!(p.error, ErrorCode::None);
+        want.push(value.into_bytes());
+    }
+    c.advance(500);
+    let tp = TopicPartition::new("t", 0);
+    assert_eq!(read_replica(&mut c, follower, &tp), want);
+    let dir = tp.dir();
+    let storage = c.storages[follower].clone();
+    let checkpoint = read_file(&storage.open(&dir.join(CHECKPOINT_FILE), false).unwrap())
+        .ok()
+        .and_then(|b| Checkpoint::decode(&b))
+        .expect("a checkpoint");
+    let (segment, at) = storage
+        .list(&dir)
+        .unwrap()
+        .iter()
+        .filter_map(|name| crate::log::parse_log_file_name(name))
+        .filter(|base| *base < checkpoint.recovery_point)
+        .find_map(|base| {
+            let segment = dir.join(log_file_name(base));
+            let bytes = read_file(&storage.open(&segment, false).unwrap()).unwrap();
+            let at = bytes.windows(9).position(|w| w == b"value 005")?;
+            Some((segment, at))
+        })
+        .expect("a record below the recovery point");
+    assert!(storage.flip_bit(&segment, (at as u64 + 3) * 8));
+    let mut last = String::new();
+    for _ in 0..250 {
+        c.advance(20);
+        match try_read_replica(&mut c, follower, &tp) {
+            Ok(values) if values == want => return (true, "whole".into()),
+            Ok(values) => last = format!("{} of {} values", values.len(), want.len()),
+            Err(e) => last = e,
+        }
+    }
+    (false, last)
 }
