@@ -3499,8 +3499,6 @@ fn damage_below_the_recovery_point_found_by_a_replication_read_is_cut_and_repair
 }
 
 fn damaged_leader_is_repaired(follower_lags: bool) {
-    use crate::log::{log_file_name, Checkpoint, CHECKPOINT_FILE};
-    use crate::storage::{read_all as read_file, Storage};
     let mut c = Cluster::with(3, 11, |config| {
         config.topic_defaults.log.segment_bytes_max = 1024;
     });
@@ -3512,48 +3510,12 @@ fn damaged_leader_is_repaired(follower_lags: bool) {
         c.cut.push((leader as u64, lagging as u64));
         c.cut.push((lagging as u64, leader as u64));
     }
-    let wall = c.now.wall_ms as i64;
-    let mut want = Vec::new();
-    for i in 0..30 {
-        // A lagging follower's entries must come from the disk, not the leader's entry cache
-        // (RAFT_ENTRY_CACHE_BYTES_MAX_DEFAULT, 256 KiB): 30 values of 12 KB overflow it.
-        let pad = if follower_lags { 12_000 } else { 80 };
-        let value = format!("value {i:03} {}", "x".repeat(pad));
-        let p = produced(c.call(
-            leader,
-            produce("t", 0, -1, records(&[value.as_bytes()], wall)),
-        ));
-        assert_eq!(p.error, ErrorCode::None);
-        want.push(value.into_bytes());
-    }
+    // A lagging follower's entries must come from the disk, not the leader's entry cache
+    // (RAFT_ENTRY_CACHE_BYTES_MAX_DEFAULT, 256 KiB): 30 values of 12 KB overflow it.
+    let want = produce_values(&mut c, leader, 30, if follower_lags { 12_000 } else { 80 });
     c.advance(500);
     let tp = TopicPartition::new("t", 0);
-    let dir = tp.dir();
-    let storage = c.storages[leader].clone();
-    let checkpoint = read_file(&storage.open(&dir.join(CHECKPOINT_FILE), false).unwrap())
-        .ok()
-        .and_then(|b| Checkpoint::decode(&b))
-        .expect("a checkpoint");
-    assert!(
-        checkpoint.recovery_point > 0,
-        "the first segment lies below the recovery point"
-    );
-    // A bit in the records of the first data batch (inside its CRC), in a segment the
-    // checkpoint vouches for.
-    let (segment, at) = storage
-        .list(&dir)
-        .unwrap()
-        .iter()
-        .filter_map(|name| crate::log::parse_log_file_name(name))
-        .filter(|base| *base < checkpoint.recovery_point)
-        .find_map(|base| {
-            let segment = dir.join(log_file_name(base));
-            let bytes = read_file(&storage.open(&segment, false).unwrap()).unwrap();
-            let at = bytes.windows(9).position(|w| w == b"value 000")?;
-            Some((segment, at))
-        })
-        .expect("the first record below the recovery point");
-    assert!(storage.flip_bit(&segment, (at as u64 + 2) * 8));
+    flip_below_recovery_point(&c, leader, &tp, b"value 000");
     if follower_lags {
         c.cut.clear();
     } else {
@@ -3653,8 +3615,6 @@ fn the_scrubber_finds_damage_nobody_reads_and_the_replica_is_repaired() {
 /// Flips a bit below a follower's recovery point, runs the cluster for 5 s and says whether
 /// that replica's log then reads back whole.
 fn damaged_follower(scrub: bool) -> (bool, String) {
-    use crate::log::{log_file_name, Checkpoint, CHECKPOINT_FILE};
-    use crate::storage::{read_all as read_file, Storage};
     let mut c = Cluster::with(3, 13, |config| {
         config.topic_defaults.log.segment_bytes_max = 1024;
         if !scrub {
@@ -3665,40 +3625,11 @@ fn damaged_follower(scrub: bool) -> (bool, String) {
     c.create_topic("t", 1);
     let leader = c.leader_of("t", 0).expect("a leader");
     let follower = (leader + 1) % 3;
-    let wall = c.now.wall_ms as i64;
-    let mut want = Vec::new();
-    for i in 0..30 {
-        let value = format!("value {i:03} {}", "x".repeat(80));
-        let p = produced(c.call(
-            leader,
-            produce("t", 0, -1, records(&[value.as_bytes()], wall)),
-        ));
-        assert_eq!(p.error, ErrorCode::None);
-        want.push(value.into_bytes());
-    }
+    let want = produce_values(&mut c, leader, 30, 80);
     c.advance(500);
     let tp = TopicPartition::new("t", 0);
     assert_eq!(read_replica(&mut c, follower, &tp), want);
-    let dir = tp.dir();
-    let storage = c.storages[follower].clone();
-    let checkpoint = read_file(&storage.open(&dir.join(CHECKPOINT_FILE), false).unwrap())
-        .ok()
-        .and_then(|b| Checkpoint::decode(&b))
-        .expect("a checkpoint");
-    let (segment, at) = storage
-        .list(&dir)
-        .unwrap()
-        .iter()
-        .filter_map(|name| crate::log::parse_log_file_name(name))
-        .filter(|base| *base < checkpoint.recovery_point)
-        .find_map(|base| {
-            let segment = dir.join(log_file_name(base));
-            let bytes = read_file(&storage.open(&segment, false).unwrap()).unwrap();
-            let at = bytes.windows(9).position(|w| w == b"value 005")?;
-            Some((segment, at))
-        })
-        .expect("a record below the recovery point");
-    assert!(storage.flip_bit(&segment, (at as u64 + 3) * 8));
+    flip_below_recovery_point(&c, follower, &tp, b"value 005");
     let mut last = String::new();
     for _ in 0..250 {
         c.advance(20);
@@ -3709,4 +3640,48 @@ fn damaged_follower(scrub: bool) -> (bool, String) {
         }
     }
     (false, last)
+}
+
+/// Produces `count` values of topic `t` partition 0 at `leader`, acks=all, one batch each:
+/// "value NNN " and `pad` bytes. Returns them.
+fn produce_values(c: &mut Cluster, leader: usize, count: usize, pad: usize) -> Vec<Vec<u8>> {
+    let wall = c.now.wall_ms as i64;
+    let mut want = Vec::new();
+    for i in 0..count {
+        let value = format!("value {i:03} {}", "x".repeat(pad));
+        let p = produced(c.call(
+            leader,
+            produce("t", 0, -1, records(&[value.as_bytes()], wall)),
+        ));
+        assert_eq!(p.error, ErrorCode::None);
+        want.push(value.into_bytes());
+    }
+    want
+}
+
+/// Flips a bit of the record holding `needle` (inside its batch's CRC) on node `i`, in a
+/// segment below the recovery point of its checkpoint, which recovery trusts unread.
+fn flip_below_recovery_point(c: &Cluster, i: usize, tp: &TopicPartition, needle: &[u8]) {
+    use crate::log::{log_file_name, parse_log_file_name, Checkpoint, CHECKPOINT_FILE};
+    use crate::storage::{read_all as read_file, Storage};
+    let dir = tp.dir();
+    let storage = &c.storages[i];
+    let checkpoint = read_file(&storage.open(&dir.join(CHECKPOINT_FILE), false).unwrap())
+        .ok()
+        .and_then(|b| Checkpoint::decode(&b))
+        .expect("a checkpoint");
+    let (segment, at) = storage
+        .list(&dir)
+        .unwrap()
+        .iter()
+        .filter_map(|name| parse_log_file_name(name))
+        .filter(|base| *base < checkpoint.recovery_point)
+        .find_map(|base| {
+            let segment = dir.join(log_file_name(base));
+            let bytes = read_file(&storage.open(&segment, false).unwrap()).unwrap();
+            let at = bytes.windows(needle.len()).position(|w| w == needle)?;
+            Some((segment, at))
+        })
+        .expect("the record below the recovery point");
+    assert!(storage.flip_bit(&segment, (at + needle.len() / 2) as u64 * 8));
 }
