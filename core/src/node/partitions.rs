@@ -89,6 +89,9 @@ pub(super) struct LogSlot<M> {
     last_rescan: Option<Instant>,
     /// Where the scrubber reads next (a log offset; see [`Node::scrub_logs`]).
     scrub_at: u64,
+    /// The offset of the damage the last rescan was for: damage a rescan did not cut (a flip
+    /// that leaves a batch's epoch plausible to recovery) is not rescanned for again.
+    rescanned_for: Option<u64>,
 }
 
 /// At most one reopen with a rescan per log in this long: a read that keeps failing on damage
@@ -169,6 +172,7 @@ impl<M: Machine> LogSlot<M> {
             state: State::Opening,
             last_rescan: None,
             scrub_at: 0,
+            rescanned_for: None,
         }
     }
 
@@ -540,6 +544,11 @@ impl Node {
             tracing::error!(%tp, offset = damage.offset, "a stored batch is damaged: {}; no other replica to repair it from", damage.why);
             return;
         }
+        if slot.rescanned_for == Some(damage.offset) {
+            tracing::error!(%tp, offset = damage.offset, "a stored batch is damaged: {}; a rescan for it already ran and did not cut it, so it stays (move the partition directory away to have it copied from the other replicas)", damage.why);
+            return;
+        }
+        slot.rescanned_for = Some(damage.offset);
         tracing::error!(%tp, offset = damage.offset, "a stored batch is damaged: {}; reopening the partition to cut the damage and repair it from the other replicas", damage.why);
         fail_slot(slot);
         if let State::Failed { rescan, .. } = &mut slot.state {
@@ -583,6 +592,9 @@ impl Node {
         let Some(log) = slot.replica().map(Replica::log) else {
             return;
         };
+        // A replicated log's batches carry their Raft term in `partitionLeaderEpoch`, outside
+        // the batch CRC; the epoch cache says what it must be.
+        let replicated = slot.voters.len() > 1;
         let start = log.log_start_offset();
         let mut at = slot.scrub_at.max(start);
         let mut spent = 0u64;
@@ -606,6 +618,23 @@ impl Node {
                 Err(_) => break,
             }
             let batches = cursor.into_batches();
+            if replicated {
+                let stray = batches.iter().find_map(|b| {
+                    let want = log.epoch_at(b.base_offset)?;
+                    (b.epoch != want).then(|| ReadDamage {
+                        offset: b.base_offset,
+                        why: format!(
+                            "the batch at {} has leader epoch {}, the epoch cache says {want} (a \
+                             flipped bit outside the batch CRC)",
+                            b.base_offset, b.epoch
+                        ),
+                    })
+                });
+                if stray.is_some() {
+                    damage = stray;
+                    break;
+                }
+            }
             let Some(last) = batches.last() else {
                 // The synced end: the pass is over, the next one starts at the log start.
                 at = start;
@@ -973,6 +1002,7 @@ impl<M> LogSlot<M> {
             state: State::Opening,
             last_rescan: None,
             scrub_at: 0,
+            rescanned_for: None,
         }
     }
 

@@ -3515,7 +3515,7 @@ fn damaged_leader_is_repaired(follower_lags: bool) {
     let want = produce_values(&mut c, leader, 30, if follower_lags { 12_000 } else { 80 });
     c.advance(500);
     let tp = TopicPartition::new("t", 0);
-    flip_below_recovery_point(&c, leader, &tp, b"value 000");
+    flip_below_recovery_point(&c, leader, &tp, b"value 000", in_record);
     if follower_lags {
         c.cut.clear();
     } else {
@@ -3612,8 +3612,8 @@ fn the_scrubber_finds_damage_nobody_reads_and_the_replica_is_repaired() {
     }
 }
 
-/// Flips a bit below a follower's recovery point, runs the cluster for 5 s and says whether
-/// that replica's log then reads back whole.
+/// Flips a bit in a record below a follower's recovery point, runs the cluster for 5 s and
+/// says whether that replica's log then reads back whole with the epochs its epoch cache gives.
 fn damaged_follower(scrub: bool) -> (bool, String) {
     let mut c = Cluster::with(3, 13, |config| {
         config.topic_defaults.log.segment_bytes_max = 1024;
@@ -3629,10 +3629,35 @@ fn damaged_follower(scrub: bool) -> (bool, String) {
     c.advance(500);
     let tp = TopicPartition::new("t", 0);
     assert_eq!(read_replica(&mut c, follower, &tp), want);
-    flip_below_recovery_point(&c, follower, &tp, b"value 005");
+    flip_below_recovery_point(&c, follower, &tp, b"value 005", in_record);
     let mut last = String::new();
     for _ in 0..250 {
         c.advance(20);
+        let epochs_agree = |c: &mut Cluster| {
+            let h = c.host(follower);
+            let Some(slot) = h.node.partitions.get(&tp) else {
+                return false;
+            };
+            let Some(log) = slot.replica().map(crate::replica::Replica::log) else {
+                return false;
+            };
+            let view = View {
+                disk: &h.disk,
+                log: slot.log(),
+            };
+            let Ok(mut cursor) = log.read_durable(0, 1 << 20) else {
+                return false;
+            };
+            cursor.run(&view).is_ok()
+                && cursor
+                    .into_batches()
+                    .iter()
+                    .all(|b| log.epoch_at(b.base_offset) == Some(b.epoch))
+        };
+        if !epochs_agree(&mut c) {
+            last = "a batch's epoch is not the epoch cache's".into();
+            continue;
+        }
         match try_read_replica(&mut c, follower, &tp) {
             Ok(values) if values == want => return (true, "whole".into()),
             Ok(values) => last = format!("{} of {} values", values.len(), want.len()),
@@ -3659,9 +3684,21 @@ fn produce_values(c: &mut Cluster, leader: usize, count: usize, pad: usize) -> V
     want
 }
 
-/// Flips a bit of the record holding `needle` (inside its batch's CRC) on node `i`, in a
-/// segment below the recovery point of its checkpoint, which recovery trusts unread.
-fn flip_below_recovery_point(c: &Cluster, i: usize, tp: &TopicPartition, needle: &[u8]) {
+/// A bit in the middle of the needle: inside the record, under the batch CRC.
+fn in_record(_batch_start: u64, needle_at: u64) -> u64 {
+    (needle_at + 4) * 8
+}
+
+/// Flips a bit of the batch holding `needle` on node `i`, in a segment below the recovery
+/// point of its checkpoint, which recovery trusts unread: the bit `which(batch start, needle
+/// position)` of the segment file.
+fn flip_below_recovery_point(
+    c: &Cluster,
+    i: usize,
+    tp: &TopicPartition,
+    needle: &[u8],
+    which: impl Fn(u64, u64) -> u64,
+) {
     use crate::log::{log_file_name, parse_log_file_name, Checkpoint, CHECKPOINT_FILE};
     use crate::storage::{read_all as read_file, Storage};
     let dir = tp.dir();
@@ -3670,7 +3707,7 @@ fn flip_below_recovery_point(c: &Cluster, i: usize, tp: &TopicPartition, needle:
         .ok()
         .and_then(|b| Checkpoint::decode(&b))
         .expect("a checkpoint");
-    let (segment, at) = storage
+    let (segment, bit) = storage
         .list(&dir)
         .unwrap()
         .iter()
@@ -3680,8 +3717,12 @@ fn flip_below_recovery_point(c: &Cluster, i: usize, tp: &TopicPartition, needle:
             let segment = dir.join(log_file_name(base));
             let bytes = read_file(&storage.open(&segment, false).unwrap()).unwrap();
             let at = bytes.windows(needle.len()).position(|w| w == needle)?;
-            Some((segment, at))
+            let (_, range) = crate::batch::split_batches(&bytes)
+                .ok()?
+                .into_iter()
+                .find(|(_, r)| r.contains(&at))?;
+            Some((segment, which(range.start as u64, at as u64)))
         })
         .expect("the record below the recovery point");
-    assert!(storage.flip_bit(&segment, (at + needle.len() / 2) as u64 * 8));
+    assert!(storage.flip_bit(&segment, bit));
 }
