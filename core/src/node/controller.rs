@@ -270,7 +270,7 @@ impl Node {
                 }
                 Err(e) => {
                     tracing::error!("storing the metadata Raft state failed: {e}; reopening it");
-                    fail_slot(&mut self.meta);
+                    fail_slot(&mut self.meta, false);
                     // This was the store the failed slot would wait for (simulator seed 305 of
                     // `--scenario cluster`: the metadata log stayed failed and the broker fenced).
                     self.meta.settle_hard_state();
@@ -283,7 +283,7 @@ impl Node {
 
     /// The metadata log's storage failed: it is reopened from disk (its image replayed again).
     fn fail_metadata(&mut self) {
-        fail_slot(&mut self.meta);
+        fail_slot(&mut self.meta, false);
         self.maybe_reopen_metadata();
     }
 

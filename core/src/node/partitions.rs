@@ -427,7 +427,7 @@ impl Node {
             }
             StorageDone::WriteFailed { error, .. } => {
                 tracing::error!(%tp, "partition write failed: {error}; dropping unsynced data and reopening it");
-                self.fail_partition(tp);
+                self.fail_partition(tp, false);
             }
             StorageDone::Synced { result, .. } => match &mut slot.state {
                 State::Failed { owed, .. } => {
@@ -443,7 +443,7 @@ impl Node {
                         }
                         Err(e) => {
                             tracing::error!(%tp, "fsync failed: {e}; dropping unsynced data and reopening the partition");
-                            self.fail_partition(tp);
+                            self.fail_partition(tp, false);
                         }
                     }
                 }
@@ -461,7 +461,7 @@ impl Node {
                     }
                     Err(e) => {
                         tracing::error!(%tp, "storing the Raft state failed: {e}; reopening the partition");
-                        self.fail_partition(tp);
+                        self.fail_partition(tp, false);
                         // This was the store the failed slot would wait for: it is done.
                         // Regression: simulator seed 305 of `--scenario cluster` (a write fault
                         // in a hard-state store left the partition failed for good).
@@ -494,7 +494,7 @@ impl Node {
                         }
                         Err(e) => {
                             tracing::error!(%tp, segment, "swapping in a cleaned segment failed: {e}; reopening the partition");
-                            self.fail_partition(tp);
+                            self.fail_partition(tp, false);
                         }
                     }
                 }
@@ -505,14 +505,15 @@ impl Node {
 
     /// Storage failed under a partition: nothing written since the last good sync is believed.
     /// Waiters get KAFKA_STORAGE_ERROR; the log is cut back and reopened from disk once the
-    /// completions it is owed have come back.
-    fn fail_partition(&mut self, tp: &TopicPartition) {
+    /// completions it is owed have come back; with `rescan`, distrusting its checkpoint (see
+    /// [`Node::on_read_damage`]).
+    fn fail_partition(&mut self, tp: &TopicPartition, rescan: bool) {
         let Some(slot) = self.partitions.get_mut(tp) else {
             return;
         };
         // The coordinator of an offsets partition goes with it (drive_coordinators sees it no
         // longer leads), answering its waiters NOT_COORDINATOR.
-        fail_slot(slot);
+        fail_slot(slot, rescan);
         self.fail_produce_waiters(tp, ErrorCode::KafkaStorageError);
         self.maybe_reopen_partition(tp);
     }
@@ -550,12 +551,7 @@ impl Node {
         }
         slot.rescanned_for = Some(damage.offset);
         tracing::error!(%tp, offset = damage.offset, "a stored batch is damaged: {}; reopening the partition to cut the damage and repair it from the other replicas", damage.why);
-        fail_slot(slot);
-        if let State::Failed { rescan, .. } = &mut slot.state {
-            *rescan = true;
-        }
-        self.fail_produce_waiters(tp, ErrorCode::KafkaStorageError);
-        self.maybe_reopen_partition(tp);
+        self.fail_partition(tp, true);
     }
 
     /// The scrubber: reads the synced log of one open partition replica a step at a time
@@ -869,7 +865,7 @@ impl Node {
             }
         }
         if let Some(tp) = failed {
-            self.fail_partition(&tp);
+            self.fail_partition(&tp, false);
         }
         let wait_ms = if more {
             0
@@ -940,8 +936,9 @@ pub(super) fn start_sync<M: Machine>(
     SyncStart::Started
 }
 
-/// Marks a slot failed; returns the machine it held (for what depends on it), if it was open.
-pub(super) fn fail_slot<M: Machine>(slot: &mut LogSlot<M>) -> Option<Box<Hosted<M>>> {
+/// Marks a slot failed, to be reopened with a rescan if `rescan`; returns the machine it held
+/// (for what depends on it), if it was open.
+pub(super) fn fail_slot<M: Machine>(slot: &mut LogSlot<M>, rescan: bool) -> Option<Box<Hosted<M>>> {
     let state = std::mem::replace(&mut slot.state, State::Opening);
     match state {
         State::Open(mut h) => {
@@ -953,11 +950,7 @@ pub(super) fn fail_slot<M: Machine>(slot: &mut LogSlot<M>) -> Option<Box<Hosted<
                 swap: h.swap.is_some(),
                 retry_ticks: 0,
             };
-            slot.state = State::Failed {
-                cut,
-                owed,
-                rescan: false,
-            };
+            slot.state = State::Failed { cut, owed, rescan };
             Some(h)
         }
         other => {
